@@ -1,0 +1,122 @@
+//! On-prem pool provider guest, hfwasm's embedded default.
+//!
+//! The site's static hosts come from the inventory capability (the host parses the admin's
+//! inventory file). Templates are the groups of hosts: by the `template` an admin assigned,
+//! else by identical shape. A host is leased to exactly one request through the kv
+//! capability's atomic `insert-if-absent` on `lease/<host>`, so parallel requestMachines
+//! calls in separate processes never hand one host out twice. Admin-configured power
+//! commands are started through the power capability (the host runs them) and polled on
+//! status calls: a host stays `pending` until its power-on command succeeded.
+
+mod pool;
+
+use hfwasm_guest_sdk::*;
+use pool::{Pool, lease_key};
+
+struct OnPrem;
+
+impl Guest for OnPrem {
+    fn templates(_ctx: CallContext) -> Result<Vec<Template>, ProviderError> {
+        let pool = Pool::load()?;
+        let leased = pool::leased_hosts()?;
+        pool.templates(&leased)
+    }
+
+    fn request_machines(ctx: CallContext, req: ProvisionRequest) -> Result<ProvisionProgress, ProviderError> {
+        let pool = Pool::load()?;
+        let group = pool.group(&req.template_id)?;
+        // Idempotent by request id: hosts this request already holds (a retry after a crash)
+        // count towards the request, and only the remainder is leased.
+        let mut held: Vec<&inventory::InventoryHost> = group
+            .hosts
+            .iter()
+            .copied()
+            .filter(|h| kv::get(&lease_key(&h.name)).ok().flatten().as_deref() == Some(req.request_id.as_str()))
+            .collect();
+        for host in group.hosts.iter().copied() {
+            if held.len() >= req.count as usize {
+                break;
+            }
+            if held.iter().any(|h| h.name == host.name) {
+                continue;
+            }
+            if kv::insert_if_absent(&lease_key(&host.name), &req.request_id)? {
+                held.push(host);
+            }
+        }
+        if held.is_empty() {
+            return Err(ProviderError::Capacity(format!(
+                "template '{}': all {} hosts are leased; none free for {} requested",
+                req.template_id,
+                group.hosts.len(),
+                req.count
+            )));
+        }
+        let mut machines = Vec::with_capacity(held.len());
+        for host in held {
+            machines.push(pool::start_host(host, ctx.now));
+        }
+        let message = (machines.len() < req.count as usize).then(|| {
+            format!(
+                "leased {} of {} hosts requested: template '{}' has no more free hosts",
+                machines.len(),
+                req.count,
+                req.template_id
+            )
+        });
+        Ok(ProvisionProgress {
+            machines,
+            outstanding: 0,
+            message,
+        })
+    }
+
+    fn request_status(ctx: CallContext, req: ProvisionRequest, known: Vec<Machine>) -> Result<ProvisionProgress, ProviderError> {
+        if known.is_empty() {
+            // The host recorded the request but not the guest's answer (a crash in between):
+            // resume, which adopts the leases already taken instead of leasing again.
+            return Self::request_machines(ctx, req);
+        }
+        let pool = Pool::load()?;
+        let machines = known
+            .into_iter()
+            .map(|m| pool::advance_pending(&pool, m, &req.request_id))
+            .collect();
+        Ok(ProvisionProgress {
+            machines,
+            outstanding: 0,
+            message: None,
+        })
+    }
+
+    fn release_machines(ctx: CallContext, return_id: String, machines: Vec<MachineRef>) -> Result<Vec<Machine>, ProviderError> {
+        let pool = Pool::load()?;
+        let mut out = Vec::with_capacity(machines.len());
+        for m in machines {
+            out.push(pool::release_host(&pool, &m, &return_id, ctx.now)?);
+        }
+        Ok(out)
+    }
+
+    fn release_status(_ctx: CallContext, return_id: String, known: Vec<Machine>) -> Result<Vec<Machine>, ProviderError> {
+        known.into_iter().map(|m| pool::advance_release(m, &return_id)).collect()
+    }
+
+    fn reclaim_candidates(_ctx: CallContext, machines: Vec<MachineRef>) -> Result<Vec<Reclaim>, ProviderError> {
+        let pool = Pool::load()?;
+        let mut out = Vec::new();
+        for m in machines {
+            if pool.host(&m.name).is_none() {
+                // The admin removed the host from the inventory: HostFactory must give it back.
+                out.push(Reclaim {
+                    name: m.name,
+                    machine_id: m.machine_id,
+                    grace_period: 0,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+export!(OnPrem);

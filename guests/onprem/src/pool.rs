@@ -1,0 +1,319 @@
+//! The pool: inventory hosts grouped into templates, leases in kv, power commands.
+
+use hfwasm_guest_sdk::*;
+use std::collections::BTreeMap;
+
+/// Machine type reported when the inventory gives none.
+const DEFAULT_TYPE: &str = "X86_64";
+
+/// kv key holding the id of the request that leased `host`.
+pub fn lease_key(host: &str) -> String {
+    format!("lease/{host}")
+}
+
+/// kv value marking a host as being powered off by return request `return_id`.
+pub fn release_marker(return_id: &str) -> String {
+    format!("return:{return_id}")
+}
+
+/// All inventory hosts, as the host parsed them.
+pub struct Pool {
+    hosts: Vec<inventory::InventoryHost>,
+}
+
+/// Hosts of one template, in inventory order, and the template's attributes.
+pub struct Group<'a> {
+    pub id: String,
+    pub hosts: Vec<&'a inventory::InventoryHost>,
+    pub attributes: Vec<Attribute>,
+}
+
+fn attr<'a>(host: &'a inventory::InventoryHost, key: &str) -> Option<&'a str> {
+    host.attributes.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// The shape of a host as HostFactory attributes, `type`/`ncpus`/`nram` first.
+fn shape(host: &inventory::InventoryHost) -> Result<Vec<Attribute>, ProviderError> {
+    let number = |key: &str| -> Result<u64, ProviderError> {
+        let v = attr(host, key).ok_or_else(|| {
+            ProviderError::InvalidTemplate(format!(
+                "inventory host '{}' has no {key}= (needed for HostFactory's {key} attribute)",
+                host.name
+            ))
+        })?;
+        v.parse::<u64>()
+            .map_err(|_| ProviderError::InvalidTemplate(format!("inventory host '{}': {key}={v} is not a whole number", host.name)))
+    };
+    let mut attrs = vec![
+        text("type", attr(host, "type").unwrap_or(DEFAULT_TYPE)),
+        numeric("ncpus", number("ncpus")?),
+        numeric("nram", number("nram")?),
+    ];
+    for (k, v) in &host.attributes {
+        if matches!(k.as_str(), "type" | "ncpus" | "nram") {
+            continue;
+        }
+        if v.parse::<f64>().is_ok() {
+            attrs.push(numeric(k, v));
+        } else {
+            attrs.push(text(k, v));
+        }
+    }
+    Ok(attrs)
+}
+
+fn describe(attrs: &[Attribute]) -> String {
+    attrs
+        .iter()
+        .map(|a| format!("{}={}", a.name, a.value))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl Pool {
+    /// Reads the inventory through the host.
+    pub fn load() -> Result<Self, ProviderError> {
+        Ok(Self {
+            hosts: inventory::hosts()?,
+        })
+    }
+
+    /// The inventory entry for `name`.
+    pub fn host(&self, name: &str) -> Option<&inventory::InventoryHost> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+
+    /// Groups hosts into templates: by assigned `template`, else by identical shape
+    /// (id `pool-<ncpus>cpu-<nram>mb`, plus the type when it is not X86_64).
+    pub fn groups(&self) -> Result<Vec<Group<'_>>, ProviderError> {
+        let mut groups: Vec<Group<'_>> = Vec::new();
+        for host in &self.hosts {
+            let attrs = shape(host)?;
+            let id = match &host.template {
+                Some(t) => t.clone(),
+                None => derived_id(&attrs),
+            };
+            match groups.iter_mut().find(|g| g.id == id) {
+                Some(g) => {
+                    if g.attributes != attrs {
+                        return Err(ProviderError::InvalidTemplate(format!(
+                            "template '{id}' mixes host shapes: '{}' has {} but '{}' has {}; give them different templates",
+                            g.hosts[0].name,
+                            describe(&g.attributes),
+                            host.name,
+                            describe(&attrs)
+                        )));
+                    }
+                    g.hosts.push(host);
+                }
+                None => groups.push(Group {
+                    id,
+                    hosts: vec![host],
+                    attributes: attrs,
+                }),
+            }
+        }
+        Ok(groups)
+    }
+
+    /// The group for `template_id`, or an error naming the templates that exist.
+    pub fn group(&self, template_id: &str) -> Result<Group<'_>, ProviderError> {
+        let groups = self.groups()?;
+        let names: Vec<String> = groups.iter().map(|g| g.id.clone()).collect();
+        groups.into_iter().find(|g| g.id == template_id).ok_or_else(|| {
+            ProviderError::InvalidTemplate(format!(
+                "template '{template_id}' not found; the inventory defines: {}",
+                names.join(", ")
+            ))
+        })
+    }
+
+    /// HostFactory templates with true counts: `maxNumber` = hosts in the group,
+    /// `availableNumber` = those not leased.
+    pub fn templates(&self, leased: &BTreeMap<String, String>) -> Result<Vec<Template>, ProviderError> {
+        Ok(self
+            .groups()?
+            .into_iter()
+            .map(|g| {
+                let free = g.hosts.iter().filter(|h| !leased.contains_key(&h.name)).count();
+                Template {
+                    id: g.id,
+                    max_number: i32::try_from(g.hosts.len()).unwrap_or(i32::MAX),
+                    available_number: Some(u32::try_from(free).unwrap_or(u32::MAX)),
+                    attributes: g.attributes,
+                    extra_json: None,
+                }
+            })
+            .collect())
+    }
+}
+
+fn derived_id(attrs: &[Attribute]) -> String {
+    let get = |n: &str| attrs.iter().find(|a| a.name == n).map(|a| a.value.as_str()).unwrap_or("");
+    let mut id = format!("pool-{}cpu-{}mb", get("ncpus"), get("nram"));
+    let ty = get("type");
+    if ty != DEFAULT_TYPE {
+        id.push('-');
+        id.extend(
+            ty.chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }),
+        );
+    }
+    id
+}
+
+/// Host name → request id (or return marker) for every leased host.
+pub fn leased_hosts() -> Result<BTreeMap<String, String>, ProviderError> {
+    Ok(kv::scan("lease/")?
+        .into_iter()
+        .filter_map(|(k, v)| k.strip_prefix("lease/").map(|h| (h.to_string(), v)))
+        .collect())
+}
+
+fn machine(host: &inventory::InventoryHost, now: u64, state: MachineState, message: Option<String>) -> Machine {
+    Machine {
+        machine_id: host.name.clone(),
+        name: host.name.clone(),
+        private_ip: host.ip.clone(),
+        public_ip: None,
+        launch_time: now,
+        state,
+        message,
+    }
+}
+
+/// A freshly leased host: running at once, or pending while its power-on command runs.
+pub fn start_host(host: &inventory::InventoryHost, now: u64) -> Machine {
+    if !host.has_power_on {
+        return machine(host, now, MachineState::Running, None);
+    }
+    match power::start(&host.name, power::Action::On) {
+        Ok(state) => power_on_outcome(machine(host, now, MachineState::Pending, None), state),
+        Err(e) => {
+            let msg = match e {
+                power::PowerError::Denied(m) | power::PowerError::SpawnFailed(m) => m,
+            };
+            machine(
+                host,
+                now,
+                MachineState::Failed,
+                Some(format!("power-on command could not start: {msg}")),
+            )
+        }
+    }
+}
+
+fn power_on_outcome(mut m: Machine, state: power::CommandState) -> Machine {
+    match state {
+        power::CommandState::NotConfigured | power::CommandState::Succeeded => m.state = MachineState::Running,
+        power::CommandState::Running | power::CommandState::NotStarted => m.state = MachineState::Pending,
+        power::CommandState::Failed(msg) => {
+            m.state = MachineState::Failed;
+            m.message = Some(format!("power-on command failed: {msg}"));
+        }
+    }
+    m
+}
+
+/// Moves a pending machine on once its power-on command finished. A host whose command
+/// failed is handed back to the pool (its lease dropped) and reported failed.
+pub fn advance_pending(pool: &Pool, m: Machine, request_id: &str) -> Machine {
+    if m.state != MachineState::Pending {
+        return m;
+    }
+    let state = match power::state(&m.name, power::Action::On) {
+        power::CommandState::NotStarted if pool.host(&m.name).is_some() => {
+            // A crash after the lease but before the command started: start it now.
+            power::start(&m.name, power::Action::On).unwrap_or_else(|e| match e {
+                power::PowerError::Denied(x) | power::PowerError::SpawnFailed(x) => power::CommandState::Failed(x),
+            })
+        }
+        s => s,
+    };
+    let m = power_on_outcome(m, state);
+    if m.state == MachineState::Failed {
+        if let Err(e) = kv::delete_if_equals(&lease_key(&m.name), request_id) {
+            warn(&format!("could not release lease of failed host '{}': {e:?}", m.name));
+        }
+    }
+    m
+}
+
+/// Starts returning one host. Unknown or already released hosts are reported terminated.
+pub fn release_host(pool: &Pool, r: &MachineRef, return_id: &str, now: u64) -> Result<Machine, ProviderError> {
+    let key = lease_key(&r.name);
+    let template = pool.host(&r.name);
+    let mut m = Machine {
+        machine_id: r.machine_id.clone().unwrap_or_else(|| r.name.clone()),
+        name: r.name.clone(),
+        private_ip: template.map(|h| h.ip.clone()).unwrap_or_default(),
+        public_ip: None,
+        launch_time: now,
+        state: MachineState::Terminated,
+        message: None,
+    };
+    let Some(holder) = kv::get(&key)? else {
+        m.message = Some("host was not leased; nothing to release".into());
+        return Ok(m);
+    };
+    if holder.starts_with("return:") {
+        // Already being returned by an earlier return request: report its progress.
+        m.state = MachineState::Stopping;
+        return Ok(m);
+    }
+    match template {
+        Some(host) if host.has_power_off => {
+            kv::set(&key, &release_marker(return_id))?;
+            match power::start(&host.name, power::Action::Off) {
+                Ok(state) => Ok(power_off_outcome(m, state, &key, return_id)),
+                Err(power::PowerError::Denied(msg) | power::PowerError::SpawnFailed(msg)) => {
+                    m.state = MachineState::Failed;
+                    m.message = Some(format!("power-off command could not start: {msg}"));
+                    Ok(m)
+                }
+            }
+        }
+        _ => {
+            kv::delete_if_equals(&key, &holder)?;
+            Ok(m)
+        }
+    }
+}
+
+fn power_off_outcome(mut m: Machine, state: power::CommandState, key: &str, return_id: &str) -> Machine {
+    match state {
+        power::CommandState::NotConfigured | power::CommandState::Succeeded => {
+            match kv::delete_if_equals(key, &release_marker(return_id)) {
+                Ok(_) => m.state = MachineState::Terminated,
+                Err(e) => {
+                    m.state = MachineState::Stopping;
+                    warn(&format!("could not free lease of '{}': {e:?}", m.name));
+                }
+            }
+        }
+        power::CommandState::Running | power::CommandState::NotStarted => m.state = MachineState::Stopping,
+        power::CommandState::Failed(msg) => {
+            // Keep the host out of the pool: it may still be running half-configured.
+            m.state = MachineState::Failed;
+            m.message = Some(format!(
+                "power-off command failed: {msg}; host kept out of the pool (lease '{key}')"
+            ));
+        }
+    }
+    m
+}
+
+/// Moves a stopping machine on once its power-off command finished.
+pub fn advance_release(m: Machine, return_id: &str) -> Result<Machine, ProviderError> {
+    if m.state != MachineState::Stopping {
+        return Ok(m);
+    }
+    let key = lease_key(&m.name);
+    let state = match power::state(&m.name, power::Action::Off) {
+        power::CommandState::NotStarted => power::start(&m.name, power::Action::Off).unwrap_or_else(|e| match e {
+            power::PowerError::Denied(x) | power::PowerError::SpawnFailed(x) => power::CommandState::Failed(x),
+        }),
+        s => s,
+    };
+    Ok(power_off_outcome(m, state, &key, return_id))
+}

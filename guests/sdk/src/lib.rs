@@ -1,0 +1,76 @@
+//! The small SDK for hfwasm guests written in Rust: the generated bindings of the
+//! `hostfactory:provider/provider-guest` world, an `export!` macro, and helpers that keep
+//! guest code about provider logic rather than boilerplate.
+//!
+//! ```ignore
+//! struct MyProvider;
+//! impl hfwasm_guest_sdk::Guest for MyProvider { /* six functions */ }
+//! hfwasm_guest_sdk::export!(MyProvider);
+//! ```
+
+/// Generated bindings for the provider world; import paths follow the WIT packages.
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "hostfactory:provider/provider-guest@0.1.0",
+        path: ["../../wit/capabilities", "../../wit/hostfactory"],
+        pub_export_macro: true,
+        export_macro_name: "export",
+        default_bindings_module: "hfwasm_guest_sdk::bindings",
+        generate_all,
+        additional_derives: [PartialEq, Eq],
+    });
+}
+
+pub use bindings::export;
+/// The trait a provider guest implements: one function per HostFactory use case.
+pub use bindings::exports::hostfactory::provider::provider::Guest;
+/// Capability imports (granted per guest by the site's config).
+pub use bindings::hostfactory::capabilities::{inventory, kv, log, power};
+/// Domain types shared with the host.
+pub use bindings::hostfactory::provider::types::*;
+
+/// Logs at info level through the host (never stdout).
+pub fn info(message: &str) {
+    log::emit(log::Level::Info, message);
+}
+
+/// Logs at warn level through the host.
+pub fn warn(message: &str) {
+    log::emit(log::Level::Warn, message);
+}
+
+/// Builds a numeric attribute (`["Numeric", "4"]` on the wire).
+pub fn numeric(name: &str, value: impl ToString) -> Attribute {
+    Attribute {
+        name: name.to_string(),
+        kind: AttributeKind::Numeric,
+        value: value.to_string(),
+    }
+}
+
+/// Builds a text attribute (`["String", "X86_64"]` on the wire).
+pub fn text(name: &str, value: impl ToString) -> Attribute {
+    Attribute {
+        name: name.to_string(),
+        kind: AttributeKind::Text,
+        value: value.to_string(),
+    }
+}
+
+impl From<kv::KvError> for ProviderError {
+    fn from(e: kv::KvError) -> Self {
+        match e {
+            kv::KvError::Denied(m) => ProviderError::Denied(format!("kv: {m}")),
+            kv::KvError::Unavailable(m) => ProviderError::Unavailable(format!("kv: {m}")),
+        }
+    }
+}
+
+impl From<inventory::InventoryError> for ProviderError {
+    fn from(e: inventory::InventoryError) -> Self {
+        match e {
+            inventory::InventoryError::Invalid(m) => ProviderError::Unavailable(m),
+            inventory::InventoryError::Denied(m) => ProviderError::Denied(format!("inventory: {m}")),
+        }
+    }
+}

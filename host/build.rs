@@ -1,0 +1,83 @@
+//! Builds the guest workspace (`guests/`, target wasm32-wasip2) so the host can embed its
+//! built-in guests and tests can find the adversarial ones. Cargo's own freshness checks
+//! make this a no-op when nothing under `guests/` or `wit/` changed.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into()));
+    let root = manifest.join("..");
+    let guests = root.join("guests");
+    let target_root = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let target_dir = target_root.join("guests");
+    for p in [
+        "guests/Cargo.toml",
+        "guests/Cargo.lock",
+        "guests/sdk",
+        "guests/onprem",
+        "guests/testing",
+        "wit",
+    ] {
+        println!("cargo:rerun-if-changed={}", root.join(p).display());
+    }
+    println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
+
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.arg("build")
+        .arg("--release")
+        .arg("--target")
+        .arg("wasm32-wasip2")
+        .arg("--manifest-path")
+        .arg(guests.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir);
+    // Flags meant for the host build must not leak into the wasm build.
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_PRIMARY_PACKAGE",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CARGO_PROFILE_") || k.starts_with("CARGO_CFG_") || k.starts_with("CARGO_FEATURE_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = match cmd.output() {
+        Ok(o) => o,
+        Err(e) => {
+            println!("cargo::error=could not run cargo to build the wasm guests: {e}");
+            std::process::exit(1);
+        }
+    };
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        println!(
+            "cargo::error=building the wasm guests in {} failed (is the target installed? `rustup target add wasm32-wasip2`)",
+            guests.display()
+        );
+        for line in stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
+            println!("cargo::error={line}");
+        }
+        std::process::exit(1);
+    }
+    println!(
+        "cargo:rustc-env=HFWASM_GUEST_DIR={}",
+        target_dir.join("wasm32-wasip2").join("release").display()
+    );
+}

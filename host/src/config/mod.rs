@@ -1,0 +1,304 @@
+//! hfwasm's configuration: `hfwasm.json` in the provider conf dir, or the embedded defaults
+//! (the on-prem pool guest over `inventory.txt`) when there is none. Strict: an unknown
+//! key is an error naming the key's path and the file.
+
+pub mod inventory;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::capabilities::Capability;
+use crate::runtime::limits::{GuestLimits, LimitOverrides};
+
+/// File name of hfwasm's own config inside the provider conf dir.
+pub const CONFIG_FILE: &str = "hfwasm.json";
+
+/// Name of the guest built into the binary.
+pub const BUILTIN_ONPREM: &str = "builtin:onprem";
+
+/// A config problem: the file, the setting and what is wrong.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}: {message}", file.display())]
+pub struct ConfigError {
+    /// The config file (or conf dir).
+    pub file: PathBuf,
+    /// The setting's path (`guests.onprem.limits.memory_mib`), when known.
+    pub setting: Option<String>,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    provider: RawProvider,
+    #[serde(default)]
+    guests: BTreeMap<String, RawGuest>,
+    #[serde(default)]
+    inventory: RawInventory,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    logging: RawLogging,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    guest: Option<String>,
+    settings: Option<serde_json::Value>,
+    pending_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGuest {
+    wasm: String,
+    #[serde(default)]
+    grants: Vec<String>,
+    #[serde(default)]
+    limits: LimitOverrides,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInventory {
+    file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    strategy: Option<String>,
+    path: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLogging {
+    level: Option<String>,
+}
+
+/// Where a guest's code comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestSource {
+    /// Built into the binary (`builtin:onprem`).
+    Builtin(&'static str),
+    /// A `.wasm` file (relative paths are relative to the conf dir).
+    File(PathBuf),
+}
+
+/// One configured guest: code, grants and limits.
+#[derive(Debug, Clone)]
+pub struct GuestSpec {
+    /// Name used in logs and errors.
+    pub name: String,
+    /// Where its code comes from.
+    pub source: GuestSource,
+    /// Capabilities it may import.
+    pub grants: Vec<Capability>,
+    /// Limits on its calls.
+    pub limits: GuestLimits,
+}
+
+/// The validated configuration of one provider instance.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// File it came from, or None for the embedded defaults.
+    pub file: Option<PathBuf>,
+    /// The provider guest.
+    pub provider: GuestSpec,
+    /// Settings handed to the provider guest (a JSON object).
+    pub settings: serde_json::Value,
+    /// Machines still pending after this many seconds are failed by the host.
+    pub pending_timeout_secs: u64,
+    /// Inventory file for the on-prem guest.
+    pub inventory_file: PathBuf,
+    /// SQLite database file.
+    pub store_path: PathBuf,
+    /// Log level (`error`..`trace`).
+    pub log_level: String,
+}
+
+/// Default for `provider.pending_timeout_secs`: 30 minutes, generous for power-on scripts.
+pub const DEFAULT_PENDING_TIMEOUT_SECS: u64 = 1800;
+
+const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+impl Config {
+    /// Loads `<conf_dir>/hfwasm.json`, or the embedded defaults when it does not exist.
+    pub fn load(conf_dir: &Path, work_dir: &Path) -> Result<Self, ConfigError> {
+        let file = conf_dir.join(CONFIG_FILE);
+        let raw = match std::fs::read_to_string(&file) {
+            Ok(text) => {
+                let de = &mut serde_json::Deserializer::from_str(&text);
+                let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+                    let setting = e.path().to_string();
+                    ConfigError {
+                        file: file.clone(),
+                        message: format!("{} (at `{setting}`)", e.inner()),
+                        setting: (setting != ".").then_some(setting),
+                    }
+                })?;
+                Some(raw)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(ConfigError {
+                    file,
+                    setting: None,
+                    message: format!("cannot read: {e}"),
+                });
+            }
+        };
+        let from_file = raw.is_some();
+        Self::build(raw.unwrap_or_default(), from_file.then_some(file), conf_dir, work_dir)
+    }
+
+    fn build(raw: RawConfig, file: Option<PathBuf>, conf_dir: &Path, work_dir: &Path) -> Result<Self, ConfigError> {
+        let where_ = file.clone().unwrap_or_else(|| conf_dir.to_path_buf());
+        let err = |setting: &str, message: String| ConfigError {
+            file: where_.clone(),
+            setting: Some(setting.to_string()),
+            message: format!("`{setting}`: {message}"),
+        };
+        let mut guests = BTreeMap::new();
+        guests.insert(
+            "onprem".to_string(),
+            GuestSpec {
+                name: "onprem".into(),
+                source: GuestSource::Builtin(BUILTIN_ONPREM),
+                grants: vec![Capability::Log, Capability::Kv, Capability::Inventory, Capability::Power],
+                limits: GuestLimits::default(),
+            },
+        );
+        for (name, g) in raw.guests {
+            let at = format!("guests.{name}");
+            let source = if g.wasm == BUILTIN_ONPREM {
+                GuestSource::Builtin(BUILTIN_ONPREM)
+            } else if let Some(other) = g.wasm.strip_prefix("builtin:") {
+                return Err(err(
+                    &format!("{at}.wasm"),
+                    format!("unknown built-in guest `{other}`; built in: {BUILTIN_ONPREM}"),
+                ));
+            } else {
+                GuestSource::File(conf_dir.join(&g.wasm))
+            };
+            let mut grants = Vec::new();
+            for (i, gname) in g.grants.iter().enumerate() {
+                let cap = Capability::parse(gname).ok_or_else(|| {
+                    err(
+                        &format!("{at}.grants[{i}]"),
+                        format!(
+                            "unknown capability `{gname}`; known: {}",
+                            Capability::ALL.map(|c| c.short_name()).join(", ")
+                        ),
+                    )
+                })?;
+                if !grants.contains(&cap) {
+                    grants.push(cap);
+                }
+            }
+            let limits = GuestLimits::from_overrides(&g.limits).map_err(|m| err(&format!("{at}.limits"), m))?;
+            guests.insert(
+                name.clone(),
+                GuestSpec {
+                    name,
+                    source,
+                    grants,
+                    limits,
+                },
+            );
+        }
+        let guest_name = raw.provider.guest.unwrap_or_else(|| "onprem".into());
+        let provider = guests.get(&guest_name).cloned().ok_or_else(|| {
+            err(
+                "provider.guest",
+                format!(
+                    "no guest named `{guest_name}`; define it under `guests` (known: {})",
+                    guests.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })?;
+        let settings = raw.provider.settings.unwrap_or_else(|| serde_json::json!({}));
+        if !settings.is_object() {
+            return Err(err("provider.settings", "must be a JSON object".into()));
+        }
+        let pending_timeout_secs = raw.provider.pending_timeout_secs.unwrap_or(DEFAULT_PENDING_TIMEOUT_SECS);
+        if pending_timeout_secs == 0 {
+            return Err(err("provider.pending_timeout_secs", "must be at least 1".into()));
+        }
+        match raw.store.strategy.as_deref() {
+            None | Some("sqlite") => {}
+            Some(other) => {
+                return Err(err(
+                    "store.strategy",
+                    format!("`{other}` is not available in this build; supported: sqlite"),
+                ));
+            }
+        }
+        let store_path = work_dir.join(raw.store.path.unwrap_or_else(|| PathBuf::from("hfwasm.sqlite")));
+        let log_level = raw.logging.level.unwrap_or_else(|| "info".into()).to_ascii_lowercase();
+        if !LOG_LEVELS.contains(&log_level.as_str()) {
+            return Err(err(
+                "logging.level",
+                format!("`{log_level}` is not a level; use one of {}", LOG_LEVELS.join(", ")),
+            ));
+        }
+        Ok(Self {
+            file,
+            provider,
+            settings,
+            pending_timeout_secs,
+            inventory_file: conf_dir.join(raw.inventory.file.unwrap_or_else(|| PathBuf::from("inventory.txt"))),
+            store_path,
+            log_level,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(json: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join(CONFIG_FILE), json).expect("write");
+        Config::load(dir.path(), Path::new("/work"))
+    }
+
+    #[test]
+    fn defaults_without_a_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = Config::load(dir.path(), Path::new("/w")).expect("defaults");
+        assert!(c.file.is_none());
+        assert_eq!(c.provider.source, GuestSource::Builtin(BUILTIN_ONPREM));
+        assert_eq!(c.inventory_file, dir.path().join("inventory.txt"));
+        assert_eq!(c.store_path, Path::new("/w/hfwasm.sqlite"));
+    }
+
+    #[test]
+    fn unknown_keys_name_the_setting_and_file() {
+        let e = load(r#"{"provider": {"guest": "onprem", "colour": "red"}}"#).expect_err("unknown key");
+        assert_eq!(e.setting.as_deref(), Some("provider.colour"));
+        assert!(e.to_string().contains("hfwasm.json") && e.to_string().contains("colour"), "{e}");
+        let e = load(r#"{"guests": {"x": {"wasm": "x.wasm", "grants": ["ec9"]}}}"#).expect_err("unknown grant");
+        assert_eq!(e.setting.as_deref(), Some("guests.x.grants[0]"));
+        let e = load(r#"{"provider": {"guest": "missing"}}"#).expect_err("unknown guest");
+        assert!(e.to_string().contains("no guest named `missing`"), "{e}");
+        let e = load(r#"{"store": {"strategy": "mongodb"}}"#).expect_err("strategy");
+        assert_eq!(e.setting.as_deref(), Some("store.strategy"));
+    }
+
+    #[test]
+    fn guests_with_grants_and_limits() {
+        let c = load(r#"{"provider": {"guest": "mine", "settings": {"a": 1}}, "guests": {"mine": {"wasm": "g/mine.wasm", "grants": ["log", "hostfactory:capabilities/kv@0.1.0"], "limits": {"timeout_ms": 500}}}}"#)
+            .expect("valid");
+        assert_eq!(c.provider.grants, vec![Capability::Log, Capability::Kv]);
+        assert_eq!(c.provider.limits.timeout.as_millis(), 500);
+        assert!(matches!(c.provider.source, GuestSource::File(ref p) if p.ends_with("g/mine.wasm")));
+    }
+}

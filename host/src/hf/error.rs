@@ -1,0 +1,145 @@
+//! The error envelope HostFactory gets on stdout with exit code 1.
+
+use serde_json::{Map, Value, json};
+
+/// Stable, machine-readable error codes (`^[A-Z][A-Z0-9_]*$`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The `-f` file does not exist or cannot be read.
+    InputNotFound,
+    /// The input file is not valid JSON.
+    InvalidJson,
+    /// The input is JSON but a field is missing or wrong.
+    InvalidInput,
+    /// `machineCount` is missing, not a positive integer, or more than can be had.
+    InvalidMachineCount,
+    /// The template id is not offered by the provider.
+    TemplateNotFound,
+    /// The provider has no free capacity for the request.
+    InsufficientCapacity,
+    /// A config file is missing, malformed or has an unknown key.
+    ConfigError,
+    /// The inventory file is broken.
+    InventoryError,
+    /// The state store could not be opened or written.
+    StoreError,
+    /// A guest trapped (panic, unreachable, bad memory access).
+    GuestTrap,
+    /// A guest ran past its wall-time deadline.
+    GuestTimeout,
+    /// A guest exceeded its memory limit.
+    GuestMemoryLimit,
+    /// A guest could not be loaded or linked (missing file, ungranted import, bad version).
+    GuestLoadError,
+    /// The provider refused or failed the operation.
+    ProviderError,
+    /// The provider's dependency is unavailable; HostFactory should retry later.
+    ProviderUnavailable,
+    /// A bug in hfwasm itself.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InputNotFound => "INPUT_NOT_FOUND",
+            ErrorCode::InvalidJson => "INVALID_JSON",
+            ErrorCode::InvalidInput => "INVALID_INPUT",
+            ErrorCode::InvalidMachineCount => "INVALID_MACHINE_COUNT",
+            ErrorCode::TemplateNotFound => "TEMPLATE_NOT_FOUND",
+            ErrorCode::InsufficientCapacity => "INSUFFICIENT_CAPACITY",
+            ErrorCode::ConfigError => "CONFIG_ERROR",
+            ErrorCode::InventoryError => "INVENTORY_ERROR",
+            ErrorCode::StoreError => "STORE_ERROR",
+            ErrorCode::GuestTrap => "GUEST_TRAP",
+            ErrorCode::GuestTimeout => "GUEST_TIMEOUT",
+            ErrorCode::GuestMemoryLimit => "GUEST_MEMORY_LIMIT",
+            ErrorCode::GuestLoadError => "GUEST_LOAD_ERROR",
+            ErrorCode::ProviderError => "PROVIDER_ERROR",
+            ErrorCode::ProviderUnavailable => "PROVIDER_UNAVAILABLE",
+            ErrorCode::Internal => "INTERNAL",
+        }
+    }
+}
+
+/// A failed call as HostFactory sees it: code, a message naming the offending field, file
+/// or template, and structured details.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{code_str}: {message}", code_str = .code.as_str())]
+pub struct HfError {
+    /// Stable error code.
+    pub code: ErrorCode,
+    /// Human-readable message; names what is wrong and, where possible, what to do.
+    pub message: String,
+    /// Structured details (file, field, available templates, ...).
+    pub details: Map<String, Value>,
+}
+
+impl HfError {
+    /// An error without details.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            details: Map::new(),
+        }
+    }
+
+    /// Adds one detail.
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.details.insert(key.to_string(), value.into());
+        self
+    }
+
+    /// The JSON document written to stdout.
+    pub fn to_envelope(&self) -> Value {
+        json!({"error": {"code": self.code.as_str(), "message": self.message, "details": self.details}})
+    }
+}
+
+use crate::service::ServiceError;
+use crate::service::model::{AbortKind, ProviderError};
+
+impl From<ServiceError> for HfError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::TemplateNotFound { id, available } => {
+                HfError::new(ErrorCode::TemplateNotFound, format!("Template '{id}' not found"))
+                    .with("templateId", id)
+                    .with("available_templates", available)
+            }
+            ServiceError::TooMany { message } => {
+                HfError::new(ErrorCode::InvalidMachineCount, message).with("field", "template.machineCount")
+            }
+            ServiceError::Unknown(m) => HfError::new(ErrorCode::InvalidInput, m),
+            ServiceError::BadAnswer(m) => HfError::new(
+                ErrorCode::ProviderError,
+                format!("the provider's answer breaks the HostFactory contract: {m}"),
+            ),
+            ServiceError::Store(e) => HfError::new(ErrorCode::StoreError, e.to_string()),
+            ServiceError::Provider(p) => p.into(),
+        }
+    }
+}
+
+impl From<ProviderError> for HfError {
+    fn from(p: ProviderError) -> Self {
+        let code = match &p {
+            ProviderError::InvalidTemplate(_) => ErrorCode::TemplateNotFound,
+            ProviderError::InvalidInput(_) => ErrorCode::InvalidInput,
+            ProviderError::Capacity(_) => ErrorCode::InsufficientCapacity,
+            ProviderError::Unavailable(_) => ErrorCode::ProviderUnavailable,
+            ProviderError::Denied(_) | ProviderError::Internal(_) => ErrorCode::ProviderError,
+            ProviderError::Aborted { kind: AbortKind::Trap, .. } => ErrorCode::GuestTrap,
+            ProviderError::Aborted {
+                kind: AbortKind::Timeout, ..
+            } => ErrorCode::GuestTimeout,
+            ProviderError::Aborted {
+                kind: AbortKind::Memory, ..
+            } => ErrorCode::GuestMemoryLimit,
+            ProviderError::Aborted { kind: AbortKind::Load, .. } => ErrorCode::GuestLoadError,
+        };
+        HfError::new(code, p.to_string())
+    }
+}

@@ -1,0 +1,267 @@
+//! `hfwasm` command line: parse, dispatch, print, exit code. Nothing else lives here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use hfwasm::hf::dirs::DirOverrides;
+use hfwasm::hf::{Call, ErrorCode, HfError, ProviderDirs};
+use hfwasm::plugin::Plugin;
+
+const AFTER_HELP: &str = "\
+HostFactory runs the plugin's scripts as `scripts/<call>.sh -f <input.json>`; each script
+execs `hfwasm <call> -f <input.json>`. The answer is one JSON document on stdout (exit 0),
+or an error envelope {\"error\": {\"code\", \"message\", \"details\"}} on stdout (exit 1).
+
+Directories come from HF_PROVIDER_CONFDIR / HF_PROVIDER_WORKDIR / HF_PROVIDER_LOGDIR
+(HostFactory), else LSF's PRO_CONF_DIR / PRO_DATA_DIR / PRO_LSF_LOGDIR, else
+$HF_CONFDIR/providers/<name>/ and $HF_WORKDIR/providers/<name>/, name = HF_PROVIDER_NAME.
+Without hfwasm.json in the conf dir, the built-in on-prem pool guest serves the hosts
+listed in <confdir>/inventory.txt.
+
+Examples:
+  hfwasm demo                                   full HostFactory cycle in a temp tree
+  hfwasm config check --confdir conf --workdir work
+  hfwasm requestMachines -f /tmp/hf_in_abc      what requestMachines.sh runs";
+
+/// IBM Spectrum Symphony HostFactory / LSF resource connector provider plugin whose
+/// provider logic runs as sandboxed WebAssembly components.
+#[derive(Parser)]
+#[command(name = "hfwasm", version, after_help = AFTER_HELP)]
+struct Cli {
+    #[command(flatten)]
+    dirs: DirArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct DirArgs {
+    /// Provider config dir (overrides HF_PROVIDER_CONFDIR / PRO_CONF_DIR).
+    #[arg(long, global = true, value_name = "DIR")]
+    confdir: Option<PathBuf>,
+    /// Provider state dir (overrides HF_PROVIDER_WORKDIR / PRO_DATA_DIR).
+    #[arg(long, global = true, value_name = "DIR")]
+    workdir: Option<PathBuf>,
+    /// Log dir (overrides HF_PROVIDER_LOGDIR / PRO_LSF_LOGDIR); logs go to stderr without one.
+    #[arg(long, global = true, value_name = "DIR")]
+    logdir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct InputFile {
+    /// The JSON input file HostFactory wrote (optional for getAvailableTemplates).
+    #[arg(short = 'f', long = "file", value_name = "INPUT.json")]
+    file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the templates (host shapes) on offer.
+    ///
+    /// Input: `{}`. Output: {"templates": [{"templateId", "maxNumber", "availableNumber",
+    /// "attributes": {"type": ["String","X86_64"], "ncpus": ["Numeric","4"], "nram": [...]}}]}.
+    /// Example: hfwasm getAvailableTemplates -f /tmp/hf_in_empty
+    #[command(name = "getAvailableTemplates", visible_alias = "get-available-templates")]
+    GetAvailableTemplates(InputFile),
+    /// Start provisioning hosts; returns a request id at once.
+    ///
+    /// Input: {"template": {"templateId": "pool-4cpu-16384mb", "machineCount": 3}}
+    /// (LSF adds "rc_account"). Output: {"requestId": "req-…", "message": "…"}.
+    /// Example: hfwasm requestMachines -f request.json
+    #[command(name = "requestMachines", visible_alias = "request-machines")]
+    RequestMachines(InputFile),
+    /// Start releasing hosts; returns a return request id at once.
+    ///
+    /// Input: {"machines": [{"name": "compute-01", "machineId": "compute-01"}]}.
+    /// Output: {"requestId": "ret-…", "message": "…"}.
+    /// Example: hfwasm requestReturnMachines -f return.json
+    #[command(name = "requestReturnMachines", visible_alias = "request-return-machines")]
+    RequestReturnMachines(InputFile),
+    /// Report progress of provision and return requests.
+    ///
+    /// Input: {"requests": [{"requestId": "req-…"}, {"requestId": "ret-…"}]}.
+    /// Output: per request "status" running | complete | complete_with_error and its
+    /// machines with "result" executing | succeed | fail. Unknown ids: complete_with_error.
+    /// Example: hfwasm getRequestStatus -f status.json
+    #[command(name = "getRequestStatus", visible_alias = "get-request-status")]
+    GetRequestStatus(InputFile),
+    /// Report hosts the provider wants back (removed from the inventory, reclaimed).
+    ///
+    /// Input: {"machines": [{"name", "machineId"}]} = every host HostFactory holds.
+    /// Output: {"requests": [{"machine": "compute-03", "gracePeriod": 0}]}.
+    /// Example: hfwasm getReturnRequests -f hosts.json
+    #[command(name = "getReturnRequests", visible_alias = "get-return-requests")]
+    GetReturnRequests(InputFile),
+    /// Configuration commands.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Guest commands.
+    #[command(subcommand)]
+    Guest(GuestCommand),
+    /// Run the full HostFactory cycle through the real scripts in a temporary tree, on the
+    /// embedded defaults, printing every input and answer as HostFactory sees them.
+    Demo {
+        /// Lay the tree out here instead of a temp dir (kept afterwards).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate config, inventory, store and guest, and list the templates.
+    ///
+    /// Example: HF_PROVIDER_CONFDIR=/opt/hf/conf/providers/pool hfwasm config check
+    Check,
+}
+
+#[derive(Subcommand)]
+enum GuestCommand {
+    /// Compile the configured provider guest into the precompiled cache (run at install
+    /// time so the first HostFactory call does not pay for compilation).
+    ///
+    /// Example: hfwasm guest precompile --confdir conf --workdir work
+    Precompile,
+}
+
+fn dirs(d: &DirArgs) -> Result<ProviderDirs, HfError> {
+    ProviderDirs::resolve(
+        |k| std::env::var(k).ok(),
+        &DirOverrides {
+            conf_dir: d.confdir.clone(),
+            work_dir: d.workdir.clone(),
+            log_dir: d.logdir.clone(),
+        },
+    )
+}
+
+/// Prints one JSON document on stdout; the only place a HostFactory answer is written.
+fn answer(v: &serde_json::Value) -> ExitCode {
+    match serde_json::to_string_pretty(v) {
+        Ok(s) => {
+            println!("{s}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&HfError::new(ErrorCode::Internal, format!("cannot serialise the answer: {e}"))),
+    }
+}
+
+fn fail(e: &HfError) -> ExitCode {
+    tracing::error!(code = e.code.as_str(), "{}", e.message);
+    println!("{}", e.to_envelope());
+    ExitCode::from(1)
+}
+
+fn hf_call(call: Call, d: &DirArgs, input: &InputFile) -> ExitCode {
+    let run = || -> Result<serde_json::Value, HfError> {
+        let dirs = dirs(d)?;
+        // Log to the instance's log dir (default level until config is read).
+        let plugin = match Plugin::open(dirs.clone()) {
+            Ok(p) => {
+                hfwasm::logging::init(&p.config.log_level, dirs.log_dir.as_deref(), &dirs.name);
+                p
+            }
+            Err(e) => {
+                hfwasm::logging::init("info", dirs.log_dir.as_deref(), &dirs.name);
+                return Err(e);
+            }
+        };
+        let file = match (&input.file, call) {
+            (Some(f), _) => f.clone(),
+            (None, Call::GetAvailableTemplates) => PathBuf::from("/dev/null"),
+            (None, _) => {
+                return Err(HfError::new(
+                    ErrorCode::InvalidInput,
+                    format!("{} needs `-f <input.json>`", call.name()),
+                ));
+            }
+        };
+        plugin.run_call(call, &file)
+    };
+    match run() {
+        Ok(v) => answer(&v),
+        Err(e) => fail(&e),
+    }
+}
+
+fn admin<T>(d: &DirArgs, f: impl FnOnce(&Plugin) -> Result<T, HfError>, print: impl FnOnce(T)) -> ExitCode {
+    let result = dirs(d).and_then(|dirs| {
+        hfwasm::logging::init("warn", None, &dirs.name);
+        Plugin::open(dirs)
+    });
+    match result.and_then(|p| f(&p)) {
+        Ok(v) => {
+            print(v);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {} ({})", e.message, e.code.as_str());
+            if !e.details.is_empty() {
+                eprintln!("details: {}", serde_json::Value::Object(e.details.clone()));
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // HostFactory reads stdout: a bad invocation of one of the five calls still
+            // gets a JSON error there; everything else gets clap's usual message.
+            let call = std::env::args().nth(1).and_then(|a| Call::ALL.into_iter().find(|c| c.name() == a));
+            return match (call, e.kind()) {
+                (Some(_), k) if k != clap::error::ErrorKind::DisplayHelp => fail(&HfError::new(
+                    ErrorCode::InvalidInput,
+                    format!("bad command line: {}", e.to_string().lines().next().unwrap_or("invalid arguments")),
+                )),
+                _ => {
+                    let _ = e.print();
+                    ExitCode::from(if e.use_stderr() { 2 } else { 0 })
+                }
+            };
+        }
+    };
+    match &cli.command {
+        Command::GetAvailableTemplates(f) => hf_call(Call::GetAvailableTemplates, &cli.dirs, f),
+        Command::RequestMachines(f) => hf_call(Call::RequestMachines, &cli.dirs, f),
+        Command::RequestReturnMachines(f) => hf_call(Call::RequestReturnMachines, &cli.dirs, f),
+        Command::GetRequestStatus(f) => hf_call(Call::GetRequestStatus, &cli.dirs, f),
+        Command::GetReturnRequests(f) => hf_call(Call::GetReturnRequests, &cli.dirs, f),
+        Command::Config(ConfigCommand::Check) => admin(
+            &cli.dirs,
+            |p| p.check(),
+            |lines| {
+                for l in lines {
+                    println!("{l}");
+                }
+                println!("config check: ok");
+            },
+        ),
+        Command::Guest(GuestCommand::Precompile) => admin(
+            &cli.dirs,
+            |p| p.precompile().map(|r| (p.config.provider.name.clone(), r)),
+            |(name, (path, outcome, took))| {
+                let what = if outcome == hfwasm::runtime::CacheOutcome::Hit {
+                    "already cached"
+                } else {
+                    "compiled"
+                };
+                println!("guest '{name}': {what} in {:.2} s -> {}", took.as_secs_f64(), path.display());
+            },
+        ),
+        Command::Demo { dir } => {
+            hfwasm::logging::init("warn", None, "demo");
+            match hfwasm::demo::run(dir.clone()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("demo failed: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! The plugin: wires directories, config, store and runtime into one HostFactory call, and
+//! into the admin commands (`config check`, `guest precompile`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+use crate::capabilities::Capability;
+use crate::config::inventory::Inventory;
+use crate::config::{Config, GuestSource};
+use crate::hf::{self, Call, ErrorCode, HfError, ProviderDirs};
+use crate::runtime::{self, CacheOutcome, GuestCode, GuestEngine, GuestResources, PrecompiledCache, WasmProvider};
+use crate::service::model::{AbortKind, CallContext, ProviderError};
+use crate::service::{LifecyclePolicy, Provider, ProviderLoader, Service};
+use crate::store::{SqliteStore, StateStore};
+
+/// A provider instance ready to answer calls.
+pub struct Plugin {
+    /// Its directories.
+    pub dirs: ProviderDirs,
+    /// Its validated config.
+    pub config: Config,
+    inventory: Option<Arc<Inventory>>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Plugin {
+    /// Loads config (and the inventory, when the provider guest is granted it).
+    pub fn open(dirs: ProviderDirs) -> Result<Self, HfError> {
+        let config = Config::load(&dirs.conf_dir, &dirs.work_dir).map_err(|e| {
+            let mut err = HfError::new(ErrorCode::ConfigError, e.to_string()).with("file", e.file.display().to_string());
+            if let Some(s) = &e.setting {
+                err = err.with("setting", s.clone());
+            }
+            err
+        })?;
+        let needs_inventory = config
+            .provider
+            .grants
+            .iter()
+            .any(|c| matches!(c, Capability::Inventory | Capability::Power));
+        let inventory = if needs_inventory {
+            let inv = Inventory::load(&config.inventory_file).map_err(|e| {
+                HfError::new(ErrorCode::InventoryError, e.to_string())
+                    .with("file", e.file.display().to_string())
+                    .with("line", e.line)
+            })?;
+            Some(Arc::new(inv))
+        } else {
+            None
+        };
+        Ok(Self { dirs, config, inventory })
+    }
+
+    /// Where compiled guests are cached: `HFWASM_CACHE_DIR`, else `<workdir>/.hfwasm-cache`.
+    pub fn cache(&self) -> PrecompiledCache {
+        let dir = std::env::var_os("HFWASM_CACHE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.dirs.work_dir.join(".hfwasm-cache"));
+        PrecompiledCache::new(dir)
+    }
+
+    fn open_store(&self) -> Result<SqliteStore, HfError> {
+        SqliteStore::open(&self.config.store_path).map_err(|e| HfError::new(ErrorCode::StoreError, e.to_string()))
+    }
+
+    /// The provider guest's bytes.
+    pub fn guest_bytes(&self) -> Result<std::borrow::Cow<'static, [u8]>, ProviderError> {
+        let spec = &self.config.provider;
+        match &spec.source {
+            GuestSource::Builtin(name) => {
+                runtime::builtin::bytes(name)
+                    .map(std::borrow::Cow::Borrowed)
+                    .ok_or_else(|| ProviderError::Aborted {
+                        kind: AbortKind::Load,
+                        message: format!("guest '{}': no built-in guest {name}", spec.name),
+                    })
+            }
+            GuestSource::File(path) => std::fs::read(path)
+                .map(std::borrow::Cow::Owned)
+                .map_err(|e| ProviderError::Aborted {
+                    kind: AbortKind::Load,
+                    message: format!("guest '{}': cannot read {}: {e}", spec.name, path.display()),
+                }),
+        }
+    }
+
+    fn load_provider(&self, store: Arc<dyn StateStore>) -> Result<(WasmProvider, CacheOutcome), ProviderError> {
+        let spec = &self.config.provider;
+        let wasm = self.guest_bytes()?;
+        let engine = GuestEngine::new().map_err(|e| ProviderError::Aborted {
+            kind: AbortKind::Load,
+            message: format!("cannot start the wasm engine: {e:#}"),
+        })?;
+        let res = GuestResources {
+            store,
+            namespace: format!("{}/{}", self.dirs.name, spec.name),
+            inventory: self.inventory.clone(),
+            power_dir: self.dirs.work_dir.join("power"),
+        };
+        WasmProvider::load(
+            &engine,
+            &self.cache(),
+            GuestCode {
+                name: &spec.name,
+                wasm: &wasm,
+                grants: &spec.grants,
+                limits: spec.limits,
+            },
+            res,
+        )
+    }
+
+    fn context(&self) -> CallContext {
+        CallContext {
+            provider_instance: self.dirs.name.clone(),
+            settings: self.config.settings.clone(),
+            now: now_secs(),
+        }
+    }
+
+    /// Runs one HostFactory call on the input file and returns the JSON answer.
+    pub fn run_call(&self, call: Call, input: &Path) -> Result<Value, HfError> {
+        let span = tracing::info_span!("hf_call", call = call.name(), instance = %self.dirs.name);
+        let _enter = span.enter();
+        let t0 = Instant::now();
+        let obj = hf::input::read_object(call, input)?;
+        let store: Arc<dyn StateStore> = Arc::new(self.open_store()?);
+        let loader_store = store.clone();
+        let loader: ProviderLoader<'_> = Box::new(move || {
+            let (p, outcome) = self.load_provider(loader_store)?;
+            if outcome == CacheOutcome::Compiled {
+                tracing::info!(guest = %self.config.provider.name, "guest compiled into the cache (first use after a change)");
+            }
+            Ok(Box::new(p) as Box<dyn Provider>)
+        });
+        let policy = LifecyclePolicy {
+            pending_timeout_secs: self.config.pending_timeout_secs,
+        };
+        let mut service = Service::new(store.as_ref(), loader, self.context(), policy);
+        let answer = match call {
+            Call::GetAvailableTemplates => hf::output::templates(&service.get_available_templates()?),
+            Call::RequestMachines => {
+                let input = hf::input::request_machines(&obj)?;
+                let (id, message) = service.request_machines(&input.template_id, input.machine_count, input.rc_account)?;
+                serde_json::to_value(hf::output::RequestAccepted {
+                    request_id: &id,
+                    message: &message,
+                })
+                .map_err(|e| HfError::new(ErrorCode::Internal, e.to_string()))?
+            }
+            Call::RequestReturnMachines => {
+                let machines = match hf::input::request_return_machines(&obj)? {
+                    hf::input::ReturnInput::Machines(m) => m,
+                    hf::input::ReturnInput::Request(id) => service.machines_of_request(&id)?,
+                };
+                let (id, message) = service.request_return_machines(machines)?;
+                serde_json::to_value(hf::output::RequestAccepted {
+                    request_id: &id,
+                    message: &message,
+                })
+                .map_err(|e| HfError::new(ErrorCode::Internal, e.to_string()))?
+            }
+            Call::GetRequestStatus => hf::output::request_status(&service.get_request_status(&hf::input::get_request_status(&obj)?)?),
+            Call::GetReturnRequests => hf::output::return_requests(&service.get_return_requests(&hf::input::get_return_requests(&obj)?)?),
+        };
+        tracing::info!(elapsed_us = t0.elapsed().as_micros() as u64, "call done");
+        Ok(answer)
+    }
+
+    /// Compiles the provider guest into the cache; returns where and whether it was new.
+    pub fn precompile(&self) -> Result<(PathBuf, CacheOutcome, std::time::Duration), HfError> {
+        let wasm = self.guest_bytes().map_err(HfError::from)?;
+        let engine = GuestEngine::new().map_err(|e| HfError::new(ErrorCode::Internal, format!("cannot start the wasm engine: {e:#}")))?;
+        let cache = self.cache();
+        let t0 = Instant::now();
+        let (_, outcome) = cache
+            .load(&engine, &wasm)
+            .map_err(|e| HfError::new(ErrorCode::GuestLoadError, format!("guest '{}': {e:#}", self.config.provider.name)))?;
+        Ok((cache.path_for(&engine, &wasm), outcome, t0.elapsed()))
+    }
+
+    /// Checks the whole chain (config, inventory, store, guest load, templates) and
+    /// describes it, one line per item.
+    pub fn check(&self) -> Result<Vec<String>, HfError> {
+        let c = &self.config;
+        let mut lines = vec![
+            format!("provider instance: {}", self.dirs.name),
+            format!("conf dir:  {}", self.dirs.conf_dir.display()),
+            format!("work dir:  {}", self.dirs.work_dir.display()),
+            format!(
+                "log dir:   {}",
+                self.dirs
+                    .log_dir
+                    .as_ref()
+                    .map_or("(stderr)".to_string(), |d| d.display().to_string())
+            ),
+            format!(
+                "config:    {}",
+                c.file
+                    .as_ref()
+                    .map_or("embedded defaults (no hfwasm.json)".to_string(), |f| f.display().to_string())
+            ),
+            format!(
+                "guest:     {} from {} (grants: {}; memory {} MiB, timeout {} ms)",
+                c.provider.name,
+                match &c.provider.source {
+                    GuestSource::Builtin(n) => n.to_string(),
+                    GuestSource::File(p) => p.display().to_string(),
+                },
+                c.provider.grants.iter().map(|g| g.short_name()).collect::<Vec<_>>().join(", "),
+                c.provider.limits.memory_bytes >> 20,
+                c.provider.limits.timeout.as_millis()
+            ),
+        ];
+        if let Some(inv) = &self.inventory {
+            lines.push(format!("inventory: {} ({} hosts)", inv.file.display(), inv.hosts.len()));
+        }
+        let store: Arc<dyn StateStore> = Arc::new(self.open_store()?);
+        lines.push(format!("store:     sqlite {}", c.store_path.display()));
+        let (provider, outcome) = self.load_provider(store.clone()).map_err(HfError::from)?;
+        lines.push(format!(
+            "guest load: ok ({})",
+            if outcome == CacheOutcome::Hit {
+                "precompiled cache hit"
+            } else {
+                "compiled now"
+            }
+        ));
+        let loader: ProviderLoader<'_> = Box::new(move || Ok(Box::new(provider) as Box<dyn Provider>));
+        let policy = LifecyclePolicy {
+            pending_timeout_secs: c.pending_timeout_secs,
+        };
+        let templates = Service::new(store.as_ref(), loader, self.context(), policy).get_available_templates()?;
+        for t in &templates {
+            let attr = |n: &str| t.attribute(n).map_or("?".to_string(), |a| a.value.clone());
+            lines.push(format!(
+                "template:  {} (maxNumber {}, available {}, ncpus {}, nram {} MB)",
+                t.id,
+                t.max_number,
+                t.available_number.map_or("?".to_string(), |n| n.to_string()),
+                attr("ncpus"),
+                attr("nram")
+            ));
+        }
+        Ok(lines)
+    }
+}

@@ -1,0 +1,7 @@
+//! Host bindings generated from the WIT packages in `wit/` (capabilities first, since the
+//! provider package imports them).
+
+wasmtime::component::bindgen!({
+    world: "hostfactory:provider/provider-guest@0.1.0",
+    path: ["../wit/capabilities", "../wit/hostfactory"],
+});

@@ -1,0 +1,13 @@
+//! Guests built into the binary (compiled from `guests/` by `host/build.rs`), so hfwasm
+//! works on its embedded defaults with no `.wasm` files installed.
+
+/// The on-prem pool provider guest (`builtin:onprem`).
+pub const ONPREM: &[u8] = include_bytes!(concat!(env!("HFWASM_GUEST_DIR"), "/hfwasm_guest_onprem.wasm"));
+
+/// Bytes of the built-in guest `name` (`builtin:onprem`).
+pub fn bytes(name: &str) -> Option<&'static [u8]> {
+    match name {
+        crate::config::BUILTIN_ONPREM => Some(ONPREM),
+        _ => None,
+    }
+}

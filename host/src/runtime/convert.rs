@@ -1,0 +1,144 @@
+//! Conversions between WIT binding types and the core's domain types, in one place.
+
+use super::bindings::hostfactory::provider::types as wit;
+use crate::service::model as dom;
+
+/// Domain → WIT call context.
+pub fn call_context(c: &dom::CallContext) -> wit::CallContext {
+    wit::CallContext {
+        provider_instance: c.provider_instance.clone(),
+        settings_json: c.settings.to_string(),
+        now: c.now,
+    }
+}
+
+/// Domain → WIT provision request.
+pub fn provision_request(r: &dom::ProvisionRequest) -> wit::ProvisionRequest {
+    wit::ProvisionRequest {
+        request_id: r.request_id.clone(),
+        template_id: r.template_id.clone(),
+        count: r.count,
+        rc_account: r.rc_account.clone(),
+    }
+}
+
+fn state_to_wit(s: dom::MachineState) -> wit::MachineState {
+    match s {
+        dom::MachineState::Pending => wit::MachineState::Pending,
+        dom::MachineState::Running => wit::MachineState::Running,
+        dom::MachineState::Stopping => wit::MachineState::Stopping,
+        dom::MachineState::Stopped => wit::MachineState::Stopped,
+        dom::MachineState::Terminated => wit::MachineState::Terminated,
+        dom::MachineState::Failed => wit::MachineState::Failed,
+    }
+}
+
+fn state_from_wit(s: wit::MachineState) -> dom::MachineState {
+    match s {
+        wit::MachineState::Pending => dom::MachineState::Pending,
+        wit::MachineState::Running => dom::MachineState::Running,
+        wit::MachineState::Stopping => dom::MachineState::Stopping,
+        wit::MachineState::Stopped => dom::MachineState::Stopped,
+        wit::MachineState::Terminated => dom::MachineState::Terminated,
+        wit::MachineState::Failed => dom::MachineState::Failed,
+    }
+}
+
+/// Domain → WIT machine.
+pub fn machine_to_wit(m: &dom::Machine) -> wit::Machine {
+    wit::Machine {
+        machine_id: m.machine_id.clone(),
+        name: m.name.clone(),
+        private_ip: m.private_ip.clone(),
+        public_ip: m.public_ip.clone(),
+        launch_time: m.launch_time,
+        state: state_to_wit(m.state),
+        message: m.message.clone(),
+    }
+}
+
+/// WIT → domain machine.
+pub fn machine_from_wit(m: wit::Machine) -> dom::Machine {
+    dom::Machine {
+        machine_id: m.machine_id,
+        name: m.name,
+        private_ip: m.private_ip,
+        public_ip: m.public_ip,
+        launch_time: m.launch_time,
+        state: state_from_wit(m.state),
+        message: m.message,
+    }
+}
+
+/// Domain → WIT machine reference.
+pub fn machine_ref(r: &dom::MachineRef) -> wit::MachineRef {
+    wit::MachineRef {
+        name: r.name.clone(),
+        machine_id: r.machine_id.clone(),
+    }
+}
+
+/// WIT → domain progress.
+pub fn progress(p: wit::ProvisionProgress) -> dom::ProvisionProgress {
+    dom::ProvisionProgress {
+        machines: p.machines.into_iter().map(machine_from_wit).collect(),
+        outstanding: p.outstanding,
+        message: p.message,
+    }
+}
+
+/// WIT → domain reclaim.
+pub fn reclaim(r: wit::Reclaim) -> dom::Reclaim {
+    dom::Reclaim {
+        name: r.name,
+        machine_id: r.machine_id,
+        grace_period: r.grace_period,
+    }
+}
+
+/// WIT → domain template; `extra-json` must be a JSON object.
+pub fn template(t: wit::Template) -> Result<dom::Template, dom::ProviderError> {
+    let extra = match t.extra_json.as_deref() {
+        None | Some("") => serde_json::Map::new(),
+        Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => {
+                return Err(dom::ProviderError::Internal(format!(
+                    "template '{}': extra-json is not a JSON object",
+                    t.id
+                )));
+            }
+        },
+    };
+    Ok(dom::Template {
+        id: t.id,
+        max_number: t.max_number,
+        available_number: t.available_number,
+        attributes: t
+            .attributes
+            .into_iter()
+            .map(|a| dom::Attribute {
+                name: a.name,
+                kind: match a.kind {
+                    wit::AttributeKind::Text => dom::AttributeKind::Text,
+                    wit::AttributeKind::Numeric => dom::AttributeKind::Numeric,
+                    wit::AttributeKind::Boolean => dom::AttributeKind::Boolean,
+                },
+                value: a.value,
+            })
+            .collect(),
+        extra,
+    })
+}
+
+/// WIT → domain provider error.
+pub fn error(e: wit::ProviderError) -> dom::ProviderError {
+    match e {
+        wit::ProviderError::InvalidTemplate(m) => dom::ProviderError::InvalidTemplate(m),
+        wit::ProviderError::InvalidInput(m) => dom::ProviderError::InvalidInput(m),
+        wit::ProviderError::Capacity(m) => dom::ProviderError::Capacity(m),
+        wit::ProviderError::Unavailable(m) => dom::ProviderError::Unavailable(m),
+        wit::ProviderError::Denied(m) => dom::ProviderError::Denied(m),
+        wit::ProviderError::Internal(m) => dom::ProviderError::Internal(m),
+    }
+}

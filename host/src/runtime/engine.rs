@@ -1,0 +1,56 @@
+//! The one wasmtime engine of a process and its epoch ticker (the wall-time clock that
+//! guest deadlines count in).
+
+use std::time::Duration;
+
+use wasmtime::{Config, Engine, OptLevel};
+
+use super::limits;
+
+/// Length of one epoch tick; guest deadlines are rounded up to whole ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Settings that change generated code and so must be part of the precompiled-cache key.
+pub const CODEGEN_FLAGS: &str = "epoch=1;fuel=0;opt=speed;stack=512k";
+
+/// The engine every guest of this process runs on.
+#[derive(Clone)]
+pub struct GuestEngine {
+    engine: Engine,
+}
+
+impl GuestEngine {
+    /// Builds the engine (epoch interruption on, stack limit set) and starts its ticker.
+    pub fn new() -> wasmtime::Result<Self> {
+        let mut cfg = Config::new();
+        cfg.epoch_interruption(true);
+        cfg.max_wasm_stack(usize::try_from(limits::STACK.default).unwrap_or(512) * 1024);
+        cfg.cranelift_opt_level(OptLevel::Speed);
+        cfg.wasm_component_model(true);
+        let engine = Engine::new(&cfg)?;
+        let weak = engine.weak();
+        // The ticker ends by itself once the engine is dropped.
+        std::thread::Builder::new()
+            .name("hfwasm-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(|e| wasmtime::Error::msg(format!("cannot start the epoch ticker thread: {e}")))?;
+        Ok(Self { engine })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Ticks a deadline of `timeout` spans.
+    pub fn ticks(timeout: Duration) -> u64 {
+        let tick = EPOCH_TICK.as_millis().max(1);
+        u64::try_from(timeout.as_millis().div_ceil(tick)).unwrap_or(u64::MAX).max(1)
+    }
+}

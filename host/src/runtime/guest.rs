@@ -1,0 +1,344 @@
+//! A provider guest instantiated with its grants and limits, behind the core's `Provider`
+//! port. Every call runs under the guest's wall-time deadline and memory limit; a trap or a
+//! limit becomes `ProviderError::Aborted` naming guest, export and cause.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{ResourceLimiter, Store, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::{ProviderGuest, hostfactory};
+use super::cache::{CacheOutcome, PrecompiledCache};
+use super::engine::GuestEngine;
+use super::limits::GuestLimits;
+use super::{convert, link};
+use crate::capabilities::Capability;
+use crate::capabilities::{inventory::GuestInventory, kv::GuestKv, log::GuestLog, power::GuestPower};
+use crate::config::inventory::Inventory;
+use crate::service::Provider;
+use crate::service::model::*;
+use crate::store::StateStore;
+
+/// Memory limiter that remembers when it refused growth, so the resulting trap is reported
+/// as the memory limit rather than as a generic guest crash.
+struct GuestLimiter {
+    limits: GuestLimits,
+    refused: Option<usize>,
+}
+
+impl ResourceLimiter for GuestLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.limits.memory_bytes {
+            self.refused = Some(desired);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.max_instances
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.max_instances
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.max_instances
+    }
+}
+
+/// Everything a guest's calls can reach: WASI (sandboxed), limits and its capabilities.
+pub struct GuestState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: GuestLimiter,
+    log: GuestLog,
+    kv: GuestKv,
+    inventory: GuestInventory,
+    power: GuestPower,
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// What the host lends a guest: the store for kv, the inventory, a dir for power outcomes.
+#[derive(Clone)]
+pub struct GuestResources {
+    /// State store (kv).
+    pub store: Arc<dyn StateStore>,
+    /// kv namespace (`<provider instance>/<guest>`).
+    pub namespace: String,
+    /// Parsed inventory, when the guest is granted it.
+    pub inventory: Option<Arc<Inventory>>,
+    /// Where power command outcomes are kept.
+    pub power_dir: PathBuf,
+}
+
+/// A guest's code and identity, ready to load.
+pub struct GuestCode<'a> {
+    /// Guest name from config.
+    pub name: &'a str,
+    /// Component bytes.
+    pub wasm: &'a [u8],
+    /// Granted capabilities.
+    pub grants: &'a [Capability],
+    /// Limits.
+    pub limits: GuestLimits,
+}
+
+/// A loaded provider guest.
+pub struct WasmProvider {
+    name: String,
+    limits: GuestLimits,
+    store: Store<GuestState>,
+    bindings: ProviderGuest,
+    aborted: Option<String>,
+}
+
+fn abort(kind: AbortKind, message: String) -> ProviderError {
+    ProviderError::Aborted { kind, message }
+}
+
+/// Whether guests may print to stderr (`HFWASM_GUEST_STDIO=1`), for debugging only.
+fn guest_stdio() -> bool {
+    std::env::var("HFWASM_GUEST_STDIO").is_ok_and(|v| v == "1")
+}
+
+impl WasmProvider {
+    /// Compiles (or loads from `cache`), checks imports against grants, links only the
+    /// granted capabilities and instantiates the guest.
+    pub fn load(
+        engine: &GuestEngine,
+        cache: &PrecompiledCache,
+        code: GuestCode<'_>,
+        res: GuestResources,
+    ) -> Result<(Self, CacheOutcome), ProviderError> {
+        let name = code.name;
+        let load_err = |m: String| abort(AbortKind::Load, format!("guest '{name}': {m}"));
+        let t0 = Instant::now();
+        let (component, outcome) = cache
+            .load(engine, code.wasm)
+            .map_err(|e| load_err(format!("not a loadable component: {e:#}")))?;
+        let imports = link::imports(engine.engine(), &component);
+        link::check_imports(name, &imports, code.grants).map_err(|e| abort(AbortKind::Load, e.message))?;
+
+        let mut linker: Linker<GuestState> = Linker::new(engine.engine());
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| load_err(format!("cannot link WASI: {e:#}")))?;
+        let add = |r: wasmtime::Result<()>, cap: &str| r.map_err(|e| load_err(format!("cannot link capability {cap}: {e:#}")));
+        for cap in code.grants {
+            match cap {
+                Capability::Log => add(
+                    hostfactory::capabilities::log::add_to_linker::<_, HasSelf<GuestLog>>(&mut linker, |s| &mut s.log),
+                    "log",
+                )?,
+                Capability::Kv => add(
+                    hostfactory::capabilities::kv::add_to_linker::<_, HasSelf<GuestKv>>(&mut linker, |s| &mut s.kv),
+                    "kv",
+                )?,
+                Capability::Inventory => add(
+                    hostfactory::capabilities::inventory::add_to_linker::<_, HasSelf<GuestInventory>>(&mut linker, |s| &mut s.inventory),
+                    "inventory",
+                )?,
+                Capability::Power => add(
+                    hostfactory::capabilities::power::add_to_linker::<_, HasSelf<GuestPower>>(&mut linker, |s| &mut s.power),
+                    "power",
+                )?,
+            }
+        }
+
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+        if guest_stdio() {
+            wasi.stdout(std::io::stderr()).stderr(std::io::stderr());
+        }
+        let state = GuestState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limiter: GuestLimiter {
+                limits: code.limits,
+                refused: None,
+            },
+            log: GuestLog { guest: name.to_string() },
+            kv: GuestKv::new(res.store, res.namespace),
+            inventory: GuestInventory::new(if code.grants.contains(&Capability::Inventory) {
+                res.inventory.clone()
+            } else {
+                None
+            }),
+            power: GuestPower::new(
+                if code.grants.contains(&Capability::Power) {
+                    res.inventory
+                } else {
+                    None
+                },
+                res.power_dir,
+            ),
+        };
+        let mut store = Store::new(engine.engine(), state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(GuestEngine::ticks(code.limits.timeout));
+        store.epoch_deadline_trap();
+        let bindings = match ProviderGuest::instantiate(&mut store, &component, &linker) {
+            Ok(b) => b,
+            Err(e) => {
+                let refused = store.data_mut().limiter.refused.take();
+                return Err(classify(name, &code.limits, refused, "instantiate", e));
+            }
+        };
+        tracing::debug!(guest = name, cache = ?outcome, elapsed_ms = t0.elapsed().as_millis() as u64, "guest loaded");
+        Ok((
+            Self {
+                name: name.to_string(),
+                limits: code.limits,
+                store,
+                bindings,
+                aborted: None,
+            },
+            outcome,
+        ))
+    }
+
+    fn call<R, W>(
+        &mut self,
+        export: &str,
+        f: impl FnOnce(&ProviderGuest, &mut Store<GuestState>) -> wasmtime::Result<Result<W, hostfactory::provider::types::ProviderError>>,
+        map: impl FnOnce(W) -> Result<R, ProviderError>,
+    ) -> Result<R, ProviderError> {
+        if let Some(prev) = &self.aborted {
+            return Err(abort(
+                AbortKind::Trap,
+                format!(
+                    "guest '{}' cannot run '{export}': it was aborted earlier in this call ({prev})",
+                    self.name
+                ),
+            ));
+        }
+        self.store.set_epoch_deadline(GuestEngine::ticks(self.limits.timeout));
+        let t0 = Instant::now();
+        let out = f(&self.bindings, &mut self.store);
+        let elapsed_us = t0.elapsed().as_micros() as u64;
+        match out {
+            Ok(Ok(v)) => {
+                tracing::debug!(guest = %self.name, export, elapsed_us, "guest call");
+                map(v)
+            }
+            Ok(Err(e)) => {
+                let e = convert::error(e);
+                tracing::info!(guest = %self.name, export, elapsed_us, error = %e, "guest returned an error");
+                Err(e)
+            }
+            Err(e) => {
+                let refused = self.store.data_mut().limiter.refused.take();
+                let err = classify(&self.name, &self.limits, refused, export, e);
+                self.aborted = Some(err.to_string());
+                Err(err)
+            }
+        }
+    }
+}
+
+/// Turns a trap or limit into `Aborted`, naming guest, export and cause.
+fn classify(guest: &str, limits: &GuestLimits, refused: Option<usize>, export: &str, e: wasmtime::Error) -> ProviderError {
+    let err = if let Some(bytes) = refused {
+        abort(
+            AbortKind::Memory,
+            format!(
+                "guest '{guest}' export '{export}' hit its memory limit of {} MiB (it asked for {} MiB); raise guests.{guest}.limits.memory_mib if the guest really needs it",
+                limits.memory_bytes >> 20,
+                bytes.div_ceil(1 << 20)
+            ),
+        )
+    } else {
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => abort(
+                AbortKind::Timeout,
+                format!(
+                    "guest '{guest}' export '{export}' ran past its deadline of {} ms (guests.{guest}.limits.timeout_ms) and was stopped",
+                    limits.timeout.as_millis()
+                ),
+            ),
+            Some(Trap::StackOverflow) => abort(
+                AbortKind::Trap,
+                format!("guest '{guest}' export '{export}' overflowed its stack (unbounded recursion?)"),
+            ),
+            Some(trap) => abort(AbortKind::Trap, format!("guest '{guest}' export '{export}' trapped: {trap}")),
+            None => abort(AbortKind::Trap, format!("guest '{guest}' export '{export}' failed: {e:#}")),
+        }
+    };
+    tracing::error!(guest, export, error = %err, "guest aborted");
+    err
+}
+
+impl Provider for WasmProvider {
+    fn templates(&mut self, ctx: &CallContext) -> Result<Vec<Template>, ProviderError> {
+        let c = convert::call_context(ctx);
+        self.call(
+            "templates",
+            |b, s| b.hostfactory_provider_provider().call_templates(s, &c),
+            |ts| ts.into_iter().map(convert::template).collect(),
+        )
+    }
+
+    fn request_machines(&mut self, ctx: &CallContext, req: &ProvisionRequest) -> Result<ProvisionProgress, ProviderError> {
+        let (c, r) = (convert::call_context(ctx), convert::provision_request(req));
+        self.call(
+            "request-machines",
+            |b, s| b.hostfactory_provider_provider().call_request_machines(s, &c, &r),
+            |p| Ok(convert::progress(p)),
+        )
+    }
+
+    fn request_status(&mut self, ctx: &CallContext, req: &ProvisionRequest, known: &[Machine]) -> Result<ProvisionProgress, ProviderError> {
+        let (c, r) = (convert::call_context(ctx), convert::provision_request(req));
+        let k: Vec<_> = known.iter().map(convert::machine_to_wit).collect();
+        self.call(
+            "request-status",
+            |b, s| b.hostfactory_provider_provider().call_request_status(s, &c, &r, &k),
+            |p| Ok(convert::progress(p)),
+        )
+    }
+
+    fn release_machines(&mut self, ctx: &CallContext, return_id: &str, machines: &[MachineRef]) -> Result<Vec<Machine>, ProviderError> {
+        let c = convert::call_context(ctx);
+        let m: Vec<_> = machines.iter().map(convert::machine_ref).collect();
+        self.call(
+            "release-machines",
+            |b, s| b.hostfactory_provider_provider().call_release_machines(s, &c, return_id, &m),
+            |ms| Ok(ms.into_iter().map(convert::machine_from_wit).collect()),
+        )
+    }
+
+    fn release_status(&mut self, ctx: &CallContext, return_id: &str, known: &[Machine]) -> Result<Vec<Machine>, ProviderError> {
+        let c = convert::call_context(ctx);
+        let k: Vec<_> = known.iter().map(convert::machine_to_wit).collect();
+        self.call(
+            "release-status",
+            |b, s| b.hostfactory_provider_provider().call_release_status(s, &c, return_id, &k),
+            |ms| Ok(ms.into_iter().map(convert::machine_from_wit).collect()),
+        )
+    }
+
+    fn reclaim_candidates(&mut self, ctx: &CallContext, machines: &[MachineRef]) -> Result<Vec<Reclaim>, ProviderError> {
+        let c = convert::call_context(ctx);
+        let m: Vec<_> = machines.iter().map(convert::machine_ref).collect();
+        self.call(
+            "reclaim-candidates",
+            |b, s| b.hostfactory_provider_provider().call_reclaim_candidates(s, &c, &m),
+            |rs| Ok(rs.into_iter().map(convert::reclaim).collect()),
+        )
+    }
+}

@@ -1,0 +1,140 @@
+//! The one table of guest limits: every limit, its default, its config key, its ceiling and
+//! why it exists. Config can set a limit per guest (`guests.<name>.limits.<key>`), never
+//! above the ceiling.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// One limit: config key, default, ceiling, unit and purpose.
+#[derive(Debug, Clone, Copy)]
+pub struct LimitSpec {
+    /// Key under `guests.<name>.limits`.
+    pub key: &'static str,
+    /// Value when config says nothing.
+    pub default: u64,
+    /// Highest value config may set.
+    pub ceiling: u64,
+    /// Unit of the value.
+    pub unit: &'static str,
+    /// Why the limit exists.
+    pub doc: &'static str,
+}
+
+/// Linear memory (all memories of the guest together).
+pub const MEMORY: LimitSpec = LimitSpec {
+    key: "memory_mib",
+    default: 128,
+    ceiling: 4096,
+    unit: "MiB",
+    doc: "memory a guest may grow to, at instantiation and after; past it growth fails and the call aborts",
+};
+
+/// Wall time per call.
+pub const TIMEOUT: LimitSpec = LimitSpec {
+    key: "timeout_ms",
+    default: 10_000,
+    ceiling: 600_000,
+    unit: "ms",
+    doc: "wall time of one guest call (epoch deadline); HostFactory abandons a script after HF_PROVIDER_ACTION_TIMEOUT",
+};
+
+/// Tables and instances.
+pub const INSTANCES: LimitSpec = LimitSpec {
+    key: "max_instances",
+    default: 32,
+    ceiling: 1000,
+    unit: "instances",
+    doc: "core instances a component may create (a component is a handful); bounds resource use at load",
+};
+
+/// Wasm stack (engine-wide).
+pub const STACK: LimitSpec = LimitSpec {
+    key: "stack_kib",
+    default: 512,
+    ceiling: 512,
+    unit: "KiB",
+    doc: "wasm stack per call; engine-wide (one engine serves every guest), so not settable per guest",
+};
+
+/// Every limit, for `--help` and docs.
+pub const ALL: [LimitSpec; 4] = [MEMORY, TIMEOUT, INSTANCES, STACK];
+
+/// Per-guest settings from config; absent = default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitOverrides {
+    /// See [`MEMORY`].
+    pub memory_mib: Option<u64>,
+    /// See [`TIMEOUT`].
+    pub timeout_ms: Option<u64>,
+    /// See [`INSTANCES`].
+    pub max_instances: Option<u64>,
+}
+
+/// Limits applied to one guest's calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestLimits {
+    /// Bytes of linear memory.
+    pub memory_bytes: usize,
+    /// Wall time per call.
+    pub timeout: Duration,
+    /// Core instances.
+    pub max_instances: usize,
+}
+
+impl Default for GuestLimits {
+    fn default() -> Self {
+        Self::from_overrides(&LimitOverrides::default()).unwrap_or(GuestLimits {
+            memory_bytes: 128 << 20,
+            timeout: Duration::from_secs(10),
+            max_instances: 32,
+        })
+    }
+}
+
+impl GuestLimits {
+    /// Applies config overrides; an out-of-range value is an error naming the key.
+    pub fn from_overrides(o: &LimitOverrides) -> Result<Self, String> {
+        let pick = |spec: &LimitSpec, v: Option<u64>| -> Result<u64, String> {
+            let v = v.unwrap_or(spec.default);
+            if v == 0 || v > spec.ceiling {
+                return Err(format!(
+                    "limits.{} = {v} is out of range: 1..={} {} ({})",
+                    spec.key, spec.ceiling, spec.unit, spec.doc
+                ));
+            }
+            Ok(v)
+        };
+        let to_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        Ok(Self {
+            memory_bytes: to_usize(pick(&MEMORY, o.memory_mib)?).saturating_mul(1 << 20),
+            timeout: Duration::from_millis(pick(&TIMEOUT, o.timeout_ms)?),
+            max_instances: to_usize(pick(&INSTANCES, o.max_instances)?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_ceilings() {
+        let d = GuestLimits::default();
+        assert_eq!(d.memory_bytes, 128 << 20);
+        assert_eq!(d.timeout, Duration::from_millis(10_000));
+        let e = GuestLimits::from_overrides(&LimitOverrides {
+            memory_mib: Some(10_000),
+            ..Default::default()
+        })
+        .expect_err("above ceiling");
+        assert!(e.contains("limits.memory_mib"), "{e}");
+        let tight = GuestLimits::from_overrides(&LimitOverrides {
+            timeout_ms: Some(200),
+            ..Default::default()
+        })
+        .expect("valid");
+        assert_eq!(tight.timeout, Duration::from_millis(200));
+    }
+}

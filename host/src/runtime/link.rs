@@ -1,0 +1,132 @@
+//! Load-time import checks: before a guest is instantiated, every import it declares is
+//! compared with what this host offers and what config granted it, so a mismatch is an
+//! error naming guest, interface and version, with both sides listed and what to do.
+
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+use crate::capabilities::{self, Capability};
+
+/// WASI version line the host provides (wasmtime-wasi p2).
+const WASI_LINE: &str = "0.2";
+/// Provider package version line the host provides.
+const PROVIDER_LINE: &str = "0.1";
+
+/// Why a guest cannot be linked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct LinkError {
+    /// Names guest, interface and version, lists both sides, and says what to do.
+    pub message: String,
+}
+
+/// Everything this host can link, for error messages.
+pub fn host_offers() -> Vec<String> {
+    let mut v: Vec<String> = Capability::ALL.iter().map(|c| c.wit_name()).collect();
+    v.push(format!("hostfactory:provider/types@{PROVIDER_LINE}.x"));
+    v.push(format!("wasi:*@{WASI_LINE}.x (no environment, files, network or stdin)"));
+    v
+}
+
+/// `major.minor` of a `0.x.y` version, the semver-compatible line for 0.x versions.
+fn line(version: &str) -> &str {
+    match version.match_indices('.').nth(1) {
+        Some((i, _)) => &version[..i],
+        None => version,
+    }
+}
+
+/// The imports a component declares, by name.
+pub fn imports(engine: &Engine, component: &Component) -> Vec<String> {
+    component
+        .component_type()
+        .imports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect()
+}
+
+/// Checks every import of `guest` against the host's offer and the grants.
+pub fn check_imports(guest: &str, imports: &[String], grants: &[Capability]) -> Result<(), LinkError> {
+    for import in imports {
+        let (path, version) = import.split_once('@').unwrap_or((import.as_str(), ""));
+        let problem = if let Some(iface) = path.strip_prefix(&format!("{}/", capabilities::PACKAGE)) {
+            match Capability::ALL.into_iter().find(|c| c.short_name() == iface) {
+                None => Some(format!("imports {import}, an interface this host does not have")),
+                Some(_) if line(version) != line(capabilities::VERSION) => Some(format!(
+                    "was built against {import}, but this host implements {path}@{}; rebuild the guest against the host's WIT (wit/ of this hfwasm)",
+                    capabilities::VERSION
+                )),
+                Some(cap) if !grants.contains(&cap) => {
+                    return Err(LinkError {
+                        message: format!(
+                            "guest '{guest}' imports {import}, which config does not grant it; add \"{}\" to guests.{guest}.grants if the guest should have it (granted now: [{}])",
+                            cap.short_name(),
+                            grants.iter().map(|c| c.short_name()).collect::<Vec<_>>().join(", ")
+                        ),
+                    });
+                }
+                Some(_) => None,
+            }
+        } else if path == "hostfactory:provider/types" {
+            (line(version) != PROVIDER_LINE)
+                .then(|| format!("was built against {import}, but this host implements hostfactory:provider@{PROVIDER_LINE}.x"))
+        } else if path.starts_with("wasi:") {
+            (line(version) != WASI_LINE).then(|| format!("imports {import}, but this host provides WASI {WASI_LINE}.x"))
+        } else {
+            Some(format!("imports {import}, which this host does not provide"))
+        };
+        if let Some(p) = problem {
+            return Err(LinkError {
+                message: format!(
+                    "guest '{guest}' {p}.\n  guest imports: {}\n  host offers:   {}",
+                    imports.join(", "),
+                    host_offers().join(", ")
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn granted_and_compatible_imports_pass() {
+        let imports = names(&[
+            "wasi:cli/environment@0.2.6",
+            "hostfactory:capabilities/kv@0.1.0",
+            "hostfactory:provider/types@0.1.0",
+        ]);
+        assert_eq!(check_imports("g", &imports, &[Capability::Kv]), Ok(()));
+    }
+
+    #[test]
+    fn ungranted_import_names_guest_interface_and_version() {
+        let e = check_imports("pool", &names(&["hostfactory:capabilities/power@0.1.0"]), &[Capability::Log]).expect_err("ungranted");
+        assert!(
+            e.message.contains("guest 'pool'")
+                && e.message.contains("hostfactory:capabilities/power@0.1.0")
+                && e.message.contains("guests.pool.grants"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn other_versions_list_both_sides() {
+        let e = check_imports("g", &names(&["hostfactory:capabilities/kv@0.2.0"]), &[Capability::Kv]).expect_err("version");
+        assert!(
+            e.message.contains("kv@0.2.0") && e.message.contains("host offers") && e.message.contains("kv@0.1.0"),
+            "{}",
+            e.message
+        );
+        assert!(check_imports("g", &names(&["acme:evil/net@1.0.0"]), &[]).is_err());
+        assert!(check_imports("g", &names(&["wasi:http/outgoing-handler@0.3.0"]), &[]).is_err());
+    }
+}

@@ -1,0 +1,566 @@
+//! The five HostFactory use cases and the request lifecycle, as plain orchestration over
+//! two ports: a [`Provider`] (a Wasm guest in production, a double in tests; this module
+//! cannot tell) and a [`StateStore`]. Requests are recorded before the provider acts, and
+//! HostFactory's statuses are derived here (see [`lifecycle`]).
+
+pub mod lifecycle;
+pub mod model;
+
+use lifecycle::{MachineResult, RequestStatus};
+use model::*;
+
+use crate::store::{Phase, RequestKind, RequestRecord, StateStore, StoreError};
+
+/// What the core needs of a provider, one method per provider operation.
+pub trait Provider {
+    /// Templates on offer.
+    fn templates(&mut self, ctx: &CallContext) -> Result<Vec<Template>, ProviderError>;
+    /// Start provisioning a recorded request.
+    fn request_machines(&mut self, ctx: &CallContext, req: &ProvisionRequest) -> Result<ProvisionProgress, ProviderError>;
+    /// Progress of an open provision request.
+    fn request_status(&mut self, ctx: &CallContext, req: &ProvisionRequest, known: &[Machine]) -> Result<ProvisionProgress, ProviderError>;
+    /// Start releasing machines under a recorded return request.
+    fn release_machines(&mut self, ctx: &CallContext, return_id: &str, machines: &[MachineRef]) -> Result<Vec<Machine>, ProviderError>;
+    /// Progress of an open return request.
+    fn release_status(&mut self, ctx: &CallContext, return_id: &str, known: &[Machine]) -> Result<Vec<Machine>, ProviderError>;
+    /// Hosts HostFactory lists that the provider wants back.
+    fn reclaim_candidates(&mut self, ctx: &CallContext, machines: &[MachineRef]) -> Result<Vec<Reclaim>, ProviderError>;
+}
+
+/// Builds the provider on first use, so calls that need none (status of finished or
+/// unknown requests) never load a guest.
+pub type ProviderLoader<'a> = Box<dyn FnOnce() -> Result<Box<dyn Provider + 'a>, ProviderError> + 'a>;
+
+/// Why a use case failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The provider failed or refused.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The template id is not on offer.
+    #[error("template '{id}' not found; available: {}", available.join(", "))]
+    TemplateNotFound {
+        /// Requested id.
+        id: String,
+        /// Ids on offer.
+        available: Vec<String>,
+    },
+    /// More hosts than the template allows or has free.
+    #[error("{message}")]
+    TooMany {
+        /// Names template, count and limit.
+        message: String,
+    },
+    /// The provider answered something the contract forbids.
+    #[error("provider answer rejected: {0}")]
+    BadAnswer(String),
+    /// The caller referred to something unknown.
+    #[error("{0}")]
+    Unknown(String),
+}
+
+/// A machine with what HostFactory is told about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineReport {
+    /// The machine.
+    pub machine: Machine,
+    /// Derived result.
+    pub result: MachineResult,
+    /// Message (never empty on `fail`).
+    pub message: String,
+    /// LSF `rc_account` echo.
+    pub rc_account: Option<String>,
+}
+
+/// One request's status for getRequestStatus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestReport {
+    /// Request id.
+    pub request_id: String,
+    /// Derived status.
+    pub status: RequestStatus,
+    /// Message.
+    pub message: String,
+    /// Machines.
+    pub machines: Vec<MachineReport>,
+}
+
+/// Settings of the lifecycle the host enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct LifecyclePolicy {
+    /// Machines pending longer than this fail, and a request open longer than this closes.
+    pub pending_timeout_secs: u64,
+}
+
+/// One HostFactory call's worth of orchestration.
+pub struct Service<'a> {
+    store: &'a dyn StateStore,
+    loader: Option<ProviderLoader<'a>>,
+    provider: Option<Box<dyn Provider + 'a>>,
+    ctx: CallContext,
+    policy: LifecyclePolicy,
+}
+
+fn new_id(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4())
+}
+
+impl<'a> Service<'a> {
+    /// A service over `store`, loading the provider with `loader` when first needed.
+    pub fn new(store: &'a dyn StateStore, loader: ProviderLoader<'a>, ctx: CallContext, policy: LifecyclePolicy) -> Self {
+        Self {
+            store,
+            loader: Some(loader),
+            provider: None,
+            ctx,
+            policy,
+        }
+    }
+
+    fn provider(&mut self) -> Result<&mut (dyn Provider + 'a), ProviderError> {
+        if self.provider.is_none() {
+            let loader = self
+                .loader
+                .take()
+                .ok_or_else(|| ProviderError::Internal("provider loader used twice".into()))?;
+            self.provider = Some(loader()?);
+        }
+        match self.provider.as_deref_mut() {
+            Some(p) => Ok(p),
+            None => Err(ProviderError::Internal("provider missing after load".into())),
+        }
+    }
+
+    /// getAvailableTemplates: the provider's templates, checked against the contract.
+    pub fn get_available_templates(&mut self) -> Result<Vec<Template>, ServiceError> {
+        let ctx = self.ctx.clone();
+        let templates = self.provider()?.templates(&ctx)?;
+        let mut seen: Vec<&str> = Vec::new();
+        for t in &templates {
+            if t.id.trim().is_empty() {
+                return Err(ServiceError::BadAnswer("a template has an empty id".into()));
+            }
+            if seen.contains(&t.id.as_str()) {
+                return Err(ServiceError::BadAnswer(format!("template id '{}' appears twice", t.id)));
+            }
+            seen.push(&t.id);
+            for required in ["type", "ncpus", "nram"] {
+                if t.attribute(required).is_none() {
+                    return Err(ServiceError::BadAnswer(format!(
+                        "template '{}' has no '{required}' attribute",
+                        t.id
+                    )));
+                }
+            }
+            if t.max_number < -1 {
+                return Err(ServiceError::BadAnswer(format!(
+                    "template '{}' has maxNumber {}",
+                    t.id, t.max_number
+                )));
+            }
+        }
+        Ok(templates)
+    }
+
+    /// requestMachines: validate, record (write-ahead), let the provider act, store its
+    /// answer. Returns the request id and a message.
+    pub fn request_machines(
+        &mut self,
+        template_id: &str,
+        count: u32,
+        rc_account: Option<String>,
+    ) -> Result<(String, String), ServiceError> {
+        let templates = self.get_available_templates()?;
+        let template = templates
+            .iter()
+            .find(|t| t.id == template_id)
+            .ok_or_else(|| ServiceError::TemplateNotFound {
+                id: template_id.to_string(),
+                available: templates.iter().map(|t| t.id.clone()).collect(),
+            })?;
+        if template.max_number >= 0 && i64::from(count) > i64::from(template.max_number) {
+            return Err(ServiceError::TooMany {
+                message: format!(
+                    "machineCount {count} is more than template '{template_id}' allows (maxNumber {})",
+                    template.max_number
+                ),
+            });
+        }
+        if let Some(free) = template.available_number {
+            if count > free {
+                return Err(ServiceError::TooMany {
+                    message: format!("machineCount {count} is more than template '{template_id}' has free now (availableNumber {free})"),
+                });
+            }
+        }
+        let now = self.ctx.now;
+        let mut rec = RequestRecord {
+            id: new_id("req"),
+            kind: RequestKind::Provision,
+            template_id: Some(template_id.to_string()),
+            count,
+            rc_account: rc_account.clone(),
+            phase: Phase::Accepted,
+            status: RequestStatus::Running,
+            outstanding: count,
+            message: None,
+            created_at: now,
+            updated_at: now,
+        };
+        self.store.insert_request(&rec, &[])?;
+        crate::faults::point("request-machines:after-write-ahead");
+        let req = ProvisionRequest {
+            request_id: rec.id.clone(),
+            template_id: template_id.to_string(),
+            count,
+            rc_account,
+        };
+        let ctx = self.ctx.clone();
+        let outcome = self.provider().and_then(|p| p.request_machines(&ctx, &req));
+        crate::faults::point("request-machines:after-provider");
+        match outcome {
+            Ok(progress) => {
+                rec.phase = Phase::Submitted;
+                rec.outstanding = progress.outstanding;
+                rec.status = lifecycle::provision_status(count, &progress.machines, progress.outstanding);
+                rec.message = progress.message.clone();
+                self.store.update_request(&rec, &progress.machines)?;
+                let got = progress.machines.len();
+                let message = progress
+                    .message
+                    .unwrap_or_else(|| format!("Request accepted: {got} of {count} hosts of template '{template_id}' started."));
+                tracing::info!(request_id = %rec.id, template_id, count, started = got, "request recorded");
+                Ok((rec.id, message))
+            }
+            Err(e) => {
+                // The record stays for the operator and status calls; HostFactory gets the error.
+                rec.phase = Phase::Submitted;
+                rec.outstanding = 0;
+                rec.status = RequestStatus::CompleteWithError;
+                rec.message = Some(e.to_string());
+                self.store.update_request(&rec, &[])?;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// requestReturnMachines: record the return (write-ahead), let the provider act.
+    pub fn request_return_machines(&mut self, machines: Vec<MachineRef>) -> Result<(String, String), ServiceError> {
+        let now = self.ctx.now;
+        // Initial rows: what HostFactory named, enriched from our provision records.
+        let mut initial: Vec<Machine> = Vec::new();
+        for r in &machines {
+            if initial.iter().any(|m| m.name == r.name) {
+                continue;
+            }
+            let held = self.store.provision_holders(&r.name)?.into_iter().next().map(|(_, m)| m);
+            initial.push(Machine {
+                machine_id: r
+                    .machine_id
+                    .clone()
+                    .or_else(|| held.as_ref().map(|m| m.machine_id.clone()))
+                    .unwrap_or_else(|| r.name.clone()),
+                name: r.name.clone(),
+                private_ip: held.as_ref().map(|m| m.private_ip.clone()).unwrap_or_default(),
+                public_ip: held.as_ref().and_then(|m| m.public_ip.clone()),
+                launch_time: held.as_ref().map_or(now, |m| m.launch_time),
+                state: MachineState::Stopping,
+                message: None,
+            });
+        }
+        let mut rec = RequestRecord {
+            id: new_id("ret"),
+            kind: RequestKind::Return,
+            template_id: None,
+            count: u32::try_from(initial.len()).unwrap_or(u32::MAX),
+            rc_account: None,
+            phase: Phase::Accepted,
+            status: RequestStatus::Running,
+            outstanding: 0,
+            message: None,
+            created_at: now,
+            updated_at: now,
+        };
+        if initial.is_empty() {
+            rec.phase = Phase::Submitted;
+            rec.status = RequestStatus::Complete;
+            rec.message = Some("No hosts to return.".into());
+            self.store.insert_request(&rec, &[])?;
+            return Ok((rec.id, "No hosts to return.".into()));
+        }
+        self.store.insert_request(&rec, &initial)?;
+        crate::faults::point("request-return-machines:after-write-ahead");
+        let refs: Vec<MachineRef> = initial
+            .iter()
+            .map(|m| MachineRef {
+                name: m.name.clone(),
+                machine_id: Some(m.machine_id.clone()),
+            })
+            .collect();
+        let ctx = self.ctx.clone();
+        let answer = self.provider().and_then(|p| p.release_machines(&ctx, &rec.id, &refs));
+        crate::faults::point("request-return-machines:after-provider");
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                rec.message = Some(e.to_string());
+                rec.updated_at = now;
+                self.store.update_request(&rec, &initial)?;
+                return Err(e.into());
+            }
+        };
+        let merged = merge_by_name(&initial, answer);
+        rec.phase = Phase::Submitted;
+        rec.status = lifecycle::return_status(&merged);
+        self.store.update_request(&rec, &merged)?;
+        tracing::info!(request_id = %rec.id, hosts = merged.len(), "return recorded");
+        Ok((rec.id, format!("Return accepted for {} host(s).", merged.len())))
+    }
+
+    /// requestReturnMachines by request id (alias): every machine of that provision request.
+    pub fn machines_of_request(&self, request_id: &str) -> Result<Vec<MachineRef>, ServiceError> {
+        match self.store.request(request_id)? {
+            Some(r) if r.kind == RequestKind::Provision => Ok(self
+                .store
+                .machines(request_id)?
+                .into_iter()
+                .map(|m| MachineRef {
+                    name: m.name,
+                    machine_id: Some(m.machine_id),
+                })
+                .collect()),
+            Some(_) => Err(ServiceError::Unknown(format!(
+                "'{request_id}' is a return request; give the provision request whose hosts to return"
+            ))),
+            None => Err(ServiceError::Unknown(format!("unknown request id '{request_id}'"))),
+        }
+    }
+
+    /// getRequestStatus for each id, provision and return mixed.
+    pub fn get_request_status(&mut self, ids: &[String]) -> Result<Vec<RequestReport>, ServiceError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.push(self.status_of(id)?);
+        }
+        Ok(out)
+    }
+
+    fn status_of(&mut self, id: &str) -> Result<RequestReport, ServiceError> {
+        let Some(mut rec) = self.store.request(id)? else {
+            return Ok(RequestReport {
+                request_id: id.to_string(),
+                status: RequestStatus::CompleteWithError,
+                message: format!(
+                    "unknown request id '{id}': this provider instance ({}) never issued it",
+                    self.ctx.provider_instance
+                ),
+                machines: Vec::new(),
+            });
+        };
+        let known = self.store.machines(id)?;
+        if rec.status.is_final() {
+            return Ok(report(&rec, known));
+        }
+        let ctx = self.ctx.clone();
+        let now = ctx.now;
+        let age = now.saturating_sub(rec.created_at);
+        let timed_out = age > self.policy.pending_timeout_secs;
+        let (machines, outstanding, message) = match rec.kind {
+            RequestKind::Provision => {
+                let req = ProvisionRequest {
+                    request_id: rec.id.clone(),
+                    template_id: rec.template_id.clone().unwrap_or_default(),
+                    count: rec.count,
+                    rc_account: rec.rc_account.clone(),
+                };
+                let answer = self.provider().and_then(|p| {
+                    if rec.phase == Phase::Accepted && known.is_empty() {
+                        tracing::warn!(request_id = %rec.id, "request was recorded but never submitted (crash?); resuming");
+                        p.request_machines(&ctx, &req)
+                    } else {
+                        p.request_status(&ctx, &req, &known)
+                    }
+                });
+                match answer {
+                    Ok(p) => {
+                        let mut machines = merge_by_machine_id(&known, p.machines);
+                        let expired = self.fail_expired(&mut machines, now);
+                        if !expired.is_empty() {
+                            let refs: Vec<MachineRef> = expired
+                                .iter()
+                                .map(|m| MachineRef {
+                                    name: m.name.clone(),
+                                    machine_id: Some(m.machine_id.clone()),
+                                })
+                                .collect();
+                            let cleanup_id = format!("{}-timeout", rec.id);
+                            if let Err(e) = self.provider().and_then(|p| p.release_machines(&ctx, &cleanup_id, &refs)) {
+                                tracing::warn!(request_id = %rec.id, error = %e, "could not release machines that timed out");
+                            }
+                        }
+                        let outstanding = if timed_out { 0 } else { p.outstanding };
+                        (machines, outstanding, p.message.or(rec.message.clone()))
+                    }
+                    Err(e) => self.on_status_error(&rec, known, e, timed_out),
+                }
+            }
+            RequestKind::Return => {
+                let answer = self.provider().and_then(|p| {
+                    if rec.phase == Phase::Accepted {
+                        let refs: Vec<MachineRef> = known
+                            .iter()
+                            .map(|m| MachineRef {
+                                name: m.name.clone(),
+                                machine_id: Some(m.machine_id.clone()),
+                            })
+                            .collect();
+                        p.release_machines(&ctx, &rec.id, &refs)
+                    } else {
+                        p.release_status(&ctx, &rec.id, &known)
+                    }
+                });
+                match answer {
+                    Ok(ms) => (merge_by_name(&known, ms), 0, rec.message.clone()),
+                    Err(e) => self.on_status_error(&rec, known, e, timed_out),
+                }
+            }
+        };
+        rec.phase = Phase::Submitted;
+        rec.outstanding = outstanding;
+        rec.message = message;
+        rec.status = match rec.kind {
+            RequestKind::Provision => lifecycle::provision_status(rec.count, &machines, outstanding),
+            RequestKind::Return => lifecycle::return_status(&machines),
+        };
+        if timed_out && !rec.status.is_final() && rec.kind == RequestKind::Return {
+            // A return that never finishes: report what is known, flag the rest.
+            tracing::warn!(request_id = %rec.id, age, "return request still running past the pending timeout");
+        }
+        rec.updated_at = now;
+        self.store.update_request(&rec, &machines)?;
+        Ok(report(&rec, machines))
+    }
+
+    /// Machines pending for longer than the timeout become `failed` with a message.
+    fn fail_expired(&self, machines: &mut [Machine], now: u64) -> Vec<Machine> {
+        let limit = self.policy.pending_timeout_secs;
+        let mut expired = Vec::new();
+        for m in machines.iter_mut() {
+            if m.state == MachineState::Pending && now.saturating_sub(m.launch_time) > limit {
+                m.state = MachineState::Failed;
+                m.message = Some(format!("still pending after {limit} s (provider.pending_timeout_secs); released"));
+                expired.push(m.clone());
+            }
+        }
+        expired
+    }
+
+    /// A provider failure during a status call: transient ones keep the request running
+    /// (HostFactory polls again) until the pending timeout, then it closes with the error.
+    fn on_status_error(
+        &self,
+        rec: &RequestRecord,
+        known: Vec<Machine>,
+        e: ProviderError,
+        timed_out: bool,
+    ) -> (Vec<Machine>, u32, Option<String>) {
+        tracing::warn!(request_id = %rec.id, error = %e, "provider failed during status");
+        let transient = matches!(e, ProviderError::Unavailable(_) | ProviderError::Aborted { .. });
+        if transient && !timed_out {
+            // Keep it running: force at least one executing marker via `outstanding`.
+            return (known, rec.outstanding.max(1), Some(format!("provider error, will retry: {e}")));
+        }
+        let machines = known
+            .into_iter()
+            .map(|mut m| {
+                if matches!(m.state, MachineState::Pending | MachineState::Stopping) {
+                    m.state = MachineState::Failed;
+                    m.message = Some(format!("provider error: {e}"));
+                }
+                m
+            })
+            .collect();
+        (machines, 0, Some(e.to_string()))
+    }
+
+    /// getReturnRequests: hosts HostFactory lists that the provider wants back; only names
+    /// HostFactory listed are reported.
+    pub fn get_return_requests(&mut self, machines: &[MachineRef]) -> Result<Vec<Reclaim>, ServiceError> {
+        if machines.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ctx = self.ctx.clone();
+        let reclaims = self.provider()?.reclaim_candidates(&ctx, machines)?;
+        let mut out: Vec<Reclaim> = Vec::new();
+        for r in reclaims {
+            if machines.iter().any(|m| m.name == r.name) && !out.iter().any(|o| o.name == r.name) {
+                out.push(r);
+            } else {
+                tracing::warn!(name = %r.name, "provider reclaimed a host HostFactory did not list; ignored");
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Known machines updated by the provider's answer (matched by machine id); machines the
+/// answer left out keep their last state, new ones are appended.
+fn merge_by_machine_id(known: &[Machine], answer: Vec<Machine>) -> Vec<Machine> {
+    let mut out: Vec<Machine> = known.to_vec();
+    for m in answer {
+        match out.iter_mut().find(|k| k.machine_id == m.machine_id) {
+            Some(k) => *k = m,
+            None => out.push(m),
+        }
+    }
+    out
+}
+
+/// Return rows updated by the provider's answer, matched by host name; names the caller
+/// did not ask to return are dropped.
+fn merge_by_name(known: &[Machine], answer: Vec<Machine>) -> Vec<Machine> {
+    let mut out: Vec<Machine> = known.to_vec();
+    for m in answer {
+        if let Some(k) = out.iter_mut().find(|k| k.name == m.name) {
+            let id = k.machine_id.clone();
+            *k = m;
+            if k.machine_id.is_empty() {
+                k.machine_id = id;
+            }
+        }
+    }
+    out
+}
+
+fn report(rec: &RequestRecord, machines: Vec<Machine>) -> RequestReport {
+    let results: Vec<MachineReport> = machines
+        .into_iter()
+        .map(|m| {
+            let result = match rec.kind {
+                RequestKind::Provision => lifecycle::provision_result(m.state),
+                RequestKind::Return => lifecycle::return_result(m.state),
+            };
+            let message = lifecycle::machine_message(&m, result);
+            MachineReport {
+                machine: m,
+                result,
+                message,
+                rc_account: rec.rc_account.clone(),
+            }
+        })
+        .collect();
+    let mut message = rec.message.clone().unwrap_or_default();
+    if message.is_empty() && rec.status == RequestStatus::CompleteWithError {
+        let good = results.iter().filter(|r| r.result == MachineResult::Succeed).count();
+        message = format!("{good} of {} host(s) succeeded", rec.count);
+    }
+    RequestReport {
+        request_id: rec.id.clone(),
+        status: rec.status,
+        message,
+        machines: results,
+    }
+}
