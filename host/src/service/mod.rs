@@ -564,3 +564,6 @@ fn report(rec: &RequestRecord, machines: Vec<Machine>) -> RequestReport {
         machines: results,
     }
 }
+
+#[cfg(test)]
+mod tests;

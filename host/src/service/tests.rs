@@ -1,0 +1,358 @@
+//! The lifecycle core against a scripted test double and a real SQLite store: the core
+//! cannot tell the double from a Wasm guest.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use super::*;
+use crate::store::SqliteStore;
+
+/// A provider whose answers the test sets, and which records what the store held when it
+/// was asked to act (to prove write-ahead).
+#[derive(Default)]
+struct Script {
+    templates: Vec<Template>,
+    progress: Vec<Result<ProvisionProgress, ProviderError>>,
+    release: Vec<Result<Vec<Machine>, ProviderError>>,
+    seen_recorded: Vec<bool>,
+    calls: Vec<String>,
+}
+
+struct Double {
+    script: Rc<RefCell<Script>>,
+    store: Rc<SqliteStore>,
+}
+
+impl Provider for Double {
+    fn templates(&mut self, _: &CallContext) -> Result<Vec<Template>, ProviderError> {
+        self.script.borrow_mut().calls.push("templates".into());
+        Ok(self.script.borrow().templates.clone())
+    }
+    fn request_machines(&mut self, _: &CallContext, req: &ProvisionRequest) -> Result<ProvisionProgress, ProviderError> {
+        let recorded = self.store.request(&req.request_id).ok().flatten().is_some();
+        let mut s = self.script.borrow_mut();
+        s.seen_recorded.push(recorded);
+        s.calls.push("request-machines".into());
+        s.progress.remove(0)
+    }
+    fn request_status(&mut self, _: &CallContext, _: &ProvisionRequest, _: &[Machine]) -> Result<ProvisionProgress, ProviderError> {
+        let mut s = self.script.borrow_mut();
+        s.calls.push("request-status".into());
+        s.progress.remove(0)
+    }
+    fn release_machines(&mut self, _: &CallContext, id: &str, _: &[MachineRef]) -> Result<Vec<Machine>, ProviderError> {
+        let recorded = self.store.request(id).ok().flatten().is_some();
+        let mut s = self.script.borrow_mut();
+        s.seen_recorded.push(recorded);
+        s.calls.push("release-machines".into());
+        s.release.remove(0)
+    }
+    fn release_status(&mut self, _: &CallContext, _: &str, _: &[Machine]) -> Result<Vec<Machine>, ProviderError> {
+        let mut s = self.script.borrow_mut();
+        s.calls.push("release-status".into());
+        s.release.remove(0)
+    }
+    fn reclaim_candidates(&mut self, _: &CallContext, machines: &[MachineRef]) -> Result<Vec<Reclaim>, ProviderError> {
+        // Claims one listed host and one HostFactory never listed.
+        let mut out: Vec<Reclaim> = machines
+            .iter()
+            .take(1)
+            .map(|m| Reclaim {
+                name: m.name.clone(),
+                machine_id: None,
+                grace_period: 0,
+            })
+            .collect();
+        out.push(Reclaim {
+            name: "stranger".into(),
+            machine_id: None,
+            grace_period: 0,
+        });
+        Ok(out)
+    }
+}
+
+fn template(id: &str, max: i32, free: Option<u32>) -> Template {
+    let attr = |n: &str, kind, v: &str| Attribute {
+        name: n.into(),
+        kind,
+        value: v.into(),
+    };
+    Template {
+        id: id.into(),
+        max_number: max,
+        available_number: free,
+        attributes: vec![
+            attr("type", AttributeKind::Text, "X86_64"),
+            attr("ncpus", AttributeKind::Numeric, "2"),
+            attr("nram", AttributeKind::Numeric, "4096"),
+        ],
+        extra: serde_json::Map::new(),
+    }
+}
+
+fn machine(id: &str, state: MachineState, launch: u64) -> Machine {
+    Machine {
+        machine_id: id.into(),
+        name: format!("h-{id}"),
+        private_ip: "10.0.0.1".into(),
+        public_ip: None,
+        launch_time: launch,
+        state,
+        message: None,
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Rc<SqliteStore>,
+    script: Rc<RefCell<Script>>,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Rc::new(SqliteStore::open(&dir.path().join("s.db")).expect("store"));
+        let script = Rc::new(RefCell::new(Script {
+            templates: vec![template("t", 5, Some(3))],
+            ..Default::default()
+        }));
+        Self { _dir: dir, store, script }
+    }
+
+    fn service(&self, now: u64) -> Service<'_> {
+        let (script, store) = (self.script.clone(), self.store.clone());
+        let loader: ProviderLoader<'_> = Box::new(move || Ok(Box::new(Double { script, store }) as Box<dyn Provider>));
+        let ctx = CallContext {
+            provider_instance: "test".into(),
+            settings: serde_json::json!({}),
+            now,
+        };
+        Service::new(self.store.as_ref(), loader, ctx, LifecyclePolicy { pending_timeout_secs: 100 })
+    }
+}
+
+#[test]
+fn request_is_recorded_before_the_provider_acts() {
+    let f = Fixture::new();
+    f.script.borrow_mut().progress.push(Ok(ProvisionProgress {
+        machines: vec![machine("a", MachineState::Pending, 0)],
+        outstanding: 1,
+        message: None,
+    }));
+    let (id, _) = f.service(0).request_machines("t", 2, None).expect("accepted");
+    assert_eq!(f.script.borrow().seen_recorded, [true]);
+    let rec = f.store.request(&id).expect("read").expect("recorded");
+    assert_eq!(
+        (rec.phase, rec.status, rec.outstanding),
+        (Phase::Submitted, RequestStatus::Running, 1)
+    );
+}
+
+#[test]
+fn a_provider_cannot_finish_a_request_with_machines_executing() {
+    let f = Fixture::new();
+    f.script.borrow_mut().progress.extend([
+        Ok(ProvisionProgress {
+            machines: vec![machine("a", MachineState::Running, 0)],
+            outstanding: 1,
+            message: None,
+        }),
+        // The provider claims nothing is outstanding while one machine still boots.
+        Ok(ProvisionProgress {
+            machines: vec![machine("a", MachineState::Running, 0), machine("b", MachineState::Pending, 0)],
+            outstanding: 0,
+            message: None,
+        }),
+        Ok(ProvisionProgress {
+            machines: vec![machine("b", MachineState::Running, 0)],
+            outstanding: 0,
+            message: None,
+        }),
+    ]);
+    let (id, _) = f.service(0).request_machines("t", 2, None).expect("accepted");
+    let r = f.service(1).get_request_status(std::slice::from_ref(&id)).expect("status");
+    assert_eq!(r[0].status, RequestStatus::Running);
+    assert_eq!(
+        r[0].machines.iter().map(|m| m.result).collect::<Vec<_>>(),
+        [MachineResult::Succeed, MachineResult::Executing]
+    );
+    let r = f.service(2).get_request_status(std::slice::from_ref(&id)).expect("status");
+    assert_eq!(r[0].status, RequestStatus::Complete);
+    // Final: answered from the store, the provider is not asked again.
+    let before = f.script.borrow().calls.len();
+    let r = f.service(3).get_request_status(&[id]).expect("status");
+    assert_eq!((r[0].status, f.script.borrow().calls.len()), (RequestStatus::Complete, before));
+}
+
+#[test]
+fn unknown_ids_are_final_with_a_message_and_load_no_provider() {
+    let f = Fixture::new();
+    let r = f
+        .service(0)
+        .get_request_status(&["req-nope".into(), "ret-nope".into()])
+        .expect("status");
+    assert!(
+        r.iter()
+            .all(|x| x.status == RequestStatus::CompleteWithError && x.message.contains("unknown request id"))
+    );
+    assert!(f.script.borrow().calls.is_empty(), "no provider call for unknown ids");
+}
+
+#[test]
+fn counts_are_checked_against_max_and_free() {
+    let f = Fixture::new();
+    assert!(matches!(
+        f.service(0).request_machines("t", 6, None),
+        Err(ServiceError::TooMany { .. })
+    ));
+    assert!(
+        matches!(f.service(0).request_machines("t", 4, None), Err(ServiceError::TooMany { message }) if message.contains("availableNumber 3"))
+    );
+    match f.service(0).request_machines("x", 1, None) {
+        Err(ServiceError::TemplateNotFound { available, .. }) => assert_eq!(available, ["t"]),
+        other => panic!("expected TemplateNotFound, got {other:?}"),
+    }
+}
+
+#[test]
+fn partial_fulfilment_ends_complete_with_error() {
+    let f = Fixture::new();
+    f.script.borrow_mut().progress.push(Ok(ProvisionProgress {
+        machines: vec![
+            machine("a", MachineState::Running, 0),
+            Machine {
+                message: Some("no power".into()),
+                ..machine("b", MachineState::Failed, 0)
+            },
+        ],
+        outstanding: 0,
+        message: None,
+    }));
+    let (id, _) = f.service(0).request_machines("t", 3, None).expect("accepted");
+    let r = f.service(1).get_request_status(&[id]).expect("status");
+    assert_eq!(r[0].status, RequestStatus::CompleteWithError);
+    assert_eq!(r[0].machines[1].message, "no power");
+}
+
+#[test]
+fn pending_machines_fail_after_the_timeout_and_are_released() {
+    let f = Fixture::new();
+    f.script.borrow_mut().progress.extend([
+        Ok(ProvisionProgress {
+            machines: vec![machine("a", MachineState::Pending, 0)],
+            outstanding: 0,
+            message: None,
+        }),
+        Ok(ProvisionProgress {
+            machines: vec![machine("a", MachineState::Pending, 0)],
+            outstanding: 0,
+            message: None,
+        }),
+    ]);
+    f.script.borrow_mut().release.push(Ok(vec![]));
+    let (id, _) = f.service(0).request_machines("t", 1, None).expect("accepted");
+    let r = f.service(500).get_request_status(&[id]).expect("status");
+    assert_eq!(r[0].status, RequestStatus::CompleteWithError);
+    assert!(
+        r[0].machines[0].message.contains("pending_timeout_secs"),
+        "{}",
+        r[0].machines[0].message
+    );
+    assert!(f.script.borrow().calls.contains(&"release-machines".to_string()));
+}
+
+#[test]
+fn a_crash_between_record_and_provider_answer_is_resumed() {
+    let f = Fixture::new();
+    // What a crash leaves: an accepted record and no machines.
+    let rec = RequestRecord {
+        id: "req-crashed".into(),
+        kind: RequestKind::Provision,
+        template_id: Some("t".into()),
+        count: 1,
+        rc_account: None,
+        phase: Phase::Accepted,
+        status: RequestStatus::Running,
+        outstanding: 1,
+        message: None,
+        created_at: 0,
+        updated_at: 0,
+    };
+    f.store.insert_request(&rec, &[]).expect("insert");
+    f.script.borrow_mut().progress.push(Ok(ProvisionProgress {
+        machines: vec![machine("a", MachineState::Running, 0)],
+        outstanding: 0,
+        message: None,
+    }));
+    let r = f.service(1).get_request_status(&["req-crashed".into()]).expect("status");
+    assert_eq!(r[0].status, RequestStatus::Complete);
+    assert_eq!(f.script.borrow().calls, ["request-machines"], "resumed through request-machines");
+}
+
+#[test]
+fn returns_are_recorded_first_and_unknown_hosts_succeed() {
+    let f = Fixture::new();
+    f.script.borrow_mut().release.extend([
+        Ok(vec![machine("x", MachineState::Stopping, 0)]),
+        Ok(vec![
+            Machine {
+                name: "h-x".into(),
+                ..machine("x", MachineState::Terminated, 0)
+            },
+            Machine {
+                name: "ghost".into(),
+                ..machine("g", MachineState::Terminated, 0)
+            },
+        ]),
+    ]);
+    let refs = vec![
+        MachineRef {
+            name: "h-x".into(),
+            machine_id: Some("x".into()),
+        },
+        MachineRef {
+            name: "ghost".into(),
+            machine_id: None,
+        },
+    ];
+    let (id, _) = f.service(0).request_return_machines(refs).expect("accepted");
+    assert!(id.starts_with("ret-"));
+    assert_eq!(f.script.borrow().seen_recorded, [true]);
+    let r = f.service(1).get_request_status(&[id]).expect("status");
+    assert_eq!(r[0].status, RequestStatus::Complete);
+    assert_eq!(r[0].machines.len(), 2);
+    let (empty, msg) = f.service(2).request_return_machines(vec![]).expect("nothing to return");
+    assert!(empty.starts_with("ret-") && msg.contains("No hosts"));
+}
+
+#[test]
+fn transient_provider_errors_keep_the_request_running() {
+    let f = Fixture::new();
+    f.script.borrow_mut().progress.extend([
+        Ok(ProvisionProgress {
+            machines: vec![machine("a", MachineState::Pending, 0)],
+            outstanding: 0,
+            message: None,
+        }),
+        Err(ProviderError::Unavailable("cloud down".into())),
+    ]);
+    let (id, _) = f.service(0).request_machines("t", 1, None).expect("accepted");
+    let r = f.service(1).get_request_status(&[id]).expect("status");
+    assert_eq!(r[0].status, RequestStatus::Running);
+    assert!(r[0].message.contains("cloud down"));
+}
+
+#[test]
+fn reclaims_are_limited_to_hosts_hostfactory_listed() {
+    let f = Fixture::new();
+    let r = f
+        .service(0)
+        .get_return_requests(&[MachineRef {
+            name: "h1".into(),
+            machine_id: None,
+        }])
+        .expect("reclaim");
+    assert_eq!(r.iter().map(|x| x.name.as_str()).collect::<Vec<_>>(), ["h1"]);
+    assert!(f.service(0).get_return_requests(&[]).expect("empty").is_empty());
+}
