@@ -1,0 +1,127 @@
+//! Bad input, each answered with a schema-valid error envelope on stdout, exit 1, a code,
+//! and a message naming the offending file, field, template, line or key; and nothing
+//! recorded before is lost.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+fn message(e: &serde_json::Value) -> String {
+    e["error"]["message"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn bad_inputs_are_named_and_nothing_is_lost() {
+    let tree = HfTree::new(&plain_inventory(4));
+    let id = tree.request(PLAIN_TEMPLATE, 2);
+    assert_eq!(tree.until_final(&id)["status"], "complete");
+
+    // Malformed JSON: names the file, line and column.
+    let o = tree.run_text("requestMachines", "{\n\t\"template\": {\"templateId\": \"x\",\n");
+    let e = expect_error("requestMachines", &o, "INVALID_JSON");
+    assert!(message(&e).contains("hf_in_") && e["error"]["details"]["line"].is_number(), "{e}");
+
+    // Missing input file.
+    let missing = tree.dir.path().join("gone.json");
+    let e = expect_error("getRequestStatus", &tree.run_file("getRequestStatus", &missing), "INPUT_NOT_FOUND");
+    assert!(message(&e).contains("gone.json"), "{e}");
+
+    // Unknown template: names it and lists what exists.
+    let e = tree.err(
+        "requestMachines",
+        &json!({"template": {"templateId": "nope", "machineCount": 1}}),
+        "TEMPLATE_NOT_FOUND",
+    );
+    assert!(message(&e).contains("'nope'"), "{e}");
+    assert_eq!(e["error"]["details"]["available_templates"], json!([PLAIN_TEMPLATE]));
+
+    // machineCount missing, zero, negative, fractional, and above what the pool has.
+    for (count, needle) in [
+        (None, "missing `template.machineCount`"),
+        (Some(json!(0)), "at least 1"),
+        (Some(json!(-3)), "at least 1"),
+        (Some(json!(1.5)), "whole number"),
+    ] {
+        let mut t = json!({"templateId": PLAIN_TEMPLATE});
+        if let Some(c) = count {
+            t["machineCount"] = c;
+        }
+        let e = tree.err("requestMachines", &json!({"template": t}), "INVALID_MACHINE_COUNT");
+        assert!(message(&e).contains(needle), "{e}");
+    }
+    let e = tree.err(
+        "requestMachines",
+        &json!({"template": {"templateId": PLAIN_TEMPLATE, "machineCount": 3}}),
+        "INVALID_MACHINE_COUNT",
+    );
+    assert!(message(&e).contains("availableNumber 2"), "only two of four hosts are free: {e}");
+    let e = tree.err(
+        "requestMachines",
+        &json!({"template": {"templateId": PLAIN_TEMPLATE, "machineCount": 9}}),
+        "INVALID_MACHINE_COUNT",
+    );
+    assert!(message(&e).contains("maxNumber 4"), "{e}");
+
+    // Wrong shapes name the field.
+    let e = tree.err("requestReturnMachines", &json!({"machines": [{"machineId": "x"}]}), "INVALID_INPUT");
+    assert!(message(&e).contains("machines[0]"), "{e}");
+    let e = tree.err("getRequestStatus", &json!({"requests": "req-1"}), "INVALID_INPUT");
+    assert!(message(&e).contains("`requests`"), "{e}");
+
+    // A broken inventory line names file and line.
+    std::fs::write(
+        tree.conf.join("inventory.txt"),
+        plain_inventory(4) + "node-05 10.1.0.999 ncpus=4 nram=8192\n",
+    )
+    .expect("inventory");
+    let e = tree.err("getAvailableTemplates", &json!({}), "INVENTORY_ERROR");
+    assert!(
+        message(&e).contains("inventory.txt line 5") && message(&e).contains("10.1.0.999"),
+        "{e}"
+    );
+    assert_eq!(e["error"]["details"]["line"], 5);
+    std::fs::write(tree.conf.join("inventory.txt"), plain_inventory(4)).expect("inventory");
+
+    // An unknown config key names key and file.
+    tree.config(&json!({"provider": {"guest": "onprem", "pending_timeout": 5}}));
+    let e = tree.err("getAvailableTemplates", &json!({}), "CONFIG_ERROR");
+    assert!(
+        message(&e).contains("hfwasm.json") && message(&e).contains("pending_timeout"),
+        "{e}"
+    );
+    assert_eq!(e["error"]["details"]["setting"], "provider.pending_timeout");
+    tree.default_config();
+
+    // Nothing was lost: the first request is intact, and its hosts are still leased.
+    let s = tree.until_final(&id);
+    assert_eq!((s["status"].as_str(), machine_names(&s, "succeed").len()), (Some("complete"), 2));
+    let t = tree.ok("getAvailableTemplates", &json!({}));
+    assert_eq!(t["templates"][0]["availableNumber"], 2);
+}
+
+#[test]
+fn a_call_without_its_input_file_still_answers_json() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hfwasm"))
+        .args(["requestMachines", "--bogus"])
+        .env("HF_PROVIDER_CONFDIR", "/nonexistent")
+        .env("HF_PROVIDER_WORKDIR", "/nonexistent")
+        .output()
+        .expect("run");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(out.status.code(), Some(1));
+    assert_valid("error", &v);
+}
+
+#[test]
+fn missing_binary_gives_an_error_document() {
+    let out = std::process::Command::new(repo().join("scripts/getAvailableTemplates.sh"))
+        .args(["-f", "/dev/null"])
+        .env("HFWASM_BIN", "/nonexistent/hfwasm")
+        .output()
+        .expect("run");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(out.status.code(), Some(1));
+    assert_valid("error", &v);
+    assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains("HFWASM_BIN")), "{v}");
+}

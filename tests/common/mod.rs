@@ -1,0 +1,209 @@
+//! Test harness: a HostFactory tree in a temp dir, and the real scripts run the way
+//! HostFactory runs them (a tab-indented input file, `-f`, one JSON document on stdout).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The shared conformance corpus (`../shared/conformance` beside the repo).
+pub fn conformance() -> PathBuf {
+    let dir = std::env::var_os("HFWASM_CONFORMANCE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("../shared/conformance"));
+    assert!(
+        dir.join("schemas").is_dir(),
+        "conformance corpus not found at {}: check out shared/ beside the repo or set HFWASM_CONFORMANCE_DIR",
+        dir.display()
+    );
+    dir
+}
+
+/// A built test guest (`guests/testing/*`, built by host/build.rs).
+pub fn guest_wasm(file: &str) -> PathBuf {
+    let p = Path::new(env!("HFWASM_GUEST_DIR")).join(file);
+    assert!(p.is_file(), "test guest {} was not built", p.display());
+    p
+}
+
+/// Pretty-prints with tabs, as HostFactory's cJSON does.
+pub fn tabbed(v: &Value) -> String {
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, serde_json::ser::PrettyFormatter::with_indent(b"\t"));
+    serde::Serialize::serialize(v, &mut ser).expect("serialise");
+    String::from_utf8(out).expect("utf8")
+}
+
+/// What one script run produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Exit code.
+    pub code: i32,
+    /// The one JSON document on stdout.
+    pub json: Value,
+    /// stderr, for failure messages.
+    pub stderr: String,
+}
+
+/// A HostFactory tree: conf dir (inventory, config), work dir, log dir.
+pub struct HfTree {
+    pub dir: tempfile::TempDir,
+    pub conf: PathBuf,
+    pub work: PathBuf,
+    pub logs: PathBuf,
+    step: std::sync::atomic::AtomicU32,
+}
+
+impl HfTree {
+    /// A tree whose inventory is `inventory` (no hfwasm.json: embedded defaults).
+    pub fn new(inventory: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = dir.path().join("conf/providers/pool");
+        let work = dir.path().join("work/providers/pool");
+        let logs = dir.path().join("log");
+        std::fs::create_dir_all(&conf).expect("conf");
+        std::fs::write(conf.join("inventory.txt"), inventory).expect("inventory");
+        Self {
+            dir,
+            conf,
+            work,
+            logs,
+            step: 0.into(),
+        }
+    }
+
+    /// Writes `hfwasm.json`.
+    pub fn config(&self, json: &Value) {
+        std::fs::write(self.conf.join("hfwasm.json"), serde_json::to_string_pretty(json).expect("json")).expect("write config");
+    }
+
+    /// Removes `hfwasm.json` (back to the embedded defaults).
+    pub fn default_config(&self) {
+        let _ = std::fs::remove_file(self.conf.join("hfwasm.json"));
+    }
+
+    /// Runs `scripts/<call>.sh -f <file holding text>`.
+    pub fn run_text(&self, call: &str, text: &str) -> Outcome {
+        let n = self.step.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let file = self.dir.path().join(format!("hf_in_{n:04}_{call}"));
+        std::fs::write(&file, text).expect("input");
+        self.run_file(call, &file)
+    }
+
+    /// Runs `scripts/<call>.sh -f <file>` on an existing (or missing) file.
+    pub fn run_file(&self, call: &str, file: &Path) -> Outcome {
+        let out = Command::new(repo().join("scripts").join(format!("{call}.sh")))
+            .arg("-f")
+            .arg(file)
+            .env("HFWASM_BIN", env!("CARGO_BIN_EXE_hfwasm"))
+            .env("HF_PROVIDER_NAME", "pool")
+            .env("HF_PROVIDER_CONFDIR", &self.conf)
+            .env("HF_PROVIDER_WORKDIR", &self.work)
+            .env("HF_PROVIDER_LOGDIR", &self.logs)
+            .env("HFWASM_CACHE_DIR", repo().join("target/test-cache"))
+            .env_remove("HFWASM_FAULT")
+            .output()
+            .expect("run script");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        let json: Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("{call}: stdout is not exactly one JSON document ({e}):\n{stdout}\nstderr:\n{stderr}"));
+        Outcome {
+            code: out.status.code().unwrap_or(-1),
+            json,
+            stderr,
+        }
+    }
+
+    /// Runs `call` with `input` written tab-indented.
+    pub fn run(&self, call: &str, input: &Value) -> Outcome {
+        self.run_text(call, &tabbed(input))
+    }
+
+    /// Runs `call`, expects exit 0 and a schema-valid answer.
+    pub fn ok(&self, call: &str, input: &Value) -> Value {
+        let o = self.run(call, input);
+        assert_eq!(o.code, 0, "{call} failed: {}\nstderr: {}", o.json, o.stderr);
+        assert_valid(call, &o.json);
+        o.json
+    }
+
+    /// Runs `call`, expects exit 1 and a schema-valid error envelope with `code`.
+    pub fn err(&self, call: &str, input: &Value, code: &str) -> Value {
+        let o = self.run(call, input);
+        expect_error(call, &o, code)
+    }
+
+    /// Polls getRequestStatus until `id` is final (bounded), returning that request.
+    pub fn until_final(&self, id: &str) -> Value {
+        let t0 = std::time::Instant::now();
+        loop {
+            let r = self.ok("getRequestStatus", &serde_json::json!({"requests": [{"requestId": id}]}));
+            let req = r["requests"][0].clone();
+            if req["status"] != "running" {
+                return req;
+            }
+            assert!(t0.elapsed().as_secs() < 30, "request {id} still running after 30 s: {req}");
+            std::thread::sleep(std::time::Duration::from_millis(150));
+        }
+    }
+
+    /// A request for `count` hosts of `template`; returns the request id.
+    pub fn request(&self, template: &str, count: u32) -> String {
+        let r = self.ok(
+            "requestMachines",
+            &serde_json::json!({"template": {"templateId": template, "machineCount": count}}),
+        );
+        r["requestId"].as_str().expect("requestId").to_string()
+    }
+}
+
+/// Checks an error outcome: exit 1, schema-valid envelope, the expected code.
+pub fn expect_error(call: &str, o: &Outcome, code: &str) -> Value {
+    assert_eq!(o.code, 1, "{call} should fail with exit 1: {}", o.json);
+    assert_valid("error", &o.json);
+    assert_eq!(o.json["error"]["code"], code, "{call}: {}", o.json);
+    o.json.clone()
+}
+
+/// Validates `doc` against `../shared/conformance/schemas/<name>.schema.json`.
+pub fn assert_valid(name: &str, doc: &Value) {
+    let path = conformance().join("schemas").join(format!("{name}.schema.json"));
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("schema")).expect("schema json");
+    let validator = jsonschema::validator_for(&schema).expect("compile schema");
+    let errors: Vec<String> = validator
+        .iter_errors(doc)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{name} answer breaks {}:\n{}\n{doc:#}",
+        path.display(),
+        errors.join("\n")
+    );
+}
+
+/// Names of the machines of a status entry with the given result.
+pub fn machine_names(req: &Value, result: &str) -> Vec<String> {
+    req["machines"]
+        .as_array()
+        .expect("machines")
+        .iter()
+        .filter(|m| m["result"] == result)
+        .map(|m| m["name"].as_str().expect("name").to_string())
+        .collect()
+}
+
+/// An inventory of `n` plain hosts `node-NN` at 10.1.0.NN, 4 cpus / 8 GiB.
+pub fn plain_inventory(n: usize) -> String {
+    (1..=n).map(|i| format!("node-{i:02} 10.1.0.{i} ncpus=4 nram=8192\n")).collect()
+}
+
+/// The template id the on-prem guest derives for [`plain_inventory`] hosts.
+pub const PLAIN_TEMPLATE: &str = "pool-4cpu-8192mb";

@@ -1,0 +1,106 @@
+//! Guests that misbehave are stopped by their limits with a named error; the host survives,
+//! the store is intact, and the next call works.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+fn use_guest(tree: &HfTree, file: &str, grants: &[&str], limits: serde_json::Value) {
+    tree.config(&json!({
+        "provider": {"guest": "bad"},
+        "guests": {"bad": {"wasm": guest_wasm(file).display().to_string(), "grants": grants, "limits": limits}}
+    }));
+}
+
+/// A finished request made with the good guest, to prove later that nothing was lost.
+fn finished_request(tree: &HfTree) -> String {
+    let id = tree.request(PLAIN_TEMPLATE, 1);
+    assert_eq!(tree.until_final(&id)["status"], "complete");
+    id
+}
+
+fn still_intact(tree: &HfTree, id: &str) {
+    // A finished request is answered from the store without loading any guest.
+    let s = tree.ok("getRequestStatus", &json!({"requests": [{"requestId": id}]}));
+    assert_eq!(s["requests"][0]["status"], "complete");
+    // And with the good guest back, the pool answers again.
+    tree.default_config();
+    let t = tree.ok("getAvailableTemplates", &json!({}));
+    assert_eq!(t["templates"][0]["availableNumber"], 2);
+}
+
+#[test]
+fn an_endless_loop_is_stopped_by_the_deadline() {
+    let tree = HfTree::new(&plain_inventory(3));
+    let id = finished_request(&tree);
+    use_guest(&tree, "hfwasm_testing_spin.wasm", &[], json!({"timeout_ms": 300}));
+    let t0 = std::time::Instant::now();
+    let e = tree.err("getAvailableTemplates", &json!({}), "GUEST_TIMEOUT");
+    let msg = e["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("guest 'bad'") && msg.contains("'templates'") && msg.contains("300 ms"),
+        "{msg}"
+    );
+    assert!(t0.elapsed().as_secs() < 30, "the deadline must end the call");
+    // The same guest under requestMachines: stopped again, nothing recorded as leased.
+    tree.err(
+        "requestMachines",
+        &json!({"template": {"templateId": PLAIN_TEMPLATE, "machineCount": 1}}),
+        "GUEST_TIMEOUT",
+    );
+    still_intact(&tree, &id);
+}
+
+#[test]
+fn a_memory_bomb_is_stopped_by_the_memory_limit() {
+    let tree = HfTree::new(&plain_inventory(3));
+    let id = finished_request(&tree);
+    use_guest(&tree, "hfwasm_testing_membomb.wasm", &[], json!({"memory_mib": 32}));
+    let e = tree.err("getAvailableTemplates", &json!({}), "GUEST_MEMORY_LIMIT");
+    let msg = e["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("guest 'bad'") && msg.contains("32 MiB") && msg.contains("memory_mib"),
+        "{msg}"
+    );
+    still_intact(&tree, &id);
+}
+
+#[test]
+fn an_ungranted_import_is_refused_at_load() {
+    let tree = HfTree::new(&plain_inventory(3));
+    let id = finished_request(&tree);
+    // The on-prem guest imports kv, inventory and power; grant it only log and inventory.
+    tree.config(&json!({
+        "provider": {"guest": "pool"},
+        "guests": {"pool": {"wasm": "builtin:onprem", "grants": ["log", "inventory"]}}
+    }));
+    let e = tree.err("getAvailableTemplates", &json!({}), "GUEST_LOAD_ERROR");
+    let msg = e["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("guest 'pool'")
+            && msg.contains("hostfactory:capabilities/")
+            && msg.contains("@0.1.0")
+            && msg.contains("guests.pool.grants"),
+        "{msg}"
+    );
+    still_intact(&tree, &id);
+}
+
+#[test]
+fn a_changed_guest_file_takes_effect_on_the_next_call() {
+    let tree = HfTree::new(&plain_inventory(3));
+    let file = tree.dir.path().join("provider.wasm");
+    let onprem = std::path::Path::new(env!("HFWASM_GUEST_DIR")).join("hfwasm_guest_onprem.wasm");
+    std::fs::copy(&onprem, &file).expect("copy");
+    tree.config(&json!({
+        "provider": {"guest": "site"},
+        "guests": {"site": {"wasm": file.display().to_string(), "grants": ["log", "kv", "inventory", "power"], "limits": {"timeout_ms": 300}}}
+    }));
+    tree.ok("getAvailableTemplates", &json!({}));
+    // Same path, new content: the cache key is the content hash, so no stale code runs.
+    std::fs::copy(guest_wasm("hfwasm_testing_spin.wasm"), &file).expect("swap");
+    tree.err("getAvailableTemplates", &json!({}), "GUEST_TIMEOUT");
+    std::fs::copy(&onprem, &file).expect("swap back");
+    tree.ok("getAvailableTemplates", &json!({}));
+}
