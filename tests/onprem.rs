@@ -1,0 +1,81 @@
+//! The on-prem pool provider end to end: admin power commands run by the host (a host stays
+//! `executing` until its command succeeded, `fail` with the command's error if it failed),
+//! returns with power-off, returns of unknown hosts, and the demo through the real scripts.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+#[test]
+fn power_on_commands_gate_readiness_and_failures_carry_the_commands_error() {
+    let marker = tempfile::tempdir().expect("tempdir");
+    let gate = marker.path().join("gate");
+    let inventory = format!(
+        "ok-1 10.5.0.1 template=t ncpus=2 nram=2048 power_on=\"while [ ! -e {g} ]; do sleep 0.05; done; echo up {{name}}\"\n\
+         bad-1 10.5.0.2 template=t ncpus=2 nram=2048 power_on=\"echo 'ssh: connect to host {{ip}}: No route to host' >&2; exit 255\"\n",
+        g = gate.display()
+    );
+    let tree = HfTree::new(&inventory);
+    let id = tree.request("t", 2);
+    // The failing host fails on its own; the good one waits for its command: still running.
+    let mut req;
+    let t0 = std::time::Instant::now();
+    loop {
+        req = tree.ok("getRequestStatus", &json!({"requests": [{"requestId": id}]}))["requests"][0].clone();
+        if machine_names(&req, "fail").len() == 1 || t0.elapsed().as_secs() > 20 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(req["status"], "running", "never final while a machine is executing: {req}");
+    assert_eq!(machine_names(&req, "executing"), ["ok-1"]);
+    let bad = req["machines"].as_array().expect("machines").iter().find(|m| m["name"] == "bad-1").cloned().expect("bad-1");
+    let msg = bad["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("exit status 255") && msg.contains("No route to host") && msg.contains("10.5.0.2"), "{msg}");
+    // Open the gate: the good host comes up and the request ends with an error for the bad one.
+    std::fs::write(&gate, b"").expect("gate");
+    let done = tree.until_final(&id);
+    assert_eq!(done["status"], "complete_with_error", "{done}");
+    assert_eq!(machine_names(&done, "succeed"), ["ok-1"]);
+    // The failed host went back to the pool; the good one is leased.
+    let t = tree.ok("getAvailableTemplates", &json!({}));
+    assert_eq!(t["templates"][0]["availableNumber"], 1);
+}
+
+#[test]
+fn returns_power_off_and_unknown_hosts_succeed() {
+    let tree = HfTree::new("defaults ncpus=2 nram=2048 power_off=\"sleep 0.3\"\na 10.6.0.1\nb 10.6.0.2\n");
+    let id = tree.request("pool-2cpu-2048mb", 2);
+    assert_eq!(tree.until_final(&id)["status"], "complete");
+    let r = tree.ok("requestReturnMachines", &json!({"machines": [{"name": "a", "machineId": "a"}, {"name": "never-seen", "machineId": "x-1"}]}));
+    let ret_id = r["requestId"].as_str().expect("id").to_string();
+    assert!(ret_id.starts_with("ret-"));
+    let first = tree.ok("getRequestStatus", &json!({"requests": [{"requestId": ret_id}]}));
+    assert_eq!(first["requests"][0]["status"], "running", "a is powering off: {first}");
+    let done = tree.until_final(&ret_id);
+    assert_eq!(done["status"], "complete", "{done}");
+    let mut gone = machine_names(&done, "succeed");
+    gone.sort();
+    assert_eq!(gone, ["a", "never-seen"]);
+    let t = tree.ok("getAvailableTemplates", &json!({}));
+    assert_eq!(t["templates"][0]["availableNumber"], 1, "a is free again, b still leased");
+    // Returning a host twice (already gone) still succeeds.
+    let again = tree.ok("requestReturnMachines", &json!({"machines": [{"name": "a", "machineId": "a"}]}));
+    assert_eq!(tree.until_final(again["requestId"].as_str().expect("id"))["status"], "complete");
+    // A return of nothing still gets an id, as IBM's plugin does.
+    let none = tree.ok("requestReturnMachines", &json!({"machines": []}));
+    assert_eq!(tree.until_final(none["requestId"].as_str().expect("id"))["status"], "complete");
+}
+
+#[test]
+fn the_demo_runs_the_full_cycle_through_the_real_scripts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hfwasm")).arg("demo").arg("--dir").arg(dir.path()).output().expect("demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("Demo complete: 3 hosts provisioned, 2 returned, 1 reclaimed"), "{stdout}");
+    // The demo installed the real scripts and found the binary relative to them.
+    assert!(dir.path().join("providerplugins/hfwasm/scripts/requestMachines.sh").is_file());
+    assert!(dir.path().join("providerplugins/hfwasm/bin/hfwasm").exists());
+}
