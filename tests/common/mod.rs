@@ -32,6 +32,12 @@ pub fn guest_wasm(file: &str) -> PathBuf {
     p
 }
 
+/// A precompiled-guest cache shared by all tests of a run (next to the built guests, so it
+/// follows `CARGO_TARGET_DIR`); concurrent writers are safe (atomic rename).
+pub fn test_cache() -> PathBuf {
+    Path::new(env!("HFWASM_GUEST_DIR")).join("../../../test-cache")
+}
+
 /// Pretty-prints with tabs, as HostFactory's cJSON does.
 pub fn tabbed(v: &Value) -> String {
     let mut out = Vec::new();
@@ -106,7 +112,7 @@ impl HfTree {
             .env("HF_PROVIDER_CONFDIR", &self.conf)
             .env("HF_PROVIDER_WORKDIR", &self.work)
             .env("HF_PROVIDER_LOGDIR", &self.logs)
-            .env("HFWASM_CACHE_DIR", repo().join("target/test-cache"))
+            .env("HFWASM_CACHE_DIR", test_cache())
             .env_remove("HFWASM_FAULT")
             .output()
             .expect("run script");

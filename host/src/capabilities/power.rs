@@ -99,10 +99,10 @@ impl Host for GuestPower {
         std::fs::create_dir_all(&self.dir).map_err(|e| spawn_err(&format!("cannot create {}", self.dir.display()), e))?;
         let (started, log, rc) = self.paths(&host, act);
         for old in [&rc, &log] {
-            if let Err(e) = std::fs::remove_file(old) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    return Err(spawn_err(&format!("cannot clear {}", old.display()), e));
-                }
+            if let Err(e) = std::fs::remove_file(old)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(spawn_err(&format!("cannot clear {}", old.display()), e));
             }
         }
         std::fs::write(&started, b"").map_err(|e| spawn_err(&format!("cannot write {}", started.display()), e))?;

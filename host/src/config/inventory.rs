@@ -159,10 +159,10 @@ impl Inventory {
                 }
             }
             for k in &order {
-                if let Some(v) = keys.get(k) {
-                    if !attributes.iter().any(|(a, _)| a == k) {
-                        attributes.push((k.clone(), v.clone()));
-                    }
+                if let Some(v) = keys.get(k)
+                    && !attributes.iter().any(|(a, _)| a == k)
+                {
+                    attributes.push((k.clone(), v.clone()));
                 }
             }
             hosts.push(InventoryHost {

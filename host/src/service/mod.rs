@@ -189,12 +189,12 @@ impl<'a> Service<'a> {
                 ),
             });
         }
-        if let Some(free) = template.available_number {
-            if count > free {
-                return Err(ServiceError::TooMany {
-                    message: format!("machineCount {count} is more than template '{template_id}' has free now (availableNumber {free})"),
-                });
-            }
+        if let Some(free) = template.available_number
+            && count > free
+        {
+            return Err(ServiceError::TooMany {
+                message: format!("machineCount {count} is more than template '{template_id}' has free now (availableNumber {free})"),
+            });
         }
         let now = self.ctx.now;
         let mut rec = RequestRecord {
