@@ -30,9 +30,18 @@ fn power_on_commands_gate_readiness_and_failures_carry_the_commands_error() {
     }
     assert_eq!(req["status"], "running", "never final while a machine is executing: {req}");
     assert_eq!(machine_names(&req, "executing"), ["ok-1"]);
-    let bad = req["machines"].as_array().expect("machines").iter().find(|m| m["name"] == "bad-1").cloned().expect("bad-1");
+    let bad = req["machines"]
+        .as_array()
+        .expect("machines")
+        .iter()
+        .find(|m| m["name"] == "bad-1")
+        .cloned()
+        .expect("bad-1");
     let msg = bad["message"].as_str().unwrap_or_default();
-    assert!(msg.contains("exit status 255") && msg.contains("No route to host") && msg.contains("10.5.0.2"), "{msg}");
+    assert!(
+        msg.contains("exit status 255") && msg.contains("No route to host") && msg.contains("10.5.0.2"),
+        "{msg}"
+    );
     // Open the gate: the good host comes up and the request ends with an error for the bad one.
     std::fs::write(&gate, b"").expect("gate");
     let done = tree.until_final(&id);
@@ -48,7 +57,10 @@ fn returns_power_off_and_unknown_hosts_succeed() {
     let tree = HfTree::new("defaults ncpus=2 nram=2048 power_off=\"sleep 0.3\"\na 10.6.0.1\nb 10.6.0.2\n");
     let id = tree.request("pool-2cpu-2048mb", 2);
     assert_eq!(tree.until_final(&id)["status"], "complete");
-    let r = tree.ok("requestReturnMachines", &json!({"machines": [{"name": "a", "machineId": "a"}, {"name": "never-seen", "machineId": "x-1"}]}));
+    let r = tree.ok(
+        "requestReturnMachines",
+        &json!({"machines": [{"name": "a", "machineId": "a"}, {"name": "never-seen", "machineId": "x-1"}]}),
+    );
     let ret_id = r["requestId"].as_str().expect("id").to_string();
     assert!(ret_id.starts_with("ret-"));
     let first = tree.ok("getRequestStatus", &json!({"requests": [{"requestId": ret_id}]}));
@@ -71,10 +83,22 @@ fn returns_power_off_and_unknown_hosts_succeed() {
 #[test]
 fn the_demo_runs_the_full_cycle_through_the_real_scripts() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hfwasm")).arg("demo").arg("--dir").arg(dir.path()).output().expect("demo");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hfwasm"))
+        .arg("demo")
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .expect("demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("Demo complete: 3 hosts provisioned, 2 returned, 1 reclaimed"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("Demo complete: 3 hosts provisioned, 2 returned, 1 reclaimed"),
+        "{stdout}"
+    );
     // The demo installed the real scripts and found the binary relative to them.
     assert!(dir.path().join("providerplugins/hfwasm/scripts/requestMachines.sh").is_file());
     assert!(dir.path().join("providerplugins/hfwasm/bin/hfwasm").exists());

@@ -1,1 +1,283 @@
-fn main() {}
+//! hfwasm benchmark harness: drives the real HostFactory scripts against the release
+//! binary with a warm precompiled cache and prints, per call, the median and p90 wall time
+//! and the peak RSS of the process, beside baselines measured in the same run (a shell
+//! script that execs `/bin/true`, and a bare Python start-up, the floor of any Python
+//! plugin). Figures, not assertions: the machines are shared and noisy, so compare ratios.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+/// One measured process run.
+struct Sample {
+    wall: Duration,
+    rss_kib: u64,
+    stdout: String,
+    ok: bool,
+}
+
+/// Runs `cmd` to completion, measuring wall time and the child's peak RSS (`wait4`).
+fn measure(cmd: &mut Command) -> Result<Sample> {
+    let t0 = Instant::now();
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().context("spawn")?;
+    let mut stdout = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        out.read_to_string(&mut stdout)?;
+    }
+    let pid = libc::pid_t::try_from(child.id()).context("pid")?;
+    let mut status: libc::c_int = 0;
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our own un-reaped child; `status` and `usage` are valid out-pointers.
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let wall = t0.elapsed();
+    if rc != pid {
+        bail!("wait4 failed: {}", std::io::Error::last_os_error());
+    }
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    Ok(Sample {
+        wall,
+        rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
+        stdout,
+        ok,
+    })
+}
+
+/// Median, p90 and peak RSS of a series.
+struct Figures {
+    median: Duration,
+    p90: Duration,
+    rss_mib: f64,
+}
+
+fn figures(samples: &[Sample]) -> Figures {
+    let mut walls: Vec<Duration> = samples.iter().map(|s| s.wall).collect();
+    walls.sort();
+    let at = |q: f64| walls[((walls.len() as f64 - 1.0) * q).round() as usize];
+    let rss = samples.iter().map(|s| s.rss_kib).max().unwrap_or(0);
+    Figures {
+        median: at(0.5),
+        p90: at(0.9),
+        rss_mib: rss as f64 / 1024.0,
+    }
+}
+
+struct Tree {
+    dir: tempfile::TempDir,
+    conf: PathBuf,
+    work: PathBuf,
+    bin: PathBuf,
+    n: u32,
+}
+
+impl Tree {
+    fn script(&mut self, call: &str, input: &Value) -> Result<Command> {
+        self.n += 1;
+        let file = self.dir.path().join(format!("hf_in_{}", self.n));
+        std::fs::write(&file, serde_json::to_string_pretty(input)?)?;
+        let mut cmd = Command::new(Path::new(REPO).join("scripts").join(format!("{call}.sh")));
+        cmd.arg("-f")
+            .arg(file)
+            .env("HFWASM_BIN", &self.bin)
+            .env("HF_PROVIDER_NAME", "bench")
+            .env("HF_PROVIDER_CONFDIR", &self.conf)
+            .env("HF_PROVIDER_WORKDIR", &self.work)
+            .env("HF_PROVIDER_LOGDIR", self.dir.path().join("log"));
+        Ok(cmd)
+    }
+
+    fn call(&mut self, call: &str, input: &Value) -> Result<Sample> {
+        let s = measure(&mut self.script(call, input)?)?;
+        if !s.ok {
+            bail!("{call} failed: {}", s.stdout);
+        }
+        Ok(s)
+    }
+
+    fn json(&mut self, call: &str, input: &Value) -> Result<Value> {
+        Ok(serde_json::from_str(&self.call(call, input)?.stdout)?)
+    }
+}
+
+fn binary() -> PathBuf {
+    if let Some(b) = std::env::var_os("HFWASM_BIN") {
+        return PathBuf::from(b);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(REPO).join("target"));
+    target.join("release/hfwasm")
+}
+
+fn row(name: &str, f: &Figures, base: Duration) {
+    println!(
+        "{name:<44} {:>8.2} {:>8.2} {:>9.1} {:>8.1}x",
+        f.median.as_secs_f64() * 1e3,
+        f.p90.as_secs_f64() * 1e3,
+        f.rss_mib,
+        f.median.as_secs_f64() / base.as_secs_f64().max(1e-9)
+    );
+}
+
+fn main() -> Result<()> {
+    let iterations: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()
+        .context("iterations")?
+        .unwrap_or(30);
+    let bin = binary();
+    if !bin.is_file() {
+        bail!("{} not found: build it first with `cargo build --release -p hfwasm`", bin.display());
+    }
+    let dir = tempfile::tempdir()?;
+    let conf = dir.path().join("conf");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&conf)?;
+    let hosts = iterations * 2 + 10;
+    let mut inv = String::from("defaults ncpus=4 nram=8192\n");
+    for i in 0..hosts {
+        inv.push_str(&format!("pool-{i:04} 10.20.{}.{} template=pool\n", i / 250, i % 250 + 1));
+        inv.push_str(&format!(
+            "boot-{i:04} 10.21.{}.{} template=boot power_on=\"exit 0\"\n",
+            i / 250,
+            i % 250 + 1
+        ));
+    }
+    std::fs::write(conf.join("inventory.txt"), inv)?;
+    let mut t = Tree {
+        dir,
+        conf,
+        work,
+        bin,
+        n: 0,
+    };
+
+    println!("hfwasm bench: {iterations} runs per call through the real scripts, release build, warm cache");
+    println!("{:<44} {:>8} {:>8} {:>9} {:>9}", "call", "median", "p90", "peak RSS", "vs sh");
+    println!("{:<44} {:>8} {:>8} {:>9} {:>9}", "", "ms", "ms", "MiB", "");
+
+    // Baselines, same run.
+    let noop = t.dir.path().join("noop.sh");
+    std::fs::write(&noop, "#!/bin/sh\nexec /bin/true \"$@\"\n")?;
+    let sh: Vec<Sample> = (0..iterations)
+        .map(|_| measure(Command::new("/bin/sh").arg(&noop)))
+        .collect::<Result<_>>()?;
+    let base = figures(&sh);
+    row("baseline: sh script exec /bin/true", &base, base.median);
+    if let Ok(py) = (0..iterations)
+        .map(|_| measure(Command::new("python3").args(["-c", "import json, sys"])))
+        .collect::<Result<Vec<_>>>()
+    {
+        row("baseline: python3 start-up + import json", &figures(&py), base.median);
+    }
+
+    // Warm the cache as an install would.
+    let pre = Command::new(&t.bin)
+        .args(["guest", "precompile", "--confdir"])
+        .arg(&t.conf)
+        .arg("--workdir")
+        .arg(&t.work)
+        .output()?;
+    if !pre.status.success() {
+        bail!("precompile failed: {}", String::from_utf8_lossy(&pre.stderr));
+    }
+    for _ in 0..3 {
+        t.call("getAvailableTemplates", &json!({}))?;
+    }
+
+    let s: Vec<Sample> = (0..iterations)
+        .map(|_| t.call("getAvailableTemplates", &json!({})))
+        .collect::<Result<_>>()?;
+    row("getAvailableTemplates", &figures(&s), base.median);
+
+    let mut pool_ids = Vec::new();
+    let mut s = Vec::new();
+    for _ in 0..iterations {
+        let sample = t.call("requestMachines", &json!({"template": {"templateId": "pool", "machineCount": 1}}))?;
+        let v: Value = serde_json::from_str(&sample.stdout)?;
+        pool_ids.push(v["requestId"].as_str().context("requestId")?.to_string());
+        s.push(sample);
+    }
+    row("requestMachines (1 host)", &figures(&s), base.median);
+
+    // Open requests whose hosts are powering on: the status call runs the guest.
+    let mut boot_ids = Vec::new();
+    for _ in 0..iterations {
+        let v = t.json("requestMachines", &json!({"template": {"templateId": "boot", "machineCount": 1}}))?;
+        boot_ids.push(v["requestId"].as_str().context("requestId")?.to_string());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let s: Vec<Sample> = boot_ids
+        .iter()
+        .map(|id| t.call("getRequestStatus", &json!({"requests": [{"requestId": id}]})))
+        .collect::<Result<_>>()?;
+    row("getRequestStatus (open request: guest runs)", &figures(&s), base.median);
+    let s: Vec<Sample> = pool_ids
+        .iter()
+        .map(|id| t.call("getRequestStatus", &json!({"requests": [{"requestId": id}]})))
+        .collect::<Result<_>>()?;
+    row("getRequestStatus (finished: store only)", &figures(&s), base.median);
+
+    let mut s = Vec::new();
+    for id in &pool_ids {
+        let status = t.json("getRequestStatus", &json!({"requests": [{"requestId": id}]}))?;
+        let m = &status["requests"][0]["machines"][0];
+        s.push(t.call(
+            "requestReturnMachines",
+            &json!({"machines": [{"name": m["name"], "machineId": m["machineId"]}]}),
+        )?);
+    }
+    row("requestReturnMachines (1 host)", &figures(&s), base.median);
+
+    let listed: Vec<Value> = (0..hosts)
+        .map(|i| json!({"name": format!("pool-{i:04}"), "machineId": format!("pool-{i:04}")}))
+        .collect();
+    let input = json!({"machines": listed});
+    let s: Vec<Sample> = (0..iterations)
+        .map(|_| t.call("getReturnRequests", &input))
+        .collect::<Result<_>>()?;
+    row(&format!("getReturnRequests ({hosts} hosts listed)"), &figures(&s), base.median);
+
+    // Cold: a guest file that changed since the last call (new content = new cache key).
+    let onprem =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guests/wasm32-wasip2/release/hfwasm_guest_onprem.wasm"))
+            .or_else(|_| {
+                let target = std::env::var_os("CARGO_TARGET_DIR")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| Path::new(REPO).join("target"));
+                std::fs::read(target.join("guests/wasm32-wasip2/release/hfwasm_guest_onprem.wasm"))
+            })
+            .context("built on-prem guest not found")?;
+    let guest = t.conf.join("site.wasm");
+    std::fs::write(
+        t.conf.join("hfwasm.json"),
+        serde_json::to_string(
+            &json!({"provider": {"guest": "site"}, "guests": {"site": {"wasm": "site.wasm", "grants": ["log", "kv", "inventory", "power"]}}}),
+        )?,
+    )?;
+    let cold_runs = 5.min(iterations).max(1);
+    let mut s = Vec::new();
+    for i in 0..cold_runs {
+        // Append a custom section (id 0) so the component is valid but its hash is new.
+        let mut bytes = onprem.clone();
+        let name = b"bench";
+        let payload = format!("{i}-{}", std::process::id());
+        bytes.push(0);
+        bytes.push(u8::try_from(1 + name.len() + payload.len()).context("section size")?);
+        bytes.push(u8::try_from(name.len()).context("name size")?);
+        bytes.extend_from_slice(name);
+        bytes.extend_from_slice(payload.as_bytes());
+        std::fs::write(&guest, bytes)?;
+        s.push(t.call("getAvailableTemplates", &json!({}))?);
+    }
+    row("cold: first call after the guest changed", &figures(&s), base.median);
+    println!("\ntargets (issue #3): each warm call <= 10 ms median and <= 15 MiB peak RSS");
+    Ok(())
+}

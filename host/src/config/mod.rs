@@ -302,3 +302,22 @@ mod tests {
         assert!(matches!(c.provider.source, GuestSource::File(ref p) if p.ends_with("g/mine.wasm")));
     }
 }
+
+#[cfg(test)]
+mod sample_tests {
+    use super::*;
+
+    /// The samples in `config/` are what users copy: they must load as they are.
+    #[test]
+    fn shipped_samples_are_valid() {
+        let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let c = Config::load(&samples, Path::new("/w")).expect("config/hfwasm.json loads");
+        assert!(c.file.is_some());
+        let inv = inventory::Inventory::load(&c.inventory_file).expect("config/inventory.txt parses");
+        assert_eq!(inv.hosts.len(), 4);
+        assert_eq!(
+            inv.hosts[0].power_on.as_deref(),
+            Some("ssh -o BatchMode=yes 192.168.1.20 sudo systemctl start lsfd")
+        );
+    }
+}

@@ -112,6 +112,13 @@ impl SqliteStore {
 
     fn migrate(&self) -> Result<(), StoreError> {
         let mut conn = self.lock()?;
+        // Common case first, without the write lock: the schema is current.
+        let current: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| self.backend(e))?;
+        if current == SCHEMA_VERSION {
+            return Ok(());
+        }
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.backend(e))?;
