@@ -1,3 +1,4 @@
 #!/bin/sh
 # HostFactory provider script: runs `hfwasm getAvailableTemplates -f <input.json>`.
-exec "$(dirname -- "$0")/hfwasm-invoke.sh" getAvailableTemplates "$@"
+HFWASM_CALL=getAvailableTemplates
+case $0 in */*) . "${0%/*}/hfwasm-invoke.sh" ;; *) . ./hfwasm-invoke.sh ;; esac

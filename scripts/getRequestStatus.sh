@@ -1,3 +1,4 @@
 #!/bin/sh
 # HostFactory provider script: runs `hfwasm getRequestStatus -f <input.json>`.
-exec "$(dirname -- "$0")/hfwasm-invoke.sh" getRequestStatus "$@"
+HFWASM_CALL=getRequestStatus
+case $0 in */*) . "${0%/*}/hfwasm-invoke.sh" ;; *) . ./hfwasm-invoke.sh ;; esac

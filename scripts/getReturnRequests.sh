@@ -1,3 +1,4 @@
 #!/bin/sh
 # HostFactory provider script: runs `hfwasm getReturnRequests -f <input.json>`.
-exec "$(dirname -- "$0")/hfwasm-invoke.sh" getReturnRequests "$@"
+HFWASM_CALL=getReturnRequests
+case $0 in */*) . "${0%/*}/hfwasm-invoke.sh" ;; *) . ./hfwasm-invoke.sh ;; esac

@@ -1,22 +1,23 @@
-#!/bin/sh
-# Shared by the five HostFactory scripts: finds the hfwasm binary and execs it with the
-# call name and HostFactory's arguments (`-f <input.json>`). Nothing but hfwasm's one JSON
-# answer reaches stdout.
+# Sourced (not executed) by the five HostFactory scripts, which set HFWASM_CALL first: finds
+# the hfwasm binary and execs it with the call name and HostFactory's arguments
+# (`-f <input.json>`). One shell process and no forks: HostFactory pays for every call.
+# Nothing but hfwasm's one JSON answer reaches stdout.
 #
 # The binary is, in order: $HFWASM_BIN; <plugin>/bin/hfwasm next to this scripts/ dir
 # (the installed layout); <repo>/target/release/hfwasm (a source checkout).
-call=$1
-shift
-here=$(CDPATH= cd -- "$(dirname -- "$0")" && pwd)
+case $0 in
+    */*) hfwasm_here=${0%/*} ;;
+    *) hfwasm_here=. ;;
+esac
 if [ -n "${HFWASM_BIN:-}" ]; then
-    bin=$HFWASM_BIN
-elif [ -x "$here/../bin/hfwasm" ]; then
-    bin=$here/../bin/hfwasm
+    hfwasm_bin=$HFWASM_BIN
+elif [ -x "$hfwasm_here/../bin/hfwasm" ]; then
+    hfwasm_bin=$hfwasm_here/../bin/hfwasm
 else
-    bin=$here/../target/release/hfwasm
+    hfwasm_bin=$hfwasm_here/../target/release/hfwasm
 fi
-if [ ! -x "$bin" ]; then
-    printf '{"error":{"code":"BINARY_NOT_FOUND","message":"hfwasm binary not found or not executable: %s; install it as <plugin>/bin/hfwasm or set HFWASM_BIN","details":{}}}\n' "$bin"
+if [ ! -x "$hfwasm_bin" ]; then
+    printf '{"error":{"code":"BINARY_NOT_FOUND","message":"hfwasm binary not found or not executable: %s; install it as <plugin>/bin/hfwasm or set HFWASM_BIN","details":{}}}\n' "$hfwasm_bin"
     exit 1
 fi
-exec "$bin" "$call" "$@"
+exec "$hfwasm_bin" "$HFWASM_CALL" "$@"

@@ -1,3 +1,4 @@
 #!/bin/sh
 # HostFactory provider script: runs `hfwasm requestMachines -f <input.json>`.
-exec "$(dirname -- "$0")/hfwasm-invoke.sh" requestMachines "$@"
+HFWASM_CALL=requestMachines
+case $0 in */*) . "${0%/*}/hfwasm-invoke.sh" ;; *) . ./hfwasm-invoke.sh ;; esac

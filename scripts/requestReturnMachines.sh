@@ -1,3 +1,4 @@
 #!/bin/sh
 # HostFactory provider script: runs `hfwasm requestReturnMachines -f <input.json>`.
-exec "$(dirname -- "$0")/hfwasm-invoke.sh" requestReturnMachines "$@"
+HFWASM_CALL=requestReturnMachines
+case $0 in */*) . "${0%/*}/hfwasm-invoke.sh" ;; *) . ./hfwasm-invoke.sh ;; esac

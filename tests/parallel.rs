@@ -11,7 +11,7 @@ use common::*;
 use serde_json::json;
 
 /// Runs `n` concurrent requests for `count` hosts; returns (request ids, error codes).
-fn burst(tree: &Arc<HfTree>, n: usize, count: u32) -> (Vec<String>, Vec<String>) {
+fn burst(tree: &Arc<HfTree>, n: usize, count: u32) -> (Vec<String>, Vec<(String, String)>) {
     let handles: Vec<_> = (0..n)
         .map(|_| {
             let tree = tree.clone();
@@ -31,7 +31,7 @@ fn burst(tree: &Arc<HfTree>, n: usize, count: u32) -> (Vec<String>, Vec<String>)
             ids.push(o.json["requestId"].as_str().expect("id").to_string());
         } else {
             assert_valid("error", &o.json);
-            errors.push(o.json["error"]["code"].as_str().expect("code").to_string());
+            errors.push((o.json["error"]["code"].as_str().expect("code").to_string(), o.json.to_string()));
         }
     }
     (ids, errors)
@@ -71,10 +71,10 @@ fn sixteen_parallel_requests_with_enough_hosts_all_succeed() {
 fn sixteen_parallel_requests_for_more_than_the_pool_never_double_lease() {
     let tree = Arc::new(HfTree::new(&plain_inventory(24)));
     let (ids, errors) = burst(&tree, 16, 2);
-    for code in &errors {
+    for (code, doc) in &errors {
         assert!(
             ["INVALID_MACHINE_COUNT", "INSUFFICIENT_CAPACITY"].contains(&code.as_str()),
-            "unexpected failure {code}"
+            "unexpected failure {doc}"
         );
     }
     let map = holders(&tree, &ids);

@@ -66,7 +66,8 @@ impl Plugin {
     }
 
     fn open_store(&self) -> Result<SqliteStore, HfError> {
-        SqliteStore::open(&self.config.store_path).map_err(|e| HfError::new(ErrorCode::StoreError, e.to_string()))
+        SqliteStore::open_with(&self.config.store_path, self.config.store_sync)
+            .map_err(|e| HfError::new(ErrorCode::StoreError, e.to_string()))
     }
 
     /// The provider guest's bytes.

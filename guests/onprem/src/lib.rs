@@ -26,12 +26,14 @@ impl Guest for OnPrem {
         let pool = Pool::load()?;
         let group = pool.group(&req.template_id)?;
         // Idempotent by request id: hosts this request already holds (a retry after a crash)
-        // count towards the request, and only the remainder is leased.
+        // count towards the request, and only the remainder is leased. One scan, not one
+        // lookup per host.
+        let leased = pool::leased_hosts()?;
         let mut held: Vec<&inventory::InventoryHost> = group
             .hosts
             .iter()
             .copied()
-            .filter(|h| kv::get(&lease_key(&h.name)).ok().flatten().as_deref() == Some(req.request_id.as_str()))
+            .filter(|h| leased.get(&h.name).map(String::as_str) == Some(req.request_id.as_str()))
             .collect();
         for host in group.hosts.iter().copied() {
             if held.len() >= req.count as usize {
@@ -40,7 +42,7 @@ impl Guest for OnPrem {
             if held.iter().any(|h| h.name == host.name) {
                 continue;
             }
-            if kv::insert_if_absent(&lease_key(&host.name), &req.request_id)? {
+            if !leased.contains_key(&host.name) && kv::insert_if_absent(&lease_key(&host.name), &req.request_id)? {
                 held.push(host);
             }
         }

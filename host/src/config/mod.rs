@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::capabilities::Capability;
 use crate::runtime::limits::{GuestLimits, LimitOverrides};
+use crate::store::Synchronous;
 
 /// File name of hfwasm's own config inside the provider conf dir.
 pub const CONFIG_FILE: &str = "hfwasm.json";
@@ -74,6 +75,7 @@ struct RawInventory {
 struct RawStore {
     strategy: Option<String>,
     path: Option<PathBuf>,
+    synchronous: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -119,6 +121,8 @@ pub struct Config {
     pub inventory_file: PathBuf,
     /// SQLite database file.
     pub store_path: PathBuf,
+    /// SQLite durability (`store.synchronous`: `normal` or `full`).
+    pub store_sync: Synchronous,
     /// Log level (`error`..`trace`).
     pub log_level: String,
 }
@@ -240,6 +244,18 @@ impl Config {
                 ));
             }
         }
+        let store_sync = match raw.store.synchronous.as_deref() {
+            None | Some("normal") => Synchronous::Normal,
+            Some("full") => Synchronous::Full,
+            Some(other) => {
+                return Err(err(
+                    "store.synchronous",
+                    format!(
+                        "`{other}` is not a setting; use `normal` (survives process crashes) or `full` (also power loss, slower writes)"
+                    ),
+                ));
+            }
+        };
         let store_path = work_dir.join(raw.store.path.unwrap_or_else(|| PathBuf::from("hfwasm.sqlite")));
         let log_level = raw.logging.level.unwrap_or_else(|| "info".into()).to_ascii_lowercase();
         if !LOG_LEVELS.contains(&log_level.as_str()) {
@@ -255,6 +271,7 @@ impl Config {
             pending_timeout_secs,
             inventory_file: conf_dir.join(raw.inventory.file.unwrap_or_else(|| PathBuf::from("inventory.txt"))),
             store_path,
+            store_sync,
             log_level,
         })
     }
@@ -291,6 +308,12 @@ mod tests {
         assert!(e.to_string().contains("no guest named `missing`"), "{e}");
         let e = load(r#"{"store": {"strategy": "mongodb"}}"#).expect_err("strategy");
         assert_eq!(e.setting.as_deref(), Some("store.strategy"));
+        let e = load(r#"{"store": {"synchronous": "sometimes"}}"#).expect_err("synchronous");
+        assert_eq!(e.setting.as_deref(), Some("store.synchronous"));
+        assert_eq!(
+            load(r#"{"store": {"synchronous": "full"}}"#).expect("full").store_sync,
+            Synchronous::Full
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ pub mod sqlite;
 use crate::service::lifecycle::RequestStatus;
 use crate::service::model::Machine;
 
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, Synchronous};
 
 /// Provision or return.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
