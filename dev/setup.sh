@@ -13,3 +13,15 @@ hfwasm_setup() {
         rustup target add wasm32-wasip2
     fi
 }
+
+# The EC2 emulator the AWS tests start themselves: moto's server, in a venv at .venv/.
+# Tests find it through HFWASM_MOTO_SERVER (set here) or .venv/bin/moto_server.
+hfwasm_setup_moto() {
+    local venv=.venv
+    if [ ! -x "$venv/bin/moto_server" ]; then
+        echo "setup: creating $venv with moto[server] (the EC2 emulator for the AWS tests)" >&2
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==5.*"
+    fi
+    export HFWASM_MOTO_SERVER="$PWD/$venv/bin/moto_server"
+}

@@ -25,14 +25,21 @@ pub struct Plugin {
     inventory: Option<Arc<Inventory>>,
 }
 
+/// Now, epoch seconds. Tests may shift the clock with `HFWASM_NOW_OFFSET_SECS` (like
+/// `HFWASM_FAULT`, deliberately undocumented) to see timeouts without waiting for them.
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let offset = std::env::var("HFWASM_NOW_OFFSET_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    now + offset
 }
 
 impl Plugin {
     /// Loads config (and the inventory, when the provider guest is granted it).
     pub fn open(dirs: ProviderDirs) -> Result<Self, HfError> {
-        let config = Config::load(&dirs.conf_dir, &dirs.work_dir).map_err(|e| {
+        let config = Config::load(&dirs.conf_dir, &dirs.work_dir, &dirs.name).map_err(|e| {
             let mut err = HfError::new(ErrorCode::ConfigError, e.to_string()).with("file", e.file.display().to_string());
             if let Some(s) = &e.setting {
                 err = err.with("setting", s.clone());
@@ -103,6 +110,13 @@ impl Plugin {
             namespace: format!("{}/{}", self.dirs.name, spec.name),
             inventory: self.inventory.clone(),
             power_dir: self.dirs.work_dir.join("power"),
+            ec2: self
+                .config
+                .ec2
+                .clone()
+                .map(|s| Arc::new(crate::capabilities::ec2::Ec2Client::new(s))),
+            ec2_grant: spec.ec2_grant.clone(),
+            owner: self.dirs.name.clone(),
         };
         WasmProvider::load(
             &engine,
@@ -142,6 +156,7 @@ impl Plugin {
         });
         let policy = LifecyclePolicy {
             pending_timeout_secs: self.config.pending_timeout_secs,
+            abandon_after_secs: self.config.abandon_after_secs,
         };
         let mut service = Service::new(store.as_ref(), loader, self.context(), policy);
         let answer = match call {
@@ -236,6 +251,7 @@ impl Plugin {
         let loader: ProviderLoader<'_> = Box::new(move || Ok(Box::new(provider) as Box<dyn Provider>));
         let policy = LifecyclePolicy {
             pending_timeout_secs: c.pending_timeout_secs,
+            abandon_after_secs: c.abandon_after_secs,
         };
         let templates = Service::new(store.as_ref(), loader, self.context(), policy).get_available_templates()?;
         for t in &templates {

@@ -17,7 +17,7 @@ pub mod bindings {
         export_macro_name: "export",
         default_bindings_module: "hfwasm_guest_sdk::bindings",
         generate_all,
-        additional_derives: [PartialEq, Eq],
+        additional_derives: [PartialEq],
     });
 }
 
@@ -25,7 +25,7 @@ pub use bindings::export;
 /// The trait a provider guest implements: one function per HostFactory use case.
 pub use bindings::exports::hostfactory::provider::provider::Guest;
 /// Capability imports (granted per guest by the site's config).
-pub use bindings::hostfactory::capabilities::{inventory, kv, log, power};
+pub use bindings::hostfactory::capabilities::{ec2, inventory, kv, log, power};
 /// Domain types shared with the host.
 pub use bindings::hostfactory::provider::types::*;
 

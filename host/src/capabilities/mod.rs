@@ -2,6 +2,7 @@
 //! implementation and its grant checks; only granted capabilities are linked, and an
 //! import the config did not grant is refused at load time (see `runtime::link`).
 
+pub mod ec2;
 pub mod inventory;
 pub mod kv;
 pub mod log;
@@ -23,11 +24,19 @@ pub enum Capability {
     Inventory,
     /// `power`: admin-configured power commands, run by the host.
     Power,
+    /// `ec2`: Amazon EC2, signed by the host, within the guest's grant.
+    Ec2,
 }
 
 impl Capability {
     /// Every capability.
-    pub const ALL: [Capability; 4] = [Capability::Log, Capability::Kv, Capability::Inventory, Capability::Power];
+    pub const ALL: [Capability; 5] = [
+        Capability::Log,
+        Capability::Kv,
+        Capability::Inventory,
+        Capability::Power,
+        Capability::Ec2,
+    ];
 
     /// Interface name inside the package (`kv`).
     pub fn short_name(self) -> &'static str {
@@ -36,6 +45,7 @@ impl Capability {
             Capability::Kv => "kv",
             Capability::Inventory => "inventory",
             Capability::Power => "power",
+            Capability::Ec2 => "ec2",
         }
     }
 

@@ -2,6 +2,7 @@
 //! (the on-prem pool guest over `inventory.txt`) when there is none. Strict: an unknown
 //! key is an error naming the key's path and the file.
 
+pub mod ibm_aws;
 pub mod inventory;
 
 use std::collections::BTreeMap;
@@ -10,14 +11,17 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::capabilities::Capability;
+use crate::capabilities::ec2::{Ec2Grant, Ec2Settings};
 use crate::runtime::limits::{GuestLimits, LimitOverrides};
 use crate::store::Synchronous;
 
 /// File name of hfwasm's own config inside the provider conf dir.
 pub const CONFIG_FILE: &str = "hfwasm.json";
 
-/// Name of the guest built into the binary.
+/// Name of the built-in on-prem pool guest.
 pub const BUILTIN_ONPREM: &str = "builtin:onprem";
+/// Name of the built-in AWS guest.
+pub const BUILTIN_AWS: &str = "builtin:aws";
 
 /// A config problem: the file, the setting and what is wrong.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -44,6 +48,14 @@ struct RawConfig {
     store: RawStore,
     #[serde(default)]
     logging: RawLogging,
+    aws: Option<RawAws>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAws {
+    config_file: PathBuf,
+    templates_file: PathBuf,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -52,6 +64,7 @@ struct RawProvider {
     guest: Option<String>,
     settings: Option<serde_json::Value>,
     pending_timeout_secs: Option<u64>,
+    abandon_after_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,6 +75,7 @@ struct RawGuest {
     grants: Vec<String>,
     #[serde(default)]
     limits: LimitOverrides,
+    ec2: Option<Ec2Grant>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -104,6 +118,8 @@ pub struct GuestSpec {
     pub grants: Vec<Capability>,
     /// Limits on its calls.
     pub limits: GuestLimits,
+    /// What it may do with EC2 (when granted `ec2`).
+    pub ec2_grant: Ec2Grant,
 }
 
 /// The validated configuration of one provider instance.
@@ -117,6 +133,9 @@ pub struct Config {
     pub settings: serde_json::Value,
     /// Machines still pending after this many seconds are failed by the host.
     pub pending_timeout_secs: u64,
+    /// Requests recorded but never answered (a crashed call) are abandoned after this many
+    /// seconds and their machines released (IBM/LSF `INSTANCE_CREATION_TIMEOUT`).
+    pub abandon_after_secs: u64,
     /// Inventory file for the on-prem guest.
     pub inventory_file: PathBuf,
     /// SQLite database file.
@@ -125,6 +144,10 @@ pub struct Config {
     pub store_sync: Synchronous,
     /// Log level (`error`..`trace`).
     pub log_level: String,
+    /// EC2 client settings, when an AWS provider is configured.
+    pub ec2: Option<Ec2Settings>,
+    /// Where the AWS settings came from (IBM's config and templates files).
+    pub aws_files: Option<(PathBuf, PathBuf)>,
 }
 
 /// Default for `provider.pending_timeout_secs`: 30 minutes, generous for power-on scripts.
@@ -133,8 +156,10 @@ pub const DEFAULT_PENDING_TIMEOUT_SECS: u64 = 1800;
 const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 
 impl Config {
-    /// Loads `<conf_dir>/hfwasm.json`, or the embedded defaults when it does not exist.
-    pub fn load(conf_dir: &Path, work_dir: &Path) -> Result<Self, ConfigError> {
+    /// Loads `<conf_dir>/hfwasm.json`; without one, IBM's `<instance>prov_config.json` and
+    /// `<instance>prov_templates.json` (or LSF's `awsprov_*`) select the built-in AWS guest,
+    /// and without those the embedded defaults (the on-prem pool) apply.
+    pub fn load(conf_dir: &Path, work_dir: &Path, instance: &str) -> Result<Self, ConfigError> {
         let file = conf_dir.join(CONFIG_FILE);
         let raw = match std::fs::read_to_string(&file) {
             Ok(text) => {
@@ -159,7 +184,14 @@ impl Config {
             }
         };
         let from_file = raw.is_some();
-        Self::build(raw.unwrap_or_default(), from_file.then_some(file), conf_dir, work_dir)
+        let mut raw = raw.unwrap_or_default();
+        if !from_file && let Some((config_file, templates_file)) = ibm_aws::find(conf_dir, instance) {
+            raw.aws = Some(RawAws {
+                config_file,
+                templates_file,
+            });
+        }
+        Self::build(raw, from_file.then_some(file), conf_dir, work_dir)
     }
 
     fn build(raw: RawConfig, file: Option<PathBuf>, conf_dir: &Path, work_dir: &Path) -> Result<Self, ConfigError> {
@@ -177,8 +209,29 @@ impl Config {
                 source: GuestSource::Builtin(BUILTIN_ONPREM),
                 grants: vec![Capability::Log, Capability::Kv, Capability::Inventory, Capability::Power],
                 limits: GuestLimits::default(),
+                ec2_grant: Ec2Grant::default(),
             },
         );
+        let aws = match &raw.aws {
+            Some(a) => Some(ibm_aws::load(
+                &conf_dir.join(&a.config_file),
+                &conf_dir.join(&a.templates_file),
+                |k| std::env::var(k).ok(),
+            )?),
+            None => None,
+        };
+        if let Some(a) = &aws {
+            guests.insert(
+                "aws".to_string(),
+                GuestSpec {
+                    name: "aws".into(),
+                    source: GuestSource::Builtin(BUILTIN_AWS),
+                    grants: vec![Capability::Log, Capability::Kv, Capability::Ec2],
+                    limits: GuestLimits::default(),
+                    ec2_grant: a.grant.clone(),
+                },
+            );
+        }
         for (name, g) in raw.guests {
             let at = format!("guests.{name}");
             let source = if g.wasm == BUILTIN_ONPREM {
@@ -207,6 +260,10 @@ impl Config {
                 }
             }
             let limits = GuestLimits::from_overrides(&g.limits).map_err(|m| err(&format!("{at}.limits"), m))?;
+            let ec2_grant = match g.ec2 {
+                Some(grant) => grant,
+                None => aws.as_ref().map(|a| a.grant.clone()).unwrap_or_default(),
+            };
             guests.insert(
                 name.clone(),
                 GuestSpec {
@@ -214,10 +271,14 @@ impl Config {
                     source,
                     grants,
                     limits,
+                    ec2_grant,
                 },
             );
         }
-        let guest_name = raw.provider.guest.unwrap_or_else(|| "onprem".into());
+        let guest_name = raw
+            .provider
+            .guest
+            .unwrap_or_else(|| if aws.is_some() { "aws".into() } else { "onprem".into() });
         let provider = guests.get(&guest_name).cloned().ok_or_else(|| {
             err(
                 "provider.guest",
@@ -227,11 +288,29 @@ impl Config {
                 ),
             )
         })?;
-        let settings = raw.provider.settings.unwrap_or_else(|| serde_json::json!({}));
+        let mut settings = raw.provider.settings.unwrap_or_else(|| serde_json::json!({}));
+        if let (Some(a), Some(obj)) = (&aws, settings.as_object_mut()) {
+            // The AWS guest's inputs: IBM's templates and the reclaim policy.
+            obj.entry("templates").or_insert_with(|| a.templates.clone());
+            obj.entry("spot_terminate_on_reclaim")
+                .or_insert(serde_json::Value::Bool(a.spot_terminate_on_reclaim));
+        }
         if !settings.is_object() {
             return Err(err("provider.settings", "must be a JSON object".into()));
         }
-        let pending_timeout_secs = raw.provider.pending_timeout_secs.unwrap_or(DEFAULT_PENDING_TIMEOUT_SECS);
+        let pending_timeout_secs = raw
+            .provider
+            .pending_timeout_secs
+            .or(aws.as_ref().map(|a| a.pending_timeout_secs))
+            .unwrap_or(DEFAULT_PENDING_TIMEOUT_SECS);
+        let abandon_after_secs = raw
+            .provider
+            .abandon_after_secs
+            .or(aws.as_ref().map(|a| a.creation_timeout_secs))
+            .unwrap_or(600);
+        if abandon_after_secs == 0 {
+            return Err(err("provider.abandon_after_secs", "must be at least 1".into()));
+        }
         if pending_timeout_secs == 0 {
             return Err(err("provider.pending_timeout_secs", "must be at least 1".into()));
         }
@@ -257,7 +336,12 @@ impl Config {
             }
         };
         let store_path = work_dir.join(raw.store.path.unwrap_or_else(|| PathBuf::from("hfwasm.sqlite")));
-        let log_level = raw.logging.level.unwrap_or_else(|| "info".into()).to_ascii_lowercase();
+        let log_level = raw
+            .logging
+            .level
+            .or(aws.as_ref().and_then(|a| a.log_level.clone()))
+            .unwrap_or_else(|| "info".into())
+            .to_ascii_lowercase();
         if !LOG_LEVELS.contains(&log_level.as_str()) {
             return Err(err(
                 "logging.level",
@@ -269,10 +353,13 @@ impl Config {
             provider,
             settings,
             pending_timeout_secs,
+            abandon_after_secs,
             inventory_file: conf_dir.join(raw.inventory.file.unwrap_or_else(|| PathBuf::from("inventory.txt"))),
             store_path,
             store_sync,
             log_level,
+            ec2: aws.as_ref().map(|a| a.settings.clone()),
+            aws_files: aws.map(|a| (a.config_file, a.templates_file)),
         })
     }
 }
@@ -284,13 +371,13 @@ mod tests {
     fn load(json: &str) -> Result<Config, ConfigError> {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join(CONFIG_FILE), json).expect("write");
-        Config::load(dir.path(), Path::new("/work"))
+        Config::load(dir.path(), Path::new("/work"), "test")
     }
 
     #[test]
     fn defaults_without_a_file() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let c = Config::load(dir.path(), Path::new("/w")).expect("defaults");
+        let c = Config::load(dir.path(), Path::new("/w"), "test").expect("defaults");
         assert!(c.file.is_none());
         assert_eq!(c.provider.source, GuestSource::Builtin(BUILTIN_ONPREM));
         assert_eq!(c.inventory_file, dir.path().join("inventory.txt"));
@@ -334,7 +421,7 @@ mod sample_tests {
     #[test]
     fn shipped_samples_are_valid() {
         let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
-        let c = Config::load(&samples, Path::new("/w")).expect("config/hfwasm.json loads");
+        let c = Config::load(&samples, Path::new("/w"), "test").expect("config/hfwasm.json loads");
         assert!(c.file.is_some());
         let inv = inventory::Inventory::load(&c.inventory_file).expect("config/inventory.txt parses");
         assert_eq!(inv.hosts.len(), 4);

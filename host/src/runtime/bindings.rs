@@ -4,5 +4,5 @@
 wasmtime::component::bindgen!({
     world: "hostfactory:provider/provider-guest@0.1.0",
     path: ["../wit/capabilities", "../wit/hostfactory"],
-    additional_derives: [PartialEq, Eq],
+    additional_derives: [PartialEq],
 });

@@ -4,10 +4,14 @@
 /// The on-prem pool provider guest (`builtin:onprem`).
 pub const ONPREM: &[u8] = include_bytes!(concat!(env!("HFWASM_GUEST_DIR"), "/hfwasm_guest_onprem.wasm"));
 
+/// The AWS provider guest (`builtin:aws`).
+pub const AWS: &[u8] = include_bytes!(concat!(env!("HFWASM_GUEST_DIR"), "/hfwasm_guest_aws.wasm"));
+
 /// Bytes of the built-in guest `name` (`builtin:onprem`).
 pub fn bytes(name: &str) -> Option<&'static [u8]> {
     match name {
         crate::config::BUILTIN_ONPREM => Some(ONPREM),
+        crate::config::BUILTIN_AWS => Some(AWS),
         _ => None,
     }
 }

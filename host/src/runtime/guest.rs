@@ -16,6 +16,7 @@ use super::engine::GuestEngine;
 use super::limits::GuestLimits;
 use super::{convert, link};
 use crate::capabilities::Capability;
+use crate::capabilities::ec2::{Ec2Client, Ec2Grant, GuestEc2};
 use crate::capabilities::{inventory::GuestInventory, kv::GuestKv, log::GuestLog, power::GuestPower};
 use crate::config::inventory::Inventory;
 use crate::service::Provider;
@@ -64,6 +65,7 @@ pub struct GuestState {
     kv: GuestKv,
     inventory: GuestInventory,
     power: GuestPower,
+    ec2: GuestEc2,
 }
 
 impl WasiView for GuestState {
@@ -86,6 +88,12 @@ pub struct GuestResources {
     pub inventory: Option<Arc<Inventory>>,
     /// Where power command outcomes are kept.
     pub power_dir: PathBuf,
+    /// The provider instance's EC2 client, when EC2 is configured.
+    pub ec2: Option<Arc<Ec2Client>>,
+    /// What the guest may do with EC2.
+    pub ec2_grant: Ec2Grant,
+    /// Provider instance name: the owner tag of everything the guest creates.
+    pub owner: String,
 }
 
 /// A guest's code and identity, ready to load.
@@ -157,6 +165,10 @@ impl WasmProvider {
                     hostfactory::capabilities::power::add_to_linker::<_, HasSelf<GuestPower>>(&mut linker, |s| &mut s.power),
                     "power",
                 )?,
+                Capability::Ec2 => add(
+                    hostfactory::capabilities::ec2::add_to_linker::<_, HasSelf<GuestEc2>>(&mut linker, |s| &mut s.ec2),
+                    "ec2",
+                )?,
             }
         }
 
@@ -186,6 +198,11 @@ impl WasmProvider {
                     None
                 },
                 res.power_dir,
+            ),
+            ec2: GuestEc2::new(
+                if code.grants.contains(&Capability::Ec2) { res.ec2 } else { None },
+                res.ec2_grant,
+                res.owner,
             ),
         };
         let mut store = Store::new(engine.engine(), state);

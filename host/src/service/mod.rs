@@ -93,6 +93,9 @@ pub struct RequestReport {
 pub struct LifecyclePolicy {
     /// Machines pending longer than this fail, and a request open longer than this closes.
     pub pending_timeout_secs: u64,
+    /// A request still only recorded (its process died before answering HostFactory) after
+    /// this long is abandoned: whatever the provider made for it is released.
+    pub abandon_after_secs: u64,
 }
 
 /// One HostFactory call's worth of orchestration.
@@ -486,9 +489,79 @@ impl<'a> Service<'a> {
         (machines, 0, Some(e.to_string()))
     }
 
+    /// Repairs what crashed processes left behind: a provision request recorded but never
+    /// answered (HostFactory never learnt its id) is abandoned and everything the provider
+    /// made for it is released; a return recorded but never submitted is carried out.
+    /// Cheap when there is nothing to do (one indexed query). Returns how many it repaired.
+    pub fn sweep(&mut self) -> Result<usize, ServiceError> {
+        let before = self.ctx.now.saturating_sub(self.policy.abandon_after_secs);
+        let stale = self.store.stale_requests(before)?;
+        let ctx = self.ctx.clone();
+        for mut rec in stale.iter().cloned() {
+            let known = self.store.machines(&rec.id)?;
+            match rec.kind {
+                RequestKind::Provision => {
+                    let req = ProvisionRequest {
+                        request_id: rec.id.clone(),
+                        template_id: rec.template_id.clone().unwrap_or_default(),
+                        count: rec.count,
+                        rc_account: rec.rc_account.clone(),
+                    };
+                    let found = self.provider()?.request_status(&ctx, &req, &known)?;
+                    let live: Vec<MachineRef> = found
+                        .machines
+                        .iter()
+                        .filter(|m| !matches!(m.state, MachineState::Terminated))
+                        .map(|m| MachineRef {
+                            name: m.name.clone(),
+                            machine_id: Some(m.machine_id.clone()),
+                        })
+                        .collect();
+                    let released = if live.is_empty() {
+                        Vec::new()
+                    } else {
+                        self.provider()?.release_machines(&ctx, &format!("{}-abandoned", rec.id), &live)?
+                    };
+                    tracing::warn!(request_id = %rec.id, machines = live.len(), "abandoned request: its process died before answering HostFactory; released what it had made");
+                    let machines = merge_by_machine_id(&found.machines, released);
+                    rec.phase = Phase::Submitted;
+                    rec.status = RequestStatus::CompleteWithError;
+                    rec.outstanding = 0;
+                    rec.message = Some(format!(
+                        "abandoned: the call that accepted it died before answering HostFactory; {} machine(s) released",
+                        live.len()
+                    ));
+                    rec.updated_at = ctx.now;
+                    self.store.update_request(&rec, &machines)?;
+                }
+                RequestKind::Return => {
+                    let refs: Vec<MachineRef> = known
+                        .iter()
+                        .map(|m| MachineRef {
+                            name: m.name.clone(),
+                            machine_id: Some(m.machine_id.clone()),
+                        })
+                        .collect();
+                    let answer = self.provider()?.release_machines(&ctx, &rec.id, &refs)?;
+                    let merged = merge_by_name(&known, answer);
+                    tracing::warn!(request_id = %rec.id, machines = merged.len(), "return recorded but never submitted (crash); carried out now");
+                    rec.phase = Phase::Submitted;
+                    rec.status = lifecycle::return_status(&merged);
+                    rec.updated_at = ctx.now;
+                    self.store.update_request(&rec, &merged)?;
+                }
+            }
+        }
+        Ok(stale.len())
+    }
+
     /// getReturnRequests: hosts HostFactory lists that the provider wants back; only names
-    /// HostFactory listed are reported.
+    /// HostFactory listed are reported. Also runs the [`Service::sweep`], since HostFactory
+    /// calls this every cycle.
     pub fn get_return_requests(&mut self, machines: &[MachineRef]) -> Result<Vec<Reclaim>, ServiceError> {
+        if let Err(e) = self.sweep() {
+            tracing::warn!(error = %e, "sweep of abandoned requests failed; will retry next call");
+        }
         if machines.is_empty() {
             return Ok(Vec::new());
         }

@@ -128,7 +128,15 @@ impl Fixture {
             settings: serde_json::json!({}),
             now,
         };
-        Service::new(self.store.as_ref(), loader, ctx, LifecyclePolicy { pending_timeout_secs: 100 })
+        Service::new(
+            self.store.as_ref(),
+            loader,
+            ctx,
+            LifecyclePolicy {
+                pending_timeout_secs: 100,
+                abandon_after_secs: 600,
+            },
+        )
     }
 }
 
@@ -355,4 +363,39 @@ fn reclaims_are_limited_to_hosts_hostfactory_listed() {
         .expect("reclaim");
     assert_eq!(r.iter().map(|x| x.name.as_str()).collect::<Vec<_>>(), ["h1"]);
     assert!(f.service(0).get_return_requests(&[]).expect("empty").is_empty());
+}
+
+#[test]
+fn abandoned_requests_are_released_by_the_sweep() {
+    let f = Fixture::new();
+    let rec = RequestRecord {
+        id: "req-orphan".into(),
+        kind: RequestKind::Provision,
+        template_id: Some("t".into()),
+        count: 1,
+        rc_account: None,
+        phase: Phase::Accepted,
+        status: RequestStatus::Running,
+        outstanding: 1,
+        message: None,
+        created_at: 0,
+        updated_at: 0,
+    };
+    f.store.insert_request(&rec, &[]).expect("insert");
+    // Too young: left alone (its call may still be running).
+    assert_eq!(f.service(100).sweep().expect("sweep"), 0);
+    f.script.borrow_mut().progress.push(Ok(ProvisionProgress {
+        machines: vec![machine("a", MachineState::Running, 0)],
+        outstanding: 0,
+        message: None,
+    }));
+    f.script
+        .borrow_mut()
+        .release
+        .push(Ok(vec![machine("a", MachineState::Stopping, 0)]));
+    assert_eq!(f.service(700).sweep().expect("sweep"), 1);
+    assert!(f.script.borrow().calls.contains(&"release-machines".to_string()));
+    let r = f.store.request("req-orphan").expect("read").expect("kept");
+    assert_eq!((r.phase, r.status), (Phase::Submitted, RequestStatus::CompleteWithError));
+    assert_eq!(f.service(800).sweep().expect("sweep"), 0, "repaired once");
 }

@@ -118,6 +118,9 @@ pub trait StateStore: Send + Sync {
     fn machines(&self, request_id: &str) -> Result<Vec<Machine>, StoreError>;
     /// Stores a request's new state and machines; rows that did not change are not rewritten.
     fn update_request(&self, rec: &RequestRecord, machines: &[Machine]) -> Result<(), StoreError>;
+    /// Requests still `Accepted` (recorded, never answered) created before `before`: their
+    /// process died between the write-ahead record and its answer.
+    fn stale_requests(&self, before: u64) -> Result<Vec<RequestRecord>, StoreError>;
     /// Provision requests holding machines named `name` (newest first).
     fn provision_holders(&self, name: &str) -> Result<Vec<(String, Machine)>, StoreError>;
 

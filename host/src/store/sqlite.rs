@@ -45,6 +45,7 @@ CREATE TABLE machines (
     PRIMARY KEY (request_id, machine_id)
 );
 CREATE INDEX machines_by_name ON machines(name);
+CREATE INDEX requests_by_phase ON requests(phase, created_at);
 CREATE TABLE kv (
     namespace TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -431,6 +432,22 @@ impl StateStore for SqliteStore {
         .map_err(|e| self.backend(e))?;
         self.write_machines(&tx, &rec.id, machines)?;
         tx.commit().map_err(|e| self.backend(e))
+    }
+
+    fn stale_requests(&self, before: u64) -> Result<Vec<RequestRecord>, StoreError> {
+        let conn = self.lock()?;
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {REQUEST_COLUMNS} FROM requests WHERE phase = 'accepted' AND created_at < ?1 ORDER BY created_at"
+            ))
+            .map_err(|e| self.backend(e))?;
+        let raws = stmt
+            .query_map([to_i64(before)], |r| self.read_request(r))
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(|e| self.backend(e))?;
+        drop(stmt);
+        drop(conn);
+        raws.into_iter().map(|r| self.to_record(r)).collect()
     }
 
     fn provision_holders(&self, name: &str) -> Result<Vec<(String, Machine)>, StoreError> {

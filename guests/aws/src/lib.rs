@@ -1,0 +1,517 @@
+//! AWS provider guest: IBM's `awsprov_templates.json` over the host's EC2 capability.
+//!
+//! - Single-type templates launch with RunInstances (request id as client token); weighted
+//!   `vmTypes`, spot and heterogeneous templates with EC2 Fleet `instant`, `machineCount`
+//!   counted in units. Heterogeneous requests top up with on-demand whatever spot could
+//!   not supply.
+//! - Every call first looks for instances already tagged with the request (the host tags
+//!   everything it launches), so a retry after a crash adopts instead of launching twice.
+//! - Machines are named by private DNS name (the host name they join the cluster with).
+//! - `ncpus`/`nram` come from DescribeInstanceTypes, cached in kv. For weighted templates
+//!   they are per unit: the smallest of cores/weight and MiB/weight over the types, so a
+//!   unit never promises more than any instance gives.
+
+mod template;
+
+use std::collections::BTreeMap;
+
+use hfwasm_guest_sdk::ec2::{self, Ec2Error, InstanceFilter};
+use hfwasm_guest_sdk::*;
+use serde_json::Value;
+use template::{AwsTemplate, PriceType};
+
+struct Aws;
+
+fn settings(ctx: &CallContext) -> Result<Value, ProviderError> {
+    serde_json::from_str(&ctx.settings_json).map_err(|e| ProviderError::InvalidInput(format!("guest settings are not JSON: {e}")))
+}
+
+fn ec2_err(action: &str, e: Ec2Error) -> ProviderError {
+    match e {
+        Ec2Error::Denied(m) => ProviderError::Denied(format!("{action}: {m}")),
+        Ec2Error::Aws(f) if f.code.contains("InsufficientInstanceCapacity") || f.code.contains("InstanceLimitExceeded") => {
+            ProviderError::Capacity(format!("{action}: {}: {}", f.code, f.message))
+        }
+        Ec2Error::Aws(f) if f.code.contains("NotFound") || f.code.contains("Invalid") || f.code.contains("Malformed") => {
+            ProviderError::InvalidTemplate(format!("{action}: {}: {}", f.code, f.message))
+        }
+        Ec2Error::Aws(f) => ProviderError::Unavailable(format!("{action}: {}: {}", f.code, f.message)),
+        Ec2Error::Unavailable(m) => ProviderError::Unavailable(format!("{action}: {m}")),
+    }
+}
+
+fn find<'a>(templates: &'a [AwsTemplate], id: &str) -> Result<&'a AwsTemplate, ProviderError> {
+    templates.iter().find(|t| t.id == id).ok_or_else(|| {
+        ProviderError::InvalidTemplate(format!(
+            "template '{id}' not found; defined: {}",
+            templates.iter().map(|t| t.id.as_str()).collect::<Vec<_>>().join(", ")
+        ))
+    })
+}
+
+/// (cores, MiB) of each type, from kv or one DescribeInstanceTypes call for the rest.
+fn type_info(names: &[String]) -> Result<BTreeMap<String, (u32, u64)>, ProviderError> {
+    let mut known = BTreeMap::new();
+    let mut missing = Vec::new();
+    for n in names {
+        match kv::get(&format!("itype/{n}"))?.and_then(|v| v.split_once(',').and_then(|(c, m)| Some((c.parse().ok()?, m.parse().ok()?)))) {
+            Some(info) => {
+                known.insert(n.clone(), info);
+            }
+            None => missing.push(n.clone()),
+        }
+    }
+    if !missing.is_empty() {
+        for t in ec2::describe_instance_types(&missing).map_err(|e| ec2_err("DescribeInstanceTypes", e))? {
+            kv::set(&format!("itype/{}", t.name), &format!("{},{}", t.cores, t.memory_mib))?;
+            known.insert(t.name.clone(), (t.cores, t.memory_mib));
+        }
+        if let Some(unknown) = missing.iter().find(|n| !known.contains_key(*n)) {
+            return Err(ProviderError::InvalidTemplate(format!(
+                "instance type {unknown} is unknown to EC2 (DescribeInstanceTypes)"
+            )));
+        }
+    }
+    Ok(known)
+}
+
+fn template_out(t: &AwsTemplate, info: &BTreeMap<String, (u32, u64)>) -> Template {
+    let (mut cpus, mut mem) = (u32::MAX, u64::MAX);
+    for ty in t.all_types() {
+        let (c, m) = info.get(&ty).copied().unwrap_or((1, 1024));
+        let w = t.weight(&ty).max(1);
+        cpus = cpus.min((c / w).max(1));
+        mem = mem.min((m / u64::from(w)).max(1));
+    }
+    let mut attrs = vec![numeric("ncpus", cpus), numeric("nram", mem)];
+    let mut has_type = false;
+    for (name, v) in &t.attributes {
+        // IBM writes attributes as ["Numeric", "4"] or plain values.
+        let (kind, val) = match v {
+            Value::Array(a) if a.len() == 2 => (
+                a[0].as_str().unwrap_or("String").to_string(),
+                a[1].as_str().map(str::to_string).unwrap_or_else(|| a[1].to_string()),
+            ),
+            Value::Number(n) => ("Numeric".into(), n.to_string()),
+            Value::Bool(b) => ("Boolean".into(), if *b { "1".into() } else { "0".into() }),
+            Value::String(s) => ("String".into(), s.clone()),
+            other => ("String".into(), other.to_string()),
+        };
+        has_type |= name == "type";
+        attrs.push(Attribute {
+            name: name.clone(),
+            kind: match kind.as_str() {
+                "Numeric" => AttributeKind::Numeric,
+                "Boolean" => AttributeKind::Boolean,
+                _ => AttributeKind::Text,
+            },
+            value: val,
+        });
+    }
+    if !has_type {
+        attrs.insert(0, text("type", "X86_64"));
+    }
+    let extra = serde_json::json!({
+        "priceType": match t.price_type { PriceType::OnDemand => "ondemand", PriceType::Spot => "spot", PriceType::Heterogeneous => "heterogeneous" },
+        "vmTypes": t.all_types(),
+    });
+    Template {
+        id: t.id.clone(),
+        max_number: t.max_number,
+        available_number: None,
+        attributes: attrs,
+        extra_json: Some(extra.to_string()),
+    }
+}
+
+fn spec(t: &AwsTemplate) -> ec2::LaunchSpec {
+    ec2::LaunchSpec {
+        image_id: t.image_id.clone(),
+        subnet_ids: t.subnet_ids.clone(),
+        security_group_ids: t.security_group_ids.clone(),
+        key_name: t.key_name.clone(),
+        instance_profile_arn: t.instance_profile.clone(),
+        user_data: t.user_data.clone(),
+        tags: t
+            .instance_tags
+            .iter()
+            .map(|(k, v)| ec2::Tag {
+                key: k.clone(),
+                value: v.clone(),
+            })
+            .collect(),
+        root_volume: (t.root_volume_size.is_some() || t.volume_type.is_some()).then(|| ec2::RootVolume {
+            size_gib: t.root_volume_size,
+            volume_type: t.volume_type.clone(),
+            iops: t.iops,
+        }),
+        launch_template_id: t.launch_template_id.clone(),
+    }
+}
+
+fn overrides(t: &AwsTemplate, types: &[(String, u32)]) -> Vec<ec2::FleetOverride> {
+    let mut out = Vec::new();
+    for (ty, w) in types {
+        let priority = t.vm_types_priority.iter().find(|(p, _)| p == ty).map(|(_, p)| *p);
+        for subnet in &t.subnet_ids {
+            out.push(ec2::FleetOverride {
+                instance_type: ty.clone(),
+                subnet_id: Some(subnet.clone()),
+                weight: Some(f64::from(*w)),
+                priority,
+                max_price: None,
+            });
+        }
+    }
+    out
+}
+
+/// A machine from an instance: named by private DNS name once EC2 has assigned it.
+fn machine(i: &ec2::Instance) -> Machine {
+    let (state, message) = match i.state.as_str() {
+        "pending" => (MachineState::Pending, None),
+        "running" if i.private_ip.is_some() => (MachineState::Running, None),
+        "running" => (MachineState::Pending, None),
+        "stopping" | "shutting-down" => (MachineState::Stopping, Some(format!("instance {} is {}", i.instance_id, i.state))),
+        "stopped" => (MachineState::Stopped, Some(format!("instance {} was stopped", i.instance_id))),
+        _ => (
+            MachineState::Terminated,
+            Some(format!(
+                "instance {} is {}{}",
+                i.instance_id,
+                i.state,
+                i.state_reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+            )),
+        ),
+    };
+    Machine {
+        machine_id: i.instance_id.clone(),
+        name: i.private_dns_name.clone().unwrap_or_else(|| i.instance_id.clone()),
+        private_ip: i.private_ip.clone().unwrap_or_default(),
+        public_ip: i.public_ip.clone(),
+        launch_time: i.launch_time,
+        state,
+        message,
+    }
+}
+
+fn describe(filter: InstanceFilter) -> Result<Vec<ec2::Instance>, ProviderError> {
+    ec2::describe_instances(&filter).map_err(|e| ec2_err("DescribeInstances", e))
+}
+
+fn units(t: &AwsTemplate, instances: &[ec2::Instance]) -> u32 {
+    instances
+        .iter()
+        .filter(|i| !matches!(i.state.as_str(), "terminated" | "shutting-down"))
+        .map(|i| t.weight(&i.instance_type))
+        .sum()
+}
+
+/// Launches `want` units for `req` and returns the instance ids and capacity errors.
+fn launch(t: &AwsTemplate, req: &ProvisionRequest, want: u32) -> Result<(Vec<String>, Vec<String>), ProviderError> {
+    if t.single_type() {
+        let run = ec2::RunRequest {
+            request_id: req.request_id.clone(),
+            template_id: t.id.clone(),
+            instance_type: t.vm_types[0].0.clone(),
+            count: want,
+            spec: spec(t),
+            spot_max_price: (t.price_type == PriceType::Spot).then(|| t.max_spot_price.clone().unwrap_or_default()),
+        };
+        return match ec2::run_instances(&run) {
+            Ok(is) => Ok((is.into_iter().map(|i| i.instance_id).collect(), Vec::new())),
+            Err(e) => Err(ec2_err("RunInstances", e)),
+        };
+    }
+    let on_demand = match t.price_type {
+        PriceType::OnDemand => want,
+        PriceType::Spot | PriceType::Heterogeneous => want * t.percent_on_demand / 100,
+    };
+    let mut ids = Vec::new();
+    let mut errors = Vec::new();
+    // Spot (and, without separate on-demand types, the on-demand share) in one fleet.
+    let first_od = if t.vm_types_on_demand.is_empty() { on_demand } else { 0 };
+    let first_total = if t.vm_types_on_demand.is_empty() { want } else { want - on_demand };
+    if first_total > 0 {
+        let r = fleet(t, req, &t.vm_types, first_total, first_od)?;
+        ids.extend(r.instance_ids);
+        errors.extend(r.errors.into_iter().map(|f| format!("{}: {}", f.code, f.message)));
+    }
+    if !t.vm_types_on_demand.is_empty() && on_demand > 0 {
+        let r = fleet(t, req, &t.vm_types_on_demand, on_demand, on_demand)?;
+        ids.extend(r.instance_ids);
+        errors.extend(r.errors.into_iter().map(|f| format!("{}: {}", f.code, f.message)));
+    }
+    Ok((ids, errors))
+}
+
+fn fleet(
+    t: &AwsTemplate,
+    req: &ProvisionRequest,
+    types: &[(String, u32)],
+    total: u32,
+    on_demand: u32,
+) -> Result<ec2::FleetResult, ProviderError> {
+    let f = ec2::FleetRequest {
+        request_id: req.request_id.clone(),
+        template_id: t.id.clone(),
+        spec: spec(t),
+        overrides: overrides(t, types),
+        total_units: total,
+        on_demand_units: on_demand,
+        spot_allocation_strategy: Some(t.allocation_strategy.clone().unwrap_or_else(|| "lowest-price".into())),
+        on_demand_allocation_strategy: t.allocation_strategy_on_demand.clone(),
+        spot_max_price: t.max_spot_price.clone(),
+    };
+    ec2::create_fleet(&f).map_err(|e| ec2_err("CreateFleet", e))
+}
+
+/// Instance ids for HostFactory's machine references (by id, else by private DNS name).
+fn resolve(refs: &[MachineRef]) -> Result<Vec<(MachineRef, Option<String>)>, ProviderError> {
+    let needs_lookup = refs.iter().any(|r| !r.machine_id.as_deref().is_some_and(|m| m.starts_with("i-")));
+    let owned = if needs_lookup {
+        describe(InstanceFilter::Owned)?
+    } else {
+        Vec::new()
+    };
+    Ok(refs
+        .iter()
+        .map(|r| {
+            let id = match r.machine_id.as_deref() {
+                Some(m) if m.starts_with("i-") => Some(m.to_string()),
+                _ => owned
+                    .iter()
+                    .find(|i| i.private_dns_name.as_deref() == Some(r.name.as_str()))
+                    .map(|i| i.instance_id.clone()),
+            };
+            (r.clone(), id)
+        })
+        .collect())
+}
+
+fn gone(r: &MachineRef, now: u64, why: &str) -> Machine {
+    Machine {
+        machine_id: r.machine_id.clone().unwrap_or_else(|| r.name.clone()),
+        name: r.name.clone(),
+        private_ip: String::new(),
+        public_ip: None,
+        launch_time: now,
+        state: MachineState::Terminated,
+        message: Some(why.to_string()),
+    }
+}
+
+impl Guest for Aws {
+    fn templates(ctx: CallContext) -> Result<Vec<Template>, ProviderError> {
+        let templates = template::parse_all(&settings(&ctx)?)?;
+        let mut names: Vec<String> = templates.iter().flat_map(|t| t.all_types()).collect();
+        names.sort();
+        names.dedup();
+        let info = type_info(&names)?;
+        Ok(templates.iter().map(|t| template_out(t, &info)).collect())
+    }
+
+    fn request_machines(ctx: CallContext, req: ProvisionRequest) -> Result<ProvisionProgress, ProviderError> {
+        let templates = template::parse_all(&settings(&ctx)?)?;
+        let t = find(&templates, &req.template_id)?;
+        // Adopt what an earlier attempt of this request launched (crash between the cloud
+        // call and the host's record), then launch only the remainder.
+        let existing = describe(InstanceFilter::Request(req.request_id.clone()))?;
+        let have = units(t, &existing);
+        let mut errors = Vec::new();
+        let mut ids: Vec<String> = Vec::new();
+        if have < req.count {
+            let want = req.count - have;
+            match launch(t, &req, want) {
+                Ok((new, errs)) => {
+                    ids = new;
+                    errors = errs;
+                }
+                Err(e) if existing.is_empty() => return Err(e),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        let mut instances = existing;
+        let missing: Vec<String> = ids
+            .into_iter()
+            .filter(|id| !instances.iter().any(|i| &i.instance_id == id))
+            .collect();
+        if !missing.is_empty() {
+            instances.extend(describe(InstanceFilter::Ids(missing))?);
+        }
+        // Heterogeneous: spot that could not be had is bought on-demand right away.
+        let mut got = units(t, &instances);
+        if got < req.count && t.price_type == PriceType::Heterogeneous && !errors.is_empty() {
+            let od_types = if t.vm_types_on_demand.is_empty() {
+                &t.vm_types
+            } else {
+                &t.vm_types_on_demand
+            };
+            let topup_req = ProvisionRequest {
+                request_id: format!("{}-od", req.request_id),
+                ..req.clone()
+            };
+            match fleet(t, &topup_req, od_types, req.count - got, req.count - got) {
+                Ok(r) => {
+                    if !r.instance_ids.is_empty() {
+                        instances.extend(describe(InstanceFilter::Ids(r.instance_ids))?);
+                    }
+                    errors.extend(r.errors.into_iter().map(|f| format!("{}: {}", f.code, f.message)));
+                }
+                Err(e) => errors.push(e.to_string()),
+            }
+            got = units(t, &instances);
+        }
+        if got == 0 {
+            return Err(ProviderError::Capacity(format!(
+                "template '{}': no capacity: {}",
+                t.id,
+                errors.join("; ")
+            )));
+        }
+        let message = (got < req.count).then(|| format!("{got} of {} units launched: {}", req.count, errors.join("; ")));
+        Ok(ProvisionProgress {
+            machines: instances.iter().map(machine).collect(),
+            outstanding: 0,
+            message,
+        })
+    }
+
+    fn request_status(_ctx: CallContext, req: ProvisionRequest, known: Vec<Machine>) -> Result<ProvisionProgress, ProviderError> {
+        let instances = describe(InstanceFilter::Request(req.request_id.clone()))?;
+        let mut machines: Vec<Machine> = instances.iter().map(machine).collect();
+        for k in known {
+            if !machines.iter().any(|m| m.machine_id == k.machine_id) {
+                // Gone from EC2 altogether (terminated long ago, or never really launched).
+                let mut m = k;
+                m.state = MachineState::Terminated;
+                m.message = Some(format!("instance {} no longer exists in EC2", m.machine_id));
+                machines.push(m);
+            }
+        }
+        Ok(ProvisionProgress {
+            machines,
+            outstanding: 0,
+            message: None,
+        })
+    }
+
+    fn release_machines(ctx: CallContext, _return_id: String, refs: Vec<MachineRef>) -> Result<Vec<Machine>, ProviderError> {
+        let resolved = resolve(&refs)?;
+        let ids: Vec<String> = resolved.iter().filter_map(|(_, id)| id.clone()).collect();
+        let alive: Vec<ec2::Instance> = if ids.is_empty() {
+            Vec::new()
+        } else {
+            describe(InstanceFilter::Ids(ids))?
+        };
+        let to_stop: Vec<String> = alive
+            .iter()
+            .filter(|i| !matches!(i.state.as_str(), "terminated" | "shutting-down"))
+            .map(|i| i.instance_id.clone())
+            .collect();
+        if !to_stop.is_empty() {
+            ec2::terminate_instances(&to_stop).map_err(|e| ec2_err("TerminateInstances", e))?;
+        }
+        Ok(resolved
+            .iter()
+            .map(
+                |(r, id)| match id.as_ref().and_then(|id| alive.iter().find(|i| &i.instance_id == id)) {
+                    Some(i) => {
+                        let mut m = machine(i);
+                        m.name = r.name.clone();
+                        m.state = if i.state == "terminated" {
+                            MachineState::Terminated
+                        } else {
+                            MachineState::Stopping
+                        };
+                        m.message = None;
+                        m
+                    }
+                    None => gone(r, ctx.now, "not found in EC2 (already gone)"),
+                },
+            )
+            .collect())
+    }
+
+    fn release_status(_ctx: CallContext, _return_id: String, known: Vec<Machine>) -> Result<Vec<Machine>, ProviderError> {
+        let ids: Vec<String> = known
+            .iter()
+            .filter(|m| m.machine_id.starts_with("i-"))
+            .map(|m| m.machine_id.clone())
+            .collect();
+        let found = if ids.is_empty() {
+            Vec::new()
+        } else {
+            describe(InstanceFilter::Ids(ids))?
+        };
+        Ok(known
+            .into_iter()
+            .map(|mut m| {
+                m.state = match found.iter().find(|i| i.instance_id == m.machine_id) {
+                    Some(i) if i.state != "terminated" => MachineState::Stopping,
+                    _ => MachineState::Terminated,
+                };
+                m
+            })
+            .collect())
+    }
+
+    fn reclaim_candidates(ctx: CallContext, refs: Vec<MachineRef>) -> Result<Vec<Reclaim>, ProviderError> {
+        let resolved = resolve(&refs)?;
+        let ids: Vec<String> = resolved.iter().filter_map(|(_, id)| id.clone()).collect();
+        let found = if ids.is_empty() {
+            Vec::new()
+        } else {
+            describe(InstanceFilter::Ids(ids))?
+        };
+        let mut out = Vec::new();
+        let mut spot: Vec<(&MachineRef, &ec2::Instance)> = Vec::new();
+        for (r, id) in &resolved {
+            match id.as_ref().and_then(|id| found.iter().find(|i| &i.instance_id == id)) {
+                None => out.push(Reclaim {
+                    name: r.name.clone(),
+                    machine_id: r.machine_id.clone(),
+                    grace_period: 0,
+                }),
+                Some(i) if matches!(i.state.as_str(), "terminated" | "shutting-down" | "stopping" | "stopped") => out.push(Reclaim {
+                    name: r.name.clone(),
+                    machine_id: Some(i.instance_id.clone()),
+                    grace_period: 0,
+                }),
+                Some(i) if i.spot_request_id.is_some() => spot.push((r, i)),
+                Some(_) => {}
+            }
+        }
+        if !spot.is_empty() {
+            let sirs: Vec<String> = spot.iter().filter_map(|(_, i)| i.spot_request_id.clone()).collect();
+            let requests = ec2::describe_spot_instance_requests(&sirs).map_err(|e| ec2_err("DescribeSpotInstanceRequests", e))?;
+            let terminate = settings(&ctx)?
+                .get("spot_terminate_on_reclaim")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let mut doomed = Vec::new();
+            for (r, i) in spot {
+                let code = requests
+                    .iter()
+                    .find(|s| Some(&s.id) == i.spot_request_id.as_ref())
+                    .and_then(|s| s.status_code.clone())
+                    .unwrap_or_default();
+                if code.starts_with("marked-for-") || code.starts_with("instance-terminated") || code.starts_with("instance-stopped") {
+                    // AWS gives two minutes' notice of a spot interruption.
+                    out.push(Reclaim {
+                        name: r.name.clone(),
+                        machine_id: Some(i.instance_id.clone()),
+                        grace_period: if terminate { 0 } else { 120 },
+                    });
+                    doomed.push(i.instance_id.clone());
+                }
+            }
+            if terminate && !doomed.is_empty() {
+                ec2::terminate_instances(&doomed).map_err(|e| ec2_err("TerminateInstances", e))?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+export!(Aws);

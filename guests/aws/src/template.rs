@@ -1,0 +1,332 @@
+//! IBM `awsprov_templates.json` templates (contract §3.1), parsed strictly: every key has
+//! an effect here, or is refused with a message naming it.
+
+use hfwasm_guest_sdk::ProviderError;
+use serde_json::{Map, Value};
+
+/// How a template buys capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PriceType {
+    /// On-demand instances.
+    OnDemand,
+    /// Spot instances.
+    Spot,
+    /// Spot first, topped up with on-demand (`percentOnDemand` on-demand from the start).
+    Heterogeneous,
+}
+
+/// One IBM template.
+#[derive(Debug, Clone)]
+pub struct AwsTemplate {
+    pub id: String,
+    pub max_number: i32,
+    /// Attributes given in the file other than the computed `ncpus`/`nram`/`ncores`.
+    pub attributes: Vec<(String, Value)>,
+    pub image_id: String,
+    pub subnet_ids: Vec<String>,
+    /// Instance type -> weight (units per instance). One entry for `vmType`.
+    pub vm_types: Vec<(String, u32)>,
+    /// Whether the types came from the weighted `vmTypes` map.
+    pub weighted: bool,
+    pub vm_types_on_demand: Vec<(String, u32)>,
+    pub vm_types_priority: Vec<(String, f64)>,
+    pub price_type: PriceType,
+    pub max_spot_price: Option<String>,
+    pub allocation_strategy: Option<String>,
+    pub allocation_strategy_on_demand: Option<String>,
+    pub percent_on_demand: u32,
+    pub key_name: Option<String>,
+    pub security_group_ids: Vec<String>,
+    pub instance_tags: Vec<(String, String)>,
+    pub instance_profile: Option<String>,
+    pub user_data: Option<String>,
+    pub root_volume_size: Option<u32>,
+    pub volume_type: Option<String>,
+    pub iops: Option<u32>,
+    pub launch_template_id: Option<String>,
+}
+
+fn bad(id: &str, key: &str, why: &str) -> ProviderError {
+    ProviderError::InvalidTemplate(format!("template '{id}': `{key}` {why}"))
+}
+
+fn string(id: &str, key: &str, v: &Value) -> Result<String, ProviderError> {
+    match v {
+        Value::String(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+        Value::Number(n) => Ok(n.to_string()),
+        _ => Err(bad(id, key, "must be a non-empty string")),
+    }
+}
+
+fn number(id: &str, key: &str, v: &Value, min: u64, max: u64) -> Result<u32, ProviderError> {
+    let n = match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    };
+    match n {
+        Some(n) if (min..=max).contains(&n) => Ok(u32::try_from(n).unwrap_or(u32::MAX)),
+        _ => Err(bad(id, key, &format!("must be a whole number in {min}..={max}"))),
+    }
+}
+
+fn list(id: &str, key: &str, v: &Value) -> Result<Vec<String>, ProviderError> {
+    let items: Vec<String> = match v {
+        Value::String(s) => s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect(),
+        Value::Array(a) => a.iter().map(|x| string(id, key, x)).collect::<Result<_, _>>()?,
+        _ => return Err(bad(id, key, "must be a string, a comma-separated string or a list")),
+    };
+    if items.is_empty() {
+        return Err(bad(id, key, "is empty"));
+    }
+    Ok(items)
+}
+
+fn weights(id: &str, key: &str, v: &Value) -> Result<Vec<(String, u32)>, ProviderError> {
+    let m = v
+        .as_object()
+        .ok_or_else(|| bad(id, key, "must be an object of instance type -> weight"))?;
+    if m.is_empty() {
+        return Err(bad(id, key, "is empty"));
+    }
+    m.iter()
+        .map(|(t, w)| Ok((t.clone(), number(id, &format!("{key}.{t}"), w, 1, 1000)?)))
+        .collect()
+}
+
+/// IBM's allocation strategy names mapped to EC2 Fleet's.
+fn strategy(id: &str, key: &str, v: &Value, on_demand: bool) -> Result<String, ProviderError> {
+    let s = string(id, key, v)?;
+    let mapped = match (s.as_str(), on_demand) {
+        ("lowestPrice", _) => "lowest-price",
+        ("prioritized", true) => "prioritized",
+        ("capacityOptimized", false) => "capacity-optimized",
+        ("capacityOptimizedPrioritized", false) => "capacity-optimized-prioritized",
+        ("diversified", false) => "diversified",
+        ("priceCapacityOptimized", false) => "price-capacity-optimized",
+        _ => {
+            let allowed = if on_demand {
+                "lowestPrice, prioritized"
+            } else {
+                "capacityOptimized, capacityOptimizedPrioritized, diversified, lowestPrice, priceCapacityOptimized"
+            };
+            return Err(bad(id, key, &format!("= {s} is not one of {allowed}")));
+        }
+    };
+    Ok(mapped.to_string())
+}
+
+/// `k=v;k2=v2`.
+fn tags(id: &str, v: &Value) -> Result<Vec<(String, String)>, ProviderError> {
+    let s = match v {
+        Value::String(s) => s.clone(),
+        _ => return Err(bad(id, "instanceTags", "must be a string like \"k=v;k2=v2\"")),
+    };
+    s.split(';')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+            _ => Err(bad(id, "instanceTags", &format!("entry `{p}` is not key=value"))),
+        })
+        .collect()
+}
+
+impl AwsTemplate {
+    /// Parses one template object.
+    pub fn parse(v: &Value) -> Result<Self, ProviderError> {
+        let o: &Map<String, Value> = v
+            .as_object()
+            .ok_or_else(|| ProviderError::InvalidTemplate("a template is not a JSON object".into()))?;
+        let id = match o.get("templateId") {
+            Some(v) => string("?", "templateId", v)?,
+            None => return Err(ProviderError::InvalidTemplate("a template has no `templateId`".into())),
+        };
+        let mut t = AwsTemplate {
+            id: id.clone(),
+            max_number: 0,
+            attributes: Vec::new(),
+            image_id: String::new(),
+            subnet_ids: Vec::new(),
+            vm_types: Vec::new(),
+            weighted: false,
+            vm_types_on_demand: Vec::new(),
+            vm_types_priority: Vec::new(),
+            price_type: PriceType::OnDemand,
+            max_spot_price: None,
+            allocation_strategy: None,
+            allocation_strategy_on_demand: None,
+            percent_on_demand: 0,
+            key_name: None,
+            security_group_ids: Vec::new(),
+            instance_tags: Vec::new(),
+            instance_profile: None,
+            user_data: None,
+            root_volume_size: None,
+            volume_type: None,
+            iops: None,
+            launch_template_id: None,
+        };
+        let mut max_seen = false;
+        for (key, v) in o {
+            let k = key.as_str();
+            match k {
+                "templateId" => {}
+                "maxNumber" => {
+                    let n = v.as_i64().ok_or_else(|| bad(&id, k, "must be a whole number"))?;
+                    if !(-1..=100_000).contains(&n) {
+                        return Err(bad(&id, k, "must be -1 (unlimited) or 0..=100000"));
+                    }
+                    t.max_number = i32::try_from(n).unwrap_or(i32::MAX);
+                    max_seen = true;
+                }
+                "attributes" => {
+                    let m = v.as_object().ok_or_else(|| bad(&id, k, "must be an object"))?;
+                    for (name, val) in m {
+                        if !matches!(name.as_str(), "ncpus" | "nram" | "ncores") {
+                            t.attributes.push((name.clone(), val.clone()));
+                        }
+                    }
+                }
+                "imageId" => t.image_id = string(&id, k, v)?,
+                "subnetId" => t.subnet_ids = list(&id, k, v)?,
+                "vmType" => {
+                    let types = list(&id, k, v)?;
+                    t.vm_types = types.into_iter().map(|x| (x, 1)).collect();
+                }
+                "vmTypes" => {
+                    t.vm_types = weights(&id, k, v)?;
+                    t.weighted = true;
+                }
+                "vmTypesOnDemand" => t.vm_types_on_demand = weights(&id, k, v)?,
+                "vmTypesPriority" => {
+                    let m = v
+                        .as_object()
+                        .ok_or_else(|| bad(&id, k, "must be an object of instance type -> priority"))?;
+                    for (ty, p) in m {
+                        let p = p.as_f64().ok_or_else(|| bad(&id, &format!("{k}.{ty}"), "must be a number"))?;
+                        t.vm_types_priority.push((ty.clone(), p));
+                    }
+                }
+                "priceType" => {
+                    t.price_type = match string(&id, k, v)?.as_str() {
+                        "ondemand" => PriceType::OnDemand,
+                        "spot" => PriceType::Spot,
+                        "heterogeneous" => PriceType::Heterogeneous,
+                        other => return Err(bad(&id, k, &format!("= {other} is not one of ondemand, spot, heterogeneous"))),
+                    }
+                }
+                "maxSpotPrice" => t.max_spot_price = Some(string(&id, k, v)?),
+                "allocationStrategy" => t.allocation_strategy = Some(strategy(&id, k, v, false)?),
+                "allocationStrategyOnDemand" => t.allocation_strategy_on_demand = Some(strategy(&id, k, v, true)?),
+                "percentOnDemand" => t.percent_on_demand = number(&id, k, v, 0, 100)?,
+                "keyName" => t.key_name = Some(string(&id, k, v)?),
+                "securityGroupIds" => t.security_group_ids = list(&id, k, v)?,
+                "instanceTags" => t.instance_tags = tags(&id, v)?,
+                "instanceProfile" => t.instance_profile = Some(string(&id, k, v)?),
+                // The host read the script file named by `userDataScript` into `userDataContent`.
+                "userDataScript" => {}
+                "userDataContent" => t.user_data = Some(v.as_str().unwrap_or_default().to_string()),
+                "rootDeviceVolumeSize" => t.root_volume_size = Some(number(&id, k, v, 1, 16_384)?),
+                "volumeType" => {
+                    let s = string(&id, k, v)?;
+                    if !matches!(s.as_str(), "gp2" | "gp3" | "io1" | "io2" | "standard" | "st1" | "sc1") {
+                        return Err(bad(&id, k, &format!("= {s} is not one of gp2, gp3, io1, io2, standard, st1, sc1")));
+                    }
+                    t.volume_type = Some(s);
+                }
+                "iops" => t.iops = Some(number(&id, k, v, 100, 256_000)?),
+                "launchTemplateId" => t.launch_template_id = Some(string(&id, k, v)?),
+                // hfwasm launches spot capacity with EC2 Fleet `instant`, which needs no fleet
+                // role and does not expire; these Spot Fleet keys are accepted without effect.
+                "fleetRole" | "spotFleetRequestExpiry" => {}
+                "poolsCount"
+                | "ec2FleetConfig"
+                | "onDemandTargetCapacityRatio"
+                | "placementGroupName"
+                | "tenancy"
+                | "interfaceType"
+                | "efaCount"
+                | "ebsOptimized"
+                | "durationInHours"
+                | "requestValidity"
+                | "spotPrice"
+                | "launchTemplateVersion"
+                | "userData"
+                | "priority"
+                | "ttl"
+                | "fleetType" => {
+                    return Err(bad(&id, k, "is not supported by hfwasm's AWS provider yet"));
+                }
+                _ => {
+                    return Err(bad(
+                        &id,
+                        k,
+                        "is not a template key (known: templateId, maxNumber, attributes, imageId, subnetId, vmType, vmTypes, vmTypesOnDemand, vmTypesPriority, priceType, maxSpotPrice, fleetRole, allocationStrategy, allocationStrategyOnDemand, percentOnDemand, keyName, securityGroupIds, instanceTags, instanceProfile, userDataScript, rootDeviceVolumeSize, volumeType, iops, launchTemplateId, spotFleetRequestExpiry)",
+                    ));
+                }
+            }
+        }
+        if !max_seen {
+            return Err(bad(&id, "maxNumber", "is required"));
+        }
+        if t.image_id.is_empty() && t.launch_template_id.is_none() {
+            return Err(bad(&id, "imageId", "is required (or give launchTemplateId)"));
+        }
+        if t.subnet_ids.is_empty() {
+            return Err(bad(&id, "subnetId", "is required"));
+        }
+        if t.vm_types.is_empty() {
+            return Err(bad(&id, "vmType", "is required (or give vmTypes)"));
+        }
+        if t.iops.is_some() && !matches!(t.volume_type.as_deref(), Some("io1" | "io2" | "gp3")) {
+            return Err(bad(&id, "iops", "needs volumeType io1, io2 or gp3"));
+        }
+        Ok(t)
+    }
+
+    /// Every instance type the template may launch.
+    pub fn all_types(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .vm_types
+            .iter()
+            .chain(self.vm_types_on_demand.iter())
+            .map(|(t, _)| t.clone())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Units one instance of `instance_type` counts for.
+    pub fn weight(&self, instance_type: &str) -> u32 {
+        self.vm_types
+            .iter()
+            .chain(self.vm_types_on_demand.iter())
+            .find(|(t, _)| t == instance_type)
+            .map_or(1, |(_, w)| *w)
+    }
+
+    /// Whether one RunInstances call serves this template: one type, not weighted, no
+    /// separate on-demand types.
+    pub fn single_type(&self) -> bool {
+        self.vm_types.len() == 1 && !self.weighted && self.vm_types_on_demand.is_empty() && self.price_type != PriceType::Heterogeneous
+    }
+}
+
+/// All templates from the guest settings (`{"templates": [...]}`); ids must be unique.
+pub fn parse_all(settings: &Value) -> Result<Vec<AwsTemplate>, ProviderError> {
+    let list = settings
+        .get("templates")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ProviderError::InvalidInput("settings carry no `templates` list (IBM awsprov_templates.json)".into()))?;
+    let mut out: Vec<AwsTemplate> = Vec::with_capacity(list.len());
+    for v in list {
+        let t = AwsTemplate::parse(v)?;
+        if out.iter().any(|o| o.id == t.id) {
+            return Err(ProviderError::InvalidTemplate(format!("template '{}' is defined twice", t.id)));
+        }
+        out.push(t);
+    }
+    Ok(out)
+}

@@ -1,0 +1,463 @@
+//! The EC2 client behind the capability: built once per process on first use, from IBM's
+//! `awsprov_config.json` keys (region, endpoint, credential file, proxy, timeouts, retry
+//! counts), with throttling retried here with backoff and every describe batched.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use aws_sdk_ec2 as sdk;
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use sdk::types::Filter;
+
+use super::convert;
+use super::{DESCRIBE_BATCH, TAG_PROVIDER, TAG_REQUEST};
+use crate::runtime::bindings::hostfactory::capabilities::ec2::*;
+
+/// Connection settings, from IBM's config keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ec2Settings {
+    /// `AWS_REGION`.
+    pub region: String,
+    /// `AWS_ENDPOINT_URL` (a VPC endpoint, or the emulator in tests).
+    pub endpoint_url: Option<String>,
+    /// `AWS_CREDENTIAL_FILE`: a shared-credentials file (`[default]` profile); None = the
+    /// SDK's standard chain (environment, profile, instance role).
+    pub credential_file: Option<PathBuf>,
+    /// `AWS_PROXY_HOST` + `AWS_PROXY_PORT`.
+    pub proxy: Option<String>,
+    /// `AWS_CONNECTION_TIMEOUT_MS`.
+    pub connect_timeout: Duration,
+    /// `AWS_REQUEST_RETRY_ATTEMPTS`: retries of a throttled mutating call.
+    pub retry_attempts: u32,
+    /// `AWS_DESCRIBE_REQUEST_RETRY_ATTEMPTS`: retries of a throttled describe.
+    pub describe_retry_attempts: u32,
+    /// `AWS_DESCRIBE_REQUEST_INTERVAL`: first pause between describe retries.
+    pub describe_interval: Duration,
+}
+
+impl Default for Ec2Settings {
+    fn default() -> Self {
+        Self {
+            region: "us-east-1".into(),
+            endpoint_url: None,
+            credential_file: None,
+            proxy: None,
+            connect_timeout: Duration::from_millis(10_000),
+            retry_attempts: 0,
+            describe_retry_attempts: 0,
+            describe_interval: Duration::from_millis(0),
+        }
+    }
+}
+
+/// A lazily built EC2 client and the runtime its calls run on.
+pub struct Ec2Client {
+    settings: Ec2Settings,
+    built: OnceLock<Result<(tokio::runtime::Runtime, sdk::Client), String>>,
+}
+
+const THROTTLING: [&str; 4] = ["RequestLimitExceeded", "Throttling", "ThrottlingException", "EC2ThrottledException"];
+
+impl Ec2Client {
+    /// A client for `settings`; nothing is built until the first call.
+    pub fn new(settings: Ec2Settings) -> Self {
+        Self {
+            settings,
+            built: OnceLock::new(),
+        }
+    }
+
+    /// The region calls go to.
+    pub fn region(&self) -> &str {
+        &self.settings.region
+    }
+
+    fn build(&self) -> Result<(tokio::runtime::Runtime, sdk::Client), String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the I/O runtime: {e}"))?;
+        let s = self.settings.clone();
+        let proxy = match &s.proxy {
+            Some(url) => {
+                Some(aws_smithy_http_client::proxy::ProxyConfig::all(url.as_str()).map_err(|e| format!("AWS_PROXY_HOST/PORT {url}: {e}"))?)
+            }
+            None => None,
+        };
+        let http = aws_smithy_http_client::Builder::new().build_with_connector_fn(move |settings, _| {
+            let mut b = aws_smithy_http_client::Connector::builder();
+            if let Some(s) = settings {
+                b = b.connector_settings(s.clone());
+            }
+            let mut b = b.tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            ));
+            if let Some(p) = &proxy {
+                b = b.proxy_config(p.clone());
+            }
+            b.build()
+        });
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(s.region.clone()))
+            .http_client(http)
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(s.connect_timeout)
+                    .build(),
+            )
+            // Throttling is retried below with IBM's retry settings; the SDK does not add its own.
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1));
+        if let Some(url) = &s.endpoint_url {
+            loader = loader.endpoint_url(url.clone());
+        }
+        if let Some(file) = &s.credential_file {
+            let files = aws_runtime::env_config::file::EnvConfigFiles::builder()
+                .with_file(aws_runtime::env_config::file::EnvConfigFileKind::Credentials, file)
+                .build();
+            let provider = aws_config::profile::ProfileFileCredentialsProvider::builder()
+                .profile_files(files)
+                .profile_name("default")
+                .build();
+            loader = loader.credentials_provider(provider);
+        }
+        let conf = rt.block_on(loader.load());
+        Ok((rt, sdk::Client::new(&conf)))
+    }
+
+    fn get(&self) -> Result<&(tokio::runtime::Runtime, sdk::Client), Ec2Error> {
+        self.built
+            .get_or_init(|| self.build())
+            .as_ref()
+            .map_err(|e| Ec2Error::Unavailable(e.clone()))
+    }
+
+    /// Runs `op` on the runtime, retrying throttling with exponential backoff.
+    fn call<T, E, F, Fut>(&self, action: &str, describe: bool, op: F) -> Result<T, Ec2Error>
+    where
+        F: Fn(sdk::Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, sdk::error::SdkError<E>>>,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let (rt, client) = self.get()?;
+        let (retries, first_pause) = if describe {
+            (
+                self.settings.describe_retry_attempts,
+                self.settings.describe_interval.max(Duration::from_millis(100)),
+            )
+        } else {
+            (self.settings.retry_attempts, Duration::from_millis(200))
+        };
+        let t0 = std::time::Instant::now();
+        let mut attempt = 0;
+        loop {
+            let result = rt.block_on(op(client.clone()));
+            match result {
+                Ok(v) => {
+                    tracing::debug!(
+                        service = "ec2",
+                        action,
+                        attempt,
+                        elapsed_ms = t0.elapsed().as_millis() as u64,
+                        "cloud call"
+                    );
+                    return Ok(v);
+                }
+                Err(e) => {
+                    let code = e.code().map(str::to_string);
+                    if code.as_deref().is_some_and(|c| THROTTLING.contains(&c)) && attempt < retries {
+                        let pause = first_pause.saturating_mul(1 << attempt.min(6)).min(Duration::from_secs(10));
+                        tracing::warn!(
+                            service = "ec2",
+                            action,
+                            attempt,
+                            pause_ms = pause.as_millis() as u64,
+                            "throttled; retrying"
+                        );
+                        std::thread::sleep(pause);
+                        attempt += 1;
+                        continue;
+                    }
+                    let err = match code {
+                        Some(code) => Ec2Error::Aws(AwsFault {
+                            message: e.message().unwrap_or_default().to_string(),
+                            code,
+                        }),
+                        None => Ec2Error::Unavailable(format!("{action}: {}", aws_sdk_ec2::error::DisplayErrorContext(&e))),
+                    };
+                    tracing::warn!(service = "ec2", action, attempt, error = ?err, "cloud call failed");
+                    return Err(err);
+                }
+            }
+        }
+    }
+
+    /// The root device name of `image_id` (a root volume must be mapped under the AMI's
+    /// own root device name, or EC2 attaches a second volume instead of resizing the root).
+    fn root_device(&self, image_id: &str) -> Result<String, Ec2Error> {
+        let out = self.call("DescribeImages", true, |c| c.describe_images().image_ids(image_id).send())?;
+        out.images()
+            .first()
+            .and_then(|i| i.root_device_name())
+            .map(str::to_string)
+            .ok_or_else(|| {
+                Ec2Error::Aws(AwsFault {
+                    code: "InvalidAMIID.NotFound".into(),
+                    message: format!("image {image_id} not found or has no root device name"),
+                })
+            })
+    }
+
+    /// RunInstances with ownership `tags` and the request id as client token.
+    pub fn run_instances(&self, req: &RunRequest, tags: &[Tag]) -> Result<Vec<Instance>, Ec2Error> {
+        let root_device = match &req.spec.root_volume {
+            Some(_) => Some(self.root_device(&req.spec.image_id)?),
+            None => None,
+        };
+        let count = i32::try_from(req.count).unwrap_or(i32::MAX);
+        let out = self.call("RunInstances", false, |c| {
+            let mut b = c
+                .run_instances()
+                .image_id(&req.spec.image_id)
+                .instance_type(sdk::types::InstanceType::from(req.instance_type.as_str()))
+                .min_count(count)
+                .max_count(count)
+                .client_token(&req.request_id)
+                .set_security_group_ids((!req.spec.security_group_ids.is_empty()).then(|| req.spec.security_group_ids.clone()))
+                .set_key_name(req.spec.key_name.clone())
+                .set_subnet_id(req.spec.subnet_ids.first().cloned())
+                .set_user_data(req.spec.user_data.as_deref().map(convert::base64))
+                .set_block_device_mappings(
+                    req.spec
+                        .root_volume
+                        .as_ref()
+                        .zip(root_device.as_deref())
+                        .map(|(v, d)| vec![convert::root_mapping(v, d)]),
+                )
+                .tag_specifications(convert::tag_spec(sdk::types::ResourceType::Instance, tags))
+                .tag_specifications(convert::tag_spec(sdk::types::ResourceType::Volume, tags));
+            if let Some(arn) = &req.spec.instance_profile_arn {
+                b = b.iam_instance_profile(sdk::types::IamInstanceProfileSpecification::builder().arn(arn).build());
+            }
+            if let Some(lt) = &req.spec.launch_template_id {
+                b = b.launch_template(sdk::types::LaunchTemplateSpecification::builder().launch_template_id(lt).build());
+            }
+            if let Some(price) = &req.spot_max_price {
+                let mut spot = sdk::types::SpotMarketOptions::builder();
+                if !price.is_empty() {
+                    spot = spot.max_price(price);
+                }
+                b = b.instance_market_options(
+                    sdk::types::InstanceMarketOptionsRequest::builder()
+                        .market_type(sdk::types::MarketType::Spot)
+                        .spot_options(spot.build())
+                        .build(),
+                );
+            }
+            b.send()
+        })?;
+        Ok(out.instances().iter().map(convert::instance).collect())
+    }
+
+    /// CreateFleet (`instant`) with ownership `tags` on the instances and the fleet.
+    pub fn create_fleet(&self, req: &FleetRequest, tags: &[Tag]) -> Result<FleetResult, Ec2Error> {
+        // The overrides carry instance type and subnet; a transient launch template carries
+        // the rest (EC2 Fleet takes launch parameters only from a launch template).
+        let lt_name = format!("hfwasm-{}", req.request_id);
+        let template_id = match &req.spec.launch_template_id {
+            Some(id) => id.clone(),
+            None => {
+                let root_device = match &req.spec.root_volume {
+                    Some(_) => Some(self.root_device(&req.spec.image_id)?),
+                    None => None,
+                };
+                let data = convert::launch_template_data(&req.spec, tags, root_device.as_deref());
+                let out = self.call("CreateLaunchTemplate", false, |c| {
+                    c.create_launch_template()
+                        .launch_template_name(&lt_name)
+                        .launch_template_data(data.clone())
+                        .client_token(&req.request_id)
+                        .tag_specifications(convert::tag_spec(sdk::types::ResourceType::LaunchTemplate, tags))
+                        .send()
+                });
+                match out {
+                    Ok(o) => o
+                        .launch_template()
+                        .and_then(|t| t.launch_template_id())
+                        .unwrap_or_default()
+                        .to_string(),
+                    Err(Ec2Error::Aws(f)) if f.code.contains("AlreadyExists") => {
+                        // A retry of the same request (crash repair): reuse it.
+                        let d = self.call("DescribeLaunchTemplates", true, |c| {
+                            c.describe_launch_templates().launch_template_names(&lt_name).send()
+                        })?;
+                        d.launch_templates()
+                            .first()
+                            .and_then(|t| t.launch_template_id())
+                            .unwrap_or_default()
+                            .to_string()
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        let spot_units = req.total_units.saturating_sub(req.on_demand_units);
+        let default_market = if spot_units > 0 {
+            sdk::types::DefaultTargetCapacityType::Spot
+        } else {
+            sdk::types::DefaultTargetCapacityType::OnDemand
+        };
+        let result = self.call("CreateFleet", false, |c| {
+            let overrides: Vec<_> = req
+                .overrides
+                .iter()
+                .map(|o| convert::fleet_override(o, req.spec.subnet_ids.first()))
+                .collect();
+            let config = sdk::types::FleetLaunchTemplateConfigRequest::builder()
+                .launch_template_specification(
+                    sdk::types::FleetLaunchTemplateSpecificationRequest::builder()
+                        .launch_template_id(&template_id)
+                        .version("$Latest")
+                        .build(),
+                )
+                .set_overrides(Some(overrides))
+                .build();
+            let mut spot = sdk::types::SpotOptionsRequest::builder();
+            if let Some(s) = &req.spot_allocation_strategy {
+                spot = spot.allocation_strategy(sdk::types::SpotAllocationStrategy::from(s.as_str()));
+            }
+            if let Some(p) = &req.spot_max_price {
+                spot = spot.max_total_price(p);
+            }
+            let mut od = sdk::types::OnDemandOptionsRequest::builder();
+            if let Some(s) = &req.on_demand_allocation_strategy {
+                od = od.allocation_strategy(sdk::types::FleetOnDemandAllocationStrategy::from(s.as_str()));
+            }
+            c.create_fleet()
+                .r#type(sdk::types::FleetType::Instant)
+                .client_token(&req.request_id)
+                .launch_template_configs(config)
+                .target_capacity_specification(
+                    sdk::types::TargetCapacitySpecificationRequest::builder()
+                        .total_target_capacity(i32::try_from(req.total_units).unwrap_or(i32::MAX))
+                        .on_demand_target_capacity(i32::try_from(req.on_demand_units).unwrap_or(i32::MAX))
+                        .spot_target_capacity(i32::try_from(spot_units).unwrap_or(i32::MAX))
+                        .default_target_capacity_type(default_market.clone())
+                        .build(),
+                )
+                .spot_options(spot.build())
+                .on_demand_options(od.build())
+                .tag_specifications(convert::tag_spec(sdk::types::ResourceType::Fleet, tags))
+                .send()
+        });
+        if req.spec.launch_template_id.is_none() {
+            // The instances are launched (or not); the transient template is no longer needed.
+            if let Err(e) = self.call("DeleteLaunchTemplate", false, |c| {
+                c.delete_launch_template().launch_template_id(&template_id).send()
+            }) {
+                tracing::warn!(launch_template = %template_id, error = ?e, "could not delete the transient launch template");
+            }
+        }
+        let out = result?;
+        Ok(FleetResult {
+            fleet_id: out.fleet_id().unwrap_or_default().to_string(),
+            instance_ids: out.instances().iter().flat_map(|i| i.instance_ids().iter().cloned()).collect(),
+            errors: out
+                .errors()
+                .iter()
+                .map(|e| AwsFault {
+                    code: e.error_code().unwrap_or("LaunchError").to_string(),
+                    message: e.error_message().unwrap_or_default().to_string(),
+                })
+                .collect(),
+        })
+    }
+
+    /// Instances owned by `owner` matching `filter`, one call per 1,000 ids (paginated).
+    pub fn describe_owned(&self, owner: &str, filter: &InstanceFilter) -> Result<Vec<Instance>, Ec2Error> {
+        let owner_filter = Filter::builder().name(format!("tag:{TAG_PROVIDER}")).values(owner).build();
+        let batches: Vec<Vec<Filter>> = match filter {
+            InstanceFilter::Owned => vec![vec![owner_filter]],
+            InstanceFilter::Request(id) => vec![vec![
+                owner_filter,
+                Filter::builder().name(format!("tag:{TAG_REQUEST}")).values(id).build(),
+            ]],
+            InstanceFilter::Ids(ids) => ids
+                .chunks(DESCRIBE_BATCH)
+                .map(|chunk| {
+                    vec![
+                        owner_filter.clone(),
+                        Filter::builder().name("instance-id").set_values(Some(chunk.to_vec())).build(),
+                    ]
+                })
+                .collect(),
+        };
+        let mut out = Vec::new();
+        for filters in batches {
+            let mut token: Option<String> = None;
+            loop {
+                let page = self.call("DescribeInstances", true, |c| {
+                    c.describe_instances()
+                        .set_filters(Some(filters.clone()))
+                        .set_next_token(token.clone())
+                        .send()
+                })?;
+                for r in page.reservations() {
+                    out.extend(r.instances().iter().map(convert::instance));
+                }
+                token = page.next_token().filter(|t| !t.is_empty()).map(str::to_string);
+                if token.is_none() {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// TerminateInstances for `ids` (already checked for ownership).
+    pub fn terminate(&self, ids: &[String]) -> Result<Vec<String>, Ec2Error> {
+        let mut done = Vec::new();
+        for chunk in ids.chunks(DESCRIBE_BATCH) {
+            let out = self.call("TerminateInstances", false, |c| {
+                c.terminate_instances().set_instance_ids(Some(chunk.to_vec())).send()
+            })?;
+            done.extend(
+                out.terminating_instances()
+                    .iter()
+                    .filter_map(|i| i.instance_id().map(str::to_string)),
+            );
+        }
+        Ok(done)
+    }
+
+    /// DescribeInstanceTypes for `names`.
+    pub fn describe_instance_types(&self, names: &[String]) -> Result<Vec<InstanceTypeInfo>, Ec2Error> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let types: Vec<sdk::types::InstanceType> = names.iter().map(|n| sdk::types::InstanceType::from(n.as_str())).collect();
+        let out = self.call("DescribeInstanceTypes", true, |c| {
+            c.describe_instance_types().set_instance_types(Some(types.clone())).send()
+        })?;
+        Ok(out.instance_types().iter().map(convert::instance_type).collect())
+    }
+
+    /// DescribeSpotInstanceRequests for `ids`.
+    pub fn describe_spot_requests(&self, ids: &[String]) -> Result<Vec<SpotRequest>, Ec2Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for chunk in ids.chunks(DESCRIBE_BATCH) {
+            let f = Filter::builder()
+                .name("spot-instance-request-id")
+                .set_values(Some(chunk.to_vec()))
+                .build();
+            let page = self.call("DescribeSpotInstanceRequests", true, |c| {
+                c.describe_spot_instance_requests().filters(f.clone()).send()
+            })?;
+            out.extend(page.spot_instance_requests().iter().map(convert::spot_request));
+        }
+        Ok(out)
+    }
+}

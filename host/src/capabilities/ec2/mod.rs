@@ -1,0 +1,171 @@
+//! `ec2` capability: typed EC2 operations for cloud provider guests, signed with the host's
+//! credentials. Each call is checked against the guest's grant (regions, instance types,
+//! hosts per request); everything a guest launches gets the host's ownership tags, and
+//! only instances carrying this provider instance's tag can be described or terminated.
+
+mod client;
+mod convert;
+
+use std::sync::Arc;
+
+pub use client::{Ec2Client, Ec2Settings};
+
+use crate::runtime::bindings::hostfactory::capabilities::ec2::*;
+
+/// Tag naming the provider instance that owns a resource.
+pub const TAG_PROVIDER: &str = "hfwasm:provider";
+/// Tag naming the HostFactory request a resource was launched for.
+pub const TAG_REQUEST: &str = "hfwasm:request";
+/// Tag naming the template a resource was launched from.
+pub const TAG_TEMPLATE: &str = "hfwasm:template";
+
+/// Instance ids per DescribeInstances call.
+pub const DESCRIBE_BATCH: usize = 1000;
+
+/// What a guest may do with EC2.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ec2Grant {
+    /// Regions the guest may use; the client's region must be one of them.
+    #[serde(default)]
+    pub regions: Vec<String>,
+    /// Instance types the guest may launch; empty = any.
+    #[serde(default)]
+    pub instance_types: Vec<String>,
+    /// Most instances (or capacity units) one launch call may ask for.
+    #[serde(default = "default_max_per_request")]
+    pub max_per_request: u32,
+}
+
+fn default_max_per_request() -> u32 {
+    1000
+}
+
+/// Per-guest state of the ec2 capability.
+pub struct GuestEc2 {
+    client: Option<Arc<Ec2Client>>,
+    grant: Ec2Grant,
+    owner: String,
+}
+
+fn denied(m: String) -> Ec2Error {
+    Ec2Error::Denied(m)
+}
+
+impl GuestEc2 {
+    /// The capability for the guest of provider instance `owner`, or one that refuses
+    /// every call when no EC2 client is configured.
+    pub fn new(client: Option<Arc<Ec2Client>>, grant: Ec2Grant, owner: String) -> Self {
+        Self { client, grant, owner }
+    }
+
+    fn client(&self) -> Result<&Ec2Client, Ec2Error> {
+        let c = self
+            .client
+            .as_deref()
+            .ok_or_else(|| denied("no EC2 settings are configured for this provider instance".into()))?;
+        if !self.grant.regions.is_empty() && !self.grant.regions.iter().any(|r| r == c.region()) {
+            return Err(denied(format!(
+                "region {} is not granted (granted: {})",
+                c.region(),
+                self.grant.regions.join(", ")
+            )));
+        }
+        Ok(c)
+    }
+
+    fn check_type(&self, t: &str) -> Result<(), Ec2Error> {
+        if self.grant.instance_types.is_empty() || self.grant.instance_types.iter().any(|g| g == t) {
+            Ok(())
+        } else {
+            Err(denied(format!(
+                "instance type {t} is not granted (granted: {})",
+                self.grant.instance_types.join(", ")
+            )))
+        }
+    }
+
+    fn check_count(&self, n: u32, what: &str) -> Result<(), Ec2Error> {
+        if n == 0 || n > self.grant.max_per_request {
+            return Err(denied(format!(
+                "{n} {what} is outside the grant (1..={} per request)",
+                self.grant.max_per_request
+            )));
+        }
+        Ok(())
+    }
+
+    fn ownership_tags(&self, request_id: &str, template_id: &str, extra: &[Tag]) -> Result<Vec<Tag>, Ec2Error> {
+        let mut tags: Vec<Tag> = Vec::with_capacity(extra.len() + 3);
+        for t in extra {
+            if t.key.starts_with("hfwasm:") || t.key.starts_with("aws:") {
+                return Err(denied(format!("tag key `{}` is reserved", t.key)));
+            }
+            tags.push(t.clone());
+        }
+        tags.push(Tag {
+            key: TAG_PROVIDER.into(),
+            value: self.owner.clone(),
+        });
+        tags.push(Tag {
+            key: TAG_REQUEST.into(),
+            value: request_id.into(),
+        });
+        tags.push(Tag {
+            key: TAG_TEMPLATE.into(),
+            value: template_id.into(),
+        });
+        Ok(tags)
+    }
+}
+
+impl Host for GuestEc2 {
+    fn run_instances(&mut self, req: RunRequest) -> Result<Vec<Instance>, Ec2Error> {
+        self.check_type(&req.instance_type)?;
+        self.check_count(req.count, "instances")?;
+        let tags = self.ownership_tags(&req.request_id, &req.template_id, &req.spec.tags)?;
+        self.client()?.run_instances(&req, &tags)
+    }
+
+    fn create_fleet(&mut self, req: FleetRequest) -> Result<FleetResult, Ec2Error> {
+        for o in &req.overrides {
+            self.check_type(&o.instance_type)?;
+        }
+        if req.overrides.is_empty() {
+            return Err(denied("a fleet needs at least one instance type".into()));
+        }
+        self.check_count(req.total_units, "capacity units")?;
+        let tags = self.ownership_tags(&req.request_id, &req.template_id, &req.spec.tags)?;
+        self.client()?.create_fleet(&req, &tags)
+    }
+
+    fn describe_instances(&mut self, filter: InstanceFilter) -> Result<Vec<Instance>, Ec2Error> {
+        let owner = self.owner.clone();
+        self.client()?.describe_owned(&owner, &filter)
+    }
+
+    fn terminate_instances(&mut self, ids: Vec<String>) -> Result<Vec<String>, Ec2Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let owner = self.owner.clone();
+        let client = self.client()?;
+        let owned = client.describe_owned(&owner, &InstanceFilter::Ids(ids.clone()))?;
+        let foreign: Vec<&String> = ids.iter().filter(|id| !owned.iter().any(|i| &i.instance_id == *id)).collect();
+        if !foreign.is_empty() {
+            return Err(denied(format!(
+                "not owned by provider instance '{owner}' (no {TAG_PROVIDER} tag) or gone: {}",
+                foreign.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        client.terminate(&ids)
+    }
+
+    fn describe_instance_types(&mut self, names: Vec<String>) -> Result<Vec<InstanceTypeInfo>, Ec2Error> {
+        self.client()?.describe_instance_types(&names)
+    }
+
+    fn describe_spot_instance_requests(&mut self, ids: Vec<String>) -> Result<Vec<SpotRequest>, Ec2Error> {
+        self.client()?.describe_spot_requests(&ids)
+    }
+}
