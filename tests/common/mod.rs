@@ -7,6 +7,8 @@ use std::process::Command;
 
 use serde_json::Value;
 
+pub mod moto;
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -64,6 +66,8 @@ pub struct HfTree {
     pub work: PathBuf,
     pub logs: PathBuf,
     step: std::sync::atomic::AtomicU32,
+    /// Extra environment for every script run (credentials for the emulator, fault points).
+    pub env: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 impl HfTree {
@@ -81,7 +85,20 @@ impl HfTree {
             work,
             logs,
             step: 0.into(),
+            env: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Sets an environment variable for later script runs.
+    pub fn set_env(&self, key: &str, value: &str) {
+        let mut env = self.env.lock().expect("env");
+        env.retain(|(k, _)| k != key);
+        env.push((key.to_string(), value.to_string()));
+    }
+
+    /// Removes an environment variable set with [`HfTree::set_env`].
+    pub fn unset_env(&self, key: &str) {
+        self.env.lock().expect("env").retain(|(k, _)| k != key);
     }
 
     /// Writes `hfwasm.json`.
@@ -114,12 +131,18 @@ impl HfTree {
             .env("HF_PROVIDER_LOGDIR", &self.logs)
             .env("HFWASM_CACHE_DIR", test_cache())
             .env_remove("HFWASM_FAULT")
+            .envs(self.env.lock().expect("env").clone())
             .output()
             .expect("run script");
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        let json: Value = serde_json::from_str(&stdout)
-            .unwrap_or_else(|e| panic!("{call}: stdout is not exactly one JSON document ({e}):\n{stdout}\nstderr:\n{stderr}"));
+        let json: Value = if stdout.trim().is_empty() && out.status.code().is_none() {
+            // A process killed mid-call (fault injection) prints nothing.
+            Value::Null
+        } else {
+            serde_json::from_str(&stdout)
+                .unwrap_or_else(|e| panic!("{call}: stdout is not exactly one JSON document ({e}):\n{stdout}\nstderr:\n{stderr}"))
+        };
         Outcome {
             code: out.status.code().unwrap_or(-1),
             json,

@@ -236,10 +236,12 @@ impl Config {
             let at = format!("guests.{name}");
             let source = if g.wasm == BUILTIN_ONPREM {
                 GuestSource::Builtin(BUILTIN_ONPREM)
+            } else if g.wasm == BUILTIN_AWS {
+                GuestSource::Builtin(BUILTIN_AWS)
             } else if let Some(other) = g.wasm.strip_prefix("builtin:") {
                 return Err(err(
                     &format!("{at}.wasm"),
-                    format!("unknown built-in guest `{other}`; built in: {BUILTIN_ONPREM}"),
+                    format!("unknown built-in guest `{other}`; built in: {BUILTIN_ONPREM}, {BUILTIN_AWS}"),
                 ));
             } else {
                 GuestSource::File(conf_dir.join(&g.wasm))

@@ -51,6 +51,51 @@ impl Default for Ec2Settings {
     }
 }
 
+/// Static credentials from IBM's `AWS_CREDENTIAL_FILE` (the shared-credentials format:
+/// `[default]` with `aws_access_key_id`, `aws_secret_access_key`, optional
+/// `aws_session_token`). Read here rather than by the SDK's profile provider, which would
+/// also set up instance-metadata lookups the file does not ask for.
+fn credentials_file(file: &std::path::Path) -> Result<aws_credential_types::Credentials, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("AWS_CREDENTIAL_FILE {}: {e}", file.display()))?;
+    let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
+    let mut section = String::new();
+    let (mut id, mut secret, mut token) = (None, None, None);
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.trim().trim_start_matches("profile ").to_string();
+            continue;
+        }
+        if section != profile {
+            continue;
+        }
+        if let Some((k, v)) = line.split_once('=') {
+            let v = v.trim().to_string();
+            match k.trim() {
+                "aws_access_key_id" => id = Some(v),
+                "aws_secret_access_key" => secret = Some(v),
+                "aws_session_token" => token = Some(v),
+                _ => {}
+            }
+        }
+    }
+    match (id, secret) {
+        (Some(id), Some(secret)) => Ok(aws_credential_types::Credentials::new(
+            id,
+            secret,
+            token,
+            None,
+            "AWS_CREDENTIAL_FILE",
+        )),
+        _ => Err(format!(
+            "AWS_CREDENTIAL_FILE {}: profile [{profile}] needs aws_access_key_id and aws_secret_access_key",
+            file.display()
+        )),
+    }
+}
+
 /// A lazily built EC2 client and the runtime its calls run on.
 pub struct Ec2Client {
     settings: Ec2Settings,
@@ -112,14 +157,7 @@ impl Ec2Client {
             loader = loader.endpoint_url(url.clone());
         }
         if let Some(file) = &s.credential_file {
-            let files = aws_runtime::env_config::file::EnvConfigFiles::builder()
-                .with_file(aws_runtime::env_config::file::EnvConfigFileKind::Credentials, file)
-                .build();
-            let provider = aws_config::profile::ProfileFileCredentialsProvider::builder()
-                .profile_files(files)
-                .profile_name("default")
-                .build();
-            loader = loader.credentials_provider(provider);
+            loader = loader.credentials_provider(credentials_file(file)?);
         }
         let conf = rt.block_on(loader.load());
         Ok((rt, sdk::Client::new(&conf)))

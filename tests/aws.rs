@@ -1,0 +1,268 @@
+//! The AWS provider end to end: IBM's `<instance>prov_config.json` and
+//! `<instance>prov_templates.json` in the conf dir, the real scripts, and moto's EC2 server
+//! started on a free loopback port. Meaning is checked in the emulator: names are the
+//! instances' private DNS names, exactly as many instances as asked, returned ones
+//! terminated, reclaims seen, crashes repaired.
+//!
+//! moto cannot show: a pending period (instances are `running` at once), client-token
+//! idempotency (ignored), spot interruptions (simulated here by terminating behind our
+//! back). The pending timeout and adoption logic are tested without it in
+//! `host/src/service/tests.rs`.
+
+mod common;
+
+use common::moto::Moto;
+use common::*;
+use serde_json::{Value, json};
+
+/// A provider instance `pool` configured with IBM's files against `moto`.
+fn aws_tree(moto: &Moto, templates: Value) -> HfTree {
+    let tree = HfTree::new("");
+    // Credentials only through IBM's AWS_CREDENTIAL_FILE, never the environment.
+    tree.set_env("AWS_EC2_METADATA_DISABLED", "true");
+    std::fs::write(
+        tree.conf.join("credentials"),
+        "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n",
+    )
+    .expect("creds");
+    let config = json!({
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": moto.endpoint,
+        "AWS_CREDENTIAL_FILE": "credentials",
+        "AWS_CONNECTION_TIMEOUT_MS": "5000",
+        "AWS_REQUEST_RETRY_ATTEMPTS": 2,
+        "AWS_INSTANCE_PENDING_TIMEOUT_SEC": 180,
+        "AWS_KEY_FILE": "/opt/keys",
+    });
+    std::fs::write(
+        tree.conf.join("poolprov_config.json"),
+        serde_json::to_string_pretty(&config).expect("json"),
+    )
+    .expect("config");
+    std::fs::write(
+        tree.conf.join("poolprov_templates.json"),
+        serde_json::to_string_pretty(&json!({"templates": templates})).expect("json"),
+    )
+    .expect("templates");
+    tree
+}
+
+fn templates(subnet: &str, sg: &str, ami: &str) -> Value {
+    json!([
+        {
+            "templateId": "OnDemand-Template-VM",
+            "maxNumber": 10,
+            "attributes": {"type": ["String", "X86_64"], "ncpus": ["Numeric", "1"], "nram": ["Numeric", "1024"]},
+            "imageId": ami,
+            "subnetId": subnet,
+            "vmType": "t3.micro",
+            "priceType": "ondemand",
+            "keyName": "hf-key",
+            "securityGroupIds": [sg],
+            "instanceTags": "team=hpc;env=test",
+            "rootDeviceVolumeSize": 20,
+            "volumeType": "gp3"
+        },
+        {
+            "templateId": "Weighted-Spot-VM",
+            "maxNumber": 20,
+            "attributes": {"type": ["String", "X86_64"]},
+            "imageId": ami,
+            "subnetId": [subnet],
+            "vmTypes": {"m5.large": 1, "m5.xlarge": 2},
+            "priceType": "spot",
+            "allocationStrategy": "capacityOptimized",
+            "fleetRole": "arn:aws:iam::123456789012:role/aws-ec2-spot-fleet-tagging-role",
+            "securityGroupIds": [sg]
+        }
+    ])
+}
+
+fn names_and_ids(req: &Value) -> Vec<(String, String)> {
+    req["machines"]
+        .as_array()
+        .expect("machines")
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().expect("name").to_string(),
+                m["machineId"].as_str().expect("id").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn ibm_files_drive_a_full_cycle_against_the_emulator() {
+    let moto = Moto::start();
+    let (subnet, sg, ami) = moto.network();
+    let tree = aws_tree(&moto, templates(&subnet, &sg, &ami));
+
+    // Templates: ncpus/nram from DescribeInstanceTypes, not from the file.
+    let t = tree.ok("getAvailableTemplates", &json!({}));
+    let od = t["templates"]
+        .as_array()
+        .expect("templates")
+        .iter()
+        .find(|t| t["templateId"] == "OnDemand-Template-VM")
+        .cloned()
+        .expect("od");
+    let (_, cores, mib) = moto.type_info("t3.micro");
+    assert_eq!(od["attributes"]["ncpus"], json!(["Numeric", cores.to_string()]));
+    assert_eq!(od["attributes"]["nram"], json!(["Numeric", mib.to_string()]));
+    assert_eq!(od["maxNumber"], 10);
+    // Weighted: per unit, the smallest of cores/weight and MiB/weight over the types.
+    let w = t["templates"]
+        .as_array()
+        .expect("templates")
+        .iter()
+        .find(|t| t["templateId"] == "Weighted-Spot-VM")
+        .cloned()
+        .expect("weighted");
+    let (_, c1, m1) = moto.type_info("m5.large");
+    let (_, c2, m2) = moto.type_info("m5.xlarge");
+    assert_eq!(w["attributes"]["ncpus"], json!(["Numeric", c1.min(c2 / 2).max(1).to_string()]));
+    assert_eq!(w["attributes"]["nram"], json!(["Numeric", m1.min(m2 / 2).to_string()]));
+
+    // Three on-demand hosts.
+    let id = tree.request("OnDemand-Template-VM", 3);
+    let done = tree.until_final(&id);
+    assert_eq!(done["status"], "complete", "{done}");
+    let in_emulator = moto.instances_of(&id);
+    assert_eq!(in_emulator.len(), 3, "exactly three instances, no overshoot");
+    let machines = names_and_ids(&done);
+    for (iid, state, dns, tags) in &in_emulator {
+        assert_eq!(state, "running");
+        assert!(
+            machines.contains(&(dns.clone(), iid.clone())),
+            "name must be the private DNS name of {iid}: {machines:?}"
+        );
+        assert!(
+            tags.contains(&("team".into(), "hpc".into())) && tags.contains(&("hfwasm:provider".into(), "pool".into())),
+            "{tags:?}"
+        );
+    }
+    for m in done["machines"].as_array().expect("machines") {
+        assert!(m["privateIpAddress"].as_str().is_some_and(|ip| ip.starts_with("10.0.1.")), "{m}");
+        assert!(m["launchtime"].as_u64().is_some_and(|t| t > 1_600_000_000), "{m}");
+    }
+
+    // Return two: terminated in the emulator.
+    let ret_in: Vec<Value> = machines[..2].iter().map(|(n, i)| json!({"name": n, "machineId": i})).collect();
+    let r = tree.ok("requestReturnMachines", &json!({"machines": ret_in}));
+    let ret = tree.until_final(r["requestId"].as_str().expect("id"));
+    assert_eq!(ret["status"], "complete", "{ret}");
+    let after = moto.instances_of(&id);
+    for (n, i) in &machines[..2] {
+        let state = &after.iter().find(|x| &x.0 == i).expect("still listed").1;
+        assert_eq!(state, "terminated", "{n} returned");
+    }
+
+    // The third is terminated behind our back: getReturnRequests reports it at once.
+    let (kept_name, kept_id) = machines[2].clone();
+    let listed = json!({"machines": [{"name": kept_name, "machineId": kept_id}]});
+    assert_eq!(tree.ok("getReturnRequests", &listed)["requests"], json!([]));
+    moto.terminate(&kept_id);
+    let rr = tree.ok("getReturnRequests", &listed);
+    assert_eq!(
+        rr["requests"],
+        json!([{"machine": kept_name, "machineId": kept_id, "gracePeriod": 0}])
+    );
+
+    // Weighted spot via EC2 Fleet: 4 units of m5.large (1) / m5.xlarge (2).
+    let fid = tree.request("Weighted-Spot-VM", 4);
+    let fdone = tree.until_final(&fid);
+    assert_ne!(fdone["status"], "running");
+    let types = moto.running_types_of(&fid);
+    let units: u32 = types.iter().map(|t| if t == "m5.xlarge" { 2 } else { 1 }).sum();
+    assert_eq!(units, 4, "exactly 4 units (m5.large = 1, m5.xlarge = 2), no overshoot: {types:?}");
+    assert_eq!(fdone["status"], "complete", "{fdone}");
+    assert_eq!(
+        machine_names(&fdone, "succeed").len(),
+        types.len(),
+        "every fleet instance is reported"
+    );
+    assert!(
+        moto.instances_of(&fid)
+            .iter()
+            .all(|x| x.3.contains(&("hfwasm:template".into(), "Weighted-Spot-VM".into())))
+    );
+
+    // Unknown ids are final.
+    let s = tree.ok("getRequestStatus", &json!({"requests": [{"requestId": "r-0123456789abcdef0"}]}));
+    assert_eq!(s["requests"][0]["status"], "complete_with_error");
+}
+
+#[test]
+fn a_crash_after_the_cloud_call_leaks_nothing() {
+    let moto = Moto::start();
+    let (subnet, sg, ami) = moto.network();
+    let tree = aws_tree(&moto, templates(&subnet, &sg, &ami));
+    tree.set_env("HFWASM_FAULT", "request-machines:after-provider");
+    let o = tree.run(
+        "requestMachines",
+        &json!({"template": {"templateId": "OnDemand-Template-VM", "machineCount": 2}}),
+    );
+    assert_ne!(o.code, 0, "the fault point kills the call");
+    assert_eq!(o.json, Value::Null, "nothing reached HostFactory");
+    tree.unset_env("HFWASM_FAULT");
+    let launched: Vec<_> = moto.instances().into_iter().filter(|x| x.1 == "running").collect();
+    assert_eq!(launched.len(), 2, "the cloud call happened before the crash");
+
+    // Within the creation timeout nothing is touched (the call might still be running)...
+    tree.ok("getReturnRequests", &json!({"machines": []}));
+    assert_eq!(moto.instances().into_iter().filter(|x| x.1 == "running").count(), 2);
+    // ...after it (INSTANCE_CREATION_TIMEOUT, 10 min by default), the sweep terminates them.
+    tree.set_env("HFWASM_NOW_OFFSET_SECS", "3600");
+    tree.ok("getReturnRequests", &json!({"machines": []}));
+    tree.unset_env("HFWASM_NOW_OFFSET_SECS");
+    let states: Vec<String> = launched
+        .iter()
+        .map(|(id, ..)| moto.instances().into_iter().find(|x| &x.0 == id).map(|x| x.1).unwrap_or_default())
+        .collect();
+    assert!(
+        states.iter().all(|s| s == "terminated"),
+        "abandoned instances must be terminated: {states:?}"
+    );
+
+    // And the provider still works.
+    let id = tree.request("OnDemand-Template-VM", 1);
+    assert_eq!(tree.until_final(&id)["status"], "complete");
+}
+
+#[test]
+fn bad_templates_config_and_grants_are_named() {
+    let moto = Moto::start();
+    let (subnet, sg, ami) = moto.network();
+    let mut t = templates(&subnet, &sg, &ami);
+    t[0]["vmTypo"] = json!("t3.micro");
+    let tree = aws_tree(&moto, t);
+    let e = tree.err("getAvailableTemplates", &json!({}), "TEMPLATE_NOT_FOUND");
+    let msg = e["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("OnDemand-Template-VM") && msg.contains("vmTypo"), "{msg}");
+
+    let tree = aws_tree(&moto, templates(&subnet, &sg, &ami));
+    let cfg = tree.conf.join("poolprov_config.json");
+    let mut c: Value = serde_json::from_str(&std::fs::read_to_string(&cfg).expect("read")).expect("json");
+    c["AWS_REGON"] = json!("us-east-1");
+    std::fs::write(&cfg, c.to_string()).expect("write");
+    let e = tree.err("getAvailableTemplates", &json!({}), "CONFIG_ERROR");
+    let msg = e["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("poolprov_config.json") && msg.contains("AWS_REGON"), "{msg}");
+
+    // A site narrows the AWS guest's grant: t3.micro is no longer allowed.
+    let tree = aws_tree(&moto, templates(&subnet, &sg, &ami));
+    tree.config(&json!({
+        "aws": {"config_file": "poolprov_config.json", "templates_file": "poolprov_templates.json"},
+        "guests": {"aws": {"wasm": "builtin:aws", "grants": ["log", "kv", "ec2"], "ec2": {"regions": ["us-east-1"], "instance_types": ["m5.large", "m5.xlarge"], "max_per_request": 10}}}
+    }));
+    let before = moto.instances().len();
+    let e = tree.err(
+        "requestMachines",
+        &json!({"template": {"templateId": "OnDemand-Template-VM", "machineCount": 1}}),
+        "PROVIDER_ERROR",
+    );
+    let msg = e["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("t3.micro") && msg.contains("not granted"), "{msg}");
+    assert_eq!(moto.instances().len(), before, "nothing launched outside the grant");
+}

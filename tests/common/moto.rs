@@ -1,0 +1,200 @@
+//! A real EC2 emulator for the AWS tests: moto's server, started on a free 127.0.0.1 port
+//! and stopped on drop, plus the SDK calls that lay out a VPC, subnet, security group and
+//! AMI in it the way a site's AWS account has them.
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2 as sdk;
+
+/// One instance as the emulator reports it: (id, state, private DNS name, tags).
+pub type EmulatedInstance = (String, String, String, Vec<(String, String)>);
+
+/// A running moto server.
+pub struct Moto {
+    child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub endpoint: String,
+    /// Tokio runtime for the test's own SDK calls.
+    pub rt: tokio::runtime::Runtime,
+    /// SDK client against the emulator.
+    pub ec2: sdk::Client,
+}
+
+fn moto_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("HFWASM_MOTO_SERVER") {
+        return PathBuf::from(p);
+    }
+    let venv = super::repo().join(".venv/bin/moto_server");
+    assert!(
+        venv.is_file(),
+        "moto_server not found: run ./dev/test.sh (it installs moto[server] into .venv), or `python3 -m venv .venv && .venv/bin/pip install 'moto[server]'`, or set HFWASM_MOTO_SERVER"
+    );
+    venv
+}
+
+/// Static test credentials (moto accepts any) and no instance-metadata lookups.
+pub const ENV: [(&str, &str); 4] = [
+    ("AWS_ACCESS_KEY_ID", "testing"),
+    ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+    ("AWS_DEFAULT_REGION", "us-east-1"),
+];
+
+impl Moto {
+    /// Starts moto on a free loopback port and waits until it answers.
+    pub fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let log = std::fs::File::create(std::env::temp_dir().join(format!("hfwasm-moto-{port}.log"))).expect("moto log");
+        let child = Command::new(moto_binary())
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start moto_server");
+        let t0 = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "moto_server did not start on port {port} within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let creds = aws_credential_types::Credentials::new("testing", "testing", None, None, "test");
+        let http = aws_smithy_http_client::Builder::new().build_http();
+        let conf = sdk::Config::builder()
+            .behavior_version(sdk::config::BehaviorVersion::latest())
+            .region(sdk::config::Region::new("us-east-1"))
+            .credentials_provider(creds)
+            .endpoint_url(&endpoint)
+            .http_client(http)
+            .build();
+        Self {
+            child,
+            endpoint,
+            rt,
+            ec2: sdk::Client::from_conf(conf),
+        }
+    }
+
+    /// A VPC, a subnet and a security group; returns (subnet id, security group id, AMI id).
+    pub fn network(&self) -> (String, String, String) {
+        self.rt.block_on(async {
+            let vpc = self.ec2.create_vpc().cidr_block("10.0.0.0/16").send().await.expect("vpc");
+            let vpc_id = vpc.vpc().and_then(|v| v.vpc_id()).expect("vpc id").to_string();
+            let subnet = self
+                .ec2
+                .create_subnet()
+                .vpc_id(&vpc_id)
+                .cidr_block("10.0.1.0/24")
+                .send()
+                .await
+                .expect("subnet");
+            let subnet_id = subnet.subnet().and_then(|s| s.subnet_id()).expect("subnet id").to_string();
+            let sg = self
+                .ec2
+                .create_security_group()
+                .group_name("hf-workers")
+                .description("HostFactory workers")
+                .vpc_id(&vpc_id)
+                .send()
+                .await
+                .expect("sg");
+            let sg_id = sg.group_id().expect("sg id").to_string();
+            let images = self.ec2.describe_images().owners("amazon").send().await.expect("images");
+            let ami = images
+                .images()
+                .iter()
+                .find_map(|i| i.image_id())
+                .expect("moto ships AMIs")
+                .to_string();
+            (subnet_id, sg_id, ami)
+        })
+    }
+
+    /// Every instance in the emulator: (id, state, private DNS name, tags).
+    pub fn instances(&self) -> Vec<EmulatedInstance> {
+        self.rt.block_on(async {
+            let out = self.ec2.describe_instances().send().await.expect("describe");
+            out.reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .map(|i| {
+                    (
+                        i.instance_id().unwrap_or_default().to_string(),
+                        i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default(),
+                        i.private_dns_name().unwrap_or_default().to_string(),
+                        i.tags()
+                            .iter()
+                            .map(|t| (t.key().unwrap_or_default().to_string(), t.value().unwrap_or_default().to_string()))
+                            .collect(),
+                    )
+                })
+                .collect()
+        })
+    }
+
+    /// Instances tagged with HostFactory request `id`.
+    pub fn instances_of(&self, request_id: &str) -> Vec<EmulatedInstance> {
+        self.instances()
+            .into_iter()
+            .filter(|(_, _, _, tags)| tags.iter().any(|(k, v)| k == "hfwasm:request" && v == request_id))
+            .collect()
+    }
+
+    /// Instance types of the running instances tagged with HostFactory request `id`.
+    pub fn running_types_of(&self, request_id: &str) -> Vec<String> {
+        self.rt.block_on(async {
+            let f = sdk::types::Filter::builder().name("tag:hfwasm:request").values(request_id).build();
+            let out = self.ec2.describe_instances().filters(f).send().await.expect("describe");
+            out.reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .filter(|i| i.state().and_then(|s| s.name()).is_some_and(|n| n.as_str() == "running"))
+                .map(|i| i.instance_type().map(|t| t.as_str().to_string()).unwrap_or_default())
+                .collect()
+        })
+    }
+
+    /// Terminates `id` behind hfwasm's back (a console user, a spot reclaim).
+    pub fn terminate(&self, id: &str) {
+        self.rt
+            .block_on(async { self.ec2.terminate_instances().instance_ids(id).send().await.expect("terminate") });
+    }
+
+    /// (vCPUs, cores, MiB) that EC2 reports for `instance_type`.
+    pub fn type_info(&self, instance_type: &str) -> (i32, i32, i64) {
+        self.rt.block_on(async {
+            let out = self
+                .ec2
+                .describe_instance_types()
+                .instance_types(sdk::types::InstanceType::from(instance_type))
+                .send()
+                .await
+                .expect("types");
+            let t = &out.instance_types()[0];
+            let v = t.v_cpu_info().expect("vcpu");
+            (
+                v.default_v_cpus().unwrap_or(0),
+                v.default_cores().unwrap_or(0),
+                t.memory_info().and_then(|m| m.size_in_mib()).unwrap_or(0),
+            )
+        })
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
