@@ -9,13 +9,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod aws;
+
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 /// One measured process run.
-struct Sample {
+pub(crate) struct Sample {
     wall: Duration,
     rss_kib: u64,
     stdout: String,
@@ -23,7 +25,7 @@ struct Sample {
 }
 
 /// Runs `cmd` to completion, measuring wall time and the child's peak RSS (`wait4`).
-fn measure(cmd: &mut Command) -> Result<Sample> {
+pub(crate) fn measure(cmd: &mut Command) -> Result<Sample> {
     let t0 = Instant::now();
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().context("spawn")?;
     let mut stdout = String::new();
@@ -279,5 +281,5 @@ fn main() -> Result<()> {
     }
     row("cold: first call after the guest changed", &figures(&s), base.median);
     println!("\ntargets (issue #3): each warm call <= 10 ms median and <= 15 MiB peak RSS");
-    Ok(())
+    aws::run(Path::new(REPO), &t.bin, iterations)
 }

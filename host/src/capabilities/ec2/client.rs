@@ -96,6 +96,30 @@ fn credentials_file(file: &std::path::Path) -> Result<aws_credential_types::Cred
     }
 }
 
+/// Where Linux distributions keep the CA bundle (`SSL_CERT_FILE` wins).
+const CA_BUNDLES: [&str; 4] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/pki/tls/cacert.pem",
+];
+
+/// TLS trust: the CA bundle file if one exists, else the platform's native roots.
+fn tls_context() -> Result<aws_smithy_http_client::tls::TlsContext, String> {
+    use aws_smithy_http_client::tls::{TlsContext, TrustStore};
+    let bundle = std::env::var_os("SSL_CERT_FILE")
+        .map(PathBuf::from)
+        .or_else(|| CA_BUNDLES.iter().map(PathBuf::from).find(|p| p.is_file()));
+    let store = match bundle.and_then(|p| std::fs::read(&p).ok()) {
+        Some(pem) => TrustStore::empty().with_native_roots(false).with_pem_certificate(pem),
+        None => TrustStore::default(),
+    };
+    TlsContext::builder()
+        .with_trust_store(store)
+        .build()
+        .map_err(|e| format!("TLS setup: {e}"))
+}
+
 /// A lazily built EC2 client and the runtime its calls run on.
 pub struct Ec2Client {
     settings: Ec2Settings,
@@ -130,18 +154,35 @@ impl Ec2Client {
             }
             None => None,
         };
+        let plain_http = s.endpoint_url.as_deref().is_some_and(|u| u.starts_with("http://"));
+        // The system trust store as one bundle file when there is one: scanning the certs
+        // directory (a stat per file) was most of a call's cost. No TLS at all for an
+        // http:// endpoint (an emulator or a plain-HTTP VPC endpoint).
+        let tls = if plain_http { None } else { Some(tls_context()?) };
         let http = aws_smithy_http_client::Builder::new().build_with_connector_fn(move |settings, _| {
             let mut b = aws_smithy_http_client::Connector::builder();
             if let Some(s) = settings {
                 b = b.connector_settings(s.clone());
             }
-            let mut b = b.tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-            ));
-            if let Some(p) = &proxy {
-                b = b.proxy_config(p.clone());
+            match &tls {
+                None => {
+                    if let Some(p) = &proxy {
+                        b = b.proxy_config(p.clone());
+                    }
+                    b.build_http()
+                }
+                Some(ctx) => {
+                    let mut b = b
+                        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+                        ))
+                        .tls_context(ctx.clone());
+                    if let Some(p) = &proxy {
+                        b = b.proxy_config(p.clone());
+                    }
+                    b.build()
+                }
             }
-            b.build()
         });
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(s.region.clone()))
@@ -196,7 +237,7 @@ impl Ec2Client {
                         service = "ec2",
                         action,
                         attempt,
-                        elapsed_ms = t0.elapsed().as_millis() as u64,
+                        elapsed_us = t0.elapsed().as_micros() as u64,
                         "cloud call"
                     );
                     return Ok(v);
