@@ -266,3 +266,33 @@ fn bad_templates_config_and_grants_are_named() {
     assert!(msg.contains("t3.micro") && msg.contains("not granted"), "{msg}");
     assert_eq!(moto.instances().len(), before, "nothing launched outside the grant");
 }
+
+#[test]
+fn the_shipped_ibm_samples_work_against_the_emulator() {
+    let moto = Moto::start();
+    let (subnet, sg, ami) = moto.network();
+    // config/awsprov_templates.json with this emulator's subnet, security group and AMI.
+    let text = std::fs::read_to_string(repo().join("config/awsprov_templates.json")).expect("sample");
+    let text = text
+        .replace("subnet-0fedcba9876543210", &subnet)
+        .replace("subnet-0123456789abcdef0", &subnet)
+        .replace("sg-0123456789abcdef0", &sg)
+        .replace("ami-0123456789abcdef0", &ami);
+    let sample: Value = serde_json::from_str(&text).expect("json");
+    let tree = aws_tree(&moto, sample["templates"].clone());
+    let t = tree.ok("getAvailableTemplates", &json!({}));
+    let ids: Vec<&str> = t["templates"]
+        .as_array()
+        .expect("templates")
+        .iter()
+        .filter_map(|t| t["templateId"].as_str())
+        .collect();
+    assert_eq!(ids, ["OnDemand-Template-VM", "Spot-Template-VM", "Hetero-Template-VM"]);
+    // Heterogeneous: 4 units, a quarter on-demand from c5.2xlarge.
+    let id = tree.request("Hetero-Template-VM", 4);
+    let done = tree.until_final(&id);
+    assert_eq!(done["status"], "complete", "{done}");
+    let types = moto.running_types_of(&id);
+    let units: u32 = types.iter().map(|t| if t == "c5.4xlarge" { 2 } else { 1 }).sum();
+    assert_eq!(units, 4, "{types:?}");
+}

@@ -332,3 +332,19 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod sample_tests {
+    use super::*;
+
+    /// `config/awsprov_*.json` are what a new user copies: they must load as they are.
+    #[test]
+    fn shipped_ibm_samples_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let ibm = load(&dir.join("awsprov_config.json"), &dir.join("awsprov_templates.json"), |_| None).expect("samples load");
+        assert_eq!(ibm.settings.region, "us-east-1");
+        assert_eq!(ibm.creation_timeout_secs, 600);
+        assert_eq!(ibm.grant.instance_types, ["c5.2xlarge", "c5.4xlarge", "m5.2xlarge", "m5.xlarge"]);
+        assert_eq!(ibm.templates.as_array().map(Vec::len), Some(3));
+    }
+}
