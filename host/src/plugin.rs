@@ -218,9 +218,11 @@ impl Plugin {
             ),
             format!(
                 "config:    {}",
-                c.file
-                    .as_ref()
-                    .map_or("embedded defaults (no hfwasm.json)".to_string(), |f| f.display().to_string())
+                match (&c.file, &c.aws_files) {
+                    (Some(f), _) => f.display().to_string(),
+                    (None, Some((cfg, tpl))) => format!("IBM AWS files {} and {}", cfg.display(), tpl.display()),
+                    (None, None) => "embedded defaults (no hfwasm.json)".to_string(),
+                }
             ),
             format!(
                 "guest:     {} from {} (grants: {}; memory {} MiB, timeout {} ms)",
@@ -234,6 +236,16 @@ impl Plugin {
                 c.provider.limits.timeout.as_millis()
             ),
         ];
+        if let Some(ec2) = &c.ec2 {
+            lines.push(format!(
+                "ec2:       region {}, endpoint {}, credentials {}",
+                ec2.region,
+                ec2.endpoint_url.as_deref().unwrap_or("(AWS default)"),
+                ec2.credential_file
+                    .as_ref()
+                    .map_or("from the standard chain".to_string(), |f| f.display().to_string())
+            ));
+        }
         if let Some(inv) = &self.inventory {
             lines.push(format!("inventory: {} ({} hosts)", inv.file.display(), inv.hosts.len()));
         }
