@@ -104,3 +104,17 @@ fn a_changed_guest_file_takes_effect_on_the_next_call() {
     std::fs::copy(&onprem, &file).expect("swap back");
     tree.ok("getAvailableTemplates", &json!({}));
 }
+
+#[test]
+fn unbounded_recursion_is_stopped_by_the_stack_limit() {
+    let tree = HfTree::new(&plain_inventory(3));
+    let id = finished_request(&tree);
+    use_guest(&tree, "hfwasm_testing_recursion.wasm", &[], json!({}));
+    let e = tree.err("getAvailableTemplates", &json!({}), "GUEST_TRAP");
+    let msg = e["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("guest 'bad'") && msg.contains("'templates'") && msg.contains("stack"),
+        "{msg}"
+    );
+    still_intact(&tree, &id);
+}

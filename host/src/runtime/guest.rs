@@ -292,6 +292,12 @@ fn classify(guest: &str, limits: &GuestLimits, refused: Option<usize>, export: &
                 AbortKind::Trap,
                 format!("guest '{guest}' export '{export}' overflowed its stack (unbounded recursion?)"),
             ),
+            Some(Trap::MemoryOutOfBounds) => abort(
+                AbortKind::Trap,
+                format!(
+                    "guest '{guest}' export '{export}' trapped: out of bounds memory access (often the guest's own stack in linear memory overflowing: unbounded recursion?)"
+                ),
+            ),
             Some(trap) => abort(AbortKind::Trap, format!("guest '{guest}' export '{export}' trapped: {trap}")),
             None => abort(AbortKind::Trap, format!("guest '{guest}' export '{export}' failed: {e:#}")),
         }
