@@ -114,7 +114,7 @@ impl Plugin {
                 .config
                 .ec2
                 .clone()
-                .map(|s| Arc::new(crate::capabilities::ec2::Ec2Client::new(s))),
+                .map(|s| Arc::new(crate::capabilities::ec2::Ec2Client::new(s)) as Arc<dyn crate::capabilities::ec2::Ec2Api>),
             ec2_grant: spec.ec2_grant.clone(),
             owner: self.dirs.name.clone(),
         };

@@ -16,7 +16,7 @@ use super::engine::GuestEngine;
 use super::limits::GuestLimits;
 use super::{convert, link};
 use crate::capabilities::Capability;
-use crate::capabilities::ec2::{Ec2Client, Ec2Grant, GuestEc2};
+use crate::capabilities::ec2::{Ec2Api, Ec2Grant, GuestEc2};
 use crate::capabilities::{inventory::GuestInventory, kv::GuestKv, log::GuestLog, power::GuestPower};
 use crate::config::inventory::Inventory;
 use crate::service::Provider;
@@ -89,7 +89,7 @@ pub struct GuestResources {
     /// Where power command outcomes are kept.
     pub power_dir: PathBuf,
     /// The provider instance's EC2 client, when EC2 is configured.
-    pub ec2: Option<Arc<Ec2Client>>,
+    pub ec2: Option<Arc<dyn Ec2Api>>,
     /// What the guest may do with EC2.
     pub ec2_grant: Ec2Grant,
     /// Provider instance name: the owner tag of everything the guest creates.

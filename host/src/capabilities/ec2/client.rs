@@ -137,11 +137,6 @@ impl Ec2Client {
         }
     }
 
-    /// The region calls go to.
-    pub fn region(&self) -> &str {
-        &self.settings.region
-    }
-
     fn build(&self) -> Result<(tokio::runtime::Runtime, sdk::Client), String> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -286,9 +281,15 @@ impl Ec2Client {
                 })
             })
     }
+}
+
+impl super::Ec2Api for Ec2Client {
+    fn region(&self) -> &str {
+        &self.settings.region
+    }
 
     /// RunInstances with ownership `tags` and the request id as client token.
-    pub fn run_instances(&self, req: &RunRequest, tags: &[Tag]) -> Result<Vec<Instance>, Ec2Error> {
+    fn run_instances(&self, req: &RunRequest, tags: &[Tag]) -> Result<Vec<Instance>, Ec2Error> {
         let root_device = match &req.spec.root_volume {
             Some(_) => Some(self.root_device(&req.spec.image_id)?),
             None => None,
@@ -339,7 +340,7 @@ impl Ec2Client {
     }
 
     /// CreateFleet (`instant`) with ownership `tags` on the instances and the fleet.
-    pub fn create_fleet(&self, req: &FleetRequest, tags: &[Tag]) -> Result<FleetResult, Ec2Error> {
+    fn create_fleet(&self, req: &FleetRequest, tags: &[Tag]) -> Result<FleetResult, Ec2Error> {
         // The overrides carry instance type and subnet; a transient launch template carries
         // the rest (EC2 Fleet takes launch parameters only from a launch template).
         let lt_name = format!("hfwasm-{}", req.request_id);
@@ -453,7 +454,7 @@ impl Ec2Client {
     }
 
     /// Instances owned by `owner` matching `filter`, one call per 1,000 ids (paginated).
-    pub fn describe_owned(&self, owner: &str, filter: &InstanceFilter) -> Result<Vec<Instance>, Ec2Error> {
+    fn describe_owned(&self, owner: &str, filter: &InstanceFilter) -> Result<Vec<Instance>, Ec2Error> {
         let owner_filter = Filter::builder().name(format!("tag:{TAG_PROVIDER}")).values(owner).build();
         let batches: Vec<Vec<Filter>> = match filter {
             InstanceFilter::Owned => vec![vec![owner_filter]],
@@ -494,7 +495,7 @@ impl Ec2Client {
     }
 
     /// TerminateInstances for `ids` (already checked for ownership).
-    pub fn terminate(&self, ids: &[String]) -> Result<Vec<String>, Ec2Error> {
+    fn terminate(&self, ids: &[String]) -> Result<Vec<String>, Ec2Error> {
         let mut done = Vec::new();
         for chunk in ids.chunks(DESCRIBE_BATCH) {
             let out = self.call("TerminateInstances", false, |c| {
@@ -510,7 +511,7 @@ impl Ec2Client {
     }
 
     /// DescribeInstanceTypes for `names`.
-    pub fn describe_instance_types(&self, names: &[String]) -> Result<Vec<InstanceTypeInfo>, Ec2Error> {
+    fn describe_instance_types(&self, names: &[String]) -> Result<Vec<InstanceTypeInfo>, Ec2Error> {
         if names.is_empty() {
             return Ok(Vec::new());
         }
@@ -522,7 +523,7 @@ impl Ec2Client {
     }
 
     /// DescribeSpotInstanceRequests for `ids`.
-    pub fn describe_spot_requests(&self, ids: &[String]) -> Result<Vec<SpotRequest>, Ec2Error> {
+    fn describe_spot_requests(&self, ids: &[String]) -> Result<Vec<SpotRequest>, Ec2Error> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }

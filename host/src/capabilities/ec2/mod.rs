@@ -5,6 +5,8 @@
 
 mod client;
 mod convert;
+#[cfg(test)]
+mod recorded_tests;
 
 use std::sync::Arc;
 
@@ -41,9 +43,28 @@ fn default_max_per_request() -> u32 {
     1000
 }
 
+/// The EC2 operations behind the capability: the SDK client in production, recorded
+/// responses in tests of the guest's decisions (what the emulator cannot show).
+pub trait Ec2Api: Send + Sync {
+    /// The region calls go to.
+    fn region(&self) -> &str;
+    /// RunInstances with ownership `tags`.
+    fn run_instances(&self, req: &RunRequest, tags: &[Tag]) -> Result<Vec<Instance>, Ec2Error>;
+    /// CreateFleet (instant) with ownership `tags`.
+    fn create_fleet(&self, req: &FleetRequest, tags: &[Tag]) -> Result<FleetResult, Ec2Error>;
+    /// Instances owned by `owner` matching `filter`.
+    fn describe_owned(&self, owner: &str, filter: &InstanceFilter) -> Result<Vec<Instance>, Ec2Error>;
+    /// TerminateInstances (ownership already checked).
+    fn terminate(&self, ids: &[String]) -> Result<Vec<String>, Ec2Error>;
+    /// DescribeInstanceTypes.
+    fn describe_instance_types(&self, names: &[String]) -> Result<Vec<InstanceTypeInfo>, Ec2Error>;
+    /// DescribeSpotInstanceRequests.
+    fn describe_spot_requests(&self, ids: &[String]) -> Result<Vec<SpotRequest>, Ec2Error>;
+}
+
 /// Per-guest state of the ec2 capability.
 pub struct GuestEc2 {
-    client: Option<Arc<Ec2Client>>,
+    client: Option<Arc<dyn Ec2Api>>,
     grant: Ec2Grant,
     owner: String,
 }
@@ -55,11 +76,11 @@ fn denied(m: String) -> Ec2Error {
 impl GuestEc2 {
     /// The capability for the guest of provider instance `owner`, or one that refuses
     /// every call when no EC2 client is configured.
-    pub fn new(client: Option<Arc<Ec2Client>>, grant: Ec2Grant, owner: String) -> Self {
+    pub fn new(client: Option<Arc<dyn Ec2Api>>, grant: Ec2Grant, owner: String) -> Self {
         Self { client, grant, owner }
     }
 
-    fn client(&self) -> Result<&Ec2Client, Ec2Error> {
+    fn client(&self) -> Result<&dyn Ec2Api, Ec2Error> {
         let c = self
             .client
             .as_deref()

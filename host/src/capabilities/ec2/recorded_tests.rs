@@ -1,0 +1,293 @@
+//! The AWS guest's decisions on EC2 answers moto cannot produce (it has no pending period
+//! and no spot interruptions; see ../shared/docs/moto-notes.md): the real built-in guest,
+//! linked to recorded responses instead of the SDK.
+
+use std::sync::{Arc, Mutex};
+
+use super::*;
+use crate::runtime::{GuestCode, GuestEngine, GuestResources, PrecompiledCache, WasmProvider};
+use crate::service::lifecycle::{MachineResult, RequestStatus};
+use crate::service::model::{CallContext, MachineRef};
+use crate::service::{LifecyclePolicy, Provider, ProviderLoader, Service};
+use crate::store::{SqliteStore, StateStore};
+
+/// EC2 as recorded: a fixed set of instances and spot requests; launches are recorded.
+#[derive(Default)]
+struct Recorded {
+    instances: Mutex<Vec<Instance>>,
+    spot: Vec<SpotRequest>,
+    terminated: Mutex<Vec<String>>,
+}
+
+fn tag(k: &str, v: &str) -> Tag {
+    Tag {
+        key: k.into(),
+        value: v.into(),
+    }
+}
+
+fn instance(id: &str, state: &str, request: &str, launch: u64, spot: Option<&str>) -> Instance {
+    Instance {
+        instance_id: id.into(),
+        instance_type: "m5.large".into(),
+        state: state.into(),
+        state_reason: None,
+        private_dns_name: Some(format!("ip-{id}.ec2.internal")),
+        private_ip: (state == "running").then(|| "10.0.0.9".into()),
+        public_ip: None,
+        public_dns_name: None,
+        launch_time: launch,
+        lifecycle: spot.map(|_| "spot".into()),
+        spot_request_id: spot.map(str::to_string),
+        tags: vec![tag(TAG_PROVIDER, "test"), tag(TAG_REQUEST, request)],
+    }
+}
+
+impl Ec2Api for Recorded {
+    fn region(&self) -> &str {
+        "us-east-1"
+    }
+    fn run_instances(&self, req: &RunRequest, _tags: &[Tag]) -> Result<Vec<Instance>, Ec2Error> {
+        // EC2 answers `pending` with no address yet; so does every describe until it boots.
+        let mut all = self.instances.lock().map_err(|_| Ec2Error::Unavailable("poisoned".into()))?;
+        let new: Vec<Instance> = (0..req.count)
+            .map(|i| Instance {
+                private_ip: None,
+                ..instance(&format!("i-new{i}"), "pending", &req.request_id, 1_000, None)
+            })
+            .collect();
+        all.extend(new.clone());
+        Ok(new)
+    }
+    fn create_fleet(&self, _req: &FleetRequest, _tags: &[Tag]) -> Result<FleetResult, Ec2Error> {
+        Err(Ec2Error::Denied("not recorded".into()))
+    }
+    fn describe_owned(&self, _owner: &str, filter: &InstanceFilter) -> Result<Vec<Instance>, Ec2Error> {
+        let all = self.instances.lock().map_err(|_| Ec2Error::Unavailable("poisoned".into()))?;
+        Ok(all
+            .iter()
+            .filter(|i| match filter {
+                InstanceFilter::Ids(ids) => ids.contains(&i.instance_id),
+                InstanceFilter::Request(r) => i.tags.iter().any(|t| t.key == TAG_REQUEST && &t.value == r),
+                InstanceFilter::Owned => true,
+            })
+            .cloned()
+            .collect())
+    }
+    fn terminate(&self, ids: &[String]) -> Result<Vec<String>, Ec2Error> {
+        let mut all = self.instances.lock().map_err(|_| Ec2Error::Unavailable("poisoned".into()))?;
+        for i in all.iter_mut().filter(|i| ids.contains(&i.instance_id)) {
+            i.state = "shutting-down".into();
+        }
+        self.terminated
+            .lock()
+            .map_err(|_| Ec2Error::Unavailable("poisoned".into()))?
+            .extend(ids.iter().cloned());
+        Ok(ids.to_vec())
+    }
+    fn describe_instance_types(&self, names: &[String]) -> Result<Vec<InstanceTypeInfo>, Ec2Error> {
+        Ok(names
+            .iter()
+            .map(|n| InstanceTypeInfo {
+                name: n.clone(),
+                vcpus: 2,
+                cores: 1,
+                memory_mib: 8192,
+            })
+            .collect())
+    }
+    fn describe_spot_requests(&self, ids: &[String]) -> Result<Vec<SpotRequest>, Ec2Error> {
+        Ok(self.spot.iter().filter(|s| ids.contains(&s.id)).cloned().collect())
+    }
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    store: Arc<SqliteStore>,
+    ec2: Arc<Recorded>,
+    engine: GuestEngine,
+}
+
+fn settings(terminate_on_reclaim: bool) -> serde_json::Value {
+    serde_json::json!({
+        "templates": [{"templateId": "od", "maxNumber": 10, "imageId": "ami-1", "subnetId": "subnet-1", "vmType": "m5.large"}],
+        "spot_terminate_on_reclaim": terminate_on_reclaim
+    })
+}
+
+impl Fixture {
+    fn new(ec2: Recorded) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(SqliteStore::open(&dir.path().join("s.db")).expect("store"));
+        Self {
+            dir,
+            store,
+            ec2: Arc::new(ec2),
+            engine: GuestEngine::new().expect("engine"),
+        }
+    }
+
+    fn guest(&self) -> WasmProvider {
+        let grants = [
+            crate::capabilities::Capability::Log,
+            crate::capabilities::Capability::Kv,
+            crate::capabilities::Capability::Ec2,
+        ];
+        let res = GuestResources {
+            store: self.store.clone(),
+            namespace: "test/aws".into(),
+            inventory: None,
+            power_dir: self.dir.path().join("power"),
+            ec2: Some(self.ec2.clone() as Arc<dyn Ec2Api>),
+            ec2_grant: Ec2Grant {
+                regions: vec![],
+                instance_types: vec![],
+                max_per_request: 100,
+            },
+            owner: "test".into(),
+        };
+        let cache = PrecompiledCache::new(self.dir.path().join("cache"));
+        let code = GuestCode {
+            name: "aws",
+            wasm: crate::runtime::builtin::AWS,
+            grants: &grants,
+            limits: Default::default(),
+        };
+        WasmProvider::load(&self.engine, &cache, code, res).expect("aws guest loads").0
+    }
+
+    fn ctx(&self, now: u64, terminate_on_reclaim: bool) -> CallContext {
+        CallContext {
+            provider_instance: "test".into(),
+            settings: settings(terminate_on_reclaim),
+            now,
+        }
+    }
+
+    fn service(&self, now: u64) -> Service<'_> {
+        let loader: ProviderLoader<'_> = Box::new(move || Ok(Box::new(self.guest()) as Box<dyn Provider>));
+        Service::new(
+            self.store.as_ref(),
+            loader,
+            self.ctx(now, false),
+            LifecyclePolicy {
+                pending_timeout_secs: 180,
+                abandon_after_secs: 600,
+            },
+        )
+    }
+}
+
+fn refs(names: &[(&str, &str)]) -> Vec<MachineRef> {
+    names
+        .iter()
+        .map(|(n, id)| MachineRef {
+            name: n.to_string(),
+            machine_id: Some(id.to_string()),
+        })
+        .collect()
+}
+
+fn spot_marked() -> Recorded {
+    Recorded {
+        instances: Mutex::new(vec![
+            instance("i-spot", "running", "req-1", 100, Some("sir-1")),
+            instance("i-spot-ok", "running", "req-1", 100, Some("sir-2")),
+            instance("i-od", "running", "req-1", 100, None),
+            instance("i-term", "terminated", "req-1", 100, None),
+        ]),
+        spot: vec![
+            SpotRequest {
+                id: "sir-1".into(),
+                state: "active".into(),
+                status_code: Some("marked-for-termination".into()),
+                instance_id: Some("i-spot".into()),
+            },
+            SpotRequest {
+                id: "sir-2".into(),
+                state: "active".into(),
+                status_code: Some("fulfilled".into()),
+                instance_id: Some("i-spot-ok".into()),
+            },
+        ],
+        terminated: Mutex::new(Vec::new()),
+    }
+}
+
+#[test]
+fn spot_interruptions_and_lost_hosts_are_reclaimed() {
+    let f = Fixture::new(spot_marked());
+    let mut guest = f.guest();
+    let listed = refs(&[
+        ("h-spot", "i-spot"),
+        ("h-spot-ok", "i-spot-ok"),
+        ("h-od", "i-od"),
+        ("h-term", "i-term"),
+        ("h-gone", "i-gone"),
+    ]);
+    let mut got: Vec<(String, u32)> = guest
+        .reclaim_candidates(&f.ctx(200, false), &listed)
+        .expect("reclaim")
+        .into_iter()
+        .map(|r| (r.name, r.grace_period))
+        .collect();
+    got.sort();
+    // Marked for termination: two minutes' notice. Terminated or gone: now. The rest: kept.
+    assert_eq!(
+        got,
+        [("h-gone".to_string(), 0), ("h-spot".to_string(), 120), ("h-term".to_string(), 0)]
+    );
+    assert!(
+        f.ec2.terminated.lock().expect("lock").is_empty(),
+        "nothing terminated without AWS_SPOT_TERMINATE_ON_RECLAIM"
+    );
+}
+
+#[test]
+fn spot_terminate_on_reclaim_terminates_at_once() {
+    let f = Fixture::new(spot_marked());
+    let mut guest = f.guest();
+    let got = guest
+        .reclaim_candidates(&f.ctx(200, true), &refs(&[("h-spot", "i-spot"), ("h-od", "i-od")]))
+        .expect("reclaim");
+    assert_eq!(
+        got.iter().map(|r| (r.name.as_str(), r.grace_period)).collect::<Vec<_>>(),
+        [("h-spot", 0)]
+    );
+    assert_eq!(*f.ec2.terminated.lock().expect("lock"), ["i-spot"]);
+}
+
+#[test]
+fn pending_instances_stay_executing_then_fail_and_are_terminated_after_the_timeout() {
+    let f = Fixture::new(Recorded::default());
+    let (id, _) = f.service(1_000).request_machines("od", 2, None).expect("accepted");
+    // Within AWS_INSTANCE_PENDING_TIMEOUT_SEC: still pending, never final.
+    let r = f.service(1_100).get_request_status(std::slice::from_ref(&id)).expect("status");
+    assert_eq!(r[0].status, RequestStatus::Running);
+    assert!(
+        r[0].machines.iter().all(|m| m.result == MachineResult::Executing),
+        "{:?}",
+        r[0].machines
+    );
+    // One boots; the other is still pending past the timeout: it fails and is terminated.
+    {
+        let mut all = f.ec2.instances.lock().expect("lock");
+        all[0].state = "running".into();
+        all[0].private_ip = Some("10.0.0.10".into());
+    }
+    let r = f
+        .service(1_000 + 181)
+        .get_request_status(std::slice::from_ref(&id))
+        .expect("status");
+    assert_eq!(r[0].status, RequestStatus::CompleteWithError);
+    let results: Vec<(String, MachineResult)> = r[0].machines.iter().map(|m| (m.machine.machine_id.clone(), m.result)).collect();
+    assert_eq!(
+        results,
+        [
+            ("i-new0".to_string(), MachineResult::Succeed),
+            ("i-new1".to_string(), MachineResult::Fail)
+        ]
+    );
+    assert!(r[0].machines[1].message.contains("pending"), "{}", r[0].machines[1].message);
+    assert_eq!(*f.ec2.terminated.lock().expect("lock"), ["i-new1"]);
+}
