@@ -9,7 +9,7 @@ use crate::runtime::{GuestCode, GuestEngine, GuestResources, PrecompiledCache, W
 use crate::service::lifecycle::{MachineResult, RequestStatus};
 use crate::service::model::{CallContext, MachineRef};
 use crate::service::{LifecyclePolicy, Provider, ProviderLoader, Service};
-use crate::store::{SqliteStore, StateStore};
+use crate::store::SqliteStore;
 
 /// EC2 as recorded: a fixed set of instances and spot requests; launches are recorded.
 #[derive(Default)]
