@@ -74,12 +74,20 @@ impl Guest for OnPrem {
     }
 
     fn request_status(ctx: CallContext, req: ProvisionRequest, known: Vec<Machine>) -> Result<ProvisionProgress, ProviderError> {
-        if known.is_empty() {
-            // The host recorded the request but not the guest's answer (a crash in between):
-            // resume, which adopts the leases already taken instead of leasing again.
-            return Self::request_machines(ctx, req);
-        }
         let pool = Pool::load()?;
+        let mut known = known;
+        if known.is_empty() {
+            // The host recorded the request but not our answer (a crash in between): report
+            // the leases this request holds. Discovery only: the host resumes a request with
+            // request-machines, and its crash sweep must never lease anything.
+            for (host, holder) in pool::leased_hosts()? {
+                if holder == req.request_id
+                    && let Some(h) = pool.host(&host)
+                {
+                    known.push(pool::held_machine(h, ctx.now));
+                }
+            }
+        }
         let machines = known
             .into_iter()
             .map(|m| pool::advance_pending(&pool, m, &req.request_id))

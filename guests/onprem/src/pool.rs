@@ -182,6 +182,17 @@ fn machine(host: &inventory::InventoryHost, now: u64, state: MachineState, messa
     }
 }
 
+/// A host this request already holds, as found again after a crash: pending while a
+/// power-on command may still have to run (advance_pending starts or checks it).
+pub fn held_machine(host: &inventory::InventoryHost, now: u64) -> Machine {
+    let state = if host.has_power_on {
+        MachineState::Pending
+    } else {
+        MachineState::Running
+    };
+    machine(host, now, state, None)
+}
+
 /// A freshly leased host: running at once, or pending while its power-on command runs.
 pub fn start_host(host: &inventory::InventoryHost, now: u64) -> Machine {
     if !host.has_power_on {

@@ -239,8 +239,9 @@ impl<'a> Service<'a> {
                 Ok((rec.id, message))
             }
             Err(e) => {
-                // The record stays for the operator and status calls; HostFactory gets the error.
-                rec.phase = Phase::Submitted;
+                // HostFactory gets the error. The record stays `accepted`: the provider may
+                // have made something before failing, and the sweep releases whatever it
+                // finds for this request once `abandon_after_secs` have passed.
                 rec.outstanding = 0;
                 rec.status = RequestStatus::CompleteWithError;
                 rec.message = Some(e.to_string());

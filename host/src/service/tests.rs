@@ -399,3 +399,36 @@ fn abandoned_requests_are_released_by_the_sweep() {
     assert_eq!((r.phase, r.status), (Phase::Submitted, RequestStatus::CompleteWithError));
     assert_eq!(f.service(800).sweep().expect("sweep"), 0, "repaired once");
 }
+
+#[test]
+fn a_provider_failing_after_making_machines_leaks_nothing() {
+    let f = Fixture::new();
+    f.script
+        .borrow_mut()
+        .progress
+        .push(Err(ProviderError::Unavailable("describe after launch failed".into())));
+    assert!(f.service(0).request_machines("t", 1, None).is_err());
+    // The failed request is final for status calls...
+    let ids: Vec<String> = f
+        .store
+        .stale_requests(u64::MAX)
+        .expect("records")
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids.len(), 1, "the write-ahead record stays");
+    let r = f.service(1).get_request_status(&ids).expect("status");
+    assert_eq!(r[0].status, RequestStatus::CompleteWithError);
+    // ...and the sweep still releases what the provider had made for it.
+    f.script.borrow_mut().progress.push(Ok(ProvisionProgress {
+        machines: vec![machine("x", MachineState::Running, 0)],
+        outstanding: 0,
+        message: None,
+    }));
+    f.script
+        .borrow_mut()
+        .release
+        .push(Ok(vec![machine("x", MachineState::Stopping, 0)]));
+    assert_eq!(f.service(700).sweep().expect("sweep"), 1);
+    assert_eq!(f.script.borrow().calls.iter().filter(|c| *c == "release-machines").count(), 1);
+}
