@@ -13,15 +13,16 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
     let target_dir = target_root.join("guests");
-    for p in [
-        "guests/Cargo.toml",
-        "guests/Cargo.lock",
-        "guests/sdk",
-        "guests/onprem",
-        "guests/testing",
-        "wit",
-    ] {
-        println!("cargo:rerun-if-changed={}", root.join(p).display());
+    // Every guest crate and the WIT (a new guest directory is picked up without editing a
+    // list); guests/target, if someone built there by hand, is not a source.
+    println!("cargo:rerun-if-changed={}", root.join("wit").display());
+    println!("cargo:rerun-if-changed={}", guests.display());
+    if let Ok(entries) = std::fs::read_dir(&guests) {
+        for e in entries.flatten() {
+            if e.file_name() != "target" {
+                println!("cargo:rerun-if-changed={}", e.path().display());
+            }
+        }
     }
     println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
 

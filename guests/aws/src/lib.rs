@@ -347,11 +347,8 @@ impl Guest for Aws {
             } else {
                 &t.vm_types_on_demand
             };
-            let topup_req = ProvisionRequest {
-                request_id: format!("{}-od", req.request_id),
-                ..req.clone()
-            };
-            match fleet(t, &topup_req, od_types, req.count - got, req.count - got) {
+            // Same request id: the top-up instances belong to (and are tagged with) this request.
+            match fleet(t, &req, od_types, req.count - got, req.count - got) {
                 Ok(r) => {
                     if !r.instance_ids.is_empty() {
                         instances.extend(describe(InstanceFilter::Ids(r.instance_ids))?);
@@ -374,11 +371,24 @@ impl Guest for Aws {
             machines: instances.iter().map(machine).collect(),
             outstanding: 0,
             message,
+            units: Some(got),
         })
     }
 
-    fn request_status(_ctx: CallContext, req: ProvisionRequest, known: Vec<Machine>) -> Result<ProvisionProgress, ProviderError> {
+    fn request_status(ctx: CallContext, req: ProvisionRequest, known: Vec<Machine>) -> Result<ProvisionProgress, ProviderError> {
+        let templates = template::parse_all(&settings(&ctx)?)?;
         let instances = describe(InstanceFilter::Request(req.request_id.clone()))?;
+        // Weighted templates count units, not instances; a template since removed counts one each.
+        let got = match templates.iter().find(|t| t.id == req.template_id) {
+            Some(t) => units(t, &instances),
+            None => u32::try_from(
+                instances
+                    .iter()
+                    .filter(|i| !matches!(i.state.as_str(), "terminated" | "shutting-down"))
+                    .count(),
+            )
+            .unwrap_or(u32::MAX),
+        };
         let mut machines: Vec<Machine> = instances.iter().map(machine).collect();
         for k in known {
             if !machines.iter().any(|m| m.machine_id == k.machine_id) {
@@ -393,6 +403,7 @@ impl Guest for Aws {
             machines,
             outstanding: 0,
             message: None,
+            units: Some(got),
         })
     }
 

@@ -70,6 +70,7 @@ impl Guest for OnPrem {
             machines,
             outstanding: 0,
             message,
+            units: None,
         })
     }
 
@@ -96,6 +97,7 @@ impl Guest for OnPrem {
             machines,
             outstanding: 0,
             message: None,
+            units: None,
         })
     }
 

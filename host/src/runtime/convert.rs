@@ -84,6 +84,7 @@ pub fn progress(p: wit::ProvisionProgress) -> dom::ProvisionProgress {
         machines: p.machines.into_iter().map(machine_from_wit).collect(),
         outstanding: p.outstanding,
         message: p.message,
+        units: p.units,
     }
 }
 

@@ -80,16 +80,18 @@ pub fn machine_message(m: &Machine, result: MachineResult) -> String {
     }
 }
 
-/// Status of a provision request for `requested` units, given its machines and what the
-/// provider still seeks. Never final while any machine is executing or units are
-/// outstanding; final with error when a machine failed or fewer than asked exist.
-pub fn provision_status(requested: u32, machines: &[Machine], outstanding: u32) -> RequestStatus {
+/// Status of a provision request for `requested` units, given its machines, what the
+/// provider still seeks, and the units its live machines count for (None = one per
+/// machine). Never final while any machine is executing or units are outstanding; final
+/// with error when a machine failed or fewer units than asked exist.
+pub fn provision_status(requested: u32, machines: &[Machine], outstanding: u32, units: Option<u32>) -> RequestStatus {
     let results: Vec<MachineResult> = machines.iter().map(|m| provision_result(m.state)).collect();
     if outstanding > 0 || results.contains(&MachineResult::Executing) {
         return RequestStatus::Running;
     }
     let good = results.iter().filter(|r| **r == MachineResult::Succeed).count();
-    if results.contains(&MachineResult::Fail) || good < requested as usize {
+    let delivered = units.map_or(good, |u| u as usize);
+    if results.contains(&MachineResult::Fail) || delivered < requested as usize {
         RequestStatus::CompleteWithError
     } else {
         RequestStatus::Complete
@@ -127,19 +129,25 @@ mod tests {
     #[test]
     fn never_final_while_executing() {
         use MachineState::*;
-        assert_eq!(provision_status(2, &[m(Running), m(Pending)], 0), RequestStatus::Running);
-        assert_eq!(provision_status(2, &[m(Failed), m(Pending)], 0), RequestStatus::Running);
-        assert_eq!(provision_status(2, &[m(Running)], 1), RequestStatus::Running);
+        assert_eq!(provision_status(2, &[m(Running), m(Pending)], 0, None), RequestStatus::Running);
+        assert_eq!(provision_status(2, &[m(Failed), m(Pending)], 0, None), RequestStatus::Running);
+        assert_eq!(provision_status(2, &[m(Running)], 1, None), RequestStatus::Running);
         assert_eq!(return_status(&[m(Terminated), m(Stopping)]), RequestStatus::Running);
     }
 
     #[test]
     fn final_states() {
         use MachineState::*;
-        assert_eq!(provision_status(2, &[m(Running), m(Running)], 0), RequestStatus::Complete);
-        assert_eq!(provision_status(3, &[m(Running), m(Running)], 0), RequestStatus::CompleteWithError);
-        assert_eq!(provision_status(2, &[m(Running), m(Failed)], 0), RequestStatus::CompleteWithError);
-        assert_eq!(provision_status(1, &[], 0), RequestStatus::CompleteWithError);
+        assert_eq!(provision_status(2, &[m(Running), m(Running)], 0, None), RequestStatus::Complete);
+        assert_eq!(
+            provision_status(3, &[m(Running), m(Running)], 0, None),
+            RequestStatus::CompleteWithError
+        );
+        assert_eq!(
+            provision_status(2, &[m(Running), m(Failed)], 0, None),
+            RequestStatus::CompleteWithError
+        );
+        assert_eq!(provision_status(1, &[], 0, None), RequestStatus::CompleteWithError);
         assert_eq!(return_status(&[m(Terminated)]), RequestStatus::Complete);
         assert_eq!(return_status(&[m(Terminated), m(Failed)]), RequestStatus::CompleteWithError);
         assert_eq!(return_status(&[]), RequestStatus::Complete);

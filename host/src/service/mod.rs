@@ -228,7 +228,7 @@ impl<'a> Service<'a> {
             Ok(progress) => {
                 rec.phase = Phase::Submitted;
                 rec.outstanding = progress.outstanding;
-                rec.status = lifecycle::provision_status(count, &progress.machines, progress.outstanding);
+                rec.status = lifecycle::provision_status(count, &progress.machines, progress.outstanding, progress.units);
                 rec.message = progress.message.clone();
                 self.store.update_request(&rec, &progress.machines)?;
                 let got = progress.machines.len();
@@ -372,7 +372,7 @@ impl<'a> Service<'a> {
         let now = ctx.now;
         let age = now.saturating_sub(rec.created_at);
         let timed_out = age > self.policy.pending_timeout_secs;
-        let (machines, outstanding, message) = match rec.kind {
+        let (machines, outstanding, message, units) = match rec.kind {
             RequestKind::Provision => {
                 let req = ProvisionRequest {
                     request_id: rec.id.clone(),
@@ -406,9 +406,12 @@ impl<'a> Service<'a> {
                             }
                         }
                         let outstanding = if timed_out { 0 } else { p.outstanding };
-                        (machines, outstanding, p.message.or(rec.message.clone()))
+                        (machines, outstanding, p.message.or(rec.message.clone()), p.units)
                     }
-                    Err(e) => self.on_status_error(&rec, known, e, timed_out),
+                    Err(e) => {
+                        let (m, o, msg) = self.on_status_error(&rec, known, e, timed_out);
+                        (m, o, msg, None)
+                    }
                 }
             }
             RequestKind::Return => {
@@ -427,8 +430,11 @@ impl<'a> Service<'a> {
                     }
                 });
                 match answer {
-                    Ok(ms) => (merge_by_name(&known, ms), 0, rec.message.clone()),
-                    Err(e) => self.on_status_error(&rec, known, e, timed_out),
+                    Ok(ms) => (merge_by_name(&known, ms), 0, rec.message.clone(), None),
+                    Err(e) => {
+                        let (m, o, msg) = self.on_status_error(&rec, known, e, timed_out);
+                        (m, o, msg, None)
+                    }
                 }
             }
         };
@@ -436,7 +442,7 @@ impl<'a> Service<'a> {
         rec.outstanding = outstanding;
         rec.message = message;
         rec.status = match rec.kind {
-            RequestKind::Provision => lifecycle::provision_status(rec.count, &machines, outstanding),
+            RequestKind::Provision => lifecycle::provision_status(rec.count, &machines, outstanding, units),
             RequestKind::Return => lifecycle::return_status(&machines),
         };
         if timed_out && !rec.status.is_final() && rec.kind == RequestKind::Return {

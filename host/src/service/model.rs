@@ -142,6 +142,8 @@ pub struct ProvisionProgress {
     pub outstanding: u32,
     /// Note for HostFactory.
     pub message: Option<String>,
+    /// Units the live machines count for (weighted templates); None = one per machine.
+    pub units: Option<u32>,
 }
 
 /// A host the provider wants back.

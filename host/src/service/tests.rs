@@ -147,6 +147,7 @@ fn request_is_recorded_before_the_provider_acts() {
         machines: vec![machine("a", MachineState::Pending, 0)],
         outstanding: 1,
         message: None,
+        units: None,
     }));
     let (id, _) = f.service(0).request_machines("t", 2, None).expect("accepted");
     assert_eq!(f.script.borrow().seen_recorded, [true]);
@@ -165,17 +166,20 @@ fn a_provider_cannot_finish_a_request_with_machines_executing() {
             machines: vec![machine("a", MachineState::Running, 0)],
             outstanding: 1,
             message: None,
+            units: None,
         }),
         // The provider claims nothing is outstanding while one machine still boots.
         Ok(ProvisionProgress {
             machines: vec![machine("a", MachineState::Running, 0), machine("b", MachineState::Pending, 0)],
             outstanding: 0,
             message: None,
+            units: None,
         }),
         Ok(ProvisionProgress {
             machines: vec![machine("b", MachineState::Running, 0)],
             outstanding: 0,
             message: None,
+            units: None,
         }),
     ]);
     let (id, _) = f.service(0).request_machines("t", 2, None).expect("accepted");
@@ -236,6 +240,7 @@ fn partial_fulfilment_ends_complete_with_error() {
         ],
         outstanding: 0,
         message: None,
+        units: None,
     }));
     let (id, _) = f.service(0).request_machines("t", 3, None).expect("accepted");
     let r = f.service(1).get_request_status(&[id]).expect("status");
@@ -251,11 +256,13 @@ fn pending_machines_fail_after_the_timeout_and_are_released() {
             machines: vec![machine("a", MachineState::Pending, 0)],
             outstanding: 0,
             message: None,
+            units: None,
         }),
         Ok(ProvisionProgress {
             machines: vec![machine("a", MachineState::Pending, 0)],
             outstanding: 0,
             message: None,
+            units: None,
         }),
     ]);
     f.script.borrow_mut().release.push(Ok(vec![]));
@@ -292,6 +299,7 @@ fn a_crash_between_record_and_provider_answer_is_resumed() {
         machines: vec![machine("a", MachineState::Running, 0)],
         outstanding: 0,
         message: None,
+        units: None,
     }));
     let r = f.service(1).get_request_status(&["req-crashed".into()]).expect("status");
     assert_eq!(r[0].status, RequestStatus::Complete);
@@ -342,6 +350,7 @@ fn transient_provider_errors_keep_the_request_running() {
             machines: vec![machine("a", MachineState::Pending, 0)],
             outstanding: 0,
             message: None,
+            units: None,
         }),
         Err(ProviderError::Unavailable("cloud down".into())),
     ]);
@@ -388,6 +397,7 @@ fn abandoned_requests_are_released_by_the_sweep() {
         machines: vec![machine("a", MachineState::Running, 0)],
         outstanding: 0,
         message: None,
+        units: None,
     }));
     f.script
         .borrow_mut()
@@ -424,6 +434,7 @@ fn a_provider_failing_after_making_machines_leaks_nothing() {
         machines: vec![machine("x", MachineState::Running, 0)],
         outstanding: 0,
         message: None,
+        units: None,
     }));
     f.script
         .borrow_mut()

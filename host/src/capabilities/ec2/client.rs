@@ -343,7 +343,10 @@ impl super::Ec2Api for Ec2Client {
     fn create_fleet(&self, req: &FleetRequest, tags: &[Tag]) -> Result<FleetResult, Ec2Error> {
         // The overrides carry instance type and subnet; a transient launch template carries
         // the rest (EC2 Fleet takes launch parameters only from a launch template).
-        let lt_name = format!("hfwasm-{}", req.request_id);
+        // One request may launch two fleets (spot, then an on-demand top-up): each gets its own
+        // idempotency token, and so its own transient launch template, from its capacity split.
+        let token = format!("{}-{}x{}", req.request_id, req.total_units, req.on_demand_units);
+        let lt_name = format!("hfwasm-{token}");
         let template_id = match &req.spec.launch_template_id {
             Some(id) => id.clone(),
             None => {
@@ -356,7 +359,7 @@ impl super::Ec2Api for Ec2Client {
                     c.create_launch_template()
                         .launch_template_name(&lt_name)
                         .launch_template_data(data.clone())
-                        .client_token(&req.request_id)
+                        .client_token(&token)
                         .tag_specifications(convert::tag_spec(sdk::types::ResourceType::LaunchTemplate, tags))
                         .send()
                 });
@@ -415,7 +418,7 @@ impl super::Ec2Api for Ec2Client {
             }
             c.create_fleet()
                 .r#type(sdk::types::FleetType::Instant)
-                .client_token(&req.request_id)
+                .client_token(&token)
                 .launch_template_configs(config)
                 .target_capacity_specification(
                     sdk::types::TargetCapacitySpecificationRequest::builder()

@@ -17,6 +17,12 @@ struct Recorded {
     instances: Mutex<Vec<Instance>>,
     spot: Vec<SpotRequest>,
     terminated: Mutex<Vec<String>>,
+    /// Answers to successive CreateFleet calls: instance types launched, and faults.
+    fleet_answers: Mutex<Vec<(Vec<&'static str>, Vec<AwsFault>)>>,
+    /// (total units, on-demand units) of each CreateFleet call.
+    fleet_calls: Mutex<Vec<(u32, u32)>>,
+    /// RunInstances fails with this fault, when set.
+    run_fault: Option<AwsFault>,
 }
 
 fn tag(k: &str, v: &str) -> Tag {
@@ -48,6 +54,9 @@ impl Ec2Api for Recorded {
         "us-east-1"
     }
     fn run_instances(&self, req: &RunRequest, _tags: &[Tag]) -> Result<Vec<Instance>, Ec2Error> {
+        if let Some(f) = &self.run_fault {
+            return Err(Ec2Error::Aws(f.clone()));
+        }
         // EC2 answers `pending` with no address yet; so does every describe until it boots.
         let mut all = self.instances.lock().map_err(|_| Ec2Error::Unavailable("poisoned".into()))?;
         let new: Vec<Instance> = (0..req.count)
@@ -59,8 +68,34 @@ impl Ec2Api for Recorded {
         all.extend(new.clone());
         Ok(new)
     }
-    fn create_fleet(&self, _req: &FleetRequest, _tags: &[Tag]) -> Result<FleetResult, Ec2Error> {
-        Err(Ec2Error::Denied("not recorded".into()))
+    fn create_fleet(&self, req: &FleetRequest, _tags: &[Tag]) -> Result<FleetResult, Ec2Error> {
+        fn poisoned<T>(_: T) -> Ec2Error {
+            Ec2Error::Unavailable("poisoned".into())
+        }
+        self.fleet_calls
+            .lock()
+            .map_err(poisoned)?
+            .push((req.total_units, req.on_demand_units));
+        let mut answers = self.fleet_answers.lock().map_err(poisoned)?;
+        if answers.is_empty() {
+            return Err(Ec2Error::Denied("no recorded answer left".into()));
+        }
+        let (types, errors) = answers.remove(0);
+        let mut all = self.instances.lock().map_err(poisoned)?;
+        let mut ids = Vec::new();
+        for ty in types {
+            let id = format!("i-f{}", all.len());
+            all.push(Instance {
+                instance_type: ty.into(),
+                ..instance(&id, "running", &req.request_id, 1_000, None)
+            });
+            ids.push(id);
+        }
+        Ok(FleetResult {
+            fleet_id: format!("fleet-{}", ids.len()),
+            instance_ids: ids,
+            errors,
+        })
     }
     fn describe_owned(&self, _owner: &str, filter: &InstanceFilter) -> Result<Vec<Instance>, Ec2Error> {
         let all = self.instances.lock().map_err(|_| Ec2Error::Unavailable("poisoned".into()))?;
@@ -110,7 +145,10 @@ struct Fixture {
 
 fn settings(terminate_on_reclaim: bool) -> serde_json::Value {
     serde_json::json!({
-        "templates": [{"templateId": "od", "maxNumber": 10, "imageId": "ami-1", "subnetId": "subnet-1", "vmType": "m5.large"}],
+        "templates": [
+            {"templateId": "od", "maxNumber": 10, "imageId": "ami-1", "subnetId": "subnet-1", "vmType": "m5.large"},
+            {"templateId": "het", "maxNumber": 10, "imageId": "ami-1", "subnetId": "subnet-1", "vmTypes": {"m5.large": 1, "m5.xlarge": 2}, "priceType": "heterogeneous"}
+        ],
         "spot_terminate_on_reclaim": terminate_on_reclaim
     })
 }
@@ -210,7 +248,7 @@ fn spot_marked() -> Recorded {
                 instance_id: Some("i-spot-ok".into()),
             },
         ],
-        terminated: Mutex::new(Vec::new()),
+        ..Default::default()
     }
 }
 
@@ -290,4 +328,62 @@ fn pending_instances_stay_executing_then_fail_and_are_terminated_after_the_timeo
     );
     assert!(r[0].machines[1].message.contains("pending"), "{}", r[0].machines[1].message);
     assert_eq!(*f.ec2.terminated.lock().expect("lock"), ["i-new1"]);
+}
+
+fn capacity_fault() -> AwsFault {
+    AwsFault {
+        code: "InsufficientInstanceCapacity".into(),
+        message: "no m5.large capacity in us-east-1a".into(),
+    }
+}
+
+#[test]
+fn heterogeneous_tops_up_with_on_demand_what_spot_could_not_supply() {
+    let rec = Recorded::default();
+    // Spot: one m5.large (1 unit) of 4, with a capacity error; on-demand top-up: 3 units.
+    *rec.fleet_answers.lock().expect("lock") = vec![(vec!["m5.large"], vec![capacity_fault()]), (vec!["m5.xlarge", "m5.large"], vec![])];
+    let f = Fixture::new(rec);
+    let (id, _) = f.service(1_000).request_machines("het", 4, None).expect("accepted");
+    assert_eq!(
+        *f.ec2.fleet_calls.lock().expect("lock"),
+        [(4, 0), (3, 3)],
+        "spot first, then the missing 3 units on-demand"
+    );
+    let rec = crate::store::StateStore::request(f.store.as_ref(), &id)
+        .expect("read")
+        .expect("recorded");
+    assert_eq!(rec.status, RequestStatus::Complete, "{rec:?}");
+    let r = f.service(1_010).get_request_status(&[id]).expect("status");
+    assert_eq!(r[0].status, RequestStatus::Complete, "{:?}", r[0]);
+    assert_eq!(r[0].machines.len(), 3);
+}
+
+#[test]
+fn partial_capacity_ends_complete_with_error_and_none_is_an_error() {
+    let rec = Recorded::default();
+    // Spot and the on-demand top-up both fall short: 1 + 1 of 4 units.
+    *rec.fleet_answers.lock().expect("lock") = vec![
+        (vec!["m5.large"], vec![capacity_fault()]),
+        (vec!["m5.large"], vec![capacity_fault()]),
+    ];
+    let f = Fixture::new(rec);
+    let (id, msg) = f.service(1_000).request_machines("het", 4, None).expect("partial is accepted");
+    assert!(
+        msg.contains("2 of 4 units") && msg.contains("InsufficientInstanceCapacity"),
+        "{msg}"
+    );
+    let r = f.service(1_010).get_request_status(&[id]).expect("status");
+    assert_eq!(r[0].status, RequestStatus::CompleteWithError);
+    assert_eq!(r[0].machines.iter().filter(|m| m.result == MachineResult::Succeed).count(), 2);
+
+    let f = Fixture::new(Recorded {
+        run_fault: Some(capacity_fault()),
+        ..Default::default()
+    });
+    match f.service(1_000).request_machines("od", 2, None) {
+        Err(crate::service::ServiceError::Provider(crate::service::model::ProviderError::Capacity(m))) => {
+            assert!(m.contains("InsufficientInstanceCapacity"), "{m}")
+        }
+        other => panic!("expected a capacity error, got {other:?}"),
+    }
 }
