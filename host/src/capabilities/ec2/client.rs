@@ -179,21 +179,33 @@ impl Ec2Client {
                 }
             }
         });
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(s.connect_timeout)
+            .build();
+        // Throttling is retried in `call` with IBM's retry settings; the SDK adds none.
+        let retries = aws_config::retry::RetryConfig::standard().with_max_attempts(1);
+        if let Some(file) = &s.credential_file {
+            // Everything is given: build the client directly, without the config loader's
+            // profile-file reading and provider chains (measurable on every call).
+            let mut b = sdk::Config::builder()
+                .behavior_version(sdk::config::BehaviorVersion::latest())
+                .region(sdk::config::Region::new(s.region.clone()))
+                .credentials_provider(credentials_file(file)?)
+                .http_client(http)
+                .timeout_config(timeouts)
+                .retry_config(retries);
+            if let Some(url) = &s.endpoint_url {
+                b = b.endpoint_url(url.clone());
+            }
+            return Ok((rt, sdk::Client::from_conf(b.build())));
+        }
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(s.region.clone()))
             .http_client(http)
-            .timeout_config(
-                aws_config::timeout::TimeoutConfig::builder()
-                    .connect_timeout(s.connect_timeout)
-                    .build(),
-            )
-            // Throttling is retried below with IBM's retry settings; the SDK does not add its own.
-            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1));
+            .timeout_config(timeouts)
+            .retry_config(retries);
         if let Some(url) = &s.endpoint_url {
             loader = loader.endpoint_url(url.clone());
-        }
-        if let Some(file) = &s.credential_file {
-            loader = loader.credentials_provider(credentials_file(file)?);
         }
         let conf = rt.block_on(loader.load());
         Ok((rt, sdk::Client::new(&conf)))
