@@ -2,6 +2,7 @@
 //! drives the full cycle through the real scripts, the way HostFactory does: write a
 //! tab-indented input file, run `scripts/<call>.sh -f <file>`, read one JSON answer.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -40,6 +41,8 @@ struct Tree {
     work: PathBuf,
     logs: PathBuf,
     step: u32,
+    /// Where the transcript goes (stdout, handed over by `main`).
+    out: Box<dyn Write>,
 }
 
 /// Pretty-prints with tabs, as HostFactory's cJSON writes its input files.
@@ -51,7 +54,7 @@ fn tabbed(v: &Value) -> Result<String> {
 }
 
 impl Tree {
-    fn create(root: PathBuf) -> Result<Self> {
+    fn create(root: PathBuf, out: Box<dyn Write>) -> Result<Self> {
         let plugin = root.join("providerplugins/hfwasm");
         let scripts = plugin.join("scripts");
         let conf = root.join("conf/providers/demo");
@@ -82,6 +85,7 @@ impl Tree {
             work,
             logs,
             step: 0,
+            out,
         })
     }
 
@@ -91,9 +95,9 @@ impl Tree {
         let file = self.root.join(format!("hf_in_{:02}_{call}", self.step));
         std::fs::write(&file, tabbed(input)? + "\n")?;
         let script = self.scripts.join(format!("{call}.sh"));
-        println!("\n── {}. {call} ───────────────────────────────────────", self.step);
-        println!("$ {} -f {}", rel(&script, &self.root), rel(&file, &self.root));
-        println!("{}", tabbed(input)?);
+        writeln!(self.out, "\n── {}. {call} ───────────────────────────────────────", self.step)?;
+        writeln!(self.out, "$ {} -f {}", rel(&script, &self.root), rel(&file, &self.root))?;
+        writeln!(self.out, "{}", tabbed(input)?)?;
         let t0 = Instant::now();
         let out = Command::new(&script)
             .arg("-f")
@@ -109,8 +113,8 @@ impl Tree {
         let stdout = String::from_utf8_lossy(&out.stdout);
         let answer: Value =
             serde_json::from_str(&stdout).with_context(|| format!("{call} printed something that is not one JSON document:\n{stdout}"))?;
-        println!("→ exit {} in {} ms", out.status.code().unwrap_or(-1), took.as_millis());
-        println!("{}", serde_json::to_string_pretty(&answer)?);
+        writeln!(self.out, "→ exit {} in {} ms", out.status.code().unwrap_or(-1), took.as_millis())?;
+        writeln!(self.out, "{}", serde_json::to_string_pretty(&answer)?)?;
         if !out.status.success() {
             bail!("{call} failed: {stdout}");
         }
@@ -156,7 +160,7 @@ fn names(req: &Value) -> Vec<(String, String)> {
 }
 
 /// Runs the demo in `dir` (kept) or a temp dir (removed afterwards).
-pub fn run(dir: Option<PathBuf>) -> Result<()> {
+pub fn run(dir: Option<PathBuf>, out: Box<dyn Write>) -> Result<()> {
     let (root, _temp) = match dir {
         Some(d) => (d, None),
         None => {
@@ -164,13 +168,14 @@ pub fn run(dir: Option<PathBuf>) -> Result<()> {
             (t.path().to_path_buf(), Some(t))
         }
     };
-    let mut tree = Tree::create(root)?;
-    println!("HostFactory tree laid out in {}", tree.root.display());
-    println!("  plugin scripts: {}", rel(&tree.scripts, &tree.root));
-    println!(
+    let mut tree = Tree::create(root, out)?;
+    writeln!(tree.out, "HostFactory tree laid out in {}", tree.root.display())?;
+    writeln!(tree.out, "  plugin scripts: {}", rel(&tree.scripts, &tree.root))?;
+    writeln!(
+        tree.out,
         "  provider conf:  {} (inventory.txt; no hfwasm.json: embedded defaults)",
         rel(&tree.conf, &tree.root)
-    );
+    )?;
 
     let templates = tree.call("getAvailableTemplates", &json!({}))?;
     let template = templates["templates"]
@@ -205,12 +210,15 @@ pub fn run(dir: Option<PathBuf>) -> Result<()> {
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(tree.conf.join("inventory.txt"), trimmed)?;
-    println!("\n(admin removes {} from inventory.txt)", kept.0);
+    writeln!(tree.out, "\n(admin removes {} from inventory.txt)", kept.0)?;
     let reclaim = tree.call("getReturnRequests", &json!({"machines": [{"name": kept.0, "machineId": kept.1}]}))?;
     if reclaim["requests"][0]["machine"] != kept.0.as_str() {
         bail!("expected {} to be reported for return, got {reclaim}", kept.0);
     }
-    println!("\nDemo complete: 3 hosts provisioned, 2 returned, 1 reclaimed after decommissioning.");
-    println!("Logs: {}", tree.logs.display());
+    writeln!(
+        tree.out,
+        "\nDemo complete: 3 hosts provisioned, 2 returned, 1 reclaimed after decommissioning."
+    )?;
+    writeln!(tree.out, "Logs: {}", tree.logs.display())?;
     Ok(())
 }

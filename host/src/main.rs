@@ -255,7 +255,7 @@ fn main() -> ExitCode {
         ),
         Command::Demo { dir } => {
             hfwasm::logging::init("warn", None, "demo");
-            match hfwasm::demo::run(dir.clone()) {
+            match hfwasm::demo::run(dir.clone(), Box::new(std::io::stdout())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("demo failed: {e:#}");

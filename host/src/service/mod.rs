@@ -297,13 +297,7 @@ impl<'a> Service<'a> {
         }
         self.store.insert_request(&rec, &initial)?;
         crate::faults::point("request-return-machines:after-write-ahead");
-        let refs: Vec<MachineRef> = initial
-            .iter()
-            .map(|m| MachineRef {
-                name: m.name.clone(),
-                machine_id: Some(m.machine_id.clone()),
-            })
-            .collect();
+        let refs = refs_of(&initial);
         let ctx = self.ctx.clone();
         let answer = self.provider().and_then(|p| p.release_machines(&ctx, &rec.id, &refs));
         crate::faults::point("request-return-machines:after-provider");
@@ -327,15 +321,7 @@ impl<'a> Service<'a> {
     /// requestReturnMachines by request id (alias): every machine of that provision request.
     pub fn machines_of_request(&self, request_id: &str) -> Result<Vec<MachineRef>, ServiceError> {
         match self.store.request(request_id)? {
-            Some(r) if r.kind == RequestKind::Provision => Ok(self
-                .store
-                .machines(request_id)?
-                .into_iter()
-                .map(|m| MachineRef {
-                    name: m.name,
-                    machine_id: Some(m.machine_id),
-                })
-                .collect()),
+            Some(r) if r.kind == RequestKind::Provision => Ok(refs_of(&self.store.machines(request_id)?)),
             Some(_) => Err(ServiceError::Unknown(format!(
                 "'{request_id}' is a return request; give the provision request whose hosts to return"
             ))),
@@ -393,13 +379,7 @@ impl<'a> Service<'a> {
                         let mut machines = merge_by_machine_id(&known, p.machines);
                         let expired = self.fail_expired(&mut machines, now);
                         if !expired.is_empty() {
-                            let refs: Vec<MachineRef> = expired
-                                .iter()
-                                .map(|m| MachineRef {
-                                    name: m.name.clone(),
-                                    machine_id: Some(m.machine_id.clone()),
-                                })
-                                .collect();
+                            let refs = refs_of(&expired);
                             let cleanup_id = format!("{}-timeout", rec.id);
                             if let Err(e) = self.provider().and_then(|p| p.release_machines(&ctx, &cleanup_id, &refs)) {
                                 tracing::warn!(request_id = %rec.id, error = %e, "could not release machines that timed out");
@@ -417,13 +397,7 @@ impl<'a> Service<'a> {
             RequestKind::Return => {
                 let answer = self.provider().and_then(|p| {
                     if rec.phase == Phase::Accepted {
-                        let refs: Vec<MachineRef> = known
-                            .iter()
-                            .map(|m| MachineRef {
-                                name: m.name.clone(),
-                                machine_id: Some(m.machine_id.clone()),
-                            })
-                            .collect();
+                        let refs = refs_of(&known);
                         p.release_machines(&ctx, &rec.id, &refs)
                     } else {
                         p.release_status(&ctx, &rec.id, &known)
@@ -515,15 +489,13 @@ impl<'a> Service<'a> {
                         rc_account: rec.rc_account.clone(),
                     };
                     let found = self.provider()?.request_status(&ctx, &req, &known)?;
-                    let live: Vec<MachineRef> = found
+                    let live: Vec<Machine> = found
                         .machines
                         .iter()
                         .filter(|m| !matches!(m.state, MachineState::Terminated))
-                        .map(|m| MachineRef {
-                            name: m.name.clone(),
-                            machine_id: Some(m.machine_id.clone()),
-                        })
+                        .cloned()
                         .collect();
+                    let live = refs_of(&live);
                     let released = if live.is_empty() {
                         Vec::new()
                     } else {
@@ -542,13 +514,7 @@ impl<'a> Service<'a> {
                     self.store.update_request(&rec, &machines)?;
                 }
                 RequestKind::Return => {
-                    let refs: Vec<MachineRef> = known
-                        .iter()
-                        .map(|m| MachineRef {
-                            name: m.name.clone(),
-                            machine_id: Some(m.machine_id.clone()),
-                        })
-                        .collect();
+                    let refs = refs_of(&known);
                     let answer = self.provider()?.release_machines(&ctx, &rec.id, &refs)?;
                     let merged = merge_by_name(&known, answer);
                     tracing::warn!(request_id = %rec.id, machines = merged.len(), "return recorded but never submitted (crash); carried out now");
@@ -584,6 +550,17 @@ impl<'a> Service<'a> {
         }
         Ok(out)
     }
+}
+
+/// HostFactory-style references to `machines` (name and provider id).
+fn refs_of(machines: &[Machine]) -> Vec<MachineRef> {
+    machines
+        .iter()
+        .map(|m| MachineRef {
+            name: m.name.clone(),
+            machine_id: Some(m.machine_id.clone()),
+        })
+        .collect()
 }
 
 /// Known machines updated by the provider's answer (matched by machine id); machines the
