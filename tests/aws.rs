@@ -147,6 +147,26 @@ fn ibm_files_drive_a_full_cycle_against_the_emulator() {
         assert!(m["launchtime"].as_u64().is_some_and(|t| t > 1_600_000_000), "{m}");
     }
 
+    // Three of ten are in use: availableNumber says so, and the host refuses more than that.
+    let t = tree.ok("getAvailableTemplates", &json!({}));
+    let od = t["templates"]
+        .as_array()
+        .expect("templates")
+        .iter()
+        .find(|t| t["templateId"] == "OnDemand-Template-VM")
+        .cloned()
+        .expect("od");
+    assert_eq!(od["availableNumber"], 7);
+    let e = tree.err(
+        "requestMachines",
+        &json!({"template": {"templateId": "OnDemand-Template-VM", "machineCount": 8}}),
+        "INVALID_MACHINE_COUNT",
+    );
+    assert!(
+        e["error"]["message"].as_str().is_some_and(|m| m.contains("availableNumber 7")),
+        "{e}"
+    );
+
     // Return two: terminated in the emulator.
     let ret_in: Vec<Value> = machines[..2].iter().map(|(n, i)| json!({"name": n, "machineId": i})).collect();
     let r = tree.ok("requestReturnMachines", &json!({"machines": ret_in}));

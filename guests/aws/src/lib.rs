@@ -308,7 +308,24 @@ impl Guest for Aws {
         names.sort();
         names.dedup();
         let info = type_info(&names)?;
-        Ok(templates.iter().map(|t| template_out(t, &info)).collect())
+        // availableNumber: maxNumber minus the units this provider instance's live instances
+        // of the template hold (one describe of owned instances for all templates).
+        let owned = describe(InstanceFilter::Owned)?;
+        Ok(templates
+            .iter()
+            .map(|t| {
+                let mut out = template_out(t, &info);
+                if t.max_number >= 0 {
+                    let mine: Vec<ec2::Instance> = owned
+                        .iter()
+                        .filter(|i| i.tags.iter().any(|tag| tag.key == "hfwasm:template" && tag.value == t.id))
+                        .cloned()
+                        .collect();
+                    out.available_number = Some(u32::try_from(t.max_number).unwrap_or(0).saturating_sub(units(t, &mine)));
+                }
+                out
+            })
+            .collect())
     }
 
     fn request_machines(ctx: CallContext, req: ProvisionRequest) -> Result<ProvisionProgress, ProviderError> {
