@@ -17,8 +17,9 @@ or an error envelope {\"error\": {\"code\", \"message\", \"details\"}} on stdout
 Directories come from HF_PROVIDER_CONFDIR / HF_PROVIDER_WORKDIR / HF_PROVIDER_LOGDIR
 (HostFactory), else LSF's PRO_CONF_DIR / PRO_DATA_DIR / PRO_LSF_LOGDIR, else
 $HF_CONFDIR/providers/<name>/ and $HF_WORKDIR/providers/<name>/, name = HF_PROVIDER_NAME.
-Without hfwasm.json in the conf dir, the built-in on-prem pool guest serves the hosts
-listed in <confdir>/inventory.txt.
+Without hfwasm.json in the conf dir: IBM's <name>prov_config.json and
+<name>prov_templates.json (or LSF's awsprov_*.json) select the built-in AWS guest;
+otherwise the built-in on-prem pool guest serves the hosts in <confdir>/inventory.txt.
 
 Examples:
   hfwasm demo                                   full HostFactory cycle in a temp tree
