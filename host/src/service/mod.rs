@@ -5,6 +5,7 @@
 
 pub mod lifecycle;
 pub mod model;
+mod sweep;
 
 use lifecycle::{MachineResult, RequestStatus};
 use model::*;
@@ -468,64 +469,6 @@ impl<'a> Service<'a> {
             })
             .collect();
         (machines, 0, Some(e.to_string()))
-    }
-
-    /// Repairs what crashed processes left behind: a provision request recorded but never
-    /// answered (HostFactory never learnt its id) is abandoned and everything the provider
-    /// made for it is released; a return recorded but never submitted is carried out.
-    /// Cheap when there is nothing to do (one indexed query). Returns how many it repaired.
-    pub fn sweep(&mut self) -> Result<usize, ServiceError> {
-        let before = self.ctx.now.saturating_sub(self.policy.abandon_after_secs);
-        let stale = self.store.stale_requests(before)?;
-        let ctx = self.ctx.clone();
-        for mut rec in stale.iter().cloned() {
-            let known = self.store.machines(&rec.id)?;
-            match rec.kind {
-                RequestKind::Provision => {
-                    let req = ProvisionRequest {
-                        request_id: rec.id.clone(),
-                        template_id: rec.template_id.clone().unwrap_or_default(),
-                        count: rec.count,
-                        rc_account: rec.rc_account.clone(),
-                    };
-                    let found = self.provider()?.request_status(&ctx, &req, &known)?;
-                    let live: Vec<Machine> = found
-                        .machines
-                        .iter()
-                        .filter(|m| !matches!(m.state, MachineState::Terminated))
-                        .cloned()
-                        .collect();
-                    let live = refs_of(&live);
-                    let released = if live.is_empty() {
-                        Vec::new()
-                    } else {
-                        self.provider()?.release_machines(&ctx, &format!("{}-abandoned", rec.id), &live)?
-                    };
-                    tracing::warn!(request_id = %rec.id, machines = live.len(), "abandoned request: its process died before answering HostFactory; released what it had made");
-                    let machines = merge_by_machine_id(&found.machines, released);
-                    rec.phase = Phase::Submitted;
-                    rec.status = RequestStatus::CompleteWithError;
-                    rec.outstanding = 0;
-                    rec.message = Some(format!(
-                        "abandoned: the call that accepted it died before answering HostFactory; {} machine(s) released",
-                        live.len()
-                    ));
-                    rec.updated_at = ctx.now;
-                    self.store.update_request(&rec, &machines)?;
-                }
-                RequestKind::Return => {
-                    let refs = refs_of(&known);
-                    let answer = self.provider()?.release_machines(&ctx, &rec.id, &refs)?;
-                    let merged = merge_by_name(&known, answer);
-                    tracing::warn!(request_id = %rec.id, machines = merged.len(), "return recorded but never submitted (crash); carried out now");
-                    rec.phase = Phase::Submitted;
-                    rec.status = lifecycle::return_status(&merged);
-                    rec.updated_at = ctx.now;
-                    self.store.update_request(&rec, &merged)?;
-                }
-            }
-        }
-        Ok(stale.len())
     }
 
     /// getReturnRequests: hosts HostFactory lists that the provider wants back; only names
