@@ -43,6 +43,10 @@ fn an_endless_loop_is_stopped_by_the_deadline() {
         "{msg}"
     );
     assert!(t0.elapsed().as_secs() < 30, "the deadline must end the call");
+    assert_eq!(
+        (e["error"]["details"]["guest"].as_str(), e["error"]["details"]["export"].as_str()),
+        (Some("bad"), Some("templates"))
+    );
     // The same guest under requestMachines: stopped again, nothing recorded as leased.
     tree.err(
         "requestMachines",

@@ -86,6 +86,8 @@ impl Plugin {
                     .map(std::borrow::Cow::Borrowed)
                     .ok_or_else(|| ProviderError::Aborted {
                         kind: AbortKind::Load,
+                        provider: spec.name.clone(),
+                        operation: "load".into(),
                         message: format!("guest '{}': no built-in guest {name}", spec.name),
                     })
             }
@@ -93,6 +95,8 @@ impl Plugin {
                 .map(std::borrow::Cow::Owned)
                 .map_err(|e| ProviderError::Aborted {
                     kind: AbortKind::Load,
+                    provider: spec.name.clone(),
+                    operation: "load".into(),
                     message: format!("guest '{}': cannot read {}: {e}", spec.name, path.display()),
                 }),
         }
@@ -103,6 +107,8 @@ impl Plugin {
         let wasm = self.guest_bytes()?;
         let engine = GuestEngine::new().map_err(|e| ProviderError::Aborted {
             kind: AbortKind::Load,
+            provider: spec.name.clone(),
+            operation: "load".into(),
             message: format!("cannot start the wasm engine: {e:#}"),
         })?;
         let res = GuestResources {

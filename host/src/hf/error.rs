@@ -140,6 +140,10 @@ impl From<ProviderError> for HfError {
             } => ErrorCode::GuestMemoryLimit,
             ProviderError::Aborted { kind: AbortKind::Load, .. } => ErrorCode::GuestLoadError,
         };
-        HfError::new(code, p.to_string())
+        let err = HfError::new(code, p.to_string());
+        match p {
+            ProviderError::Aborted { provider, operation, .. } => err.with("guest", provider).with("export", operation),
+            _ => err,
+        }
     }
 }

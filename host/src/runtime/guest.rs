@@ -117,8 +117,13 @@ pub struct WasmProvider {
     aborted: Option<String>,
 }
 
-fn abort(kind: AbortKind, message: String) -> ProviderError {
-    ProviderError::Aborted { kind, message }
+fn abort(kind: AbortKind, guest: &str, operation: &str, message: String) -> ProviderError {
+    ProviderError::Aborted {
+        kind,
+        provider: guest.to_string(),
+        operation: operation.to_string(),
+        message,
+    }
 }
 
 /// Whether guests may print to stderr (`HFWASM_GUEST_STDIO=1`), for debugging only.
@@ -136,13 +141,13 @@ impl WasmProvider {
         res: GuestResources,
     ) -> Result<(Self, CacheOutcome), ProviderError> {
         let name = code.name;
-        let load_err = |m: String| abort(AbortKind::Load, format!("guest '{name}': {m}"));
+        let load_err = |m: String| abort(AbortKind::Load, name, "load", format!("guest '{name}': {m}"));
         let t0 = Instant::now();
         let (component, outcome) = cache
             .load(engine, code.wasm)
             .map_err(|e| load_err(format!("not a loadable component: {e:#}")))?;
         let imports = link::imports(engine.engine(), &component);
-        link::check_imports(name, &imports, code.grants).map_err(|e| abort(AbortKind::Load, e.message))?;
+        link::check_imports(name, &imports, code.grants).map_err(|e| abort(AbortKind::Load, name, "load", e.message))?;
 
         let mut linker: Linker<GuestState> = Linker::new(engine.engine());
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| load_err(format!("cannot link WASI: {e:#}")))?;
@@ -238,6 +243,8 @@ impl WasmProvider {
         if let Some(prev) = &self.aborted {
             return Err(abort(
                 AbortKind::Trap,
+                &self.name,
+                export,
                 format!(
                     "guest '{}' cannot run '{export}': it was aborted earlier in this call ({prev})",
                     self.name
@@ -273,6 +280,8 @@ fn classify(guest: &str, limits: &GuestLimits, refused: Option<usize>, export: &
     let err = if let Some(bytes) = refused {
         abort(
             AbortKind::Memory,
+            guest,
+            export,
             format!(
                 "guest '{guest}' export '{export}' hit its memory limit of {} MiB (it asked for {} MiB); raise guests.{guest}.limits.memory_mib if the guest really needs it",
                 limits.memory_bytes >> 20,
@@ -283,6 +292,8 @@ fn classify(guest: &str, limits: &GuestLimits, refused: Option<usize>, export: &
         match e.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => abort(
                 AbortKind::Timeout,
+                guest,
+                export,
                 format!(
                     "guest '{guest}' export '{export}' ran past its deadline of {} ms (guests.{guest}.limits.timeout_ms) and was stopped",
                     limits.timeout.as_millis()
@@ -290,16 +301,30 @@ fn classify(guest: &str, limits: &GuestLimits, refused: Option<usize>, export: &
             ),
             Some(Trap::StackOverflow) => abort(
                 AbortKind::Trap,
+                guest,
+                export,
                 format!("guest '{guest}' export '{export}' overflowed its stack (unbounded recursion?)"),
             ),
             Some(Trap::MemoryOutOfBounds) => abort(
                 AbortKind::Trap,
+                guest,
+                export,
                 format!(
                     "guest '{guest}' export '{export}' trapped: out of bounds memory access (often the guest's own stack in linear memory overflowing: unbounded recursion?)"
                 ),
             ),
-            Some(trap) => abort(AbortKind::Trap, format!("guest '{guest}' export '{export}' trapped: {trap}")),
-            None => abort(AbortKind::Trap, format!("guest '{guest}' export '{export}' failed: {e:#}")),
+            Some(trap) => abort(
+                AbortKind::Trap,
+                guest,
+                export,
+                format!("guest '{guest}' export '{export}' trapped: {trap}"),
+            ),
+            None => abort(
+                AbortKind::Trap,
+                guest,
+                export,
+                format!("guest '{guest}' export '{export}' failed: {e:#}"),
+            ),
         }
     };
     tracing::error!(guest, export, error = %err, "guest aborted");

@@ -196,6 +196,10 @@ pub enum ProviderError {
     Aborted {
         /// What kind of abort (trap, timeout, memory, load).
         kind: AbortKind,
+        /// The provider implementation (guest name).
+        provider: String,
+        /// The operation it was running (`templates`, `request-machines`, `load`, ...).
+        operation: String,
         /// Names the provider implementation, the operation and the cause.
         message: String,
     },
