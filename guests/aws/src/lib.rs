@@ -11,6 +11,7 @@
 //!   they are per unit: the smallest of cores/weight and MiB/weight over the types, so a
 //!   unit never promises more than any instance gives.
 
+mod launch;
 mod template;
 
 use std::collections::BTreeMap;
@@ -124,48 +125,6 @@ fn template_out(t: &AwsTemplate, info: &BTreeMap<String, (u32, u64)>) -> Templat
     }
 }
 
-fn spec(t: &AwsTemplate) -> ec2::LaunchSpec {
-    ec2::LaunchSpec {
-        image_id: t.image_id.clone(),
-        subnet_ids: t.subnet_ids.clone(),
-        security_group_ids: t.security_group_ids.clone(),
-        key_name: t.key_name.clone(),
-        instance_profile_arn: t.instance_profile.clone(),
-        user_data: t.user_data.clone(),
-        tags: t
-            .instance_tags
-            .iter()
-            .map(|(k, v)| ec2::Tag {
-                key: k.clone(),
-                value: v.clone(),
-            })
-            .collect(),
-        root_volume: (t.root_volume_size.is_some() || t.volume_type.is_some()).then(|| ec2::RootVolume {
-            size_gib: t.root_volume_size,
-            volume_type: t.volume_type.clone(),
-            iops: t.iops,
-        }),
-        launch_template_id: t.launch_template_id.clone(),
-    }
-}
-
-fn overrides(t: &AwsTemplate, types: &[(String, u32)]) -> Vec<ec2::FleetOverride> {
-    let mut out = Vec::new();
-    for (ty, w) in types {
-        let priority = t.vm_types_priority.iter().find(|(p, _)| p == ty).map(|(_, p)| *p);
-        for subnet in &t.subnet_ids {
-            out.push(ec2::FleetOverride {
-                instance_type: ty.clone(),
-                subnet_id: Some(subnet.clone()),
-                weight: Some(f64::from(*w)),
-                priority,
-                max_price: None,
-            });
-        }
-    }
-    out
-}
-
 /// A machine from an instance: named by private DNS name once EC2 has assigned it.
 fn machine(i: &ec2::Instance) -> Machine {
     let (state, message) = match i.state.as_str() {
@@ -205,65 +164,6 @@ fn units(t: &AwsTemplate, instances: &[ec2::Instance]) -> u32 {
         .filter(|i| !matches!(i.state.as_str(), "terminated" | "shutting-down"))
         .map(|i| t.weight(&i.instance_type))
         .sum()
-}
-
-/// Launches `want` units for `req` and returns the instance ids and capacity errors.
-fn launch(t: &AwsTemplate, req: &ProvisionRequest, want: u32) -> Result<(Vec<String>, Vec<String>), ProviderError> {
-    if t.single_type() {
-        let run = ec2::RunRequest {
-            request_id: req.request_id.clone(),
-            template_id: t.id.clone(),
-            instance_type: t.vm_types[0].0.clone(),
-            count: want,
-            spec: spec(t),
-            spot_max_price: (t.price_type == PriceType::Spot).then(|| t.max_spot_price.clone().unwrap_or_default()),
-        };
-        return match ec2::run_instances(&run) {
-            Ok(is) => Ok((is.into_iter().map(|i| i.instance_id).collect(), Vec::new())),
-            Err(e) => Err(ec2_err("RunInstances", e)),
-        };
-    }
-    let on_demand = match t.price_type {
-        PriceType::OnDemand => want,
-        PriceType::Spot | PriceType::Heterogeneous => want * t.percent_on_demand / 100,
-    };
-    let mut ids = Vec::new();
-    let mut errors = Vec::new();
-    // Spot (and, without separate on-demand types, the on-demand share) in one fleet.
-    let first_od = if t.vm_types_on_demand.is_empty() { on_demand } else { 0 };
-    let first_total = if t.vm_types_on_demand.is_empty() { want } else { want - on_demand };
-    if first_total > 0 {
-        let r = fleet(t, req, &t.vm_types, first_total, first_od)?;
-        ids.extend(r.instance_ids);
-        errors.extend(r.errors.into_iter().map(|f| format!("{}: {}", f.code, f.message)));
-    }
-    if !t.vm_types_on_demand.is_empty() && on_demand > 0 {
-        let r = fleet(t, req, &t.vm_types_on_demand, on_demand, on_demand)?;
-        ids.extend(r.instance_ids);
-        errors.extend(r.errors.into_iter().map(|f| format!("{}: {}", f.code, f.message)));
-    }
-    Ok((ids, errors))
-}
-
-fn fleet(
-    t: &AwsTemplate,
-    req: &ProvisionRequest,
-    types: &[(String, u32)],
-    total: u32,
-    on_demand: u32,
-) -> Result<ec2::FleetResult, ProviderError> {
-    let f = ec2::FleetRequest {
-        request_id: req.request_id.clone(),
-        template_id: t.id.clone(),
-        spec: spec(t),
-        overrides: overrides(t, types),
-        total_units: total,
-        on_demand_units: on_demand,
-        spot_allocation_strategy: Some(t.allocation_strategy.clone().unwrap_or_else(|| "lowest-price".into())),
-        on_demand_allocation_strategy: t.allocation_strategy_on_demand.clone(),
-        spot_max_price: t.max_spot_price.clone(),
-    };
-    ec2::create_fleet(&f).map_err(|e| ec2_err("CreateFleet", e))
 }
 
 /// Instance ids for HostFactory's machine references (by id, else by private DNS name).
@@ -339,7 +239,7 @@ impl Guest for Aws {
         let mut ids: Vec<String> = Vec::new();
         if have < req.count {
             let want = req.count - have;
-            match launch(t, &req, want) {
+            match launch::launch(t, &req, want) {
                 Ok((new, errs)) => {
                     ids = new;
                     errors = errs;
@@ -365,7 +265,7 @@ impl Guest for Aws {
                 &t.vm_types_on_demand
             };
             // Same request id: the top-up instances belong to (and are tagged with) this request.
-            match fleet(t, &req, od_types, req.count - got, req.count - got) {
+            match launch::fleet(t, &req, od_types, req.count - got, req.count - got) {
                 Ok(r) => {
                     if !r.instance_ids.is_empty() {
                         instances.extend(describe(InstanceFilter::Ids(r.instance_ids))?);
