@@ -361,12 +361,7 @@ impl<'a> Service<'a> {
         let timed_out = age > self.policy.pending_timeout_secs;
         let (machines, outstanding, message, units) = match rec.kind {
             RequestKind::Provision => {
-                let req = ProvisionRequest {
-                    request_id: rec.id.clone(),
-                    template_id: rec.template_id.clone().unwrap_or_default(),
-                    count: rec.count,
-                    rc_account: rec.rc_account.clone(),
-                };
+                let req = provision_request(&rec);
                 let answer = self.provider().and_then(|p| {
                     if rec.phase == Phase::Accepted && known.is_empty() {
                         tracing::warn!(request_id = %rec.id, "request was recorded but never submitted (crash?); resuming");
@@ -492,6 +487,16 @@ impl<'a> Service<'a> {
             }
         }
         Ok(out)
+    }
+}
+
+/// The provision request a stored record stands for, as the provider sees it.
+fn provision_request(rec: &RequestRecord) -> ProvisionRequest {
+    ProvisionRequest {
+        request_id: rec.id.clone(),
+        template_id: rec.template_id.clone().unwrap_or_default(),
+        count: rec.count,
+        rc_account: rec.rc_account.clone(),
     }
 }
 

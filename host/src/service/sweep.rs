@@ -4,7 +4,7 @@
 
 use super::lifecycle;
 use super::model::*;
-use super::{Service, ServiceError, merge_by_machine_id, merge_by_name, refs_of};
+use super::{Service, ServiceError, merge_by_machine_id, merge_by_name, provision_request, refs_of};
 use crate::service::lifecycle::RequestStatus;
 use crate::store::{Phase, RequestKind};
 
@@ -21,12 +21,7 @@ impl Service<'_> {
             let known = self.store.machines(&rec.id)?;
             match rec.kind {
                 RequestKind::Provision => {
-                    let req = ProvisionRequest {
-                        request_id: rec.id.clone(),
-                        template_id: rec.template_id.clone().unwrap_or_default(),
-                        count: rec.count,
-                        rc_account: rec.rc_account.clone(),
-                    };
+                    let req = provision_request(&rec);
                     let found = self.provider()?.request_status(&ctx, &req, &known)?;
                     let live: Vec<Machine> = found
                         .machines
