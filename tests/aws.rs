@@ -78,6 +78,17 @@ fn templates(subnet: &str, sg: &str, ami: &str) -> Value {
     ])
 }
 
+/// The template named `id` in a getAvailableTemplates answer.
+fn template(answer: &Value, id: &str) -> Value {
+    answer["templates"]
+        .as_array()
+        .expect("templates")
+        .iter()
+        .find(|t| t["templateId"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("no template {id}: {answer}"))
+}
+
 fn names_and_ids(req: &Value) -> Vec<(String, String)> {
     req["machines"]
         .as_array()
@@ -100,25 +111,13 @@ fn ibm_files_drive_a_full_cycle_against_the_emulator() {
 
     // Templates: ncpus/nram from DescribeInstanceTypes, not from the file.
     let t = tree.ok("getAvailableTemplates", &json!({}));
-    let od = t["templates"]
-        .as_array()
-        .expect("templates")
-        .iter()
-        .find(|t| t["templateId"] == "OnDemand-Template-VM")
-        .cloned()
-        .expect("od");
+    let od = template(&t, "OnDemand-Template-VM");
     let (_, cores, mib) = moto.type_info("t3.micro");
     assert_eq!(od["attributes"]["ncpus"], json!(["Numeric", cores.to_string()]));
     assert_eq!(od["attributes"]["nram"], json!(["Numeric", mib.to_string()]));
     assert_eq!(od["maxNumber"], 10);
     // Weighted: per unit, the smallest of cores/weight and MiB/weight over the types.
-    let w = t["templates"]
-        .as_array()
-        .expect("templates")
-        .iter()
-        .find(|t| t["templateId"] == "Weighted-Spot-VM")
-        .cloned()
-        .expect("weighted");
+    let w = template(&t, "Weighted-Spot-VM");
     let (_, c1, m1) = moto.type_info("m5.large");
     let (_, c2, m2) = moto.type_info("m5.xlarge");
     assert_eq!(w["attributes"]["ncpus"], json!(["Numeric", c1.min(c2 / 2).max(1).to_string()]));
@@ -149,13 +148,7 @@ fn ibm_files_drive_a_full_cycle_against_the_emulator() {
 
     // Three of ten are in use: availableNumber says so, and the host refuses more than that.
     let t = tree.ok("getAvailableTemplates", &json!({}));
-    let od = t["templates"]
-        .as_array()
-        .expect("templates")
-        .iter()
-        .find(|t| t["templateId"] == "OnDemand-Template-VM")
-        .cloned()
-        .expect("od");
+    let od = template(&t, "OnDemand-Template-VM");
     assert_eq!(od["availableNumber"], 7);
     let e = tree.err(
         "requestMachines",

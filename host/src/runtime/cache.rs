@@ -32,11 +32,6 @@ impl PrecompiledCache {
         Self { dir }
     }
 
-    /// The cache directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// The cache file for `wasm` under `engine`.
     pub fn path_for(&self, engine: &GuestEngine, wasm: &[u8]) -> PathBuf {
         let mut compat = std::collections::hash_map::DefaultHasher::new();

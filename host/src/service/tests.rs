@@ -103,6 +103,23 @@ fn machine(id: &str, state: MachineState, launch: u64) -> Machine {
     }
 }
 
+/// What a crash between the write-ahead record and the provider's answer leaves behind.
+fn accepted_record(id: &str) -> RequestRecord {
+    RequestRecord {
+        id: id.into(),
+        kind: RequestKind::Provision,
+        template_id: Some("t".into()),
+        count: 1,
+        rc_account: None,
+        phase: Phase::Accepted,
+        status: RequestStatus::Running,
+        outstanding: 1,
+        message: None,
+        created_at: 0,
+        updated_at: 0,
+    }
+}
+
 struct Fixture {
     _dir: tempfile::TempDir,
     store: Rc<SqliteStore>,
@@ -281,19 +298,7 @@ fn pending_machines_fail_after_the_timeout_and_are_released() {
 fn a_crash_between_record_and_provider_answer_is_resumed() {
     let f = Fixture::new();
     // What a crash leaves: an accepted record and no machines.
-    let rec = RequestRecord {
-        id: "req-crashed".into(),
-        kind: RequestKind::Provision,
-        template_id: Some("t".into()),
-        count: 1,
-        rc_account: None,
-        phase: Phase::Accepted,
-        status: RequestStatus::Running,
-        outstanding: 1,
-        message: None,
-        created_at: 0,
-        updated_at: 0,
-    };
+    let rec = accepted_record("req-crashed");
     f.store.insert_request(&rec, &[]).expect("insert");
     f.script.borrow_mut().progress.push(Ok(ProvisionProgress {
         machines: vec![machine("a", MachineState::Running, 0)],
@@ -377,19 +382,7 @@ fn reclaims_are_limited_to_hosts_hostfactory_listed() {
 #[test]
 fn abandoned_requests_are_released_by_the_sweep() {
     let f = Fixture::new();
-    let rec = RequestRecord {
-        id: "req-orphan".into(),
-        kind: RequestKind::Provision,
-        template_id: Some("t".into()),
-        count: 1,
-        rc_account: None,
-        phase: Phase::Accepted,
-        status: RequestStatus::Running,
-        outstanding: 1,
-        message: None,
-        created_at: 0,
-        updated_at: 0,
-    };
+    let rec = accepted_record("req-orphan");
     f.store.insert_request(&rec, &[]).expect("insert");
     // Too young: left alone (its call may still be running).
     assert_eq!(f.service(100).sweep().expect("sweep"), 0);
