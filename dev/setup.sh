@@ -25,3 +25,24 @@ hfwasm_setup_moto() {
     fi
     export HFWASM_MOTO_SERVER="$PWD/$venv/bin/moto_server"
 }
+
+# PostgreSQL server binaries for the store tests, from Debian's packages. The tests start
+# a throwaway server themselves (initdb into a temp dir, a free loopback port, as an
+# unprivileged user when run as root). Found through HFWASM_PG_BINDIR (set here).
+hfwasm_setup_postgres() {
+    local bindir
+    bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+    if [ -z "$bindir" ] || [ ! -x "$bindir/initdb" ]; then
+        echo "setup: installing PostgreSQL from Debian's packages (for the store tests)" >&2
+        local sudo=""
+        if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >/dev/null
+        bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+    fi
+    if [ -z "$bindir" ] || [ ! -x "$bindir/initdb" ]; then
+        echo "setup: PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin; install the 'postgresql' package" >&2
+        return 1
+    fi
+    export HFWASM_PG_BINDIR="$bindir"
+}

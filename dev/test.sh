@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 . dev/setup.sh
 hfwasm_setup
 hfwasm_setup_moto
+hfwasm_setup_postgres
 if [ ! -d ../shared/conformance ] && [ -z "${HFWASM_CONFORMANCE_DIR:-}" ]; then
     echo "test: the conformance corpus is expected at ../shared/conformance (or set HFWASM_CONFORMANCE_DIR)" >&2
     exit 1

@@ -14,7 +14,7 @@ use crate::hf::{self, Call, ErrorCode, HfError, ProviderDirs};
 use crate::runtime::{self, CacheOutcome, GuestCode, GuestEngine, GuestResources, PrecompiledCache, WasmProvider};
 use crate::service::model::{AbortKind, CallContext, ProviderError};
 use crate::service::{LifecyclePolicy, Provider, ProviderLoader, Service};
-use crate::store::{SqliteStore, StateStore};
+use crate::store::StateStore;
 
 /// A provider instance ready to answer calls.
 pub struct Plugin {
@@ -72,9 +72,17 @@ impl Plugin {
         PrecompiledCache::new(dir)
     }
 
-    fn open_store(&self) -> Result<SqliteStore, HfError> {
-        SqliteStore::open_with(&self.config.store_path, self.config.store_sync)
-            .map_err(|e| HfError::new(ErrorCode::StoreError, e.to_string()))
+    /// Opens the configured state store.
+    pub fn open_store(&self) -> Result<Arc<dyn StateStore>, HfError> {
+        Ok(Arc::from(crate::store::open(&self.config.store)?))
+    }
+
+    fn policy(&self) -> LifecyclePolicy {
+        LifecyclePolicy {
+            pending_timeout_secs: self.config.pending_timeout_secs,
+            abandon_after_secs: self.config.abandon_after_secs,
+            retention_secs: self.config.retention.as_secs(),
+        }
     }
 
     /// The provider guest's bytes.
@@ -151,7 +159,7 @@ impl Plugin {
         let _enter = span.enter();
         let t0 = Instant::now();
         let obj = hf::input::read_object(call, input)?;
-        let store: Arc<dyn StateStore> = Arc::new(self.open_store()?);
+        let store = self.open_store()?;
         let loader_store = store.clone();
         let loader: ProviderLoader<'_> = Box::new(move || {
             let (p, outcome) = self.load_provider(loader_store)?;
@@ -160,11 +168,7 @@ impl Plugin {
             }
             Ok(Box::new(p) as Box<dyn Provider>)
         });
-        let policy = LifecyclePolicy {
-            pending_timeout_secs: self.config.pending_timeout_secs,
-            abandon_after_secs: self.config.abandon_after_secs,
-        };
-        let mut service = Service::new(store.as_ref(), loader, self.context(), policy);
+        let mut service = Service::new(store.as_ref(), loader, self.context(), self.policy());
         let answer = match call {
             Call::GetAvailableTemplates => hf::output::templates(&service.get_available_templates()?),
             Call::RequestMachines => {
@@ -255,8 +259,8 @@ impl Plugin {
         if let Some(inv) = &self.inventory {
             lines.push(format!("inventory: {} ({} hosts)", inv.file.display(), inv.hosts.len()));
         }
-        let store: Arc<dyn StateStore> = Arc::new(self.open_store()?);
-        lines.push(format!("store:     sqlite {}", c.store_path.display()));
+        let store = self.open_store()?;
+        lines.push(format!("store:     {}", c.store.describe()));
         let (provider, outcome) = self.load_provider(store.clone()).map_err(HfError::from)?;
         lines.push(format!(
             "guest load: ok ({})",
@@ -267,11 +271,7 @@ impl Plugin {
             }
         ));
         let loader: ProviderLoader<'_> = Box::new(move || Ok(Box::new(provider) as Box<dyn Provider>));
-        let policy = LifecyclePolicy {
-            pending_timeout_secs: c.pending_timeout_secs,
-            abandon_after_secs: c.abandon_after_secs,
-        };
-        let templates = Service::new(store.as_ref(), loader, self.context(), policy).get_available_templates()?;
+        let templates = Service::new(store.as_ref(), loader, self.context(), self.policy()).get_available_templates()?;
         for t in &templates {
             let attr = |n: &str| t.attribute(n).map_or("?".to_string(), |a| a.value.clone());
             lines.push(format!(

@@ -8,6 +8,7 @@ use std::process::Command;
 use serde_json::Value;
 
 pub mod moto;
+pub mod pg;
 
 /// The repository root.
 pub fn repo() -> PathBuf {
@@ -236,3 +237,30 @@ pub fn plain_inventory(n: usize) -> String {
 
 /// The template id the on-prem guest derives for [`plain_inventory`] hosts.
 pub const PLAIN_TEMPLATE: &str = "pool-4cpu-8192mb";
+
+/// Runs `hfwasm <args>` for the tree's provider instance (admin commands such as
+/// `store check`); returns (exit code, stdout, stderr).
+pub fn admin(tree: &HfTree, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_hfwasm"))
+        .args(args)
+        .env("HF_PROVIDER_NAME", "pool")
+        .env("HF_PROVIDER_CONFDIR", &tree.conf)
+        .env("HF_PROVIDER_WORKDIR", &tree.work)
+        .env("HFWASM_CACHE_DIR", test_cache())
+        .envs(tree.env.lock().expect("env").clone())
+        .output()
+        .expect("run hfwasm");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// `hfwasm store check --json` for the tree; asserts it ran and found no problem.
+pub fn store_check(tree: &HfTree) -> Value {
+    let (code, out, err) = admin(tree, &["store", "check", "--json"]);
+    let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("store check: not JSON ({e}): {out}\n{err}"));
+    assert_eq!(code, 0, "store check found problems: {report:#}\n{err}");
+    report
+}

@@ -4,6 +4,7 @@
 
 pub mod ibm_aws;
 pub mod inventory;
+pub mod storage;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ use serde::Deserialize;
 use crate::capabilities::Capability;
 use crate::capabilities::ec2::{Ec2Grant, Ec2Settings};
 use crate::runtime::limits::{GuestLimits, LimitOverrides};
-use crate::store::Synchronous;
+use crate::store::StoreSpec;
 
 /// File name of hfwasm's own config inside the provider conf dir.
 pub const CONFIG_FILE: &str = "hfwasm.json";
@@ -45,7 +46,7 @@ struct RawConfig {
     #[serde(default)]
     inventory: RawInventory,
     #[serde(default)]
-    store: RawStore,
+    storage: storage::RawStorage,
     #[serde(default)]
     logging: RawLogging,
     aws: Option<RawAws>,
@@ -82,14 +83,6 @@ struct RawGuest {
 #[serde(deny_unknown_fields)]
 struct RawInventory {
     file: Option<PathBuf>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStore {
-    strategy: Option<String>,
-    path: Option<PathBuf>,
-    synchronous: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -138,10 +131,10 @@ pub struct Config {
     pub abandon_after_secs: u64,
     /// Inventory file for the on-prem guest.
     pub inventory_file: PathBuf,
-    /// SQLite database file.
-    pub store_path: PathBuf,
-    /// SQLite durability (`store.synchronous`: `normal` or `full`).
-    pub store_sync: Synchronous,
+    /// Where state lives (`storage`).
+    pub store: StoreSpec,
+    /// Finished requests older than this are pruned (`storage.retention_hours`).
+    pub retention: std::time::Duration,
     /// Log level (`error`..`trace`).
     pub log_level: String,
     /// EC2 client settings, when an AWS provider is configured.
@@ -316,28 +309,13 @@ impl Config {
         if pending_timeout_secs == 0 {
             return Err(err("provider.pending_timeout_secs", "must be at least 1".into()));
         }
-        match raw.store.strategy.as_deref() {
-            None | Some("sqlite") => {}
-            Some(other) => {
-                return Err(err(
-                    "store.strategy",
-                    format!("`{other}` is not available in this build; supported: sqlite"),
-                ));
-            }
-        }
-        let store_sync = match raw.store.synchronous.as_deref() {
-            None | Some("normal") => Synchronous::Normal,
-            Some("full") => Synchronous::Full,
-            Some(other) => {
-                return Err(err(
-                    "store.synchronous",
-                    format!(
-                        "`{other}` is not a setting; use `normal` (survives process crashes) or `full` (also power loss, slower writes)"
-                    ),
-                ));
-            }
-        };
-        let store_path = work_dir.join(raw.store.path.unwrap_or_else(|| PathBuf::from("hfwasm.sqlite")));
+        let storage = storage::build(
+            raw.storage,
+            work_dir,
+            conf_dir,
+            |k| std::env::var(k).ok(),
+            |setting, message| err(setting, message),
+        )?;
         let log_level = raw
             .logging
             .level
@@ -357,8 +335,8 @@ impl Config {
             pending_timeout_secs,
             abandon_after_secs,
             inventory_file: conf_dir.join(raw.inventory.file.unwrap_or_else(|| PathBuf::from("inventory.txt"))),
-            store_path,
-            store_sync,
+            store: storage.spec,
+            retention: storage.retention,
             log_level,
             ec2: aws.as_ref().map(|a| a.settings.clone()),
             aws_files: aws.map(|a| (a.config_file, a.templates_file)),
@@ -383,7 +361,7 @@ mod tests {
         assert!(c.file.is_none());
         assert_eq!(c.provider.source, GuestSource::Builtin(BUILTIN_ONPREM));
         assert_eq!(c.inventory_file, dir.path().join("inventory.txt"));
-        assert_eq!(c.store_path, Path::new("/w/hfwasm.sqlite"));
+        assert!(matches!(c.store, StoreSpec::Sqlite { ref path, .. } if path == Path::new("/w/hfwasm.sqlite")));
     }
 
     #[test]
@@ -395,14 +373,11 @@ mod tests {
         assert_eq!(e.setting.as_deref(), Some("guests.x.grants[0]"));
         let e = load(r#"{"provider": {"guest": "missing"}}"#).expect_err("unknown guest");
         assert!(e.to_string().contains("no guest named `missing`"), "{e}");
-        let e = load(r#"{"store": {"strategy": "mongodb"}}"#).expect_err("strategy");
-        assert_eq!(e.setting.as_deref(), Some("store.strategy"));
-        let e = load(r#"{"store": {"synchronous": "sometimes"}}"#).expect_err("synchronous");
-        assert_eq!(e.setting.as_deref(), Some("store.synchronous"));
-        assert_eq!(
-            load(r#"{"store": {"synchronous": "full"}}"#).expect("full").store_sync,
-            Synchronous::Full
-        );
+        let e = load(r#"{"storage": {"strategy": "mongodb"}}"#).expect_err("strategy");
+        assert_eq!(e.setting.as_deref(), Some("storage.strategy"));
+        assert!(e.to_string().contains("hfwasm.json"), "{e}");
+        let e = load(r#"{"storage": {"sql_strategy": {"colour": "red"}}}"#).expect_err("unknown key");
+        assert_eq!(e.setting.as_deref(), Some("storage.sql_strategy.colour"));
     }
 
     #[test]

@@ -117,8 +117,18 @@ impl From<ServiceError> for HfError {
                 ErrorCode::ProviderError,
                 format!("the provider's answer breaks the HostFactory contract: {m}"),
             ),
-            ServiceError::Store(e) => HfError::new(ErrorCode::StoreError, e.to_string()),
+            ServiceError::Store(e) => e.into(),
             ServiceError::Provider(p) => p.into(),
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for HfError {
+    fn from(e: crate::store::StoreError) -> Self {
+        let err = HfError::new(ErrorCode::StoreError, e.to_string());
+        match e {
+            crate::store::StoreError::Connect { setting, location, .. } => err.with("setting", setting).with("store", location),
+            _ => err,
         }
     }
 }

@@ -97,6 +97,8 @@ pub struct LifecyclePolicy {
     /// A request still only recorded (its process died before answering HostFactory) after
     /// this long is abandoned: whatever the provider made for it is released.
     pub abandon_after_secs: u64,
+    /// Finished requests last changed longer ago than this are pruned from the store.
+    pub retention_secs: u64,
 }
 
 /// One HostFactory call's worth of orchestration.

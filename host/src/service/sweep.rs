@@ -59,6 +59,19 @@ impl Service<'_> {
                 }
             }
         }
+        self.prune();
         Ok(stale.len())
+    }
+
+    /// Deletes finished requests older than the retention, a bounded batch per call so a
+    /// store that grew for a year is trimmed over a few cycles without a slow call.
+    fn prune(&self) {
+        const BATCH: usize = 500;
+        let before = self.ctx.now.saturating_sub(self.policy.retention_secs);
+        match self.store.prune_finished(before, BATCH) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(pruned = n, retention_secs = self.policy.retention_secs, "pruned finished requests"),
+            Err(e) => tracing::warn!(error = %e, "pruning finished requests failed; will retry next call"),
+        }
     }
 }

@@ -152,6 +152,7 @@ impl Fixture {
             LifecyclePolicy {
                 pending_timeout_secs: 100,
                 abandon_after_secs: 600,
+                retention_secs: 7 * 86400,
             },
         )
     }

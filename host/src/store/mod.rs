@@ -1,12 +1,82 @@
 //! Durable state: requests, their machines, and guests' kv entries. One trait, backends
 //! chosen by config; the service layer never knows which one it talks to.
 
+#[doc(hidden)]
+pub mod behaviour;
+pub mod check;
+pub mod document;
+pub mod json;
+pub mod postgres;
 pub mod sqlite;
+
+use std::path::PathBuf;
 
 use crate::service::lifecycle::RequestStatus;
 use crate::service::model::Machine;
 
+pub use document::{Document, Summary};
+pub use json::{JsonLayout, JsonStore};
+pub use postgres::{PgSettings, PgStore};
 pub use sqlite::{SqliteStore, Synchronous};
+
+/// Newest schema this binary knows (every backend, and the export format).
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// Which backend holds the state and where: built from config, opened by [`open`].
+#[derive(Debug, Clone)]
+pub enum StoreSpec {
+    /// SQLite file (the embedded default).
+    Sqlite {
+        /// Database file.
+        path: PathBuf,
+        /// Durability setting.
+        synchronous: Synchronous,
+    },
+    /// JSON files in a directory (the seed's `json` strategy).
+    Json {
+        /// Directory of the files.
+        dir: PathBuf,
+        /// One file or one per table.
+        layout: JsonLayout,
+    },
+    /// A PostgreSQL database (the seed's `sql_strategy` with `type: postgresql`).
+    Postgres(PgSettings),
+}
+
+impl StoreSpec {
+    /// One line for humans: backend and location, never a password.
+    pub fn describe(&self) -> String {
+        match self {
+            StoreSpec::Sqlite { path, synchronous } => format!("sqlite {} (synchronous {synchronous:?})", path.display()),
+            StoreSpec::Json { dir, layout } => format!("json {} ({})", dir.display(), layout.as_str()),
+            StoreSpec::Postgres(pg) => format!("postgresql {} (pool {})", pg.location(), pg.pool_size),
+        }
+    }
+}
+
+/// Opens (creating and migrating as needed) the store `spec` names.
+pub fn open(spec: &StoreSpec) -> Result<Box<dyn StateStore>, StoreError> {
+    Ok(match spec {
+        StoreSpec::Sqlite { path, synchronous } => Box::new(SqliteStore::open_with(path, *synchronous)?),
+        StoreSpec::Json { dir, layout } => Box::new(JsonStore::open(dir, *layout)?),
+        StoreSpec::Postgres(pg) => Box::new(PgStore::open(pg)?),
+    })
+}
+
+/// Backend facts for `hfwasm store check`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BackendReport {
+    /// `sqlite`, `json` or `postgresql`.
+    pub backend: &'static str,
+    /// Where it lives (never with a password).
+    pub location: String,
+    /// Schema version found.
+    pub schema_version: i64,
+    /// Bytes on disk (or in the database), when known.
+    pub size_bytes: Option<u64>,
+    /// What the backend's own integrity check found.
+    pub problems: Vec<String>,
+}
 
 /// Provision or return.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +168,29 @@ pub enum StoreError {
         /// Newest version this binary knows.
         known: i64,
     },
+    /// The database server could not be reached or refused us; `setting` is the config key
+    /// (or `PG*` variable) to look at.
+    #[error("state store {location}: {message} (check `{setting}`)")]
+    Connect {
+        /// Where the store lives (no password).
+        location: String,
+        /// The setting most likely wrong.
+        setting: String,
+        /// What the server or network said.
+        message: String,
+    },
+    /// An import into a store that already holds state.
+    #[error(
+        "state store {location} already holds {requests} request(s) and {kv} kv entr(y/ies); import only into an empty store so nothing is overwritten"
+    )]
+    NotEmpty {
+        /// Where the store lives.
+        location: String,
+        /// Requests found.
+        requests: usize,
+        /// kv entries found.
+        kv: usize,
+    },
     /// A stored row could not be understood.
     #[error("state store {location}: corrupt record: {message}")]
     Corrupt {
@@ -134,6 +227,101 @@ pub trait StateStore: Send + Sync {
     fn kv_delete_if_equals(&self, namespace: &str, key: &str, expected: &str) -> Result<bool, StoreError>;
     /// kv: delete `key`.
     fn kv_delete(&self, namespace: &str, key: &str) -> Result<(), StoreError>;
-    /// kv: all entries whose key starts with `prefix`, in key order.
+    /// kv: all entries whose key starts with `prefix`, in key order (byte order).
     fn kv_scan(&self, namespace: &str, prefix: &str) -> Result<Vec<(String, String)>, StoreError>;
+
+    /// Deletes up to `limit` finished requests (final status) last changed before `before`,
+    /// with their machines, oldest first; returns how many went. Keeps a store small after
+    /// a year of 30-second polling.
+    fn prune_finished(&self, before: u64, limit: usize) -> Result<usize, StoreError>;
+    /// Everything stored, as one document (`store export`, `store check`).
+    fn export(&self) -> Result<Document, StoreError>;
+    /// Loads `doc` in one transaction into this store, which must be empty
+    /// ([`StoreError::NotEmpty`] otherwise).
+    fn import(&self, doc: &Document) -> Result<(), StoreError>;
+    /// Backend, location, size and the backend's own integrity check.
+    fn inspect(&self) -> Result<BackendReport, StoreError>;
+}
+
+/// Refuses an import document written by a newer hfwasm.
+pub(crate) fn check_import_version(location: &str, doc: &Document) -> Result<(), StoreError> {
+    if doc.schema_version > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            location: location.to_string(),
+            found: doc.schema_version,
+            known: SCHEMA_VERSION,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::behaviour::{self, Opener};
+    use super::*;
+
+    /// Fresh stores of one kind, each in its own temp dir (kept until the test ends).
+    fn fresh(dirs: &mut Vec<tempfile::TempDir>, open: fn(&std::path::Path) -> Result<Box<dyn StateStore>, StoreError>) -> Opener {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().to_path_buf();
+        dirs.push(dir);
+        Arc::new(move || open(&path))
+    }
+
+    #[test]
+    fn sqlite_behaves() {
+        let mut dirs = Vec::new();
+        behaviour::run_all(&mut || fresh(&mut dirs, |p| Ok(Box::new(SqliteStore::open(&p.join("s.db"))?))));
+    }
+
+    #[test]
+    fn json_single_file_behaves() {
+        let mut dirs = Vec::new();
+        behaviour::run_all(&mut || fresh(&mut dirs, |p| Ok(Box::new(JsonStore::open(p, JsonLayout::SingleFile)?))));
+    }
+
+    #[test]
+    fn json_split_files_behaves() {
+        let mut dirs = Vec::new();
+        behaviour::run_all(&mut || fresh(&mut dirs, |p| Ok(Box::new(JsonStore::open(p, JsonLayout::SplitFiles)?))));
+    }
+
+    #[test]
+    fn json_files_are_readable_and_only_changed_files_are_rewritten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = JsonStore::open(dir.path(), JsonLayout::SplitFiles).expect("open");
+        s.insert_request(&behaviour::record("req-1", RequestKind::Provision, 1), &[])
+            .expect("insert");
+        s.kv_set("ns", "k", "v").expect("kv");
+        let text = std::fs::read_to_string(dir.path().join("requests.json")).expect("requests.json");
+        assert!(text.contains("\"id\": \"req-1\""), "pretty-printed: {text}");
+        let modified = |f: &str| std::fs::metadata(dir.path().join(f)).and_then(|m| m.modified()).expect("mtime");
+        let before = (modified("requests.json"), modified("kv.json"));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        s.kv_set("ns", "k", "v2").expect("kv change");
+        assert_eq!(modified("requests.json"), before.0, "requests.json untouched by a kv change");
+        assert_ne!(modified("kv.json"), before.1);
+        let again = modified("kv.json");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        s.kv_set("ns", "k", "v2").expect("no change");
+        assert_eq!(modified("kv.json"), again, "an unchanged value is not rewritten");
+    }
+
+    #[test]
+    fn json_newer_schema_and_corrupt_files_are_clear_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("hfwasm-state.json"), r#"{"schema_version": 99, "requests": []}"#).expect("write");
+        assert!(matches!(
+            JsonStore::open(dir.path(), JsonLayout::SingleFile),
+            Err(StoreError::SchemaTooNew { found: 99, .. })
+        ));
+        std::fs::write(dir.path().join("hfwasm-state.json"), "{ not json").expect("write");
+        let e = JsonStore::open(dir.path(), JsonLayout::SingleFile).err().expect("corrupt");
+        assert!(
+            matches!(e, StoreError::Corrupt { .. }) && e.to_string().contains("hfwasm-state.json"),
+            "{e}"
+        );
+    }
 }

@@ -8,12 +8,9 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{Phase, RequestKind, RequestRecord, StateStore, StoreError};
-use crate::service::lifecycle::RequestStatus;
-use crate::service::model::{Machine, MachineState};
-
-/// Newest schema this binary knows.
-const SCHEMA_VERSION: i64 = 1;
+use super::document::{StoredMachine, StoredRequest};
+use super::{BackendReport, Document, RequestRecord, SCHEMA_VERSION, StateStore, StoreError};
+use crate::service::model::Machine;
 
 /// How long a writer waits for another process's transaction before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -53,6 +50,9 @@ CREATE TABLE kv (
     PRIMARY KEY (namespace, key)
 );
 ";
+
+/// v2: pruning finds finished requests by status and age.
+const SCHEMA_V2: &str = "CREATE INDEX requests_by_status ON requests(status, updated_at);";
 
 /// How hard SQLite works to keep the newest commits across a power loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -140,13 +140,6 @@ impl SqliteStore {
         }
     }
 
-    fn corrupt(&self, message: String) -> StoreError {
-        StoreError::Corrupt {
-            location: self.location(),
-            message,
-        }
-    }
-
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
         self.conn
             .lock()
@@ -177,14 +170,17 @@ impl SqliteStore {
         }
         if version < 1 {
             tx.execute_batch(SCHEMA_V1).map_err(|e| self.backend(e))?;
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
-                .map_err(|e| self.backend(e))?;
         }
+        if version < 2 {
+            tx.execute_batch(SCHEMA_V2).map_err(|e| self.backend(e))?;
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(|e| self.backend(e))?;
         tx.commit().map_err(|e| self.backend(e))
     }
 
-    fn read_request(&self, row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRequest> {
-        Ok(RawRequest {
+    fn read_request(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRequest> {
+        Ok(StoredRequest {
             id: row.get(0)?,
             kind: row.get(1)?,
             template_id: row.get(2)?,
@@ -196,64 +192,19 @@ impl SqliteStore {
             message: row.get(8)?,
             created_at: row.get(9)?,
             updated_at: row.get(10)?,
+            machines: Vec::new(),
         })
     }
 
-    fn to_record(&self, r: RawRequest) -> Result<RequestRecord, StoreError> {
-        let kind = match r.kind.as_str() {
-            "provision" => RequestKind::Provision,
-            "return" => RequestKind::Return,
-            other => return Err(self.corrupt(format!("request {}: unknown kind '{other}'", r.id))),
-        };
-        let phase = match r.phase.as_str() {
-            "accepted" => Phase::Accepted,
-            "submitted" => Phase::Submitted,
-            other => return Err(self.corrupt(format!("request {}: unknown phase '{other}'", r.id))),
-        };
-        let status =
-            RequestStatus::parse(&r.status).ok_or_else(|| self.corrupt(format!("request {}: unknown status '{}'", r.id, r.status)))?;
-        let num = |v: i64, what: &str| u32::try_from(v).map_err(|_| self.corrupt(format!("request {}: {what} {v} out of range", r.id)));
-        let time = |v: i64, what: &str| u64::try_from(v).map_err(|_| self.corrupt(format!("request {}: {what} {v} out of range", r.id)));
-        Ok(RequestRecord {
-            count: num(r.count, "count")?,
-            outstanding: num(r.outstanding, "outstanding")?,
-            created_at: time(r.created_at, "created_at")?,
-            updated_at: time(r.updated_at, "updated_at")?,
-            id: r.id,
-            kind,
-            template_id: r.template_id,
-            rc_account: r.rc_account,
-            phase,
-            status,
-            message: r.message,
-        })
-    }
-
-    fn read_machine(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawMachine> {
-        Ok(RawMachine {
-            machine_id: row.get(0)?,
-            name: row.get(1)?,
-            private_ip: row.get(2)?,
-            public_ip: row.get(3)?,
-            launch_time: row.get(4)?,
-            state: row.get(5)?,
-            message: row.get(6)?,
-        })
-    }
-
-    fn to_machine(&self, m: RawMachine) -> Result<Machine, StoreError> {
-        let state =
-            MachineState::parse(&m.state).ok_or_else(|| self.corrupt(format!("machine {}: unknown state '{}'", m.machine_id, m.state)))?;
-        let launch_time =
-            u64::try_from(m.launch_time).map_err(|_| self.corrupt(format!("machine {}: launch time {}", m.machine_id, m.launch_time)))?;
-        Ok(Machine {
-            machine_id: m.machine_id,
-            name: m.name,
-            private_ip: m.private_ip,
-            public_ip: m.public_ip,
-            launch_time,
-            state,
-            message: m.message,
+    fn read_machine(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<StoredMachine> {
+        Ok(StoredMachine {
+            machine_id: row.get(first)?,
+            name: row.get(first + 1)?,
+            private_ip: row.get(first + 2)?,
+            public_ip: row.get(first + 3)?,
+            launch_time: row.get(first + 4)?,
+            state: row.get(first + 5)?,
+            message: row.get(first + 6)?,
         })
     }
 
@@ -328,32 +279,27 @@ fn retry_busy_store<T>(mut f: impl FnMut() -> Result<T, StoreError>) -> Result<T
     }
 }
 
-struct RawRequest {
-    id: String,
-    kind: String,
-    template_id: Option<String>,
-    count: i64,
-    rc_account: Option<String>,
-    phase: String,
-    status: String,
-    outstanding: i64,
-    message: Option<String>,
-    created_at: i64,
-    updated_at: i64,
-}
-
-struct RawMachine {
-    machine_id: String,
-    name: String,
-    private_ip: String,
-    public_ip: Option<String>,
-    launch_time: i64,
-    state: String,
-    message: Option<String>,
-}
-
 const REQUEST_COLUMNS: &str = "id, kind, template_id, count, rc_account, phase, status, outstanding, message, created_at, updated_at";
 const MACHINE_COLUMNS: &str = "machine_id, name, private_ip, public_ip, launch_time, state, message";
+
+fn insert_request_row(tx: &rusqlite::Transaction<'_>, rec: &RequestRecord) -> rusqlite::Result<usize> {
+    tx.execute(
+        &format!("INSERT INTO requests ({REQUEST_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+        params![
+            rec.id,
+            rec.kind.as_str(),
+            rec.template_id,
+            rec.count,
+            rec.rc_account,
+            rec.phase.as_str(),
+            rec.status.as_str(),
+            rec.outstanding,
+            rec.message,
+            to_i64(rec.created_at),
+            to_i64(rec.updated_at)
+        ],
+    )
+}
 
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -365,23 +311,7 @@ impl StateStore for SqliteStore {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.backend(e))?;
-        tx.execute(
-            &format!("INSERT INTO requests ({REQUEST_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
-            params![
-                rec.id,
-                rec.kind.as_str(),
-                rec.template_id,
-                rec.count,
-                rec.rc_account,
-                rec.phase.as_str(),
-                rec.status.as_str(),
-                rec.outstanding,
-                rec.message,
-                to_i64(rec.created_at),
-                to_i64(rec.updated_at)
-            ],
-        )
-        .map_err(|e| self.backend(e))?;
+        insert_request_row(&tx, rec).map_err(|e| self.backend(e))?;
         self.write_machines(&tx, &rec.id, machines)?;
         tx.commit().map_err(|e| self.backend(e))
     }
@@ -390,12 +320,12 @@ impl StateStore for SqliteStore {
         let conn = self.lock()?;
         let raw = conn
             .query_row(&format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id = ?1"), [id], |r| {
-                self.read_request(r)
+                Self::read_request(r)
             })
             .optional()
             .map_err(|e| self.backend(e))?;
         drop(conn);
-        raw.map(|r| self.to_record(r)).transpose()
+        raw.map(|r| r.to_record(&self.location())).transpose()
     }
 
     fn machines(&self, request_id: &str) -> Result<Vec<Machine>, StoreError> {
@@ -406,10 +336,11 @@ impl StateStore for SqliteStore {
             ))
             .map_err(|e| self.backend(e))?;
         let raws = stmt
-            .query_map([request_id], Self::read_machine)
+            .query_map([request_id], |r| Self::read_machine(r, 0))
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
             .map_err(|e| self.backend(e))?;
-        raws.into_iter().map(|m| self.to_machine(m)).collect()
+        let location = self.location();
+        raws.iter().map(|m| m.to_machine(&location)).collect()
     }
 
     fn update_request(&self, rec: &RequestRecord, machines: &[Machine]) -> Result<(), StoreError> {
@@ -442,12 +373,13 @@ impl StateStore for SqliteStore {
             ))
             .map_err(|e| self.backend(e))?;
         let raws = stmt
-            .query_map([to_i64(before)], |r| self.read_request(r))
+            .query_map([to_i64(before)], Self::read_request)
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
             .map_err(|e| self.backend(e))?;
         drop(stmt);
         drop(conn);
-        raws.into_iter().map(|r| self.to_record(r)).collect()
+        let location = self.location();
+        raws.iter().map(|r| r.to_record(&location)).collect()
     }
 
     fn provision_holders(&self, name: &str) -> Result<Vec<(String, Machine)>, StoreError> {
@@ -462,20 +394,13 @@ impl StateStore for SqliteStore {
         let rows = stmt
             .query_map([name], |r| {
                 let id: String = r.get(0)?;
-                let m = RawMachine {
-                    machine_id: r.get(1)?,
-                    name: r.get(2)?,
-                    private_ip: r.get(3)?,
-                    public_ip: r.get(4)?,
-                    launch_time: r.get(5)?,
-                    state: r.get(6)?,
-                    message: r.get(7)?,
-                };
+                let m = Self::read_machine(r, 1)?;
                 Ok((id, m))
             })
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
             .map_err(|e| self.backend(e))?;
-        rows.into_iter().map(|(id, m)| Ok((id, self.to_machine(m)?))).collect()
+        let location = self.location();
+        rows.into_iter().map(|(id, m)| Ok((id, m.to_machine(&location)?))).collect()
     }
 
     fn kv_get(&self, namespace: &str, key: &str) -> Result<Option<String>, StoreError> {
@@ -534,85 +459,113 @@ impl StateStore for SqliteStore {
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
             .map_err(|e| self.backend(e))
     }
+
+    fn prune_finished(&self, before: u64, limit: usize) -> Result<usize, StoreError> {
+        let conn = self.lock()?;
+        conn.execute(
+            "DELETE FROM requests WHERE id IN (
+                SELECT id FROM requests WHERE status IN ('complete', 'complete_with_error') AND updated_at < ?1
+                ORDER BY updated_at LIMIT ?2)",
+            params![to_i64(before), i64::try_from(limit).unwrap_or(i64::MAX)],
+        )
+        .map_err(|e| self.backend(e))
+    }
+
+    fn export(&self) -> Result<Document, StoreError> {
+        let mut conn = self.lock()?;
+        // One read transaction, so the document is one consistent snapshot.
+        let tx = conn.transaction().map_err(|e| self.backend(e))?;
+        let rows = |sql: &str| tx.prepare(sql).map_err(|e| self.backend(e));
+        let requests = rows(&format!("SELECT {REQUEST_COLUMNS} FROM requests ORDER BY created_at, id"))?
+            .query_map([], Self::read_request)
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(|e| self.backend(e))?;
+        let machines = rows(&format!(
+            "SELECT request_id, {MACHINE_COLUMNS} FROM machines ORDER BY request_id, seq"
+        ))?
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, Self::read_machine(r, 1)?)))
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(|e| self.backend(e))?;
+        let kv = rows("SELECT namespace, key, value FROM kv ORDER BY namespace, key")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(|e| self.backend(e))?;
+        Ok(Document::from_rows(requests, machines, kv))
+    }
+
+    fn import(&self, doc: &Document) -> Result<(), StoreError> {
+        super::check_import_version(&self.location(), doc)?;
+        let mut conn = self.lock()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.backend(e))?;
+        let count = |sql: &str| -> Result<usize, StoreError> {
+            tx.query_row(sql, [], |r| r.get::<_, i64>(0))
+                .map(|n| usize::try_from(n).unwrap_or(0))
+                .map_err(|e| self.backend(e))
+        };
+        let (requests, kv) = (count("SELECT COUNT(*) FROM requests")?, count("SELECT COUNT(*) FROM kv")?);
+        if requests + kv > 0 {
+            return Err(StoreError::NotEmpty {
+                location: self.location(),
+                requests,
+                kv,
+            });
+        }
+        for r in &doc.requests {
+            let rec = r.to_record(&self.location())?;
+            insert_request_row(&tx, &rec).map_err(|e| self.backend(e))?;
+            self.write_machines(&tx, &r.id, &r.to_machines(&self.location())?)?;
+        }
+        for (ns, entries) in &doc.kv {
+            for (k, v) in entries {
+                tx.execute("INSERT INTO kv (namespace, key, value) VALUES (?1, ?2, ?3)", [ns, k, v])
+                    .map_err(|e| self.backend(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.backend(e))
+    }
+
+    fn inspect(&self) -> Result<BackendReport, StoreError> {
+        let conn = self.lock()?;
+        let mut problems: Vec<String> = {
+            let mut stmt = conn.prepare("PRAGMA integrity_check").map_err(|e| self.backend(e))?;
+            stmt.query_map([], |r| r.get::<_, String>(0))
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(|e| self.backend(e))?
+                .into_iter()
+                .filter(|l| l != "ok")
+                .collect()
+        };
+        let orphans: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM machines WHERE request_id NOT IN (SELECT id FROM requests)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.backend(e))?;
+        if orphans > 0 {
+            problems.push(format!("{orphans} machine row(s) belong to no request"));
+        }
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| self.backend(e))?;
+        let file_size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        Ok(BackendReport {
+            backend: "sqlite",
+            location: self.location(),
+            schema_version: version,
+            size_bytes: Some(file_size(&self.path) + file_size(Path::new(&wal))),
+            problems,
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rec(id: &str) -> RequestRecord {
-        RequestRecord {
-            id: id.into(),
-            kind: RequestKind::Provision,
-            template_id: Some("t".into()),
-            count: 2,
-            rc_account: None,
-            phase: Phase::Accepted,
-            status: RequestStatus::Running,
-            outstanding: 2,
-            message: None,
-            created_at: 10,
-            updated_at: 10,
-        }
-    }
-
-    fn machine(id: &str, state: MachineState) -> Machine {
-        Machine {
-            machine_id: id.into(),
-            name: format!("host-{id}"),
-            private_ip: "10.0.0.1".into(),
-            public_ip: None,
-            launch_time: 5,
-            state,
-            message: None,
-        }
-    }
-
-    #[test]
-    fn request_round_trip_and_update() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(&dir.path().join("s.db")).expect("open");
-        store.insert_request(&rec("req-1"), &[]).expect("insert");
-        assert_eq!(store.request("req-1").expect("read"), Some(rec("req-1")));
-        assert_eq!(store.request("nope").expect("read"), None);
-        let mut r = rec("req-1");
-        r.phase = Phase::Submitted;
-        r.outstanding = 0;
-        store
-            .update_request(&r, &[machine("a", MachineState::Pending), machine("b", MachineState::Running)])
-            .expect("update");
-        store
-            .update_request(&r, &[machine("a", MachineState::Running)])
-            .expect("update again");
-        let ms = store.machines("req-1").expect("machines");
-        assert_eq!(
-            ms.iter().map(|m| (m.machine_id.as_str(), m.state)).collect::<Vec<_>>(),
-            [("a", MachineState::Running), ("b", MachineState::Running)]
-        );
-        assert_eq!(store.request("req-1").expect("read").map(|r| r.phase), Some(Phase::Submitted));
-        assert_eq!(store.provision_holders("host-a").expect("holders").len(), 1);
-    }
-
-    #[test]
-    fn kv_insert_if_absent_has_one_winner() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(&dir.path().join("s.db")).expect("open");
-        assert!(store.kv_insert_if_absent("ns", "lease/h1", "req-1").expect("first"));
-        assert!(!store.kv_insert_if_absent("ns", "lease/h1", "req-2").expect("second"));
-        assert!(
-            store
-                .kv_insert_if_absent("other", "lease/h1", "req-2")
-                .expect("namespaces are separate")
-        );
-        assert!(!store.kv_delete_if_equals("ns", "lease/h1", "req-2").expect("not the holder"));
-        assert!(store.kv_delete_if_equals("ns", "lease/h1", "req-1").expect("holder"));
-        store.kv_set("ns", "lease/b", "x").expect("set");
-        store.kv_set("ns", "other", "y").expect("set");
-        assert_eq!(
-            store.kv_scan("ns", "lease/").expect("scan"),
-            [("lease/b".to_string(), "x".to_string())]
-        );
-    }
 
     #[test]
     fn synchronous_setting_reaches_sqlite() {
@@ -626,6 +579,25 @@ mod tests {
                 .expect("pragma");
             assert_eq!(got, level, "{sync:?}");
         }
+    }
+
+    #[test]
+    fn a_version_1_store_is_migrated_in_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.db");
+        let c = Connection::open(&path).expect("create v1");
+        c.execute_batch(SCHEMA_V1).expect("v1 schema");
+        c.execute(
+            "INSERT INTO requests (id, kind, count, phase, status, outstanding, created_at, updated_at) VALUES ('req-1', 'provision', 1, 'submitted', 'complete', 0, 1, 1)",
+            [],
+        )
+        .expect("v1 row");
+        c.pragma_update(None, "user_version", 1).expect("v1");
+        drop(c);
+        let store = SqliteStore::open(&path).expect("migrate");
+        assert_eq!(store.inspect().expect("inspect").schema_version, SCHEMA_VERSION);
+        assert!(store.request("req-1").expect("read").is_some(), "v1 rows survive");
+        assert_eq!(store.prune_finished(10, 10).expect("prune uses the v2 index"), 1);
     }
 
     #[test]

@@ -211,6 +211,7 @@ impl Fixture {
             LifecyclePolicy {
                 pending_timeout_secs: 180,
                 abandon_after_secs: 600,
+                retention_secs: 7 * 86400,
             },
         )
     }
