@@ -11,72 +11,9 @@
 
 mod common;
 
-use common::moto::Moto;
+use common::moto::{Moto, aws_tree, templates};
 use common::*;
 use serde_json::{Value, json};
-
-/// A provider instance `pool` configured with IBM's files against `moto`.
-fn aws_tree(moto: &Moto, templates: Value) -> HfTree {
-    let tree = HfTree::new("");
-    // Credentials only through IBM's AWS_CREDENTIAL_FILE, never the environment.
-    tree.set_env("AWS_EC2_METADATA_DISABLED", "true");
-    std::fs::write(
-        tree.conf.join("credentials"),
-        "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n",
-    )
-    .expect("creds");
-    let config = json!({
-        "AWS_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": moto.endpoint,
-        "AWS_CREDENTIAL_FILE": "credentials",
-        "AWS_CONNECTION_TIMEOUT_MS": "5000",
-        "AWS_REQUEST_RETRY_ATTEMPTS": 2,
-        "AWS_INSTANCE_PENDING_TIMEOUT_SEC": 180,
-        "AWS_KEY_FILE": "/opt/keys",
-    });
-    std::fs::write(
-        tree.conf.join("poolprov_config.json"),
-        serde_json::to_string_pretty(&config).expect("json"),
-    )
-    .expect("config");
-    std::fs::write(
-        tree.conf.join("poolprov_templates.json"),
-        serde_json::to_string_pretty(&json!({"templates": templates})).expect("json"),
-    )
-    .expect("templates");
-    tree
-}
-
-fn templates(subnet: &str, sg: &str, ami: &str) -> Value {
-    json!([
-        {
-            "templateId": "OnDemand-Template-VM",
-            "maxNumber": 10,
-            "attributes": {"type": ["String", "X86_64"], "ncpus": ["Numeric", "1"], "nram": ["Numeric", "1024"]},
-            "imageId": ami,
-            "subnetId": subnet,
-            "vmType": "t3.micro",
-            "priceType": "ondemand",
-            "keyName": "hf-key",
-            "securityGroupIds": [sg],
-            "instanceTags": "team=hpc;env=test",
-            "rootDeviceVolumeSize": 20,
-            "volumeType": "gp3"
-        },
-        {
-            "templateId": "Weighted-Spot-VM",
-            "maxNumber": 20,
-            "attributes": {"type": ["String", "X86_64"]},
-            "imageId": ami,
-            "subnetId": [subnet],
-            "vmTypes": {"m5.large": 1, "m5.xlarge": 2},
-            "priceType": "spot",
-            "allocationStrategy": "capacityOptimized",
-            "fleetRole": "arn:aws:iam::123456789012:role/aws-ec2-spot-fleet-tagging-role",
-            "securityGroupIds": [sg]
-        }
-    ])
-}
 
 /// The template named `id` in a getAvailableTemplates answer.
 fn template(answer: &Value, id: &str) -> Value {

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_sdk_ec2 as sdk;
+use serde_json::{Value, json};
 
 /// One instance as the emulator reports it: (id, state, private DNS name, tags).
 pub type EmulatedInstance = (String, String, String, Vec<(String, String)>);
@@ -143,7 +144,16 @@ impl Moto {
         })
     }
 
-    /// Instances tagged with HostFactory request `id`.
+    /// Ids of instances still pending or running.
+    pub fn live(&self) -> Vec<String> {
+        self.instances()
+            .into_iter()
+            .filter(|x| x.1 == "running" || x.1 == "pending")
+            .map(|x| x.0)
+            .collect()
+    }
+
+    /// Instances tagged with HostFactory request `request_id`.
     pub fn instances_of(&self, request_id: &str) -> Vec<EmulatedInstance> {
         self.instances()
             .into_iter()
@@ -197,4 +207,68 @@ impl Drop for Moto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A provider instance `pool` configured with IBM's files against `moto`.
+pub fn aws_tree(moto: &Moto, templates: Value) -> super::HfTree {
+    let tree = super::HfTree::new("");
+    // Credentials only through IBM's AWS_CREDENTIAL_FILE, never the environment.
+    tree.set_env("AWS_EC2_METADATA_DISABLED", "true");
+    std::fs::write(
+        tree.conf.join("credentials"),
+        "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n",
+    )
+    .expect("creds");
+    let config = json!({
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": moto.endpoint,
+        "AWS_CREDENTIAL_FILE": "credentials",
+        "AWS_CONNECTION_TIMEOUT_MS": "5000",
+        "AWS_REQUEST_RETRY_ATTEMPTS": 2,
+        "AWS_INSTANCE_PENDING_TIMEOUT_SEC": 180,
+        "AWS_KEY_FILE": "/opt/keys",
+    });
+    std::fs::write(
+        tree.conf.join("poolprov_config.json"),
+        serde_json::to_string_pretty(&config).expect("json"),
+    )
+    .expect("config");
+    std::fs::write(
+        tree.conf.join("poolprov_templates.json"),
+        serde_json::to_string_pretty(&json!({"templates": templates})).expect("json"),
+    )
+    .expect("templates");
+    tree
+}
+
+/// Two IBM templates: on-demand `t3.micro` (RunInstances) and weighted spot (EC2 Fleet).
+pub fn templates(subnet: &str, sg: &str, ami: &str) -> Value {
+    json!([
+        {
+            "templateId": "OnDemand-Template-VM",
+            "maxNumber": 10,
+            "attributes": {"type": ["String", "X86_64"], "ncpus": ["Numeric", "1"], "nram": ["Numeric", "1024"]},
+            "imageId": ami,
+            "subnetId": subnet,
+            "vmType": "t3.micro",
+            "priceType": "ondemand",
+            "keyName": "hf-key",
+            "securityGroupIds": [sg],
+            "instanceTags": "team=hpc;env=test",
+            "rootDeviceVolumeSize": 20,
+            "volumeType": "gp3"
+        },
+        {
+            "templateId": "Weighted-Spot-VM",
+            "maxNumber": 20,
+            "attributes": {"type": ["String", "X86_64"]},
+            "imageId": ami,
+            "subnetId": [subnet],
+            "vmTypes": {"m5.large": 1, "m5.xlarge": 2},
+            "priceType": "spot",
+            "allocationStrategy": "capacityOptimized",
+            "fleetRole": "arn:aws:iam::123456789012:role/aws-ec2-spot-fleet-tagging-role",
+            "securityGroupIds": [sg]
+        }
+    ])
 }

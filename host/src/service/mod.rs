@@ -215,7 +215,9 @@ impl<'a> Service<'a> {
             message: None,
             created_at: now,
             updated_at: now,
+            claimed: false,
         };
+        crate::faults::point("request-machines:before-write-ahead");
         self.store.insert_request(&rec, &[])?;
         crate::faults::point("request-machines:after-write-ahead");
         let req = ProvisionRequest {
@@ -234,6 +236,7 @@ impl<'a> Service<'a> {
                 rec.status = lifecycle::provision_status(count, &progress.machines, progress.outstanding, progress.units);
                 rec.message = progress.message.clone();
                 self.store.update_request(&rec, &progress.machines)?;
+                crate::faults::point("request-machines:after-final-write");
                 let got = progress.machines.len();
                 let message = progress
                     .message
@@ -290,6 +293,7 @@ impl<'a> Service<'a> {
             message: None,
             created_at: now,
             updated_at: now,
+            claimed: false,
         };
         if initial.is_empty() {
             rec.phase = Phase::Submitted;
@@ -298,6 +302,7 @@ impl<'a> Service<'a> {
             self.store.insert_request(&rec, &[])?;
             return Ok((rec.id, "No hosts to return.".into()));
         }
+        crate::faults::point("request-return-machines:before-write-ahead");
         self.store.insert_request(&rec, &initial)?;
         crate::faults::point("request-return-machines:after-write-ahead");
         let refs = refs_of(&initial);
@@ -317,6 +322,7 @@ impl<'a> Service<'a> {
         rec.phase = Phase::Submitted;
         rec.status = lifecycle::return_status(&merged);
         self.store.update_request(&rec, &merged)?;
+        crate::faults::point("request-return-machines:after-final-write");
         tracing::info!(request_id = %rec.id, hosts = merged.len(), "return recorded");
         Ok((rec.id, format!("Return accepted for {} host(s).", merged.len())))
     }
@@ -354,7 +360,13 @@ impl<'a> Service<'a> {
             });
         };
         let known = self.store.machines(id)?;
+        let first_poll = !rec.claimed;
+        rec.claimed = true;
         if rec.status.is_final() {
+            if first_poll {
+                // HostFactory knows this id after all: the sweep must leave it alone.
+                self.store.update_request(&rec, &[])?;
+            }
             return Ok(report(&rec, known));
         }
         let ctx = self.ctx.clone();

@@ -1,6 +1,9 @@
-//! Crash repair: requests whose write-ahead record was never followed by an answer (the
-//! call died in between, so HostFactory never learnt their id) are found by age and
-//! settled, so nothing the provider made for them leaks.
+//! Crash repair: requests whose call died before HostFactory read the answer (so it never
+//! learnt their id, and will never ask about them or return their machines) are found by
+//! age and settled, so nothing the provider made for them leaks. Such a request is either
+//! still `accepted` (the call died before or during the provider's work) or a provision
+//! request HostFactory never asked about (the call died after its final write, before
+//! printing the id): HostFactory polls every id it knows within seconds.
 
 use super::lifecycle;
 use super::model::*;
@@ -9,9 +12,9 @@ use crate::service::lifecycle::RequestStatus;
 use crate::store::{Phase, RequestKind};
 
 impl Service<'_> {
-    /// Repairs what crashed processes left behind: a provision request recorded but never
-    /// answered (HostFactory never learnt its id) is abandoned and everything the provider
-    /// made for it is released; a return recorded but never submitted is carried out.
+    /// Repairs what crashed processes left behind: a provision request HostFactory never
+    /// learnt is abandoned and everything the provider made for it is released; a return
+    /// recorded but never submitted is carried out.
     /// Cheap when there is nothing to do (one indexed query). Returns how many it repaired.
     pub fn sweep(&mut self) -> Result<usize, ServiceError> {
         let before = self.ctx.now.saturating_sub(self.policy.abandon_after_secs);
@@ -38,10 +41,11 @@ impl Service<'_> {
                     tracing::warn!(request_id = %rec.id, machines = live.len(), "abandoned request: its process died before answering HostFactory; released what it had made");
                     let machines = merge_by_machine_id(&found.machines, released);
                     rec.phase = Phase::Submitted;
+                    rec.claimed = true;
                     rec.status = RequestStatus::CompleteWithError;
                     rec.outstanding = 0;
                     rec.message = Some(format!(
-                        "abandoned: the call that accepted it died before answering HostFactory; {} machine(s) released",
+                        "abandoned: the call that made it died before HostFactory learnt its id; {} machine(s) released",
                         live.len()
                     ));
                     rec.updated_at = ctx.now;

@@ -106,6 +106,7 @@ fn machine(id: &str, state: MachineState, launch: u64) -> Machine {
 /// What a crash between the write-ahead record and the provider's answer leaves behind.
 fn accepted_record(id: &str) -> RequestRecord {
     RequestRecord {
+        claimed: false,
         id: id.into(),
         kind: RequestKind::Provision,
         template_id: Some("t".into()),

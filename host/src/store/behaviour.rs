@@ -25,6 +25,7 @@ pub fn record(id: &str, kind: RequestKind, created_at: u64) -> RequestRecord {
         message: None,
         created_at,
         updated_at: created_at,
+        claimed: false,
     }
 }
 
@@ -127,8 +128,9 @@ pub fn unchanged_state_is_not_rewritten(o: &Opener) {
     assert_eq!(s.request("req-1").expect("read").map(|r| r.updated_at), Some(99));
 }
 
-/// `stale_requests` finds old `accepted` records oldest first; `provision_holders` finds
-/// provision requests holding a host, newest first.
+/// `stale_requests` finds old `accepted` records and old provision requests HostFactory
+/// never claimed, oldest first; `provision_holders` finds provision requests holding a
+/// host, newest first.
 pub fn stale_and_holders(o: &Opener) {
     let s = open(o);
     s.insert_request(
@@ -148,9 +150,20 @@ pub fn stale_and_holders(o: &Opener) {
     .expect("insert");
     let mut done = record("req-done", RequestKind::Provision, 1);
     done.phase = Phase::Submitted;
+    done.claimed = true;
     s.insert_request(&done, &[]).expect("insert");
+    let mut unclaimed = record("req-unclaimed", RequestKind::Provision, 2);
+    unclaimed.phase = Phase::Submitted;
+    s.insert_request(&unclaimed, &[]).expect("insert");
+    let mut ret_done = record("ret-done", RequestKind::Return, 3);
+    ret_done.phase = Phase::Submitted;
+    s.insert_request(&ret_done, &[]).expect("insert");
     let stale: Vec<String> = s.stale_requests(40).expect("stale").into_iter().map(|r| r.id).collect();
-    assert_eq!(stale, ["req-old", "ret-1"]);
+    assert_eq!(stale, ["req-unclaimed", "req-old", "ret-1"]);
+    unclaimed.claimed = true;
+    s.update_request(&unclaimed, &[]).expect("claim");
+    let stale: Vec<String> = s.stale_requests(40).expect("stale").into_iter().map(|r| r.id).collect();
+    assert_eq!(stale, ["req-old", "ret-1"], "claimed requests are HostFactory's");
     let holders: Vec<String> = s.provision_holders("h1").expect("holders").into_iter().map(|(id, _)| id).collect();
     assert_eq!(holders, ["req-new", "req-old"]);
 }

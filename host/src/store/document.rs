@@ -54,6 +54,9 @@ pub struct StoredRequest {
     pub created_at: u64,
     /// Last change, epoch seconds.
     pub updated_at: u64,
+    /// HostFactory asked about it (documents older than schema 3 lack it: claimed).
+    #[serde(default = "claimed_by_default")]
+    pub claimed: bool,
     /// Its machines, in the order first recorded.
     #[serde(default)]
     pub machines: Vec<StoredMachine>,
@@ -79,6 +82,10 @@ pub struct StoredMachine {
     /// Failure reason or detail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+fn claimed_by_default() -> bool {
+    true
 }
 
 impl StoredMachine {
@@ -128,6 +135,7 @@ impl StoredRequest {
             message: rec.message.clone(),
             created_at: rec.created_at,
             updated_at: rec.updated_at,
+            claimed: rec.claimed,
             machines: machines.iter().map(StoredMachine::from_machine).collect(),
         }
     }
@@ -161,12 +169,18 @@ impl StoredRequest {
             message: self.message.clone(),
             created_at: self.created_at,
             updated_at: self.updated_at,
+            claimed: self.claimed,
         })
     }
 
     /// The machines as domain values.
     pub fn to_machines(&self, location: &str) -> Result<Vec<Machine>, StoreError> {
         self.machines.iter().map(|m| m.to_machine(location)).collect()
+    }
+
+    /// True when the sweep must settle it: its call died before HostFactory learnt its id.
+    pub fn is_orphaned(&self, before: u64) -> bool {
+        self.created_at < before && (self.phase == "accepted" || (self.kind == "provision" && !self.claimed))
     }
 
     /// True for a request HostFactory will not ask about again (final status).

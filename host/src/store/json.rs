@@ -327,7 +327,10 @@ impl StateStore for JsonStore {
                 return Ok(());
             };
             let new = StoredRequest::from_record(rec, &[]);
-            if (&r.phase, &r.status, r.outstanding, &r.message) != (&new.phase, &new.status, new.outstanding, &new.message) {
+            if (&r.phase, &r.status, r.outstanding, &r.message, r.claimed)
+                != (&new.phase, &new.status, new.outstanding, &new.message, new.claimed)
+            {
+                r.claimed = new.claimed;
                 r.phase = new.phase;
                 r.status = new.status;
                 r.outstanding = new.outstanding;
@@ -342,11 +345,7 @@ impl StateStore for JsonStore {
     fn stale_requests(&self, before: u64) -> Result<Vec<RequestRecord>, StoreError> {
         let location = self.location();
         self.read(|doc| {
-            let mut stale: Vec<&StoredRequest> = doc
-                .requests
-                .iter()
-                .filter(|r| r.phase == "accepted" && r.created_at < before)
-                .collect();
+            let mut stale: Vec<&StoredRequest> = doc.requests.iter().filter(|r| r.is_orphaned(before)).collect();
             stale.sort_by_key(|r| r.created_at);
             stale.into_iter().map(|r| r.to_record(&location)).collect()
         })?

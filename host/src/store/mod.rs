@@ -20,7 +20,7 @@ pub use postgres::{PgSettings, PgStore};
 pub use sqlite::{SqliteStore, Synchronous};
 
 /// Newest schema this binary knows (every backend, and the export format).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Which backend holds the state and where: built from config, opened by [`open`].
 #[derive(Debug, Clone)]
@@ -143,6 +143,10 @@ pub struct RequestRecord {
     pub created_at: u64,
     /// Last change, epoch seconds.
     pub updated_at: u64,
+    /// HostFactory asked about this id (or the sweep settled it). A provision request never
+    /// claimed after `abandon_after_secs` belongs to a call that died before HostFactory
+    /// read its answer: nobody will ever return its machines, so the sweep does.
+    pub claimed: bool,
 }
 
 /// Why a store operation failed.
@@ -211,8 +215,9 @@ pub trait StateStore: Send + Sync {
     fn machines(&self, request_id: &str) -> Result<Vec<Machine>, StoreError>;
     /// Stores a request's new state and machines; rows that did not change are not rewritten.
     fn update_request(&self, rec: &RequestRecord, machines: &[Machine]) -> Result<(), StoreError>;
-    /// Requests still `Accepted` (recorded, never answered) created before `before`: their
-    /// process died between the write-ahead record and its answer.
+    /// Requests created before `before` whose call died before HostFactory learnt their id:
+    /// still `Accepted` (recorded, never answered), or provision requests never claimed.
+    /// Oldest first.
     fn stale_requests(&self, before: u64) -> Result<Vec<RequestRecord>, StoreError>;
     /// Provision requests holding machines named `name` (newest first).
     fn provision_holders(&self, name: &str) -> Result<Vec<(String, Machine)>, StoreError>;

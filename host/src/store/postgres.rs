@@ -79,8 +79,8 @@ impl PgSettings {
     }
 }
 
-/// Newest schema: v1 tables, v2 the pruning index. Each step runs once, in order.
-const MIGRATIONS: [&str; 2] = [
+/// Newest schema: v1 tables, v2 the pruning index, v3 `claimed`. Each step runs once, in order.
+const MIGRATIONS: [&str; 3] = [
     r#"
 CREATE TABLE requests (
     id TEXT COLLATE "C" PRIMARY KEY,
@@ -117,12 +117,16 @@ CREATE TABLE kv (
 );
 "#,
     "CREATE INDEX requests_by_status ON requests(status, updated_at);",
+    "ALTER TABLE requests ADD COLUMN claimed BOOLEAN NOT NULL DEFAULT FALSE;
+     UPDATE requests SET claimed = TRUE WHERE phase <> 'accepted';
+     CREATE INDEX requests_unclaimed ON requests(created_at) WHERE NOT claimed;",
 ];
 
 /// Advisory lock key serialising migrations across hosts ("hfwasm" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6866_7761_736d;
 
-const REQUEST_COLUMNS: &str = "id, kind, template_id, count, rc_account, phase, status, outstanding, message, created_at, updated_at";
+const REQUEST_COLUMNS: &str =
+    "id, kind, template_id, count, rc_account, phase, status, outstanding, message, created_at, updated_at, claimed";
 const MACHINE_COLUMNS: &str = "machine_id, name, private_ip, public_ip, launch_time, state, message";
 
 /// PostgreSQL-backed [`StateStore`].
@@ -184,6 +188,7 @@ fn read_request(r: &Row) -> Result<StoredRequest, postgres::Error> {
         message: r.try_get(8)?,
         created_at: to_u64(r.try_get(9)?),
         updated_at: to_u64(r.try_get(10)?),
+        claimed: r.try_get(11)?,
         machines: Vec::new(),
     })
 }
@@ -202,7 +207,7 @@ fn read_machine(r: &Row, first: usize) -> Result<StoredMachine, postgres::Error>
 
 fn insert_request_row(tx: &mut postgres::Transaction<'_>, r: &StoredRequest) -> Result<u64, postgres::Error> {
     tx.execute(
-        &format!("INSERT INTO requests ({REQUEST_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"),
+        &format!("INSERT INTO requests ({REQUEST_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"),
         &[
             &r.id,
             &r.kind,
@@ -215,6 +220,7 @@ fn insert_request_row(tx: &mut postgres::Transaction<'_>, r: &StoredRequest) -> 
             &r.message,
             &to_i64(r.created_at),
             &to_i64(r.updated_at),
+            &r.claimed,
         ],
     )
 }
@@ -478,8 +484,8 @@ impl StateStore for PgStore {
                 return Ok(());
             }
             tx.execute(
-                "UPDATE requests SET phase = $2, status = $3, outstanding = $4, message = $5, updated_at = $6
-                 WHERE id = $1 AND (phase, status, outstanding, message) IS DISTINCT FROM ($2, $3, $4, $5)",
+                "UPDATE requests SET phase = $2, status = $3, outstanding = $4, message = $5, updated_at = $6, claimed = $7
+                 WHERE id = $1 AND (phase, status, outstanding, message, claimed) IS DISTINCT FROM ($2, $3, $4, $5, $7)",
                 &[
                     &stored.id,
                     &stored.phase,
@@ -487,6 +493,7 @@ impl StateStore for PgStore {
                     &i64::from(stored.outstanding),
                     &stored.message,
                     &to_i64(stored.updated_at),
+                    &stored.claimed,
                 ],
             )
             .map_err(|e| self.backend(e))?;
@@ -498,7 +505,10 @@ impl StateStore for PgStore {
     fn stale_requests(&self, before: u64) -> Result<Vec<RequestRecord>, StoreError> {
         let rows = self.with(|c| {
             c.query(
-                &format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE phase = 'accepted' AND created_at < $1 ORDER BY created_at"),
+                &format!(
+                    "SELECT {REQUEST_COLUMNS} FROM requests
+                     WHERE created_at < $1 AND (phase = 'accepted' OR (NOT claimed AND kind = 'provision')) ORDER BY created_at"
+                ),
                 &[&to_i64(before)],
             )
             .and_then(|rows| rows.iter().map(read_request).collect::<Result<Vec<_>, _>>())

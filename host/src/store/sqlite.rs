@@ -54,6 +54,14 @@ CREATE TABLE kv (
 /// v2: pruning finds finished requests by status and age.
 const SCHEMA_V2: &str = "CREATE INDEX requests_by_status ON requests(status, updated_at);";
 
+/// v3: whether HostFactory ever asked about a request (requests it never learnt are swept).
+/// Rows written before v3 were answered normally unless still `accepted`.
+const SCHEMA_V3: &str = "
+ALTER TABLE requests ADD COLUMN claimed INTEGER NOT NULL DEFAULT 0;
+UPDATE requests SET claimed = 1 WHERE phase <> 'accepted';
+CREATE INDEX requests_unclaimed ON requests(created_at) WHERE claimed = 0;
+";
+
 /// How hard SQLite works to keep the newest commits across a power loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Synchronous {
@@ -174,6 +182,9 @@ impl SqliteStore {
         if version < 2 {
             tx.execute_batch(SCHEMA_V2).map_err(|e| self.backend(e))?;
         }
+        if version < 3 {
+            tx.execute_batch(SCHEMA_V3).map_err(|e| self.backend(e))?;
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(|e| self.backend(e))?;
         tx.commit().map_err(|e| self.backend(e))
@@ -192,6 +203,7 @@ impl SqliteStore {
             message: row.get(8)?,
             created_at: row.get(9)?,
             updated_at: row.get(10)?,
+            claimed: row.get(11)?,
             machines: Vec::new(),
         })
     }
@@ -279,12 +291,13 @@ fn retry_busy_store<T>(mut f: impl FnMut() -> Result<T, StoreError>) -> Result<T
     }
 }
 
-const REQUEST_COLUMNS: &str = "id, kind, template_id, count, rc_account, phase, status, outstanding, message, created_at, updated_at";
+const REQUEST_COLUMNS: &str =
+    "id, kind, template_id, count, rc_account, phase, status, outstanding, message, created_at, updated_at, claimed";
 const MACHINE_COLUMNS: &str = "machine_id, name, private_ip, public_ip, launch_time, state, message";
 
 fn insert_request_row(tx: &rusqlite::Transaction<'_>, rec: &RequestRecord) -> rusqlite::Result<usize> {
     tx.execute(
-        &format!("INSERT INTO requests ({REQUEST_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+        &format!("INSERT INTO requests ({REQUEST_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
         params![
             rec.id,
             rec.kind.as_str(),
@@ -296,7 +309,8 @@ fn insert_request_row(tx: &rusqlite::Transaction<'_>, rec: &RequestRecord) -> ru
             rec.outstanding,
             rec.message,
             to_i64(rec.created_at),
-            to_i64(rec.updated_at)
+            to_i64(rec.updated_at),
+            rec.claimed
         ],
     )
 }
@@ -349,15 +363,16 @@ impl StateStore for SqliteStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.backend(e))?;
         tx.execute(
-            "UPDATE requests SET phase = ?2, status = ?3, outstanding = ?4, message = ?5, updated_at = ?6
-             WHERE id = ?1 AND (phase, status, outstanding, message) IS NOT (?2, ?3, ?4, ?5)",
+            "UPDATE requests SET phase = ?2, status = ?3, outstanding = ?4, message = ?5, updated_at = ?6, claimed = ?7
+             WHERE id = ?1 AND (phase, status, outstanding, message, claimed) IS NOT (?2, ?3, ?4, ?5, ?7)",
             params![
                 rec.id,
                 rec.phase.as_str(),
                 rec.status.as_str(),
                 rec.outstanding,
                 rec.message,
-                to_i64(rec.updated_at)
+                to_i64(rec.updated_at),
+                rec.claimed
             ],
         )
         .map_err(|e| self.backend(e))?;
@@ -369,7 +384,8 @@ impl StateStore for SqliteStore {
         let conn = self.lock()?;
         let mut stmt = conn
             .prepare_cached(&format!(
-                "SELECT {REQUEST_COLUMNS} FROM requests WHERE phase = 'accepted' AND created_at < ?1 ORDER BY created_at"
+                "SELECT {REQUEST_COLUMNS} FROM requests
+                 WHERE created_at < ?1 AND (phase = 'accepted' OR (claimed = 0 AND kind = 'provision')) ORDER BY created_at"
             ))
             .map_err(|e| self.backend(e))?;
         let raws = stmt

@@ -1,0 +1,87 @@
+//! Two hfwasm installations (separate conf and work dirs, as on two Symphony master
+//! candidates) sharing one PostgreSQL database and one EC2 account (moto): a request made
+//! through one is answered and returned through the other; when one dies mid-request, the
+//! other settles what it left behind.
+
+mod common;
+
+use common::moto::{Moto, aws_tree, templates};
+use common::pg::Postgres;
+use common::*;
+use serde_json::{Value, json};
+
+const TEMPLATE: &str = "OnDemand-Template-VM";
+
+fn host(moto: &Moto, pg: &Postgres, network: &(String, String, String)) -> HfTree {
+    let tree = aws_tree(moto, templates(&network.0, &network.1, &network.2));
+    tree.config(&json!({
+        "aws": {"config_file": "poolprov_config.json", "templates_file": "poolprov_templates.json"},
+        "storage": pg.storage_config("shared"),
+    }));
+    tree
+}
+
+#[test]
+fn two_installations_share_one_postgres() {
+    let pg = Postgres::start();
+    pg.create_database("shared");
+    let moto = Moto::start();
+    let network = moto.network();
+    let a = host(&moto, &pg, &network);
+    let b = host(&moto, &pg, &network);
+    assert_ne!(a.work, b.work);
+
+    // Requested through A, followed and finished through B.
+    let id = a.request(TEMPLATE, 2);
+    let req = b.until_final(&id);
+    assert_eq!(req["status"], "complete", "{req}");
+    let names = machine_names(&req, "succeed");
+    assert_eq!(names.len(), 2);
+    let dns: Vec<String> = moto.instances_of(&id).into_iter().map(|x| x.2).collect();
+    for n in &names {
+        assert!(dns.contains(n), "{n} is a PrivateDnsName of the request's instances {dns:?}");
+    }
+    // Both answer the same.
+    assert_eq!(a.until_final(&id), req);
+
+    // Both poll at once, many times: the shared rows stay single.
+    std::thread::scope(|s| {
+        for t in [&a, &b, &a, &b] {
+            let id = &id;
+            s.spawn(move || {
+                for _ in 0..5 {
+                    t.ok("getRequestStatus", &json!({"requests": [{"requestId": id}]}));
+                }
+            });
+        }
+    });
+    let report = store_check(&b);
+    assert_eq!(report["machines"], 2, "{report:#}");
+
+    // Returned through B, the return followed through A.
+    let machines: Vec<Value> = names.iter().map(|n| json!({"name": n})).collect();
+    let ret = b.ok("requestReturnMachines", &json!({"machines": machines}));
+    let ret_id = ret["requestId"].as_str().expect("return id").to_string();
+    let done = a.until_final(&ret_id);
+    assert_eq!(done["status"], "complete", "{done}");
+    assert!(moto.live().is_empty(), "returned instances are terminated in the emulator");
+
+    // A dies right after launching: HostFactory never got the id. B's next cycles, past
+    // the creation timeout, terminate what A launched; a retry through B works.
+    a.set_env("HFWASM_FAULT", "request-machines:after-provider");
+    let o = a.run("requestMachines", &json!({"template": {"templateId": TEMPLATE, "machineCount": 2}}));
+    a.unset_env("HFWASM_FAULT");
+    assert_eq!(o.json, Value::Null);
+    assert_eq!(moto.live().len(), 2, "A launched before it died");
+    b.ok("getReturnRequests", &json!({"machines": []}));
+    assert_eq!(moto.live().len(), 2, "within the creation timeout the call might still be running");
+    b.set_env("HFWASM_NOW_OFFSET_SECS", "3600");
+    b.ok("getReturnRequests", &json!({"machines": []}));
+    b.unset_env("HFWASM_NOW_OFFSET_SECS");
+    assert!(moto.live().is_empty(), "B settled what A left behind");
+    let retry = b.request(TEMPLATE, 1);
+    assert_eq!(a.until_final(&retry)["status"], "complete");
+    assert_eq!(moto.live().len(), 1);
+    let report = store_check(&a);
+    assert_eq!(report["accepted"], 0, "{report:#}");
+}
