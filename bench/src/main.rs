@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod aws;
+mod stores;
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
@@ -135,6 +136,9 @@ fn main() -> Result<()> {
         .context("iterations")?
         .unwrap_or(30);
     let bin = binary();
+    if std::env::args().nth(2).as_deref() == Some("stores") {
+        return stores::run(&bin, iterations);
+    }
     if !bin.is_file() {
         bail!("{} not found: build it first with `cargo build --release -p hfwasm`", bin.display());
     }
@@ -281,5 +285,6 @@ fn main() -> Result<()> {
     }
     row("cold: first call after the guest changed", &figures(&s), base.median);
     println!("\ntargets (issue #3): each warm call <= 10 ms median and <= 15 MiB peak RSS");
-    aws::run(Path::new(REPO), &t.bin, iterations)
+    aws::run(Path::new(REPO), &t.bin, iterations)?;
+    stores::run(&t.bin, iterations)
 }

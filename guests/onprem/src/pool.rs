@@ -19,6 +19,14 @@ pub fn release_marker(return_id: &str) -> String {
 /// All inventory hosts, as the host parsed them.
 pub struct Pool {
     hosts: Vec<inventory::InventoryHost>,
+    /// Host name → position in `hosts`.
+    by_name: std::collections::HashMap<String, usize>,
+}
+
+thread_local! {
+    /// The inventory does not change within one HostFactory call (the host reads it once per
+    /// process), and one call may ask about a thousand requests: read it once per instance.
+    static POOL: std::cell::RefCell<Option<std::rc::Rc<Pool>>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Hosts of one template, in inventory order, and the template's attributes.
@@ -71,16 +79,21 @@ fn describe(attrs: &[Attribute]) -> String {
 }
 
 impl Pool {
-    /// Reads the inventory through the host.
-    pub fn load() -> Result<Self, ProviderError> {
-        Ok(Self {
-            hosts: inventory::hosts()?,
-        })
+    /// The inventory, read through the host on first use in this instance.
+    pub fn load() -> Result<std::rc::Rc<Self>, ProviderError> {
+        if let Some(p) = POOL.with(|c| c.borrow().clone()) {
+            return Ok(p);
+        }
+        let hosts = inventory::hosts()?;
+        let by_name = hosts.iter().enumerate().map(|(i, h)| (h.name.clone(), i)).collect();
+        let pool = std::rc::Rc::new(Self { hosts, by_name });
+        POOL.with(|c| *c.borrow_mut() = Some(pool.clone()));
+        Ok(pool)
     }
 
     /// The inventory entry for `name`.
     pub fn host(&self, name: &str) -> Option<&inventory::InventoryHost> {
-        self.hosts.iter().find(|h| h.name == name)
+        self.by_name.get(name).and_then(|&i| self.hosts.get(i))
     }
 
     /// Groups hosts into templates: by assigned `template`, else by identical shape
@@ -242,10 +255,10 @@ pub fn advance_pending(pool: &Pool, m: Machine, request_id: &str) -> Machine {
         s => s,
     };
     let m = power_on_outcome(m, state);
-    if m.state == MachineState::Failed {
-        if let Err(e) = kv::delete_if_equals(&lease_key(&m.name), request_id) {
-            warn(&format!("could not release lease of failed host '{}': {e:?}", m.name));
-        }
+    if m.state == MachineState::Failed
+        && let Err(e) = kv::delete_if_equals(&lease_key(&m.name), request_id)
+    {
+        warn(&format!("could not release lease of failed host '{}': {e:?}", m.name));
     }
     m
 }
