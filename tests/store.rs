@@ -12,21 +12,8 @@ use std::time::Instant;
 use common::pg::Postgres;
 use common::*;
 use hfwasm::store::behaviour::{self, Opener};
-use hfwasm::store::{PgSettings, PgStore, StateStore, StoreError};
+use hfwasm::store::{PgStore, StateStore, StoreError};
 use serde_json::{Value, json};
-
-fn pg_settings(pg: &Postgres, db: &str) -> PgSettings {
-    PgSettings {
-        host: "127.0.0.1".into(),
-        port: pg.port,
-        user: pg::USER.into(),
-        password: Some(pg::PASSWORD.into()),
-        dbname: db.into(),
-        pool_size: 2,
-        connect_timeout: std::time::Duration::from_secs(5),
-        sources: Default::default(),
-    }
-}
 
 #[test]
 fn postgres_passes_the_behaviour_suite() {
@@ -36,7 +23,7 @@ fn postgres_passes_the_behaviour_suite() {
         n += 1;
         let db = format!("suite{n}");
         pg.create_database(&db);
-        let settings = pg_settings(&pg, &db);
+        let settings = pg.settings(&db);
         Arc::new(move || Ok(Box::new(PgStore::open(&settings)?) as Box<dyn StateStore>)) as Opener
     });
 }
@@ -45,7 +32,7 @@ fn postgres_passes_the_behaviour_suite() {
 fn postgres_first_use_races_safely_and_a_newer_schema_is_refused() {
     let pg = Postgres::start();
     pg.create_database("race");
-    let settings = pg_settings(&pg, "race");
+    let settings = pg.settings("race");
     // Sixteen processes' worth of first calls on an empty database: one migrates, all work.
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..16)

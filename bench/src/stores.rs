@@ -57,16 +57,7 @@ fn spec(t: &Tree, storage: &Value, pg: Option<&pg::Postgres>, db: &str) -> Store
             },
         },
         _ => match pg.filter(|_| storage["sql_strategy"]["type"] == "postgresql") {
-            Some(pg) => StoreSpec::Postgres(hfwasm::store::PgSettings {
-                host: "127.0.0.1".into(),
-                port: pg.port,
-                user: pg::USER.into(),
-                password: Some(pg::PASSWORD.into()),
-                dbname: db.into(),
-                pool_size: 2,
-                connect_timeout: std::time::Duration::from_secs(5),
-                sources: Default::default(),
-            }),
+            Some(pg) => StoreSpec::Postgres(pg.settings(db)),
             None => StoreSpec::Sqlite {
                 path: t.work.join("hfwasm.sqlite"),
                 synchronous: Synchronous::Normal,

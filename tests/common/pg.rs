@@ -164,6 +164,20 @@ impl Postgres {
         })
     }
 
+    /// Library-level settings for database `db` on this server.
+    pub fn settings(&self, db: &str) -> hfwasm::store::PgSettings {
+        hfwasm::store::PgSettings {
+            host: "127.0.0.1".into(),
+            port: self.port,
+            user: USER.into(),
+            password: Some(PASSWORD.into()),
+            dbname: db.into(),
+            pool_size: 2,
+            connect_timeout: Duration::from_secs(5),
+            sources: Default::default(),
+        }
+    }
+
     /// Where the server's own files are.
     pub fn dir(&self) -> &Path {
         self.dir.path()
