@@ -438,3 +438,55 @@ fn a_provider_failing_after_making_machines_leaks_nothing() {
     assert_eq!(f.service(700).sweep().expect("sweep"), 1);
     assert_eq!(f.script.borrow().calls.iter().filter(|c| *c == "release-machines").count(), 1);
 }
+
+#[test]
+fn finished_requests_are_pruned_after_the_retention_and_unclaimed_ones_swept() {
+    let f = Fixture::new();
+    let mut done = accepted_record("req-done");
+    done.phase = Phase::Submitted;
+    done.status = RequestStatus::Complete;
+    done.claimed = true;
+    f.store.insert_request(&done, &[]).expect("insert");
+    // HostFactory asked about it: claimed, final, and inside the retention: kept.
+    f.service(7 * 86400 - 1).sweep().expect("sweep");
+    assert!(f.store.request("req-done").expect("read").is_some());
+    // Past the retention (7 days in the fixture): gone, and nothing asked the provider.
+    f.service(7 * 86400 + 1).sweep().expect("sweep");
+    assert_eq!(f.store.request("req-done").expect("read"), None);
+    assert!(f.script.borrow().calls.is_empty(), "{:?}", f.script.borrow().calls);
+
+    // A submitted request HostFactory never asked about (its call died before printing
+    // the id) is settled by the sweep; one it asked about is left alone.
+    let mut unclaimed = accepted_record("req-unclaimed");
+    unclaimed.phase = Phase::Submitted;
+    let mut asked = accepted_record("req-asked");
+    asked.phase = Phase::Submitted;
+    f.store
+        .insert_request(&unclaimed, &[machine("u", MachineState::Running, 0)])
+        .expect("insert");
+    f.store
+        .insert_request(&asked, &[machine("k", MachineState::Running, 0)])
+        .expect("insert");
+    f.script.borrow_mut().progress.push(Ok(ProvisionProgress {
+        machines: vec![machine("k", MachineState::Running, 0)],
+        outstanding: 0,
+        message: None,
+        units: None,
+    }));
+    f.service(10).get_request_status(&["req-asked".to_string()]).expect("status");
+    f.script.borrow_mut().progress.push(Ok(ProvisionProgress {
+        machines: vec![machine("u", MachineState::Running, 0)],
+        outstanding: 0,
+        message: None,
+        units: None,
+    }));
+    f.script
+        .borrow_mut()
+        .release
+        .push(Ok(vec![machine("u", MachineState::Stopping, 0)]));
+    assert_eq!(f.service(700).sweep().expect("sweep"), 1, "only the unclaimed one");
+    let r = f.store.request("req-unclaimed").expect("read").expect("kept");
+    assert_eq!(r.status, RequestStatus::CompleteWithError);
+    assert!(r.claimed, "settled once");
+    assert_eq!(f.service(800).sweep().expect("sweep"), 0);
+}
