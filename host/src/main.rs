@@ -24,6 +24,7 @@ otherwise the built-in on-prem pool guest serves the hosts in <confdir>/inventor
 Examples:
   hfwasm demo                                   full HostFactory cycle in a temp tree
   hfwasm config check --confdir conf --workdir work
+  hfwasm store check                            what the state store holds; integrity
   hfwasm requestMachines -f /tmp/hf_in_abc      what requestMachines.sh runs";
 
 /// IBM Spectrum Symphony HostFactory / LSF resource connector provider plugin whose
