@@ -218,9 +218,10 @@ fn bad_storage_settings_give_one_json_error_naming_the_setting() {
     unreachable["sql_strategy"]["port"] = json!(closed);
     tree.config(&json!({"storage": unreachable}));
     let e = expect_error("getAvailableTemplates", &templates(&tree), "STORE_ERROR");
-    let setting = e["error"]["details"]["setting"].as_str().unwrap_or_default().to_string();
+    assert_eq!(e["error"]["details"]["setting"], "storage.sql_strategy.host", "{e}");
+    let message = e["error"]["message"].as_str().unwrap_or_default();
     assert!(
-        setting.contains("storage.sql_strategy.host") && setting.contains("storage.sql_strategy.port"),
+        message.contains(&format!("127.0.0.1:{closed}")) && message.contains("storage.sql_strategy.port"),
         "{e}"
     );
     assert!(!e.to_string().contains(pg::PASSWORD), "the password never shows: {e}");

@@ -138,6 +138,21 @@ impl Fixture {
         Self { _dir: dir, store, script }
     }
 
+    /// The provider's next provision answer: `machines`, nothing outstanding.
+    fn will_report(&self, machines: Vec<Machine>) {
+        self.script.borrow_mut().progress.push(Ok(ProvisionProgress {
+            machines,
+            outstanding: 0,
+            message: None,
+            units: None,
+        }));
+    }
+
+    /// The provider's next release answer.
+    fn will_release(&self, machines: Vec<Machine>) {
+        self.script.borrow_mut().release.push(Ok(machines));
+    }
+
     fn service(&self, now: u64) -> Service<'_> {
         let (script, store) = (self.script.clone(), self.store.clone());
         let loader: ProviderLoader<'_> = Box::new(move || Ok(Box::new(Double { script, store }) as Box<dyn Provider>));
@@ -302,12 +317,7 @@ fn a_crash_between_record_and_provider_answer_is_resumed() {
     // What a crash leaves: an accepted record and no machines.
     let rec = accepted_record("req-crashed");
     f.store.insert_request(&rec, &[]).expect("insert");
-    f.script.borrow_mut().progress.push(Ok(ProvisionProgress {
-        machines: vec![machine("a", MachineState::Running, 0)],
-        outstanding: 0,
-        message: None,
-        units: None,
-    }));
+    f.will_report(vec![machine("a", MachineState::Running, 0)]);
     let r = f.service(1).get_request_status(&["req-crashed".into()]).expect("status");
     assert_eq!(r[0].status, RequestStatus::Complete);
     assert_eq!(f.script.borrow().calls, ["request-machines"], "resumed through request-machines");
@@ -388,16 +398,8 @@ fn abandoned_requests_are_released_by_the_sweep() {
     f.store.insert_request(&rec, &[]).expect("insert");
     // Too young: left alone (its call may still be running).
     assert_eq!(f.service(100).sweep().expect("sweep"), 0);
-    f.script.borrow_mut().progress.push(Ok(ProvisionProgress {
-        machines: vec![machine("a", MachineState::Running, 0)],
-        outstanding: 0,
-        message: None,
-        units: None,
-    }));
-    f.script
-        .borrow_mut()
-        .release
-        .push(Ok(vec![machine("a", MachineState::Stopping, 0)]));
+    f.will_report(vec![machine("a", MachineState::Running, 0)]);
+    f.will_release(vec![machine("a", MachineState::Stopping, 0)]);
     assert_eq!(f.service(700).sweep().expect("sweep"), 1);
     assert!(f.script.borrow().calls.contains(&"release-machines".to_string()));
     let r = f.store.request("req-orphan").expect("read").expect("kept");
@@ -425,16 +427,8 @@ fn a_provider_failing_after_making_machines_leaks_nothing() {
     let r = f.service(1).get_request_status(&ids).expect("status");
     assert_eq!(r[0].status, RequestStatus::CompleteWithError);
     // ...and the sweep still releases what the provider had made for it.
-    f.script.borrow_mut().progress.push(Ok(ProvisionProgress {
-        machines: vec![machine("x", MachineState::Running, 0)],
-        outstanding: 0,
-        message: None,
-        units: None,
-    }));
-    f.script
-        .borrow_mut()
-        .release
-        .push(Ok(vec![machine("x", MachineState::Stopping, 0)]));
+    f.will_report(vec![machine("x", MachineState::Running, 0)]);
+    f.will_release(vec![machine("x", MachineState::Stopping, 0)]);
     assert_eq!(f.service(700).sweep().expect("sweep"), 1);
     assert_eq!(f.script.borrow().calls.iter().filter(|c| *c == "release-machines").count(), 1);
 }
@@ -467,23 +461,10 @@ fn finished_requests_are_pruned_after_the_retention_and_unclaimed_ones_swept() {
     f.store
         .insert_request(&asked, &[machine("k", MachineState::Running, 0)])
         .expect("insert");
-    f.script.borrow_mut().progress.push(Ok(ProvisionProgress {
-        machines: vec![machine("k", MachineState::Running, 0)],
-        outstanding: 0,
-        message: None,
-        units: None,
-    }));
+    f.will_report(vec![machine("k", MachineState::Running, 0)]);
     f.service(10).get_request_status(&["req-asked".to_string()]).expect("status");
-    f.script.borrow_mut().progress.push(Ok(ProvisionProgress {
-        machines: vec![machine("u", MachineState::Running, 0)],
-        outstanding: 0,
-        message: None,
-        units: None,
-    }));
-    f.script
-        .borrow_mut()
-        .release
-        .push(Ok(vec![machine("u", MachineState::Stopping, 0)]));
+    f.will_report(vec![machine("u", MachineState::Running, 0)]);
+    f.will_release(vec![machine("u", MachineState::Stopping, 0)]);
     assert_eq!(f.service(700).sweep().expect("sweep"), 1, "only the unclaimed one");
     let r = f.store.request("req-unclaimed").expect("read").expect("kept");
     assert_eq!(r.status, RequestStatus::CompleteWithError);

@@ -302,9 +302,9 @@ impl PgStore {
         } else if e.as_db_error().is_none() && e.to_string().contains("password missing") {
             s.source("password")
         } else {
-            format!("{}` and `{}", s.source("host"), s.source("port"))
+            s.source("host")
         };
-        let message = match e.as_db_error() {
+        let mut message = match e.as_db_error() {
             Some(db) => db.message().to_string(),
             None => {
                 let mut m = e.to_string();
@@ -316,6 +316,15 @@ impl PgStore {
                 m
             }
         };
+        if e.as_db_error().is_none() {
+            // Nothing answered: the address is wrong or the server is down.
+            message.push_str(&format!(
+                " (no server answered at {}:{}; see also `{}`)",
+                s.host,
+                s.port,
+                s.source("port")
+            ));
+        }
         StoreError::Connect {
             location: self.location(),
             setting,
@@ -378,6 +387,11 @@ impl PgStore {
                 other => return other,
             }
         }
+    }
+
+    /// One statement on a pooled connection; the number of rows it touched.
+    fn execute(&self, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) -> Result<u64, StoreError> {
+        self.with(|c| c.execute(sql, params).map_err(|e| self.backend(e)))
     }
 
     fn migrate(&self) -> Result<(), StoreError> {
@@ -548,45 +562,33 @@ impl StateStore for PgStore {
     }
 
     fn kv_set(&self, namespace: &str, key: &str, value: &str) -> Result<(), StoreError> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO kv AS k (namespace, key, value) VALUES ($1, $2, $3)
-                 ON CONFLICT (namespace, key) DO UPDATE SET value = EXCLUDED.value WHERE k.value IS DISTINCT FROM EXCLUDED.value",
-                &[&namespace, &key, &value],
-            )
-            .map(|_| ())
-            .map_err(|e| self.backend(e))
-        })
+        self.execute(
+            "INSERT INTO kv AS k (namespace, key, value) VALUES ($1, $2, $3)
+             ON CONFLICT (namespace, key) DO UPDATE SET value = EXCLUDED.value WHERE k.value IS DISTINCT FROM EXCLUDED.value",
+            &[&namespace, &key, &value],
+        )
+        .map(|_| ())
     }
 
     fn kv_insert_if_absent(&self, namespace: &str, key: &str, value: &str) -> Result<bool, StoreError> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO kv (namespace, key, value) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                &[&namespace, &key, &value],
-            )
-            .map(|n| n == 1)
-            .map_err(|e| self.backend(e))
-        })
+        self.execute(
+            "INSERT INTO kv (namespace, key, value) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            &[&namespace, &key, &value],
+        )
+        .map(|n| n == 1)
     }
 
     fn kv_delete_if_equals(&self, namespace: &str, key: &str, expected: &str) -> Result<bool, StoreError> {
-        self.with(|c| {
-            c.execute(
-                "DELETE FROM kv WHERE namespace = $1 AND key = $2 AND value = $3",
-                &[&namespace, &key, &expected],
-            )
-            .map(|n| n == 1)
-            .map_err(|e| self.backend(e))
-        })
+        self.execute(
+            "DELETE FROM kv WHERE namespace = $1 AND key = $2 AND value = $3",
+            &[&namespace, &key, &expected],
+        )
+        .map(|n| n == 1)
     }
 
     fn kv_delete(&self, namespace: &str, key: &str) -> Result<(), StoreError> {
-        self.with(|c| {
-            c.execute("DELETE FROM kv WHERE namespace = $1 AND key = $2", &[&namespace, &key])
-                .map(|_| ())
-                .map_err(|e| self.backend(e))
-        })
+        self.execute("DELETE FROM kv WHERE namespace = $1 AND key = $2", &[&namespace, &key])
+            .map(|_| ())
     }
 
     fn kv_scan(&self, namespace: &str, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
@@ -601,16 +603,13 @@ impl StateStore for PgStore {
     }
 
     fn prune_finished(&self, before: u64, limit: usize) -> Result<usize, StoreError> {
-        self.with(|c| {
-            c.execute(
-                "DELETE FROM requests WHERE id IN (
-                    SELECT id FROM requests WHERE status IN ('complete', 'complete_with_error') AND updated_at < $1
-                    ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
-                &[&to_i64(before), &i64::try_from(limit).unwrap_or(i64::MAX)],
-            )
-            .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
-            .map_err(|e| self.backend(e))
-        })
+        self.execute(
+            "DELETE FROM requests WHERE id IN (
+                SELECT id FROM requests WHERE status IN ('complete', 'complete_with_error') AND updated_at < $1
+                ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            &[&to_i64(before), &i64::try_from(limit).unwrap_or(i64::MAX)],
+        )
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     fn export(&self) -> Result<Document, StoreError> {
