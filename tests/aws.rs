@@ -143,6 +143,42 @@ fn ibm_files_drive_a_full_cycle_against_the_emulator() {
     assert_eq!(s["requests"][0]["status"], "complete_with_error");
 }
 
+/// DescribeInstances calls hfwasm logged (debug level) in `tree`'s log from byte `from` on.
+fn describes_since(tree: &HfTree, from: u64) -> usize {
+    let log = std::fs::read(tree.logs.join("hfwasm-pool.log")).unwrap_or_default();
+    let tail = String::from_utf8_lossy(&log[usize::try_from(from).unwrap_or(0).min(log.len())..]).to_string();
+    tail.lines()
+        .filter(|l| l.contains("cloud call") && l.contains("DescribeInstances"))
+        .count()
+}
+
+fn log_len(tree: &HfTree) -> u64 {
+    std::fs::metadata(tree.logs.join("hfwasm-pool.log")).map_or(0, |m| m.len())
+}
+
+#[test]
+fn one_status_call_over_many_requests_makes_one_describe() {
+    let moto = Moto::start();
+    let (subnet, sg, ami) = moto.network();
+    let tree = aws_tree(&moto, templates(&subnet, &sg, &ami));
+    tree.set_env("HFWASM_LOG", "info,hfwasm=debug");
+    let ids: Vec<String> = (0..4).map(|_| tree.request("OnDemand-Template-VM", 2)).collect();
+    let from = log_len(&tree);
+    let input = json!({"requests": ids.iter().map(|id| json!({"requestId": id})).collect::<Vec<_>>()});
+    let s = tree.ok("getRequestStatus", &input);
+    assert_eq!(describes_since(&tree, from), 1, "8 instances of 4 requests: one DescribeInstances");
+    for (i, id) in ids.iter().enumerate() {
+        let r = &s["requests"][i];
+        assert_eq!(r["requestId"], json!(id));
+        assert_eq!(r["status"], "complete", "{r}");
+        let mut got = names_and_ids(r);
+        got.sort();
+        let mut want: Vec<(String, String)> = moto.instances_of(id).into_iter().map(|(iid, _, dns, _)| (dns, iid)).collect();
+        want.sort();
+        assert_eq!(got, want, "each request reports exactly its own instances");
+    }
+}
+
 #[test]
 fn a_crash_after_the_cloud_call_leaks_nothing() {
     let moto = Moto::start();

@@ -49,8 +49,19 @@ fn overrides(t: &AwsTemplate, types: &[(String, u32)]) -> Vec<ec2::FleetOverride
     out
 }
 
-/// Launches `want` units for `req` and returns the instance ids and capacity errors.
-pub fn launch(t: &AwsTemplate, req: &ProvisionRequest, want: u32) -> Result<(Vec<String>, Vec<String>), ProviderError> {
+/// What one launch produced.
+#[derive(Default)]
+pub struct Launched {
+    /// Instances as RunInstances described them (no describe needed).
+    pub instances: Vec<ec2::Instance>,
+    /// Ids a fleet launched (to be described).
+    pub ids: Vec<String>,
+    /// Capacity errors for units that could not be had.
+    pub errors: Vec<String>,
+}
+
+/// Launches `want` units for `req`.
+pub fn launch(t: &AwsTemplate, req: &ProvisionRequest, want: u32) -> Result<Launched, ProviderError> {
     if t.single_type() {
         let run = ec2::RunRequest {
             request_id: req.request_id.clone(),
@@ -61,7 +72,10 @@ pub fn launch(t: &AwsTemplate, req: &ProvisionRequest, want: u32) -> Result<(Vec
             spot_max_price: (t.price_type == PriceType::Spot).then(|| t.max_spot_price.clone().unwrap_or_default()),
         };
         return match ec2::run_instances(&run) {
-            Ok(is) => Ok((is.into_iter().map(|i| i.instance_id).collect(), Vec::new())),
+            Ok(instances) => Ok(Launched {
+                instances,
+                ..Launched::default()
+            }),
             Err(e) => Err(ec2_err("RunInstances", e)),
         };
     }
@@ -69,22 +83,23 @@ pub fn launch(t: &AwsTemplate, req: &ProvisionRequest, want: u32) -> Result<(Vec
         PriceType::OnDemand => want,
         PriceType::Spot | PriceType::Heterogeneous => want * t.percent_on_demand / 100,
     };
-    let mut ids = Vec::new();
-    let mut errors = Vec::new();
+    let mut out = Launched::default();
     // Spot (and, without separate on-demand types, the on-demand share) in one fleet.
     let first_od = if t.vm_types_on_demand.is_empty() { on_demand } else { 0 };
     let first_total = if t.vm_types_on_demand.is_empty() { want } else { want - on_demand };
     if first_total > 0 {
         let r = fleet(t, req, &t.vm_types, first_total, first_od)?;
-        ids.extend(r.instance_ids);
-        errors.extend(r.errors.into_iter().map(|f| format!("{}: {}", f.code, f.message)));
+        out.ids.extend(r.instance_ids);
+        out.errors
+            .extend(r.errors.into_iter().map(|f| format!("{}: {}", f.code, f.message)));
     }
     if !t.vm_types_on_demand.is_empty() && on_demand > 0 {
         let r = fleet(t, req, &t.vm_types_on_demand, on_demand, on_demand)?;
-        ids.extend(r.instance_ids);
-        errors.extend(r.errors.into_iter().map(|f| format!("{}: {}", f.code, f.message)));
+        out.ids.extend(r.instance_ids);
+        out.errors
+            .extend(r.errors.into_iter().map(|f| format!("{}: {}", f.code, f.message)));
     }
-    Ok((ids, errors))
+    Ok(out)
 }
 
 pub fn fleet(

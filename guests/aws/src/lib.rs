@@ -158,12 +158,19 @@ fn describe(filter: InstanceFilter) -> Result<Vec<ec2::Instance>, ProviderError>
     ec2::describe_instances(&filter).map_err(|e| ec2_err("DescribeInstances", e))
 }
 
+/// The tag the host puts on every instance launched for a request (value: the request id).
+const TAG_REQUEST: &str = "hfwasm:request";
+
+/// The tag the host puts on every instance launched for a template (value: the template id).
+const TAG_TEMPLATE: &str = "hfwasm:template";
+
+/// Whether an instance still counts towards its request (not on its way out).
+fn is_live(i: &ec2::Instance) -> bool {
+    !matches!(i.state.as_str(), "terminated" | "shutting-down")
+}
+
 fn units(t: &AwsTemplate, instances: &[ec2::Instance]) -> u32 {
-    instances
-        .iter()
-        .filter(|i| !matches!(i.state.as_str(), "terminated" | "shutting-down"))
-        .map(|i| t.weight(&i.instance_type))
-        .sum()
+    instances.iter().filter(|i| is_live(i)).map(|i| t.weight(&i.instance_type)).sum()
 }
 
 /// Instance ids for HostFactory's machine references (by id, else by private DNS name).
@@ -218,7 +225,7 @@ impl Guest for Aws {
                 if t.max_number >= 0 {
                     let mine: Vec<ec2::Instance> = owned
                         .iter()
-                        .filter(|i| i.tags.iter().any(|tag| tag.key == "hfwasm:template" && tag.value == t.id))
+                        .filter(|i| i.tags.iter().any(|tag| tag.key == TAG_TEMPLATE && tag.value == t.id))
                         .cloned()
                         .collect();
                     out.available_number = Some(u32::try_from(t.max_number).unwrap_or(0).saturating_sub(units(t, &mine)));
@@ -237,18 +244,20 @@ impl Guest for Aws {
         let have = units(t, &existing);
         let mut errors = Vec::new();
         let mut ids: Vec<String> = Vec::new();
+        let mut instances = existing;
         if have < req.count {
             let want = req.count - have;
             match launch::launch(t, &req, want) {
-                Ok((new, errs)) => {
-                    ids = new;
-                    errors = errs;
+                Ok(launched) => {
+                    // RunInstances describes what it launched: no second round trip.
+                    instances.extend(launched.instances);
+                    ids = launched.ids;
+                    errors = launched.errors;
                 }
-                Err(e) if existing.is_empty() => return Err(e),
+                Err(e) if instances.is_empty() => return Err(e),
                 Err(e) => errors.push(e.to_string()),
             }
         }
-        let mut instances = existing;
         let missing: Vec<String> = ids
             .into_iter()
             .filter(|id| !instances.iter().any(|i| &i.instance_id == id))
@@ -292,36 +301,70 @@ impl Guest for Aws {
         })
     }
 
-    fn request_status(ctx: CallContext, req: ProvisionRequest, known: Vec<Machine>) -> Result<ProvisionProgress, ProviderError> {
+    fn requests_status(
+        ctx: CallContext,
+        queries: Vec<StatusQuery>,
+    ) -> Result<Vec<Result<ProvisionProgress, ProviderError>>, ProviderError> {
         let templates = template::parse_all(&settings(&ctx)?)?;
-        let instances = describe(InstanceFilter::Request(req.request_id.clone()))?;
-        // Weighted templates count units, not instances; a template since removed counts one each.
-        let got = match templates.iter().find(|t| t.id == req.template_id) {
-            Some(t) => units(t, &instances),
-            None => u32::try_from(
-                instances
-                    .iter()
-                    .filter(|i| !matches!(i.state.as_str(), "terminated" | "shutting-down"))
-                    .count(),
-            )
-            .unwrap_or(u32::MAX),
-        };
-        let mut machines: Vec<Machine> = instances.iter().map(machine).collect();
-        for k in known {
-            if !machines.iter().any(|m| m.machine_id == k.machine_id) {
-                // Gone from EC2 altogether (terminated long ago, or never really launched).
-                let mut m = k;
-                m.state = MachineState::Terminated;
-                m.message = Some(format!("instance {} no longer exists in EC2", m.machine_id));
-                machines.push(m);
+        // One describe for every recorded instance of every request (the host sends 1,000
+        // ids per DescribeInstances), plus a tag search only for requests with nothing
+        // recorded yet (an answer lost to a crash).
+        let ids: Vec<String> = queries
+            .iter()
+            .flat_map(|q| q.known.iter())
+            .filter(|m| m.machine_id.starts_with("i-"))
+            .map(|m| m.machine_id.clone())
+            .collect();
+        let unrecorded: Vec<String> = queries
+            .iter()
+            .filter(|q| q.known.is_empty())
+            .map(|q| q.request.request_id.clone())
+            .collect();
+        let mut found: BTreeMap<String, ec2::Instance> = BTreeMap::new();
+        if !ids.is_empty() {
+            found.extend(describe(InstanceFilter::Ids(ids))?.into_iter().map(|i| (i.instance_id.clone(), i)));
+        }
+        let mut by_request: BTreeMap<String, Vec<ec2::Instance>> = BTreeMap::new();
+        if !unrecorded.is_empty() {
+            for i in describe(InstanceFilter::Requests(unrecorded))? {
+                if let Some(tag) = i.tags.iter().find(|t| t.key == TAG_REQUEST) {
+                    by_request.entry(tag.value.clone()).or_default().push(i);
+                }
             }
         }
-        Ok(ProvisionProgress {
-            machines,
-            outstanding: 0,
-            message: None,
-            units: Some(got),
-        })
+        Ok(queries
+            .into_iter()
+            .map(|q| {
+                let mut instances = by_request.remove(&q.request.request_id).unwrap_or_default();
+                let mut machines: Vec<Machine> = instances.iter().map(machine).collect();
+                for k in q.known {
+                    match found.get(&k.machine_id) {
+                        Some(i) => {
+                            machines.push(machine(i));
+                            instances.push(i.clone());
+                        }
+                        None => {
+                            // Gone from EC2 altogether (terminated long ago, or never really launched).
+                            let mut m = k;
+                            m.state = MachineState::Terminated;
+                            m.message = Some(format!("instance {} no longer exists in EC2", m.machine_id));
+                            machines.push(m);
+                        }
+                    }
+                }
+                // Weighted templates count units, not instances; a template since removed counts one each.
+                let got = match templates.iter().find(|t| t.id == q.request.template_id) {
+                    Some(t) => units(t, &instances),
+                    None => u32::try_from(instances.iter().filter(|i| is_live(i)).count()).unwrap_or(u32::MAX),
+                };
+                Ok(ProvisionProgress {
+                    machines,
+                    outstanding: 0,
+                    message: None,
+                    units: Some(got),
+                })
+            })
+            .collect())
     }
 
     fn release_machines(ctx: CallContext, _return_id: String, refs: Vec<MachineRef>) -> Result<Vec<Machine>, ProviderError> {

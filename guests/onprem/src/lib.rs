@@ -74,31 +74,43 @@ impl Guest for OnPrem {
         })
     }
 
-    fn request_status(ctx: CallContext, req: ProvisionRequest, known: Vec<Machine>) -> Result<ProvisionProgress, ProviderError> {
+    fn requests_status(
+        ctx: CallContext,
+        queries: Vec<StatusQuery>,
+    ) -> Result<Vec<Result<ProvisionProgress, ProviderError>>, ProviderError> {
         let pool = Pool::load()?;
-        let mut known = known;
-        if known.is_empty() {
-            // The host recorded the request but not our answer (a crash in between): report
-            // the leases this request holds. Discovery only: the host resumes a request with
-            // request-machines, and its crash sweep must never lease anything.
-            for (host, holder) in pool::leased_hosts()? {
-                if holder == req.request_id
-                    && let Some(h) = pool.host(&host)
-                {
-                    known.push(pool::held_machine(h, ctx.now));
+        // Read at most once per batch, and only when some request has no recorded machines.
+        let mut leases: Option<std::collections::BTreeMap<String, String>> = None;
+        let mut out = Vec::with_capacity(queries.len());
+        for StatusQuery { request: req, known } in queries {
+            let mut known = known;
+            if known.is_empty() {
+                // The host recorded the request but not our answer (a crash in between):
+                // report the leases this request holds. Discovery only: the host resumes a
+                // request with request-machines, and its crash sweep must never lease anything.
+                if leases.is_none() {
+                    leases = Some(pool::leased_hosts()?);
+                }
+                for (host, holder) in leases.iter().flatten() {
+                    if *holder == req.request_id
+                        && let Some(h) = pool.host(host)
+                    {
+                        known.push(pool::held_machine(h, ctx.now));
+                    }
                 }
             }
+            let machines = known
+                .into_iter()
+                .map(|m| pool::advance_pending(&pool, m, &req.request_id))
+                .collect();
+            out.push(Ok(ProvisionProgress {
+                machines,
+                outstanding: 0,
+                message: None,
+                units: None,
+            }));
         }
-        let machines = known
-            .into_iter()
-            .map(|m| pool::advance_pending(&pool, m, &req.request_id))
-            .collect();
-        Ok(ProvisionProgress {
-            machines,
-            outstanding: 0,
-            message: None,
-            units: None,
-        })
+        Ok(out)
     }
 
     fn release_machines(ctx: CallContext, return_id: String, machines: Vec<MachineRef>) -> Result<Vec<Machine>, ProviderError> {

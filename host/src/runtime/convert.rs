@@ -57,6 +57,14 @@ pub fn machine_to_wit(m: &dom::Machine) -> wit::Machine {
     }
 }
 
+/// Domain → WIT status query.
+pub fn status_query(q: &dom::StatusQuery) -> wit::StatusQuery {
+    wit::StatusQuery {
+        request: provision_request(&q.request),
+        known: q.known.iter().map(machine_to_wit).collect(),
+    }
+}
+
 /// WIT → domain machine.
 pub fn machine_from_wit(m: wit::Machine) -> dom::Machine {
     dom::Machine {

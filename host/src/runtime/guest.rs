@@ -350,13 +350,22 @@ impl Provider for WasmProvider {
         )
     }
 
-    fn request_status(&mut self, ctx: &CallContext, req: &ProvisionRequest, known: &[Machine]) -> Result<ProvisionProgress, ProviderError> {
-        let (c, r) = (convert::call_context(ctx), convert::provision_request(req));
-        let k: Vec<_> = known.iter().map(convert::machine_to_wit).collect();
+    fn requests_status(
+        &mut self,
+        ctx: &CallContext,
+        queries: &[StatusQuery],
+    ) -> Result<Vec<Result<ProvisionProgress, ProviderError>>, ProviderError> {
+        let c = convert::call_context(ctx);
+        let q: Vec<_> = queries.iter().map(convert::status_query).collect();
         self.call(
-            "request-status",
-            |b, s| b.hostfactory_provider_provider().call_request_status(s, &c, &r, &k),
-            |p| Ok(convert::progress(p)),
+            "requests-status",
+            |b, s| b.hostfactory_provider_provider().call_requests_status(s, &c, &q),
+            |answers| {
+                Ok(answers
+                    .into_iter()
+                    .map(|a| a.map(convert::progress).map_err(convert::error))
+                    .collect())
+            },
         )
     }
 

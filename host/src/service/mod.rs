@@ -18,8 +18,13 @@ pub trait Provider {
     fn templates(&mut self, ctx: &CallContext) -> Result<Vec<Template>, ProviderError>;
     /// Start provisioning a recorded request.
     fn request_machines(&mut self, ctx: &CallContext, req: &ProvisionRequest) -> Result<ProvisionProgress, ProviderError>;
-    /// Progress of an open provision request.
-    fn request_status(&mut self, ctx: &CallContext, req: &ProvisionRequest, known: &[Machine]) -> Result<ProvisionProgress, ProviderError>;
+    /// Progress of open provision requests, one answer per query in query order; the outer
+    /// error fails the whole batch.
+    fn requests_status(
+        &mut self,
+        ctx: &CallContext,
+        queries: &[StatusQuery],
+    ) -> Result<Vec<Result<ProvisionProgress, ProviderError>>, ProviderError>;
     /// Start releasing machines under a recorded return request.
     fn release_machines(&mut self, ctx: &CallContext, return_id: &str, machines: &[MachineRef]) -> Result<Vec<Machine>, ProviderError>;
     /// Progress of an open return request.
@@ -109,6 +114,9 @@ pub struct Service<'a> {
     ctx: CallContext,
     policy: LifecyclePolicy,
 }
+
+/// A request as stored, with its machines.
+type Stored = (RequestRecord, Vec<Machine>);
 
 fn new_id(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4())
@@ -338,28 +346,81 @@ impl<'a> Service<'a> {
         }
     }
 
-    /// getRequestStatus for each id, provision and return mixed.
+    /// getRequestStatus for each id, provision and return mixed. The provider is asked about
+    /// every open provision request of the call in one batch (see [`Provider::requests_status`]).
     pub fn get_request_status(&mut self, ids: &[String]) -> Result<Vec<RequestReport>, ServiceError> {
-        let mut out = Vec::with_capacity(ids.len());
+        let mut loaded: Vec<(String, Option<Stored>)> = Vec::with_capacity(ids.len());
         for id in ids {
-            out.push(self.status_of(id)?);
+            if loaded.iter().any(|(seen, _)| seen == id) {
+                continue;
+            }
+            let entry = match self.store.request(id)? {
+                Some(rec) => {
+                    let known = self.store.machines(id)?;
+                    Some((rec, known))
+                }
+                None => None,
+            };
+            loaded.push((id.clone(), entry));
         }
-        Ok(out)
+        let queries: Vec<StatusQuery> = loaded
+            .iter()
+            .filter_map(|(_, e)| e.as_ref())
+            .filter(|(rec, known)| needs_status_query(rec, known))
+            .map(|(rec, known)| StatusQuery {
+                request: provision_request(rec),
+                known: known.clone(),
+            })
+            .collect();
+        let mut answers = self.ask_status(&queries);
+        let mut reports: Vec<RequestReport> = Vec::with_capacity(loaded.len());
+        for (id, entry) in loaded {
+            let report = match entry {
+                None => unknown_report(&id, &self.ctx.provider_instance),
+                Some((rec, known)) => {
+                    let answer = answers.remove(&id);
+                    self.status_of(rec, known, answer)?
+                }
+            };
+            reports.push(report);
+        }
+        // HostFactory may repeat an id; every occurrence gets the same answer.
+        Ok(ids
+            .iter()
+            .filter_map(|id| reports.iter().find(|r| &r.request_id == id).cloned())
+            .collect())
     }
 
-    fn status_of(&mut self, id: &str) -> Result<RequestReport, ServiceError> {
-        let Some(mut rec) = self.store.request(id)? else {
-            return Ok(RequestReport {
-                request_id: id.to_string(),
-                status: RequestStatus::CompleteWithError,
-                message: format!(
-                    "unknown request id '{id}': this provider instance ({}) never issued it",
-                    self.ctx.provider_instance
-                ),
-                machines: Vec::new(),
-            });
+    /// One batched status call for `queries`, answers keyed by request id. A failure of the
+    /// whole batch, or an answer of the wrong length, becomes every request's error.
+    fn ask_status(&mut self, queries: &[StatusQuery]) -> std::collections::HashMap<String, Result<ProvisionProgress, ProviderError>> {
+        if queries.is_empty() {
+            return std::collections::HashMap::new();
+        }
+        let ctx = self.ctx.clone();
+        let answers = match self.provider().and_then(|p| p.requests_status(&ctx, queries)) {
+            Ok(list) if list.len() == queries.len() => list,
+            Ok(list) => {
+                let e = ProviderError::Internal(format!(
+                    "requests-status answered {} of {} queries; each query needs exactly one answer, in order",
+                    list.len(),
+                    queries.len()
+                ));
+                queries.iter().map(|_| Err(e.clone())).collect()
+            }
+            Err(e) => queries.iter().map(|_| Err(e.clone())).collect(),
         };
-        let known = self.store.machines(id)?;
+        queries.iter().map(|q| q.request.request_id.clone()).zip(answers).collect()
+    }
+
+    /// One request's report. `answer` is the provider's batched answer for an open
+    /// provision request; without one, a never-submitted request is resumed here.
+    fn status_of(
+        &mut self,
+        mut rec: RequestRecord,
+        known: Vec<Machine>,
+        answer: Option<Result<ProvisionProgress, ProviderError>>,
+    ) -> Result<RequestReport, ServiceError> {
         let first_poll = !rec.claimed;
         rec.claimed = true;
         if rec.status.is_final() {
@@ -375,15 +436,14 @@ impl<'a> Service<'a> {
         let timed_out = age > self.policy.pending_timeout_secs;
         let (machines, outstanding, message, units) = match rec.kind {
             RequestKind::Provision => {
-                let req = provision_request(&rec);
-                let answer = self.provider().and_then(|p| {
-                    if rec.phase == Phase::Accepted && known.is_empty() {
+                let answer = match answer {
+                    Some(a) => a,
+                    None => {
                         tracing::warn!(request_id = %rec.id, "request was recorded but never submitted (crash?); resuming");
-                        p.request_machines(&ctx, &req)
-                    } else {
-                        p.request_status(&ctx, &req, &known)
+                        let req = provision_request(&rec);
+                        self.provider().and_then(|p| p.request_machines(&ctx, &req))
                     }
-                });
+                };
                 match answer {
                     Ok(p) => {
                         let mut machines = merge_by_machine_id(&known, p.machines);
@@ -501,6 +561,22 @@ impl<'a> Service<'a> {
             }
         }
         Ok(out)
+    }
+}
+
+/// Whether `rec` is an open provision request the provider is asked about in the batch
+/// (one recorded but never submitted, with nothing made yet, is resumed instead).
+fn needs_status_query(rec: &RequestRecord, known: &[Machine]) -> bool {
+    rec.kind == RequestKind::Provision && !rec.status.is_final() && !(rec.phase == Phase::Accepted && known.is_empty())
+}
+
+/// The answer for an id this provider instance never issued: final, so HostFactory stops asking.
+fn unknown_report(id: &str, provider_instance: &str) -> RequestReport {
+    RequestReport {
+        request_id: id.to_string(),
+        status: RequestStatus::CompleteWithError,
+        message: format!("unknown request id '{id}': this provider instance ({provider_instance}) never issued it"),
+        machines: Vec::new(),
     }
 }
 

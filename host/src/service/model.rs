@@ -133,6 +133,15 @@ pub struct ProvisionRequest {
     pub rc_account: Option<String>,
 }
 
+/// An open provision request and its recorded machines, asked about in one batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusQuery {
+    /// The request.
+    pub request: ProvisionRequest,
+    /// Machines recorded for it so far.
+    pub known: Vec<Machine>,
+}
+
 /// What a provider knows of a provision request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProvisionProgress {

@@ -20,12 +20,26 @@ impl Service<'_> {
         let before = self.ctx.now.saturating_sub(self.policy.abandon_after_secs);
         let stale = self.store.stale_requests(before)?;
         let ctx = self.ctx.clone();
-        for mut rec in stale.iter().cloned() {
+        let mut loaded = Vec::with_capacity(stale.len());
+        for rec in stale.iter().cloned() {
             let known = self.store.machines(&rec.id)?;
+            loaded.push((rec, known));
+        }
+        let queries: Vec<StatusQuery> = loaded
+            .iter()
+            .filter(|(rec, _)| rec.kind == RequestKind::Provision)
+            .map(|(rec, known)| StatusQuery {
+                request: provision_request(rec),
+                known: known.clone(),
+            })
+            .collect();
+        let mut answers = self.ask_status(&queries);
+        for (mut rec, known) in loaded {
             match rec.kind {
                 RequestKind::Provision => {
-                    let req = provision_request(&rec);
-                    let found = self.provider()?.request_status(&ctx, &req, &known)?;
+                    let found = answers
+                        .remove(&rec.id)
+                        .unwrap_or_else(|| Err(ProviderError::Internal(format!("no status answer for {}", rec.id))))?;
                     let live: Vec<Machine> = found
                         .machines
                         .iter()

@@ -16,6 +16,10 @@ struct Script {
     release: Vec<Result<Vec<Machine>, ProviderError>>,
     seen_recorded: Vec<bool>,
     calls: Vec<String>,
+    /// Request ids of each batched status call.
+    status_batches: Vec<Vec<String>>,
+    /// Answer this many fewer status queries than asked (a broken guest).
+    answer_short: usize,
 }
 
 struct Double {
@@ -35,10 +39,20 @@ impl Provider for Double {
         s.calls.push("request-machines".into());
         s.progress.remove(0)
     }
-    fn request_status(&mut self, _: &CallContext, _: &ProvisionRequest, _: &[Machine]) -> Result<ProvisionProgress, ProviderError> {
+    fn requests_status(
+        &mut self,
+        _: &CallContext,
+        queries: &[StatusQuery],
+    ) -> Result<Vec<Result<ProvisionProgress, ProviderError>>, ProviderError> {
         let mut s = self.script.borrow_mut();
-        s.calls.push("request-status".into());
-        s.progress.remove(0)
+        s.status_batches
+            .push(queries.iter().map(|q| q.request.request_id.clone()).collect());
+        let mut out = Vec::new();
+        for _ in queries.iter().take(queries.len().saturating_sub(s.answer_short)) {
+            s.calls.push("request-status".into());
+            out.push(s.progress.remove(0));
+        }
+        Ok(out)
     }
     fn release_machines(&mut self, _: &CallContext, id: &str, _: &[MachineRef]) -> Result<Vec<Machine>, ProviderError> {
         let recorded = self.store.request(id).ok().flatten().is_some();
@@ -470,4 +484,76 @@ fn finished_requests_are_pruned_after_the_retention_and_unclaimed_ones_swept() {
     assert_eq!(r.status, RequestStatus::CompleteWithError);
     assert!(r.claimed, "settled once");
     assert_eq!(f.service(800).sweep().expect("sweep"), 0);
+}
+
+#[test]
+fn one_status_call_asks_the_provider_once_for_every_open_request() {
+    let f = Fixture::new();
+    let mut ids = Vec::new();
+    for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+        let id = format!("req-{name}");
+        let mut rec = accepted_record(&id);
+        rec.phase = Phase::Submitted;
+        f.store
+            .insert_request(&rec, &[machine(name, MachineState::Pending, 0)])
+            .expect("insert");
+        f.will_report(vec![machine(
+            name,
+            if i == 1 { MachineState::Running } else { MachineState::Pending },
+            0,
+        )]);
+        ids.push(id);
+    }
+    // An unknown id, a finished one and a repeated one ride along without provider calls.
+    let mut done = accepted_record("req-done");
+    done.phase = Phase::Submitted;
+    done.status = RequestStatus::Complete;
+    f.store.insert_request(&done, &[]).expect("insert");
+    let asked: Vec<String> = ids
+        .iter()
+        .cloned()
+        .chain(["req-unknown".to_string(), "req-done".to_string(), ids[1].clone()])
+        .collect();
+    let r = f.service(1).get_request_status(&asked).expect("status");
+    assert_eq!(
+        f.script.borrow().status_batches,
+        [ids.clone()],
+        "one batch with exactly the open requests"
+    );
+    let got: Vec<(&str, RequestStatus)> = r.iter().map(|r| (r.request_id.as_str(), r.status)).collect();
+    assert_eq!(
+        got,
+        [
+            ("req-a", RequestStatus::Running),
+            ("req-b", RequestStatus::Complete),
+            ("req-c", RequestStatus::Running),
+            ("req-unknown", RequestStatus::CompleteWithError),
+            ("req-done", RequestStatus::Complete),
+            ("req-b", RequestStatus::Complete),
+        ]
+    );
+    assert_eq!(r[1].machines[0].machine.name, "h-b");
+}
+
+#[test]
+fn a_status_answer_of_the_wrong_length_fails_the_requests_it_cannot_match() {
+    let f = Fixture::new();
+    for name in ["a", "b"] {
+        let mut rec = accepted_record(&format!("req-{name}"));
+        rec.phase = Phase::Submitted;
+        f.store
+            .insert_request(&rec, &[machine(name, MachineState::Pending, 0)])
+            .expect("insert");
+        f.will_report(vec![machine(name, MachineState::Running, 0)]);
+    }
+    f.script.borrow_mut().answer_short = 1;
+    // Long past the pending timeout: the error is final rather than retried.
+    let r = f
+        .service(100_000)
+        .get_request_status(&["req-a".to_string(), "req-b".to_string()])
+        .expect("status");
+    for report in &r {
+        assert_eq!(report.status, RequestStatus::CompleteWithError, "{report:?}");
+        assert!(report.message.contains("answered 1 of 2 queries"), "{}", report.message);
+    }
 }

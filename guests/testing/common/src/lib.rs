@@ -15,11 +15,10 @@ macro_rules! adversarial_guest {
             ) -> Result<hfwasm_guest_sdk::ProvisionProgress, hfwasm_guest_sdk::ProviderError> {
                 Err(hfwasm_guest_sdk::ProviderError::Internal("test guest provisions nothing".into()))
             }
-            fn request_status(
+            fn requests_status(
                 _: hfwasm_guest_sdk::CallContext,
-                _: hfwasm_guest_sdk::ProvisionRequest,
-                _: Vec<hfwasm_guest_sdk::Machine>,
-            ) -> Result<hfwasm_guest_sdk::ProvisionProgress, hfwasm_guest_sdk::ProviderError> {
+                _: Vec<hfwasm_guest_sdk::StatusQuery>,
+            ) -> Result<Vec<Result<hfwasm_guest_sdk::ProvisionProgress, hfwasm_guest_sdk::ProviderError>>, hfwasm_guest_sdk::ProviderError> {
                 Err(hfwasm_guest_sdk::ProviderError::Internal("test guest provisions nothing".into()))
             }
             fn release_machines(

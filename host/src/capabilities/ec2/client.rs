@@ -11,7 +11,7 @@ use aws_sdk_ec2::error::ProvideErrorMetadata;
 use sdk::types::Filter;
 
 use super::convert;
-use super::{DESCRIBE_BATCH, TAG_PROVIDER, TAG_REQUEST};
+use super::{DESCRIBE_BATCH, DESCRIBE_PAGE, FILTER_VALUES, TAG_PROVIDER, TAG_REQUEST};
 use crate::runtime::bindings::hostfactory::capabilities::ec2::*;
 
 /// Connection settings, from IBM's config keys.
@@ -468,7 +468,8 @@ impl super::Ec2Api for Ec2Client {
         })
     }
 
-    /// Instances owned by `owner` matching `filter`, one call per 1,000 ids (paginated).
+    /// Instances owned by `owner` matching `filter`, one call per 1,000 ids or 200 request
+    /// ids (paginated, 1,000 instances per page).
     fn describe_owned(&self, owner: &str, filter: &InstanceFilter) -> Result<Vec<Instance>, Ec2Error> {
         let owner_filter = Filter::builder().name(format!("tag:{TAG_PROVIDER}")).values(owner).build();
         let batches: Vec<Vec<Filter>> = match filter {
@@ -477,6 +478,18 @@ impl super::Ec2Api for Ec2Client {
                 owner_filter,
                 Filter::builder().name(format!("tag:{TAG_REQUEST}")).values(id).build(),
             ]],
+            InstanceFilter::Requests(ids) => ids
+                .chunks(FILTER_VALUES)
+                .map(|chunk| {
+                    vec![
+                        owner_filter.clone(),
+                        Filter::builder()
+                            .name(format!("tag:{TAG_REQUEST}"))
+                            .set_values(Some(chunk.to_vec()))
+                            .build(),
+                    ]
+                })
+                .collect(),
             InstanceFilter::Ids(ids) => ids
                 .chunks(DESCRIBE_BATCH)
                 .map(|chunk| {
@@ -494,6 +507,7 @@ impl super::Ec2Api for Ec2Client {
                 let page = self.call("DescribeInstances", true, |c| {
                     c.describe_instances()
                         .set_filters(Some(filters.clone()))
+                        .max_results(DESCRIBE_PAGE)
                         .set_next_token(token.clone())
                         .send()
                 })?;

@@ -24,6 +24,12 @@ pub const TAG_TEMPLATE: &str = "hfwasm:template";
 /// Instance ids per DescribeInstances call.
 pub const DESCRIBE_BATCH: usize = 1000;
 
+/// Values per DescribeInstances filter (AWS allows at most 200).
+pub const FILTER_VALUES: usize = 200;
+
+/// Instances per DescribeInstances page (AWS's maximum).
+pub const DESCRIBE_PAGE: i32 = 1000;
+
 /// What a guest may do with EC2.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -104,6 +104,7 @@ impl Ec2Api for Recorded {
             .filter(|i| match filter {
                 InstanceFilter::Ids(ids) => ids.contains(&i.instance_id),
                 InstanceFilter::Request(r) => i.tags.iter().any(|t| t.key == TAG_REQUEST && &t.value == r),
+                InstanceFilter::Requests(rs) => i.tags.iter().any(|t| t.key == TAG_REQUEST && rs.contains(&t.value)),
                 InstanceFilter::Owned => true,
             })
             .cloned()
