@@ -85,3 +85,43 @@ fn two_installations_share_one_postgres() {
     let report = store_check(&a);
     assert_eq!(report["accepted"], 0, "{report:#}");
 }
+
+#[test]
+fn a_power_command_started_through_one_installation_is_followed_through_the_other() {
+    let pg = Postgres::start();
+    pg.create_database("power");
+    let marker = tempfile::tempdir().expect("tempdir");
+    let gate = marker.path().join("gate");
+    let runs = marker.path().join("runs");
+    let inventory = format!(
+        "node-1 10.7.0.1 template=t ncpus=2 nram=2048 power_on=\"echo {{name}} >> {r}; while [ ! -e {g} ]; do sleep 0.05; done\"\n",
+        r = runs.display(),
+        g = gate.display()
+    );
+    let install = || {
+        let tree = HfTree::new(&inventory);
+        tree.config(&json!({"storage": pg.storage_config("power")}));
+        tree
+    };
+    let (a, b) = (install(), install());
+    let id = a.request("t", 1);
+    // B sees the command A started still running, and does not start it again.
+    for _ in 0..3 {
+        let r = b.ok("getRequestStatus", &json!({"requests": [{"requestId": id}]}));
+        assert_eq!(r["requests"][0]["status"], "running", "{r}");
+    }
+    let t0 = std::time::Instant::now();
+    while !runs.exists() && t0.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::fs::write(&gate, b"").expect("gate");
+    let done = b.until_final(&id);
+    assert_eq!(done["status"], "complete", "{done}");
+    assert_eq!(machine_names(&done, "succeed"), ["node-1"]);
+    let started = std::fs::read_to_string(&runs).expect("runs");
+    assert_eq!(
+        started.lines().count(),
+        1,
+        "the power-on command ran once, not once per installation: {started:?}"
+    );
+}

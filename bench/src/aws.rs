@@ -206,5 +206,135 @@ pub fn run(repo: &Path, bin: &Path, iterations: usize) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     report("requestReturnMachines (1 instance)", rows);
     println!("targets (issue #4): own cost <= 5 ms per call, peak RSS <= 15 MiB");
+
+    // One poll over 1,000 open requests: instances launched straight into the emulator
+    // with this provider instance's tags, and the requests recorded as HostFactory's
+    // requestMachines calls would have left them while the instances were still pending.
+    println!(
+        "
+one getRequestStatus over {BIG_REQUESTS} open requests holding {} instances (AWS guest, moto)",
+        BIG_REQUESTS * BIG_EACH
+    );
+    let t0 = Instant::now();
+    let instances = rt.block_on(launch_tagged(&ec2, &ami, BIG_REQUESTS * BIG_EACH))?;
+    println!(
+        "(seeded {} instances in moto in {:.1} s)",
+        instances.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    let ids = seed_open_requests(&dir.path().join("work"), &instances)?;
+    let input = json!({"requests": ids.iter().map(|id| json!({"requestId": id})).collect::<Vec<_>>()});
+    let (s, cloud, calls) = run_call("getRequestStatus", &input)?;
+    let v: Value = serde_json::from_str(&s.stdout)?;
+    let complete = v["requests"]
+        .as_array()
+        .map_or(0, |rs| rs.iter().filter(|r| r["status"] == "complete").count());
+    if complete != ids.len() {
+        bail!(
+            "big poll: {complete} of {} requests complete: {}",
+            ids.len(),
+            s.stdout.chars().take(400).collect::<String>()
+        );
+    }
+    println!(
+        "{:<40} {:>8.0} ms wall, {cloud:.0} ms in {calls} EC2 calls, {:.1} MiB peak RSS; {complete} requests complete",
+        "getRequestStatus (1,000 requests)",
+        s.wall.as_secs_f64() * 1e3,
+        s.rss_kib as f64 / 1024.0
+    );
+    println!("target (issue #5): <= 10 DescribeInstances calls");
     Ok(())
+}
+
+const BIG_REQUESTS: usize = 1000;
+const BIG_EACH: usize = 10;
+
+/// (instance id, private DNS name, private IP) of `n` t3.micro instances launched 1,000
+/// per call into a fresh /18 subnet, tagged as provider instance `awsbench`'s.
+async fn launch_tagged(ec2: &sdk::Client, ami: &str, n: usize) -> Result<Vec<(String, String, String)>> {
+    let vpcs = ec2.describe_vpcs().send().await?;
+    let vpc = vpcs
+        .vpcs()
+        .iter()
+        .find(|v| v.cidr_block() == Some("10.0.0.0/16"))
+        .and_then(|v| v.vpc_id())
+        .context("bench VPC")?
+        .to_string();
+    let subnet = ec2.create_subnet().vpc_id(&vpc).cidr_block("10.0.64.0/18").send().await?;
+    let subnet = subnet.subnet().and_then(|s| s.subnet_id()).context("subnet id")?.to_string();
+    let tag = |k: &str, v: &str| sdk::types::Tag::builder().key(k).value(v).build();
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let batch = i32::try_from((n - out.len()).min(1000))?;
+        let r = ec2
+            .run_instances()
+            .image_id(ami)
+            .instance_type(sdk::types::InstanceType::T3Micro)
+            .subnet_id(&subnet)
+            .min_count(batch)
+            .max_count(batch)
+            .tag_specifications(
+                sdk::types::TagSpecification::builder()
+                    .resource_type(sdk::types::ResourceType::Instance)
+                    .tags(tag("hfwasm:provider", "awsbench"))
+                    .tags(tag("hfwasm:template", "od"))
+                    .build(),
+            )
+            .send()
+            .await?;
+        for i in r.instances() {
+            out.push((
+                i.instance_id().unwrap_or_default().to_string(),
+                i.private_dns_name().unwrap_or_default().to_string(),
+                i.private_ip_address().unwrap_or_default().to_string(),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Records open requests of `BIG_EACH` pending instances each in the SQLite store under
+/// `work`; returns their ids.
+fn seed_open_requests(work: &Path, instances: &[(String, String, String)]) -> Result<Vec<String>> {
+    use hfwasm::service::lifecycle::RequestStatus;
+    use hfwasm::service::model::{Machine, MachineState};
+    use hfwasm::store::{Phase, RequestKind, RequestRecord, StoreSpec, Synchronous};
+    let store = hfwasm::store::open(&StoreSpec::Sqlite {
+        path: work.join("hfwasm.sqlite"),
+        synchronous: Synchronous::Normal,
+    })?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let mut ids = Vec::new();
+    for (r, chunk) in instances.chunks(BIG_EACH).enumerate() {
+        let id = format!("req-bigpoll-{r:04}");
+        let machines: Vec<Machine> = chunk
+            .iter()
+            .map(|(iid, dns, ip)| Machine {
+                machine_id: iid.clone(),
+                name: dns.clone(),
+                private_ip: ip.clone(),
+                public_ip: None,
+                launch_time: now,
+                state: MachineState::Pending,
+                message: None,
+            })
+            .collect();
+        let rec = RequestRecord {
+            id: id.clone(),
+            kind: RequestKind::Provision,
+            template_id: Some("od".into()),
+            count: u32::try_from(machines.len())?,
+            rc_account: None,
+            phase: Phase::Submitted,
+            status: RequestStatus::Running,
+            outstanding: 0,
+            message: None,
+            created_at: now,
+            updated_at: now,
+            claimed: true,
+        };
+        store.insert_request(&rec, &machines)?;
+        ids.push(id);
+    }
+    Ok(ids)
 }

@@ -136,8 +136,12 @@ fn main() -> Result<()> {
         .context("iterations")?
         .unwrap_or(30);
     let bin = binary();
-    if std::env::args().nth(2).as_deref() == Some("stores") {
-        return stores::run(&bin, iterations);
+    // An optional second argument runs one section only: `stores` or `aws`.
+    match std::env::args().nth(2).as_deref() {
+        Some("stores") => return stores::run(&bin, iterations),
+        Some("aws") => return aws::run(Path::new(REPO), &bin, iterations),
+        Some(other) => bail!("unknown section '{other}'; expected `stores` or `aws` (or none for everything)"),
+        None => {}
     }
     if !bin.is_file() {
         bail!("{} not found: build it first with `cargo build --release -p hfwasm`", bin.display());

@@ -113,6 +113,17 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+    /// Internal: runs an inventory host's power command and records its outcome in the
+    /// store. Started detached by the power capability; not for interactive use.
+    #[command(name = "power-run", hide = true)]
+    PowerRun {
+        /// Inventory host name.
+        #[arg(long)]
+        host: String,
+        /// `on` or `off`.
+        #[arg(long)]
+        action: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -346,6 +357,19 @@ fn main() -> ExitCode {
             },
             |(n, to)| println!("imported {n} request(s) into {to}"),
         ),
+        Command::PowerRun { host, action } => {
+            let result = dirs(&cli.dirs).and_then(|dirs| {
+                hfwasm::logging::init("info", dirs.log_dir.as_deref(), &dirs.name);
+                Plugin::open(dirs)?.power_run(host, action)
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(host, action, error = %e.message, "power-run failed");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Demo { dir } => {
             hfwasm::logging::init("warn", None, "demo");
             match hfwasm::demo::run(dir.clone(), Box::new(std::io::stdout())) {

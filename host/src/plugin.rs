@@ -8,6 +8,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 use crate::capabilities::Capability;
+use crate::capabilities::power::PowerRunner;
 use crate::config::inventory::Inventory;
 use crate::config::{Config, GuestSource};
 use crate::hf::{self, Call, ErrorCode, HfError, ProviderDirs};
@@ -72,6 +73,25 @@ impl Plugin {
         PrecompiledCache::new(dir)
     }
 
+    /// The body of the hidden `hfwasm power-run`: runs `host`'s configured power command
+    /// for `action` (`on`/`off`) and records its outcome in the store.
+    pub fn power_run(&self, host: &str, action: &str) -> Result<(), HfError> {
+        use crate::capabilities::power;
+        let act = power::parse_action(action)
+            .ok_or_else(|| HfError::new(ErrorCode::InvalidInput, format!("--action must be `on` or `off`, not `{action}`")))?;
+        let store = self.open_store()?;
+        power::run_and_record(
+            store.as_ref(),
+            &power::namespace(&self.dirs.name),
+            self.inventory.as_deref(),
+            &self.dirs.work_dir.join("power"),
+            host,
+            act,
+        )
+        .map(drop)
+        .map_err(|e| HfError::new(ErrorCode::Internal, e))
+    }
+
     /// Opens the configured state store.
     pub fn open_store(&self) -> Result<Arc<dyn StateStore>, HfError> {
         Ok(Arc::from(crate::store::open(&self.config.store)?))
@@ -123,7 +143,7 @@ impl Plugin {
             store,
             namespace: format!("{}/{}", self.dirs.name, spec.name),
             inventory: self.inventory.clone(),
-            power_dir: self.dirs.work_dir.join("power"),
+            power: self.power_runner(),
             ec2: self
                 .config
                 .ec2
@@ -143,6 +163,21 @@ impl Plugin {
             },
             res,
         )
+    }
+
+    /// How the power capability starts `hfwasm power-run`: this binary, with this call's dirs.
+    fn power_runner(&self) -> PowerRunner {
+        let mut dir_args: Vec<std::ffi::OsString> = vec!["--confdir".into(), self.dirs.conf_dir.clone().into()];
+        dir_args.extend(["--workdir".into(), self.dirs.work_dir.clone().into()]);
+        if let Some(l) = &self.dirs.log_dir {
+            dir_args.extend(["--logdir".into(), l.clone().into()]);
+        }
+        PowerRunner {
+            exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("hfwasm")),
+            dir_args,
+            log_dir: self.dirs.work_dir.join("power"),
+            instance: self.dirs.name.clone(),
+        }
     }
 
     fn context(&self) -> CallContext {

@@ -2,7 +2,6 @@
 //! port. Every call runs under the guest's wall-time deadline and memory limit; a trap or a
 //! limit becomes `ProviderError::Aborted` naming guest, export and cause.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,7 +16,8 @@ use super::limits::GuestLimits;
 use super::{convert, link};
 use crate::capabilities::Capability;
 use crate::capabilities::ec2::{Ec2Api, Ec2Grant, GuestEc2};
-use crate::capabilities::{inventory::GuestInventory, kv::GuestKv, log::GuestLog, power::GuestPower};
+use crate::capabilities::power::{GuestPower, PowerRunner};
+use crate::capabilities::{inventory::GuestInventory, kv::GuestKv, log::GuestLog};
 use crate::config::inventory::Inventory;
 use crate::service::Provider;
 use crate::service::model::*;
@@ -86,8 +86,8 @@ pub struct GuestResources {
     pub namespace: String,
     /// Parsed inventory, when the guest is granted it.
     pub inventory: Option<Arc<Inventory>>,
-    /// Where power command outcomes are kept.
-    pub power_dir: PathBuf,
+    /// How power commands are run (outcomes go to the store).
+    pub power: PowerRunner,
     /// The provider instance's EC2 client, when EC2 is configured.
     pub ec2: Option<Arc<dyn Ec2Api>>,
     /// What the guest may do with EC2.
@@ -190,7 +190,7 @@ impl WasmProvider {
                 refused: None,
             },
             log: GuestLog { guest: name.to_string() },
-            kv: GuestKv::new(res.store, res.namespace),
+            kv: GuestKv::new(res.store.clone(), res.namespace),
             inventory: GuestInventory::new(if code.grants.contains(&Capability::Inventory) {
                 res.inventory.clone()
             } else {
@@ -202,7 +202,9 @@ impl WasmProvider {
                 } else {
                     None
                 },
-                res.power_dir,
+                res.store.clone(),
+                crate::capabilities::power::namespace(&res.owner),
+                res.power,
             ),
             ec2: GuestEc2::new(
                 if code.grants.contains(&Capability::Ec2) { res.ec2 } else { None },

@@ -176,7 +176,12 @@ impl Fixture {
             store: self.store.clone(),
             namespace: "test/aws".into(),
             inventory: None,
-            power_dir: self.dir.path().join("power"),
+            power: crate::capabilities::power::PowerRunner {
+                exe: self.dir.path().join("hfwasm"),
+                dir_args: Vec::new(),
+                log_dir: self.dir.path().join("power"),
+                instance: "pool".into(),
+            },
             ec2: Some(self.ec2.clone() as Arc<dyn Ec2Api>),
             ec2_grant: Ec2Grant {
                 regions: vec![],
