@@ -122,3 +122,39 @@ fn unbounded_recursion_is_stopped_by_the_stack_limit() {
     );
     still_intact(&tree, &id);
 }
+
+#[test]
+fn a_flood_of_host_calls_is_stopped_by_the_call_timeout() {
+    let tree = HfTree::new(&plain_inventory(3));
+    let id = finished_request(&tree);
+    use_guest(&tree, "hfwasm_testing_flood.wasm", &["log", "kv"], json!({"call_timeout_ms": 1500}));
+    let t0 = std::time::Instant::now();
+    let e = tree.err("getAvailableTemplates", &json!({}), "GUEST_TIMEOUT");
+    let msg = e["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("guest 'bad'") && msg.contains("1500 ms") && msg.contains("limits.call_timeout_ms"),
+        "{msg}"
+    );
+    assert!(t0.elapsed().as_secs() < 30, "the wall-time limit must end the call");
+    still_intact(&tree, &id);
+}
+
+#[test]
+fn time_waiting_in_host_calls_does_not_count_as_running_time() {
+    // The JSON store parses its file on every kv call: host calls are slow, the guest's own
+    // work between them tiny. 150 ms of running time is plenty although the call takes longer.
+    let tree = HfTree::new(&plain_inventory(3));
+    tree.config(&json!({
+        "storage": {"strategy": "json"},
+        "provider": {"guest": "bad", "settings": {"calls": 100000}},
+        "guests": {"bad": {"wasm": guest_wasm("hfwasm_testing_flood.wasm").display().to_string(), "grants": ["log", "kv"], "limits": {"timeout_ms": 150}}}
+    }));
+    let t0 = std::time::Instant::now();
+    let t = tree.ok("getAvailableTemplates", &json!({}));
+    let took = t0.elapsed();
+    assert_eq!(t["templates"][0]["templateId"], "flood");
+    assert!(
+        took.as_millis() > 300,
+        "the call must outlast the guest's 150 ms by far for this test to mean anything: {took:?}"
+    );
+}

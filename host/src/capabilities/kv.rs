@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::HostWait;
 use crate::runtime::bindings::hostfactory::capabilities::kv::{Host, KvError};
 use crate::store::{StateStore, StoreError};
 
@@ -17,12 +18,13 @@ pub const MAX_SCAN_ENTRIES: usize = 100_000;
 pub struct GuestKv {
     store: Arc<dyn StateStore>,
     namespace: String,
+    wait: HostWait,
 }
 
 impl GuestKv {
     /// Guest kv over `store`, confined to `namespace` (`<provider instance>/<guest>`).
-    pub fn new(store: Arc<dyn StateStore>, namespace: String) -> Self {
-        Self { store, namespace }
+    pub fn new(store: Arc<dyn StateStore>, namespace: String, wait: HostWait) -> Self {
+        Self { store, namespace, wait }
     }
 
     fn check_key(&self, key: &str) -> Result<(), KvError> {
@@ -51,35 +53,44 @@ fn unavailable(e: StoreError) -> KvError {
 impl Host for GuestKv {
     fn get(&mut self, key: String) -> Result<Option<String>, KvError> {
         self.check_key(&key)?;
-        self.store.kv_get(&self.namespace, &key).map_err(unavailable)
+        self.wait.measure(|| self.store.kv_get(&self.namespace, &key)).map_err(unavailable)
     }
 
     fn set(&mut self, key: String, value: String) -> Result<(), KvError> {
         self.check_key(&key)?;
         self.check_value(&value)?;
-        self.store.kv_set(&self.namespace, &key, &value).map_err(unavailable)
+        self.wait
+            .measure(|| self.store.kv_set(&self.namespace, &key, &value))
+            .map_err(unavailable)
     }
 
     fn insert_if_absent(&mut self, key: String, value: String) -> Result<bool, KvError> {
         self.check_key(&key)?;
         self.check_value(&value)?;
-        self.store.kv_insert_if_absent(&self.namespace, &key, &value).map_err(unavailable)
+        self.wait
+            .measure(|| self.store.kv_insert_if_absent(&self.namespace, &key, &value))
+            .map_err(unavailable)
     }
 
     fn delete_if_equals(&mut self, key: String, expected: String) -> Result<bool, KvError> {
         self.check_key(&key)?;
-        self.store
-            .kv_delete_if_equals(&self.namespace, &key, &expected)
+        self.wait
+            .measure(|| self.store.kv_delete_if_equals(&self.namespace, &key, &expected))
             .map_err(unavailable)
     }
 
     fn delete(&mut self, key: String) -> Result<(), KvError> {
         self.check_key(&key)?;
-        self.store.kv_delete(&self.namespace, &key).map_err(unavailable)
+        self.wait
+            .measure(|| self.store.kv_delete(&self.namespace, &key))
+            .map_err(unavailable)
     }
 
     fn scan(&mut self, prefix: String) -> Result<Vec<(String, String)>, KvError> {
-        let entries = self.store.kv_scan(&self.namespace, &prefix).map_err(unavailable)?;
+        let entries = self
+            .wait
+            .measure(|| self.store.kv_scan(&self.namespace, &prefix))
+            .map_err(unavailable)?;
         if entries.len() > MAX_SCAN_ENTRIES {
             return Err(KvError::Denied(format!(
                 "scan of `{prefix}` matches {} entries, more than {MAX_SCAN_ENTRIES}; use a narrower prefix",
@@ -99,8 +110,8 @@ mod tests {
     fn limits_are_denied_not_trapped_and_namespaces_isolate() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store: Arc<dyn StateStore> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).expect("open"));
-        let mut a = GuestKv::new(store.clone(), "inst/a".into());
-        let mut b = GuestKv::new(store, "inst/b".into());
+        let mut a = GuestKv::new(store.clone(), "inst/a".into(), HostWait::default());
+        let mut b = GuestKv::new(store, "inst/b".into(), HostWait::default());
         assert!(matches!(a.set("k".repeat(MAX_KEY_BYTES + 1), "v".into()), Err(KvError::Denied(_))));
         assert!(matches!(
             a.set("k".into(), "v".repeat(MAX_VALUE_BYTES + 1)),

@@ -3,20 +3,20 @@
 //! limit becomes `ProviderError::Aborted` naming guest, export and cause.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime::{ResourceLimiter, Store, Trap};
+use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::{ProviderGuest, hostfactory};
 use super::cache::{CacheOutcome, PrecompiledCache};
 use super::engine::GuestEngine;
-use super::limits::GuestLimits;
+use super::limits::{self, GuestLimits, LimitSpec};
 use super::{convert, link};
-use crate::capabilities::Capability;
 use crate::capabilities::ec2::{Ec2Api, Ec2Grant, GuestEc2};
 use crate::capabilities::power::{GuestPower, PowerRunner};
+use crate::capabilities::{Capability, HostWait};
 use crate::capabilities::{inventory::GuestInventory, kv::GuestKv, log::GuestLog};
 use crate::config::inventory::Inventory;
 use crate::service::Provider;
@@ -66,6 +66,43 @@ pub struct GuestState {
     inventory: GuestInventory,
     power: GuestPower,
     ec2: GuestEc2,
+    clock: CallClock,
+}
+
+/// The two clocks of one guest call: the guest's own running time (time waiting in
+/// capability calls excluded), bounded by `timeout_ms`, and wall time, bounded by
+/// `call_timeout_ms`. Read by the epoch-deadline callback.
+struct CallClock {
+    started: Instant,
+    waited_before: Duration,
+    wait: HostWait,
+    limits: GuestLimits,
+    /// Which limit stopped the call, for the error.
+    overran: Option<&'static LimitSpec>,
+}
+
+impl CallClock {
+    fn restart(&mut self) {
+        self.started = Instant::now();
+        self.waited_before = self.wait.total();
+        self.overran = None;
+    }
+
+    /// At an epoch deadline: stop the guest, or give it the time it has left.
+    fn on_deadline(&mut self) -> UpdateDeadline {
+        let wall = self.started.elapsed();
+        let ran = wall.saturating_sub(self.wait.total().saturating_sub(self.waited_before));
+        if ran >= self.limits.timeout {
+            self.overran = Some(&limits::TIMEOUT);
+            return UpdateDeadline::Interrupt;
+        }
+        if wall >= self.limits.call_timeout {
+            self.overran = Some(&limits::CALL_TIMEOUT);
+            return UpdateDeadline::Interrupt;
+        }
+        let left = (self.limits.timeout - ran).min(self.limits.call_timeout - wall);
+        UpdateDeadline::Continue(GuestEngine::ticks(left))
+    }
 }
 
 impl WasiView for GuestState {
@@ -182,6 +219,7 @@ impl WasmProvider {
         if guest_stdio() {
             wasi.stdout(std::io::stderr()).stderr(std::io::stderr());
         }
+        let wait = HostWait::default();
         let state = GuestState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
@@ -190,7 +228,7 @@ impl WasmProvider {
                 refused: None,
             },
             log: GuestLog { guest: name.to_string() },
-            kv: GuestKv::new(res.store.clone(), res.namespace),
+            kv: GuestKv::new(res.store.clone(), res.namespace, wait.clone()),
             inventory: GuestInventory::new(if code.grants.contains(&Capability::Inventory) {
                 res.inventory.clone()
             } else {
@@ -210,17 +248,26 @@ impl WasmProvider {
                 if code.grants.contains(&Capability::Ec2) { res.ec2 } else { None },
                 res.ec2_grant,
                 res.owner,
+                wait.clone(),
             ),
+            clock: CallClock {
+                started: Instant::now(),
+                waited_before: Duration::ZERO,
+                wait,
+                limits: code.limits,
+                overran: None,
+            },
         };
         let mut store = Store::new(engine.engine(), state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(GuestEngine::ticks(code.limits.timeout));
-        store.epoch_deadline_trap();
+        store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().clock.on_deadline()));
         let bindings = match ProviderGuest::instantiate(&mut store, &component, &linker) {
             Ok(b) => b,
             Err(e) => {
                 let refused = store.data_mut().limiter.refused.take();
-                return Err(classify(name, &code.limits, refused, "instantiate", e));
+                let overran = store.data_mut().clock.overran.take();
+                return Err(classify(name, &code.limits, refused, overran, "instantiate", e));
             }
         };
         tracing::debug!(guest = name, cache = ?outcome, elapsed_ms = t0.elapsed().as_millis() as u64, "guest loaded");
@@ -253,6 +300,7 @@ impl WasmProvider {
                 ),
             ));
         }
+        self.store.data_mut().clock.restart();
         self.store.set_epoch_deadline(GuestEngine::ticks(self.limits.timeout));
         let t0 = Instant::now();
         let out = f(&self.bindings, &mut self.store);
@@ -269,7 +317,8 @@ impl WasmProvider {
             }
             Err(e) => {
                 let refused = self.store.data_mut().limiter.refused.take();
-                let err = classify(&self.name, &self.limits, refused, export, e);
+                let overran = self.store.data_mut().clock.overran.take();
+                let err = classify(&self.name, &self.limits, refused, overran, export, e);
                 self.aborted = Some(err.to_string());
                 Err(err)
             }
@@ -278,7 +327,14 @@ impl WasmProvider {
 }
 
 /// Turns a trap or limit into `Aborted`, naming guest, export and cause.
-fn classify(guest: &str, limits: &GuestLimits, refused: Option<usize>, export: &str, e: wasmtime::Error) -> ProviderError {
+fn classify(
+    guest: &str,
+    limits: &GuestLimits,
+    refused: Option<usize>,
+    overran: Option<&LimitSpec>,
+    export: &str,
+    e: wasmtime::Error,
+) -> ProviderError {
     let err = if let Some(bytes) = refused {
         abort(
             AbortKind::Memory,
@@ -292,15 +348,22 @@ fn classify(guest: &str, limits: &GuestLimits, refused: Option<usize>, export: &
         )
     } else {
         match e.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => abort(
-                AbortKind::Timeout,
-                guest,
-                export,
-                format!(
-                    "guest '{guest}' export '{export}' ran past its deadline of {} ms (guests.{guest}.limits.timeout_ms) and was stopped",
-                    limits.timeout.as_millis()
-                ),
-            ),
+            Some(Trap::Interrupt) => {
+                let (spec, limit, what) = match overran {
+                    Some(spec) if spec.key == limits::CALL_TIMEOUT.key => (spec, limits.call_timeout, "wall time, host calls included"),
+                    _ => (&limits::TIMEOUT, limits.timeout, "its own running time"),
+                };
+                abort(
+                    AbortKind::Timeout,
+                    guest,
+                    export,
+                    format!(
+                        "guest '{guest}' export '{export}' ran past its deadline of {} ms ({what}; guests.{guest}.limits.{}) and was stopped",
+                        limit.as_millis(),
+                        spec.key
+                    ),
+                )
+            }
             Some(Trap::StackOverflow) => abort(
                 AbortKind::Trap,
                 guest,

@@ -30,13 +30,22 @@ pub const MEMORY: LimitSpec = LimitSpec {
     doc: "memory a guest may grow to, at instantiation and after; past it growth fails and the call aborts",
 };
 
-/// Wall time per call.
+/// The guest's own running time per call.
 pub const TIMEOUT: LimitSpec = LimitSpec {
     key: "timeout_ms",
     default: 10_000,
     ceiling: 600_000,
     unit: "ms",
-    doc: "wall time of one guest call (epoch deadline); HostFactory abandons a script after HF_PROVIDER_ACTION_TIMEOUT",
+    doc: "the guest's own running time in one call (epoch deadline), not counting time it waits in host calls (cloud, store, commands)",
+};
+
+/// Wall time per call, host calls included.
+pub const CALL_TIMEOUT: LimitSpec = LimitSpec {
+    key: "call_timeout_ms",
+    default: 200_000,
+    ceiling: 600_000,
+    unit: "ms",
+    doc: "wall time of one guest call including its host calls; below HostFactory's HF_PROVIDER_ACTION_TIMEOUT (240-300 s), which abandons the script",
 };
 
 /// Tables and instances.
@@ -58,7 +67,7 @@ pub const STACK: LimitSpec = LimitSpec {
 };
 
 /// Every limit, for `--help` and docs.
-pub const ALL: [LimitSpec; 4] = [MEMORY, TIMEOUT, INSTANCES, STACK];
+pub const ALL: [LimitSpec; 5] = [MEMORY, TIMEOUT, CALL_TIMEOUT, INSTANCES, STACK];
 
 /// Per-guest settings from config; absent = default.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -68,6 +77,8 @@ pub struct LimitOverrides {
     pub memory_mib: Option<u64>,
     /// See [`TIMEOUT`].
     pub timeout_ms: Option<u64>,
+    /// See [`CALL_TIMEOUT`].
+    pub call_timeout_ms: Option<u64>,
     /// See [`INSTANCES`].
     pub max_instances: Option<u64>,
 }
@@ -77,8 +88,10 @@ pub struct LimitOverrides {
 pub struct GuestLimits {
     /// Bytes of linear memory.
     pub memory_bytes: usize,
-    /// Wall time per call.
+    /// The guest's own running time per call.
     pub timeout: Duration,
+    /// Wall time per call, host calls included.
+    pub call_timeout: Duration,
     /// Core instances.
     pub max_instances: usize,
 }
@@ -88,6 +101,7 @@ impl Default for GuestLimits {
         Self::from_overrides(&LimitOverrides::default()).unwrap_or(GuestLimits {
             memory_bytes: 128 << 20,
             timeout: Duration::from_secs(10),
+            call_timeout: Duration::from_secs(200),
             max_instances: 32,
         })
     }
@@ -110,6 +124,7 @@ impl GuestLimits {
         Ok(Self {
             memory_bytes: to_usize(pick(&MEMORY, o.memory_mib)?).saturating_mul(1 << 20),
             timeout: Duration::from_millis(pick(&TIMEOUT, o.timeout_ms)?),
+            call_timeout: Duration::from_millis(pick(&CALL_TIMEOUT, o.call_timeout_ms)?),
             max_instances: to_usize(pick(&INSTANCES, o.max_instances)?),
         })
     }
@@ -124,6 +139,7 @@ mod tests {
         let d = GuestLimits::default();
         assert_eq!(d.memory_bytes, 128 << 20);
         assert_eq!(d.timeout, Duration::from_millis(10_000));
+        assert_eq!(d.call_timeout, Duration::from_millis(200_000));
         let e = GuestLimits::from_overrides(&LimitOverrides {
             memory_mib: Some(10_000),
             ..Default::default()

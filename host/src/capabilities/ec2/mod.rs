@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 pub use client::{Ec2Client, Ec2Settings};
 
+use crate::capabilities::HostWait;
 use crate::runtime::bindings::hostfactory::capabilities::ec2::*;
 
 /// Tag naming the provider instance that owns a resource.
@@ -73,6 +74,7 @@ pub struct GuestEc2 {
     client: Option<Arc<dyn Ec2Api>>,
     grant: Ec2Grant,
     owner: String,
+    wait: HostWait,
 }
 
 fn denied(m: String) -> Ec2Error {
@@ -82,8 +84,13 @@ fn denied(m: String) -> Ec2Error {
 impl GuestEc2 {
     /// The capability for the guest of provider instance `owner`, or one that refuses
     /// every call when no EC2 client is configured.
-    pub fn new(client: Option<Arc<dyn Ec2Api>>, grant: Ec2Grant, owner: String) -> Self {
-        Self { client, grant, owner }
+    pub fn new(client: Option<Arc<dyn Ec2Api>>, grant: Ec2Grant, owner: String, wait: HostWait) -> Self {
+        Self {
+            client,
+            grant,
+            owner,
+            wait,
+        }
     }
 
     fn client(&self) -> Result<&dyn Ec2Api, Ec2Error> {
@@ -151,7 +158,8 @@ impl Host for GuestEc2 {
         self.check_type(&req.instance_type)?;
         self.check_count(req.count, "instances")?;
         let tags = self.ownership_tags(&req.request_id, &req.template_id, &req.spec.tags)?;
-        self.client()?.run_instances(&req, &tags)
+        let client = self.client()?;
+        self.wait.measure(|| client.run_instances(&req, &tags))
     }
 
     fn create_fleet(&mut self, req: FleetRequest) -> Result<FleetResult, Ec2Error> {
@@ -163,12 +171,14 @@ impl Host for GuestEc2 {
         }
         self.check_count(req.total_units, "capacity units")?;
         let tags = self.ownership_tags(&req.request_id, &req.template_id, &req.spec.tags)?;
-        self.client()?.create_fleet(&req, &tags)
+        let client = self.client()?;
+        self.wait.measure(|| client.create_fleet(&req, &tags))
     }
 
     fn describe_instances(&mut self, filter: InstanceFilter) -> Result<Vec<Instance>, Ec2Error> {
         let owner = self.owner.clone();
-        self.client()?.describe_owned(&owner, &filter)
+        let client = self.client()?;
+        self.wait.measure(|| client.describe_owned(&owner, &filter))
     }
 
     fn terminate_instances(&mut self, ids: Vec<String>) -> Result<Vec<String>, Ec2Error> {
@@ -177,7 +187,9 @@ impl Host for GuestEc2 {
         }
         let owner = self.owner.clone();
         let client = self.client()?;
-        let owned = client.describe_owned(&owner, &InstanceFilter::Ids(ids.clone()))?;
+        let owned = self
+            .wait
+            .measure(|| client.describe_owned(&owner, &InstanceFilter::Ids(ids.clone())))?;
         let foreign: Vec<&String> = ids.iter().filter(|id| !owned.iter().any(|i| &i.instance_id == *id)).collect();
         if !foreign.is_empty() {
             return Err(denied(format!(
@@ -185,14 +197,16 @@ impl Host for GuestEc2 {
                 foreign.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
             )));
         }
-        client.terminate(&ids)
+        self.wait.measure(|| client.terminate(&ids))
     }
 
     fn describe_instance_types(&mut self, names: Vec<String>) -> Result<Vec<InstanceTypeInfo>, Ec2Error> {
-        self.client()?.describe_instance_types(&names)
+        let client = self.client()?;
+        self.wait.measure(|| client.describe_instance_types(&names))
     }
 
     fn describe_spot_instance_requests(&mut self, ids: Vec<String>) -> Result<Vec<SpotRequest>, Ec2Error> {
-        self.client()?.describe_spot_requests(&ids)
+        let client = self.client()?;
+        self.wait.measure(|| client.describe_spot_requests(&ids))
     }
 }
