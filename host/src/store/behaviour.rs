@@ -58,6 +58,7 @@ pub fn run_all(fresh: &mut dyn FnMut() -> Opener) {
     kv_semantics(&fresh());
     kv_insert_if_absent_has_one_winner_across_handles(&fresh());
     pruning(&fresh());
+    pruning_keeps_held_machines(&fresh());
     export_import_round_trip(&fresh(), &fresh());
 }
 
@@ -234,6 +235,63 @@ pub fn pruning(o: &Opener) {
     for kept in ["req-open", "req-recent"] {
         assert!(s.request(kept).expect("read").is_some(), "{kept} must stay");
     }
+}
+
+/// Pruning never forgets a machine the cluster still uses: a finished provision request
+/// whose machines run on stays until a later finished return names them, and the return
+/// stays until no earlier provision request holds its machines (a host name re-leased by
+/// a newer request does not hold it back).
+pub fn pruning_keeps_held_machines(o: &Opener) {
+    let s = open(o);
+    let finished = |id: &str, kind, created: u64, machines: &[Machine]| {
+        let mut r = record(id, kind, created);
+        r.status = RequestStatus::Complete;
+        r.phase = Phase::Submitted;
+        s.insert_request(&r, machines).expect("insert");
+    };
+    finished(
+        "req-in-use",
+        RequestKind::Provision,
+        10,
+        &[machine("i-1", "h-1", MachineState::Running)],
+    );
+    finished(
+        "req-p1",
+        RequestKind::Provision,
+        20,
+        &[machine("n-1", "node-1", MachineState::Running)],
+    );
+    finished(
+        "ret-r1",
+        RequestKind::Return,
+        30,
+        &[machine("n-1", "node-1", MachineState::Terminated)],
+    );
+    finished(
+        "req-p2",
+        RequestKind::Provision,
+        40,
+        &[machine("n-1", "node-1", MachineState::Running)],
+    );
+    let left = |s: &dyn StateStore| -> Vec<&str> {
+        ["req-in-use", "req-p1", "ret-r1", "req-p2"]
+            .into_iter()
+            .filter(|id| s.request(id).expect("read").is_some())
+            .collect()
+    };
+    assert_eq!(
+        s.prune_finished(1000, 10).expect("prune"),
+        1,
+        "only req-p1: its host was returned after it"
+    );
+    assert_eq!(left(s.as_ref()), ["req-in-use", "ret-r1", "req-p2"]);
+    assert_eq!(
+        s.prune_finished(1000, 10).expect("prune"),
+        1,
+        "then ret-r1: no earlier request holds node-1"
+    );
+    assert_eq!(left(s.as_ref()), ["req-in-use", "req-p2"]);
+    assert_eq!(s.prune_finished(1000, 10).expect("prune"), 0, "hosts in use are never forgotten");
 }
 
 /// Export from one store, import into an empty one: the same document comes out. Import

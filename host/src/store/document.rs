@@ -189,6 +189,28 @@ impl StoredRequest {
     }
 }
 
+/// Whether finished request `r` may be pruned without forgetting a machine the cluster
+/// still uses: the rule of [`super::StateStore::prune_finished`] for the JSON store (the
+/// SQL stores state the same rule in their DELETE statement).
+pub fn releasable(doc: &Document, r: &StoredRequest) -> bool {
+    let returned_later = |name: &str| {
+        doc.requests
+            .iter()
+            .any(|x| x.kind == "return" && x.created_at >= r.created_at && x.is_finished() && x.machines.iter().any(|m| m.name == name))
+    };
+    if r.kind == "provision" {
+        r.machines
+            .iter()
+            .all(|m| matches!(m.state.as_str(), "terminated" | "failed") || returned_later(&m.name))
+    } else {
+        !r.machines.iter().any(|rm| {
+            doc.requests
+                .iter()
+                .any(|p| p.kind == "provision" && p.created_at <= r.created_at && p.machines.iter().any(|pm| pm.name == rm.name))
+        })
+    }
+}
+
 /// Machines of a request updated by `machines`: rows matched by machine id are replaced,
 /// new ones appended, rows not mentioned kept — the same rule the SQL backends apply.
 pub fn upsert_machines(stored: &mut Vec<StoredMachine>, machines: &[Machine]) {

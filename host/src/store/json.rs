@@ -442,7 +442,7 @@ impl StateStore for JsonStore {
             let mut victims: Vec<(u64, String)> = doc
                 .requests
                 .iter()
-                .filter(|r| r.is_finished() && r.updated_at < before)
+                .filter(|r| r.is_finished() && r.updated_at < before && super::document::releasable(doc, r))
                 .map(|r| (r.updated_at, r.id.clone()))
                 .collect();
             victims.sort();

@@ -237,7 +237,10 @@ pub trait StateStore: Send + Sync {
 
     /// Deletes up to `limit` finished requests (final status) last changed before `before`,
     /// with their machines, oldest first; returns how many went. Keeps a store small after
-    /// a year of 30-second polling.
+    /// a year of 30-second polling. A provision request goes only once none of its machines
+    /// is still held (each is terminated or failed, or was named by a finished return made
+    /// after it); a return request only once no provision request made before it still
+    /// holds one of its machines. So the store never forgets a machine the cluster uses.
     fn prune_finished(&self, before: u64, limit: usize) -> Result<usize, StoreError>;
     /// Everything stored, as one document (`store export`, `store check`).
     fn export(&self) -> Result<Document, StoreError>;
