@@ -180,6 +180,53 @@ fn one_status_call_over_many_requests_makes_one_describe() {
 }
 
 #[test]
+fn instances_no_record_accounts_for_are_terminated_by_the_orphan_scan() {
+    let moto = Moto::start();
+    let (subnet, sg, ami) = moto.network();
+    let tree = aws_tree(&moto, templates(&subnet, &sg, &ami));
+    // A site that was already running when this store began: never judged.
+    let before = moto.launch_tagged(
+        &ami,
+        &subnet,
+        &[("hfwasm:provider", "pool"), ("hfwasm:request", "req-from-an-older-store")],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    tree.ok("getReturnRequests", &json!({"machines": []}));
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let kept = tree.request("OnDemand-Template-VM", 1);
+    assert_eq!(tree.until_final(&kept)["status"], "complete");
+    // Launched with our tags for a request the store never recorded, and one tagged with
+    // a real request it never made (an overshooting retry); another provider's is not ours.
+    let ghost = moto.launch_tagged(&ami, &subnet, &[("hfwasm:provider", "pool"), ("hfwasm:request", "req-ghost")]);
+    let extra = moto.launch_tagged(&ami, &subnet, &[("hfwasm:provider", "pool"), ("hfwasm:request", &kept)]);
+    let foreign = moto.launch_tagged(&ami, &subnet, &[("hfwasm:provider", "other"), ("hfwasm:request", "req-x")]);
+    let state = |id: &str| moto.instances().into_iter().find(|x| x.0 == id).map(|x| x.1).unwrap_or_default();
+    // Within the creation timeout nothing is touched (a call may still be recording them).
+    tree.ok("getReturnRequests", &json!({"machines": []}));
+    assert_eq!(state(&ghost), "running");
+    tree.set_env("HFWASM_NOW_OFFSET_SECS", "3600");
+    tree.ok("getReturnRequests", &json!({"machines": []}));
+    tree.unset_env("HFWASM_NOW_OFFSET_SECS");
+    assert_eq!(state(&ghost), "terminated", "unknown request: orphan");
+    assert_eq!(state(&extra), "terminated", "not among its request's machines: orphan");
+    assert_eq!(state(&foreign), "running", "another provider instance's");
+    assert_eq!(state(&before), "running", "launched before this store's history began");
+    let kept_ids: Vec<String> = moto
+        .instances_of(&kept)
+        .into_iter()
+        .filter(|x| x.1 == "running")
+        .map(|x| x.0)
+        .collect();
+    assert_eq!(
+        kept_ids.len(),
+        1,
+        "the recorded instance of the request lives on (the extra one went)"
+    );
+    let log = std::fs::read_to_string(tree.logs.join("hfwasm-pool.log")).unwrap_or_default();
+    assert!(log.contains("orphan") && log.contains(&ghost), "each orphan is logged");
+}
+
+#[test]
 fn a_crash_after_the_cloud_call_leaks_nothing() {
     let moto = Moto::start();
     let (subnet, sg, ami) = moto.network();

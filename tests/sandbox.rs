@@ -141,14 +141,27 @@ fn a_flood_of_host_calls_is_stopped_by_the_call_timeout() {
 
 #[test]
 fn time_waiting_in_host_calls_does_not_count_as_running_time() {
-    // The JSON store parses its file on every kv call: host calls are slow, the guest's own
-    // work between them tiny. 150 ms of running time is plenty although the call takes longer.
+    // The JSON store parses its whole file on every kv call; with 3,000 requests in it a
+    // call takes milliseconds while the guest's own work between calls takes microseconds.
+    // 150 ms of running time is plenty although the call takes far longer.
     let tree = HfTree::new(&plain_inventory(3));
     tree.config(&json!({
         "storage": {"strategy": "json"},
-        "provider": {"guest": "bad", "settings": {"calls": 100000}},
+        "provider": {"guest": "bad", "settings": {"calls": 150}},
         "guests": {"bad": {"wasm": guest_wasm("hfwasm_testing_flood.wasm").display().to_string(), "grants": ["log", "kv"], "limits": {"timeout_ms": 150}}}
     }));
+    let requests: Vec<serde_json::Value> = (0..3000)
+        .map(|i| {
+            json!({"id": format!("req-{i:05}"), "kind": "provision", "template_id": "t", "count": 2, "phase": "submitted",
+                   "status": "complete", "outstanding": 0, "created_at": 1000 + i, "updated_at": 1000 + i, "claimed": true,
+                   "machines": (0..2).map(|m| json!({"machine_id": format!("m-{i}-{m}"), "name": format!("h-{i}-{m}"),
+                       "private_ip": "10.0.0.1", "launch_time": 1000, "state": "running"})).collect::<Vec<_>>()})
+        })
+        .collect();
+    let doc = tree.dir.path().join("big.json");
+    std::fs::write(&doc, json!({"schema_version": 3, "requests": requests}).to_string()).expect("doc");
+    let (code, out, err) = admin(&tree, &["store", "import", doc.to_str().expect("path")]);
+    assert_eq!(code, 0, "{out}{err}");
     let t0 = std::time::Instant::now();
     let t = tree.ok("getAvailableTemplates", &json!({}));
     let took = t0.elapsed();

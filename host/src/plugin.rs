@@ -102,6 +102,7 @@ impl Plugin {
             pending_timeout_secs: self.config.pending_timeout_secs,
             abandon_after_secs: self.config.abandon_after_secs,
             retention_secs: self.config.retention.as_secs(),
+            orphan_scan_secs: self.config.orphan_scan_secs,
         }
     }
 

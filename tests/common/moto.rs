@@ -175,6 +175,34 @@ impl Moto {
         })
     }
 
+    /// Launches one instance behind hfwasm's back carrying `tags` (say, hfwasm's ownership
+    /// tags for a request its store never recorded); returns its id.
+    pub fn launch_tagged(&self, ami: &str, subnet: &str, tags: &[(&str, &str)]) -> String {
+        self.rt.block_on(async {
+            let mut spec = sdk::types::TagSpecification::builder().resource_type(sdk::types::ResourceType::Instance);
+            for (k, v) in tags {
+                spec = spec.tags(sdk::types::Tag::builder().key(*k).value(*v).build());
+            }
+            let out = self
+                .ec2
+                .run_instances()
+                .image_id(ami)
+                .subnet_id(subnet)
+                .instance_type(sdk::types::InstanceType::T3Micro)
+                .min_count(1)
+                .max_count(1)
+                .tag_specifications(spec.build())
+                .send()
+                .await
+                .expect("run instances");
+            out.instances()
+                .first()
+                .and_then(|i| i.instance_id())
+                .expect("instance id")
+                .to_string()
+        })
+    }
+
     /// Terminates `id` behind hfwasm's back (a console user, a spot reclaim).
     pub fn terminate(&self, id: &str) {
         self.rt

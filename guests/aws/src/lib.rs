@@ -427,6 +427,20 @@ impl Guest for Aws {
             .collect())
     }
 
+    fn owned_machines(_ctx: CallContext) -> Result<Vec<OwnedMachine>, ProviderError> {
+        Ok(describe(InstanceFilter::Owned)?
+            .iter()
+            .filter(|i| is_live(i))
+            .filter_map(|i| {
+                let request_id = i.tags.iter().find(|t| t.key == TAG_REQUEST)?.value.clone();
+                Some(OwnedMachine {
+                    request_id,
+                    machine: machine(i),
+                })
+            })
+            .collect())
+    }
+
     fn reclaim_candidates(ctx: CallContext, refs: Vec<MachineRef>) -> Result<Vec<Reclaim>, ProviderError> {
         let resolved = resolve(&refs)?;
         let ids: Vec<String> = resolved.iter().filter_map(|(_, id)| id.clone()).collect();

@@ -126,6 +126,12 @@ impl Guest for OnPrem {
         known.into_iter().map(|m| pool::advance_release(m, &return_id)).collect()
     }
 
+    fn owned_machines(_ctx: CallContext) -> Result<Vec<OwnedMachine>, ProviderError> {
+        // Leases live in the host's store beside the requests, and a lease taken for a
+        // request whose answer was lost is found by the host's sweep through requests-status.
+        Ok(Vec::new())
+    }
+
     fn reclaim_candidates(_ctx: CallContext, machines: Vec<MachineRef>) -> Result<Vec<Reclaim>, ProviderError> {
         let pool = Pool::load()?;
         let mut out = Vec::new();

@@ -66,6 +66,7 @@ struct RawProvider {
     settings: Option<serde_json::Value>,
     pending_timeout_secs: Option<u64>,
     abandon_after_secs: Option<u64>,
+    orphan_scan_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,6 +130,9 @@ pub struct Config {
     /// Requests recorded but never answered (a crashed call) are abandoned after this many
     /// seconds and their machines released (IBM/LSF `INSTANCE_CREATION_TIMEOUT`).
     pub abandon_after_secs: u64,
+    /// How often the sweep looks for machines no record accounts for (`provider.orphan_scan_secs`,
+    /// default 600; 0 = never).
+    pub orphan_scan_secs: u64,
     /// Inventory file for the on-prem guest.
     pub inventory_file: PathBuf,
     /// Where state lives (`storage`).
@@ -334,6 +338,7 @@ impl Config {
             settings,
             pending_timeout_secs,
             abandon_after_secs,
+            orphan_scan_secs: raw.provider.orphan_scan_secs.unwrap_or(600),
             inventory_file: conf_dir.join(raw.inventory.file.unwrap_or_else(|| PathBuf::from("inventory.txt"))),
             store: storage.spec,
             retention: storage.retention,

@@ -454,6 +454,23 @@ impl Provider for WasmProvider {
         )
     }
 
+    fn owned_machines(&mut self, ctx: &CallContext) -> Result<Vec<OwnedMachine>, ProviderError> {
+        let c = convert::call_context(ctx);
+        self.call(
+            "owned-machines",
+            |b, s| b.hostfactory_provider_provider().call_owned_machines(s, &c),
+            |ms| {
+                Ok(ms
+                    .into_iter()
+                    .map(|o| OwnedMachine {
+                        request_id: o.request_id,
+                        machine: convert::machine_from_wit(o.machine),
+                    })
+                    .collect())
+            },
+        )
+    }
+
     fn reclaim_candidates(&mut self, ctx: &CallContext, machines: &[MachineRef]) -> Result<Vec<Reclaim>, ProviderError> {
         let c = convert::call_context(ctx);
         let m: Vec<_> = machines.iter().map(convert::machine_ref).collect();

@@ -29,6 +29,8 @@ pub trait Provider {
     fn release_machines(&mut self, ctx: &CallContext, return_id: &str, machines: &[MachineRef]) -> Result<Vec<Machine>, ProviderError>;
     /// Progress of an open return request.
     fn release_status(&mut self, ctx: &CallContext, return_id: &str, known: &[Machine]) -> Result<Vec<Machine>, ProviderError>;
+    /// Every live machine the provider made, with its request (for the orphan scan).
+    fn owned_machines(&mut self, ctx: &CallContext) -> Result<Vec<OwnedMachine>, ProviderError>;
     /// Hosts HostFactory lists that the provider wants back.
     fn reclaim_candidates(&mut self, ctx: &CallContext, machines: &[MachineRef]) -> Result<Vec<Reclaim>, ProviderError>;
 }
@@ -104,6 +106,8 @@ pub struct LifecyclePolicy {
     pub abandon_after_secs: u64,
     /// Finished requests last changed longer ago than this are pruned from the store.
     pub retention_secs: u64,
+    /// How often the sweep lists the provider's machines to find orphans; 0 = never.
+    pub orphan_scan_secs: u64,
 }
 
 /// One HostFactory call's worth of orchestration.

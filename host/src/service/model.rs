@@ -133,6 +133,15 @@ pub struct ProvisionRequest {
     pub rc_account: Option<String>,
 }
 
+/// A live machine and the request it was made for, as the provider lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedMachine {
+    /// Request id the machine was made for.
+    pub request_id: String,
+    /// The machine.
+    pub machine: Machine,
+}
+
 /// An open provision request and its recorded machines, asked about in one batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusQuery {

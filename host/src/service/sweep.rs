@@ -77,8 +77,78 @@ impl Service<'_> {
                 }
             }
         }
+        let orphans = match self.scan_orphans() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "orphan scan failed; will retry at the next interval");
+                0
+            }
+        };
         self.prune();
-        Ok(stale.len())
+        Ok(stale.len() + orphans)
+    }
+
+    /// Releases live machines the provider made that no record accounts for: made for a
+    /// request the store does not know, or not among the machines of their finished
+    /// request, and older than `abandon_after_secs` (a call may still be recording them).
+    /// Runs at most every `orphan_scan_secs`, and never judges a machine launched before
+    /// this store first swept: after a store reset, the cluster's hosts are not orphans.
+    fn scan_orphans(&mut self) -> Result<usize, ServiceError> {
+        let interval = self.policy.orphan_scan_secs;
+        if interval == 0 {
+            return Ok(0);
+        }
+        let now = self.ctx.now;
+        let ns = format!("hfwasm.sweep/{}", self.ctx.provider_instance);
+        self.store.kv_insert_if_absent(&ns, "since", &now.to_string())?;
+        let since: u64 = self.store.kv_get(&ns, "since")?.and_then(|v| v.parse().ok()).unwrap_or(now);
+        let last: u64 = self.store.kv_get(&ns, "orphan-scan-at")?.and_then(|v| v.parse().ok()).unwrap_or(0);
+        let settled_before = now.saturating_sub(self.policy.abandon_after_secs);
+        if now.saturating_sub(last) < interval || settled_before <= since {
+            // Too soon, or no machine can be both newer than the store's history and settled.
+            return Ok(0);
+        }
+        self.store.kv_set(&ns, "orphan-scan-at", &now.to_string())?;
+        let ctx = self.ctx.clone();
+        let owned = self.provider()?.owned_machines(&ctx)?;
+        let mut accounted: std::collections::HashMap<String, Option<Vec<Machine>>> = std::collections::HashMap::new();
+        let mut orphans: Vec<OwnedMachine> = Vec::new();
+        for o in owned {
+            let m = &o.machine;
+            if m.launch_time <= since || m.launch_time > settled_before || m.state == MachineState::Terminated {
+                continue;
+            }
+            if !accounted.contains_key(&o.request_id) {
+                // None = the request is open: its own lifecycle accounts for its machines.
+                let recorded = match self.store.request(&o.request_id)? {
+                    Some(rec) if !rec.status.is_final() => None,
+                    Some(_) => Some(self.store.machines(&o.request_id)?),
+                    None => Some(Vec::new()),
+                };
+                accounted.insert(o.request_id.clone(), recorded);
+            }
+            if let Some(Some(recorded)) = accounted.get(&o.request_id)
+                && !recorded.iter().any(|r| r.machine_id == m.machine_id)
+            {
+                orphans.push(o);
+            }
+        }
+        if orphans.is_empty() {
+            return Ok(0);
+        }
+        for o in &orphans {
+            tracing::warn!(
+                request_id = %o.request_id,
+                machine_id = %o.machine.machine_id,
+                name = %o.machine.name,
+                launched = o.machine.launch_time,
+                "orphan: a live machine no record accounts for; releasing it"
+            );
+        }
+        let machines: Vec<Machine> = orphans.iter().map(|o| o.machine.clone()).collect();
+        self.provider()?
+            .release_machines(&ctx, &format!("orphans-{now}"), &refs_of(&machines))?;
+        Ok(orphans.len())
     }
 
     /// Deletes finished requests older than the retention, a bounded batch per call so a

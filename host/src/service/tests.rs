@@ -20,6 +20,10 @@ struct Script {
     status_batches: Vec<Vec<String>>,
     /// Answer this many fewer status queries than asked (a broken guest).
     answer_short: usize,
+    /// What owned-machines lists.
+    owned: Vec<OwnedMachine>,
+    /// Host names of each release-machines call.
+    released: Vec<Vec<String>>,
 }
 
 struct Double {
@@ -54,9 +58,10 @@ impl Provider for Double {
         }
         Ok(out)
     }
-    fn release_machines(&mut self, _: &CallContext, id: &str, _: &[MachineRef]) -> Result<Vec<Machine>, ProviderError> {
+    fn release_machines(&mut self, _: &CallContext, id: &str, refs: &[MachineRef]) -> Result<Vec<Machine>, ProviderError> {
         let recorded = self.store.request(id).ok().flatten().is_some();
         let mut s = self.script.borrow_mut();
+        s.released.push(refs.iter().map(|r| r.name.clone()).collect());
         s.seen_recorded.push(recorded);
         s.calls.push("release-machines".into());
         s.release.remove(0)
@@ -65,6 +70,11 @@ impl Provider for Double {
         let mut s = self.script.borrow_mut();
         s.calls.push("release-status".into());
         s.release.remove(0)
+    }
+    fn owned_machines(&mut self, _: &CallContext) -> Result<Vec<OwnedMachine>, ProviderError> {
+        let mut s = self.script.borrow_mut();
+        s.calls.push("owned-machines".into());
+        Ok(s.owned.clone())
     }
     fn reclaim_candidates(&mut self, _: &CallContext, machines: &[MachineRef]) -> Result<Vec<Reclaim>, ProviderError> {
         // Claims one listed host and one HostFactory never listed.
@@ -183,6 +193,7 @@ impl Fixture {
                 pending_timeout_secs: 100,
                 abandon_after_secs: 600,
                 retention_secs: 7 * 86400,
+                orphan_scan_secs: 600,
             },
         )
     }
@@ -556,4 +567,38 @@ fn a_status_answer_of_the_wrong_length_fails_the_requests_it_cannot_match() {
         assert_eq!(report.status, RequestStatus::CompleteWithError, "{report:?}");
         assert!(report.message.contains("answered 1 of 2 queries"), "{}", report.message);
     }
+}
+
+#[test]
+fn the_orphan_scan_runs_at_its_interval_and_spares_open_requests() {
+    let f = Fixture::new();
+    let mut open = accepted_record("req-open");
+    open.phase = Phase::Submitted;
+    open.claimed = true;
+    f.store.insert_request(&open, &[]).expect("insert");
+    // First sweep: the store's history begins (nothing before it is judged).
+    f.service(1_000).sweep().expect("sweep");
+    let owned = |req: &str, id: &str, launched: u64| OwnedMachine {
+        request_id: req.into(),
+        machine: machine(id, MachineState::Running, launched),
+    };
+    f.script.borrow_mut().owned = vec![
+        owned("req-open", "o-1", 2_000),
+        owned("req-lost", "l-1", 2_000),
+        owned("req-lost", "l-old", 900),
+    ];
+    // Nothing can be settled yet (the creation timeout is 600 s): not even listed.
+    f.service(1_500).sweep().expect("sweep");
+    assert!(!f.script.borrow().calls.contains(&"owned-machines".to_string()));
+    f.will_report(Vec::new());
+    f.will_release(vec![machine("l-1", MachineState::Stopping, 2_000)]);
+    f.service(5_000).sweep().expect("sweep");
+    assert_eq!(
+        f.script.borrow().released,
+        [vec!["h-l-1".to_string()]],
+        "only the lost request's machine launched after the store began"
+    );
+    // Within the interval (600 s): not listed again.
+    f.service(5_300).sweep().expect("sweep");
+    assert_eq!(f.script.borrow().calls.iter().filter(|c| *c == "owned-machines").count(), 1);
 }

@@ -35,6 +35,11 @@ macro_rules! adversarial_guest {
             ) -> Result<Vec<hfwasm_guest_sdk::Machine>, hfwasm_guest_sdk::ProviderError> {
                 Ok(Vec::new())
             }
+            fn owned_machines(
+                _: hfwasm_guest_sdk::CallContext,
+            ) -> Result<Vec<hfwasm_guest_sdk::OwnedMachine>, hfwasm_guest_sdk::ProviderError> {
+                Ok(Vec::new())
+            }
             fn reclaim_candidates(
                 _: hfwasm_guest_sdk::CallContext,
                 _: Vec<hfwasm_guest_sdk::MachineRef>,

@@ -218,6 +218,7 @@ impl Fixture {
                 pending_timeout_secs: 180,
                 abandon_after_secs: 600,
                 retention_secs: 7 * 86400,
+                orphan_scan_secs: 600,
             },
         )
     }
