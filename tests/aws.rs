@@ -119,8 +119,30 @@ fn ibm_files_drive_a_full_cycle_against_the_emulator() {
         json!([{"machine": kept_name, "machineId": kept_id, "gracePeriod": 0}])
     );
 
-    // Weighted spot via EC2 Fleet: 4 units of m5.large (1) / m5.xlarge (2).
-    let fid = tree.request("Weighted-Spot-VM", 4);
+    // Weighted spot via Spot Fleet (the template names a fleetRole): 4 units of m5.large (1)
+    // / m5.xlarge (2); the fleet is cancelled once full, its instances keep running.
+    let sid = tree.request("Weighted-Spot-VM", 4);
+    let sdone = tree.until_final(&sid);
+    assert_eq!(sdone["status"], "complete", "{sdone}");
+    let stypes = moto.running_types_of(&sid);
+    let sunits: u32 = stypes.iter().map(|t| if t == "m5.xlarge" { 2 } else { 1 }).sum();
+    assert!(sunits >= 4, "the fleet delivers at least the 4 units asked: {stypes:?}");
+    assert_eq!(
+        machine_names(&sdone, "succeed").len(),
+        stypes.len(),
+        "every fleet instance is reported"
+    );
+    let fleets: Vec<_> = moto
+        .spot_fleets()
+        .into_iter()
+        .filter(|f| f.2.contains(&("hfwasm:request".to_string(), sid.clone())))
+        .collect();
+    assert_eq!(fleets.len(), 1, "one Spot Fleet for the request, tagged with it");
+    assert!(fleets[0].1.starts_with("cancelled"), "a full fleet is cancelled: {fleets:?}");
+    assert!(fleets[0].2.contains(&("hfwasm:provider".to_string(), "pool".to_string())));
+
+    // Weighted spot via EC2 Fleet (no fleetRole): 4 units of m5.large (1) / m5.xlarge (2).
+    let fid = tree.request("Weighted-Fleet-VM", 4);
     let fdone = tree.until_final(&fid);
     assert_ne!(fdone["status"], "running");
     let types = moto.running_types_of(&fid);
@@ -135,7 +157,7 @@ fn ibm_files_drive_a_full_cycle_against_the_emulator() {
     assert!(
         moto.instances_of(&fid)
             .iter()
-            .all(|x| x.3.contains(&("hfwasm:template".into(), "Weighted-Spot-VM".into())))
+            .all(|x| x.3.contains(&("hfwasm:template".into(), "Weighted-Fleet-VM".into())))
     );
 
     // Unknown ids are final.

@@ -12,6 +12,9 @@ use aws_sdk_ec2 as sdk;
 use serde_json::{Value, json};
 
 /// One instance as the emulator reports it: (id, state, private DNS name, tags).
+/// A Spot Fleet request in the emulator: (id, state, tags).
+pub type SpotFleet = (String, String, Vec<(String, String)>);
+
 pub type EmulatedInstance = (String, String, String, Vec<(String, String)>);
 
 /// A running moto server.
@@ -203,6 +206,26 @@ impl Moto {
         })
     }
 
+    /// Every Spot Fleet request: (id, state, tags).
+    pub fn spot_fleets(&self) -> Vec<SpotFleet> {
+        self.rt.block_on(async {
+            let out = self.ec2.describe_spot_fleet_requests().send().await.expect("describe spot fleets");
+            out.spot_fleet_request_configs()
+                .iter()
+                .map(|c| {
+                    (
+                        c.spot_fleet_request_id().unwrap_or_default().to_string(),
+                        c.spot_fleet_request_state().map(|s| s.as_str().to_string()).unwrap_or_default(),
+                        c.tags()
+                            .iter()
+                            .map(|t| (t.key().unwrap_or_default().to_string(), t.value().unwrap_or_default().to_string()))
+                            .collect(),
+                    )
+                })
+                .collect()
+        })
+    }
+
     /// Terminates `id` behind hfwasm's back (a console user, a spot reclaim).
     pub fn terminate(&self, id: &str) {
         self.rt
@@ -269,7 +292,8 @@ pub fn aws_tree(moto: &Moto, templates: Value) -> super::HfTree {
     tree
 }
 
-/// Two IBM templates: on-demand `t3.micro` (RunInstances) and weighted spot (EC2 Fleet).
+/// Three IBM templates: on-demand `t3.micro` (RunInstances), weighted spot with a
+/// `fleetRole` (Spot Fleet) and weighted spot without one (EC2 Fleet `instant`).
 pub fn templates(subnet: &str, sg: &str, ami: &str) -> Value {
     json!([
         {
@@ -296,6 +320,17 @@ pub fn templates(subnet: &str, sg: &str, ami: &str) -> Value {
             "priceType": "spot",
             "allocationStrategy": "capacityOptimized",
             "fleetRole": "arn:aws:iam::123456789012:role/aws-ec2-spot-fleet-tagging-role",
+            "securityGroupIds": [sg]
+        },
+        {
+            "templateId": "Weighted-Fleet-VM",
+            "maxNumber": 20,
+            "attributes": {"type": ["String", "X86_64"]},
+            "imageId": ami,
+            "subnetId": [subnet],
+            "vmTypes": {"m5.large": 1, "m5.xlarge": 2},
+            "priceType": "spot",
+            "allocationStrategy": "capacityOptimized",
             "securityGroupIds": [sg]
         }
     ])

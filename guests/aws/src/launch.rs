@@ -58,10 +58,15 @@ pub struct Launched {
     pub ids: Vec<String>,
     /// Capacity errors for units that could not be had.
     pub errors: Vec<String>,
+    /// The Spot Fleet still filling, if one was requested.
+    pub fleet: Option<String>,
 }
 
 /// Launches `want` units for `req`.
-pub fn launch(t: &AwsTemplate, req: &ProvisionRequest, want: u32) -> Result<Launched, ProviderError> {
+pub fn launch(t: &AwsTemplate, req: &ProvisionRequest, want: u32, now: u64) -> Result<Launched, ProviderError> {
+    if t.uses_spot_fleet() {
+        return spot_fleet(t, req, want, now);
+    }
     if t.single_type() {
         let run = ec2::RunRequest {
             request_id: req.request_id.clone(),
@@ -121,4 +126,59 @@ pub fn fleet(
         spot_max_price: t.max_spot_price.clone(),
     };
     ec2::create_fleet(&f).map_err(|e| ec2_err("CreateFleet", e))
+}
+
+/// kv key of the Spot Fleet launched for request `request_id` (value `sfr-id,valid-until`).
+pub fn fleet_key(request_id: &str) -> String {
+    format!("sfr/{request_id}")
+}
+
+/// Spot Fleet spells allocation strategies in camel case; templates are parsed to EC2
+/// Fleet's kebab case.
+fn spot_fleet_strategy(kebab: Option<&str>) -> String {
+    match kebab.unwrap_or("lowest-price") {
+        "diversified" => "diversified",
+        "capacity-optimized" => "capacityOptimized",
+        "capacity-optimized-prioritized" => "capacityOptimizedPrioritized",
+        "price-capacity-optimized" => "priceCapacityOptimized",
+        _ => "lowestPrice",
+    }
+    .to_string()
+}
+
+/// Requests a Spot Fleet for `want` units (the heterogeneous on-demand share inside it) and
+/// records it in kv; instances arrive over time and are picked up by status calls.
+fn spot_fleet(t: &AwsTemplate, req: &ProvisionRequest, want: u32, now: u64) -> Result<Launched, ProviderError> {
+    let on_demand = match t.price_type {
+        PriceType::Heterogeneous => want * t.percent_on_demand / 100,
+        PriceType::OnDemand | PriceType::Spot => 0,
+    };
+    let mut types = t.vm_types.clone();
+    types.extend(
+        t.vm_types_on_demand
+            .iter()
+            .filter(|(ty, _)| !t.vm_types.iter().any(|(x, _)| x == ty))
+            .cloned(),
+    );
+    let valid_until = now + u64::from(t.fleet_expiry_mins) * 60;
+    let r = ec2::SpotFleetRequest {
+        request_id: req.request_id.clone(),
+        template_id: t.id.clone(),
+        spec: spec(t),
+        overrides: overrides(t, &types),
+        total_units: want,
+        on_demand_units: on_demand,
+        fleet_role: t.fleet_role.clone().unwrap_or_default(),
+        allocation_strategy: spot_fleet_strategy(t.allocation_strategy.as_deref()),
+        spot_max_price: t.max_spot_price.clone(),
+        valid_until: Some(valid_until),
+    };
+    let fleet = ec2::request_spot_fleet(&r).map_err(|e| ec2_err("RequestSpotFleet", e))?;
+    kv::set(&fleet_key(&req.request_id), &format!("{fleet},{valid_until}"))?;
+    let ids = ec2::describe_spot_fleet_instances(&fleet).map_err(|e| ec2_err("DescribeSpotFleetInstances", e))?;
+    Ok(Launched {
+        ids,
+        fleet: Some(fleet),
+        ..Launched::default()
+    })
 }

@@ -173,6 +173,37 @@ fn units(t: &AwsTemplate, instances: &[ec2::Instance]) -> u32 {
     instances.iter().filter(|i| is_live(i)).map(|i| t.weight(&i.instance_type)).sum()
 }
 
+/// The Spot Fleet recorded for a request: (fleet id, epoch second it stops launching).
+fn fleet_of(request_id: &str) -> Result<Option<(String, u64)>, ProviderError> {
+    Ok(kv::get(&launch::fleet_key(request_id))?.and_then(|v| {
+        let (f, until) = v.split_once(',')?;
+        Some((f.to_string(), until.parse().ok()?))
+    }))
+}
+
+/// Units still to come from a request's Spot Fleet, and a note for HostFactory. A fleet
+/// that is full or expired is cancelled (its instances keep running) and forgotten.
+fn follow_fleet(req: &ProvisionRequest, fleet: &str, until: u64, got: u32, now: u64) -> Result<(u32, Option<String>), ProviderError> {
+    if got < req.count && now < until {
+        return Ok((
+            req.count - got,
+            Some(format!("spot fleet {fleet}: {got} of {} units so far", req.count)),
+        ));
+    }
+    if let Err(e) = ec2::cancel_spot_fleet_requests(&[fleet.to_string()]) {
+        warn(&format!(
+            "cannot cancel spot fleet {fleet} of {}: {}",
+            req.request_id,
+            ec2_err("CancelSpotFleetRequests", e)
+        ));
+    }
+    kv::delete(&launch::fleet_key(&req.request_id))?;
+    Ok((
+        0,
+        (got < req.count).then(|| format!("spot fleet {fleet} expired with {got} of {} units", req.count)),
+    ))
+}
+
 /// Instance ids for HostFactory's machine references (by id, else by private DNS name).
 fn resolve(refs: &[MachineRef]) -> Result<Vec<(MachineRef, Option<String>)>, ProviderError> {
     let needs_lookup = refs.iter().any(|r| !r.machine_id.as_deref().is_some_and(|m| m.starts_with("i-")));
@@ -245,14 +276,19 @@ impl Guest for Aws {
         let mut errors = Vec::new();
         let mut ids: Vec<String> = Vec::new();
         let mut instances = existing;
-        if have < req.count {
+        let mut fleet = if t.uses_spot_fleet() { fleet_of(&req.request_id)? } else { None };
+        if let Some((f, _)) = &fleet {
+            // A retry of a request whose Spot Fleet exists: follow it, never request another.
+            ids = ec2::describe_spot_fleet_instances(f).map_err(|e| ec2_err("DescribeSpotFleetInstances", e))?;
+        } else if have < req.count {
             let want = req.count - have;
-            match launch::launch(t, &req, want) {
+            match launch::launch(t, &req, want, ctx.now) {
                 Ok(launched) => {
                     // RunInstances describes what it launched: no second round trip.
                     instances.extend(launched.instances);
                     ids = launched.ids;
                     errors = launched.errors;
+                    fleet = launched.fleet.map(|f| (f, ctx.now + u64::from(t.fleet_expiry_mins) * 60));
                 }
                 Err(e) if instances.is_empty() => return Err(e),
                 Err(e) => errors.push(e.to_string()),
@@ -267,7 +303,7 @@ impl Guest for Aws {
         }
         // Heterogeneous: spot that could not be had is bought on-demand right away.
         let mut got = units(t, &instances);
-        if got < req.count && t.price_type == PriceType::Heterogeneous && !errors.is_empty() {
+        if got < req.count && t.price_type == PriceType::Heterogeneous && !errors.is_empty() && fleet.is_none() {
             let od_types = if t.vm_types_on_demand.is_empty() {
                 &t.vm_types
             } else {
@@ -284,6 +320,16 @@ impl Guest for Aws {
                 Err(e) => errors.push(e.to_string()),
             }
             got = units(t, &instances);
+        }
+        if let Some((f, until)) = &fleet {
+            // A Spot Fleet fills over time: the request stays open until it is full or expires.
+            let (outstanding, message) = follow_fleet(&req, f, *until, got, ctx.now)?;
+            return Ok(ProvisionProgress {
+                machines: instances.iter().map(machine).collect(),
+                outstanding,
+                message,
+                units: Some(got),
+            });
         }
         if got == 0 {
             return Err(ProviderError::Capacity(format!(
@@ -332,6 +378,33 @@ impl Guest for Aws {
                 }
             }
         }
+        // Spot Fleets still filling: their new instances (one DescribeSpotFleetInstances per
+        // fleet; the API takes one fleet id), described together.
+        let mut fleets: BTreeMap<String, (String, u64)> = BTreeMap::new();
+        let mut arrivals: Vec<(String, String)> = Vec::new();
+        for q in &queries {
+            let rid = &q.request.request_id;
+            if !templates.iter().any(|t| t.id == q.request.template_id && t.uses_spot_fleet()) {
+                continue;
+            }
+            let Some((f, until)) = fleet_of(rid)? else { continue };
+            for id in ec2::describe_spot_fleet_instances(&f).map_err(|e| ec2_err("DescribeSpotFleetInstances", e))? {
+                let known = q.known.iter().any(|k| k.machine_id == id)
+                    || by_request.get(rid).is_some_and(|v| v.iter().any(|i| i.instance_id == id));
+                if !known {
+                    arrivals.push((rid.clone(), id));
+                }
+            }
+            fleets.insert(rid.clone(), (f, until));
+        }
+        if !arrivals.is_empty() {
+            let described = describe(InstanceFilter::Ids(arrivals.iter().map(|(_, id)| id.clone()).collect()))?;
+            for (rid, id) in &arrivals {
+                if let Some(i) = described.iter().find(|i| &i.instance_id == id) {
+                    by_request.entry(rid.clone()).or_default().push(i.clone());
+                }
+            }
+        }
         Ok(queries
             .into_iter()
             .map(|q| {
@@ -357,10 +430,14 @@ impl Guest for Aws {
                     Some(t) => units(t, &instances),
                     None => u32::try_from(instances.iter().filter(|i| is_live(i)).count()).unwrap_or(u32::MAX),
                 };
+                let (outstanding, message) = match fleets.get(&q.request.request_id) {
+                    Some((f, until)) => follow_fleet(&q.request, f, *until, got, ctx.now)?,
+                    None => (0, None),
+                };
                 Ok(ProvisionProgress {
                     machines,
-                    outstanding: 0,
-                    message: None,
+                    outstanding,
+                    message,
                     units: Some(got),
                 })
             })

@@ -44,6 +44,11 @@ pub struct AwsTemplate {
     pub volume_type: Option<String>,
     pub iops: Option<u32>,
     pub launch_template_id: Option<String>,
+    /// IAM role for Spot Fleet (`fleetRole`): spot and heterogeneous templates that name
+    /// one launch through RequestSpotFleet instead of EC2 Fleet `instant`.
+    pub fleet_role: Option<String>,
+    /// Minutes a Spot Fleet keeps trying to launch (`spotFleetRequestExpiry`, default 30).
+    pub fleet_expiry_mins: u32,
 }
 
 fn bad(id: &str, key: &str, why: &str) -> ProviderError {
@@ -156,6 +161,8 @@ impl AwsTemplate {
             max_spot_price: None,
             allocation_strategy: None,
             allocation_strategy_on_demand: None,
+            fleet_role: None,
+            fleet_expiry_mins: 30,
             percent_on_demand: 0,
             key_name: None,
             security_group_ids: Vec::new(),
@@ -237,9 +244,8 @@ impl AwsTemplate {
                 }
                 "iops" => t.iops = Some(number(&id, k, v, 100, 256_000)?),
                 "launchTemplateId" => t.launch_template_id = Some(string(&id, k, v)?),
-                // hfwasm launches spot capacity with EC2 Fleet `instant`, which needs no fleet
-                // role and does not expire; these Spot Fleet keys are accepted without effect.
-                "fleetRole" | "spotFleetRequestExpiry" => {}
+                "fleetRole" => t.fleet_role = Some(string(&id, k, v)?),
+                "spotFleetRequestExpiry" => t.fleet_expiry_mins = number(&id, k, v, 1, 10_080)?,
                 "poolsCount"
                 | "ec2FleetConfig"
                 | "onDemandTargetCapacityRatio"
@@ -282,6 +288,13 @@ impl AwsTemplate {
         if t.iops.is_some() && !matches!(t.volume_type.as_deref(), Some("io1" | "io2" | "gp3")) {
             return Err(bad(&id, "iops", "needs volumeType io1, io2 or gp3"));
         }
+        if t.uses_spot_fleet() && t.launch_template_id.is_some() {
+            return Err(bad(
+                &id,
+                "launchTemplateId",
+                "is not supported with fleetRole (Spot Fleet launch specifications are built from the template's own keys); drop one of them",
+            ));
+        }
         Ok(t)
     }
 
@@ -309,6 +322,11 @@ impl AwsTemplate {
 
     /// Whether one RunInstances call serves this template: one type, not weighted, no
     /// separate on-demand types.
+    pub fn uses_spot_fleet(&self) -> bool {
+        self.fleet_role.is_some() && self.price_type != PriceType::OnDemand
+    }
+
+    /// Whether RunInstances (one type, on-demand or plain spot) launches this template.
     pub fn single_type(&self) -> bool {
         self.vm_types.len() == 1 && !self.weighted && self.vm_types_on_demand.is_empty() && self.price_type != PriceType::Heterogeneous
     }

@@ -551,6 +551,126 @@ impl super::Ec2Api for Ec2Client {
         Ok(out.instance_types().iter().map(convert::instance_type).collect())
     }
 
+    /// RequestSpotFleet (`request` type: filled once, never replenished) with one launch
+    /// specification per override and ownership `tags` on the fleet and its instances.
+    fn request_spot_fleet(&self, req: &SpotFleetRequest, tags: &[Tag]) -> Result<String, Ec2Error> {
+        let root_device = match &req.spec.root_volume {
+            Some(_) => Some(self.root_device(&req.spec.image_id)?),
+            None => None,
+        };
+        let instance_tags = sdk::types::SpotFleetTagSpecification::builder()
+            .resource_type(sdk::types::ResourceType::Instance)
+            .set_tags(Some(
+                tags.iter()
+                    .map(|t| sdk::types::Tag::builder().key(&t.key).value(&t.value).build())
+                    .collect(),
+            ))
+            .build();
+        let specs: Vec<sdk::types::SpotFleetLaunchSpecification> = req
+            .overrides
+            .iter()
+            .map(|o| {
+                let mut s = sdk::types::SpotFleetLaunchSpecification::builder()
+                    .image_id(&req.spec.image_id)
+                    .instance_type(sdk::types::InstanceType::from(o.instance_type.as_str()))
+                    .set_subnet_id(o.subnet_id.clone().or_else(|| req.spec.subnet_ids.first().cloned()))
+                    .set_weighted_capacity(o.weight)
+                    .set_spot_price(o.max_price.clone())
+                    .set_key_name(req.spec.key_name.clone())
+                    .set_user_data(req.spec.user_data.as_deref().map(convert::base64))
+                    .set_security_groups(Some(
+                        req.spec
+                            .security_group_ids
+                            .iter()
+                            .map(|g| sdk::types::GroupIdentifier::builder().group_id(g).build())
+                            .collect(),
+                    ))
+                    .set_block_device_mappings(
+                        req.spec
+                            .root_volume
+                            .as_ref()
+                            .zip(root_device.as_deref())
+                            .map(|(v, d)| vec![convert::root_mapping(v, d)]),
+                    )
+                    .tag_specifications(instance_tags.clone());
+                if let Some(arn) = &req.spec.instance_profile_arn {
+                    s = s.iam_instance_profile(sdk::types::IamInstanceProfileSpecification::builder().arn(arn).build());
+                }
+                s.build()
+            })
+            .collect();
+        let mut config = sdk::types::SpotFleetRequestConfigData::builder()
+            .iam_fleet_role(&req.fleet_role)
+            .target_capacity(i32::try_from(req.total_units).unwrap_or(i32::MAX))
+            .on_demand_target_capacity(i32::try_from(req.on_demand_units).unwrap_or(i32::MAX))
+            .allocation_strategy(sdk::types::AllocationStrategy::from(req.allocation_strategy.as_str()))
+            .r#type(sdk::types::FleetType::Request)
+            .client_token(&req.request_id)
+            .set_spot_price(req.spot_max_price.clone())
+            .set_launch_specifications(Some(specs))
+            .tag_specifications(convert::tag_spec(sdk::types::ResourceType::SpotFleetRequest, tags));
+        if let Some(t) = req.valid_until {
+            config = config
+                .valid_until(aws_smithy_types::DateTime::from_secs(i64::try_from(t).unwrap_or(i64::MAX)))
+                .terminate_instances_with_expiration(false);
+        }
+        let config = config.build();
+        let out = self.call("RequestSpotFleet", false, |c| {
+            c.request_spot_fleet().spot_fleet_request_config(config.clone()).send()
+        })?;
+        out.spot_fleet_request_id()
+            .map(str::to_string)
+            .ok_or_else(|| Ec2Error::Unavailable("RequestSpotFleet answered no fleet id".into()))
+    }
+
+    /// The `hfwasm:provider` tag of a Spot Fleet request.
+    fn spot_fleet_owner(&self, fleet_id: &str) -> Result<Option<String>, Ec2Error> {
+        let out = self.call("DescribeSpotFleetRequests", true, |c| {
+            c.describe_spot_fleet_requests().spot_fleet_request_ids(fleet_id).send()
+        });
+        let out = match out {
+            Ok(o) => o,
+            Err(Ec2Error::Aws(f)) if f.code.contains("NotFound") || f.code.contains("Invalid") => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(out.spot_fleet_request_configs().first().and_then(|c| {
+            c.tags()
+                .iter()
+                .find(|t| t.key() == Some(TAG_PROVIDER))
+                .and_then(|t| t.value().map(str::to_string))
+        }))
+    }
+
+    /// DescribeSpotFleetInstances, every page.
+    fn spot_fleet_instances(&self, fleet_id: &str) -> Result<Vec<String>, Ec2Error> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self.call("DescribeSpotFleetInstances", true, |c| {
+                c.describe_spot_fleet_instances()
+                    .spot_fleet_request_id(fleet_id)
+                    .set_next_token(token.clone())
+                    .send()
+            })?;
+            out.extend(page.active_instances().iter().filter_map(|i| i.instance_id().map(str::to_string)));
+            token = page.next_token().filter(|t| !t.is_empty()).map(str::to_string);
+            if token.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// CancelSpotFleetRequests, leaving the instances running.
+    fn cancel_spot_fleets(&self, ids: &[String]) -> Result<(), Ec2Error> {
+        self.call("CancelSpotFleetRequests", false, |c| {
+            c.cancel_spot_fleet_requests()
+                .set_spot_fleet_request_ids(Some(ids.to_vec()))
+                .terminate_instances(false)
+                .send()
+        })
+        .map(drop)
+    }
+
     /// DescribeSpotInstanceRequests for `ids`.
     fn describe_spot_requests(&self, ids: &[String]) -> Result<Vec<SpotRequest>, Ec2Error> {
         if ids.is_empty() {

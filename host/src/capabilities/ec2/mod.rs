@@ -67,6 +67,14 @@ pub trait Ec2Api: Send + Sync {
     fn describe_instance_types(&self, names: &[String]) -> Result<Vec<InstanceTypeInfo>, Ec2Error>;
     /// DescribeSpotInstanceRequests.
     fn describe_spot_requests(&self, ids: &[String]) -> Result<Vec<SpotRequest>, Ec2Error>;
+    /// RequestSpotFleet with ownership `tags` on the fleet and its instances; the fleet id.
+    fn request_spot_fleet(&self, req: &SpotFleetRequest, tags: &[Tag]) -> Result<String, Ec2Error>;
+    /// The provider instance tag of Spot Fleet `fleet_id` (None: untagged or unknown).
+    fn spot_fleet_owner(&self, fleet_id: &str) -> Result<Option<String>, Ec2Error>;
+    /// DescribeSpotFleetInstances (ownership already checked).
+    fn spot_fleet_instances(&self, fleet_id: &str) -> Result<Vec<String>, Ec2Error>;
+    /// CancelSpotFleetRequests without terminating instances (ownership already checked).
+    fn cancel_spot_fleets(&self, ids: &[String]) -> Result<(), Ec2Error>;
 }
 
 /// Per-guest state of the ec2 capability.
@@ -127,6 +135,18 @@ impl GuestEc2 {
             )));
         }
         Ok(())
+    }
+
+    /// Refuses a Spot Fleet that does not carry this provider instance's tag.
+    fn check_fleet_owner(&self, fleet_id: &str) -> Result<(), Ec2Error> {
+        let client = self.client()?;
+        match self.wait.measure(|| client.spot_fleet_owner(fleet_id))? {
+            Some(o) if o == self.owner => Ok(()),
+            _ => Err(denied(format!(
+                "spot fleet {fleet_id} is not owned by provider instance '{}' (no {TAG_PROVIDER} tag) or gone",
+                self.owner
+            ))),
+        }
     }
 
     fn ownership_tags(&self, request_id: &str, template_id: &str, extra: &[Tag]) -> Result<Vec<Tag>, Ec2Error> {
@@ -203,6 +223,39 @@ impl Host for GuestEc2 {
     fn describe_instance_types(&mut self, names: Vec<String>) -> Result<Vec<InstanceTypeInfo>, Ec2Error> {
         let client = self.client()?;
         self.wait.measure(|| client.describe_instance_types(&names))
+    }
+
+    fn request_spot_fleet(&mut self, req: SpotFleetRequest) -> Result<String, Ec2Error> {
+        for o in &req.overrides {
+            self.check_type(&o.instance_type)?;
+        }
+        if req.overrides.is_empty() {
+            return Err(denied("a spot fleet needs at least one instance type".into()));
+        }
+        if req.fleet_role.trim().is_empty() {
+            return Err(denied("a spot fleet needs a fleet role (fleetRole)".into()));
+        }
+        self.check_count(req.total_units, "capacity units")?;
+        let tags = self.ownership_tags(&req.request_id, &req.template_id, &req.spec.tags)?;
+        let client = self.client()?;
+        self.wait.measure(|| client.request_spot_fleet(&req, &tags))
+    }
+
+    fn describe_spot_fleet_instances(&mut self, fleet_id: String) -> Result<Vec<String>, Ec2Error> {
+        self.check_fleet_owner(&fleet_id)?;
+        let client = self.client()?;
+        self.wait.measure(|| client.spot_fleet_instances(&fleet_id))
+    }
+
+    fn cancel_spot_fleet_requests(&mut self, fleet_ids: Vec<String>) -> Result<(), Ec2Error> {
+        for id in &fleet_ids {
+            self.check_fleet_owner(id)?;
+        }
+        if fleet_ids.is_empty() {
+            return Ok(());
+        }
+        let client = self.client()?;
+        self.wait.measure(|| client.cancel_spot_fleets(&fleet_ids))
     }
 
     fn describe_spot_instance_requests(&mut self, ids: Vec<String>) -> Result<Vec<SpotRequest>, Ec2Error> {

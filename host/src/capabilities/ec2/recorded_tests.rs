@@ -23,6 +23,11 @@ struct Recorded {
     fleet_calls: Mutex<Vec<(u32, u32)>>,
     /// RunInstances fails with this fault, when set.
     run_fault: Option<AwsFault>,
+    /// Spot Fleets requested: (id, request id, cancelled).
+    fleets: Mutex<Vec<(String, String, bool)>>,
+    /// Instances a Spot Fleet has launched by each successive DescribeSpotFleetInstances
+    /// (a real fleet fills over minutes; moto's fills at once).
+    fleet_arrivals: Mutex<Vec<u32>>,
 }
 
 fn tag(k: &str, v: &str) -> Tag {
@@ -135,6 +140,44 @@ impl Ec2Api for Recorded {
     fn describe_spot_requests(&self, ids: &[String]) -> Result<Vec<SpotRequest>, Ec2Error> {
         Ok(self.spot.iter().filter(|s| ids.contains(&s.id)).cloned().collect())
     }
+    fn request_spot_fleet(&self, req: &SpotFleetRequest, _: &[Tag]) -> Result<String, Ec2Error> {
+        let mut fleets = self.fleets.lock().map_err(|_| Ec2Error::Unavailable("poisoned".into()))?;
+        let id = format!("sfr-{}", fleets.len() + 1);
+        fleets.push((id.clone(), req.request_id.clone(), false));
+        Ok(id)
+    }
+    fn spot_fleet_owner(&self, fleet_id: &str) -> Result<Option<String>, Ec2Error> {
+        let fleets = self.fleets.lock().map_err(|_| Ec2Error::Unavailable("poisoned".into()))?;
+        Ok(fleets.iter().any(|f| f.0 == fleet_id).then(|| "test".to_string()))
+    }
+    fn spot_fleet_instances(&self, fleet_id: &str) -> Result<Vec<String>, Ec2Error> {
+        fn poisoned<T>(_: T) -> Ec2Error {
+            Ec2Error::Unavailable("poisoned".into())
+        }
+        let fleets = self.fleets.lock().map_err(poisoned)?;
+        let request = fleets.iter().find(|f| f.0 == fleet_id).map(|f| f.1.clone()).unwrap_or_default();
+        let mut all = self.instances.lock().map_err(poisoned)?;
+        let arriving = {
+            let mut a = self.fleet_arrivals.lock().map_err(poisoned)?;
+            if a.is_empty() { 0 } else { a.remove(0) }
+        };
+        for _ in 0..arriving {
+            let id = format!("i-sf{}", all.len());
+            all.push(instance(&id, "running", &request, 1_000, Some("sir-sf")));
+        }
+        Ok(all
+            .iter()
+            .filter(|i| i.instance_id.starts_with("i-sf") && i.tags.iter().any(|t| t.key == TAG_REQUEST && t.value == request))
+            .map(|i| i.instance_id.clone())
+            .collect())
+    }
+    fn cancel_spot_fleets(&self, ids: &[String]) -> Result<(), Ec2Error> {
+        let mut fleets = self.fleets.lock().map_err(|_| Ec2Error::Unavailable("poisoned".into()))?;
+        for f in fleets.iter_mut().filter(|f| ids.contains(&f.0)) {
+            f.2 = true;
+        }
+        Ok(())
+    }
 }
 
 struct Fixture {
@@ -148,7 +191,9 @@ fn settings(terminate_on_reclaim: bool) -> serde_json::Value {
     serde_json::json!({
         "templates": [
             {"templateId": "od", "maxNumber": 10, "imageId": "ami-1", "subnetId": "subnet-1", "vmType": "m5.large"},
-            {"templateId": "het", "maxNumber": 10, "imageId": "ami-1", "subnetId": "subnet-1", "vmTypes": {"m5.large": 1, "m5.xlarge": 2}, "priceType": "heterogeneous"}
+            {"templateId": "het", "maxNumber": 10, "imageId": "ami-1", "subnetId": "subnet-1", "vmTypes": {"m5.large": 1, "m5.xlarge": 2}, "priceType": "heterogeneous"},
+            {"templateId": "sf", "maxNumber": 10, "imageId": "ami-1", "subnetId": "subnet-1", "vmTypes": {"m5.large": 1}, "priceType": "spot",
+             "fleetRole": "arn:aws:iam::1:role/fleet", "spotFleetRequestExpiry": 2}
         ],
         "spot_terminate_on_reclaim": terminate_on_reclaim
     })
@@ -394,4 +439,40 @@ fn partial_capacity_ends_complete_with_error_and_none_is_an_error() {
         }
         other => panic!("expected a capacity error, got {other:?}"),
     }
+}
+
+#[test]
+fn a_spot_fleet_that_fills_over_time_keeps_the_request_open_until_full() {
+    let f = Fixture::new(Recorded {
+        fleet_arrivals: Mutex::new(vec![1, 1, 1]),
+        ..Default::default()
+    });
+    let (id, _) = f.service(1_000).request_machines("sf", 3, None).expect("accepted");
+    let r = f.service(1_010).get_request_status(std::slice::from_ref(&id)).expect("status");
+    assert_eq!((r[0].status, r[0].machines.len()), (RequestStatus::Running, 2), "{:?}", r[0]);
+    assert!(r[0].message.contains("2 of 3 units so far"), "{}", r[0].message);
+    assert!(!f.ec2.fleets.lock().expect("lock")[0].2, "a filling fleet is left alone");
+    let r = f.service(1_020).get_request_status(std::slice::from_ref(&id)).expect("status");
+    assert_eq!((r[0].status, r[0].machines.len()), (RequestStatus::Complete, 3), "{:?}", r[0]);
+    let fleets = f.ec2.fleets.lock().expect("lock").clone();
+    assert_eq!(fleets.len(), 1, "one fleet for the request, never a second");
+    assert!(fleets[0].2, "a full fleet is cancelled");
+}
+
+#[test]
+fn an_expired_spot_fleet_ends_the_request_with_what_it_delivered() {
+    let f = Fixture::new(Recorded {
+        fleet_arrivals: Mutex::new(vec![1]),
+        ..Default::default()
+    });
+    let (id, _) = f.service(1_000).request_machines("sf", 3, None).expect("accepted");
+    let r = f.service(1_060).get_request_status(std::slice::from_ref(&id)).expect("status");
+    assert_eq!(r[0].status, RequestStatus::Running, "{:?}", r[0]);
+    // spotFleetRequestExpiry is 2 minutes: past it, the fleet is cancelled and the request
+    // ends with the one host it got.
+    let r = f.service(1_121).get_request_status(std::slice::from_ref(&id)).expect("status");
+    assert_eq!(r[0].status, RequestStatus::CompleteWithError, "{:?}", r[0]);
+    assert_eq!(r[0].machines.iter().filter(|m| m.result == MachineResult::Succeed).count(), 1);
+    assert!(r[0].message.contains("expired with 1 of 3 units"), "{}", r[0].message);
+    assert!(f.ec2.fleets.lock().expect("lock")[0].2, "an expired fleet is cancelled");
 }
