@@ -12,6 +12,13 @@ use aws_sdk_ec2 as sdk;
 use serde_json::{Value, json};
 
 /// One instance as the emulator reports it: (id, state, private DNS name, tags).
+/// SDK tags as (key, value) pairs.
+fn pairs(tags: &[sdk::types::Tag]) -> Vec<(String, String)> {
+    tags.iter()
+        .map(|t| (t.key().unwrap_or_default().to_string(), t.value().unwrap_or_default().to_string()))
+        .collect()
+}
+
 /// A Spot Fleet request in the emulator: (id, state, tags).
 pub type SpotFleet = (String, String, Vec<(String, String)>);
 
@@ -137,10 +144,7 @@ impl Moto {
                         i.instance_id().unwrap_or_default().to_string(),
                         i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default(),
                         i.private_dns_name().unwrap_or_default().to_string(),
-                        i.tags()
-                            .iter()
-                            .map(|t| (t.key().unwrap_or_default().to_string(), t.value().unwrap_or_default().to_string()))
-                            .collect(),
+                        pairs(i.tags()),
                     )
                 })
                 .collect()
@@ -216,10 +220,7 @@ impl Moto {
                     (
                         c.spot_fleet_request_id().unwrap_or_default().to_string(),
                         c.spot_fleet_request_state().map(|s| s.as_str().to_string()).unwrap_or_default(),
-                        c.tags()
-                            .iter()
-                            .map(|t| (t.key().unwrap_or_default().to_string(), t.value().unwrap_or_default().to_string()))
-                            .collect(),
+                        pairs(c.tags()),
                     )
                 })
                 .collect()

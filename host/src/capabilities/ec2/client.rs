@@ -560,11 +560,7 @@ impl super::Ec2Api for Ec2Client {
         };
         let instance_tags = sdk::types::SpotFleetTagSpecification::builder()
             .resource_type(sdk::types::ResourceType::Instance)
-            .set_tags(Some(
-                tags.iter()
-                    .map(|t| sdk::types::Tag::builder().key(&t.key).value(&t.value).build())
-                    .collect(),
-            ))
+            .set_tags(Some(convert::sdk_tags(tags)))
             .build();
         let specs: Vec<sdk::types::SpotFleetLaunchSpecification> = req
             .overrides

@@ -9,15 +9,18 @@ pub fn base64(text: &str) -> String {
     aws_smithy_types::base64::encode(text.as_bytes())
 }
 
+/// `tags` as SDK tags.
+pub fn sdk_tags(tags: &[Tag]) -> Vec<sdk::types::Tag> {
+    tags.iter()
+        .map(|t| sdk::types::Tag::builder().key(&t.key).value(&t.value).build())
+        .collect()
+}
+
 /// A tag specification for `resource` carrying `tags`.
 pub fn tag_spec(resource: sdk::types::ResourceType, tags: &[Tag]) -> sdk::types::TagSpecification {
     sdk::types::TagSpecification::builder()
         .resource_type(resource)
-        .set_tags(Some(
-            tags.iter()
-                .map(|t| sdk::types::Tag::builder().key(&t.key).value(&t.value).build())
-                .collect(),
-        ))
+        .set_tags(Some(sdk_tags(tags)))
         .build()
 }
 
