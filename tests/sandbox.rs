@@ -171,3 +171,50 @@ fn time_waiting_in_host_calls_does_not_count_as_running_time() {
         "the call must outlast the guest's 150 ms by far for this test to mean anything: {took:?}"
     );
 }
+
+#[test]
+fn a_guest_sees_no_environment_no_files_no_network_and_no_credentials() {
+    let tree = HfTree::new(&plain_inventory(3));
+    let secret = tree.dir.path().join("credentials");
+    std::fs::write(&secret, "[default]\naws_secret_access_key=hunter2\n").expect("secret");
+    // A listener the guest will try to reach.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let addr = listener.local_addr().expect("addr").to_string();
+    tree.set_env("AWS_SECRET_ACCESS_KEY", "hunter2");
+    tree.set_env("PGPASSWORD", "hunter2");
+    tree.config(&json!({
+        "provider": {"guest": "bad", "settings": {"paths": [secret.display().to_string()], "connect": [addr]}},
+        "guests": {"bad": {"wasm": guest_wasm("hfwasm_testing_snoop.wasm").display().to_string(), "grants": ["log"]}}
+    }));
+    let t = tree.ok("getAvailableTemplates", &json!({}));
+    let seen = &t["templates"][0];
+    assert_eq!(seen["env"], json!([]), "no environment variables at all: {seen:#}");
+    for f in seen["files"].as_array().expect("files") {
+        assert!(f.as_str().is_some_and(|s| s.contains("refused")), "no file is readable: {seen:#}");
+    }
+    // (`cwd` is only wasi-libc's name for "/", which the line above shows holds nothing.)
+    for k in ["dirs", "resolve"] {
+        assert!(seen[k].as_str().is_some_and(|s| s.starts_with("refused")), "{k}: {seen:#}");
+    }
+    let tcp = seen["tcp"].as_array().expect("tcp");
+    assert_eq!(tcp.len(), 1);
+    assert!(tcp[0].as_str().is_some_and(|s| s.contains("refused")), "no sockets: {seen:#}");
+    assert!(!t.to_string().contains("hunter2"), "the secret never reaches the guest");
+    listener.set_nonblocking(true).expect("nonblocking");
+    assert!(listener.accept().is_err(), "nothing connected to the listener");
+}
+
+#[test]
+fn an_enormous_answer_is_refused_by_the_answer_limit() {
+    let tree = HfTree::new(&plain_inventory(3));
+    let id = finished_request(&tree);
+    // The default limit (16 MiB) already refuses ~24 MiB of templates.
+    use_guest(&tree, "hfwasm_testing_bigoutput.wasm", &[], json!({}));
+    let e = tree.err("getAvailableTemplates", &json!({}), "GUEST_MEMORY_LIMIT");
+    let msg = e["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("guest 'bad'") && msg.contains("16384 KiB") && msg.contains("limits.answer_kib"),
+        "{msg}"
+    );
+    still_intact(&tree, &id);
+}

@@ -151,3 +151,69 @@ pub fn error(e: wit::ProviderError) -> dom::ProviderError {
         wit::ProviderError::Internal(m) => dom::ProviderError::Internal(m),
     }
 }
+
+/// Bytes of text a domain answer carries (what the answer-size limit counts): every
+/// string, plus a few bytes per element so a list of empty items still weighs something.
+pub trait Weigh {
+    /// Approximate size in bytes.
+    fn weight(&self) -> usize;
+}
+
+impl Weigh for String {
+    fn weight(&self) -> usize {
+        self.len()
+    }
+}
+
+impl<T: Weigh> Weigh for Option<T> {
+    fn weight(&self) -> usize {
+        self.as_ref().map_or(0, Weigh::weight)
+    }
+}
+
+impl<T: Weigh> Weigh for Vec<T> {
+    fn weight(&self) -> usize {
+        self.iter().map(|t| t.weight() + 8).sum()
+    }
+}
+
+impl<T: Weigh> Weigh for Result<T, dom::ProviderError> {
+    fn weight(&self) -> usize {
+        match self {
+            Ok(t) => t.weight(),
+            Err(e) => e.to_string().len(),
+        }
+    }
+}
+
+impl Weigh for dom::Machine {
+    fn weight(&self) -> usize {
+        self.machine_id.len() + self.name.len() + self.private_ip.len() + self.public_ip.weight() + self.message.weight()
+    }
+}
+
+impl Weigh for dom::Template {
+    fn weight(&self) -> usize {
+        self.id.len()
+            + self.attributes.iter().map(|a| a.name.len() + a.value.len() + 8).sum::<usize>()
+            + self.extra.iter().map(|(k, v)| k.len() + v.to_string().len()).sum::<usize>()
+    }
+}
+
+impl Weigh for dom::ProvisionProgress {
+    fn weight(&self) -> usize {
+        self.machines.weight() + self.message.weight()
+    }
+}
+
+impl Weigh for dom::Reclaim {
+    fn weight(&self) -> usize {
+        self.name.len() + self.machine_id.weight()
+    }
+}
+
+impl Weigh for dom::OwnedMachine {
+    fn weight(&self) -> usize {
+        self.request_id.len() + self.machine.weight()
+    }
+}

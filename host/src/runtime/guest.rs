@@ -283,7 +283,7 @@ impl WasmProvider {
         ))
     }
 
-    fn call<R, W>(
+    fn call<R: convert::Weigh, W>(
         &mut self,
         export: &str,
         f: impl FnOnce(&ProviderGuest, &mut Store<GuestState>) -> wasmtime::Result<Result<W, hostfactory::provider::types::ProviderError>>,
@@ -308,7 +308,25 @@ impl WasmProvider {
         match out {
             Ok(Ok(v)) => {
                 tracing::debug!(guest = %self.name, export, elapsed_us, "guest call");
-                map(v)
+                let answer = map(v)?;
+                let weight = answer.weight();
+                if weight > self.limits.answer_bytes {
+                    let err = abort(
+                        AbortKind::Memory,
+                        &self.name,
+                        export,
+                        format!(
+                            "guest '{}' export '{export}' answered {} KiB, more than its limit of {} KiB (guests.{}.limits.answer_kib)",
+                            self.name,
+                            weight.div_ceil(1 << 10),
+                            self.limits.answer_bytes >> 10,
+                            self.name
+                        ),
+                    );
+                    tracing::error!(guest = %self.name, export, error = %err, "guest answer too large");
+                    return Err(err);
+                }
+                Ok(answer)
             }
             Ok(Err(e)) => {
                 let e = convert::error(e);

@@ -48,6 +48,15 @@ pub const CALL_TIMEOUT: LimitSpec = LimitSpec {
     doc: "wall time of one guest call including its host calls; below HostFactory's HF_PROVIDER_ACTION_TIMEOUT (240-300 s), which abandons the script",
 };
 
+/// Size of one answer.
+pub const ANSWER: LimitSpec = LimitSpec {
+    key: "answer_kib",
+    default: 16_384,
+    ceiling: 262_144,
+    unit: "KiB",
+    doc: "text one answer carries across the boundary (ids, names, messages, attributes); a larger answer aborts the call",
+};
+
 /// Tables and instances.
 pub const INSTANCES: LimitSpec = LimitSpec {
     key: "max_instances",
@@ -67,7 +76,7 @@ pub const STACK: LimitSpec = LimitSpec {
 };
 
 /// Every limit, for `--help` and docs.
-pub const ALL: [LimitSpec; 5] = [MEMORY, TIMEOUT, CALL_TIMEOUT, INSTANCES, STACK];
+pub const ALL: [LimitSpec; 6] = [MEMORY, TIMEOUT, CALL_TIMEOUT, ANSWER, INSTANCES, STACK];
 
 /// Per-guest settings from config; absent = default.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -79,6 +88,8 @@ pub struct LimitOverrides {
     pub timeout_ms: Option<u64>,
     /// See [`CALL_TIMEOUT`].
     pub call_timeout_ms: Option<u64>,
+    /// See [`ANSWER`].
+    pub answer_kib: Option<u64>,
     /// See [`INSTANCES`].
     pub max_instances: Option<u64>,
 }
@@ -92,6 +103,8 @@ pub struct GuestLimits {
     pub timeout: Duration,
     /// Wall time per call, host calls included.
     pub call_timeout: Duration,
+    /// Bytes of text in one answer.
+    pub answer_bytes: usize,
     /// Core instances.
     pub max_instances: usize,
 }
@@ -102,6 +115,7 @@ impl Default for GuestLimits {
             memory_bytes: 128 << 20,
             timeout: Duration::from_secs(10),
             call_timeout: Duration::from_secs(200),
+            answer_bytes: 16 << 20,
             max_instances: 32,
         })
     }
@@ -125,6 +139,7 @@ impl GuestLimits {
             memory_bytes: to_usize(pick(&MEMORY, o.memory_mib)?).saturating_mul(1 << 20),
             timeout: Duration::from_millis(pick(&TIMEOUT, o.timeout_ms)?),
             call_timeout: Duration::from_millis(pick(&CALL_TIMEOUT, o.call_timeout_ms)?),
+            answer_bytes: to_usize(pick(&ANSWER, o.answer_kib)?).saturating_mul(1 << 10),
             max_instances: to_usize(pick(&INSTANCES, o.max_instances)?),
         })
     }
