@@ -1,6 +1,21 @@
 //! The adversarial test guests differ only in their `templates` export; this macro writes
 //! the rest (harmless answers) and exports the guest.
 
+/// A minimal valid template named `id`, with `extra_json` as its extra keys.
+pub fn template(id: &str, extra_json: Option<String>) -> hfwasm_guest_sdk::Template {
+    hfwasm_guest_sdk::Template {
+        id: id.into(),
+        max_number: 1,
+        available_number: Some(1),
+        attributes: vec![
+            hfwasm_guest_sdk::text("type", "X86_64"),
+            hfwasm_guest_sdk::numeric("ncpus", 1),
+            hfwasm_guest_sdk::numeric("nram", 1024),
+        ],
+        extra_json,
+    }
+}
+
 /// `adversarial_guest!(Name, |ctx| body)`: a provider guest whose `templates` runs `body`.
 #[macro_export]
 macro_rules! adversarial_guest {

@@ -13,15 +13,5 @@ hfwasm_testing_common::adversarial_guest!(Flood, |ctx| {
         kv::scan("flood/")?;
         n += 1;
     }
-    Ok(vec![hfwasm_guest_sdk::Template {
-        id: "flood".into(),
-        max_number: 1,
-        available_number: Some(1),
-        attributes: vec![
-            hfwasm_guest_sdk::text("type", "X86_64"),
-            hfwasm_guest_sdk::numeric("ncpus", 1),
-            hfwasm_guest_sdk::numeric("nram", 1024),
-        ],
-        extra_json: None,
-    }])
+    Ok(vec![hfwasm_testing_common::template("flood", None)])
 });

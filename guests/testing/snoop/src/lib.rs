@@ -48,15 +48,5 @@ hfwasm_testing_common::adversarial_guest!(Snoop, |ctx| {
         format!("{} addresses", a.count())
     });
     let extra = serde_json::json!({"env": env, "files": files, "dirs": dirs, "cwd": cwd, "tcp": tcp, "resolve": resolve});
-    Ok(vec![hfwasm_guest_sdk::Template {
-        id: "snoop".into(),
-        max_number: 1,
-        available_number: Some(1),
-        attributes: vec![
-            hfwasm_guest_sdk::text("type", "X86_64"),
-            hfwasm_guest_sdk::numeric("ncpus", 1),
-            hfwasm_guest_sdk::numeric("nram", 1024),
-        ],
-        extra_json: Some(extra.to_string()),
-    }])
+    Ok(vec![hfwasm_testing_common::template("snoop", Some(extra.to_string()))])
 });
