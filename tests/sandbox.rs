@@ -84,7 +84,7 @@ fn an_ungranted_import_is_refused_at_load() {
     assert!(
         msg.contains("guest 'pool'")
             && msg.contains("hostfactory:capabilities/")
-            && msg.contains("@0.1.0")
+            && msg.contains("@0.2.0")
             && msg.contains("guests.pool.grants"),
         "{msg}"
     );
@@ -217,4 +217,55 @@ fn an_enormous_answer_is_refused_by_the_answer_limit() {
         "{msg}"
     );
     still_intact(&tree, &id);
+}
+
+#[test]
+fn guest_check_reports_grants_and_refuses_what_is_not_a_component() {
+    let check = |file: &std::path::Path, json: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hfwasm"));
+        cmd.args(["guest", "check"]).arg(file);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().expect("run");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, out, err) = check(&guest_wasm("hfwasm_guest_aws.wasm"), true);
+    assert_eq!(code, 0, "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(report["grants"], json!(["log", "kv", "ec2"]));
+    assert_eq!(report["problems"], json!([]));
+    assert!(
+        report["exports"]
+            .as_array()
+            .is_some_and(|e| e.contains(&json!("hostfactory:provider/provider@0.2.0")))
+    );
+    let (code, out, _) = check(&guest_wasm("hfwasm_testing_snoop.wasm"), false);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("grants it needs: []") && out.contains("this host can run it: yes"),
+        "{out}"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").expect("core module");
+    let (code, _, err) = check(&core, false);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("core WebAssembly module, not a component") && err.contains("wasm32-wasip2"),
+        "{err}"
+    );
+    let text = dir.path().join("notes.wasm");
+    std::fs::write(&text, "hello").expect("text");
+    let (code, _, err) = check(&text, false);
+    assert_eq!(code, 1);
+    assert!(err.contains("not a WebAssembly file"), "{err}");
+    let (code, _, err) = check(&dir.path().join("missing.wasm"), false);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot read"), "{err}");
 }

@@ -1,6 +1,6 @@
 //! `hfwasm` command line: parse, dispatch, print, exit code. Nothing else lives here.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -141,6 +141,18 @@ enum GuestCommand {
     ///
     /// Example: hfwasm guest precompile --confdir conf --workdir work
     Precompile,
+    /// Report what a guest component imports and exports, the grants config must give it,
+    /// and whether this host can run it (exit 1 if not). Needs no config.
+    ///
+    /// Example: hfwasm guest check my_policy.wasm
+    Check {
+        /// The guest's `.wasm` component.
+        #[arg(value_name = "FILE.wasm")]
+        file: PathBuf,
+        /// Print the report as one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -235,6 +247,32 @@ fn hf_call(call: Call, d: &DirArgs, input: &InputFile) -> ExitCode {
     }
 }
 
+fn guest_check(file: &Path, json: bool) -> ExitCode {
+    hfwasm::logging::init("warn", None, "guest-check");
+    let report = std::fs::read(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))
+        .and_then(|wasm| {
+            let engine = hfwasm::runtime::GuestEngine::new().map_err(|e| format!("cannot start the wasm engine: {e:#}"))?;
+            hfwasm::runtime::inspect::inspect(&engine, &wasm)
+        });
+    match report {
+        Ok(r) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                for l in r.lines(&file.display().to_string()) {
+                    println!("{l}");
+                }
+            }
+            if r.runnable() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", file.display());
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn admin<T>(d: &DirArgs, f: impl FnOnce(&Plugin) -> Result<T, HfError>, print: impl FnOnce(T)) -> ExitCode {
     let result = dirs(d).and_then(|dirs| {
         hfwasm::logging::init("warn", None, &dirs.name);
@@ -290,6 +328,7 @@ fn main() -> ExitCode {
                 println!("config check: ok");
             },
         ),
+        Command::Guest(GuestCommand::Check { file, json }) => guest_check(file, *json),
         Command::Guest(GuestCommand::Precompile) => admin(
             &cli.dirs,
             |p| p.precompile().map(|r| (p.config.provider.name.clone(), r)),

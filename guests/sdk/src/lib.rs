@@ -11,7 +11,7 @@
 /// Generated bindings for the provider world; import paths follow the WIT packages.
 pub mod bindings {
     wit_bindgen::generate!({
-        world: "hostfactory:provider/provider-guest@0.1.0",
+        world: "hostfactory:provider/provider-guest@0.2.0",
         path: ["../../wit/capabilities", "../../wit/hostfactory"],
         pub_export_macro: true,
         export_macro_name: "export",

@@ -33,7 +33,7 @@ impl HostWait {
 /// WIT package and version of every capability interface.
 pub const PACKAGE: &str = "hostfactory:capabilities";
 /// Version of the capability package this host implements.
-pub const VERSION: &str = "0.1.0";
+pub const VERSION: &str = "0.2.0";
 
 /// One capability a guest may be granted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -71,7 +71,7 @@ impl Capability {
         }
     }
 
-    /// Full WIT import name, e.g. `hostfactory:capabilities/kv@0.1.0`.
+    /// Full WIT import name, e.g. `hostfactory:capabilities/kv@0.2.0`.
     pub fn wit_name(self) -> String {
         format!("{PACKAGE}/{}@{VERSION}", self.short_name())
     }
@@ -89,8 +89,8 @@ mod tests {
     #[test]
     fn grant_names() {
         assert_eq!(Capability::parse("kv"), Some(Capability::Kv));
-        assert_eq!(Capability::parse("hostfactory:capabilities/power@0.1.0"), Some(Capability::Power));
-        assert_eq!(Capability::parse("hostfactory:capabilities/power@0.2.0"), None);
-        assert_eq!(Capability::Log.wit_name(), "hostfactory:capabilities/log@0.1.0");
+        assert_eq!(Capability::parse("hostfactory:capabilities/power@0.2.0"), Some(Capability::Power));
+        assert_eq!(Capability::parse("hostfactory:capabilities/power@0.1.0"), None);
+        assert_eq!(Capability::Log.wit_name(), "hostfactory:capabilities/log@0.2.0");
     }
 }

@@ -387,7 +387,7 @@ mod tests {
 
     #[test]
     fn guests_with_grants_and_limits() {
-        let c = load(r#"{"provider": {"guest": "mine", "settings": {"a": 1}}, "guests": {"mine": {"wasm": "g/mine.wasm", "grants": ["log", "hostfactory:capabilities/kv@0.1.0"], "limits": {"timeout_ms": 500}}}}"#)
+        let c = load(r#"{"provider": {"guest": "mine", "settings": {"a": 1}}, "guests": {"mine": {"wasm": "g/mine.wasm", "grants": ["log", "hostfactory:capabilities/kv@0.2.0"], "limits": {"timeout_ms": 500}}}}"#)
             .expect("valid");
         assert_eq!(c.provider.grants, vec![Capability::Log, Capability::Kv]);
         assert_eq!(c.provider.limits.timeout.as_millis(), 500);

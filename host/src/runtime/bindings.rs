@@ -2,7 +2,7 @@
 //! provider package imports them).
 
 wasmtime::component::bindgen!({
-    world: "hostfactory:provider/provider-guest@0.1.0",
+    world: "hostfactory:provider/provider-guest@0.2.0",
     path: ["../wit/capabilities", "../wit/hostfactory"],
     additional_derives: [PartialEq],
 });

@@ -10,7 +10,7 @@ use crate::capabilities::{self, Capability};
 /// WASI version line the host provides (wasmtime-wasi p2).
 const WASI_LINE: &str = "0.2";
 /// Provider package version line the host provides.
-const PROVIDER_LINE: &str = "0.1";
+const PROVIDER_LINE: &str = "0.2";
 
 /// Why a guest cannot be linked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -88,6 +88,38 @@ pub fn check_imports(guest: &str, imports: &[String], grants: &[Capability]) -> 
     Ok(())
 }
 
+/// The exports a component declares, by name.
+pub fn exports(engine: &Engine, component: &Component) -> Vec<String> {
+    component
+        .component_type()
+        .exports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect()
+}
+
+/// Checks that `guest` exports the provider interface of this host's version line.
+pub fn check_exports(guest: &str, exports: &[String]) -> Result<(), LinkError> {
+    let wanted = "hostfactory:provider/provider";
+    let found = exports.iter().find(|e| e.split_once('@').map_or(e.as_str(), |(p, _)| p) == wanted);
+    let problem = match found {
+        Some(e) if e.split_once('@').is_some_and(|(_, v)| line(v) == PROVIDER_LINE) => return Ok(()),
+        Some(e) => format!(
+            "was built against {e}, but this host calls {wanted}@{PROVIDER_LINE}.x; rebuild the guest against the host's WIT (wit/ of this hfwasm)"
+        ),
+        None => format!("does not export {wanted}, so it is not a provider guest"),
+    };
+    Err(LinkError {
+        message: format!(
+            "guest '{guest}' {problem}.\n  guest exports: {}\n  host needs:    {wanted}@{PROVIDER_LINE}.x",
+            if exports.is_empty() {
+                "(nothing)".to_string()
+            } else {
+                exports.join(", ")
+            }
+        ),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,18 +132,18 @@ mod tests {
     fn granted_and_compatible_imports_pass() {
         let imports = names(&[
             "wasi:cli/environment@0.2.6",
-            "hostfactory:capabilities/kv@0.1.0",
-            "hostfactory:provider/types@0.1.0",
+            "hostfactory:capabilities/kv@0.2.0",
+            "hostfactory:provider/types@0.2.0",
         ]);
         assert_eq!(check_imports("g", &imports, &[Capability::Kv]), Ok(()));
     }
 
     #[test]
     fn ungranted_import_names_guest_interface_and_version() {
-        let e = check_imports("pool", &names(&["hostfactory:capabilities/power@0.1.0"]), &[Capability::Log]).expect_err("ungranted");
+        let e = check_imports("pool", &names(&["hostfactory:capabilities/power@0.2.0"]), &[Capability::Log]).expect_err("ungranted");
         assert!(
             e.message.contains("guest 'pool'")
-                && e.message.contains("hostfactory:capabilities/power@0.1.0")
+                && e.message.contains("hostfactory:capabilities/power@0.2.0")
                 && e.message.contains("guests.pool.grants"),
             "{}",
             e.message
@@ -120,13 +152,21 @@ mod tests {
 
     #[test]
     fn other_versions_list_both_sides() {
-        let e = check_imports("g", &names(&["hostfactory:capabilities/kv@0.2.0"]), &[Capability::Kv]).expect_err("version");
+        let e = check_imports("g", &names(&["hostfactory:capabilities/kv@0.1.0"]), &[Capability::Kv]).expect_err("version");
         assert!(
-            e.message.contains("kv@0.2.0") && e.message.contains("host offers") && e.message.contains("kv@0.1.0"),
+            e.message.contains("kv@0.1.0") && e.message.contains("host offers") && e.message.contains("kv@0.2.0"),
             "{}",
             e.message
         );
         assert!(check_imports("g", &names(&["acme:evil/net@1.0.0"]), &[]).is_err());
+        let e = check_exports("old", &names(&["hostfactory:provider/provider@0.1.0"])).expect_err("old provider");
+        assert!(
+            e.message.contains("guest 'old'") && e.message.contains("provider@0.1.0") && e.message.contains("provider@0.2.x"),
+            "{}",
+            e.message
+        );
+        assert!(check_exports("g", &names(&["hostfactory:provider/provider@0.2.0"])).is_ok());
+        assert!(check_exports("g", &names(&["wasi:cli/run@0.2.0"])).is_err());
         assert!(check_imports("g", &names(&["wasi:http/outgoing-handler@0.3.0"]), &[]).is_err());
     }
 }

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod convert;
 pub mod engine;
 pub mod guest;
+pub mod inspect;
 pub mod limits;
 pub mod link;
 
