@@ -181,6 +181,8 @@ fn a_guest_sees_no_environment_no_files_no_network_and_no_credentials() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
     let addr = listener.local_addr().expect("addr").to_string();
     tree.set_env("AWS_SECRET_ACCESS_KEY", "hunter2");
+    // A year ahead: the guest's clock must follow the call's time, not the machine's.
+    tree.set_env("HFWASM_NOW_OFFSET_SECS", "31536000");
     tree.set_env("PGPASSWORD", "hunter2");
     tree.config(&json!({
         "provider": {"guest": "bad", "settings": {"paths": [secret.display().to_string()], "connect": [addr]}},
@@ -200,6 +202,16 @@ fn a_guest_sees_no_environment_no_files_no_network_and_no_credentials() {
     assert_eq!(tcp.len(), 1);
     assert!(tcp[0].as_str().is_some_and(|s| s.contains("refused")), "no sockets: {seen:#}");
     assert!(!t.to_string().contains("hunter2"), "the secret never reaches the guest");
+    assert_eq!(seen["clock"], seen["now"], "the guest's wall clock is the call's time: {seen:#}");
+    let real = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let clock = seen["clock"].as_u64().unwrap_or(0);
+    assert!(
+        clock.abs_diff(real + 31_536_000) < 120,
+        "not the machine's clock: {clock} vs {real}"
+    );
     listener.set_nonblocking(true).expect("nonblocking");
     assert!(listener.accept().is_err(), "nothing connected to the listener");
 }

@@ -67,6 +67,23 @@ pub struct GuestState {
     power: GuestPower,
     ec2: GuestEc2,
     clock: CallClock,
+    time: CallTime,
+}
+
+/// The wall clock a guest reads: the call's `now` (HostFactory's time as the host sees it,
+/// replayable), not the machine's clock, which would let a guest fingerprint the host and
+/// make recorded calls irreproducible.
+#[derive(Clone, Default)]
+struct CallTime(Arc<std::sync::atomic::AtomicU64>);
+
+impl wasmtime_wasi::HostWallClock for CallTime {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+
+    fn now(&self) -> Duration {
+        Duration::from_secs(self.0.load(std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 /// The two clocks of one guest call: the guest's own running time (time waiting in
@@ -216,7 +233,9 @@ impl WasmProvider {
             }
         }
 
+        let time = CallTime::default();
         let mut wasi = WasiCtxBuilder::new();
+        wasi.wall_clock(time.clone());
         wasi.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
         if guest_stdio() {
             wasi.stdout(std::io::stderr()).stderr(std::io::stderr());
@@ -259,6 +278,7 @@ impl WasmProvider {
                 limits: code.limits,
                 overran: None,
             },
+            time,
         };
         let mut store = Store::new(engine.engine(), state);
         store.limiter(|s| &mut s.limiter);
@@ -416,9 +436,17 @@ fn classify(
     err
 }
 
+impl WasmProvider {
+    /// The WIT call context for `ctx`; also sets the guest's wall clock to the call's time.
+    fn context(&mut self, ctx: &CallContext) -> hostfactory::provider::types::CallContext {
+        self.store.data().time.0.store(ctx.now, std::sync::atomic::Ordering::Relaxed);
+        convert::call_context(ctx)
+    }
+}
+
 impl Provider for WasmProvider {
     fn templates(&mut self, ctx: &CallContext) -> Result<Vec<Template>, ProviderError> {
-        let c = convert::call_context(ctx);
+        let c = self.context(ctx);
         self.call(
             "templates",
             |b, s| b.hostfactory_provider_provider().call_templates(s, &c),
@@ -427,7 +455,7 @@ impl Provider for WasmProvider {
     }
 
     fn request_machines(&mut self, ctx: &CallContext, req: &ProvisionRequest) -> Result<ProvisionProgress, ProviderError> {
-        let (c, r) = (convert::call_context(ctx), convert::provision_request(req));
+        let (c, r) = (self.context(ctx), convert::provision_request(req));
         self.call(
             "request-machines",
             |b, s| b.hostfactory_provider_provider().call_request_machines(s, &c, &r),
@@ -440,7 +468,7 @@ impl Provider for WasmProvider {
         ctx: &CallContext,
         queries: &[StatusQuery],
     ) -> Result<Vec<Result<ProvisionProgress, ProviderError>>, ProviderError> {
-        let c = convert::call_context(ctx);
+        let c = self.context(ctx);
         let q: Vec<_> = queries.iter().map(convert::status_query).collect();
         self.call(
             "requests-status",
@@ -455,7 +483,7 @@ impl Provider for WasmProvider {
     }
 
     fn release_machines(&mut self, ctx: &CallContext, return_id: &str, machines: &[MachineRef]) -> Result<Vec<Machine>, ProviderError> {
-        let c = convert::call_context(ctx);
+        let c = self.context(ctx);
         let m: Vec<_> = machines.iter().map(convert::machine_ref).collect();
         self.call(
             "release-machines",
@@ -465,7 +493,7 @@ impl Provider for WasmProvider {
     }
 
     fn release_status(&mut self, ctx: &CallContext, return_id: &str, known: &[Machine]) -> Result<Vec<Machine>, ProviderError> {
-        let c = convert::call_context(ctx);
+        let c = self.context(ctx);
         let k: Vec<_> = known.iter().map(convert::machine_to_wit).collect();
         self.call(
             "release-status",
@@ -475,7 +503,7 @@ impl Provider for WasmProvider {
     }
 
     fn owned_machines(&mut self, ctx: &CallContext) -> Result<Vec<OwnedMachine>, ProviderError> {
-        let c = convert::call_context(ctx);
+        let c = self.context(ctx);
         self.call(
             "owned-machines",
             |b, s| b.hostfactory_provider_provider().call_owned_machines(s, &c),
@@ -492,7 +520,7 @@ impl Provider for WasmProvider {
     }
 
     fn reclaim_candidates(&mut self, ctx: &CallContext, machines: &[MachineRef]) -> Result<Vec<Reclaim>, ProviderError> {
-        let c = convert::call_context(ctx);
+        let c = self.context(ctx);
         let m: Vec<_> = machines.iter().map(convert::machine_ref).collect();
         self.call(
             "reclaim-candidates",

@@ -1,6 +1,7 @@
 //! Adversarial guest: `templates` looks for everything a sandbox must hide (environment
 //! variables, files, sockets, the host's credentials) and reports what it found in its
-//! template's extra keys, so the test can assert it found nothing.
+//! template's extra keys, so the test can assert it found nothing. It also reports the
+//! wall clock it reads, which must be the call's time, not the machine's.
 
 use std::io::Read;
 
@@ -47,6 +48,10 @@ hfwasm_testing_common::adversarial_guest!(Snoop, |ctx| {
     let resolve = attempt(std::net::ToSocketAddrs::to_socket_addrs(&("localhost", 80)), |a| {
         format!("{} addresses", a.count())
     });
-    let extra = serde_json::json!({"env": env, "files": files, "dirs": dirs, "cwd": cwd, "tcp": tcp, "resolve": resolve});
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let extra = serde_json::json!({"env": env, "files": files, "dirs": dirs, "cwd": cwd, "tcp": tcp, "resolve": resolve, "clock": clock, "now": ctx.now});
     Ok(vec![hfwasm_testing_common::template("snoop", Some(extra.to_string()))])
 });
