@@ -13,5 +13,6 @@ pub mod hf;
 pub mod logging;
 pub mod plugin;
 pub mod runtime;
+pub mod scaffold;
 pub mod service;
 pub mod store;

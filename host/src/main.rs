@@ -141,6 +141,28 @@ enum GuestCommand {
     ///
     /// Example: hfwasm guest precompile --confdir conf --workdir work
     Precompile,
+    /// Write a new guest project to start from: a Cargo project with this host's WIT and a
+    /// working "null cloud" provider (hosts exist at once) to replace with real logic.
+    ///
+    /// Example: hfwasm guest new my-provider && hfwasm guest build my-provider
+    New {
+        /// Guest name (lowercase letters, digits, `-`, `_`); also the directory by default.
+        name: String,
+        /// Directory to create (default: ./NAME).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Language of the guest (`rust`).
+        #[arg(long, default_value = "rust")]
+        lang: String,
+    },
+    /// Build a guest project for wasm32-wasip2 and check the component against this host.
+    ///
+    /// Example: hfwasm guest build my-provider
+    Build {
+        /// The guest project (default: the current directory).
+        #[arg(default_value = ".", value_name = "DIR")]
+        dir: PathBuf,
+    },
     /// Report what a guest component imports and exports, the grants config must give it,
     /// and whether this host can run it (exit 1 if not). Needs no config.
     ///
@@ -329,6 +351,30 @@ fn main() -> ExitCode {
             },
         ),
         Command::Guest(GuestCommand::Check { file, json }) => guest_check(file, *json),
+        Command::Guest(GuestCommand::New { name, dir, lang }) => {
+            let dir = dir.clone().unwrap_or_else(|| PathBuf::from(name));
+            match hfwasm::scaffold::new_guest(&dir, name, lang) {
+                Ok(files) => {
+                    println!("wrote guest '{name}' in {} ({} files)", dir.display(), files.len());
+                    println!("next: hfwasm guest build {}", dir.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Guest(GuestCommand::Build { dir }) => match hfwasm::scaffold::build_guest(dir) {
+            Ok(wasm) => {
+                println!("built {}", wasm.display());
+                guest_check(&wasm, false)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::Guest(GuestCommand::Precompile) => admin(
             &cli.dirs,
             |p| p.precompile().map(|r| (p.config.provider.name.clone(), r)),
