@@ -281,3 +281,36 @@ fn guest_check_reports_grants_and_refuses_what_is_not_a_component() {
     assert_eq!(code, 1);
     assert!(err.contains("cannot read"), "{err}");
 }
+
+#[test]
+fn fuel_stops_a_loop_after_the_same_work_every_time() {
+    let tree = HfTree::new(&plain_inventory(3));
+    let id = finished_request(&tree);
+    // A generous deadline: only the fuel can stop it.
+    use_guest(
+        &tree,
+        "hfwasm_testing_spin.wasm",
+        &[],
+        json!({"fuel": 20_000_000, "timeout_ms": 600_000}),
+    );
+    let t0 = std::time::Instant::now();
+    for _ in 0..2 {
+        let e = tree.err("getAvailableTemplates", &json!({}), "GUEST_TIMEOUT");
+        let msg = e["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains("ran out of its fuel of 20000000") && msg.contains("limits.fuel"),
+            "{msg}"
+        );
+    }
+    assert!(t0.elapsed().as_secs() < 60, "fuel, not the deadline, stopped it");
+    // The on-prem guest with ample fuel works as usual; a fuel of 0 is refused by config.
+    tree.config(&json!({"guests": {"onprem": {"wasm": "builtin:onprem", "grants": ["log", "kv", "inventory", "power"], "limits": {"fuel": 10_000_000_000u64}}}}));
+    tree.ok("getAvailableTemplates", &json!({}));
+    tree.config(
+        &json!({"guests": {"onprem": {"wasm": "builtin:onprem", "grants": ["log", "kv", "inventory", "power"], "limits": {"fuel": 0}}}}),
+    );
+    let e = tree.err("getAvailableTemplates", &json!({}), "CONFIG_ERROR");
+    assert!(e["error"]["message"].as_str().is_some_and(|m| m.contains("limits.fuel")), "{e}");
+    tree.default_config();
+    still_intact(&tree, &id);
+}

@@ -134,7 +134,7 @@ impl Plugin {
     fn load_provider(&self, store: Arc<dyn StateStore>) -> Result<(WasmProvider, CacheOutcome), ProviderError> {
         let spec = &self.config.provider;
         let wasm = self.guest_bytes()?;
-        let engine = GuestEngine::new().map_err(|e| ProviderError::Aborted {
+        let engine = GuestEngine::with_fuel(spec.limits.fuel.is_some()).map_err(|e| ProviderError::Aborted {
             kind: AbortKind::Load,
             provider: spec.name.clone(),
             operation: "load".into(),
@@ -238,7 +238,8 @@ impl Plugin {
     /// Compiles the provider guest into the cache; returns where and whether it was new.
     pub fn precompile(&self) -> Result<(PathBuf, CacheOutcome, std::time::Duration), HfError> {
         let wasm = self.guest_bytes().map_err(HfError::from)?;
-        let engine = GuestEngine::new().map_err(|e| HfError::new(ErrorCode::Internal, format!("cannot start the wasm engine: {e:#}")))?;
+        let engine = GuestEngine::with_fuel(self.config.provider.limits.fuel.is_some())
+            .map_err(|e| HfError::new(ErrorCode::Internal, format!("cannot start the wasm engine: {e:#}")))?;
         let cache = self.cache();
         let t0 = Instant::now();
         let (_, outcome) = cache

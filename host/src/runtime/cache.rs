@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
-use super::engine::{CODEGEN_FLAGS, GuestEngine};
+use super::engine::GuestEngine;
 
 /// Directory of `.cwasm` files.
 #[derive(Debug, Clone)]
@@ -39,7 +39,7 @@ impl PrecompiledCache {
         let mut h = Sha256::new();
         h.update(wasm);
         h.update(compat.finish().to_le_bytes());
-        h.update(CODEGEN_FLAGS.as_bytes());
+        h.update(engine.codegen_flags().as_bytes());
         let digest = h.finalize();
         let hex: String = digest.iter().take(20).map(|b| format!("{b:02x}")).collect();
         self.dir.join(format!("{hex}.cwasm"))

@@ -12,18 +12,28 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Settings that change generated code and so must be part of the precompiled-cache key.
 pub const CODEGEN_FLAGS: &str = "epoch=1;fuel=0;opt=speed;stack=512k";
+/// The same with fuel metering compiled in.
+pub const CODEGEN_FLAGS_FUEL: &str = "epoch=1;fuel=1;opt=speed;stack=512k";
 
 /// The engine every guest of this process runs on.
 #[derive(Clone)]
 pub struct GuestEngine {
     engine: Engine,
+    fuel: bool,
 }
 
 impl GuestEngine {
     /// Builds the engine (epoch interruption on, stack limit set) and starts its ticker.
     pub fn new() -> wasmtime::Result<Self> {
+        Self::with_fuel(false)
+    }
+
+    /// As [`GuestEngine::new`], with fuel metering compiled in when `fuel` (for guests with
+    /// `limits.fuel`: deterministic runs; the checks cost some speed, so only then).
+    pub fn with_fuel(fuel: bool) -> wasmtime::Result<Self> {
         let mut cfg = Config::new();
         cfg.epoch_interruption(true);
+        cfg.consume_fuel(fuel);
         cfg.max_wasm_stack(usize::try_from(limits::STACK.default).unwrap_or(512) * 1024);
         cfg.cranelift_opt_level(OptLevel::Speed);
         cfg.wasm_component_model(true);
@@ -40,7 +50,17 @@ impl GuestEngine {
                 }
             })
             .map_err(|e| wasmtime::Error::msg(format!("cannot start the epoch ticker thread: {e}")))?;
-        Ok(Self { engine })
+        Ok(Self { engine, fuel })
+    }
+
+    /// Whether generated code meters fuel.
+    pub fn meters_fuel(&self) -> bool {
+        self.fuel
+    }
+
+    /// The codegen settings of this engine, for the precompiled-cache key.
+    pub fn codegen_flags(&self) -> &'static str {
+        if self.fuel { CODEGEN_FLAGS_FUEL } else { CODEGEN_FLAGS }
     }
 
     /// The wasmtime engine.

@@ -284,6 +284,11 @@ impl WasmProvider {
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(GuestEngine::ticks(code.limits.timeout));
         store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().clock.on_deadline()));
+        if engine.meters_fuel() {
+            store
+                .set_fuel(code.limits.fuel.unwrap_or(u64::MAX))
+                .map_err(|e| abort(AbortKind::Load, name, "load", format!("cannot set fuel: {e:#}")))?;
+        }
         let bindings = match ProviderGuest::instantiate(&mut store, &component, &linker) {
             Ok(b) => b,
             Err(e) => {
@@ -323,6 +328,10 @@ impl WasmProvider {
             ));
         }
         self.store.data_mut().clock.restart();
+        if let Some(fuel) = self.limits.fuel {
+            // Fuel is per call; an engine without metering rejects it (checked at load).
+            let _ = self.store.set_fuel(fuel);
+        }
         self.store.set_epoch_deadline(GuestEngine::ticks(self.limits.timeout));
         let t0 = Instant::now();
         let out = f(&self.bindings, &mut self.store);
@@ -404,6 +413,15 @@ fn classify(
                     ),
                 )
             }
+            Some(Trap::OutOfFuel) => abort(
+                AbortKind::Timeout,
+                guest,
+                export,
+                format!(
+                    "guest '{guest}' export '{export}' ran out of its fuel of {} (guests.{guest}.limits.fuel) and was stopped",
+                    limits.fuel.unwrap_or(0)
+                ),
+            ),
             Some(Trap::StackOverflow) => abort(
                 AbortKind::Trap,
                 guest,

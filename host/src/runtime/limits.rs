@@ -75,6 +75,9 @@ pub const STACK: LimitSpec = LimitSpec {
     doc: "wasm stack per call; engine-wide (one engine serves every guest), so not settable per guest",
 };
 
+/// Most fuel a guest may be given per call.
+pub const FUEL_CEILING: u64 = 1_000_000_000_000;
+
 /// Every limit, for `--help` and docs.
 pub const ALL: [LimitSpec; 6] = [MEMORY, TIMEOUT, CALL_TIMEOUT, ANSWER, INSTANCES, STACK];
 
@@ -90,6 +93,9 @@ pub struct LimitOverrides {
     pub call_timeout_ms: Option<u64>,
     /// See [`ANSWER`].
     pub answer_kib: Option<u64>,
+    /// Fuel per call (about one unit per wasm instruction); absent = no metering. A guest
+    /// with fuel runs the same number of steps every time: deterministic runs and replay.
+    pub fuel: Option<u64>,
     /// See [`INSTANCES`].
     pub max_instances: Option<u64>,
 }
@@ -105,6 +111,8 @@ pub struct GuestLimits {
     pub call_timeout: Duration,
     /// Bytes of text in one answer.
     pub answer_bytes: usize,
+    /// Fuel per call, when metered.
+    pub fuel: Option<u64>,
     /// Core instances.
     pub max_instances: usize,
 }
@@ -116,6 +124,7 @@ impl Default for GuestLimits {
             timeout: Duration::from_secs(10),
             call_timeout: Duration::from_secs(200),
             answer_bytes: 16 << 20,
+            fuel: None,
             max_instances: 32,
         })
     }
@@ -140,6 +149,14 @@ impl GuestLimits {
             timeout: Duration::from_millis(pick(&TIMEOUT, o.timeout_ms)?),
             call_timeout: Duration::from_millis(pick(&CALL_TIMEOUT, o.call_timeout_ms)?),
             answer_bytes: to_usize(pick(&ANSWER, o.answer_kib)?).saturating_mul(1 << 10),
+            fuel: match o.fuel {
+                Some(f) if f == 0 || f > FUEL_CEILING => {
+                    return Err(format!(
+                        "limits.fuel = {f} is out of range: 1..={FUEL_CEILING} (units of work per call, about one per wasm instruction; leave it out for no metering)"
+                    ));
+                }
+                f => f,
+            },
             max_instances: to_usize(pick(&INSTANCES, o.max_instances)?),
         })
     }
