@@ -219,9 +219,38 @@ fn instances_no_record_accounts_for_are_terminated_by_the_orphan_scan() {
     assert_eq!(tree.until_final(&kept)["status"], "complete");
     // Launched with our tags for a request the store never recorded, and one tagged with
     // a real request it never made (an overshooting retry); another provider's is not ours.
-    let ghost = moto.launch_tagged(&ami, &subnet, &[("hfwasm:provider", "pool"), ("hfwasm:request", "req-ghost")]);
-    let extra = moto.launch_tagged(&ami, &subnet, &[("hfwasm:provider", "pool"), ("hfwasm:request", &kept)]);
+    // Everything this installation launches carries its store's id.
+    let store = moto.instances_of(&kept)[0]
+        .3
+        .iter()
+        .find(|t| t.0 == "hfwasm:store")
+        .map(|t| t.1.clone())
+        .expect("hfwasm:store tag");
+    let ghost = moto.launch_tagged(
+        &ami,
+        &subnet,
+        &[
+            ("hfwasm:provider", "pool"),
+            ("hfwasm:request", "req-ghost"),
+            ("hfwasm:store", &store),
+        ],
+    );
+    let extra = moto.launch_tagged(
+        &ami,
+        &subnet,
+        &[("hfwasm:provider", "pool"), ("hfwasm:request", &kept), ("hfwasm:store", &store)],
+    );
     let foreign = moto.launch_tagged(&ami, &subnet, &[("hfwasm:provider", "other"), ("hfwasm:request", "req-x")]);
+    // Another cluster in the same account under the same provider instance name, with its own store.
+    let other_cluster = moto.launch_tagged(
+        &ami,
+        &subnet,
+        &[
+            ("hfwasm:provider", "pool"),
+            ("hfwasm:request", "req-theirs"),
+            ("hfwasm:store", "their-store"),
+        ],
+    );
     let state = |id: &str| moto.instances().into_iter().find(|x| x.0 == id).map(|x| x.1).unwrap_or_default();
     // Within the creation timeout nothing is touched (a call may still be recording them).
     tree.ok("getReturnRequests", &json!({"machines": []}));
@@ -232,6 +261,11 @@ fn instances_no_record_accounts_for_are_terminated_by_the_orphan_scan() {
     assert_eq!(state(&ghost), "terminated", "unknown request: orphan");
     assert_eq!(state(&extra), "terminated", "not among its request's machines: orphan");
     assert_eq!(state(&foreign), "running", "another provider instance's");
+    assert_eq!(
+        state(&other_cluster),
+        "running",
+        "another store's (another cluster sharing the name)"
+    );
     assert_eq!(state(&before), "running", "launched before this store's history began");
     let kept_ids: Vec<String> = moto
         .instances_of(&kept)

@@ -161,6 +161,9 @@ fn describe(filter: InstanceFilter) -> Result<Vec<ec2::Instance>, ProviderError>
 /// The tag the host puts on every instance launched for a request (value: the request id).
 const TAG_REQUEST: &str = "hfwasm:request";
 
+/// The tag the host puts on everything it launches: the id of the launching installation's store.
+const TAG_STORE: &str = "hfwasm:store";
+
 /// The tag the host puts on every instance launched for a template (value: the template id).
 const TAG_TEMPLATE: &str = "hfwasm:template";
 
@@ -512,6 +515,7 @@ impl Guest for Aws {
                 let request_id = i.tags.iter().find(|t| t.key == TAG_REQUEST)?.value.clone();
                 Some(OwnedMachine {
                     request_id,
+                    store_id: i.tags.iter().find(|t| t.key == TAG_STORE).map(|t| t.value.clone()),
                     machine: machine(i),
                 })
             })

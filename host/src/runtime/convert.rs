@@ -214,6 +214,6 @@ impl Weigh for dom::Reclaim {
 
 impl Weigh for dom::OwnedMachine {
     fn weight(&self) -> usize {
-        self.request_id.len() + self.machine.weight()
+        self.request_id.len() + self.store_id.weight() + self.machine.weight()
     }
 }

@@ -241,6 +241,13 @@ impl WasmProvider {
             wasi.stdout(std::io::stderr()).stderr(std::io::stderr());
         }
         let wait = HostWait::default();
+        let ec2 = if code.grants.contains(&Capability::Ec2) { res.ec2 } else { None };
+        // Tagged on everything the guest launches; read once per load, only for cloud guests.
+        let store_id = match &ec2 {
+            Some(_) => crate::store::store_id(res.store.as_ref())
+                .map_err(|e| abort(AbortKind::Load, name, "load", format!("cannot read the store's id: {e}")))?,
+            None => String::new(),
+        };
         let state = GuestState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
@@ -265,12 +272,7 @@ impl WasmProvider {
                 crate::capabilities::power::namespace(&res.owner),
                 res.power,
             ),
-            ec2: GuestEc2::new(
-                if code.grants.contains(&Capability::Ec2) { res.ec2 } else { None },
-                res.ec2_grant,
-                res.owner,
-                wait.clone(),
-            ),
+            ec2: GuestEc2::new(ec2, res.ec2_grant, res.owner, store_id, wait.clone()),
             clock: CallClock {
                 started: Instant::now(),
                 waited_before: Duration::ZERO,
@@ -530,6 +532,7 @@ impl Provider for WasmProvider {
                     .into_iter()
                     .map(|o| OwnedMachine {
                         request_id: o.request_id,
+                        store_id: o.store_id,
                         machine: convert::machine_from_wit(o.machine),
                     })
                     .collect())

@@ -138,6 +138,8 @@ pub struct ProvisionRequest {
 pub struct OwnedMachine {
     /// Request id the machine was made for.
     pub request_id: String,
+    /// Store id of the installation that made it (`hfwasm:store` tag), when known.
+    pub store_id: Option<String>,
     /// The machine.
     pub machine: Machine,
 }

@@ -110,11 +110,16 @@ impl Service<'_> {
         }
         self.store.kv_set(&ns, "orphan-scan-at", &now.to_string())?;
         let ctx = self.ctx.clone();
+        let ours = crate::store::store_id(self.store)?;
         let owned = self.provider()?.owned_machines(&ctx)?;
         let mut accounted: std::collections::HashMap<String, Option<Vec<Machine>>> = std::collections::HashMap::new();
         let mut orphans: Vec<OwnedMachine> = Vec::new();
         for o in owned {
             let m = &o.machine;
+            // Only machines this store's installations made (untagged ones predate the tag).
+            if o.store_id.as_deref() != Some(ours.as_str()) {
+                continue;
+            }
             if m.launch_time <= since || m.launch_time > settled_before || m.state == MachineState::Terminated {
                 continue;
             }

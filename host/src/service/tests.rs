@@ -578,14 +578,19 @@ fn the_orphan_scan_runs_at_its_interval_and_spares_open_requests() {
     f.store.insert_request(&open, &[]).expect("insert");
     // First sweep: the store's history begins (nothing before it is judged).
     f.service(1_000).sweep().expect("sweep");
+    let ours = crate::store::store_id(f.store.as_ref()).expect("store id");
     let owned = |req: &str, id: &str, launched: u64| OwnedMachine {
         request_id: req.into(),
+        store_id: Some(ours.clone()),
         machine: machine(id, MachineState::Running, launched),
     };
+    let mut other_cluster = owned("req-theirs", "t-1", 2_000);
+    other_cluster.store_id = Some("another-store".into());
     f.script.borrow_mut().owned = vec![
         owned("req-open", "o-1", 2_000),
         owned("req-lost", "l-1", 2_000),
         owned("req-lost", "l-old", 900),
+        other_cluster,
     ];
     // Nothing can be settled yet (the creation timeout is 600 s): not even listed.
     f.service(1_500).sweep().expect("sweep");

@@ -263,6 +263,18 @@ pub(crate) fn check_import_version(location: &str, doc: &Document) -> Result<(),
     Ok(())
 }
 
+/// The kv entry holding a store's id, made once per store.
+const STORE_ID_KEY: (&str, &str) = ("hfwasm.store", "id");
+
+/// This store's id, made on first use. Everything an installation launches is tagged with
+/// it, so its orphan scan never judges another cluster's machines that share the provider
+/// instance name and the cloud account but not the store.
+pub fn store_id(store: &dyn StateStore) -> Result<String, StoreError> {
+    let (ns, key) = STORE_ID_KEY;
+    store.kv_insert_if_absent(ns, key, &uuid::Uuid::new_v4().to_string())?;
+    Ok(store.kv_get(ns, key)?.unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

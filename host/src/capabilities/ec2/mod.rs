@@ -21,6 +21,9 @@ pub const TAG_PROVIDER: &str = "hfwasm:provider";
 pub const TAG_REQUEST: &str = "hfwasm:request";
 /// Tag naming the template a resource was launched from.
 pub const TAG_TEMPLATE: &str = "hfwasm:template";
+/// Tag naming the store of the installation that launched a resource
+/// ([`crate::store::store_id`]).
+pub const TAG_STORE: &str = "hfwasm:store";
 
 /// Instance ids per DescribeInstances call.
 pub const DESCRIBE_BATCH: usize = 1000;
@@ -82,6 +85,7 @@ pub struct GuestEc2 {
     client: Option<Arc<dyn Ec2Api>>,
     grant: Ec2Grant,
     owner: String,
+    store_id: String,
     wait: HostWait,
 }
 
@@ -92,11 +96,12 @@ fn denied(m: String) -> Ec2Error {
 impl GuestEc2 {
     /// The capability for the guest of provider instance `owner`, or one that refuses
     /// every call when no EC2 client is configured.
-    pub fn new(client: Option<Arc<dyn Ec2Api>>, grant: Ec2Grant, owner: String, wait: HostWait) -> Self {
+    pub fn new(client: Option<Arc<dyn Ec2Api>>, grant: Ec2Grant, owner: String, store_id: String, wait: HostWait) -> Self {
         Self {
             client,
             grant,
             owner,
+            store_id,
             wait,
         }
     }
@@ -169,6 +174,12 @@ impl GuestEc2 {
             key: TAG_TEMPLATE.into(),
             value: template_id.into(),
         });
+        if !self.store_id.is_empty() {
+            tags.push(Tag {
+                key: TAG_STORE.into(),
+                value: self.store_id.clone(),
+            });
+        }
         Ok(tags)
     }
 }
