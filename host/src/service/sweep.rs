@@ -100,15 +100,19 @@ impl Service<'_> {
         }
         let now = self.ctx.now;
         let ns = format!("hfwasm.sweep/{}", self.ctx.provider_instance);
-        self.store.kv_insert_if_absent(&ns, "since", &now.to_string())?;
-        let since: u64 = self.store.kv_get(&ns, "since")?.and_then(|v| v.parse().ok()).unwrap_or(now);
-        let last: u64 = self.store.kv_get(&ns, "orphan-scan-at")?.and_then(|v| v.parse().ok()).unwrap_or(0);
-        let settled_before = now.saturating_sub(self.policy.abandon_after_secs);
-        if now.saturating_sub(last) < interval || settled_before <= since {
-            // Too soon, or no machine can be both newer than the store's history and settled.
+        let read = |key: &str| -> Result<Option<u64>, ServiceError> { Ok(self.store.kv_get(&ns, key)?.and_then(|v| v.parse().ok())) };
+        // Between scans, one read per call.
+        if now.saturating_sub(read("orphan-scan-at")?.unwrap_or(0)) < interval {
             return Ok(0);
         }
         self.store.kv_set(&ns, "orphan-scan-at", &now.to_string())?;
+        self.store.kv_insert_if_absent(&ns, "since", &now.to_string())?;
+        let since = read("since")?.unwrap_or(now);
+        let settled_before = now.saturating_sub(self.policy.abandon_after_secs);
+        if settled_before <= since {
+            // No machine can be both newer than the store's history and settled yet.
+            return Ok(0);
+        }
         let ctx = self.ctx.clone();
         let ours = crate::store::store_id(self.store)?;
         let owned = self.provider()?.owned_machines(&ctx)?;

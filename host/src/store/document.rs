@@ -191,7 +191,7 @@ impl StoredRequest {
 
 /// Whether finished request `r` may be pruned without forgetting a machine the cluster
 /// still uses: the rule of [`super::StateStore::prune_finished`] for the JSON store (the
-/// SQL stores state the same rule in their DELETE statement).
+/// SQL stores state the same rule in `prune_sql`).
 pub fn releasable(doc: &Document, r: &StoredRequest) -> bool {
     let returned_later = |name: &str| {
         doc.requests

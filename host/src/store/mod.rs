@@ -263,6 +263,29 @@ pub(crate) fn check_import_version(location: &str, doc: &Document) -> Result<(),
     Ok(())
 }
 
+/// The DELETE of [`StateStore::prune_finished`] for the SQL stores, with their parameter
+/// spellings (`?1`/`$1` for the cut, `?2`/`$2` for the limit) and row-lock clause; the JSON
+/// store states the same rule as `document::releasable`.
+fn prune_sql(before: &str, limit: &str, lock: &str) -> String {
+    format!(
+        "DELETE FROM requests WHERE id IN (
+            SELECT r.id FROM requests r
+            WHERE r.status IN ('complete', 'complete_with_error') AND r.updated_at < {before}
+              AND CASE r.kind
+                WHEN 'provision' THEN NOT EXISTS (
+                  SELECT 1 FROM machines m WHERE m.request_id = r.id AND m.state NOT IN ('terminated', 'failed')
+                    AND NOT EXISTS (
+                      SELECT 1 FROM machines rm JOIN requests rr ON rr.id = rm.request_id
+                      WHERE rm.name = m.name AND rr.kind = 'return' AND rr.created_at >= r.created_at
+                        AND rr.status IN ('complete', 'complete_with_error')))
+                ELSE NOT EXISTS (
+                  SELECT 1 FROM machines rm JOIN machines pm ON pm.name = rm.name JOIN requests pr ON pr.id = pm.request_id
+                  WHERE rm.request_id = r.id AND pr.kind = 'provision' AND pr.created_at <= r.created_at)
+              END
+            ORDER BY r.updated_at LIMIT {limit}{lock})"
+    )
+}
+
 /// The kv entry holding a store's id, made once per store.
 const STORE_ID_KEY: (&str, &str) = ("hfwasm.store", "id");
 
@@ -271,6 +294,10 @@ const STORE_ID_KEY: (&str, &str) = ("hfwasm.store", "id");
 /// instance name and the cloud account but not the store.
 pub fn store_id(store: &dyn StateStore) -> Result<String, StoreError> {
     let (ns, key) = STORE_ID_KEY;
+    // A read on every call; the one write happens once per store.
+    if let Some(id) = store.kv_get(ns, key)? {
+        return Ok(id);
+    }
     store.kv_insert_if_absent(ns, key, &uuid::Uuid::new_v4().to_string())?;
     Ok(store.kv_get(ns, key)?.unwrap_or_default())
 }

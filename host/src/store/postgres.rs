@@ -604,21 +604,7 @@ impl StateStore for PgStore {
 
     fn prune_finished(&self, before: u64, limit: usize) -> Result<usize, StoreError> {
         self.execute(
-            "DELETE FROM requests WHERE id IN (
-                SELECT r.id FROM requests r
-                WHERE r.status IN ('complete', 'complete_with_error') AND r.updated_at < $1
-                  AND CASE r.kind
-                    WHEN 'provision' THEN NOT EXISTS (
-                      SELECT 1 FROM machines m WHERE m.request_id = r.id AND m.state NOT IN ('terminated', 'failed')
-                        AND NOT EXISTS (
-                          SELECT 1 FROM machines rm JOIN requests rr ON rr.id = rm.request_id
-                          WHERE rm.name = m.name AND rr.kind = 'return' AND rr.created_at >= r.created_at
-                            AND rr.status IN ('complete', 'complete_with_error')))
-                    ELSE NOT EXISTS (
-                      SELECT 1 FROM machines rm JOIN machines pm ON pm.name = rm.name JOIN requests pr ON pr.id = pm.request_id
-                      WHERE rm.request_id = r.id AND pr.kind = 'provision' AND pr.created_at <= r.created_at)
-                  END
-                ORDER BY r.updated_at LIMIT $2 FOR UPDATE OF r SKIP LOCKED)",
+            &super::prune_sql("$1", "$2", " FOR UPDATE OF r SKIP LOCKED"),
             &[&to_i64(before), &i64::try_from(limit).unwrap_or(i64::MAX)],
         )
         .map(|n| usize::try_from(n).unwrap_or(usize::MAX))

@@ -278,14 +278,19 @@ impl Ec2Client {
         }
     }
 
-    /// The root device name of `image_id` (a root volume must be mapped under the AMI's
-    /// own root device name, or EC2 attaches a second volume instead of resizing the root).
-    fn root_device(&self, image_id: &str) -> Result<String, Ec2Error> {
+    /// The root device name of `spec`'s AMI when `spec` sets a root volume (it must be
+    /// mapped under the AMI's own root device name, or EC2 attaches a second volume instead
+    /// of resizing the root); None without a root volume, and no call is made.
+    fn root_device(&self, spec: &LaunchSpec) -> Result<Option<String>, Ec2Error> {
+        if spec.root_volume.is_none() {
+            return Ok(None);
+        }
+        let image_id = &spec.image_id;
         let out = self.call("DescribeImages", true, |c| c.describe_images().image_ids(image_id).send())?;
         out.images()
             .first()
             .and_then(|i| i.root_device_name())
-            .map(str::to_string)
+            .map(|d| Some(d.to_string()))
             .ok_or_else(|| {
                 Ec2Error::Aws(AwsFault {
                     code: "InvalidAMIID.NotFound".into(),
@@ -302,10 +307,7 @@ impl super::Ec2Api for Ec2Client {
 
     /// RunInstances with ownership `tags` and the request id as client token.
     fn run_instances(&self, req: &RunRequest, tags: &[Tag]) -> Result<Vec<Instance>, Ec2Error> {
-        let root_device = match &req.spec.root_volume {
-            Some(_) => Some(self.root_device(&req.spec.image_id)?),
-            None => None,
-        };
+        let root_device = self.root_device(&req.spec)?;
         let count = i32::try_from(req.count).unwrap_or(i32::MAX);
         let out = self.call("RunInstances", false, |c| {
             let mut b = c
@@ -319,13 +321,7 @@ impl super::Ec2Api for Ec2Client {
                 .set_key_name(req.spec.key_name.clone())
                 .set_subnet_id(req.spec.subnet_ids.first().cloned())
                 .set_user_data(req.spec.user_data.as_deref().map(convert::base64))
-                .set_block_device_mappings(
-                    req.spec
-                        .root_volume
-                        .as_ref()
-                        .zip(root_device.as_deref())
-                        .map(|(v, d)| vec![convert::root_mapping(v, d)]),
-                )
+                .set_block_device_mappings(convert::root_mappings(&req.spec, root_device.as_deref()))
                 .tag_specifications(convert::tag_spec(sdk::types::ResourceType::Instance, tags))
                 .tag_specifications(convert::tag_spec(sdk::types::ResourceType::Volume, tags));
             if let Some(arn) = &req.spec.instance_profile_arn {
@@ -362,10 +358,7 @@ impl super::Ec2Api for Ec2Client {
         let template_id = match &req.spec.launch_template_id {
             Some(id) => id.clone(),
             None => {
-                let root_device = match &req.spec.root_volume {
-                    Some(_) => Some(self.root_device(&req.spec.image_id)?),
-                    None => None,
-                };
+                let root_device = self.root_device(&req.spec)?;
                 let data = convert::launch_template_data(&req.spec, tags, root_device.as_deref());
                 let out = self.call("CreateLaunchTemplate", false, |c| {
                     c.create_launch_template()
@@ -554,10 +547,7 @@ impl super::Ec2Api for Ec2Client {
     /// RequestSpotFleet (`request` type: filled once, never replenished) with one launch
     /// specification per override and ownership `tags` on the fleet and its instances.
     fn request_spot_fleet(&self, req: &SpotFleetRequest, tags: &[Tag]) -> Result<String, Ec2Error> {
-        let root_device = match &req.spec.root_volume {
-            Some(_) => Some(self.root_device(&req.spec.image_id)?),
-            None => None,
-        };
+        let root_device = self.root_device(&req.spec)?;
         let instance_tags = sdk::types::SpotFleetTagSpecification::builder()
             .resource_type(sdk::types::ResourceType::Instance)
             .set_tags(Some(convert::sdk_tags(tags)))
@@ -581,13 +571,7 @@ impl super::Ec2Api for Ec2Client {
                             .map(|g| sdk::types::GroupIdentifier::builder().group_id(g).build())
                             .collect(),
                     ))
-                    .set_block_device_mappings(
-                        req.spec
-                            .root_volume
-                            .as_ref()
-                            .zip(root_device.as_deref())
-                            .map(|(v, d)| vec![convert::root_mapping(v, d)]),
-                    )
+                    .set_block_device_mappings(convert::root_mappings(&req.spec, root_device.as_deref()))
                     .tag_specifications(instance_tags.clone());
                 if let Some(arn) = &req.spec.instance_profile_arn {
                     s = s.iam_instance_profile(sdk::types::IamInstanceProfileSpecification::builder().arn(arn).build());

@@ -38,6 +38,11 @@ pub fn root_mapping(v: &RootVolume, device: &str) -> sdk::types::BlockDeviceMapp
     sdk::types::BlockDeviceMapping::builder().device_name(device).ebs(ebs(v)).build()
 }
 
+/// The root-volume mapping of `spec`, when it sets one and the AMI's root device is known.
+pub fn root_mappings(spec: &LaunchSpec, root_device: Option<&str>) -> Option<Vec<sdk::types::BlockDeviceMapping>> {
+    spec.root_volume.as_ref().zip(root_device).map(|(v, d)| vec![root_mapping(v, d)])
+}
+
 /// Launch-template data equivalent to `spec` (for EC2 Fleet).
 pub fn launch_template_data(spec: &LaunchSpec, tags: &[Tag], root_device: Option<&str>) -> sdk::types::RequestLaunchTemplateData {
     let mut d = sdk::types::RequestLaunchTemplateData::builder()
