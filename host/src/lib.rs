@@ -2,7 +2,7 @@
 //! plugin whose provider logic runs as sandboxed WebAssembly components.
 //!
 //! Layout (see DESIGN.md §3): `hf` is the wire contract, `config` loads settings, `service`
-//! is the lifecycle core, `runtime` runs guests, `capabilities` are what guests may import,
+//! is the lifecycle core, `policy` holds the site's decisions (template offer), `runtime` runs guests, `capabilities` are what guests may import,
 //! `store` keeps state, and `plugin` wires them into one HostFactory call.
 
 pub mod capabilities;
@@ -12,6 +12,7 @@ pub mod faults;
 pub mod hf;
 pub mod logging;
 pub mod plugin;
+pub mod policy;
 pub mod runtime;
 pub mod scaffold;
 pub mod service;

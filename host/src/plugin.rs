@@ -10,8 +10,10 @@ use serde_json::Value;
 use crate::capabilities::Capability;
 use crate::capabilities::power::PowerRunner;
 use crate::config::inventory::Inventory;
-use crate::config::{Config, GuestSource};
+use crate::config::{Config, GuestSource, GuestSpec};
 use crate::hf::{self, Call, ErrorCode, HfError, ProviderDirs};
+use crate::policy::wasm::WasmTemplatePolicy;
+use crate::policy::{PolicyError, TemplatePolicy};
 use crate::runtime::{self, CacheOutcome, GuestCode, GuestEngine, GuestResources, PrecompiledCache, WasmProvider};
 use crate::service::model::{AbortKind, CallContext, ProviderError};
 use crate::service::{LifecyclePolicy, Provider, ProviderLoader, Service};
@@ -108,7 +110,11 @@ impl Plugin {
 
     /// The provider guest's bytes.
     pub fn guest_bytes(&self) -> Result<std::borrow::Cow<'static, [u8]>, ProviderError> {
-        let spec = &self.config.provider;
+        Self::bytes_of(&self.config.provider)
+    }
+
+    /// A guest's bytes: built in, or read from its file.
+    fn bytes_of(spec: &GuestSpec) -> Result<std::borrow::Cow<'static, [u8]>, ProviderError> {
         match &spec.source {
             GuestSource::Builtin(name) => {
                 runtime::builtin::bytes(name)
@@ -166,6 +172,31 @@ impl Plugin {
         )
     }
 
+    /// Loads the configured template policy guest (its own engine when it meters fuel).
+    fn load_policy(&self, spec: &crate::config::PolicySpec) -> Result<Box<dyn TemplatePolicy + '_>, PolicyError> {
+        let g = &spec.guest;
+        let err = |message: String| PolicyError {
+            policy: g.name.clone(),
+            message,
+        };
+        let wasm = Self::bytes_of(g).map_err(|e| err(e.to_string()))?;
+        let engine = GuestEngine::with_fuel(g.limits.fuel.is_some()).map_err(|e| err(format!("cannot start the wasm engine: {e:#}")))?;
+        let (policy, outcome) = WasmTemplatePolicy::load(&engine, &self.cache(), &g.name, &wasm, g.limits, &spec.settings)?;
+        if outcome == CacheOutcome::Compiled {
+            tracing::info!(policy = %g.name, "policy guest compiled into the cache (first use after a change)");
+        }
+        Ok(Box::new(policy))
+    }
+
+    /// A service for one call: the provider loaded on first use, the template policy too.
+    fn service<'s>(&'s self, store: &'s dyn StateStore, loader: ProviderLoader<'s>) -> Service<'s> {
+        let service = Service::new(store, loader, self.context(), self.policy());
+        match &self.config.policy {
+            Some(spec) => service.with_template_policy(Box::new(move || self.load_policy(spec)), spec.on_error),
+            None => service,
+        }
+    }
+
     /// How the power capability starts `hfwasm power-run`: this binary, with this call's dirs.
     fn power_runner(&self) -> PowerRunner {
         let mut dir_args: Vec<std::ffi::OsString> = vec!["--confdir".into(), self.dirs.conf_dir.clone().into()];
@@ -204,7 +235,7 @@ impl Plugin {
             }
             Ok(Box::new(p) as Box<dyn Provider>)
         });
-        let mut service = Service::new(store.as_ref(), loader, self.context(), self.policy());
+        let mut service = self.service(store.as_ref(), loader);
         let answer = match call {
             Call::GetAvailableTemplates => hf::output::templates(&service.get_available_templates()?),
             Call::RequestMachines => {
@@ -308,7 +339,7 @@ impl Plugin {
             }
         ));
         let loader: ProviderLoader<'_> = Box::new(move || Ok(Box::new(provider) as Box<dyn Provider>));
-        let templates = Service::new(store.as_ref(), loader, self.context(), self.policy()).get_available_templates()?;
+        let templates = self.service(store.as_ref(), loader).get_available_templates()?;
         for t in &templates {
             let attr = |n: &str| t.attribute(n).map_or("?".to_string(), |a| a.value.clone());
             lines.push(format!(

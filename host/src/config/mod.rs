@@ -50,6 +50,15 @@ struct RawConfig {
     #[serde(default)]
     logging: RawLogging,
     aws: Option<RawAws>,
+    policy: Option<RawPolicy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    guest: String,
+    settings: Option<serde_json::Value>,
+    on_error: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,6 +125,17 @@ pub struct GuestSpec {
     pub ec2_grant: Ec2Grant,
 }
 
+/// The site's template policy (`policy`): which guest decides what HostFactory is offered.
+#[derive(Debug, Clone)]
+pub struct PolicySpec {
+    /// The policy guest (granted nothing: policies import only sandboxed WASI).
+    pub guest: GuestSpec,
+    /// Settings handed to the policy (a JSON object).
+    pub settings: serde_json::Value,
+    /// What a policy failure does to the call.
+    pub on_error: crate::policy::OnError,
+}
+
 /// The validated configuration of one provider instance.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -125,6 +145,8 @@ pub struct Config {
     pub provider: GuestSpec,
     /// Settings handed to the provider guest (a JSON object).
     pub settings: serde_json::Value,
+    /// The template policy, when one is configured.
+    pub policy: Option<PolicySpec>,
     /// Machines still pending after this many seconds are failed by the host.
     pub pending_timeout_secs: u64,
     /// Requests recorded but never answered (a crashed call) are abandoned after this many
@@ -287,6 +309,51 @@ impl Config {
                 ),
             )
         })?;
+        let policy = match raw.policy {
+            None => None,
+            Some(p) => {
+                let guest = guests.get(&p.guest).cloned().ok_or_else(|| {
+                    err(
+                        "policy.guest",
+                        format!(
+                            "no guest named `{}`; define it under `guests` (known: {})",
+                            p.guest,
+                            guests.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    )
+                })?;
+                if matches!(guest.source, GuestSource::Builtin(_)) || guest.name == guest_name {
+                    return Err(err(
+                        "policy.guest",
+                        format!(
+                            "`{}` is a provider guest; a policy is a guest of the template-selector world (wit/policy)",
+                            p.guest
+                        ),
+                    ));
+                }
+                if !guest.grants.is_empty() {
+                    return Err(err(
+                        &format!("guests.{}.grants", p.guest),
+                        "a policy guest is granted nothing (it imports only sandboxed WASI, so its decisions replay); remove its grants"
+                            .into(),
+                    ));
+                }
+                let settings = p.settings.unwrap_or_else(|| serde_json::json!({}));
+                if !settings.is_object() {
+                    return Err(err("policy.settings", "must be a JSON object".into()));
+                }
+                let on_error = match p.on_error.as_deref() {
+                    None => crate::policy::OnError::FailOpen,
+                    Some(v) => crate::policy::OnError::parse(v).ok_or_else(|| {
+                        err(
+                            "policy.on_error",
+                            format!("`{v}` is not a choice; use `fail_open` (the default) or `fail_closed`"),
+                        )
+                    })?,
+                };
+                Some(PolicySpec { guest, settings, on_error })
+            }
+        };
         let mut settings = raw.provider.settings.unwrap_or_else(|| serde_json::json!({}));
         if let (Some(a), Some(obj)) = (&aws, settings.as_object_mut()) {
             // The AWS guest's inputs: IBM's templates and the reclaim policy.
@@ -336,6 +403,7 @@ impl Config {
             file,
             provider,
             settings,
+            policy,
             pending_timeout_secs,
             abandon_after_secs,
             orphan_scan_secs: raw.provider.orphan_scan_secs.unwrap_or(600),
@@ -383,6 +451,24 @@ mod tests {
         assert!(e.to_string().contains("hfwasm.json"), "{e}");
         let e = load(r#"{"storage": {"sql_strategy": {"colour": "red"}}}"#).expect_err("unknown key");
         assert_eq!(e.setting.as_deref(), Some("storage.sql_strategy.colour"));
+    }
+
+    #[test]
+    fn policy_guests_are_granted_nothing() {
+        let ok = load(r#"{"guests": {"sel": {"wasm": "sel.wasm", "limits": {"random_seed": 7}}}, "policy": {"guest": "sel", "settings": {"max_price": 1}, "on_error": "fail_closed"}}"#)
+            .expect("valid");
+        let p = ok.policy.expect("policy");
+        assert_eq!((p.guest.name.as_str(), p.on_error), ("sel", crate::policy::OnError::FailClosed));
+        assert_eq!(p.guest.limits.random_seed, Some(7));
+        let e = load(r#"{"guests": {"sel": {"wasm": "sel.wasm", "grants": ["kv"]}}, "policy": {"guest": "sel"}}"#).expect_err("grants");
+        assert_eq!(e.setting.as_deref(), Some("guests.sel.grants"));
+        let e = load(r#"{"policy": {"guest": "onprem"}}"#).expect_err("a provider");
+        assert!(e.to_string().contains("provider guest"), "{e}");
+        let e =
+            load(r#"{"guests": {"sel": {"wasm": "sel.wasm"}}, "policy": {"guest": "sel", "on_error": "shrug"}}"#).expect_err("on_error");
+        assert_eq!(e.setting.as_deref(), Some("policy.on_error"));
+        let e = load(r#"{"policy": {"guest": "nope"}}"#).expect_err("unknown");
+        assert_eq!(e.setting.as_deref(), Some("policy.guest"));
     }
 
     #[test]

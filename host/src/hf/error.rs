@@ -35,6 +35,8 @@ pub enum ErrorCode {
     ProviderError,
     /// The provider's dependency is unavailable; HostFactory should retry later.
     ProviderUnavailable,
+    /// The site's policy failed and config says to fail closed (`policy.on_error`).
+    PolicyError,
     /// A bug in hfwasm itself.
     Internal,
 }
@@ -58,6 +60,7 @@ impl ErrorCode {
             ErrorCode::GuestLoadError => "GUEST_LOAD_ERROR",
             ErrorCode::ProviderError => "PROVIDER_ERROR",
             ErrorCode::ProviderUnavailable => "PROVIDER_UNAVAILABLE",
+            ErrorCode::PolicyError => "POLICY_ERROR",
             ErrorCode::Internal => "INTERNAL",
         }
     }
@@ -119,6 +122,7 @@ impl From<ServiceError> for HfError {
             ),
             ServiceError::Store(e) => e.into(),
             ServiceError::Provider(p) => p.into(),
+            ServiceError::Policy(e) => HfError::new(ErrorCode::PolicyError, e.to_string()).with("policy", e.policy),
         }
     }
 }

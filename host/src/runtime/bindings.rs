@@ -6,3 +6,11 @@ wasmtime::component::bindgen!({
     path: ["../wit/capabilities", "../wit/hostfactory"],
     additional_derives: [PartialEq],
 });
+
+/// Bindings of the template-selector world (`wit/policy`): policy guests import nothing but WASI.
+pub mod policy {
+    wasmtime::component::bindgen!({
+        world: "hostfactory:policy/template-selector@0.1.0",
+        path: "../wit/policy",
+    });
+}

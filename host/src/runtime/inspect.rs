@@ -27,6 +27,8 @@ pub struct GuestReport {
     pub imports: Vec<ImportLine>,
     /// Capabilities config must grant it (`guests.<name>.grants`).
     pub grants: Vec<String>,
+    /// What it is (`provider guest`, `template policy guest`), by its exports.
+    pub role: Option<String>,
     /// Why this host cannot run it; empty when it can.
     pub problems: Vec<String>,
 }
@@ -39,7 +41,11 @@ impl GuestReport {
 
     /// The report as text for a terminal.
     pub fn lines(&self, file: &str) -> Vec<String> {
-        let mut out = vec![format!("guest {file}: component, {} KiB", self.bytes.div_ceil(1024))];
+        let mut out = vec![format!(
+            "guest {file}: {}, {} KiB",
+            self.role.as_deref().unwrap_or("component"),
+            self.bytes.div_ceil(1024)
+        )];
         out.push("exports:".into());
         out.extend(self.exports.iter().map(|e| format!("  {e}")));
         out.push("imports:".into());
@@ -103,13 +109,23 @@ pub fn inspect(engine: &GuestEngine, wasm: &[u8]) -> Result<GuestReport, String>
     if let Err(e) = link::check_imports("checked", &imports, &grants) {
         problems.push(e.message);
     }
-    if let Err(e) = link::check_exports("checked", &exports) {
-        problems.push(e.message);
+    let role = link::GuestRole::of(&exports);
+    match role {
+        Some(r) => {
+            if let Err(e) = link::check_exports("checked", &exports, r) {
+                problems.push(e.message);
+            }
+        }
+        None => problems.push(format!(
+            "exports none of the interfaces this host calls ({}), so it is neither a provider nor a policy guest",
+            link::GuestRole::ALL.map(|r| r.export().0).join(", ")
+        )),
     }
     Ok(GuestReport {
         bytes: wasm.len(),
         exports,
         imports: lines,
+        role: role.map(|r| r.describe().to_string()),
         grants: grants.iter().map(|c| c.short_name().to_string()).collect(),
         problems,
     })

@@ -98,6 +98,9 @@ pub struct LimitOverrides {
     pub fuel: Option<u64>,
     /// See [`INSTANCES`].
     pub max_instances: Option<u64>,
+    /// Seed of the guest's random source (WASI `random` and `insecure`); absent = fresh
+    /// randomness from the OS. With a seed the guest draws the same numbers on every run.
+    pub random_seed: Option<u64>,
 }
 
 /// Limits applied to one guest's calls.
@@ -115,6 +118,8 @@ pub struct GuestLimits {
     pub fuel: Option<u64>,
     /// Core instances.
     pub max_instances: usize,
+    /// Seed of the guest's random source, when it must be reproducible.
+    pub random_seed: Option<u64>,
 }
 
 impl Default for GuestLimits {
@@ -126,6 +131,7 @@ impl Default for GuestLimits {
             answer_bytes: 16 << 20,
             fuel: None,
             max_instances: 32,
+            random_seed: None,
         })
     }
 }
@@ -158,6 +164,7 @@ impl GuestLimits {
                 f => f,
             },
             max_instances: to_usize(pick(&INSTANCES, o.max_instances)?),
+            random_seed: o.random_seed,
         })
     }
 }

@@ -97,20 +97,62 @@ pub fn exports(engine: &Engine, component: &Component) -> Vec<String> {
         .collect()
 }
 
-/// Checks that `guest` exports the provider interface of this host's version line.
-pub fn check_exports(guest: &str, exports: &[String]) -> Result<(), LinkError> {
-    let wanted = "hostfactory:provider/provider";
+/// Policy package version line the host provides.
+const POLICY_LINE: &str = "0.1";
+
+/// The part a guest plays, told by the interface it exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestRole {
+    /// Exports `hostfactory:provider/provider`: makes and releases machines.
+    Provider,
+    /// Exports `hostfactory:policy/template-policy`: decides what HostFactory is offered.
+    TemplatePolicy,
+}
+
+impl GuestRole {
+    /// Every role, in the order `guest check` tries them.
+    pub const ALL: [GuestRole; 2] = [GuestRole::Provider, GuestRole::TemplatePolicy];
+
+    /// The interface this role exports and the version line this host calls.
+    pub fn export(self) -> (&'static str, &'static str) {
+        match self {
+            GuestRole::Provider => ("hostfactory:provider/provider", PROVIDER_LINE),
+            GuestRole::TemplatePolicy => ("hostfactory:policy/template-policy", POLICY_LINE),
+        }
+    }
+
+    /// The role in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            GuestRole::Provider => "provider guest",
+            GuestRole::TemplatePolicy => "template policy guest",
+        }
+    }
+
+    /// The role a component's exports show, whatever their version.
+    pub fn of(exports: &[String]) -> Option<GuestRole> {
+        GuestRole::ALL.into_iter().find(|r| {
+            exports
+                .iter()
+                .any(|e| e.split_once('@').map_or(e.as_str(), |(p, _)| p) == r.export().0)
+        })
+    }
+}
+
+/// Checks that `guest` exports the interface of `role` in this host's version line.
+pub fn check_exports(guest: &str, exports: &[String], role: GuestRole) -> Result<(), LinkError> {
+    let (wanted, wanted_line) = role.export();
     let found = exports.iter().find(|e| e.split_once('@').map_or(e.as_str(), |(p, _)| p) == wanted);
     let problem = match found {
-        Some(e) if e.split_once('@').is_some_and(|(_, v)| line(v) == PROVIDER_LINE) => return Ok(()),
+        Some(e) if e.split_once('@').is_some_and(|(_, v)| line(v) == wanted_line) => return Ok(()),
         Some(e) => format!(
-            "was built against {e}, but this host calls {wanted}@{PROVIDER_LINE}.x; rebuild the guest against the host's WIT (wit/ of this hfwasm)"
+            "was built against {e}, but this host calls {wanted}@{wanted_line}.x; rebuild the guest against the host's WIT (wit/ of this hfwasm)"
         ),
-        None => format!("does not export {wanted}, so it is not a provider guest"),
+        None => format!("does not export {wanted}, so it is not a {}", role.describe()),
     };
     Err(LinkError {
         message: format!(
-            "guest '{guest}' {problem}.\n  guest exports: {}\n  host needs:    {wanted}@{PROVIDER_LINE}.x",
+            "guest '{guest}' {problem}.\n  guest exports: {}\n  host needs:    {wanted}@{wanted_line}.x",
             if exports.is_empty() {
                 "(nothing)".to_string()
             } else {
@@ -159,14 +201,19 @@ mod tests {
             e.message
         );
         assert!(check_imports("g", &names(&["acme:evil/net@1.0.0"]), &[]).is_err());
-        let e = check_exports("old", &names(&["hostfactory:provider/provider@0.1.0"])).expect_err("old provider");
+        let e = check_exports("old", &names(&["hostfactory:provider/provider@0.1.0"]), GuestRole::Provider).expect_err("old provider");
         assert!(
             e.message.contains("guest 'old'") && e.message.contains("provider@0.1.0") && e.message.contains("provider@0.2.x"),
             "{}",
             e.message
         );
-        assert!(check_exports("g", &names(&["hostfactory:provider/provider@0.2.0"])).is_ok());
-        assert!(check_exports("g", &names(&["wasi:cli/run@0.2.0"])).is_err());
+        assert!(check_exports("g", &names(&["hostfactory:provider/provider@0.2.0"]), GuestRole::Provider).is_ok());
+        assert!(check_exports("g", &names(&["wasi:cli/run@0.2.0"]), GuestRole::Provider).is_err());
+        let policy = names(&["hostfactory:policy/template-policy@0.1.0"]);
+        assert_eq!(GuestRole::of(&policy), Some(GuestRole::TemplatePolicy));
+        let e = check_exports("sel", &policy, GuestRole::Provider).expect_err("a policy is not a provider");
+        assert!(e.message.contains("not a provider guest"), "{}", e.message);
+        assert!(check_exports("sel", &policy, GuestRole::TemplatePolicy).is_ok());
         assert!(check_imports("g", &names(&["wasi:http/outgoing-handler@0.3.0"]), &[]).is_err());
     }
 }

@@ -10,6 +10,7 @@ pub mod guest;
 pub mod inspect;
 pub mod limits;
 pub mod link;
+pub mod sandbox;
 
 pub use cache::{CacheOutcome, PrecompiledCache};
 pub use engine::GuestEngine;

@@ -10,6 +10,7 @@ mod sweep;
 use lifecycle::{MachineResult, RequestStatus};
 use model::*;
 
+use crate::policy::{OnError, PolicyError, PolicyLoader, TemplatePolicy};
 use crate::store::{Phase, RequestKind, RequestRecord, StateStore, StoreError};
 
 /// What the core needs of a provider, one method per provider operation.
@@ -68,6 +69,9 @@ pub enum ServiceError {
     /// The caller referred to something unknown.
     #[error("{0}")]
     Unknown(String),
+    /// The site's policy failed and config says to fail closed.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
 }
 
 /// A machine with what HostFactory is told about it.
@@ -117,6 +121,7 @@ pub struct Service<'a> {
     provider: Option<Box<dyn Provider + 'a>>,
     ctx: CallContext,
     policy: LifecyclePolicy,
+    template_policy: Option<(PolicyLoader<'a>, OnError)>,
 }
 
 /// A request as stored, with its machines.
@@ -135,7 +140,15 @@ impl<'a> Service<'a> {
             provider: None,
             ctx,
             policy,
+            template_policy: None,
         }
+    }
+
+    /// Lets `loader`'s policy decide what getAvailableTemplates offers; `on_error` says what
+    /// its failure does to the call.
+    pub fn with_template_policy(mut self, loader: PolicyLoader<'a>, on_error: OnError) -> Self {
+        self.template_policy = Some((loader, on_error));
+        self
     }
 
     fn provider(&mut self) -> Result<&mut (dyn Provider + 'a), ProviderError> {
@@ -152,8 +165,25 @@ impl<'a> Service<'a> {
         }
     }
 
-    /// getAvailableTemplates: the provider's templates, checked against the contract.
+    /// getAvailableTemplates: the provider's templates, checked against the contract, then
+    /// ordered, chosen and mapped by the site's template policy when there is one.
     pub fn get_available_templates(&mut self) -> Result<Vec<Template>, ServiceError> {
+        let templates = self.provider_templates()?;
+        match self.template_policy.take() {
+            None => Ok(templates),
+            Some((loader, on_error)) => {
+                let mut loaded = loader();
+                let policy = match &mut loaded {
+                    Ok(p) => Ok(p.as_mut() as &mut dyn TemplatePolicy),
+                    Err(e) => Err(e.clone()),
+                };
+                Ok(crate::policy::offer(policy, on_error, &self.ctx, templates)?)
+            }
+        }
+    }
+
+    /// The provider's templates, checked against the contract.
+    fn provider_templates(&mut self) -> Result<Vec<Template>, ServiceError> {
         let ctx = self.ctx.clone();
         let templates = self.provider()?.templates(&ctx)?;
         let mut seen: Vec<&str> = Vec::new();
@@ -191,7 +221,7 @@ impl<'a> Service<'a> {
         count: u32,
         rc_account: Option<String>,
     ) -> Result<(String, String), ServiceError> {
-        let templates = self.get_available_templates()?;
+        let templates = self.provider_templates()?;
         let template = templates
             .iter()
             .find(|t| t.id == template_id)

@@ -1,0 +1,216 @@
+//! Site policies: what HostFactory is offered (order, subset and attributes of the provider's
+//! templates), decided behind one port. The core calls [`TemplatePolicy`] and never knows
+//! whether a Wasm guest (`wasm`), a script or a test double answered; this module checks the
+//! answer and applies the site's choice of what happens when a policy fails.
+
+pub mod wasm;
+
+use crate::service::model::{CallContext, Template};
+
+/// What happens to a call when its policy fails (`policy.on_error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Log the failure with the policy's name and go on without the policy (the provider's
+    /// templates as they are). The default: a broken policy never stops provisioning.
+    FailOpen,
+    /// Fail the call with an error naming the policy.
+    FailClosed,
+}
+
+impl OnError {
+    /// Parses the config spelling (`fail_open` / `fail_closed`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "fail_open" => Some(OnError::FailOpen),
+            "fail_closed" => Some(OnError::FailClosed),
+            _ => None,
+        }
+    }
+}
+
+/// A policy that failed or answered something it may not.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("policy '{policy}': {message}")]
+pub struct PolicyError {
+    /// The policy's name from config.
+    pub policy: String,
+    /// What went wrong (a trap, a limit, the policy's own error, a rejected answer).
+    pub message: String,
+}
+
+/// The port: a site's template policy.
+pub trait TemplatePolicy {
+    /// The policy's name, for logs and errors.
+    fn name(&self) -> &str;
+    /// The templates to offer HostFactory, best first, chosen from `templates`.
+    fn offer_templates(&mut self, ctx: &CallContext, templates: &[Template]) -> Result<Vec<Template>, PolicyError>;
+}
+
+/// Builds the policy on first use, so calls that never consult it never load it.
+pub type PolicyLoader<'a> = Box<dyn FnOnce() -> Result<Box<dyn TemplatePolicy + 'a>, PolicyError> + 'a>;
+
+/// What a policy may answer: only templates the provider offered, each once, keeping the
+/// required attributes, never promising more hosts than the provider.
+pub fn check_offer(provided: &[Template], offer: &[Template]) -> Result<(), String> {
+    let mut seen: Vec<&str> = Vec::new();
+    for t in offer {
+        let Some(orig) = provided.iter().find(|p| p.id == t.id) else {
+            return Err(format!(
+                "offered template '{}', which the provider does not have (a policy chooses among the provider's templates; it cannot invent one)",
+                t.id
+            ));
+        };
+        if seen.contains(&t.id.as_str()) {
+            return Err(format!("offered template '{}' twice", t.id));
+        }
+        seen.push(&t.id);
+        for required in ["type", "ncpus", "nram"] {
+            if t.attribute(required).is_none() {
+                return Err(format!("dropped the required attribute '{required}' of template '{}'", t.id));
+            }
+        }
+        let raised = match (orig.max_number, t.max_number) {
+            (_, n) if n < -1 => true,
+            (-1, _) => false,
+            (o, -1) => o != -1,
+            (o, n) => n > o,
+        };
+        if raised {
+            return Err(format!(
+                "raised maxNumber of template '{}' from {} to {} (a policy may lower it, never raise it)",
+                t.id, orig.max_number, t.max_number
+            ));
+        }
+        if let (Some(o), Some(n)) = (orig.available_number, t.available_number)
+            && n > o
+        {
+            return Err(format!("raised availableNumber of template '{}' from {o} to {n}", t.id));
+        }
+    }
+    Ok(())
+}
+
+/// Asks `policy` what to offer, checks the answer, and on failure falls back as `on_error`
+/// says (logging the failure with the policy's name either way).
+pub fn offer(
+    policy: Result<&mut dyn TemplatePolicy, PolicyError>,
+    on_error: OnError,
+    ctx: &CallContext,
+    templates: Vec<Template>,
+) -> Result<Vec<Template>, PolicyError> {
+    let answer = policy.and_then(|p| {
+        let offer = p.offer_templates(ctx, &templates)?;
+        check_offer(&templates, &offer).map_err(|message| PolicyError {
+            policy: p.name().to_string(),
+            message,
+        })?;
+        Ok(offer)
+    });
+    match (answer, on_error) {
+        (Ok(offer), _) => {
+            tracing::debug!(offered = offer.len(), of = templates.len(), "template policy answered");
+            Ok(offer)
+        }
+        (Err(e), OnError::FailOpen) => {
+            tracing::error!(policy = %e.policy, error = %e.message, "template policy failed; offering the provider's templates unchanged (policy.on_error = fail_open)");
+            Ok(templates)
+        }
+        (Err(e), OnError::FailClosed) => {
+            tracing::error!(policy = %e.policy, error = %e.message, "template policy failed; failing the call (policy.on_error = fail_closed)");
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::model::{Attribute, AttributeKind};
+
+    fn t(id: &str, max: i32) -> Template {
+        let a = |n: &str, v: &str| Attribute {
+            name: n.into(),
+            kind: AttributeKind::Numeric,
+            value: v.into(),
+        };
+        Template {
+            id: id.into(),
+            max_number: max,
+            available_number: None,
+            attributes: vec![a("type", "X86_64"), a("ncpus", "2"), a("nram", "4096")],
+            extra: Default::default(),
+        }
+    }
+
+    struct Fixed(Result<Vec<Template>, String>);
+    impl TemplatePolicy for Fixed {
+        fn name(&self) -> &str {
+            "fixed"
+        }
+        fn offer_templates(&mut self, _: &CallContext, _: &[Template]) -> Result<Vec<Template>, PolicyError> {
+            self.0.clone().map_err(|message| PolicyError {
+                policy: "fixed".into(),
+                message,
+            })
+        }
+    }
+
+    fn ctx() -> CallContext {
+        CallContext {
+            provider_instance: "i".into(),
+            settings: serde_json::json!({}),
+            now: 0,
+        }
+    }
+
+    #[test]
+    fn offers_are_checked_against_the_provider() {
+        let provided = vec![t("a", 10), t("b", -1)];
+        assert!(check_offer(&provided, &[t("b", 5), t("a", 3)]).is_ok());
+        assert!(check_offer(&provided, &[]).is_ok());
+        let e = check_offer(&provided, &[t("zzz", 1)]).expect_err("invented");
+        assert!(e.contains("'zzz'") && e.contains("does not have"), "{e}");
+        assert!(
+            check_offer(&provided, &[t("a", 1), t("a", 1)])
+                .expect_err("twice")
+                .contains("twice")
+        );
+        assert!(
+            check_offer(&provided, &[t("a", 11)])
+                .expect_err("raised")
+                .contains("raised maxNumber")
+        );
+        assert!(
+            check_offer(&provided, &[t("a", -1)])
+                .expect_err("unlimited")
+                .contains("raised maxNumber")
+        );
+        let mut bare = t("a", 1);
+        bare.attributes.retain(|a| a.name != "nram");
+        assert!(check_offer(&provided, &[bare]).expect_err("nram").contains("'nram'"));
+    }
+
+    #[test]
+    fn failures_fall_back_as_configured() {
+        let provided = vec![t("a", 10), t("b", 10)];
+        let mut good = Fixed(Ok(vec![t("b", 10)]));
+        let out = offer(Ok(&mut good), OnError::FailClosed, &ctx(), provided.clone()).expect("ok");
+        assert_eq!(out.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), ["b"]);
+        let mut broken = Fixed(Err("settings.prices.a: must be a number".into()));
+        let out = offer(Ok(&mut broken), OnError::FailOpen, &ctx(), provided.clone()).expect("fail open");
+        assert_eq!(out, provided);
+        let e = offer(Ok(&mut broken), OnError::FailClosed, &ctx(), provided.clone()).expect_err("fail closed");
+        assert_eq!(e.policy, "fixed");
+        let mut liar = Fixed(Ok(vec![t("c", 1)]));
+        let e = offer(Ok(&mut liar), OnError::FailClosed, &ctx(), provided.clone()).expect_err("invented");
+        assert!(e.message.contains("'c'"), "{e}");
+        let unloadable = Err(PolicyError {
+            policy: "gone".into(),
+            message: "cannot read gone.wasm".into(),
+        });
+        assert_eq!(
+            offer(unloadable, OnError::FailOpen, &ctx(), provided.clone()).expect("open"),
+            provided
+        );
+    }
+}

@@ -1,0 +1,150 @@
+//! A template policy that is a Wasm guest of the `template-selector` world: loaded from the
+//! precompiled cache into the same sandbox as provider guests (limits, deadlines, fuel,
+//! seeded random), linked with sandboxed WASI only, and called through the policy port.
+
+use std::time::Instant;
+
+use wasmtime::Store;
+use wasmtime::component::Linker;
+
+use super::{PolicyError, TemplatePolicy};
+use crate::capabilities::HostWait;
+use crate::runtime::bindings::policy::TemplateSelector;
+use crate::runtime::bindings::policy::exports::hostfactory::policy::template_policy as wit;
+use crate::runtime::limits::GuestLimits;
+use crate::runtime::link::{self, GuestRole};
+use crate::runtime::sandbox::{self, CallRunner, Sandbox};
+use crate::runtime::{CacheOutcome, GuestEngine, PrecompiledCache};
+use crate::service::model::{Attribute, AttributeKind, CallContext, Template};
+
+/// A loaded policy guest.
+pub struct WasmTemplatePolicy {
+    runner: CallRunner,
+    store: Store<Sandbox>,
+    bindings: TemplateSelector,
+    settings_json: String,
+}
+
+impl WasmTemplatePolicy {
+    /// Compiles (or loads from `cache`) and instantiates policy guest `name`; `settings` is
+    /// the policy's own JSON object from config.
+    pub fn load(
+        engine: &GuestEngine,
+        cache: &PrecompiledCache,
+        name: &str,
+        wasm: &[u8],
+        limits: GuestLimits,
+        settings: &serde_json::Value,
+    ) -> Result<(Self, CacheOutcome), PolicyError> {
+        let err = |message: String| PolicyError {
+            policy: name.to_string(),
+            message,
+        };
+        let t0 = Instant::now();
+        let (component, outcome) = cache
+            .load(engine, wasm)
+            .map_err(|e| err(format!("not a loadable component: {e:#}")))?;
+        // A policy is granted nothing: any capability import is refused here, by name.
+        link::check_imports(name, &link::imports(engine.engine(), &component), &[]).map_err(|e| err(e.message))?;
+        link::check_exports(name, &link::exports(engine.engine(), &component), GuestRole::TemplatePolicy).map_err(|e| err(e.message))?;
+        let mut linker: Linker<Sandbox> = Linker::new(engine.engine());
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| err(format!("cannot link WASI: {e:#}")))?;
+        let mut store =
+            sandbox::new_store(engine, name, &limits, Sandbox::new(limits, HostWait::default())).map_err(|e| err(e.to_string()))?;
+        let bindings = match TemplateSelector::instantiate(&mut store, &component, &linker) {
+            Ok(b) => b,
+            Err(e) => return Err(err(sandbox::instantiate_error(&mut store, name, &limits, e).to_string())),
+        };
+        tracing::debug!(policy = name, cache = ?outcome, elapsed_ms = t0.elapsed().as_millis() as u64, "policy guest loaded");
+        Ok((
+            Self {
+                runner: CallRunner::new(name, limits),
+                store,
+                bindings,
+                settings_json: settings.to_string(),
+            },
+            outcome,
+        ))
+    }
+}
+
+fn to_wit(t: &Template) -> wit::Template {
+    wit::Template {
+        id: t.id.clone(),
+        max_number: t.max_number,
+        available_number: t.available_number,
+        attributes: t
+            .attributes
+            .iter()
+            .map(|a| wit::Attribute {
+                name: a.name.clone(),
+                kind: match a.kind {
+                    AttributeKind::Text => wit::AttributeKind::Text,
+                    AttributeKind::Numeric => wit::AttributeKind::Numeric,
+                    AttributeKind::Boolean => wit::AttributeKind::Boolean,
+                },
+                value: a.value.clone(),
+            })
+            .collect(),
+        extra_json: (!t.extra.is_empty()).then(|| serde_json::Value::Object(t.extra.clone()).to_string()),
+    }
+}
+
+fn from_wit(t: wit::Template) -> Result<Template, String> {
+    let extra = match t.extra_json.as_deref() {
+        None | Some("") => serde_json::Map::new(),
+        Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => return Err(format!("template '{}': extra-json is not a JSON object", t.id)),
+        },
+    };
+    Ok(Template {
+        id: t.id,
+        max_number: t.max_number,
+        available_number: t.available_number,
+        attributes: t
+            .attributes
+            .into_iter()
+            .map(|a| Attribute {
+                name: a.name,
+                kind: match a.kind {
+                    wit::AttributeKind::Text => AttributeKind::Text,
+                    wit::AttributeKind::Numeric => AttributeKind::Numeric,
+                    wit::AttributeKind::Boolean => AttributeKind::Boolean,
+                },
+                value: a.value,
+            })
+            .collect(),
+        extra,
+    })
+}
+
+impl TemplatePolicy for WasmTemplatePolicy {
+    fn name(&self) -> &str {
+        &self.runner.name
+    }
+
+    fn offer_templates(&mut self, ctx: &CallContext, templates: &[Template]) -> Result<Vec<Template>, PolicyError> {
+        let name = self.runner.name.clone();
+        let err = |message: String| PolicyError {
+            policy: name.clone(),
+            message,
+        };
+        let c = wit::PolicyContext {
+            provider_instance: ctx.provider_instance.clone(),
+            settings_json: self.settings_json.clone(),
+            now: ctx.now,
+        };
+        let ts: Vec<wit::Template> = templates.iter().map(to_wit).collect();
+        let bindings = &self.bindings;
+        let answer = self
+            .runner
+            .run(&mut self.store, "offer-templates", ctx.now, |s| {
+                bindings.hostfactory_policy_template_policy().call_offer_templates(s, &c, &ts)
+            })
+            .map_err(|e| err(e.to_string()))?
+            .map_err(|m| err(format!("answered an error: {m}")))?;
+        let offer = answer.into_iter().map(from_wit).collect::<Result<Vec<_>, _>>().map_err(err)?;
+        self.runner.check_size("offer-templates", offer).map_err(|e| err(e.to_string()))
+    }
+}
