@@ -26,6 +26,22 @@ hfwasm_setup_moto() {
     export HFWASM_MOTO_SERVER="$PWD/$venv/bin/moto_server"
 }
 
+# The example guests' toolchains (examples/): componentize-py into the same venv, and
+# componentize-js into the JavaScript example's node_modules (from its package-lock.json).
+hfwasm_setup_examples() {
+    local venv=.venv
+    [ -d "$venv" ] || python3 -m venv "$venv"
+    if [ ! -x "$venv/bin/componentize-py" ]; then
+        echo "setup: installing componentize-py into $venv (builds the Python example guest)" >&2
+        "$venv/bin/pip" install --quiet --disable-pip-version-check "componentize-py==0.25.1"
+    fi
+    export HFWASM_COMPONENTIZE_PY="$PWD/$venv/bin/componentize-py"
+    if [ ! -x examples/js-selector/node_modules/.bin/componentize-js ]; then
+        echo "setup: installing componentize-js into examples/js-selector (builds the JavaScript example guest)" >&2
+        (cd examples/js-selector && npm ci --no-audit --no-fund --loglevel=error)
+    fi
+}
+
 # PostgreSQL server binaries for the store tests, from Debian's packages. The tests start
 # a throwaway server themselves (initdb into a temp dir, a free loopback port, as an
 # unprivileged user when run as root). Found through HFWASM_PG_BINDIR (set here).

@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 hfwasm_setup
 hfwasm_setup_moto
 hfwasm_setup_postgres
+hfwasm_setup_examples
 if [ ! -d ../shared/conformance ] && [ -z "${HFWASM_CONFORMANCE_DIR:-}" ]; then
     echo "test: the conformance corpus is expected at ../shared/conformance (or set HFWASM_CONFORMANCE_DIR)" >&2
     exit 1

@@ -283,6 +283,24 @@ fn guest_check_reports_grants_and_refuses_what_is_not_a_component() {
 }
 
 #[test]
+fn a_seeded_guest_draws_the_same_random_numbers_every_run() {
+    let tree = HfTree::new(&plain_inventory(1));
+    let draw = |seed: Option<u64>| -> String {
+        let mut guest = json!({"wasm": guest_wasm("hfwasm_testing_snoop.wasm").display().to_string(), "grants": ["log"]});
+        if let Some(s) = seed {
+            guest["limits"] = json!({"random_seed": s});
+        }
+        tree.config(&json!({"provider": {"guest": "bad"}, "guests": {"bad": guest}}));
+        let t = tree.ok("getAvailableTemplates", &json!({}));
+        t["templates"][0]["random"].as_str().expect("random").to_string()
+    };
+    let (a, b) = (draw(Some(42)), draw(Some(42)));
+    assert_eq!(a, b, "the same seed, the same numbers, in two processes");
+    assert_ne!(draw(Some(43)), a, "another seed, other numbers");
+    assert_ne!(draw(None), draw(None), "without a seed, fresh randomness each run");
+}
+
+#[test]
 fn fuel_stops_a_loop_after_the_same_work_every_time() {
     let tree = HfTree::new(&plain_inventory(3));
     let id = finished_request(&tree);

@@ -72,9 +72,9 @@ fn guest_new_refuses_bad_names_languages_and_non_empty_dirs() {
     let (code, _, err) = hfwasm(&["guest", "new", "My Guest", "--dir", &p("a")], &target);
     assert_eq!(code, 1);
     assert!(err.contains("guest name `My Guest`"), "{err}");
-    let (code, _, err) = hfwasm(&["guest", "new", "pol", "--dir", &p("b"), "--lang", "python"], &target);
-    assert_eq!(code, 1);
-    assert!(err.contains("--lang python") && err.contains("rust"), "{err}");
+    let (code, _, err) = hfwasm(&["guest", "new", "pol", "--dir", &p("b"), "--lang", "cobol"], &target);
+    assert_eq!(code, 2, "a usage error");
+    assert!(err.contains("cobol") && err.contains("python") && err.contains("js"), "{err}");
     std::fs::create_dir_all(dir.path().join("c")).expect("dir");
     std::fs::write(dir.path().join("c/keep.txt"), "mine").expect("file");
     let (code, _, err) = hfwasm(&["guest", "new", "pol", "--dir", &p("c")], &target);
@@ -83,5 +83,8 @@ fn guest_new_refuses_bad_names_languages_and_non_empty_dirs() {
     assert_eq!(std::fs::read_to_string(dir.path().join("c/keep.txt")).expect("kept"), "mine");
     let (code, _, err) = hfwasm(&["guest", "build", &p("nothing-here")], &target);
     assert_eq!(code, 1);
-    assert!(err.contains("cannot read") && err.contains("Cargo.toml"), "{err}");
+    assert!(
+        err.contains("not a guest project") && err.contains("Cargo.toml") && err.contains("app.py"),
+        "{err}"
+    );
 }

@@ -9,8 +9,8 @@
 // Settings (`policy.settings` in hfwasm.json):
 //   {"prices": {"<templateId>": <price per hour>, ...}, "max_price": <price per hour>}
 //
-// Build:  hfwasm guest build .        (jco componentize; writes selector.wasm)
-// Check:  hfwasm guest check selector.wasm
+// Build:  hfwasm guest build .        (componentize-js; writes <this dir>.wasm)
+// Check:  hfwasm guest check <this dir>.wasm
 //
 // A WIT `result<_, string>` error is a thrown string; records are plain objects with
 // camelCase fields; enums are lowercase strings ("numeric").

@@ -8,8 +8,8 @@ provider's order, after the priced ones.
 Settings (`policy.settings` in hfwasm.json):
     {"prices": {"<templateId>": <price per hour>, ...}, "max_price": <price per hour>}
 
-Build:  hfwasm guest build .        (componentize-py; writes selector.wasm)
-Check:  hfwasm guest check selector.wasm
+Build:  hfwasm guest build .        (componentize-py; writes <this dir>.wasm)
+Check:  hfwasm guest check <this dir>.wasm
 """
 
 import json

@@ -2,8 +2,9 @@
 //! plugin whose provider logic runs as sandboxed WebAssembly components.
 //!
 //! Layout (see DESIGN.md §3): `hf` is the wire contract, `config` loads settings, `service`
-//! is the lifecycle core, `policy` holds the site's decisions (template offer), `runtime` runs guests, `capabilities` are what guests may import,
-//! `store` keeps state, and `plugin` wires them into one HostFactory call.
+//! is the lifecycle core, `policy` holds the site's decisions (the template offer),
+//! `runtime` runs guests, `capabilities` are what guests may import, `store` keeps state,
+//! and `plugin` wires them into one HostFactory call.
 
 pub mod capabilities;
 pub mod config;

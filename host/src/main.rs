@@ -136,32 +136,45 @@ enum ConfigCommand {
 
 #[derive(Subcommand)]
 enum GuestCommand {
-    /// Compile the configured provider guest into the precompiled cache (run at install
-    /// time so the first HostFactory call does not pay for compilation).
+    /// Compile the configured provider guest (and policy guest, if any) into the
+    /// precompiled cache (run at install time so the first HostFactory call does not pay
+    /// for compilation).
     ///
     /// Example: hfwasm guest precompile --confdir conf --workdir work
     Precompile,
-    /// Write a new guest project to start from: a Cargo project with this host's WIT and a
-    /// working "null cloud" provider (hosts exist at once) to replace with real logic.
+    /// Write a new guest project to start from. `--lang rust`: a Cargo project with this
+    /// host's WIT and a working "null cloud" provider (hosts exist at once) to replace with
+    /// real logic. `--lang python` / `--lang js`: a template policy (cheapest CPU first,
+    /// too-expensive templates hidden) built with componentize-py / componentize-js, to
+    /// install under `policy` in hfwasm.json.
     ///
     /// Example: hfwasm guest new my-provider && hfwasm guest build my-provider
+    /// Example: hfwasm guest new cheap-first --lang python && hfwasm guest build cheap-first
     New {
         /// Guest name (lowercase letters, digits, `-`, `_`); also the directory by default.
         name: String,
         /// Directory to create (default: ./NAME).
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
-        /// Language of the guest (`rust`).
-        #[arg(long, default_value = "rust")]
+        /// Language of the guest: `rust` (a provider), `python` or `js` (a template policy).
+        #[arg(long, default_value = "rust", value_parser = ["rust", "python", "js"])]
         lang: String,
     },
-    /// Build a guest project for wasm32-wasip2 and check the component against this host.
+    /// Build a guest project (Rust, Python or JavaScript, told by its Cargo.toml, app.py or
+    /// package.json) into a component and check it against this host. Python needs
+    /// componentize-py (`pip install componentize-py==0.25.1`, or HFWASM_COMPONENTIZE_PY);
+    /// JavaScript needs Node.js and npm (componentize-js is installed into the project).
     ///
     /// Example: hfwasm guest build my-provider
+    /// Example: hfwasm guest build examples/python-selector --out /opt/hf/policy.wasm
     Build {
         /// The guest project (default: the current directory).
         #[arg(default_value = ".", value_name = "DIR")]
         dir: PathBuf,
+        /// Where to write the component (default: the build's own place; for Python and
+        /// JavaScript DIR/<dir name>.wasm).
+        #[arg(long, value_name = "FILE.wasm")]
+        out: Option<PathBuf>,
     },
     /// Report what a guest component imports and exports, the grants config must give it,
     /// and whether this host can run it (exit 1 if not). Needs no config.
@@ -275,7 +288,9 @@ fn guest_check(file: &Path, json: bool) -> ExitCode {
         .map_err(|e| format!("cannot read {}: {e}", file.display()))
         .and_then(|wasm| {
             let engine = hfwasm::runtime::GuestEngine::new().map_err(|e| format!("cannot start the wasm engine: {e:#}"))?;
-            hfwasm::runtime::inspect::inspect(&engine, &wasm)
+            // With HFWASM_CACHE_DIR set, the check also warms the precompiled cache.
+            let cache = std::env::var_os("HFWASM_CACHE_DIR").map(|d| hfwasm::runtime::PrecompiledCache::new(d.into()));
+            hfwasm::runtime::inspect::inspect(&engine, &wasm, cache.as_ref())
         });
     match report {
         Ok(r) => {
@@ -365,7 +380,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Guest(GuestCommand::Build { dir }) => match hfwasm::scaffold::build_guest(dir) {
+        Command::Guest(GuestCommand::Build { dir, out }) => match hfwasm::scaffold::build_guest(dir, out.as_deref()) {
             Ok(wasm) => {
                 println!("built {}", wasm.display());
                 guest_check(&wasm, false)
@@ -377,14 +392,16 @@ fn main() -> ExitCode {
         },
         Command::Guest(GuestCommand::Precompile) => admin(
             &cli.dirs,
-            |p| p.precompile().map(|r| (p.config.provider.name.clone(), r)),
-            |(name, (path, outcome, took))| {
-                let what = if outcome == hfwasm::runtime::CacheOutcome::Hit {
-                    "already cached"
-                } else {
-                    "compiled"
-                };
-                println!("guest '{name}': {what} in {:.2} s -> {}", took.as_secs_f64(), path.display());
+            |p| p.precompile(),
+            |done| {
+                for (name, path, outcome, took) in done {
+                    let what = if outcome == hfwasm::runtime::CacheOutcome::Hit {
+                        "already cached"
+                    } else {
+                        "compiled"
+                    };
+                    println!("guest '{name}': {what} in {:.2} s -> {}", took.as_secs_f64(), path.display());
+                }
             },
         ),
         Command::Store(StoreCommand::Check { json }) => {

@@ -266,17 +266,24 @@ impl Plugin {
         Ok(answer)
     }
 
-    /// Compiles the provider guest into the cache; returns where and whether it was new.
-    pub fn precompile(&self) -> Result<(PathBuf, CacheOutcome, std::time::Duration), HfError> {
-        let wasm = self.guest_bytes().map_err(HfError::from)?;
-        let engine = GuestEngine::with_fuel(self.config.provider.limits.fuel.is_some())
-            .map_err(|e| HfError::new(ErrorCode::Internal, format!("cannot start the wasm engine: {e:#}")))?;
+    /// Compiles the provider guest and the policy guest, if any, into the cache; returns
+    /// for each its name, cache file, whether it was new, and the time it took.
+    pub fn precompile(&self) -> Result<Vec<(String, PathBuf, CacheOutcome, std::time::Duration)>, HfError> {
+        let mut specs = vec![&self.config.provider];
+        specs.extend(self.config.policy.as_ref().map(|p| &p.guest));
         let cache = self.cache();
-        let t0 = Instant::now();
-        let (_, outcome) = cache
-            .load(&engine, &wasm)
-            .map_err(|e| HfError::new(ErrorCode::GuestLoadError, format!("guest '{}': {e:#}", self.config.provider.name)))?;
-        Ok((cache.path_for(&engine, &wasm), outcome, t0.elapsed()))
+        let mut done = Vec::new();
+        for spec in specs {
+            let wasm = Self::bytes_of(spec).map_err(HfError::from)?;
+            let engine = GuestEngine::with_fuel(spec.limits.fuel.is_some())
+                .map_err(|e| HfError::new(ErrorCode::Internal, format!("cannot start the wasm engine: {e:#}")))?;
+            let t0 = Instant::now();
+            let (_, outcome) = cache
+                .load(&engine, &wasm)
+                .map_err(|e| HfError::new(ErrorCode::GuestLoadError, format!("guest '{}': {e:#}", spec.name)))?;
+            done.push((spec.name.clone(), cache.path_for(&engine, &wasm), outcome, t0.elapsed()));
+        }
+        Ok(done)
     }
 
     /// Checks the whole chain (config, inventory, store, guest load, templates) and
@@ -314,6 +321,23 @@ impl Plugin {
                 c.provider.limits.timeout.as_millis()
             ),
         ];
+        if let Some(p) = &c.policy {
+            lines.push(format!(
+                "policy:    {} from {} (on_error {}; memory {} MiB, timeout {} ms)",
+                p.guest.name,
+                match &p.guest.source {
+                    GuestSource::Builtin(n) => n.to_string(),
+                    GuestSource::File(f) => f.display().to_string(),
+                },
+                if p.on_error == crate::policy::OnError::FailOpen {
+                    "fail_open"
+                } else {
+                    "fail_closed"
+                },
+                p.guest.limits.memory_bytes >> 20,
+                p.guest.limits.timeout.as_millis()
+            ));
+        }
         if let Some(ec2) = &c.ec2 {
             lines.push(format!(
                 "ec2:       region {}, endpoint {}, credentials {}",
@@ -338,6 +362,12 @@ impl Plugin {
                 "compiled now"
             }
         ));
+        if let Some(spec) = &c.policy {
+            // Loaded here to report a broken policy even when it would fail open.
+            self.load_policy(spec)
+                .map_err(|e| HfError::new(crate::hf::ErrorCode::PolicyError, e.to_string()).with("policy", e.policy))?;
+            lines.push("policy load: ok".into());
+        }
         let loader: ProviderLoader<'_> = Box::new(move || Ok(Box::new(provider) as Box<dyn Provider>));
         let templates = self.service(store.as_ref(), loader).get_available_templates()?;
         for t in &templates {

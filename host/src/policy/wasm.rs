@@ -44,9 +44,10 @@ impl WasmTemplatePolicy {
         let (component, outcome) = cache
             .load(engine, wasm)
             .map_err(|e| err(format!("not a loadable component: {e:#}")))?;
-        // A policy is granted nothing: any capability import is refused here, by name.
-        link::check_imports(name, &link::imports(engine.engine(), &component), &[]).map_err(|e| err(e.message))?;
+        // What it is first (a provider named as the policy gets that answer), then what it
+        // imports: a policy is granted nothing, so any capability import is refused by name.
         link::check_exports(name, &link::exports(engine.engine(), &component), GuestRole::TemplatePolicy).map_err(|e| err(e.message))?;
+        link::check_imports(name, &link::imports(engine.engine(), &component), &[]).map_err(|e| err(e.message))?;
         let mut linker: Linker<Sandbox> = Linker::new(engine.engine());
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| err(format!("cannot link WASI: {e:#}")))?;
         let mut store =

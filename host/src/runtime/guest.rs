@@ -100,9 +100,9 @@ impl WasmProvider {
             .load(engine, code.wasm)
             .map_err(|e| load_err(format!("not a loadable component: {e:#}")))?;
         let imports = link::imports(engine.engine(), &component);
-        link::check_imports(name, &imports, code.grants).map_err(|e| abort(AbortKind::Load, name, "load", e.message))?;
         link::check_exports(name, &link::exports(engine.engine(), &component), link::GuestRole::Provider)
             .map_err(|e| abort(AbortKind::Load, name, "load", e.message))?;
+        link::check_imports(name, &imports, code.grants).map_err(|e| abort(AbortKind::Load, name, "load", e.message))?;
 
         let mut linker: Linker<GuestState> = Linker::new(engine.engine());
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| load_err(format!("cannot link WASI: {e:#}")))?;

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use super::cache::PrecompiledCache;
 use super::engine::GuestEngine;
 use super::link;
 use crate::capabilities::{self, Capability};
@@ -64,8 +65,9 @@ impl GuestReport {
     }
 }
 
-/// Compiles `wasm` and reports on it; an error when it is not a component at all.
-pub fn inspect(engine: &GuestEngine, wasm: &[u8]) -> Result<GuestReport, String> {
+/// Compiles `wasm` (through `cache` when given, so a later run of the guest need not
+/// compile it again) and reports on it; an error when it is not a component at all.
+pub fn inspect(engine: &GuestEngine, wasm: &[u8], cache: Option<&PrecompiledCache>) -> Result<GuestReport, String> {
     if !wasm.starts_with(b"\0asm") {
         return Err("not a WebAssembly file (no \\0asm header)".into());
     }
@@ -75,8 +77,11 @@ pub fn inspect(engine: &GuestEngine, wasm: &[u8]) -> Result<GuestReport, String>
                 .into(),
         );
     }
-    let component = wasmtime::component::Component::from_binary(engine.engine(), wasm)
-        .map_err(|e| format!("not a WebAssembly component this host can compile: {e:#}"))?;
+    let component = match cache {
+        Some(c) => c.load(engine, wasm).map(|(component, _)| component),
+        None => wasmtime::component::Component::from_binary(engine.engine(), wasm),
+    }
+    .map_err(|e| format!("not a WebAssembly component this host can compile: {e:#}"))?;
     let imports = link::imports(engine.engine(), &component);
     let exports = link::exports(engine.engine(), &component);
     let mut grants: Vec<Capability> = Vec::new();

@@ -1,6 +1,6 @@
-//! `hfwasm guest new` / `hfwasm guest build`: a working Rust guest to start from (a Cargo
-//! project with this host's WIT and a "null cloud" provider), and building it into a
-//! component checked against this host.
+//! `hfwasm guest new` / `hfwasm guest build`: a working guest to start from (a Rust Cargo
+//! project with this host's WIT and a "null cloud" provider, or a Python or JavaScript
+//! template policy: the tested examples in `examples/`), and building it into a component.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,17 +29,29 @@ const WIT: [(&str, &str); 8] = [
     ("wit/hostfactory/worlds.wit", include_str!("../../../wit/hostfactory/worlds.wit")),
 ];
 
-/// Languages `guest new` can scaffold.
-pub const LANGUAGES: [&str; 1] = ["rust"];
+/// The policy WIT that Python and JavaScript guests build against (written into their
+/// `wit/` by `new` and refreshed by every `build`, so they always match this host).
+const POLICY_WIT: &str = include_str!("../../../wit/policy/templates.wit");
+/// The world Python and JavaScript guests implement.
+const POLICY_WORLD: &str = "template-selector";
+/// The Python and JavaScript scaffolds are the tested examples themselves.
+const PY_APP: &str = include_str!("../../../examples/python-selector/app.py");
+const JS_MAIN: &str = include_str!("../../../examples/js-selector/selector.js");
+const JS_PACKAGE: &str = include_str!("../../../examples/js-selector/package.json");
+const JS_LOCK: &str = include_str!("../../../examples/js-selector/package-lock.json");
+const EXAMPLE_IGNORE: &str = include_str!("../../../examples/js-selector/.gitignore");
+/// The componentize-py release the Python scaffold is tested with.
+pub const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
 
-/// Writes a new Rust guest named `name` into `dir` (which must not exist or be empty);
-/// returns the files written.
+/// Languages `guest new` can scaffold: a Rust provider, or a template policy (the tested
+/// examples' cheapest-CPU-first selector) in Python or JavaScript.
+pub const LANGUAGES: [&str; 3] = ["rust", "python", "js"];
+
+/// Writes a new guest named `name` into `dir` (which must not exist or be empty); returns
+/// the files written.
 pub fn new_guest(dir: &Path, name: &str, lang: &str) -> Result<Vec<PathBuf>, String> {
     if !LANGUAGES.contains(&lang) {
-        return Err(format!(
-            "--lang {lang}: only {} guests can be scaffolded so far (Python and JavaScript guests are planned; see docs/guests.md)",
-            LANGUAGES.join(", ")
-        ));
+        return Err(format!("--lang {lang}: choose one of {}", LANGUAGES.join(", ")));
     }
     let valid = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
         && name
@@ -58,23 +70,45 @@ pub fn new_guest(dir: &Path, name: &str, lang: &str) -> Result<Vec<PathBuf>, Str
             .replace("{{crate}}", &name.replace('-', "_"))
             .replace("{{version}}", capabilities::VERSION)
     };
-    let mut files: Vec<(String, String)> = vec![
-        ("Cargo.toml".into(), fill(CARGO)),
-        ("Cargo.lock".into(), LOCK.to_string()),
-        ("src/lib.rs".into(), fill(LIB)),
-        (".gitignore".into(), "/target\n".into()),
-    ];
-    files.extend(WIT.iter().map(|(p, t)| (p.to_string(), t.to_string())));
+    let npm_name = |t: &str| t.replace("\"hfwasm-js-selector\"", &format!("\"{name}\""));
+    let mut files: Vec<(String, String)> = match lang {
+        "python" => vec![
+            ("app.py".into(), PY_APP.to_string()),
+            (".gitignore".into(), EXAMPLE_IGNORE.to_string()),
+            ("wit/templates.wit".into(), POLICY_WIT.to_string()),
+        ],
+        "js" => vec![
+            ("selector.js".into(), JS_MAIN.to_string()),
+            ("package.json".into(), npm_name(JS_PACKAGE)),
+            ("package-lock.json".into(), npm_name(JS_LOCK)),
+            (".gitignore".into(), EXAMPLE_IGNORE.to_string()),
+            ("wit/templates.wit".into(), POLICY_WIT.to_string()),
+        ],
+        _ => {
+            let mut f = vec![
+                ("Cargo.toml".into(), fill(CARGO)),
+                ("Cargo.lock".into(), LOCK.to_string()),
+                ("src/lib.rs".into(), fill(LIB)),
+                (".gitignore".into(), "/target\n".into()),
+            ];
+            f.extend(WIT.iter().map(|(p, t)| (p.to_string(), t.to_string())));
+            f
+        }
+    };
+    files.sort();
     let mut written = Vec::new();
     for (rel, text) in files {
-        let path = dir.join(&rel);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-        }
-        std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        written.push(path);
+        written.push(write(&dir.join(&rel), &text)?);
     }
     Ok(written)
+}
+
+fn write(path: &Path, text: &str) -> Result<PathBuf, String> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(path.to_path_buf())
 }
 
 /// The `[package] name` of the Cargo project in `dir`.
@@ -92,9 +126,114 @@ fn package_name(dir: &Path) -> Result<String, String> {
     Err(format!("{} has no [package] name", manifest.display()))
 }
 
-/// Builds the guest project in `dir` for wasm32-wasip2 (cargo's output goes to stderr);
+/// The language of the guest project in `dir`, by the file that marks it.
+fn language_of(dir: &Path) -> Result<&'static str, String> {
+    if dir.join("Cargo.toml").is_file() {
+        Ok("rust")
+    } else if dir.join("app.py").is_file() {
+        Ok("python")
+    } else if dir.join("package.json").is_file() {
+        Ok("js")
+    } else {
+        Err(format!(
+            "{} is not a guest project: no Cargo.toml (Rust), app.py (Python) or package.json (JavaScript); start one with `hfwasm guest new NAME --lang rust|python|js`",
+            dir.display()
+        ))
+    }
+}
+
+/// Runs `cmd` (its output to stderr); `what` names it in errors, `hint` says how to get it.
+fn run(mut cmd: Command, what: &str, hint: &str) -> Result<(), String> {
+    let status = cmd
+        .stdout(std::process::Stdio::from(std::io::stderr()))
+        .status()
+        .map_err(|e| format!("cannot run {what}: {e} ({hint})"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{what} failed ({status}); its messages are above"))
+    }
+}
+
+/// Builds the guest project in `dir` into a component and returns its path: `out` when
+/// given, else where the language's build leaves it (`<dir>/<dir name>.wasm` for Python and
+/// JavaScript). Rust builds with cargo for wasm32-wasip2; Python with componentize-py
+/// (`HFWASM_COMPONENTIZE_PY`, else on PATH); JavaScript with componentize-js from the
+/// project's `node_modules` (installed with npm first when missing).
+pub fn build_guest(dir: &Path, out: Option<&Path>) -> Result<PathBuf, String> {
+    let lang = language_of(dir)?;
+    if lang == "rust" {
+        let built = build_rust(dir)?;
+        return match out {
+            Some(o) => std::fs::copy(&built, o)
+                .map(|_| o.to_path_buf())
+                .map_err(|e| format!("cannot copy {} to {}: {e}", built.display(), o.display())),
+            None => Ok(built),
+        };
+    }
+    // The tools run inside `dir`, so every path they get is absolute.
+    let dir = &dir.canonicalize().map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
+    let stem = dir.file_name().map_or_else(|| "guest".into(), |n| n.to_string_lossy().into_owned());
+    let out = match out {
+        Some(o) if o.is_absolute() => o.to_path_buf(),
+        Some(o) => std::env::current_dir().map_err(|e| format!("no current dir: {e}"))?.join(o),
+        None => dir.join(format!("{stem}.wasm")),
+    };
+    write(&dir.join("wit/templates.wit"), POLICY_WIT)?;
+    if lang == "python" {
+        let tool = std::env::var_os("HFWASM_COMPONENTIZE_PY").unwrap_or_else(|| "componentize-py".into());
+        let mut cmd = Command::new(tool);
+        cmd.args(["-d", "wit", "-w", POLICY_WORLD, "componentize", "app", "-o"])
+            .arg(&out)
+            .current_dir(dir);
+        run(
+            cmd,
+            "componentize-py",
+            &format!("install it with `pip install {COMPONENTIZE_PY}`, or set HFWASM_COMPONENTIZE_PY to its path"),
+        )?;
+    } else {
+        let tool = dir.join("node_modules/.bin/componentize-js");
+        if !tool.exists() {
+            let mut npm = Command::new("npm");
+            npm.args([
+                if dir.join("package-lock.json").is_file() { "ci" } else { "install" },
+                "--no-audit",
+                "--no-fund",
+            ])
+            .current_dir(dir);
+            run(npm, "npm", "install Node.js and npm")?;
+        }
+        let main = std::fs::read_to_string(dir.join("package.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v.get("main").and_then(|m| m.as_str()).map(str::to_string))
+            .unwrap_or_else(|| "selector.js".into());
+        let mut cmd = Command::new(&tool);
+        cmd.arg(&main)
+            .args([
+                "--wit",
+                "wit",
+                "--world-name",
+                POLICY_WORLD,
+                "--disable",
+                "http",
+                "fetch-event",
+                "-o",
+            ])
+            .arg(&out)
+            .current_dir(dir);
+        run(cmd, "componentize-js", "run `npm install` in the project")?;
+    }
+    if out.is_file() {
+        Ok(out)
+    } else {
+        Err(format!("the build ran, but {} is not there", out.display()))
+    }
+}
+
+/// Builds the Cargo project in `dir` for wasm32-wasip2 (cargo's output goes to stderr);
 /// returns the component's path.
-pub fn build_guest(dir: &Path) -> Result<PathBuf, String> {
+fn build_rust(dir: &Path) -> Result<PathBuf, String> {
     let name = package_name(dir)?;
     let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .args(["build", "--release", "--target", "wasm32-wasip2"])

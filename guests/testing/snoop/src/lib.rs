@@ -1,7 +1,8 @@
 //! Adversarial guest: `templates` looks for everything a sandbox must hide (environment
 //! variables, files, sockets, the host's credentials) and reports what it found in its
 //! template's extra keys, so the test can assert it found nothing. It also reports the
-//! wall clock it reads, which must be the call's time, not the machine's.
+//! wall clock it reads, which must be the call's time, not the machine's, and a number drawn
+//! from its random source, which a seed in config makes the same on every run.
 
 use std::io::Read;
 
@@ -52,6 +53,14 @@ hfwasm_testing_common::adversarial_guest!(Snoop, |ctx| {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let extra = serde_json::json!({"env": env, "files": files, "dirs": dirs, "cwd": cwd, "tcp": tcp, "resolve": resolve, "clock": clock, "now": ctx.now});
+    // Drawn from WASI random (std seeds its hash keys there): fresh each run, unless config
+    // seeds the guest's random source (`limits.random_seed`).
+    let random = {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(7);
+        h.finish()
+    };
+    let extra = serde_json::json!({"env": env, "files": files, "dirs": dirs, "cwd": cwd, "tcp": tcp, "resolve": resolve, "clock": clock, "now": ctx.now, "random": random.to_string()});
     Ok(vec![hfwasm_testing_common::template("snoop", Some(extra.to_string()))])
 });

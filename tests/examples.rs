@@ -1,0 +1,225 @@
+//! The example template selectors in `examples/` (Python with componentize-py, JavaScript
+//! with componentize-js), built by `hfwasm guest build` from source, installed under
+//! `policy` in hfwasm.json, and driven through the real scripts: they decide what
+//! HostFactory is offered, and a broken policy falls back as configured.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use serde_json::{Value, json};
+
+/// Runs `hfwasm guest <args>` with the test cache (so `check` warms it) and the repo's
+/// componentize-py; returns (exit code, stdout, stderr).
+fn guest(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_hfwasm"))
+        .arg("guest")
+        .args(args)
+        .env("HFWASM_CACHE_DIR", test_cache())
+        .env("HFWASM_COMPONENTIZE_PY", repo().join(".venv/bin/componentize-py"))
+        .output()
+        .expect("run hfwasm");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// Builds the project in `dir` into `out` and checks what `guest build` reported.
+fn build(dir: &Path, out: &Path) {
+    let (code, stdout, stderr) = guest(&["build", dir.to_str().expect("dir"), "--out", out.to_str().expect("out")]);
+    assert_eq!(code, 0, "guest build {}:\n{stdout}\n{stderr}", dir.display());
+    assert!(
+        stdout.contains(": template policy guest,")
+            && stdout.contains("grants it needs: []")
+            && stdout.contains("this host can run it: yes"),
+        "{stdout}"
+    );
+    assert!(out.is_file());
+}
+
+/// Three shapes: 2 small hosts (4 cpus), 2 big ones (16 cpus), 1 GPU host (32 cpus).
+const INVENTORY: &str = "\
+small-1 10.2.0.1 ncpus=4 nram=8192
+small-2 10.2.0.2 ncpus=4 nram=8192
+big-1 10.2.0.11 ncpus=16 nram=65536
+big-2 10.2.0.12 ncpus=16 nram=65536
+gpu-1 10.2.0.21 template=gpu ncpus=32 nram=262144 gpus=4
+";
+const SMALL: &str = "pool-4cpu-8192mb";
+const BIG: &str = "pool-16cpu-65536mb";
+
+fn with_policy(tree: &HfTree, wasm: &Path, settings: Value, on_error: &str) {
+    tree.config(&json!({
+        "guests": {"selector": {"wasm": wasm, "limits": {"memory_mib": 256}}},
+        "policy": {"guest": "selector", "settings": settings, "on_error": on_error}
+    }));
+}
+
+/// (templateId, rank) in offer order.
+fn offered(t: &Value) -> Vec<(String, Option<String>)> {
+    t["templates"]
+        .as_array()
+        .expect("templates")
+        .iter()
+        .map(|t| {
+            (
+                t["templateId"].as_str().expect("id").to_string(),
+                t["attributes"]["rank"][1].as_str().map(str::to_string),
+            )
+        })
+        .collect()
+}
+
+fn ids(v: &[(String, Option<String>)]) -> Vec<&str> {
+    v.iter().map(|(id, _)| id.as_str()).collect()
+}
+
+/// The same checks for either language: the policy's settings, not the code, decide.
+fn selector_decides_the_offer(wasm: &Path) {
+    let tree = HfTree::new(INVENTORY);
+    let provider_order = ids(&offered(&tree.ok("getAvailableTemplates", &json!({})))).join(",");
+
+    // Per CPU: small 0.40/4 = 0.10, big 0.80/16 = 0.05, gpu 6.40/32 = 0.20 but above max_price.
+    with_policy(
+        &tree,
+        wasm,
+        json!({"prices": {SMALL: 0.40, BIG: 0.80, "gpu": 6.40}, "max_price": 5}),
+        "fail_closed",
+    );
+    let t = tree.ok("getAvailableTemplates", &json!({}));
+    assert_eq!(
+        offered(&t),
+        [(BIG.to_string(), Some("1".to_string())), (SMALL.to_string(), Some("2".to_string()))],
+        "{t}"
+    );
+    // The provider's other attributes pass through untouched.
+    assert_eq!(t["templates"][0]["attributes"]["ncpus"], json!(["Numeric", "16"]));
+
+    // Other prices, other order; an unpriced template keeps its place after the priced ones.
+    with_policy(&tree, wasm, json!({"prices": {SMALL: 0.10, "gpu": 1.60}}), "fail_closed");
+    let t = tree.ok("getAvailableTemplates", &json!({}));
+    assert_eq!(ids(&offered(&t)), [SMALL, "gpu", BIG], "{t}");
+    assert_eq!(offered(&t)[2].1.as_deref(), Some("3"));
+
+    // HostFactory requests from the offer; the cycle is the provider's as before.
+    let done = tree.until_final(&tree.request(SMALL, 2));
+    assert_eq!(done["status"], "complete", "{done}");
+    let mut names = machine_names(&done, "succeed");
+    names.sort();
+    assert_eq!(names, ["small-1", "small-2"]);
+
+    // A broken setting: fail_open offers the provider's templates unchanged...
+    with_policy(&tree, wasm, json!({"prices": {"gpu": "cheap"}}), "fail_open");
+    let o = tree.run("getAvailableTemplates", &json!({}));
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(ids(&offered(&o.json)).join(","), provider_order);
+    assert!(offered(&o.json).iter().all(|(_, rank)| rank.is_none()), "{}", o.json);
+    let log = std::fs::read_to_string(tree.logs.join("hfwasm-pool.log")).unwrap_or_default();
+    let line = log.lines().rfind(|l| l.contains("template policy failed")).unwrap_or_default();
+    assert!(
+        line.contains("policy=selector") && line.contains("settings.prices.gpu") && line.contains("fail_open"),
+        "the failure is logged with the policy's name and the policy's own message:\n{log}"
+    );
+    // ...and fail_closed fails the call, naming the policy and the setting.
+    with_policy(&tree, wasm, json!({"prices": {"gpu": "cheap"}}), "fail_closed");
+    let e = tree.err("getAvailableTemplates", &json!({}), "POLICY_ERROR");
+    let message = e["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains("policy 'selector'") && message.contains("settings.prices.gpu"),
+        "{e}"
+    );
+    assert_eq!(e["error"]["details"]["policy"], "selector");
+}
+
+fn example(name: &str) -> PathBuf {
+    repo().join("examples").join(name)
+}
+
+/// The example `name` built once per test process (into a dir kept until it ends).
+fn built(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    static OUT: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let mut done = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, wasm)) = done.iter().find(|(n, _)| n == name) {
+        return wasm.clone();
+    }
+    let wasm = OUT
+        .get_or_init(|| tempfile::tempdir().expect("tempdir"))
+        .path()
+        .join(format!("{name}.wasm"));
+    build(&example(name), &wasm);
+    done.push((name.to_string(), wasm.clone()));
+    wasm
+}
+
+#[test]
+fn python_selector_builds_and_decides_the_offer() {
+    selector_decides_the_offer(&built("python-selector"));
+}
+
+#[test]
+fn js_selector_builds_and_decides_the_offer() {
+    selector_decides_the_offer(&built("js-selector"));
+}
+
+#[test]
+fn guest_new_python_scaffolds_a_working_selector() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let project = dir.path().join("cheap-first");
+    let p = project.to_str().expect("path");
+    let (code, stdout, stderr) = guest(&["new", "cheap-first", "--dir", p, "--lang", "python"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(project.join("app.py").is_file() && project.join("wit/templates.wit").is_file());
+    let wasm = project.join("cheap-first.wasm");
+    let (code, stdout, stderr) = guest(&["build", p]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains(&format!("built {}", wasm.display())), "{stdout}");
+    let tree = HfTree::new(INVENTORY);
+    with_policy(&tree, &wasm, json!({"prices": {BIG: 0.10}}), "fail_closed");
+    let t = tree.ok("getAvailableTemplates", &json!({}));
+    assert_eq!(ids(&offered(&t))[0], BIG, "{t}");
+
+    // The admin commands know the policy: precompile warms both guests, config check loads it.
+    let (code, out, err) = admin(&tree, &["guest", "precompile"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("guest 'onprem': already cached") && out.contains("guest 'selector': already cached"),
+        "{out}"
+    );
+    let (code, out, err) = admin(&tree, &["config", "check"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("policy:    selector from") && out.contains("on_error fail_closed") && out.contains("policy load: ok"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_provider_guest_is_refused_as_a_policy_and_a_policy_as_a_provider() {
+    let wasm = built("python-selector");
+    let tree = HfTree::new(INVENTORY);
+    // The selector named as the provider: the load error says what it is not.
+    tree.config(&json!({
+        "provider": {"guest": "selector"},
+        "guests": {"selector": {"wasm": wasm}}
+    }));
+    let e = tree.err("getAvailableTemplates", &json!({}), "GUEST_LOAD_ERROR");
+    let message = e["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains("does not export hostfactory:provider/provider") && message.contains("hostfactory:policy/template-policy@0.1.0"),
+        "{e}"
+    );
+    // The on-prem provider named as the policy: refused in config, naming the setting.
+    let onprem = guest_wasm("hfwasm_guest_onprem.wasm");
+    tree.config(&json!({
+        "guests": {"pool": {"wasm": onprem}},
+        "policy": {"guest": "pool", "on_error": "fail_closed"}
+    }));
+    let e = tree.err("getAvailableTemplates", &json!({}), "POLICY_ERROR");
+    let message = e["error"]["message"].as_str().expect("message");
+    assert!(message.contains("does not export hostfactory:policy/template-policy"), "{e}");
+}
