@@ -166,6 +166,56 @@ fn js_selector_builds_and_decides_the_offer() {
     selector_decides_the_offer(&built("js-selector"));
 }
 
+/// What `policy` (a `.wasm` path, or a built-in name) offers under `settings`: the answer,
+/// or the error message.
+fn offer(tree: &HfTree, policy: &str, settings: &Value) -> Result<Value, String> {
+    tree.config(&json!({
+        "guests": {"selector": {"wasm": policy, "limits": {"memory_mib": 256}}},
+        "policy": {"guest": "selector", "settings": settings, "on_error": "fail_closed"}
+    }));
+    let o = tree.run("getAvailableTemplates", &json!({}));
+    match o.code {
+        0 => Ok(o.json["templates"].clone()),
+        _ => Err(o.json["error"]["message"].as_str().unwrap_or_default().to_string()),
+    }
+}
+
+#[test]
+fn the_python_js_and_builtin_selectors_make_the_same_offer() {
+    let tree = HfTree::new(INVENTORY);
+    let (py, js) = (built("python-selector"), built("js-selector"));
+    let cases = [
+        json!({"prices": {SMALL: 0.40, BIG: 0.80, "gpu": 6.40}, "max_price": 5}),
+        json!({"prices": {SMALL: 0.10, "gpu": 1.60}}),
+        json!({}),
+        // A tie per CPU (0.10 each) is broken by template id.
+        json!({"prices": {SMALL: 0.40, BIG: 1.60}}),
+        json!({"prices": {"gpu": -1}}),
+        json!({"prices": [1, 2]}),
+    ];
+    let mut kinds = Vec::new();
+    for settings in cases {
+        let builtin = offer(&tree, "builtin:default-policy", &settings);
+        assert_eq!(
+            offer(&tree, py.to_str().expect("path"), &settings),
+            builtin,
+            "Python vs built-in for {settings}"
+        );
+        assert_eq!(
+            offer(&tree, js.to_str().expect("path"), &settings),
+            builtin,
+            "JavaScript vs built-in for {settings}"
+        );
+        kinds.push(
+            builtin
+                .map(|t| t.as_array().map_or(0, Vec::len))
+                .map_err(|e| e.contains("policy 'selector'")),
+        );
+    }
+    // The cases are not vacuous: offers of different sizes, and errors that name the policy.
+    assert_eq!(kinds, [Ok(2), Ok(3), Ok(3), Ok(3), Err(true), Err(true)]);
+}
+
 #[test]
 fn guest_new_python_scaffolds_a_working_selector() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -124,6 +124,40 @@ fn unbounded_recursion_is_stopped_by_the_stack_limit() {
 }
 
 #[test]
+fn a_trap_leaves_a_core_dump_where_config_asks() {
+    let tree = HfTree::new(&plain_inventory(3));
+    let id = finished_request(&tree);
+    tree.config(&json!({
+        "provider": {"guest": "bad"},
+        "guests": {"bad": {
+            "wasm": guest_wasm("hfwasm_testing_recursion.wasm").display().to_string(),
+            "grants": [],
+            "coredump_dir": "dumps"
+        }}
+    }));
+    let e = tree.err("getAvailableTemplates", &json!({}), "GUEST_TRAP");
+    let msg = e["error"]["message"].as_str().unwrap_or_default();
+    let dumps: Vec<_> = std::fs::read_dir(tree.work.join("dumps"))
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert_eq!(dumps.len(), 1, "one dump per trap: {dumps:?}");
+    let dump = &dumps[0];
+    let name = dump.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    assert!(name.starts_with("bad-templates-") && name.ends_with(".coredump"), "{name}");
+    assert!(msg.contains("core dump: ") && msg.contains(&dump.display().to_string()), "{msg}");
+    let bytes = std::fs::read(dump).expect("dump");
+    assert!(
+        bytes.starts_with(b"\0asm") && bytes.windows(4).any(|w| w == b"core"),
+        "a wasm core dump"
+    );
+    still_intact(&tree, &id);
+    // Without the setting, no dump is written.
+    use_guest(&tree, "hfwasm_testing_recursion.wasm", &[], json!({}));
+    tree.err("getAvailableTemplates", &json!({}), "GUEST_TRAP");
+    assert_eq!(std::fs::read_dir(tree.work.join("dumps")).map(|d| d.count()).unwrap_or(0), 1);
+}
+
+#[test]
 fn a_flood_of_host_calls_is_stopped_by_the_call_timeout() {
     let tree = HfTree::new(&plain_inventory(3));
     let id = finished_request(&tree);

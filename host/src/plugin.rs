@@ -113,6 +113,11 @@ impl Plugin {
         Self::bytes_of(&self.config.provider)
     }
 
+    /// The engine a guest needs: fuel metering and core dumps only where config asks.
+    fn engine_for(spec: &GuestSpec) -> wasmtime::Result<GuestEngine> {
+        GuestEngine::with_options(spec.limits.fuel.is_some(), spec.coredump_dir.is_some())
+    }
+
     /// A guest's bytes: built in, or read from its file.
     fn bytes_of(spec: &GuestSpec) -> Result<std::borrow::Cow<'static, [u8]>, ProviderError> {
         match &spec.source {
@@ -140,7 +145,7 @@ impl Plugin {
     fn load_provider(&self, store: Arc<dyn StateStore>) -> Result<(WasmProvider, CacheOutcome), ProviderError> {
         let spec = &self.config.provider;
         let wasm = self.guest_bytes()?;
-        let engine = GuestEngine::with_fuel(spec.limits.fuel.is_some()).map_err(|e| ProviderError::Aborted {
+        let engine = Self::engine_for(spec).map_err(|e| ProviderError::Aborted {
             kind: AbortKind::Load,
             provider: spec.name.clone(),
             operation: "load".into(),
@@ -167,6 +172,7 @@ impl Plugin {
                 wasm: &wasm,
                 grants: &spec.grants,
                 limits: spec.limits,
+                coredump_dir: spec.coredump_dir.as_deref(),
             },
             res,
         )
@@ -180,8 +186,15 @@ impl Plugin {
             message,
         };
         let wasm = Self::bytes_of(g).map_err(|e| err(e.to_string()))?;
-        let engine = GuestEngine::with_fuel(g.limits.fuel.is_some()).map_err(|e| err(format!("cannot start the wasm engine: {e:#}")))?;
-        let (policy, outcome) = WasmTemplatePolicy::load(&engine, &self.cache(), &g.name, &wasm, g.limits, &spec.settings)?;
+        let engine = Self::engine_for(g).map_err(|e| err(format!("cannot start the wasm engine: {e:#}")))?;
+        let code = GuestCode {
+            name: &g.name,
+            wasm: &wasm,
+            grants: &[],
+            limits: g.limits,
+            coredump_dir: g.coredump_dir.as_deref(),
+        };
+        let (policy, outcome) = WasmTemplatePolicy::load(&engine, &self.cache(), code, &spec.settings)?;
         if outcome == CacheOutcome::Compiled {
             tracing::info!(policy = %g.name, "policy guest compiled into the cache (first use after a change)");
         }
@@ -275,8 +288,8 @@ impl Plugin {
         let mut done = Vec::new();
         for spec in specs {
             let wasm = Self::bytes_of(spec).map_err(HfError::from)?;
-            let engine = GuestEngine::with_fuel(spec.limits.fuel.is_some())
-                .map_err(|e| HfError::new(ErrorCode::Internal, format!("cannot start the wasm engine: {e:#}")))?;
+            let engine =
+                Self::engine_for(spec).map_err(|e| HfError::new(ErrorCode::Internal, format!("cannot start the wasm engine: {e:#}")))?;
             let t0 = Instant::now();
             let (_, outcome) = cache
                 .load(&engine, &wasm)

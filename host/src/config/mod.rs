@@ -23,6 +23,8 @@ pub const CONFIG_FILE: &str = "hfwasm.json";
 pub const BUILTIN_ONPREM: &str = "builtin:onprem";
 /// Name of the built-in AWS guest.
 pub const BUILTIN_AWS: &str = "builtin:aws";
+/// Name of the built-in template policy guest (cheapest CPU first).
+pub const BUILTIN_DEFAULT_POLICY: &str = "builtin:default-policy";
 
 /// A config problem: the file, the setting and what is wrong.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -87,6 +89,7 @@ struct RawGuest {
     #[serde(default)]
     limits: LimitOverrides,
     ec2: Option<Ec2Grant>,
+    coredump_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -123,6 +126,9 @@ pub struct GuestSpec {
     pub limits: GuestLimits,
     /// What it may do with EC2 (when granted `ec2`).
     pub ec2_grant: Ec2Grant,
+    /// Where core dumps of its traps are written (`coredump_dir`, relative to the work
+    /// dir); none = no dumps.
+    pub coredump_dir: Option<PathBuf>,
 }
 
 /// The site's template policy (`policy`): which guest decides what HostFactory is offered.
@@ -229,6 +235,7 @@ impl Config {
                 grants: vec![Capability::Log, Capability::Kv, Capability::Inventory, Capability::Power],
                 limits: GuestLimits::default(),
                 ec2_grant: Ec2Grant::default(),
+                coredump_dir: None,
             },
         );
         let aws = match &raw.aws {
@@ -248,19 +255,21 @@ impl Config {
                     grants: vec![Capability::Log, Capability::Kv, Capability::Ec2],
                     limits: GuestLimits::default(),
                     ec2_grant: a.grant.clone(),
+                    coredump_dir: None,
                 },
             );
         }
         for (name, g) in raw.guests {
             let at = format!("guests.{name}");
-            let source = if g.wasm == BUILTIN_ONPREM {
-                GuestSource::Builtin(BUILTIN_ONPREM)
-            } else if g.wasm == BUILTIN_AWS {
-                GuestSource::Builtin(BUILTIN_AWS)
+            let builtin = [BUILTIN_ONPREM, BUILTIN_AWS, BUILTIN_DEFAULT_POLICY]
+                .into_iter()
+                .find(|b| *b == g.wasm);
+            let source = if let Some(b) = builtin {
+                GuestSource::Builtin(b)
             } else if let Some(other) = g.wasm.strip_prefix("builtin:") {
                 return Err(err(
                     &format!("{at}.wasm"),
-                    format!("unknown built-in guest `{other}`; built in: {BUILTIN_ONPREM}, {BUILTIN_AWS}"),
+                    format!("unknown built-in guest `{other}`; built in: {BUILTIN_ONPREM}, {BUILTIN_AWS}, {BUILTIN_DEFAULT_POLICY}"),
                 ));
             } else {
                 GuestSource::File(conf_dir.join(&g.wasm))
@@ -293,6 +302,7 @@ impl Config {
                     grants,
                     limits,
                     ec2_grant,
+                    coredump_dir: g.coredump_dir.map(|d| work_dir.join(d)),
                 },
             );
         }
@@ -312,6 +322,20 @@ impl Config {
         let policy = match raw.policy {
             None => None,
             Some(p) => {
+                if p.guest == BUILTIN_DEFAULT_POLICY && !guests.contains_key(&p.guest) {
+                    // `"policy": {"guest": "builtin:default-policy"}` needs no `guests` entry.
+                    guests.insert(
+                        p.guest.clone(),
+                        GuestSpec {
+                            name: "default-policy".into(),
+                            source: GuestSource::Builtin(BUILTIN_DEFAULT_POLICY),
+                            grants: Vec::new(),
+                            limits: GuestLimits::default(),
+                            ec2_grant: Ec2Grant::default(),
+                            coredump_dir: None,
+                        },
+                    );
+                }
                 let guest = guests.get(&p.guest).cloned().ok_or_else(|| {
                     err(
                         "policy.guest",
@@ -322,7 +346,8 @@ impl Config {
                         ),
                     )
                 })?;
-                if matches!(guest.source, GuestSource::Builtin(_)) || guest.name == guest_name {
+                let builtin_provider = matches!(guest.source, GuestSource::Builtin(b) if b != BUILTIN_DEFAULT_POLICY);
+                if builtin_provider || guest.name == guest_name {
                     return Err(err(
                         "policy.guest",
                         format!(

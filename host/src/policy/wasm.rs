@@ -11,10 +11,9 @@ use super::{PolicyError, TemplatePolicy};
 use crate::capabilities::HostWait;
 use crate::runtime::bindings::policy::TemplateSelector;
 use crate::runtime::bindings::policy::exports::hostfactory::policy::template_policy as wit;
-use crate::runtime::limits::GuestLimits;
 use crate::runtime::link::{self, GuestRole};
 use crate::runtime::sandbox::{self, CallRunner, Sandbox};
-use crate::runtime::{CacheOutcome, GuestEngine, PrecompiledCache};
+use crate::runtime::{CacheOutcome, GuestCode, GuestEngine, PrecompiledCache};
 use crate::service::model::{Attribute, AttributeKind, CallContext, Template};
 
 /// A loaded policy guest.
@@ -26,16 +25,15 @@ pub struct WasmTemplatePolicy {
 }
 
 impl WasmTemplatePolicy {
-    /// Compiles (or loads from `cache`) and instantiates policy guest `name`; `settings` is
+    /// Compiles (or loads from `cache`) and instantiates policy guest `code`; `settings` is
     /// the policy's own JSON object from config.
     pub fn load(
         engine: &GuestEngine,
         cache: &PrecompiledCache,
-        name: &str,
-        wasm: &[u8],
-        limits: GuestLimits,
+        code: GuestCode<'_>,
         settings: &serde_json::Value,
     ) -> Result<(Self, CacheOutcome), PolicyError> {
+        let (name, wasm, limits) = (code.name, code.wasm, code.limits);
         let err = |message: String| PolicyError {
             policy: name.to_string(),
             message,
@@ -59,7 +57,7 @@ impl WasmTemplatePolicy {
         tracing::debug!(policy = name, cache = ?outcome, elapsed_ms = t0.elapsed().as_millis() as u64, "policy guest loaded");
         Ok((
             Self {
-                runner: CallRunner::new(name, limits),
+                runner: CallRunner::new(name, limits).with_coredumps(code.coredump_dir),
                 store,
                 bindings,
                 settings_json: settings.to_string(),

@@ -31,7 +31,14 @@ impl GuestEngine {
     /// As [`GuestEngine::new`], with fuel metering compiled in when `fuel` (for guests with
     /// `limits.fuel`: deterministic runs; the checks cost some speed, so only then).
     pub fn with_fuel(fuel: bool) -> wasmtime::Result<Self> {
+        Self::with_options(fuel, false)
+    }
+
+    /// As [`GuestEngine::with_fuel`], also capturing a core dump on every trap when
+    /// `coredumps` (for guests with a `coredump_dir`; generated code is the same).
+    pub fn with_options(fuel: bool, coredumps: bool) -> wasmtime::Result<Self> {
         let mut cfg = Config::new();
+        cfg.coredump_on_trap(coredumps);
         cfg.epoch_interruption(true);
         cfg.consume_fuel(fuel);
         cfg.max_wasm_stack(usize::try_from(limits::STACK.default).unwrap_or(512) * 1024);

@@ -75,6 +75,8 @@ pub struct GuestCode<'a> {
     pub grants: &'a [Capability],
     /// Limits.
     pub limits: GuestLimits,
+    /// Where core dumps of its traps go, when wanted (`guests.<name>.coredump_dir`).
+    pub coredump_dir: Option<&'a std::path::Path>,
 }
 
 /// A loaded provider guest.
@@ -169,7 +171,7 @@ impl WasmProvider {
         tracing::debug!(guest = name, cache = ?outcome, elapsed_ms = t0.elapsed().as_millis() as u64, "guest loaded");
         Ok((
             Self {
-                runner: CallRunner::new(name, code.limits),
+                runner: CallRunner::new(name, code.limits).with_coredumps(code.coredump_dir),
                 store,
                 bindings,
             },

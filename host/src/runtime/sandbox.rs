@@ -247,6 +247,7 @@ pub struct CallRunner {
     /// Its limits.
     pub limits: GuestLimits,
     aborted: Option<String>,
+    coredump_dir: Option<std::path::PathBuf>,
 }
 
 impl CallRunner {
@@ -256,6 +257,34 @@ impl CallRunner {
             name: name.to_string(),
             limits,
             aborted: None,
+            coredump_dir: None,
+        }
+    }
+
+    /// Writes a core dump of every trap into `dir` (the engine must capture them).
+    pub fn with_coredumps(mut self, dir: Option<&std::path::Path>) -> Self {
+        self.coredump_dir = dir.map(std::path::Path::to_path_buf);
+        self
+    }
+
+    /// Writes the core dump `e` carries, if any and if asked to; returns its path.
+    fn write_coredump<T: Sandboxed>(
+        &self,
+        store: &mut Store<T>,
+        export: &str,
+        now: u64,
+        e: &wasmtime::Error,
+    ) -> Option<std::path::PathBuf> {
+        let dir = self.coredump_dir.as_ref()?;
+        let dump = e.downcast_ref::<wasmtime::WasmCoreDump>()?;
+        let bytes = dump.serialize(&mut *store, &self.name);
+        let path = dir.join(format!("{}-{export}-{now}-{}.coredump", self.name, std::process::id()));
+        match std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, bytes)) {
+            Ok(()) => Some(path),
+            Err(err) => {
+                tracing::warn!(guest = %self.name, file = %path.display(), error = %err, "cannot write the guest's core dump");
+                None
+            }
         }
     }
 
@@ -296,9 +325,16 @@ impl CallRunner {
                 Ok(v)
             }
             Err(e) => {
+                let dump = self.write_coredump(store, export, now, &e);
                 let sb = store.data_mut().sandbox();
                 let (refused, overran) = (sb.limiter.refused.take(), sb.clock.overran.take());
-                let err = classify(&self.name, &self.limits, refused, overran, export, e);
+                let mut err = classify(&self.name, &self.limits, refused, overran, export, e);
+                if let (Some(path), ProviderError::Aborted { message, .. }) = (dump, &mut err) {
+                    message.push_str(&format!(
+                        " (core dump: {}; open it with wasmgdb or `wasm-tools print`)",
+                        path.display()
+                    ));
+                }
                 self.aborted = Some(err.to_string());
                 Err(err)
             }

@@ -241,6 +241,7 @@ impl Fixture {
             wasm: crate::runtime::builtin::AWS,
             grants: &grants,
             limits: Default::default(),
+            coredump_dir: None,
         };
         WasmProvider::load(&self.engine, &cache, code, res).expect("aws guest loads").0
     }
