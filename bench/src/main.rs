@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod aws;
+mod sandbox;
 mod stores;
 
 use anyhow::{Context, Result, bail};
@@ -136,11 +137,12 @@ fn main() -> Result<()> {
         .context("iterations")?
         .unwrap_or(30);
     let bin = binary();
-    // An optional second argument runs one section only: `stores` or `aws`.
+    // An optional second argument runs one section only: `stores`, `aws` or `sandbox`.
     match std::env::args().nth(2).as_deref() {
         Some("stores") => return stores::run(&bin, iterations),
         Some("aws") => return aws::run(Path::new(REPO), &bin, iterations),
-        Some(other) => bail!("unknown section '{other}'; expected `stores` or `aws` (or none for everything)"),
+        Some("sandbox") => return sandbox::run(Path::new(REPO), &bin, iterations),
+        Some(other) => bail!("unknown section '{other}'; expected `stores`, `aws` or `sandbox` (or none for everything)"),
         None => {}
     }
     if !bin.is_file() {
@@ -290,5 +292,6 @@ fn main() -> Result<()> {
     row("cold: first call after the guest changed", &figures(&s), base.median);
     println!("\ntargets (issue #3): each warm call <= 10 ms median and <= 15 MiB peak RSS");
     aws::run(Path::new(REPO), &t.bin, iterations)?;
-    stores::run(&t.bin, iterations)
+    stores::run(&t.bin, iterations)?;
+    sandbox::run(Path::new(REPO), &t.bin, iterations)
 }

@@ -47,7 +47,7 @@ impl WasmTemplatePolicy {
         link::check_exports(name, &link::exports(engine.engine(), &component), GuestRole::TemplatePolicy).map_err(|e| err(e.message))?;
         link::check_imports(name, &link::imports(engine.engine(), &component), &[]).map_err(|e| err(e.message))?;
         let mut linker: Linker<Sandbox> = Linker::new(engine.engine());
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| err(format!("cannot link WASI: {e:#}")))?;
+        sandbox::add_wasi(&mut linker).map_err(|e| err(format!("cannot link WASI: {e:#}")))?;
         let mut store =
             sandbox::new_store(engine, name, &limits, Sandbox::new(limits, HostWait::default())).map_err(|e| err(e.to_string()))?;
         let bindings = match TemplateSelector::instantiate(&mut store, &component, &linker) {
@@ -67,7 +67,8 @@ impl WasmTemplatePolicy {
     }
 }
 
-fn to_wit(t: &Template) -> wit::Template {
+/// A domain template in the policy WIT's terms.
+pub fn to_wit(t: &Template) -> wit::Template {
     wit::Template {
         id: t.id.clone(),
         max_number: t.max_number,

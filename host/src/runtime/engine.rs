@@ -37,9 +37,20 @@ impl GuestEngine {
     /// As [`GuestEngine::with_fuel`], also capturing a core dump on every trap when
     /// `coredumps` (for guests with a `coredump_dir`; generated code is the same).
     pub fn with_options(fuel: bool, coredumps: bool) -> wasmtime::Result<Self> {
+        Self::build(true, fuel, coredumps)
+    }
+
+    /// An engine WITHOUT epoch interruption, so nothing can stop a guest's loop: only for
+    /// measuring what the deadline layer costs (`hfwasm-bench sandbox`), never for running
+    /// a site's guests.
+    pub fn without_deadlines() -> wasmtime::Result<Self> {
+        Self::build(false, false, false)
+    }
+
+    fn build(epoch: bool, fuel: bool, coredumps: bool) -> wasmtime::Result<Self> {
         let mut cfg = Config::new();
         cfg.coredump_on_trap(coredumps);
-        cfg.epoch_interruption(true);
+        cfg.epoch_interruption(epoch);
         cfg.consume_fuel(fuel);
         cfg.max_wasm_stack(usize::try_from(limits::STACK.default).unwrap_or(512) * 1024);
         cfg.cranelift_opt_level(OptLevel::Speed);

@@ -208,6 +208,11 @@ impl Sandboxed for Sandbox {
     }
 }
 
+/// Links sandboxed WASI (the only import a policy guest gets).
+pub fn add_wasi<T: Sandboxed + WasiView>(linker: &mut wasmtime::component::Linker<T>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_sync(linker)
+}
+
 /// An error naming the guest, the operation and the cause.
 pub fn abort(kind: AbortKind, guest: &str, operation: &str, message: String) -> ProviderError {
     ProviderError::Aborted {
@@ -220,10 +225,44 @@ pub fn abort(kind: AbortKind, guest: &str, operation: &str, message: String) -> 
 
 /// A store for `state` with the memory limiter, the epoch deadline and fuel set.
 pub fn new_store<T: Sandboxed>(engine: &GuestEngine, name: &str, limits: &GuestLimits, state: T) -> Result<Store<T>, ProviderError> {
+    new_store_with(engine, name, limits, state, Layers::ALL)
+}
+
+/// Which store-level layers [`new_store_with`] sets up. Guests always get [`Layers::ALL`];
+/// the others exist to measure each layer's cost (`hfwasm-bench sandbox`).
+#[derive(Debug, Clone, Copy)]
+pub struct Layers {
+    /// The memory limiter (`memory_mib`, `max_instances`).
+    pub memory_limiter: bool,
+    /// The epoch deadline and its callback (`timeout_ms`, `call_timeout_ms`); needs an
+    /// engine with epoch interruption.
+    pub deadlines: bool,
+}
+
+impl Layers {
+    /// Every layer: how guests run.
+    pub const ALL: Layers = Layers {
+        memory_limiter: true,
+        deadlines: true,
+    };
+}
+
+/// As [`new_store`], with only the chosen layers.
+pub fn new_store_with<T: Sandboxed>(
+    engine: &GuestEngine,
+    name: &str,
+    limits: &GuestLimits,
+    state: T,
+    layers: Layers,
+) -> Result<Store<T>, ProviderError> {
     let mut store = Store::new(engine.engine(), state);
-    store.limiter(|s| &mut s.sandbox().limiter);
-    store.set_epoch_deadline(GuestEngine::ticks(limits.timeout));
-    store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().sandbox().clock.on_deadline()));
+    if layers.memory_limiter {
+        store.limiter(|s| &mut s.sandbox().limiter);
+    }
+    if layers.deadlines {
+        store.set_epoch_deadline(GuestEngine::ticks(limits.timeout));
+        store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().sandbox().clock.on_deadline()));
+    }
     if engine.meters_fuel() {
         store
             .set_fuel(limits.fuel.unwrap_or(u64::MAX))
