@@ -102,10 +102,12 @@ impl Ec2Api for Recorded {
             errors,
         })
     }
-    fn describe_owned(&self, _owner: &str, filter: &InstanceFilter) -> Result<Vec<Instance>, Ec2Error> {
+    fn describe_owned(&self, owner: &str, filter: &InstanceFilter) -> Result<Vec<Instance>, Ec2Error> {
         let all = self.instances.lock().map_err(|_| Ec2Error::Unavailable("poisoned".into()))?;
+        // As the SDK client does: only instances carrying the owner's provider tag.
         Ok(all
             .iter()
+            .filter(|i| i.tags.iter().any(|t| t.key == TAG_PROVIDER && t.value == owner))
             .filter(|i| match filter {
                 InstanceFilter::Ids(ids) => ids.contains(&i.instance_id),
                 InstanceFilter::Request(r) => i.tags.iter().any(|t| t.key == TAG_REQUEST && &t.value == r),
@@ -476,4 +478,61 @@ fn an_expired_spot_fleet_ends_the_request_with_what_it_delivered() {
     assert_eq!(r[0].machines.iter().filter(|m| m.result == MachineResult::Succeed).count(), 1);
     assert!(r[0].message.contains("expired with 1 of 3 units"), "{}", r[0].message);
     assert!(f.ec2.fleets.lock().expect("lock")[0].2, "an expired fleet is cancelled");
+}
+
+#[test]
+fn calls_outside_the_grant_are_denied_not_trapped() {
+    let recorded = Recorded::default();
+    recorded.instances.lock().expect("lock").extend([
+        instance("i-mine", "running", "req-1", 1_000, None),
+        Instance {
+            tags: vec![tag(TAG_PROVIDER, "other-cluster"), tag(TAG_REQUEST, "req-9")],
+            ..instance("i-theirs", "running", "req-9", 1_000, None)
+        },
+    ]);
+    let api: Arc<dyn Ec2Api> = Arc::new(recorded);
+    let grant = |regions: &[&str]| Ec2Grant {
+        regions: regions.iter().map(|r| r.to_string()).collect(),
+        instance_types: vec!["m5.large".into()],
+        max_per_request: 4,
+    };
+    let cap = |g: Ec2Grant| GuestEc2::new(Some(api.clone()), g, "test".into(), "store-1".into(), HostWait::default());
+    let run = |ty: &str, count: u32| RunRequest {
+        request_id: "req-2".into(),
+        template_id: "t".into(),
+        instance_type: ty.into(),
+        count,
+        spec: LaunchSpec {
+            image_id: "ami-1".into(),
+            subnet_ids: vec!["subnet-1".into()],
+            security_group_ids: vec![],
+            key_name: None,
+            instance_profile_arn: None,
+            user_data: None,
+            tags: vec![],
+            root_volume: None,
+            launch_template_id: None,
+        },
+        spot_max_price: None,
+    };
+    let denied = |r: Result<Vec<Instance>, Ec2Error>| match r {
+        Err(Ec2Error::Denied(m)) => m,
+        other => panic!("expected a denied error, got {other:?}"),
+    };
+    let mut ec2 = cap(grant(&[]));
+    let m = denied(ec2.run_instances(run("p4d.24xlarge", 1)));
+    assert!(m.contains("p4d.24xlarge") && m.contains("not granted"), "{m}");
+    let m = denied(ec2.run_instances(run("m5.large", 5)));
+    assert!(m.contains("5 instances") && m.contains("1..=4"), "{m}");
+    let m = denied(cap(grant(&["eu-west-1"])).run_instances(run("m5.large", 1)));
+    assert!(m.contains("region us-east-1 is not granted") && m.contains("eu-west-1"), "{m}");
+    // Another provider instance's machine can be neither terminated nor seen.
+    match ec2.terminate_instances(vec!["i-mine".into(), "i-theirs".into()]) {
+        Err(Ec2Error::Denied(m)) => assert!(m.contains("i-theirs") && !m.contains("i-mine"), "{m}"),
+        other => panic!("expected a denied error, got {other:?}"),
+    }
+    let seen = ec2.describe_instances(InstanceFilter::Owned).expect("describe");
+    assert_eq!(seen.iter().map(|i| i.instance_id.as_str()).collect::<Vec<_>>(), ["i-mine"]);
+    // Within the grant the same capability works.
+    assert_eq!(ec2.run_instances(run("m5.large", 2)).expect("granted").len(), 2);
 }
