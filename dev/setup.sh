@@ -27,7 +27,8 @@ hfwasm_setup_moto() {
 }
 
 # The example guests' toolchains (examples/): componentize-py into the same venv, and
-# componentize-js into the JavaScript example's node_modules (from its package-lock.json).
+# componentize-js into the JavaScript example's node_modules (the versions its package-lock.json
+# pins; `npm install`, since `npm ci` rejects the lock over optional packages of other platforms).
 hfwasm_setup_examples() {
     local venv=.venv
     [ -d "$venv" ] || python3 -m venv "$venv"
@@ -38,7 +39,7 @@ hfwasm_setup_examples() {
     export HFWASM_COMPONENTIZE_PY="$PWD/$venv/bin/componentize-py"
     if [ ! -x examples/js-selector/node_modules/.bin/componentize-js ]; then
         echo "setup: installing componentize-js into examples/js-selector (builds the JavaScript example guest)" >&2
-        (cd examples/js-selector && npm ci --no-audit --no-fund --loglevel=error)
+        (cd examples/js-selector && npm install --no-audit --no-fund --loglevel=error)
     fi
 }
 

@@ -195,12 +195,9 @@ pub fn build_guest(dir: &Path, out: Option<&Path>) -> Result<PathBuf, String> {
         let tool = dir.join("node_modules/.bin/componentize-js");
         if !tool.exists() {
             let mut npm = Command::new("npm");
-            npm.args([
-                if dir.join("package-lock.json").is_file() { "ci" } else { "install" },
-                "--no-audit",
-                "--no-fund",
-            ])
-            .current_dir(dir);
+            // `install` keeps the versions package-lock.json pins; `ci` would refuse this lock
+            // over optional packages of other platforms that npm leaves out of it.
+            npm.args(["install", "--no-audit", "--no-fund"]).current_dir(dir);
             run(npm, "npm", "install Node.js and npm")?;
         }
         let main = std::fs::read_to_string(dir.join("package.json"))
