@@ -385,3 +385,64 @@ fn the_shipped_ibm_samples_work_against_the_emulator() {
     let units: u32 = types.iter().map(|t| if t == "c5.4xlarge" { 2 } else { 1 }).sum();
     assert_eq!(units, 4, "{types:?}");
 }
+
+#[test]
+fn an_unreachable_cloud_opens_the_circuit_for_every_later_process() {
+    let moto = Moto::start();
+    let (subnet, sg, ami) = moto.network();
+    let tree = aws_tree(&moto, templates(&subnet, &sg, &ami));
+    // The seed's circuit_breaker keys, beside IBM's files.
+    tree.config(&json!({
+        "aws": {"config_file": "poolprov_config.json", "templates_file": "poolprov_templates.json"},
+        "provider": {"circuit_breaker": {"enabled": true, "failure_threshold": 2, "recovery_timeout": 300}}
+    }));
+    let request = json!({"template": {"templateId": "OnDemand-Template-VM", "machineCount": 1}});
+    let first = tree.request("OnDemand-Template-VM", 1);
+    assert_eq!(tree.until_final(&first)["status"], "complete");
+
+    // The cloud goes away: a closed loopback port.
+    let config_file = tree.conf.join("poolprov_config.json");
+    let good: Value = serde_json::from_str(&std::fs::read_to_string(&config_file).expect("config")).expect("json");
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let mut bad = good.clone();
+    bad["AWS_ENDPOINT_URL"] = json!(format!("http://127.0.0.1:{dead_port}"));
+    bad["AWS_REQUEST_RETRY_ATTEMPTS"] = json!(0);
+    std::fs::write(&config_file, bad.to_string()).expect("write");
+    for _ in 0..2 {
+        let e = tree.err("requestMachines", &request, "PROVIDER_UNAVAILABLE");
+        let msg = e["error"]["message"].as_str().unwrap_or_default();
+        assert!(!msg.contains("circuit open"), "a real failure, counted: {msg}");
+    }
+    // Open: the next process refuses at once, naming the breaker and when it will retry.
+    let e = tree.err("requestMachines", &request, "PROVIDER_UNAVAILABLE");
+    let msg = e["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("circuit open for provider 'aws'")
+            && msg.contains("2 consecutive failures")
+            && msg.contains("provider.circuit_breaker"),
+        "{msg}"
+    );
+    // The cloud is back, but the circuit stays open until the recovery timeout: the state
+    // is in the store, not in a process. Status of known requests is still answered.
+    std::fs::write(&config_file, good.to_string()).expect("write");
+    let e = tree.err("requestMachines", &request, "PROVIDER_UNAVAILABLE");
+    assert!(e["error"]["message"].as_str().is_some_and(|m| m.contains("circuit open")), "{e}");
+    assert_eq!(tree.until_final(&first)["status"], "complete");
+    assert_eq!(moto.live().len(), 1, "nothing was launched while the circuit was open");
+
+    // After recovery_timeout one trial goes through; it succeeds and closes the circuit.
+    tree.set_env("HFWASM_NOW_OFFSET_SECS", "400");
+    let trial = tree.request("OnDemand-Template-VM", 1);
+    assert_eq!(tree.until_final(&trial)["status"], "complete");
+    let next = tree.request("OnDemand-Template-VM", 1);
+    assert_eq!(tree.until_final(&next)["status"], "complete");
+    assert_eq!(moto.live().len(), 3);
+    let log = std::fs::read_to_string(tree.logs.join("hfwasm-pool.log")).unwrap_or_default();
+    assert!(
+        log.contains("circuit open") && log.contains("circuit closed"),
+        "both transitions are logged"
+    );
+}

@@ -203,7 +203,10 @@ impl Plugin {
 
     /// A service for one call: the provider loaded on first use, the template policy too.
     fn service<'s>(&'s self, store: &'s dyn StateStore, loader: ProviderLoader<'s>) -> Service<'s> {
-        let service = Service::new(store, loader, self.context(), self.policy());
+        let mut service = Service::new(store, loader, self.context(), self.policy());
+        if let Some(b) = self.config.breaker {
+            service = service.with_breaker(&self.config.provider.name, b);
+        }
         match &self.config.policy {
             Some(spec) => service.with_template_policy(Box::new(move || self.load_policy(spec)), spec.on_error),
             None => service,

@@ -78,6 +78,16 @@ struct RawProvider {
     pending_timeout_secs: Option<u64>,
     abandon_after_secs: Option<u64>,
     orphan_scan_secs: Option<u64>,
+    circuit_breaker: Option<RawBreaker>,
+}
+
+/// The seed's `provider.circuit_breaker`, under its own key names.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBreaker {
+    enabled: Option<bool>,
+    failure_threshold: Option<u32>,
+    recovery_timeout: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,6 +163,8 @@ pub struct Config {
     pub settings: serde_json::Value,
     /// The template policy, when one is configured.
     pub policy: Option<PolicySpec>,
+    /// The provider's circuit breaker (`provider.circuit_breaker`), when enabled.
+    pub breaker: Option<crate::service::breaker::BreakerPolicy>,
     /// Machines still pending after this many seconds are failed by the host.
     pub pending_timeout_secs: u64,
     /// Requests recorded but never answered (a crashed call) are abandoned after this many
@@ -174,6 +186,11 @@ pub struct Config {
     /// Where the AWS settings came from (IBM's config and templates files).
     pub aws_files: Option<(PathBuf, PathBuf)>,
 }
+
+/// Default for `provider.circuit_breaker.failure_threshold`.
+pub const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
+/// Default for `provider.circuit_breaker.recovery_timeout`, seconds.
+pub const DEFAULT_BREAKER_RECOVERY_SECS: u64 = 60;
 
 /// Default for `provider.pending_timeout_secs`: 30 minutes, generous for power-on scripts.
 pub const DEFAULT_PENDING_TIMEOUT_SECS: u64 = 1800;
@@ -379,6 +396,26 @@ impl Config {
                 Some(PolicySpec { guest, settings, on_error })
             }
         };
+        let breaker = match raw.provider.circuit_breaker {
+            Some(b) if b.enabled.unwrap_or(true) => {
+                let failure_threshold = b.failure_threshold.unwrap_or(DEFAULT_BREAKER_THRESHOLD);
+                if failure_threshold == 0 {
+                    return Err(err("provider.circuit_breaker.failure_threshold", "must be at least 1".into()));
+                }
+                let recovery_secs = b.recovery_timeout.unwrap_or(DEFAULT_BREAKER_RECOVERY_SECS);
+                if recovery_secs == 0 {
+                    return Err(err(
+                        "provider.circuit_breaker.recovery_timeout",
+                        "must be at least 1 (seconds the circuit stays open)".into(),
+                    ));
+                }
+                Some(crate::service::breaker::BreakerPolicy {
+                    failure_threshold,
+                    recovery_secs,
+                })
+            }
+            _ => None,
+        };
         let mut settings = raw.provider.settings.unwrap_or_else(|| serde_json::json!({}));
         if let (Some(a), Some(obj)) = (&aws, settings.as_object_mut()) {
             // The AWS guest's inputs: IBM's templates and the reclaim policy.
@@ -429,6 +466,7 @@ impl Config {
             provider,
             settings,
             policy,
+            breaker,
             pending_timeout_secs,
             abandon_after_secs,
             orphan_scan_secs: raw.provider.orphan_scan_secs.unwrap_or(600),
@@ -476,6 +514,30 @@ mod tests {
         assert!(e.to_string().contains("hfwasm.json"), "{e}");
         let e = load(r#"{"storage": {"sql_strategy": {"colour": "red"}}}"#).expect_err("unknown key");
         assert_eq!(e.setting.as_deref(), Some("storage.sql_strategy.colour"));
+    }
+
+    #[test]
+    fn the_seed_circuit_breaker_keys() {
+        let c = load(r#"{"provider": {"circuit_breaker": {"enabled": true, "failure_threshold": 3, "recovery_timeout": 180}}}"#)
+            .expect("valid");
+        let b = c.breaker.expect("enabled");
+        assert_eq!((b.failure_threshold, b.recovery_secs), (3, 180));
+        let c = load(r#"{"provider": {"circuit_breaker": {"failure_threshold": 4}}}"#).expect("valid");
+        assert_eq!(
+            c.breaker.map(|b| (b.failure_threshold, b.recovery_secs)),
+            Some((4, DEFAULT_BREAKER_RECOVERY_SECS))
+        );
+        assert!(
+            load(r#"{"provider": {"circuit_breaker": {"enabled": false}}}"#)
+                .expect("valid")
+                .breaker
+                .is_none()
+        );
+        assert!(load("{}").expect("valid").breaker.is_none());
+        let e = load(r#"{"provider": {"circuit_breaker": {"failure_threshold": 0}}}"#).expect_err("zero");
+        assert_eq!(e.setting.as_deref(), Some("provider.circuit_breaker.failure_threshold"));
+        let e = load(r#"{"provider": {"circuit_breaker": {"half_open_calls": 2}}}"#).expect_err("unknown");
+        assert_eq!(e.setting.as_deref(), Some("provider.circuit_breaker.half_open_calls"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! cannot tell) and a [`StateStore`]. Requests are recorded before the provider acts, and
 //! HostFactory's statuses are derived here (see [`lifecycle`]).
 
+pub mod breaker;
 pub mod lifecycle;
 pub mod model;
 mod sweep;
@@ -122,6 +123,7 @@ pub struct Service<'a> {
     ctx: CallContext,
     policy: LifecyclePolicy,
     template_policy: Option<(PolicyLoader<'a>, OnError)>,
+    breaker: Option<(String, breaker::BreakerPolicy)>,
 }
 
 /// A request as stored, with its machines.
@@ -141,7 +143,14 @@ impl<'a> Service<'a> {
             ctx,
             policy,
             template_policy: None,
+            breaker: None,
         }
+    }
+
+    /// Guards requestMachines with provider `name`'s circuit breaker (state in the store).
+    pub fn with_breaker(mut self, name: &str, policy: breaker::BreakerPolicy) -> Self {
+        self.breaker = Some((name.to_string(), policy));
+        self
     }
 
     /// Lets `loader`'s policy decide what getAvailableTemplates offers; `on_error` says what
@@ -214,8 +223,53 @@ impl<'a> Service<'a> {
     }
 
     /// requestMachines: validate, record (write-ahead), let the provider act, store its
-    /// answer. Returns the request id and a message.
+    /// answer. Returns the request id and a message. With a circuit breaker, an open
+    /// circuit refuses the request before the provider is touched, and the outcome (a
+    /// provider that answered, or one that was unreachable or crashed) is recorded.
     pub fn request_machines(
+        &mut self,
+        template_id: &str,
+        count: u32,
+        rc_account: Option<String>,
+    ) -> Result<(String, String), ServiceError> {
+        let Some((name, policy)) = self.breaker.clone() else {
+            return self.request_machines_unguarded(template_id, count, rc_account);
+        };
+        let now = self.ctx.now;
+        let b = breaker::Breaker::new(self.store, &self.ctx.provider_instance, &name, policy);
+        let trial = match b.admit(now)? {
+            breaker::Admission::Closed => false,
+            breaker::Admission::Trial => {
+                tracing::info!(provider = %name, "circuit half open: this request is the trial");
+                true
+            }
+            breaker::Admission::Open {
+                failures,
+                opened_at,
+                retry_at,
+            } => {
+                return Err(ServiceError::Provider(ProviderError::Unavailable(format!(
+                    "circuit open for provider '{name}': {failures} consecutive failures, open since {opened_at} (epoch s); requests are refused without calling it until {retry_at} ({} s from now), then one trial request goes through (provider.circuit_breaker)",
+                    retry_at.saturating_sub(now)
+                ))));
+            }
+        };
+        let result = self.request_machines_unguarded(template_id, count, rc_account);
+        match &result {
+            Ok(_) => b.record_success()?,
+            Err(ServiceError::Provider(e)) if breaker::counts_as_failure(e) => {
+                b.record_failure(now, trial, &e.to_string())?;
+            }
+            // The provider answered (capacity, a bad template, too many hosts): it is up.
+            Err(ServiceError::Provider(_) | ServiceError::TemplateNotFound { .. } | ServiceError::TooMany { .. }) => b.record_success()?,
+            // Nothing learnt about the provider: let the next request be the trial.
+            Err(_) if trial => b.release_trial()?,
+            Err(_) => {}
+        }
+        result
+    }
+
+    fn request_machines_unguarded(
         &mut self,
         template_id: &str,
         count: u32,
