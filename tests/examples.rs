@@ -249,6 +249,29 @@ fn guest_new_python_scaffolds_a_working_selector() {
 }
 
 #[test]
+fn guest_new_js_scaffolds_a_working_selector() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let project = dir.path().join("cheap-js");
+    let p = project.to_str().expect("path");
+    let (code, stdout, stderr) = guest(&["new", "cheap-js", "--dir", p, "--lang", "js"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let package = std::fs::read_to_string(project.join("package.json")).expect("package.json");
+    assert!(package.contains("\"name\": \"cheap-js\""), "{package}");
+    // The first build installs componentize-js from the project's lock with npm.
+    let (code, stdout, stderr) = guest(&["build", p]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let tree = HfTree::new(INVENTORY);
+    with_policy(
+        &tree,
+        &project.join("cheap-js.wasm"),
+        json!({"prices": {"gpu": 0.01}}),
+        "fail_closed",
+    );
+    let t = tree.ok("getAvailableTemplates", &json!({}));
+    assert_eq!(ids(&offered(&t))[0], "gpu", "{t}");
+}
+
+#[test]
 fn a_provider_guest_is_refused_as_a_policy_and_a_policy_as_a_provider() {
     let wasm = built("python-selector");
     let tree = HfTree::new(INVENTORY);
