@@ -103,3 +103,25 @@ fn the_demo_runs_the_full_cycle_through_the_real_scripts() {
     assert!(dir.path().join("providerplugins/hfwasm/scripts/requestMachines.sh").is_file());
     assert!(dir.path().join("providerplugins/hfwasm/bin/hfwasm").exists());
 }
+
+#[test]
+fn the_seed_logging_keys_choose_the_file_level_and_rotation() {
+    let tree = HfTree::new(&plain_inventory(2));
+    tree.config(&serde_json::json!({
+        "logging": {"level": "DEBUG", "file_path": "logs/app.log", "max_size": "1KB", "backup_count": 2}
+    }));
+    let log = tree.work.join("logs/app.log");
+    tree.ok("getAvailableTemplates", &serde_json::json!({}));
+    let text = std::fs::read_to_string(&log).expect("the log is at logging.file_path (relative to the work dir)");
+    assert!(text.contains("DEBUG"), "level DEBUG: {text}");
+    assert!(!tree.logs.join("hfwasm-pool.log").exists(), "file_path replaces the log dir's file");
+    // Each call starts by rotating a file past max_size (a call writes a few hundred bytes,
+    // so every third or so rotates); only backup_count old files stay.
+    for _ in 0..12 {
+        tree.ok("getAvailableTemplates", &serde_json::json!({}));
+    }
+    let rotated = |i: u32| tree.work.join(format!("logs/app.log.{i}"));
+    assert!(rotated(1).is_file() && rotated(2).is_file(), "two backups");
+    assert!(!rotated(3).exists(), "no more than backup_count");
+    assert!(std::fs::metadata(&log).expect("log").len() < 64 << 10);
+}

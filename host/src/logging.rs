@@ -1,5 +1,6 @@
-//! Logging setup: `tracing` to `<logdir>/hfwasm-<instance>.log` (rotated by size at start)
-//! or to stderr; never to stdout, which belongs to HostFactory's one JSON answer.
+//! Logging setup: `tracing` to the configured file (`logging.file_path`), else
+//! `<logdir>/hfwasm-<instance>.log`, rotated by size at start, else stderr; never to stdout,
+//! which belongs to HostFactory's one JSON answer.
 
 use std::fs::OpenOptions;
 use std::path::Path;
@@ -7,20 +8,27 @@ use std::sync::Mutex;
 
 use tracing_subscriber::EnvFilter;
 
-/// Rotate the log file once it is larger than this.
-const MAX_LOG_BYTES: u64 = 10 << 20;
-/// Rotated files kept (`.1` .. `.N`).
-const KEEP_ROTATED: u32 = 5;
+/// Rotate the log file once it is larger than this (`logging.max_size`).
+pub const DEFAULT_MAX_BYTES: u64 = 10 << 20;
+/// Rotated files kept, `.1` .. `.N` (`logging.backup_count`).
+pub const DEFAULT_KEEP: u32 = 5;
 
 /// Starts logging at `level` (overridden by `HFWASM_LOG`, an env-filter directive). Logs go
 /// to a file in `log_dir` if given and writable, else to stderr.
 pub fn init(level: &str, log_dir: Option<&Path>, instance: &str) {
+    let file = log_dir.map(|dir| dir.join(format!("hfwasm-{instance}.log")));
+    init_file(level, file.as_deref(), DEFAULT_MAX_BYTES, DEFAULT_KEEP);
+}
+
+/// Starts logging at `level` to `file` (its directory created), rotated once larger than
+/// `max_bytes` keeping `keep` old files; to stderr when there is no file or it cannot be
+/// opened.
+pub fn init_file(level: &str, file: Option<&Path>, max_bytes: u64, keep: u32) {
     let filter = EnvFilter::try_from_env("HFWASM_LOG").unwrap_or_else(|_| EnvFilter::new(format!("{level},wasmtime=warn,cranelift=warn")));
-    let file = log_dir.and_then(|dir| {
-        let path = dir.join(format!("hfwasm-{instance}.log"));
-        std::fs::create_dir_all(dir).ok()?;
-        rotate(&path);
-        OpenOptions::new().create(true).append(true).open(&path).ok()
+    let file = file.and_then(|path| {
+        std::fs::create_dir_all(path.parent()?).ok()?;
+        rotate(path, max_bytes, keep);
+        OpenOptions::new().create(true).append(true).open(path).ok()
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -34,16 +42,24 @@ pub fn init(level: &str, log_dir: Option<&Path>, instance: &str) {
     drop(result);
 }
 
-fn rotate(path: &Path) {
+/// `app.log` -> `app.log.1`, `.1` -> `.2`, ... keeping `keep` (0 = truncate instead).
+fn rotate(path: &Path, max_bytes: u64, keep: u32) {
     let Ok(meta) = std::fs::metadata(path) else { return };
-    if meta.len() < MAX_LOG_BYTES {
+    if meta.len() < max_bytes {
         return;
     }
-    for i in (1..KEEP_ROTATED).rev() {
-        let _ = std::fs::rename(
-            path.with_extension(format!("log.{i}")),
-            path.with_extension(format!("log.{}", i + 1)),
-        );
+    let numbered = |i: u32| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(format!(".{i}"));
+        std::path::PathBuf::from(p)
+    };
+    if keep == 0 {
+        let _ = std::fs::remove_file(path);
+        return;
     }
-    let _ = std::fs::rename(path, path.with_extension("log.1"));
+    let _ = std::fs::remove_file(numbered(keep));
+    for i in (1..keep).rev() {
+        let _ = std::fs::rename(numbered(i), numbered(i + 1));
+    }
+    let _ = std::fs::rename(path, numbered(1));
 }

@@ -256,7 +256,12 @@ fn hf_call(call: Call, d: &DirArgs, input: &InputFile) -> ExitCode {
         // Log to the instance's log dir (default level until config is read).
         let plugin = match Plugin::open(dirs.clone()) {
             Ok(p) => {
-                hfwasm::logging::init(&p.config.log_level, dirs.log_dir.as_deref(), &dirs.name);
+                let log = &p.config.log;
+                let file = log
+                    .file
+                    .clone()
+                    .or_else(|| dirs.log_dir.as_ref().map(|d| d.join(format!("hfwasm-{}.log", dirs.name))));
+                hfwasm::logging::init_file(&p.config.log_level, file.as_deref(), log.max_bytes, log.keep);
                 p
             }
             Err(e) => {

@@ -102,13 +102,15 @@ fn boolean(file: &Path, key: &str, v: &Value) -> Result<bool, ConfigError> {
 }
 
 /// Maps IBM's/LSF's log level names onto tracing levels.
-fn level(v: &str) -> Option<&'static str> {
+/// A log level in any common spelling (`INFO`, `WARNING`, `LOG_ERR`, `critical`) as
+/// tracing's (`info`, `warn`, `error`).
+pub fn level(v: &str) -> Option<&'static str> {
     match v.trim().to_ascii_uppercase().trim_start_matches("LOG_") {
         "TRACE" => Some("trace"),
         "DEBUG" => Some("debug"),
         "INFO" | "NOTICE" => Some("info"),
         "WARN" | "WARNING" => Some("warn"),
-        "ERR" | "ERROR" | "CRIT" | "FATAL" | "ALERT" | "EMERG" => Some("error"),
+        "ERR" | "ERROR" | "CRIT" | "CRITICAL" | "FATAL" | "ALERT" | "EMERG" => Some("error"),
         _ => None,
     }
 }

@@ -112,6 +112,39 @@ struct RawInventory {
 #[serde(deny_unknown_fields)]
 struct RawLogging {
     level: Option<String>,
+    file_path: Option<PathBuf>,
+    max_size: Option<serde_json::Value>,
+    backup_count: Option<u32>,
+}
+
+/// Where hfwasm's own log goes and how it is rotated (`logging`, the seed's keys).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSpec {
+    /// `logging.file_path` (relative paths are relative to the work dir); none = the
+    /// provider's log dir (`HF_PROVIDER_LOGDIR`), else stderr.
+    pub file: Option<PathBuf>,
+    /// Rotate when the file is larger than this (`logging.max_size`, MiB or "100MB").
+    pub max_bytes: u64,
+    /// Rotated files kept (`logging.backup_count`).
+    pub keep: u32,
+}
+
+/// `logging.max_size`: a number of MiB, or text with a unit (`"100MB"`, `"512KB"`, `"1GB"`).
+fn size_bytes(v: &serde_json::Value) -> Option<u64> {
+    if let Some(n) = v.as_u64() {
+        return n.checked_mul(1 << 20);
+    }
+    let t = v.as_str()?.trim().to_ascii_uppercase();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "M" | "MB" | "MIB" => 1 << 20,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "G" | "GB" | "GIB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
 }
 
 /// Where a guest's code comes from.
@@ -181,6 +214,8 @@ pub struct Config {
     pub retention: std::time::Duration,
     /// Log level (`error`..`trace`).
     pub log_level: String,
+    /// Log file and rotation.
+    pub log: LogSpec,
     /// EC2 client settings, when an AWS provider is configured.
     pub ec2: Option<Ec2Settings>,
     /// Where the AWS settings came from (IBM's config and templates files).
@@ -449,18 +484,35 @@ impl Config {
             |k| std::env::var(k).ok(),
             |setting, message| err(setting, message),
         )?;
-        let log_level = raw
-            .logging
-            .level
-            .or(aws.as_ref().and_then(|a| a.log_level.clone()))
-            .unwrap_or_else(|| "info".into())
-            .to_ascii_lowercase();
-        if !LOG_LEVELS.contains(&log_level.as_str()) {
-            return Err(err(
-                "logging.level",
-                format!("`{log_level}` is not a level; use one of {}", LOG_LEVELS.join(", ")),
-            ));
-        }
+        let log_level = match raw.logging.level {
+            Some(l) => ibm_aws::level(&l).map(str::to_string).ok_or_else(|| {
+                err(
+                    "logging.level",
+                    format!(
+                        "`{l}` is not a level; use one of {} (any case; WARNING and CRITICAL too)",
+                        LOG_LEVELS.join(", ")
+                    ),
+                )
+            })?,
+            None => aws.as_ref().and_then(|a| a.log_level.clone()).unwrap_or_else(|| "info".into()),
+        };
+        let max_bytes = match &raw.logging.max_size {
+            None => crate::logging::DEFAULT_MAX_BYTES,
+            Some(v) => match size_bytes(v) {
+                Some(b) if b > 0 => b,
+                _ => {
+                    return Err(err(
+                        "logging.max_size",
+                        format!("`{v}` is not a size; give MiB as a number (100) or text with a unit (\"100MB\", \"512KB\")"),
+                    ));
+                }
+            },
+        };
+        let log = LogSpec {
+            file: raw.logging.file_path.map(|f| work_dir.join(f)),
+            max_bytes,
+            keep: raw.logging.backup_count.unwrap_or(crate::logging::DEFAULT_KEEP),
+        };
         Ok(Self {
             file,
             provider,
@@ -474,6 +526,7 @@ impl Config {
             store: storage.spec,
             retention: storage.retention,
             log_level,
+            log,
             ec2: aws.as_ref().map(|a| a.settings.clone()),
             aws_files: aws.map(|a| (a.config_file, a.templates_file)),
         })
@@ -514,6 +567,27 @@ mod tests {
         assert!(e.to_string().contains("hfwasm.json"), "{e}");
         let e = load(r#"{"storage": {"sql_strategy": {"colour": "red"}}}"#).expect_err("unknown key");
         assert_eq!(e.setting.as_deref(), Some("storage.sql_strategy.colour"));
+    }
+
+    #[test]
+    fn the_seed_logging_keys() {
+        let c = load(r#"{"logging": {"level": "WARNING", "file_path": "/var/log/hf/app.log", "max_size": 100, "backup_count": 10}}"#)
+            .expect("valid");
+        assert_eq!(c.log_level, "warn");
+        assert_eq!(
+            c.log,
+            LogSpec {
+                file: Some(PathBuf::from("/var/log/hf/app.log")),
+                max_bytes: 100 << 20,
+                keep: 10
+            }
+        );
+        let c = load(r#"{"logging": {"level": "INFO", "file_path": "app.log", "max_size": "512KB"}}"#).expect("valid");
+        assert_eq!((c.log.file, c.log.max_bytes), (Some(PathBuf::from("/work/app.log")), 512 << 10));
+        let e = load(r#"{"logging": {"max_size": "huge"}}"#).expect_err("size");
+        assert_eq!(e.setting.as_deref(), Some("logging.max_size"));
+        let e = load(r#"{"logging": {"level": "LOUD"}}"#).expect_err("level");
+        assert_eq!(e.setting.as_deref(), Some("logging.level"));
     }
 
     #[test]
