@@ -81,6 +81,12 @@ fn bad_inputs_are_named_and_nothing_is_lost() {
         "{e}"
     );
     assert_eq!(e["error"]["details"]["line"], 5);
+    // The store commands still work: state can be checked and exported while it is fixed.
+    let (code, out, err) = admin(&tree, &["store", "check"]);
+    assert_eq!(code, 0, "store check with a broken inventory: {out}{err}");
+    let (code, out, err) = admin(&tree, &["store", "export"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"requests\""), "{out}");
     std::fs::write(tree.conf.join("inventory.txt"), plain_inventory(4)).expect("inventory");
 
     // An unknown config key names key and file.

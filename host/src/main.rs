@@ -316,9 +316,19 @@ fn guest_check(file: &Path, json: bool) -> ExitCode {
 }
 
 fn admin<T>(d: &DirArgs, f: impl FnOnce(&Plugin) -> Result<T, HfError>, print: impl FnOnce(T)) -> ExitCode {
+    admin_with(d, Plugin::open, f, print)
+}
+
+/// An admin command on the plugin `open` builds (the store commands skip the inventory).
+fn admin_with<T>(
+    d: &DirArgs,
+    open: fn(ProviderDirs) -> Result<Plugin, HfError>,
+    f: impl FnOnce(&Plugin) -> Result<T, HfError>,
+    print: impl FnOnce(T),
+) -> ExitCode {
     let result = dirs(d).and_then(|dirs| {
         hfwasm::logging::init("warn", None, &dirs.name);
-        Plugin::open(dirs)
+        open(dirs)
     });
     match result.and_then(|p| f(&p)) {
         Ok(v) => {
@@ -412,8 +422,9 @@ fn main() -> ExitCode {
         Command::Store(StoreCommand::Check { json }) => {
             let json = *json;
             let mut sound = true;
-            let code = admin(
+            let code = admin_with(
                 &cli.dirs,
+                Plugin::open_config,
                 |p| Ok(hfwasm::store::check::check(p.open_store()?.as_ref())?),
                 |report| {
                     sound = report.is_sound();
@@ -429,8 +440,9 @@ fn main() -> ExitCode {
             );
             if sound { code } else { ExitCode::from(1) }
         }
-        Command::Store(StoreCommand::Export { out }) => admin(
+        Command::Store(StoreCommand::Export { out }) => admin_with(
             &cli.dirs,
+            Plugin::open_config,
             |p| {
                 let doc = p.open_store()?.export()?;
                 let text = serde_json::to_string_pretty(&doc).map_err(|e| HfError::new(ErrorCode::Internal, e.to_string()))?;
@@ -447,8 +459,9 @@ fn main() -> ExitCode {
                 }
             },
         ),
-        Command::Store(StoreCommand::Import { file }) => admin(
+        Command::Store(StoreCommand::Import { file }) => admin_with(
             &cli.dirs,
+            Plugin::open_config,
             |p| {
                 let text = std::fs::read_to_string(file)
                     .map_err(|e| HfError::new(ErrorCode::InvalidInput, format!("cannot read {}: {e}", file.display())))?;

@@ -42,6 +42,27 @@ fn now_secs() -> u64 {
 impl Plugin {
     /// Loads config (and the inventory, when the provider guest is granted it).
     pub fn open(dirs: ProviderDirs) -> Result<Self, HfError> {
+        let mut plugin = Self::open_config(dirs)?;
+        let needs_inventory = plugin
+            .config
+            .provider
+            .grants
+            .iter()
+            .any(|c| matches!(c, Capability::Inventory | Capability::Power));
+        if needs_inventory {
+            let inv = Inventory::load(&plugin.config.inventory_file).map_err(|e| {
+                HfError::new(ErrorCode::InventoryError, e.to_string())
+                    .with("file", e.file.display().to_string())
+                    .with("line", e.line)
+            })?;
+            plugin.inventory = Some(Arc::new(inv));
+        }
+        Ok(plugin)
+    }
+
+    /// Loads config only, not the inventory: for the store commands, which must work on a
+    /// site whose inventory file is broken (to export or check its state while it is fixed).
+    pub fn open_config(dirs: ProviderDirs) -> Result<Self, HfError> {
         let config = Config::load(&dirs.conf_dir, &dirs.work_dir, &dirs.name).map_err(|e| {
             let mut err = HfError::new(ErrorCode::ConfigError, e.to_string()).with("file", e.file.display().to_string());
             if let Some(s) = &e.setting {
@@ -49,22 +70,11 @@ impl Plugin {
             }
             err
         })?;
-        let needs_inventory = config
-            .provider
-            .grants
-            .iter()
-            .any(|c| matches!(c, Capability::Inventory | Capability::Power));
-        let inventory = if needs_inventory {
-            let inv = Inventory::load(&config.inventory_file).map_err(|e| {
-                HfError::new(ErrorCode::InventoryError, e.to_string())
-                    .with("file", e.file.display().to_string())
-                    .with("line", e.line)
-            })?;
-            Some(Arc::new(inv))
-        } else {
-            None
-        };
-        Ok(Self { dirs, config, inventory })
+        Ok(Self {
+            dirs,
+            config,
+            inventory: None,
+        })
     }
 
     /// Where compiled guests are cached: `HFWASM_CACHE_DIR`, else `<workdir>/.hfwasm-cache`.
