@@ -166,13 +166,17 @@ fn js_selector_builds_and_decides_the_offer() {
     selector_decides_the_offer(&built("js-selector"));
 }
 
-/// What `policy` (a `.wasm` path, or a built-in name) offers under `settings`: the answer,
-/// or the error message.
+/// What `policy` (a `.wasm` path, a built-in name, or a `.rhai` script) offers under
+/// `settings`: the answer, or the error message.
 fn offer(tree: &HfTree, policy: &str, settings: &Value) -> Result<Value, String> {
-    tree.config(&json!({
-        "guests": {"selector": {"wasm": policy, "limits": {"memory_mib": 256}}},
-        "policy": {"guest": "selector", "settings": settings, "on_error": "fail_closed"}
-    }));
+    if policy.ends_with(".rhai") {
+        tree.config(&json!({"policy": {"script": policy, "settings": settings, "on_error": "fail_closed"}}));
+    } else {
+        tree.config(&json!({
+            "guests": {"selector": {"wasm": policy, "limits": {"memory_mib": 256}}},
+            "policy": {"guest": "selector", "settings": settings, "on_error": "fail_closed"}
+        }));
+    }
     let o = tree.run("getAvailableTemplates", &json!({}));
     match o.code {
         0 => Ok(o.json["templates"].clone()),
@@ -181,9 +185,10 @@ fn offer(tree: &HfTree, policy: &str, settings: &Value) -> Result<Value, String>
 }
 
 #[test]
-fn the_python_js_and_builtin_selectors_make_the_same_offer() {
+fn the_python_js_rhai_and_builtin_selectors_make_the_same_offer() {
     let tree = HfTree::new(INVENTORY);
     let (py, js) = (built("python-selector"), built("js-selector"));
+    let rhai = example("rhai-selector/selector.rhai");
     let cases = [
         json!({"prices": {SMALL: 0.40, BIG: 0.80, "gpu": 6.40}, "max_price": 5}),
         json!({"prices": {SMALL: 0.10, "gpu": 1.60}}),
@@ -206,6 +211,22 @@ fn the_python_js_and_builtin_selectors_make_the_same_offer() {
             builtin,
             "JavaScript vs built-in for {settings}"
         );
+        let script = offer(&tree, rhai.to_str().expect("path"), &settings);
+        match (&script, &builtin) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "Rhai vs built-in for {settings}"),
+            // The same message from the script, which is named by its file.
+            (Err(a), Err(b)) => {
+                let cause = |m: &str| {
+                    m.split_once("settings")
+                        .map(|(_, rest)| rest.split(" (").next().unwrap_or_default().to_string())
+                };
+                assert!(
+                    a.contains("policy 'selector.rhai'") && cause(a) == cause(b),
+                    "Rhai: {a}\nbuilt-in: {b}"
+                );
+            }
+            _ => panic!("Rhai {script:?} vs built-in {builtin:?} for {settings}"),
+        }
         kinds.push(
             builtin
                 .map(|t| t.as_array().map_or(0, Vec::len))
@@ -214,6 +235,87 @@ fn the_python_js_and_builtin_selectors_make_the_same_offer() {
     }
     // The cases are not vacuous: offers of different sizes, and errors that name the policy.
     assert_eq!(kinds, [Ok(2), Ok(3), Ok(3), Ok(3), Err(true), Err(true)]);
+}
+
+#[test]
+fn a_broken_rhai_policy_fails_as_configured_and_named() {
+    let tree = HfTree::new(INVENTORY);
+    let provider_order: Vec<String> = offered(&tree.ok("getAvailableTemplates", &json!({})))
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let cases = [
+        ("syntax.rhai", "fn offer_templates(ctx, templates) { let = ; }", "syntax.rhai"),
+        (
+            "missing.rhai",
+            "fn something_else(x) { x }",
+            "defines no `fn offer_templates(ctx, templates)`",
+        ),
+        (
+            "throws.rhai",
+            "fn offer_templates(ctx, templates) { throw \"no prices today\"; }",
+            "threw no prices today",
+        ),
+        (
+            "loops.rhai",
+            "fn offer_templates(ctx, templates) { loop { } }",
+            "policy.limits.max_operations",
+        ),
+        (
+            "recurses.rhai",
+            "fn deeper(n) { deeper(n + 1) } fn offer_templates(ctx, templates) { deeper(0) }",
+            "policy.limits.max_call_levels",
+        ),
+        (
+            "invents.rhai",
+            "fn offer_templates(ctx, templates) { let t = templates[0]; t.id = \"free-lunch\"; [t] }",
+            "'free-lunch'",
+        ),
+        ("shape.rhai", "fn offer_templates(ctx, templates) { 42 }", "an array of templates"),
+    ];
+    for (file, source, cause) in cases {
+        std::fs::write(tree.conf.join(file), source).expect("script");
+        // fail_closed: the call fails, naming the script and the cause.
+        tree.config(&json!({"policy": {"script": file, "on_error": "fail_closed", "limits": {"max_operations": 100000}}}));
+        let e = tree.err("getAvailableTemplates", &json!({}), "POLICY_ERROR");
+        let message = e["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(&format!("policy '{file}'")) && message.contains(cause),
+            "{file}: {message}"
+        );
+        // fail_open: the provider's templates, unchanged.
+        tree.config(&json!({"policy": {"script": file, "on_error": "fail_open", "limits": {"max_operations": 100000}}}));
+        let t = tree.ok("getAvailableTemplates", &json!({}));
+        let ids: Vec<String> = offered(&t).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, provider_order, "{file}");
+    }
+    // With no operation limit (0), the wall-time limit still stops a loop.
+    tree.config(
+        &json!({"policy": {"script": "loops.rhai", "on_error": "fail_closed", "limits": {"max_operations": 0, "timeout_ms": 300}}}),
+    );
+    let t0 = std::time::Instant::now();
+    let e = tree.err("getAvailableTemplates", &json!({}), "POLICY_ERROR");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("policy.limits.timeout_ms")),
+        "{e}"
+    );
+    assert!(t0.elapsed().as_secs() < 10);
+    // print() goes to the log, never to stdout (HostFactory's one JSON document).
+    std::fs::write(
+        tree.conf.join("chatty.rhai"),
+        "fn offer_templates(ctx, templates) { print(\"hello from rhai\"); templates }",
+    )
+    .expect("script");
+    tree.config(&json!({"policy": {"script": "chatty.rhai", "on_error": "fail_closed"}}));
+    tree.ok("getAvailableTemplates", &json!({}));
+    let log = std::fs::read_to_string(tree.logs.join("hfwasm-pool.log")).unwrap_or_default();
+    assert!(log.contains("hello from rhai"), "print lands in the log");
+    assert!(
+        log.contains("policy=loops.rhai") && log.contains("template policy failed"),
+        "logged with the script's name"
+    );
 }
 
 #[test]

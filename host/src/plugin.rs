@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::capabilities::Capability;
 use crate::capabilities::power::PowerRunner;
 use crate::config::inventory::Inventory;
-use crate::config::{Config, GuestSource, GuestSpec};
+use crate::config::{Config, GuestSource, GuestSpec, PolicySource};
 use crate::hf::{self, Call, ErrorCode, HfError, ProviderDirs};
 use crate::policy::wasm::WasmTemplatePolicy;
 use crate::policy::{PolicyError, TemplatePolicy};
@@ -188,9 +188,16 @@ impl Plugin {
         )
     }
 
-    /// Loads the configured template policy guest (its own engine when it meters fuel).
+    /// Loads the configured template policy: a Rhai script, or a Wasm guest (its own engine
+    /// when it meters fuel).
     fn load_policy(&self, spec: &crate::config::PolicySpec) -> Result<Box<dyn TemplatePolicy + '_>, PolicyError> {
-        let g = &spec.guest;
+        let g = match &spec.source {
+            PolicySource::Guest(g) => g,
+            PolicySource::Script { file, limits } => {
+                let script = crate::policy::rhai::RhaiTemplatePolicy::load(&spec.name(), file, &spec.settings, *limits)?;
+                return Ok(Box::new(script));
+            }
+        };
         let err = |message: String| PolicyError {
             policy: g.name.clone(),
             message,
@@ -296,7 +303,7 @@ impl Plugin {
     /// for each its name, cache file, whether it was new, and the time it took.
     pub fn precompile(&self) -> Result<Vec<(String, PathBuf, CacheOutcome, std::time::Duration)>, HfError> {
         let mut specs = vec![&self.config.provider];
-        specs.extend(self.config.policy.as_ref().map(|p| &p.guest));
+        specs.extend(self.config.policy.as_ref().and_then(|p| p.guest()));
         let cache = self.cache();
         let mut done = Vec::new();
         for spec in specs {
@@ -348,21 +355,29 @@ impl Plugin {
             ),
         ];
         if let Some(p) = &c.policy {
-            lines.push(format!(
-                "policy:    {} from {} (on_error {}; memory {} MiB, timeout {} ms)",
-                p.guest.name,
-                match &p.guest.source {
-                    GuestSource::Builtin(n) => n.to_string(),
-                    GuestSource::File(f) => f.display().to_string(),
-                },
-                if p.on_error == crate::policy::OnError::FailOpen {
-                    "fail_open"
-                } else {
-                    "fail_closed"
-                },
-                p.guest.limits.memory_bytes >> 20,
-                p.guest.limits.timeout.as_millis()
-            ));
+            let on_error = if p.on_error == crate::policy::OnError::FailOpen {
+                "fail_open"
+            } else {
+                "fail_closed"
+            };
+            lines.push(match &p.source {
+                PolicySource::Guest(g) => format!(
+                    "policy:    {} from {} (on_error {on_error}; memory {} MiB, timeout {} ms)",
+                    g.name,
+                    match &g.source {
+                        GuestSource::Builtin(n) => n.to_string(),
+                        GuestSource::File(f) => f.display().to_string(),
+                    },
+                    g.limits.memory_bytes >> 20,
+                    g.limits.timeout.as_millis()
+                ),
+                PolicySource::Script { file, limits } => format!(
+                    "policy:    Rhai script {} (on_error {on_error}; {} operations, timeout {} ms)",
+                    file.display(),
+                    limits.max_operations,
+                    limits.timeout_ms
+                ),
+            });
         }
         if let Some(ec2) = &c.ec2 {
             lines.push(format!(

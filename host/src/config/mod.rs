@@ -58,9 +58,11 @@ struct RawConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
-    guest: String,
+    guest: Option<String>,
+    script: Option<PathBuf>,
     settings: Option<serde_json::Value>,
     on_error: Option<String>,
+    limits: Option<crate::policy::rhai::ScriptLimits>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -174,15 +176,50 @@ pub struct GuestSpec {
     pub coredump_dir: Option<PathBuf>,
 }
 
-/// The site's template policy (`policy`): which guest decides what HostFactory is offered.
+/// Where a policy's decisions come from.
+#[derive(Debug, Clone)]
+pub enum PolicySource {
+    /// A Wasm guest of the template-selector world (granted nothing: it imports only
+    /// sandboxed WASI).
+    Guest(GuestSpec),
+    /// A Rhai script (`policy.script`, relative to the conf dir) under `policy.limits`.
+    Script {
+        /// The script file.
+        file: PathBuf,
+        /// Its limits.
+        limits: crate::policy::rhai::ScriptLimits,
+    },
+}
+
+/// The site's template policy (`policy`): what decides what HostFactory is offered.
 #[derive(Debug, Clone)]
 pub struct PolicySpec {
-    /// The policy guest (granted nothing: policies import only sandboxed WASI).
-    pub guest: GuestSpec,
+    /// A Wasm guest or a Rhai script.
+    pub source: PolicySource,
     /// Settings handed to the policy (a JSON object).
     pub settings: serde_json::Value,
     /// What a policy failure does to the call.
     pub on_error: crate::policy::OnError,
+}
+
+impl PolicySpec {
+    /// The policy's name in logs and errors: the guest's, or the script's file name.
+    pub fn name(&self) -> String {
+        match &self.source {
+            PolicySource::Guest(g) => g.name.clone(),
+            PolicySource::Script { file, .. } => file
+                .file_name()
+                .map_or_else(|| "script".into(), |n| n.to_string_lossy().into_owned()),
+        }
+    }
+
+    /// The policy guest, when the policy is one.
+    pub fn guest(&self) -> Option<&GuestSpec> {
+        match &self.source {
+            PolicySource::Guest(g) => Some(g),
+            PolicySource::Script { .. } => None,
+        }
+    }
 }
 
 /// The validated configuration of one provider instance.
@@ -374,47 +411,74 @@ impl Config {
         let policy = match raw.policy {
             None => None,
             Some(p) => {
-                if p.guest == BUILTIN_DEFAULT_POLICY && !guests.contains_key(&p.guest) {
-                    // `"policy": {"guest": "builtin:default-policy"}` needs no `guests` entry.
-                    guests.insert(
-                        p.guest.clone(),
-                        GuestSpec {
-                            name: "default-policy".into(),
-                            source: GuestSource::Builtin(BUILTIN_DEFAULT_POLICY),
-                            grants: Vec::new(),
-                            limits: GuestLimits::default(),
-                            ec2_grant: Ec2Grant::default(),
-                            coredump_dir: None,
-                        },
-                    );
-                }
-                let guest = guests.get(&p.guest).cloned().ok_or_else(|| {
-                    err(
-                        "policy.guest",
-                        format!(
-                            "no guest named `{}`; define it under `guests` (known: {})",
-                            p.guest,
-                            guests.keys().cloned().collect::<Vec<_>>().join(", ")
-                        ),
-                    )
-                })?;
-                let builtin_provider = matches!(guest.source, GuestSource::Builtin(b) if b != BUILTIN_DEFAULT_POLICY);
-                if builtin_provider || guest.name == guest_name {
-                    return Err(err(
-                        "policy.guest",
-                        format!(
-                            "`{}` is a provider guest; a policy is a guest of the template-selector world (wit/policy)",
-                            p.guest
-                        ),
-                    ));
-                }
-                if !guest.grants.is_empty() {
-                    return Err(err(
-                        &format!("guests.{}.grants", p.guest),
-                        "a policy guest is granted nothing (it imports only sandboxed WASI, so its decisions replay); remove its grants"
-                            .into(),
-                    ));
-                }
+                let source = match (p.guest, p.script) {
+                    (Some(_), Some(_)) => {
+                        return Err(err(
+                            "policy",
+                            "give `guest` (a Wasm policy) or `script` (a Rhai policy), not both".into(),
+                        ));
+                    }
+                    (None, None) => {
+                        return Err(err(
+                            "policy",
+                            "needs `guest` (a Wasm policy, e.g. builtin:default-policy) or `script` (a Rhai file)".into(),
+                        ));
+                    }
+                    (None, Some(script)) => PolicySource::Script {
+                        file: conf_dir.join(script),
+                        limits: p.limits.unwrap_or_default(),
+                    },
+                    (Some(pguest), None) => {
+                        if p.limits.is_some() {
+                            return Err(err(
+                                "policy.limits",
+                                format!("limits a Rhai script; a Wasm policy's limits are guests.{pguest}.limits"),
+                            ));
+                        }
+                        if pguest == BUILTIN_DEFAULT_POLICY && !guests.contains_key(&pguest) {
+                            // `"policy": {"guest": "builtin:default-policy"}` needs no `guests` entry.
+                            guests.insert(
+                                pguest.clone(),
+                                GuestSpec {
+                                    name: "default-policy".into(),
+                                    source: GuestSource::Builtin(BUILTIN_DEFAULT_POLICY),
+                                    grants: Vec::new(),
+                                    limits: GuestLimits::default(),
+                                    ec2_grant: Ec2Grant::default(),
+                                    coredump_dir: None,
+                                },
+                            );
+                        }
+                        let guest = guests.get(&pguest).cloned().ok_or_else(|| {
+                            err(
+                                "policy.guest",
+                                format!(
+                                    "no guest named `{}`; define it under `guests` (known: {})",
+                                    pguest,
+                                    guests.keys().cloned().collect::<Vec<_>>().join(", ")
+                                ),
+                            )
+                        })?;
+                        let builtin_provider = matches!(guest.source, GuestSource::Builtin(b) if b != BUILTIN_DEFAULT_POLICY);
+                        if builtin_provider || guest.name == guest_name {
+                            return Err(err(
+                                "policy.guest",
+                                format!(
+                                    "`{}` is a provider guest; a policy is a guest of the template-selector world (wit/policy)",
+                                    pguest
+                                ),
+                            ));
+                        }
+                        if !guest.grants.is_empty() {
+                            return Err(err(
+                                &format!("guests.{}.grants", pguest),
+                                "a policy guest is granted nothing (it imports only sandboxed WASI, so its decisions replay); remove its grants"
+                                    .into(),
+                            ));
+                        }
+                        PolicySource::Guest(guest)
+                    }
+                };
                 let settings = p.settings.unwrap_or_else(|| serde_json::json!({}));
                 if !settings.is_object() {
                     return Err(err("policy.settings", "must be a JSON object".into()));
@@ -428,7 +492,11 @@ impl Config {
                         )
                     })?,
                 };
-                Some(PolicySpec { guest, settings, on_error })
+                Some(PolicySpec {
+                    source,
+                    settings,
+                    on_error,
+                })
             }
         };
         let breaker = match raw.provider.circuit_breaker {
@@ -619,8 +687,20 @@ mod tests {
         let ok = load(r#"{"guests": {"sel": {"wasm": "sel.wasm", "limits": {"random_seed": 7}}}, "policy": {"guest": "sel", "settings": {"max_price": 1}, "on_error": "fail_closed"}}"#)
             .expect("valid");
         let p = ok.policy.expect("policy");
-        assert_eq!((p.guest.name.as_str(), p.on_error), ("sel", crate::policy::OnError::FailClosed));
-        assert_eq!(p.guest.limits.random_seed, Some(7));
+        assert_eq!((p.name().as_str(), p.on_error), ("sel", crate::policy::OnError::FailClosed));
+        assert_eq!(p.guest().and_then(|g| g.limits.random_seed), Some(7));
+        let r = load(r#"{"policy": {"script": "p/sel.rhai", "limits": {"max_operations": 5000}}}"#).expect("valid");
+        let r = r.policy.expect("policy");
+        assert_eq!(r.name(), "sel.rhai");
+        assert!(
+            matches!(r.source, PolicySource::Script { ref limits, .. } if limits.max_operations == 5000 && limits.max_call_levels == 32)
+        );
+        let e = load(r#"{"policy": {"script": "a.rhai", "guest": "builtin:default-policy"}}"#).expect_err("both");
+        assert_eq!(e.setting.as_deref(), Some("policy"));
+        let e = load(r#"{"policy": {"script": "a.rhai", "limits": {"max_ops": 1}}}"#).expect_err("unknown limit");
+        assert_eq!(e.setting.as_deref(), Some("policy.limits.max_ops"));
+        let e = load(r#"{"policy": {"guest": "builtin:default-policy", "limits": {"max_operations": 1}}}"#).expect_err("guest limits");
+        assert_eq!(e.setting.as_deref(), Some("policy.limits"));
         let e = load(r#"{"guests": {"sel": {"wasm": "sel.wasm", "grants": ["kv"]}}, "policy": {"guest": "sel"}}"#).expect_err("grants");
         assert_eq!(e.setting.as_deref(), Some("guests.sel.grants"));
         let e = load(r#"{"policy": {"guest": "onprem"}}"#).expect_err("a provider");

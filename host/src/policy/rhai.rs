@@ -1,0 +1,236 @@
+//! A template policy written as a Rhai script (`policy.script`): the light alternative to a
+//! Wasm guest for a site's own rules. The script defines `offer_templates(ctx, templates)`;
+//! it runs in an engine with no module loading, no `eval`, `print`/`debug` sent to the log,
+//! and limits on operations, call depth, expression depth, string, array and map sizes and
+//! wall time, so a broken or hostile script fails as a named policy error.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rhai::{AST, Dynamic, Engine, Scope};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{PolicyError, TemplatePolicy};
+use crate::service::model::{Attribute, AttributeKind, CallContext, Template};
+
+/// Limits on one script call (`policy.limits`); Rhai's own names where it has them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScriptLimits {
+    /// Operations per call (about one per expression node, loop turn or call).
+    pub max_operations: u64,
+    /// Nested function calls (unbounded recursion stops here).
+    pub max_call_levels: usize,
+    /// Nesting depth of expressions and statements.
+    pub max_expr_depth: usize,
+    /// Bytes in one string.
+    pub max_string_size: usize,
+    /// Elements in one array.
+    pub max_array_size: usize,
+    /// Properties in one object map.
+    pub max_map_size: usize,
+    /// Wall time per call, milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl Default for ScriptLimits {
+    fn default() -> Self {
+        Self {
+            max_operations: 1_000_000,
+            max_call_levels: 32,
+            max_expr_depth: 64,
+            max_string_size: 1 << 20,
+            max_array_size: 100_000,
+            max_map_size: 10_000,
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+/// A loaded, compiled script.
+pub struct RhaiTemplatePolicy {
+    name: String,
+    engine: Engine,
+    ast: AST,
+    settings: Value,
+    limits: ScriptLimits,
+    deadline: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
+}
+
+fn kind_name(k: AttributeKind) -> &'static str {
+    match k {
+        AttributeKind::Text => "text",
+        AttributeKind::Numeric => "numeric",
+        AttributeKind::Boolean => "boolean",
+    }
+}
+
+/// What the script hands back for one template (strict: unknown fields are errors).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Offered {
+    id: String,
+    max_number: i64,
+    available_number: Option<i64>,
+    attributes: Vec<OfferedAttribute>,
+    #[serde(default)]
+    extra: serde_json::Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OfferedAttribute {
+    name: String,
+    kind: String,
+    value: String,
+}
+
+impl RhaiTemplatePolicy {
+    /// Compiles `file`; `name` names the policy in logs and errors.
+    pub fn load(name: &str, file: &Path, settings: &Value, limits: ScriptLimits) -> Result<Self, PolicyError> {
+        let err = |message: String| PolicyError {
+            policy: name.to_string(),
+            message,
+        };
+        let source = std::fs::read_to_string(file).map_err(|e| err(format!("cannot read {}: {e}", file.display())))?;
+        let mut engine = Engine::new();
+        engine.set_max_operations(limits.max_operations);
+        engine.set_max_call_levels(limits.max_call_levels);
+        engine.set_max_expr_depths(limits.max_expr_depth, limits.max_expr_depth);
+        engine.set_max_string_size(limits.max_string_size);
+        engine.set_max_array_size(limits.max_array_size);
+        engine.set_max_map_size(limits.max_map_size);
+        engine.set_max_modules(0);
+        engine.set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
+        engine.disable_symbol("eval");
+        let (p, d) = (name.to_string(), name.to_string());
+        engine.on_print(move |s| tracing::info!(policy = %p, "{s}"));
+        engine.on_debug(move |s, _, pos| tracing::debug!(policy = %d, %pos, "{s}"));
+        let deadline = std::sync::Arc::new(std::sync::Mutex::new(None::<Instant>));
+        let watch = deadline.clone();
+        engine.on_progress(move |_| {
+            let due = watch.lock().ok().and_then(|d| *d);
+            due.filter(|d| Instant::now() >= *d).map(|_| Dynamic::from("wall-time limit"))
+        });
+        let ast = engine.compile(&source).map_err(|e| err(format!("{}: {e}", file.display())))?;
+        if !ast.iter_functions().any(|f| f.name == "offer_templates" && f.params.len() == 2) {
+            return Err(err(format!("{} defines no `fn offer_templates(ctx, templates)`", file.display())));
+        }
+        Ok(Self {
+            name: name.to_string(),
+            engine,
+            ast,
+            settings: settings.clone(),
+            limits,
+            deadline,
+        })
+    }
+
+    fn error(&self, message: String) -> PolicyError {
+        PolicyError {
+            policy: self.name.clone(),
+            message,
+        }
+    }
+
+    fn read_answer(&self, answer: Dynamic) -> Result<Vec<Template>, PolicyError> {
+        let offered: Vec<Offered> = rhai::serde::from_dynamic(&answer).map_err(|e| {
+            self.error(format!(
+                "offer_templates must return an array of templates shaped like its input: {e}"
+            ))
+        })?;
+        offered
+            .into_iter()
+            .map(|o| {
+                let attributes = o
+                    .attributes
+                    .into_iter()
+                    .map(|a| {
+                        let kind = match a.kind.as_str() {
+                            "text" => AttributeKind::Text,
+                            "numeric" => AttributeKind::Numeric,
+                            "boolean" => AttributeKind::Boolean,
+                            other => {
+                                return Err(self.error(format!(
+                                    "template '{}': attribute '{}' has kind '{other}'; use text, numeric or boolean",
+                                    o.id, a.name
+                                )));
+                            }
+                        };
+                        Ok(Attribute {
+                            name: a.name,
+                            kind,
+                            value: a.value,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Template {
+                    max_number: i32::try_from(o.max_number)
+                        .map_err(|_| self.error(format!("template '{}': max_number {} is out of range", o.id, o.max_number)))?,
+                    available_number: o
+                        .available_number
+                        .map(u32::try_from)
+                        .transpose()
+                        .map_err(|_| self.error(format!("template '{}': available_number is out of range", o.id)))?,
+                    id: o.id,
+                    attributes,
+                    extra: o.extra,
+                })
+            })
+            .collect()
+    }
+}
+
+impl TemplatePolicy for RhaiTemplatePolicy {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn offer_templates(&mut self, ctx: &CallContext, templates: &[Template]) -> Result<Vec<Template>, PolicyError> {
+        let to_dyn = |v: Value| rhai::serde::to_dynamic(v).map_err(|e| self.error(format!("cannot hand the script its input: {e}")));
+        let c = to_dyn(json!({"provider_instance": ctx.provider_instance, "settings": self.settings, "now": ctx.now}))?;
+        let ts = to_dyn(Value::Array(
+            templates
+                .iter()
+                .map(|t| {
+                    json!({
+                        "id": t.id,
+                        "max_number": t.max_number,
+                        "available_number": t.available_number,
+                        "attributes": t.attributes.iter().map(|a| json!({"name": a.name, "kind": kind_name(a.kind), "value": a.value})).collect::<Vec<_>>(),
+                        "extra": t.extra,
+                    })
+                })
+                .collect(),
+        ))?;
+        if let Ok(mut d) = self.deadline.lock() {
+            *d = Some(Instant::now() + Duration::from_millis(self.limits.timeout_ms));
+        }
+        let t0 = Instant::now();
+        let answer = self
+            .engine
+            .call_fn::<Dynamic>(&mut Scope::new(), &self.ast, "offer_templates", (c, ts))
+            .map_err(|e| {
+                let message = match *e {
+                    rhai::EvalAltResult::ErrorRuntime(v, pos) => format!("threw {v} ({pos})"),
+                    rhai::EvalAltResult::ErrorTooManyOperations(pos) => format!(
+                        "ran more than {} operations ({pos}; policy.limits.max_operations) and was stopped",
+                        self.limits.max_operations
+                    ),
+                    rhai::EvalAltResult::ErrorStackOverflow(pos) => format!(
+                        "nested calls deeper than {} ({pos}; policy.limits.max_call_levels): unbounded recursion? It was stopped",
+                        self.limits.max_call_levels
+                    ),
+                    rhai::EvalAltResult::ErrorTerminated(_, pos) => format!(
+                        "ran past its wall-time limit of {} ms ({pos}; policy.limits.timeout_ms) and was stopped",
+                        self.limits.timeout_ms
+                    ),
+                    other => other.to_string(),
+                };
+                self.error(message)
+            })?;
+        tracing::debug!(policy = %self.name, elapsed_us = t0.elapsed().as_micros() as u64, "script call");
+        self.read_answer(answer)
+    }
+}
