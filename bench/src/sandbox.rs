@@ -274,5 +274,23 @@ pub fn run(repo: &Path, bin: &Path, iterations: usize) -> Result<()> {
             d.as_secs_f64() / base.as_secs_f64().max(1e-12)
         );
     }
+    // The same policy as a Rhai script: parsed, not compiled, so "compile" is the parse.
+    let script = repo.join("examples/rhai-selector/selector.rhai");
+    let t0 = Instant::now();
+    let mut rhai = hfwasm::policy::rhai::RhaiTemplatePolicy::load("selector.rhai", &script, &settings, Default::default())
+        .map_err(|e| anyhow!("{e}"))?;
+    let parse = t0.elapsed();
+    let d = time_calls((calls / 10).max(50), || {
+        rhai.offer_templates(&ctx(), &ts).map(drop).map_err(|e| anyhow!("{e}"))
+    })?;
+    let base = rust_call.unwrap_or(d);
+    println!(
+        "{:<32} {:>9} {:>11.4} {:>12.1} {:>9.1}x",
+        "Rhai script (policy.script)",
+        std::fs::metadata(&script).map_or(0, |m| m.len()).div_ceil(1024),
+        parse.as_secs_f64(),
+        d.as_secs_f64() * 1e6,
+        d.as_secs_f64() / base.as_secs_f64().max(1e-12)
+    );
     Ok(())
 }
