@@ -319,6 +319,78 @@ fn a_broken_rhai_policy_fails_as_configured_and_named() {
 }
 
 #[test]
+fn a_shadow_policy_is_logged_and_stored_never_acted_on() {
+    let tree = HfTree::new(INVENTORY);
+    let mut reversed: Vec<String> = offered(&tree.ok("getAvailableTemplates", &json!({})))
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    reversed.reverse();
+    std::fs::write(
+        tree.conf.join("reverse.rhai"),
+        "fn offer_templates(ctx, templates) { let out = []; for t in templates { out.insert(0, t); } out }",
+    )
+    .expect("script");
+    let prices = json!({"prices": {SMALL: 0.40, BIG: 0.80, "gpu": 6.40}});
+    tree.config(&json!({"policy": {
+        "guest": "builtin:default-policy", "settings": prices,
+        "shadow": {"script": "reverse.rhai"}
+    }}));
+    let live = tree.ok("getAvailableTemplates", &json!({}));
+    assert_eq!(ids(&offered(&live)), [BIG, SMALL, "gpu"], "the live policy decides: {live}");
+    // The candidate's decision is stored beside the live one, with the verdict.
+    let (code, out, err) = admin(&tree, &["store", "export"]);
+    assert_eq!(code, 0, "{err}");
+    let doc: Value = serde_json::from_str(&out).expect("export");
+    let shadow = &doc["kv"]["hfwasm.shadow/pool"];
+    let records: Vec<Value> = shadow
+        .as_object()
+        .expect("shadow decisions stored")
+        .values()
+        .map(|v| serde_json::from_str(v.as_str().expect("text")).expect("json"))
+        .collect();
+    assert_eq!(records.len(), 1, "{shadow}");
+    let r = &records[0];
+    assert_eq!(
+        (r["policy"].as_str(), r["same"].as_bool()),
+        (Some("reverse.rhai"), Some(false)),
+        "{r}"
+    );
+    let order = |k: &str| {
+        r[k].as_array()
+            .expect("list")
+            .iter()
+            .map(|t| t["id"].as_str().unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(order("live"), [BIG, SMALL, "gpu"]);
+    assert_eq!(order("candidate"), reversed, "the provider's order, reversed");
+    let log = std::fs::read_to_string(tree.logs.join("hfwasm-pool.log")).unwrap_or_default();
+    assert!(
+        log.contains("shadow policy differs") && log.contains("shadow=reverse.rhai"),
+        "{log}"
+    );
+
+    // A candidate that agrees is recorded as such; one that fails changes nothing either.
+    tree.config(&json!({"policy": {"guest": "builtin:default-policy", "settings": prices,
+        "shadow": {"guest": "builtin:default-policy", "settings": prices}}}));
+    tree.ok("getAvailableTemplates", &json!({}));
+    std::fs::write(
+        tree.conf.join("broken.rhai"),
+        "fn offer_templates(ctx, templates) { throw \"oops\" }",
+    )
+    .expect("script");
+    tree.config(&json!({"policy": {"guest": "builtin:default-policy", "settings": prices, "shadow": {"script": "broken.rhai"}}}));
+    let again = tree.ok("getAvailableTemplates", &json!({}));
+    assert_eq!(offered(&again), offered(&live));
+    let log = std::fs::read_to_string(tree.logs.join("hfwasm-pool.log")).unwrap_or_default();
+    assert!(
+        log.contains("shadow policy agrees") && log.contains("shadow policy failed"),
+        "{log}"
+    );
+}
+
+#[test]
 fn guest_new_python_scaffolds_a_working_selector() {
     let dir = tempfile::tempdir().expect("tempdir");
     let project = dir.path().join("cheap-first");

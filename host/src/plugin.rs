@@ -225,7 +225,13 @@ impl Plugin {
             service = service.with_breaker(&self.config.provider.name, b);
         }
         match &self.config.policy {
-            Some(spec) => service.with_template_policy(Box::new(move || self.load_policy(spec)), spec.on_error),
+            Some(spec) => {
+                let service = service.with_template_policy(Box::new(move || self.load_policy(spec)), spec.on_error);
+                match spec.shadow.as_deref() {
+                    Some(shadow) => service.with_shadow_policy(Box::new(move || self.load_policy(shadow))),
+                    None => service,
+                }
+            }
             None => service,
         }
     }

@@ -63,6 +63,17 @@ struct RawPolicy {
     settings: Option<serde_json::Value>,
     on_error: Option<String>,
     limits: Option<crate::policy::rhai::ScriptLimits>,
+    shadow: Option<RawShadow>,
+}
+
+/// `policy.shadow`: a candidate policy run beside the live one, never acted on.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShadow {
+    guest: Option<String>,
+    script: Option<PathBuf>,
+    settings: Option<serde_json::Value>,
+    limits: Option<crate::policy::rhai::ScriptLimits>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -200,6 +211,9 @@ pub struct PolicySpec {
     pub settings: serde_json::Value,
     /// What a policy failure does to the call.
     pub on_error: crate::policy::OnError,
+    /// A candidate policy run beside this one on every call (`policy.shadow`): its
+    /// decisions and the differences are logged and stored, never acted on.
+    pub shadow: Option<Box<PolicySpec>>,
 }
 
 impl PolicySpec {
@@ -411,72 +425,30 @@ impl Config {
         let policy = match raw.policy {
             None => None,
             Some(p) => {
-                let source = match (p.guest, p.script) {
-                    (Some(_), Some(_)) => {
-                        return Err(err(
-                            "policy",
-                            "give `guest` (a Wasm policy) or `script` (a Rhai policy), not both".into(),
-                        ));
-                    }
-                    (None, None) => {
-                        return Err(err(
-                            "policy",
-                            "needs `guest` (a Wasm policy, e.g. builtin:default-policy) or `script` (a Rhai file)".into(),
-                        ));
-                    }
-                    (None, Some(script)) => PolicySource::Script {
-                        file: conf_dir.join(script),
-                        limits: p.limits.unwrap_or_default(),
-                    },
-                    (Some(pguest), None) => {
-                        if p.limits.is_some() {
-                            return Err(err(
-                                "policy.limits",
-                                format!("limits a Rhai script; a Wasm policy's limits are guests.{pguest}.limits"),
-                            ));
+                let source = policy_source("policy", p.guest, p.script, p.limits, &mut guests, &guest_name, conf_dir, &err)?;
+                let shadow = match p.shadow {
+                    None => None,
+                    Some(sh) => {
+                        let source = policy_source(
+                            "policy.shadow",
+                            sh.guest,
+                            sh.script,
+                            sh.limits,
+                            &mut guests,
+                            &guest_name,
+                            conf_dir,
+                            &err,
+                        )?;
+                        let settings = sh.settings.unwrap_or_else(|| serde_json::json!({}));
+                        if !settings.is_object() {
+                            return Err(err("policy.shadow.settings", "must be a JSON object".into()));
                         }
-                        if pguest == BUILTIN_DEFAULT_POLICY && !guests.contains_key(&pguest) {
-                            // `"policy": {"guest": "builtin:default-policy"}` needs no `guests` entry.
-                            guests.insert(
-                                pguest.clone(),
-                                GuestSpec {
-                                    name: "default-policy".into(),
-                                    source: GuestSource::Builtin(BUILTIN_DEFAULT_POLICY),
-                                    grants: Vec::new(),
-                                    limits: GuestLimits::default(),
-                                    ec2_grant: Ec2Grant::default(),
-                                    coredump_dir: None,
-                                },
-                            );
-                        }
-                        let guest = guests.get(&pguest).cloned().ok_or_else(|| {
-                            err(
-                                "policy.guest",
-                                format!(
-                                    "no guest named `{}`; define it under `guests` (known: {})",
-                                    pguest,
-                                    guests.keys().cloned().collect::<Vec<_>>().join(", ")
-                                ),
-                            )
-                        })?;
-                        let builtin_provider = matches!(guest.source, GuestSource::Builtin(b) if b != BUILTIN_DEFAULT_POLICY);
-                        if builtin_provider || guest.name == guest_name {
-                            return Err(err(
-                                "policy.guest",
-                                format!(
-                                    "`{}` is a provider guest; a policy is a guest of the template-selector world (wit/policy)",
-                                    pguest
-                                ),
-                            ));
-                        }
-                        if !guest.grants.is_empty() {
-                            return Err(err(
-                                &format!("guests.{}.grants", pguest),
-                                "a policy guest is granted nothing (it imports only sandboxed WASI, so its decisions replay); remove its grants"
-                                    .into(),
-                            ));
-                        }
-                        PolicySource::Guest(guest)
+                        Some(Box::new(PolicySpec {
+                            source,
+                            settings,
+                            on_error: crate::policy::OnError::FailOpen,
+                            shadow: None,
+                        }))
                     }
                 };
                 let settings = p.settings.unwrap_or_else(|| serde_json::json!({}));
@@ -496,6 +468,7 @@ impl Config {
                     source,
                     settings,
                     on_error,
+                    shadow,
                 })
             }
         };
@@ -599,6 +572,85 @@ impl Config {
             aws_files: aws.map(|a| (a.config_file, a.templates_file)),
         })
     }
+}
+
+/// Where a policy (`at`: `policy` or `policy.shadow`) comes from: a Wasm guest named in
+/// `guests` (or `builtin:default-policy`), or a Rhai script.
+#[allow(clippy::too_many_arguments)]
+fn policy_source(
+    at: &str,
+    guest: Option<String>,
+    script: Option<PathBuf>,
+    limits: Option<crate::policy::rhai::ScriptLimits>,
+    guests: &mut BTreeMap<String, GuestSpec>,
+    provider_guest: &str,
+    conf_dir: &Path,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<PolicySource, ConfigError> {
+    Ok(match (guest, script) {
+        (Some(_), Some(_)) => {
+            return Err(err(at, "give `guest` (a Wasm policy) or `script` (a Rhai policy), not both".into()));
+        }
+        (None, None) => {
+            return Err(err(
+                at,
+                "needs `guest` (a Wasm policy, e.g. builtin:default-policy) or `script` (a Rhai file)".into(),
+            ));
+        }
+        (None, Some(script)) => PolicySource::Script {
+            file: conf_dir.join(script),
+            limits: limits.unwrap_or_default(),
+        },
+        (Some(pguest), None) => {
+            if limits.is_some() {
+                return Err(err(
+                    &format!("{at}.limits"),
+                    format!("limits a Rhai script; a Wasm policy's limits are guests.{pguest}.limits"),
+                ));
+            }
+            if pguest == BUILTIN_DEFAULT_POLICY && !guests.contains_key(&pguest) {
+                // `"policy": {"guest": "builtin:default-policy"}` needs no `guests` entry.
+                guests.insert(
+                    pguest.clone(),
+                    GuestSpec {
+                        name: "default-policy".into(),
+                        source: GuestSource::Builtin(BUILTIN_DEFAULT_POLICY),
+                        grants: Vec::new(),
+                        limits: GuestLimits::default(),
+                        ec2_grant: Ec2Grant::default(),
+                        coredump_dir: None,
+                    },
+                );
+            }
+            let guest = guests.get(&pguest).cloned().ok_or_else(|| {
+                err(
+                    &format!("{at}.guest"),
+                    format!(
+                        "no guest named `{}`; define it under `guests` (known: {})",
+                        pguest,
+                        guests.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                )
+            })?;
+            let builtin_provider = matches!(guest.source, GuestSource::Builtin(b) if b != BUILTIN_DEFAULT_POLICY);
+            if builtin_provider || guest.name == provider_guest {
+                return Err(err(
+                    &format!("{at}.guest"),
+                    format!(
+                        "`{}` is a provider guest; a policy is a guest of the template-selector world (wit/policy)",
+                        pguest
+                    ),
+                ));
+            }
+            if !guest.grants.is_empty() {
+                return Err(err(
+                    &format!("guests.{}.grants", pguest),
+                    "a policy guest is granted nothing (it imports only sandboxed WASI, so its decisions replay); remove its grants".into(),
+                ));
+            }
+            PolicySource::Guest(guest)
+        }
+    })
 }
 
 #[cfg(test)]

@@ -123,6 +123,70 @@ pub fn offer(
     }
 }
 
+/// Shadow decisions kept in the store (the oldest go first).
+pub const SHADOW_KEEP: usize = 500;
+
+/// The store namespace of provider instance `instance`'s shadow decisions.
+pub fn shadow_namespace(instance: &str) -> String {
+    format!("hfwasm.shadow/{instance}")
+}
+
+fn summary(offer: &[Template]) -> serde_json::Value {
+    serde_json::Value::Array(
+        offer
+            .iter()
+            .map(|t| serde_json::json!({"id": t.id, "rank": t.attribute("rank").map(|a| a.value.clone()), "maxNumber": t.max_number}))
+            .collect(),
+    )
+}
+
+/// Runs `candidate` beside the live policy on the same provider templates, logs whether it
+/// agrees with what was `live`ly offered, and stores the decision in the store (namespace
+/// [`shadow_namespace`], the last [`SHADOW_KEEP`]). Never acted on, never fails the call.
+pub fn shadow(
+    candidate: Result<Box<dyn TemplatePolicy + '_>, PolicyError>,
+    store: &dyn crate::store::StateStore,
+    ctx: &CallContext,
+    provided: &[Template],
+    live: &[Template],
+) {
+    let answer = candidate.and_then(|mut p| {
+        let offer = p.offer_templates(ctx, provided)?;
+        check_offer(provided, &offer).map_err(|message| PolicyError {
+            policy: p.name().to_string(),
+            message,
+        })?;
+        Ok((p.name().to_string(), offer))
+    });
+    let record = match &answer {
+        Ok((name, offer)) => {
+            let same = offer.as_slice() == live;
+            if same {
+                tracing::info!(shadow = %name, "shadow policy agrees with the live offer");
+            } else {
+                tracing::info!(shadow = %name, live = %summary(live), candidate = %summary(offer), "shadow policy differs from the live offer (not acted on)");
+            }
+            serde_json::json!({"at": ctx.now, "hook": "offer-templates", "policy": name, "same": same, "live": summary(live), "candidate": summary(offer)})
+        }
+        Err(e) => {
+            tracing::warn!(shadow = %e.policy, error = %e.message, "shadow policy failed (not acted on)");
+            serde_json::json!({"at": ctx.now, "hook": "offer-templates", "policy": e.policy, "same": false, "live": summary(live), "error": e.message})
+        }
+    };
+    let ns = shadow_namespace(&ctx.provider_instance);
+    let key = format!("offer/{:020}-{}", ctx.now, uuid::Uuid::new_v4());
+    let kept = store.kv_insert_if_absent(&ns, &key, &record.to_string()).and_then(|_| {
+        let all = store.kv_scan(&ns, "offer/")?;
+        for (old, _) in all.iter().take(all.len().saturating_sub(SHADOW_KEEP)) {
+            store.kv_delete(&ns, old)?;
+        }
+        Ok(())
+    });
+    if let Err(e) = kept {
+        tracing::warn!(error = %e, "cannot store the shadow policy's decision");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +253,27 @@ mod tests {
         let mut bare = t("a", 1);
         bare.attributes.retain(|a| a.name != "nram");
         assert!(check_offer(&provided, &[bare]).expect_err("nram").contains("'nram'"));
+    }
+
+    #[test]
+    fn shadow_decisions_are_stored_and_capped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::SqliteStore::open(&dir.path().join("s.db")).expect("store");
+        let provided = vec![t("a", 10), t("b", 10)];
+        for i in 0..(SHADOW_KEEP as u64 + 5) {
+            let mut c = ctx();
+            c.now = 1_000 + i;
+            shadow(Ok(Box::new(Fixed(Ok(vec![t("b", 10)])))), &store, &c, &provided, &provided);
+        }
+        let kept = crate::store::StateStore::kv_scan(&store, &shadow_namespace("i"), "offer/").expect("scan");
+        assert_eq!(kept.len(), SHADOW_KEEP, "only the last {SHADOW_KEEP} are kept");
+        assert!(
+            kept[0].0.contains(&format!("{:020}", 1_005)),
+            "the oldest went first: {}",
+            kept[0].0
+        );
+        let r: serde_json::Value = serde_json::from_str(&kept[0].1).expect("json");
+        assert_eq!((r["same"].as_bool(), r["policy"].as_str()), (Some(false), Some("fixed")));
     }
 
     #[test]

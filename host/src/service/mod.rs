@@ -123,6 +123,7 @@ pub struct Service<'a> {
     ctx: CallContext,
     policy: LifecyclePolicy,
     template_policy: Option<(PolicyLoader<'a>, OnError)>,
+    shadow_policy: Option<PolicyLoader<'a>>,
     breaker: Option<(String, breaker::BreakerPolicy)>,
 }
 
@@ -143,8 +144,16 @@ impl<'a> Service<'a> {
             ctx,
             policy,
             template_policy: None,
+            shadow_policy: None,
             breaker: None,
         }
+    }
+
+    /// Runs `loader`'s policy beside the live one on every getAvailableTemplates: what it
+    /// would have offered is logged and stored, never acted on.
+    pub fn with_shadow_policy(mut self, loader: PolicyLoader<'a>) -> Self {
+        self.shadow_policy = Some(loader);
+        self
     }
 
     /// Guards requestMachines with provider `name`'s circuit breaker (state in the store).
@@ -178,17 +187,22 @@ impl<'a> Service<'a> {
     /// ordered, chosen and mapped by the site's template policy when there is one.
     pub fn get_available_templates(&mut self) -> Result<Vec<Template>, ServiceError> {
         let templates = self.provider_templates()?;
-        match self.template_policy.take() {
-            None => Ok(templates),
+        let provided = self.shadow_policy.is_some().then(|| templates.clone());
+        let live = match self.template_policy.take() {
+            None => templates,
             Some((loader, on_error)) => {
                 let mut loaded = loader();
                 let policy = match &mut loaded {
                     Ok(p) => Ok(p.as_mut() as &mut dyn TemplatePolicy),
                     Err(e) => Err(e.clone()),
                 };
-                Ok(crate::policy::offer(policy, on_error, &self.ctx, templates)?)
+                crate::policy::offer(policy, on_error, &self.ctx, templates)?
             }
+        };
+        if let (Some(loader), Some(provided)) = (self.shadow_policy.take(), provided) {
+            crate::policy::shadow(loader(), self.store, &self.ctx, &provided, &live);
         }
+        Ok(live)
     }
 
     /// The provider's templates, checked against the contract.
