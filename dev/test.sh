@@ -14,6 +14,10 @@ if [ ! -d ../shared/conformance ] && [ -z "${HFWASM_CONFORMANCE_DIR:-}" ]; then
     exit 1
 fi
 cargo build --release --workspace
+# The guests are linted as strictly as the host (their own workspace, wasm32-wasip2, beside
+# the guest build's target dir so nothing is rebuilt twice).
+(cd guests && cargo clippy --quiet --release --target wasm32-wasip2 --workspace \
+    --target-dir "$(cd .. && realpath -m "${CARGO_TARGET_DIR:-target}")/guests" -- -D warnings)
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
