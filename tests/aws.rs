@@ -446,3 +446,46 @@ fn an_unreachable_cloud_opens_the_circuit_for_every_later_process() {
         "both transitions are logged"
     );
 }
+
+#[test]
+fn the_seed_v2_config_serves_the_cycle_as_is() {
+    let moto = Moto::start();
+    let (subnet, sg, ami) = moto.network();
+    let tree = aws_tree(&moto, templates(&subnet, &sg, &ami));
+    // Credentials only under the profile the seed's config names.
+    std::fs::write(
+        tree.conf.join("credentials"),
+        "[development]\naws_access_key_id = testing\naws_secret_access_key = testing\n",
+    )
+    .expect("creds");
+    // Scenario 1 of the seed (JSON storage, one AWS provider), as written there but for paths.
+    tree.config(&json!({
+        "version": "2.0.0",
+        "provider": {
+            "active_provider": "aws-dev",
+            "circuit_breaker": {"enabled": true, "failure_threshold": 5, "recovery_timeout": 300},
+            "providers": [{
+                "name": "aws-dev", "type": "aws", "enabled": true, "priority": 1,
+                "config": {"region": "us-east-1", "profile": "development", "max_retries": 5, "timeout": 60,
+                           "handlers": {"types": {"ec2_fleet": "EC2Fleet", "spot_fleet": "SpotFleet"}}}
+            }]
+        },
+        "storage": {"strategy": "json", "json_strategy": {"storage_type": "single_file", "base_path": "data"}},
+        "logging": {"level": "INFO", "file_path": "logs/app.log", "max_size": 100, "backup_count": 10}
+    }));
+    let id = tree.request("OnDemand-Template-VM", 2);
+    let done = tree.until_final(&id);
+    assert_eq!(done["status"], "complete", "{done}");
+    assert_eq!(moto.instances_of(&id).len(), 2);
+    let (code, out, err) = admin(&tree, &["config", "check"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("region us-east-1") && out.contains("store:     json"), "{out}");
+    assert!(tree.work.join("logs/app.log").is_file(), "logging.file_path");
+    // The profile is what finds the credentials: another one finds none.
+    tree.config(&json!({
+        "version": "2.0.0",
+        "provider": {"providers": [{"name": "aws-dev", "type": "aws", "config": {"profile": "production"}}]}
+    }));
+    let e = tree.err("getAvailableTemplates", &json!({}), "PROVIDER_UNAVAILABLE");
+    assert!(e["error"]["message"].as_str().is_some_and(|m| m.contains("[production]")), "{e}");
+}

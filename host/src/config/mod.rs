@@ -4,6 +4,7 @@
 
 pub mod ibm_aws;
 pub mod inventory;
+pub mod seed;
 pub mod storage;
 
 use std::collections::BTreeMap;
@@ -41,6 +42,8 @@ pub struct ConfigError {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    /// The seed's format version (`2.0.0`).
+    version: Option<String>,
     #[serde(default)]
     provider: RawProvider,
     #[serde(default)]
@@ -92,6 +95,10 @@ struct RawProvider {
     abandon_after_secs: Option<u64>,
     orphan_scan_secs: Option<u64>,
     circuit_breaker: Option<RawBreaker>,
+    active_provider: Option<String>,
+    selection_policy: Option<String>,
+    health_check_interval: Option<u64>,
+    providers: Option<Vec<seed::RawSeedProvider>>,
 }
 
 /// The seed's `provider.circuit_breaker`, under its own key names.
@@ -319,7 +326,103 @@ impl Config {
                 templates_file,
             });
         }
-        Self::build(raw, from_file.then_some(file), conf_dir, work_dir)
+        if let Some(v) = raw.version.as_deref()
+            && !v.starts_with("2.")
+        {
+            return Err(ConfigError {
+                file: file.clone(),
+                setting: Some("version".into()),
+                message: format!("`version`: `{v}`: this reader knows the seed's 2.x format"),
+            });
+        }
+        let seed = match &raw.provider.providers {
+            None => None,
+            Some(list) => {
+                let err = |setting: &str, message: String| ConfigError {
+                    file: file.clone(),
+                    setting: Some(setting.to_string()),
+                    message: format!("`{setting}`: {message}"),
+                };
+                let chosen = seed::select(
+                    raw.provider.active_provider.as_deref(),
+                    raw.provider.selection_policy.as_deref(),
+                    raw.provider.health_check_interval,
+                    list,
+                    err,
+                )?;
+                if raw.provider.guest.is_some() {
+                    return Err(ConfigError {
+                        file: file.clone(),
+                        setting: Some("provider.guest".into()),
+                        message: "`provider.guest` and `provider.providers` both choose the provider; keep one".into(),
+                    });
+                }
+                match chosen.kind {
+                    seed::SeedKind::Aws { .. } => {
+                        if raw.aws.is_none() {
+                            let (config_file, templates_file) = ibm_aws::find(conf_dir, instance).ok_or_else(|| ConfigError {
+                                file: file.clone(),
+                                setting: Some("provider.providers".into()),
+                                message: format!(
+                                    "aws provider `{}` needs IBM's {instance}prov_config.json (or awsprov_config.json) and its _templates.json in {} for the templates and the endpoint and credential settings the seed's config has no keys for",
+                                    chosen.name,
+                                    conf_dir.display()
+                                ),
+                            })?;
+                            raw.aws = Some(RawAws {
+                                config_file,
+                                templates_file,
+                            });
+                        }
+                        raw.provider.guest = Some("aws".into());
+                    }
+                    seed::SeedKind::Onprem => raw.provider.guest = Some("onprem".into()),
+                }
+                Some(chosen)
+            }
+        };
+        if seed.is_none()
+            && let Some(k) = [
+                ("provider.active_provider", raw.provider.active_provider.is_some()),
+                ("provider.selection_policy", raw.provider.selection_policy.is_some()),
+                ("provider.health_check_interval", raw.provider.health_check_interval.is_some()),
+            ]
+            .into_iter()
+            .find_map(|(k, set)| set.then_some(k))
+        {
+            return Err(ConfigError {
+                file: file.clone(),
+                setting: Some(k.into()),
+                message: format!("`{k}` needs `provider.providers` (the seed's provider list)"),
+            });
+        }
+        let mut config = Self::build(raw, from_file.then_some(file), conf_dir, work_dir)?;
+        if let Some(seed::SeedProvider {
+            kind:
+                seed::SeedKind::Aws {
+                    region,
+                    profile,
+                    max_retries,
+                    timeout_secs,
+                },
+            ..
+        }) = seed
+            && let Some(ec2) = config.ec2.as_mut()
+        {
+            if let Some(r) = region {
+                ec2.region = r.clone();
+                config.provider.ec2_grant.regions = vec![r];
+            }
+            ec2.profile = profile.or(ec2.profile.take());
+            if let Some(n) = max_retries {
+                ec2.retry_attempts = n;
+                ec2.describe_retry_attempts = n;
+            }
+            if let Some(t) = timeout_secs {
+                ec2.connect_timeout = std::time::Duration::from_secs(t.max(1));
+            }
+        }
+        Ok(config)
     }
 
     fn build(raw: RawConfig, file: Option<PathBuf>, conf_dir: &Path, work_dir: &Path) -> Result<Self, ConfigError> {
@@ -687,6 +790,78 @@ mod tests {
         assert!(e.to_string().contains("hfwasm.json"), "{e}");
         let e = load(r#"{"storage": {"sql_strategy": {"colour": "red"}}}"#).expect_err("unknown key");
         assert_eq!(e.setting.as_deref(), Some("storage.sql_strategy.colour"));
+    }
+
+    #[test]
+    fn the_seed_provider_section() {
+        // Scenario 1's shape with the on-prem type: one enabled provider, as is.
+        let c = load(
+            r#"{"version": "2.0.0", "provider": {"active_provider": "pool", "selection_policy": "PRIORITY_FAILOVER",
+            "providers": [{"name": "pool", "type": "onprem", "enabled": true, "priority": 1, "weight": 100}]}}"#,
+        )
+        .expect("valid");
+        assert_eq!(c.provider.source, GuestSource::Builtin(BUILTIN_ONPREM));
+        let bad = |json: &str, setting: &str, words: &str| {
+            let e = load(json).expect_err(json);
+            assert_eq!(e.setting.as_deref(), Some(setting), "{e}");
+            assert!(e.to_string().contains(words), "{e}");
+        };
+        bad(r#"{"version": "1.0", "provider": {}}"#, "version", "2.x");
+        bad(
+            r#"{"provider": {"providers": [{"name": "a", "type": "onprem"}, {"name": "b", "type": "onprem"}]}}"#,
+            "provider.providers",
+            "2 providers are enabled (a, b)",
+        );
+        bad(
+            r#"{"provider": {"providers": [{"name": "a", "type": "onprem", "enabled": false}]}}"#,
+            "provider.providers",
+            "no provider",
+        );
+        bad(
+            r#"{"provider": {"active_provider": "b", "providers": [{"name": "a", "type": "onprem"}]}}"#,
+            "provider.active_provider",
+            "`b` is not an enabled provider",
+        );
+        bad(
+            r#"{"provider": {"selection_policy": "ROUND_ROBIN", "providers": [{"name": "a", "type": "onprem"}]}}"#,
+            "provider.selection_policy",
+            "PRIORITY_FAILOVER",
+        );
+        bad(
+            r#"{"provider": {"health_check_interval": 30, "providers": [{"name": "a", "type": "onprem"}]}}"#,
+            "provider.health_check_interval",
+            "recovery_timeout",
+        );
+        bad(
+            r#"{"provider": {"providers": [{"name": "v", "type": "vmware"}]}}"#,
+            "provider.providers[0].type",
+            "aws, onprem",
+        );
+        bad(
+            r#"{"provider": {"providers": [{"name": "a", "type": "aws", "config": {"handlers": {"types": {"asg": "ASG"}}}}]}}"#,
+            "provider.providers[0].config.handlers.types.asg",
+            "Auto Scaling groups",
+        );
+        bad(
+            r#"{"provider": {"providers": [{"name": "a", "type": "aws", "config": {"cost_threshold": 0.1}}]}}"#,
+            "provider.providers[0].config.cost_threshold",
+            "COST_OPTIMIZED",
+        );
+        bad(
+            r#"{"provider": {"providers": [{"name": "a", "type": "aws"}]}}"#,
+            "provider.providers",
+            "prov_config.json",
+        );
+        bad(
+            r#"{"provider": {"selection_policy": "COST_OPTIMIZED"}}"#,
+            "provider.selection_policy",
+            "provider.providers",
+        );
+        bad(
+            r#"{"provider": {"providers": [{"name": "a", "type": "onprem", "colour": "red"}]}}"#,
+            "provider.providers[0].colour",
+            "colour",
+        );
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub struct Ec2Settings {
     /// `AWS_CREDENTIAL_FILE`: a shared-credentials file (`[default]` profile); None = the
     /// SDK's standard chain (environment, profile, instance role).
     pub credential_file: Option<PathBuf>,
+    /// The AWS profile for credentials (the seed's `config.profile`; else `AWS_PROFILE`,
+    /// else `default`), in `credential_file` or the standard chain's files.
+    pub profile: Option<String>,
     /// `AWS_PROXY_HOST` + `AWS_PROXY_PORT`.
     pub proxy: Option<String>,
     /// `AWS_CONNECTION_TIMEOUT_MS`.
@@ -42,6 +45,7 @@ impl Default for Ec2Settings {
             region: "us-east-1".into(),
             endpoint_url: None,
             credential_file: None,
+            profile: None,
             proxy: None,
             connect_timeout: Duration::from_millis(10_000),
             retry_attempts: 0,
@@ -55,9 +59,11 @@ impl Default for Ec2Settings {
 /// `[default]` with `aws_access_key_id`, `aws_secret_access_key`, optional
 /// `aws_session_token`). Read here rather than by the SDK's profile provider, which would
 /// also set up instance-metadata lookups the file does not ask for.
-fn credentials_file(file: &std::path::Path) -> Result<aws_credential_types::Credentials, String> {
+fn credentials_file(file: &std::path::Path, profile: Option<&str>) -> Result<aws_credential_types::Credentials, String> {
     let text = std::fs::read_to_string(file).map_err(|e| format!("AWS_CREDENTIAL_FILE {}: {e}", file.display()))?;
-    let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
+    let profile = profile
+        .map(str::to_string)
+        .unwrap_or_else(|| std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into()));
     let mut section = String::new();
     let (mut id, mut secret, mut token) = (None, None, None);
     for line in text.lines().map(str::trim) {
@@ -190,7 +196,7 @@ impl Ec2Client {
             let mut b = sdk::Config::builder()
                 .behavior_version(sdk::config::BehaviorVersion::latest())
                 .region(sdk::config::Region::new(s.region.clone()))
-                .credentials_provider(credentials_file(file)?)
+                .credentials_provider(credentials_file(file, s.profile.as_deref())?)
                 .http_client(http)
                 .timeout_config(timeouts)
                 .retry_config(retries);
@@ -206,6 +212,9 @@ impl Ec2Client {
             .retry_config(retries);
         if let Some(url) = &s.endpoint_url {
             loader = loader.endpoint_url(url.clone());
+        }
+        if let Some(p) = &s.profile {
+            loader = loader.profile_name(p);
         }
         let conf = rt.block_on(loader.load());
         Ok((rt, sdk::Client::new(&conf)))
