@@ -91,13 +91,7 @@ pub fn to_wit(t: &Template) -> wit::Template {
 }
 
 fn from_wit(t: wit::Template) -> Result<Template, String> {
-    let extra = match t.extra_json.as_deref() {
-        None | Some("") => serde_json::Map::new(),
-        Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
-            Ok(serde_json::Value::Object(m)) => m,
-            _ => return Err(format!("template '{}': extra-json is not a JSON object", t.id)),
-        },
-    };
+    let extra = crate::runtime::convert::extra_object(&t.id, t.extra_json.as_deref())?;
     Ok(Template {
         id: t.id,
         max_number: t.max_number,

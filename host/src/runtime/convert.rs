@@ -105,20 +105,20 @@ pub fn reclaim(r: wit::Reclaim) -> dom::Reclaim {
     }
 }
 
+/// A template's `extra-json` (provider and policy guests alike) as the object it must be.
+pub fn extra_object(id: &str, extra_json: Option<&str>) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    match extra_json {
+        None | Some("") => Ok(serde_json::Map::new()),
+        Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(serde_json::Value::Object(m)) => Ok(m),
+            _ => Err(format!("template '{id}': extra-json is not a JSON object")),
+        },
+    }
+}
+
 /// WIT → domain template; `extra-json` must be a JSON object.
 pub fn template(t: wit::Template) -> Result<dom::Template, dom::ProviderError> {
-    let extra = match t.extra_json.as_deref() {
-        None | Some("") => serde_json::Map::new(),
-        Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
-            Ok(serde_json::Value::Object(m)) => m,
-            _ => {
-                return Err(dom::ProviderError::Internal(format!(
-                    "template '{}': extra-json is not a JSON object",
-                    t.id
-                )));
-            }
-        },
-    };
+    let extra = extra_object(&t.id, t.extra_json.as_deref()).map_err(dom::ProviderError::Internal)?;
     Ok(dom::Template {
         id: t.id,
         max_number: t.max_number,
