@@ -277,8 +277,14 @@ pub fn run(repo: &Path, bin: &Path, iterations: usize) -> Result<()> {
     // The same policy as a Rhai script: parsed, not compiled, so "compile" is the parse.
     let script = repo.join("examples/rhai-selector/selector.rhai");
     let t0 = Instant::now();
-    let mut rhai = hfwasm::policy::rhai::RhaiTemplatePolicy::load("selector.rhai", &script, &settings, Default::default())
-        .map_err(|e| anyhow!("{e}"))?;
+    let mut rhai = hfwasm::policy::rhai::RhaiPolicy::load(
+        "selector.rhai",
+        &script,
+        &settings,
+        Default::default(),
+        ("offer_templates", "ctx, templates"),
+    )
+    .map_err(|e| anyhow!("{e}"))?;
     let parse = t0.elapsed();
     let d = time_calls((calls / 10).max(50), || {
         rhai.offer_templates(&ctx(), &ts).map(drop).map_err(|e| anyhow!("{e}"))

@@ -12,10 +12,12 @@ use crate::capabilities::power::PowerRunner;
 use crate::config::inventory::Inventory;
 use crate::config::{Config, GuestSource, GuestSpec, PolicySource};
 use crate::hf::{self, Call, ErrorCode, HfError, ProviderDirs};
-use crate::policy::wasm::WasmTemplatePolicy;
+use crate::policy::placement::PlacementPolicy;
+use crate::policy::wasm::{WasmPlacementPolicy, WasmTemplatePolicy};
 use crate::policy::{PolicyError, TemplatePolicy};
 use crate::runtime::{self, CacheOutcome, GuestCode, GuestEngine, GuestResources, PrecompiledCache, WasmProvider};
 use crate::service::model::{AbortKind, CallContext, ProviderError};
+use crate::service::routing::{MemberInfo, Router};
 use crate::service::{LifecyclePolicy, Provider, ProviderLoader, Service};
 use crate::store::StateStore;
 
@@ -43,11 +45,9 @@ impl Plugin {
     /// Loads config (and the inventory, when the provider guest is granted it).
     pub fn open(dirs: ProviderDirs) -> Result<Self, HfError> {
         let mut plugin = Self::open_config(dirs)?;
-        let needs_inventory = plugin
-            .config
-            .provider
-            .grants
-            .iter()
+        let needs_inventory = std::iter::once(&plugin.config.provider)
+            .chain(plugin.config.members.iter().map(|m| &m.guest))
+            .flat_map(|g| g.grants.iter())
             .any(|c| matches!(c, Capability::Inventory | Capability::Power));
         if needs_inventory {
             let inv = Inventory::load(&plugin.config.inventory_file).map_err(|e| {
@@ -154,7 +154,19 @@ impl Plugin {
 
     fn load_provider(&self, store: Arc<dyn StateStore>) -> Result<(WasmProvider, CacheOutcome), ProviderError> {
         let spec = &self.config.provider;
-        let wasm = self.guest_bytes()?;
+        self.load_guest(spec, &spec.name, self.config.ec2.clone(), store)
+    }
+
+    /// Loads provider guest `spec`, its kv in namespace `<instance>/<kv_name>`, with an EC2
+    /// client on `ec2` when it has one.
+    fn load_guest(
+        &self,
+        spec: &GuestSpec,
+        kv_name: &str,
+        ec2: Option<crate::capabilities::ec2::Ec2Settings>,
+        store: Arc<dyn StateStore>,
+    ) -> Result<(WasmProvider, CacheOutcome), ProviderError> {
+        let wasm = Self::bytes_of(spec)?;
         let engine = Self::engine_for(spec).map_err(|e| ProviderError::Aborted {
             kind: AbortKind::Load,
             provider: spec.name.clone(),
@@ -163,14 +175,10 @@ impl Plugin {
         })?;
         let res = GuestResources {
             store,
-            namespace: format!("{}/{}", self.dirs.name, spec.name),
+            namespace: format!("{}/{kv_name}", self.dirs.name),
             inventory: self.inventory.clone(),
             power: self.power_runner(),
-            ec2: self
-                .config
-                .ec2
-                .clone()
-                .map(|s| Arc::new(crate::capabilities::ec2::Ec2Client::new(s)) as Arc<dyn crate::capabilities::ec2::Ec2Api>),
+            ec2: ec2.map(|s| Arc::new(crate::capabilities::ec2::Ec2Client::new(s)) as Arc<dyn crate::capabilities::ec2::Ec2Api>),
             ec2_grant: spec.ec2_grant.clone(),
             owner: self.dirs.name.clone(),
         };
@@ -188,40 +196,122 @@ impl Plugin {
         )
     }
 
-    /// Loads the configured template policy: a Rhai script, or a Wasm guest (its own engine
-    /// when it meters fuel).
-    fn load_policy(&self, spec: &crate::config::PolicySpec) -> Result<Box<dyn TemplatePolicy + '_>, PolicyError> {
+    /// Loads policy `spec` for one hook: a Rhai script defining `hook` (name, parameters)
+    /// wrapped by `script`, or a Wasm guest loaded by `wasm` (its own engine when it meters
+    /// fuel).
+    fn load_hook<P: ?Sized + 'static>(
+        &self,
+        spec: &crate::config::PolicySpec,
+        hook: (&str, &str),
+        script: impl FnOnce(crate::policy::rhai::RhaiPolicy) -> Box<P>,
+        wasm: impl FnOnce(&GuestEngine, &PrecompiledCache, GuestCode<'_>, &Value) -> Result<(Box<P>, CacheOutcome), PolicyError>,
+    ) -> Result<Box<P>, PolicyError> {
         let g = match &spec.source {
             PolicySource::Guest(g) => g,
             PolicySource::Script { file, limits } => {
-                let script = crate::policy::rhai::RhaiTemplatePolicy::load(&spec.name(), file, &spec.settings, *limits)?;
-                return Ok(Box::new(script));
+                return Ok(script(crate::policy::rhai::RhaiPolicy::load(
+                    &spec.name(),
+                    file,
+                    &spec.settings,
+                    *limits,
+                    hook,
+                )?));
             }
         };
         let err = |message: String| PolicyError {
             policy: g.name.clone(),
             message,
         };
-        let wasm = Self::bytes_of(g).map_err(|e| err(e.to_string()))?;
+        let bytes = Self::bytes_of(g).map_err(|e| err(e.to_string()))?;
         let engine = Self::engine_for(g).map_err(|e| err(format!("cannot start the wasm engine: {e:#}")))?;
         let code = GuestCode {
             name: &g.name,
-            wasm: &wasm,
+            wasm: &bytes,
             grants: &[],
             limits: g.limits,
             coredump_dir: g.coredump_dir.as_deref(),
         };
-        let (policy, outcome) = WasmTemplatePolicy::load(&engine, &self.cache(), code, &spec.settings)?;
+        let (policy, outcome) = wasm(&engine, &self.cache(), code, &spec.settings)?;
         if outcome == CacheOutcome::Compiled {
             tracing::info!(policy = %g.name, "policy guest compiled into the cache (first use after a change)");
         }
-        Ok(Box::new(policy))
+        Ok(policy)
+    }
+
+    /// Loads the configured template policy.
+    fn load_policy(&self, spec: &crate::config::PolicySpec) -> Result<Box<dyn TemplatePolicy>, PolicyError> {
+        self.load_hook(
+            spec,
+            ("offer_templates", "ctx, templates"),
+            |s| Box::new(s) as Box<dyn TemplatePolicy>,
+            |engine, cache, code, settings| {
+                WasmTemplatePolicy::load(engine, cache, code, settings).map(|(p, o)| (Box::new(p) as Box<dyn TemplatePolicy>, o))
+            },
+        )
+    }
+
+    /// Loads the placement policy (several providers).
+    fn load_placement(&self, spec: &crate::config::PolicySpec) -> Result<Box<dyn PlacementPolicy>, PolicyError> {
+        self.load_hook(
+            spec,
+            ("choose_providers", "ctx, request, candidates"),
+            |s| Box::new(s) as Box<dyn PlacementPolicy>,
+            |engine, cache, code, settings| {
+                WasmPlacementPolicy::load(engine, cache, code, settings).map(|(p, o)| (Box::new(p) as Box<dyn PlacementPolicy>, o))
+            },
+        )
+    }
+
+    /// The provider of one call: the configured guest, or with several providers a router
+    /// over them (each loaded on first use, each with its own breaker).
+    fn provider_loader<'s>(&'s self, store: Arc<dyn StateStore>) -> ProviderLoader<'s> {
+        if self.config.members.is_empty() {
+            return Box::new(move || {
+                let (p, outcome) = self.load_provider(store)?;
+                if outcome == CacheOutcome::Compiled {
+                    tracing::info!(guest = %self.config.provider.name, "guest compiled into the cache (first use after a change)");
+                }
+                Ok(Box::new(p) as Box<dyn Provider>)
+            });
+        }
+        Box::new(move || {
+            let members = self
+                .config
+                .members
+                .iter()
+                .map(|m| {
+                    let info = MemberInfo {
+                        name: m.name.clone(),
+                        kind: m.kind.clone(),
+                        priority: m.priority,
+                        weight: m.weight,
+                        cost_threshold: m.cost_threshold,
+                        settings: m.settings.clone(),
+                    };
+                    let store = store.clone();
+                    let loader: ProviderLoader<'s> = Box::new(move || {
+                        let (p, _) = self.load_guest(&m.guest, &m.name, m.ec2.clone(), store)?;
+                        Ok(Box::new(p) as Box<dyn Provider>)
+                    });
+                    (info, loader)
+                })
+                .collect();
+            let mut router = Router::new(store, &self.dirs.name, members);
+            if let Some(b) = self.config.breaker {
+                router = router.with_breakers(b);
+            }
+            if let Some(spec) = &self.config.placement {
+                router = router.with_placement(Box::new(move || self.load_placement(spec)), spec.on_error);
+            }
+            Ok(Box::new(router) as Box<dyn Provider>)
+        })
     }
 
     /// A service for one call: the provider loaded on first use, the template policy too.
     fn service<'s>(&'s self, store: &'s dyn StateStore, loader: ProviderLoader<'s>) -> Service<'s> {
         let mut service = Service::new(store, loader, self.context(), self.policy());
-        if let Some(b) = self.config.breaker {
+        // With several providers, each has its own breaker inside the router.
+        if let (Some(b), true) = (self.config.breaker, self.config.members.is_empty()) {
             service = service.with_breaker(&self.config.provider.name, b);
         }
         match &self.config.policy {
@@ -266,14 +356,7 @@ impl Plugin {
         let t0 = Instant::now();
         let obj = hf::input::read_object(call, input)?;
         let store = self.open_store()?;
-        let loader_store = store.clone();
-        let loader: ProviderLoader<'_> = Box::new(move || {
-            let (p, outcome) = self.load_provider(loader_store)?;
-            if outcome == CacheOutcome::Compiled {
-                tracing::info!(guest = %self.config.provider.name, "guest compiled into the cache (first use after a change)");
-            }
-            Ok(Box::new(p) as Box<dyn Provider>)
-        });
+        let loader = self.provider_loader(store.clone());
         let mut service = self.service(store.as_ref(), loader);
         let answer = match call {
             Call::GetAvailableTemplates => hf::output::templates(&service.get_available_templates()?),
@@ -309,7 +392,17 @@ impl Plugin {
     /// for each its name, cache file, whether it was new, and the time it took.
     pub fn precompile(&self) -> Result<Vec<(String, PathBuf, CacheOutcome, std::time::Duration)>, HfError> {
         let mut specs = vec![&self.config.provider];
+        specs.extend(self.config.members.iter().map(|m| &m.guest));
         specs.extend(self.config.policy.as_ref().and_then(|p| p.guest()));
+        specs.extend(self.config.placement.as_ref().and_then(|p| p.guest()));
+        // One entry per distinct code (several providers may run the same built-in guest).
+        let mut seen: Vec<(GuestSource, bool, bool)> = Vec::new();
+        specs.retain(|g| {
+            let key = (g.source.clone(), g.limits.fuel.is_some(), g.coredump_dir.is_some());
+            let new = !seen.contains(&key);
+            seen.push(key);
+            new
+        });
         let cache = self.cache();
         let mut done = Vec::new();
         for spec in specs {
@@ -398,24 +491,66 @@ impl Plugin {
         if let Some(inv) = &self.inventory {
             lines.push(format!("inventory: {} ({} hosts)", inv.file.display(), inv.hosts.len()));
         }
+        for m in &c.members {
+            lines.push(format!(
+                "provider:  {} ({}, priority {}, weight {}{}{})",
+                m.name,
+                m.kind,
+                m.priority,
+                m.weight,
+                m.cost_threshold.map_or(String::new(), |t| format!(", cost_threshold {t}")),
+                m.ec2.as_ref().map_or(String::new(), |e| format!(
+                    "; region {}, endpoint {}",
+                    e.region,
+                    e.endpoint_url.as_deref().unwrap_or("(AWS default)")
+                ))
+            ));
+        }
+        if let Some(p) = &c.placement {
+            lines.push(format!(
+                "placement: {} (settings {}; on_error {})",
+                p.name(),
+                p.settings,
+                if p.on_error == crate::policy::OnError::FailOpen {
+                    "fail_open"
+                } else {
+                    "fail_closed"
+                }
+            ));
+        }
         let store = self.open_store()?;
         lines.push(format!("store:     {}", c.store.describe()));
-        let (provider, outcome) = self.load_provider(store.clone()).map_err(HfError::from)?;
-        lines.push(format!(
-            "guest load: ok ({})",
-            if outcome == CacheOutcome::Hit {
-                "precompiled cache hit"
-            } else {
-                "compiled now"
+        let provider: Box<dyn Provider> = if c.members.is_empty() {
+            let (provider, outcome) = self.load_provider(store.clone()).map_err(HfError::from)?;
+            lines.push(format!(
+                "guest load: ok ({})",
+                if outcome == CacheOutcome::Hit {
+                    "precompiled cache hit"
+                } else {
+                    "compiled now"
+                }
+            ));
+            Box::new(provider)
+        } else {
+            for m in &c.members {
+                self.load_guest(&m.guest, &m.name, m.ec2.clone(), store.clone())
+                    .map_err(HfError::from)?;
             }
-        ));
+            lines.push(format!("guest load: ok ({} providers)", c.members.len()));
+            if let Some(spec) = &c.placement {
+                self.load_placement(spec)
+                    .map_err(|e| HfError::new(crate::hf::ErrorCode::PolicyError, e.to_string()).with("policy", e.policy))?;
+                lines.push("placement load: ok".into());
+            }
+            (self.provider_loader(store.clone()))().map_err(HfError::from)?
+        };
         if let Some(spec) = &c.policy {
             // Loaded here to report a broken policy even when it would fail open.
             self.load_policy(spec)
                 .map_err(|e| HfError::new(crate::hf::ErrorCode::PolicyError, e.to_string()).with("policy", e.policy))?;
             lines.push("policy load: ok".into());
         }
-        let loader: ProviderLoader<'_> = Box::new(move || Ok(Box::new(provider) as Box<dyn Provider>));
+        let loader: ProviderLoader<'_> = Box::new(move || Ok(provider));
         let templates = self.service(store.as_ref(), loader).get_available_templates()?;
         for t in &templates {
             let attr = |n: &str| t.attribute(n).map_or("?".to_string(), |a| a.value.clone());

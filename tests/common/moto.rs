@@ -99,14 +99,26 @@ impl Moto {
 
     /// A VPC, a subnet and a security group; returns (subnet id, security group id, AMI id).
     pub fn network(&self) -> (String, String, String) {
+        self.network_in(0)
+    }
+
+    /// [`Moto::network`] in VPC 10.`n`.0.0/16 (hosts of two clouds get different addresses
+    /// and so different names).
+    pub fn network_in(&self, n: u8) -> (String, String, String) {
         self.rt.block_on(async {
-            let vpc = self.ec2.create_vpc().cidr_block("10.0.0.0/16").send().await.expect("vpc");
+            let vpc = self
+                .ec2
+                .create_vpc()
+                .cidr_block(format!("10.{n}.0.0/16"))
+                .send()
+                .await
+                .expect("vpc");
             let vpc_id = vpc.vpc().and_then(|v| v.vpc_id()).expect("vpc id").to_string();
             let subnet = self
                 .ec2
                 .create_subnet()
                 .vpc_id(&vpc_id)
-                .cidr_block("10.0.1.0/24")
+                .cidr_block(format!("10.{n}.1.0/24"))
                 .send()
                 .await
                 .expect("subnet");

@@ -6,14 +6,32 @@
 //!
 //! `examples/python-selector` and `examples/js-selector` are the same policy in Python and
 //! JavaScript; the tests check that all three make the same offer.
+//!
+//! It is also the built-in placement policy: the seed's `selection_policy` among several
+//! providers (see [`placement`]).
 
 wit_bindgen::generate!({
-    world: "hostfactory:policy/template-selector@0.1.0",
+    world: "hostfactory:policy/policy@0.1.0",
     path: "../../wit/policy",
 });
 
+mod placement;
+
 use exports::hostfactory::policy::template_policy::{Attribute, AttributeKind, Guest, PolicyContext, Template};
 use serde_json::Value;
+
+/// The policy's settings object (`{}` when none).
+fn settings(json: &str) -> Result<serde_json::Map<String, Value>, String> {
+    let settings: Value = if json.trim().is_empty() {
+        Value::Object(Default::default())
+    } else {
+        serde_json::from_str(json).map_err(|e| format!("settings: not JSON: {e}"))?
+    };
+    match settings {
+        Value::Object(s) => Ok(s),
+        _ => Err("settings: must be a JSON object".into()),
+    }
+}
 
 struct DefaultPolicy;
 
@@ -38,14 +56,7 @@ fn ncpus(t: &Template) -> Result<f64, String> {
 
 impl Guest for DefaultPolicy {
     fn offer_templates(ctx: PolicyContext, templates: Vec<Template>) -> Result<Vec<Template>, String> {
-        let settings: Value = if ctx.settings_json.trim().is_empty() {
-            Value::Object(Default::default())
-        } else {
-            serde_json::from_str(&ctx.settings_json).map_err(|e| format!("settings: not JSON: {e}"))?
-        };
-        let Value::Object(settings) = settings else {
-            return Err("settings: must be a JSON object".into());
-        };
+        let settings = settings(&ctx.settings_json)?;
         let empty = serde_json::Map::new();
         let prices = match settings.get("prices") {
             None => &empty,

@@ -56,6 +56,18 @@ struct RawConfig {
     logging: RawLogging,
     aws: Option<RawAws>,
     policy: Option<RawPolicy>,
+    placement: Option<RawPlacement>,
+}
+
+/// `placement`: which of several providers serves a request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlacement {
+    guest: Option<String>,
+    script: Option<PathBuf>,
+    settings: Option<serde_json::Value>,
+    on_error: Option<String>,
+    limits: Option<crate::policy::rhai::ScriptLimits>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -278,6 +290,35 @@ pub struct Config {
     pub ec2: Option<Ec2Settings>,
     /// Where the AWS settings came from (IBM's config and templates files).
     pub aws_files: Option<(PathBuf, PathBuf)>,
+    /// Several providers behind this instance (the seed's `providers[]` with more than one
+    /// enabled), in config order; empty when `provider` alone serves.
+    pub members: Vec<MemberSpec>,
+    /// With several providers: what decides which serves a request (`placement`, default
+    /// the built-in selection policies).
+    pub placement: Option<PolicySpec>,
+}
+
+/// One of several providers behind one provider instance.
+#[derive(Debug, Clone)]
+pub struct MemberSpec {
+    /// `providers[].name`.
+    pub name: String,
+    /// `providers[].type`.
+    pub kind: String,
+    /// Lower first (`active_provider` counts as 0).
+    pub priority: u32,
+    /// Share under WEIGHTED.
+    pub weight: u32,
+    /// Most per host-hour, for COST_OPTIMIZED.
+    pub cost_threshold: Option<f64>,
+    /// Its guest instance (named after it: its own kv namespace and logs).
+    pub guest: GuestSpec,
+    /// Settings handed to its guest.
+    pub settings: serde_json::Value,
+    /// Its EC2 client settings (aws).
+    pub ec2: Option<Ec2Settings>,
+    /// IBM's files it was read from (aws).
+    pub aws_files: Option<(PathBuf, PathBuf)>,
 }
 
 /// Default for `provider.circuit_breaker.failure_threshold`.
@@ -335,8 +376,8 @@ impl Config {
                 message: format!("`version`: `{v}`: this reader knows the seed's 2.x format"),
             });
         }
-        let seed = match &raw.provider.providers {
-            None => None,
+        let seed: Vec<seed::SeedProvider> = match &raw.provider.providers {
+            None => Vec::new(),
             Some(list) => {
                 let err = |setting: &str, message: String| ConfigError {
                     file: file.clone(),
@@ -357,18 +398,15 @@ impl Config {
                         message: "`provider.guest` and `provider.providers` both choose the provider; keep one".into(),
                     });
                 }
-                match chosen.kind {
-                    seed::SeedKind::Aws { .. } => {
+                // The first by priority is the base: its IBM files give the lifecycle
+                // timeouts and the log level.
+                let mut by_priority: Vec<&seed::SeedProvider> = chosen.iter().collect();
+                by_priority.sort_by_key(|p| p.priority);
+                let first = by_priority[0];
+                match &first.kind {
+                    seed::SeedKind::Aws { files, .. } => {
                         if raw.aws.is_none() {
-                            let (config_file, templates_file) = ibm_aws::find(conf_dir, instance).ok_or_else(|| ConfigError {
-                                file: file.clone(),
-                                setting: Some("provider.providers".into()),
-                                message: format!(
-                                    "aws provider `{}` needs IBM's {instance}prov_config.json (or awsprov_config.json) and its _templates.json in {} for the templates and the endpoint and credential settings the seed's config has no keys for",
-                                    chosen.name,
-                                    conf_dir.display()
-                                ),
-                            })?;
+                            let (config_file, templates_file) = seed_aws_files(conf_dir, instance, &first.name, files, &file)?;
                             raw.aws = Some(RawAws {
                                 config_file,
                                 templates_file,
@@ -378,10 +416,10 @@ impl Config {
                     }
                     seed::SeedKind::Onprem => raw.provider.guest = Some("onprem".into()),
                 }
-                Some(chosen)
+                chosen
             }
         };
-        if seed.is_none()
+        if seed.is_empty()
             && let Some(k) = [
                 ("provider.active_provider", raw.provider.active_provider.is_some()),
                 ("provider.selection_policy", raw.provider.selection_policy.is_some()),
@@ -396,31 +434,26 @@ impl Config {
                 message: format!("`{k}` needs `provider.providers` (the seed's provider list)"),
             });
         }
-        let mut config = Self::build(raw, from_file.then_some(file), conf_dir, work_dir)?;
-        if let Some(seed::SeedProvider {
-            kind:
-                seed::SeedKind::Aws {
-                    region,
-                    profile,
-                    max_retries,
-                    timeout_secs,
-                },
-            ..
-        }) = seed
-            && let Some(ec2) = config.ec2.as_mut()
-        {
-            if let Some(r) = region {
-                ec2.region = r.clone();
-                config.provider.ec2_grant.regions = vec![r];
+        if raw.placement.is_some() && seed.len() < 2 {
+            return Err(ConfigError {
+                file: file.clone(),
+                setting: Some("placement".into()),
+                message: "`placement` chooses among several providers: it needs two or more enabled in `provider.providers`".into(),
+            });
+        }
+        let selection_policy = raw.provider.selection_policy.clone();
+        let mut config = Self::build(raw, from_file.then_some(file.clone()), conf_dir, work_dir)?;
+        if let [one] = seed.as_slice() {
+            if let (seed::SeedKind::Aws { .. }, Some(ec2)) = (&one.kind, config.ec2.as_mut()) {
+                apply_seed_aws(&one.kind, ec2, &mut config.provider.ec2_grant);
             }
-            ec2.profile = profile.or(ec2.profile.take());
-            if let Some(n) = max_retries {
-                ec2.retry_attempts = n;
-                ec2.describe_retry_attempts = n;
+        } else if seed.len() > 1 {
+            config.members = seed_members(&config, &seed, conf_dir, instance, &file)?;
+            let mut placement = config.placement.take().unwrap_or_else(default_placement);
+            if let (Some(sp), Some(obj)) = (selection_policy, placement.settings.as_object_mut()) {
+                obj.entry("selection_policy").or_insert(serde_json::Value::String(sp));
             }
-            if let Some(t) = timeout_secs {
-                ec2.connect_timeout = std::time::Duration::from_secs(t.max(1));
-            }
+            config.placement = Some(placement);
         }
         Ok(config)
     }
@@ -558,20 +591,28 @@ impl Config {
                 if !settings.is_object() {
                     return Err(err("policy.settings", "must be a JSON object".into()));
                 }
-                let on_error = match p.on_error.as_deref() {
-                    None => crate::policy::OnError::FailOpen,
-                    Some(v) => crate::policy::OnError::parse(v).ok_or_else(|| {
-                        err(
-                            "policy.on_error",
-                            format!("`{v}` is not a choice; use `fail_open` (the default) or `fail_closed`"),
-                        )
-                    })?,
-                };
+                let on_error = on_error("policy.on_error", p.on_error.as_deref(), &err)?;
                 Some(PolicySpec {
                     source,
                     settings,
                     on_error,
                     shadow,
+                })
+            }
+        };
+        let placement = match raw.placement {
+            None => None,
+            Some(p) => {
+                let source = policy_source("placement", p.guest, p.script, p.limits, &mut guests, &guest_name, conf_dir, &err)?;
+                let settings = p.settings.unwrap_or_else(|| serde_json::json!({}));
+                if !settings.is_object() {
+                    return Err(err("placement.settings", "must be a JSON object".into()));
+                }
+                Some(PolicySpec {
+                    source,
+                    settings,
+                    on_error: on_error("placement.on_error", p.on_error.as_deref(), &err)?,
+                    shadow: None,
                 })
             }
         };
@@ -673,11 +714,22 @@ impl Config {
             log,
             ec2: aws.as_ref().map(|a| a.settings.clone()),
             aws_files: aws.map(|a| (a.config_file, a.templates_file)),
+            members: Vec::new(),
+            placement,
         })
     }
 }
 
-/// Where a policy (`at`: `policy` or `policy.shadow`) comes from: a Wasm guest named in
+/// `on_error` at `at`: `fail_open` (the default) or `fail_closed`.
+fn on_error(at: &str, v: Option<&str>, err: &dyn Fn(&str, String) -> ConfigError) -> Result<crate::policy::OnError, ConfigError> {
+    match v {
+        None => Ok(crate::policy::OnError::FailOpen),
+        Some(v) => crate::policy::OnError::parse(v)
+            .ok_or_else(|| err(at, format!("`{v}` is not a choice; use `fail_open` (the default) or `fail_closed`"))),
+    }
+}
+
+/// Where a policy (`at`: `policy`, `policy.shadow` or `placement`) comes from: a Wasm guest named in
 /// `guests` (or `builtin:default-policy`), or a Rhai script.
 #[allow(clippy::too_many_arguments)]
 fn policy_source(
@@ -756,6 +808,149 @@ fn policy_source(
     })
 }
 
+/// IBM's files for seed aws provider `name`: its own `config.config_file` / `templates_file`
+/// (relative to the conf dir), else the instance's (`<instance>prov_*` or `awsprov_*`).
+fn seed_aws_files(
+    conf_dir: &Path,
+    instance: &str,
+    name: &str,
+    own: &(Option<PathBuf>, Option<PathBuf>),
+    file: &Path,
+) -> Result<(PathBuf, PathBuf), ConfigError> {
+    let shared = ibm_aws::find(conf_dir, instance);
+    let config_file = own.0.clone().or_else(|| shared.as_ref().map(|s| s.0.clone()));
+    let templates_file = own.1.clone().or_else(|| shared.as_ref().map(|s| s.1.clone()));
+    match (config_file, templates_file) {
+        (Some(c), Some(t)) => Ok((c, t)),
+        _ => Err(ConfigError {
+            file: file.to_path_buf(),
+            setting: Some("provider.providers".into()),
+            message: format!(
+                "aws provider `{name}` needs IBM's {instance}prov_config.json (or awsprov_config.json) and its _templates.json in {}, or its own `config.config_file` and `config.templates_file`, for the templates and the endpoint and credential settings the seed's config has no keys for",
+                conf_dir.display()
+            ),
+        }),
+    }
+}
+
+/// The seed's per-provider AWS keys (region, profile, max_retries, timeout) over IBM's.
+fn apply_seed_aws(kind: &seed::SeedKind, ec2: &mut Ec2Settings, grant: &mut Ec2Grant) {
+    if let seed::SeedKind::Aws {
+        region,
+        profile,
+        max_retries,
+        timeout_secs,
+        ..
+    } = kind
+    {
+        if let Some(r) = region {
+            ec2.region = r.clone();
+            grant.regions = vec![r.clone()];
+        }
+        ec2.profile = profile.clone().or(ec2.profile.take());
+        if let Some(n) = max_retries {
+            ec2.retry_attempts = *n;
+            ec2.describe_retry_attempts = *n;
+        }
+        if let Some(t) = timeout_secs {
+            ec2.connect_timeout = std::time::Duration::from_secs((*t).max(1));
+        }
+    }
+}
+
+/// The built-in placement: the seed's selection policies in `builtin:default-policy`.
+fn default_placement() -> PolicySpec {
+    PolicySpec {
+        source: PolicySource::Guest(GuestSpec {
+            name: "default-policy".into(),
+            source: GuestSource::Builtin(BUILTIN_DEFAULT_POLICY),
+            grants: Vec::new(),
+            limits: GuestLimits::default(),
+            ec2_grant: Ec2Grant::default(),
+            coredump_dir: None,
+        }),
+        settings: serde_json::json!({}),
+        on_error: crate::policy::OnError::FailOpen,
+        shadow: None,
+    }
+}
+
+/// The members of a seed list with several enabled providers, each with its own guest
+/// instance (named after it), settings and EC2 client settings.
+fn seed_members(
+    config: &Config,
+    seed: &[seed::SeedProvider],
+    conf_dir: &Path,
+    instance: &str,
+    file: &Path,
+) -> Result<Vec<MemberSpec>, ConfigError> {
+    let mut base = config.settings.clone();
+    if let Some(obj) = base.as_object_mut() {
+        obj.remove("templates");
+        obj.remove("spot_terminate_on_reclaim");
+    }
+    let mut members = Vec::new();
+    for p in seed {
+        let (guest, settings, ec2, aws_files) = match &p.kind {
+            seed::SeedKind::Aws { files, .. } => {
+                let (c, t) = seed_aws_files(conf_dir, instance, &p.name, files, file)?;
+                let a = ibm_aws::load(&conf_dir.join(&c), &conf_dir.join(&t), |k| std::env::var(k).ok())?;
+                let mut grant = a.grant.clone();
+                let mut ec2 = a.settings.clone();
+                apply_seed_aws(&p.kind, &mut ec2, &mut grant);
+                let mut settings = base.clone();
+                if let Some(obj) = settings.as_object_mut() {
+                    obj.insert("templates".into(), a.templates.clone());
+                    obj.insert(
+                        "spot_terminate_on_reclaim".into(),
+                        serde_json::Value::Bool(a.spot_terminate_on_reclaim),
+                    );
+                }
+                let same_builtin = config.provider.source == GuestSource::Builtin(BUILTIN_AWS);
+                let guest = GuestSpec {
+                    name: p.name.clone(),
+                    source: GuestSource::Builtin(BUILTIN_AWS),
+                    grants: vec![Capability::Log, Capability::Kv, Capability::Ec2],
+                    limits: if same_builtin {
+                        config.provider.limits
+                    } else {
+                        GuestLimits::default()
+                    },
+                    ec2_grant: grant,
+                    coredump_dir: if same_builtin { config.provider.coredump_dir.clone() } else { None },
+                };
+                (guest, settings, Some(ec2), Some((a.config_file, a.templates_file)))
+            }
+            seed::SeedKind::Onprem => {
+                let guest = GuestSpec {
+                    name: p.name.clone(),
+                    source: GuestSource::Builtin(BUILTIN_ONPREM),
+                    grants: vec![Capability::Log, Capability::Kv, Capability::Inventory, Capability::Power],
+                    limits: GuestLimits::default(),
+                    ec2_grant: Ec2Grant::default(),
+                    coredump_dir: None,
+                };
+                (guest, base.clone(), None, None)
+            }
+        };
+        members.push(MemberSpec {
+            name: p.name.clone(),
+            kind: match p.kind {
+                seed::SeedKind::Aws { .. } => "aws".into(),
+                seed::SeedKind::Onprem => "onprem".into(),
+            },
+            priority: p.priority,
+            weight: p.weight,
+            cost_threshold: p.cost_threshold,
+            guest,
+            settings,
+            ec2,
+            aws_files,
+        });
+    }
+    Ok(members)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -809,8 +1004,28 @@ mod tests {
         bad(r#"{"version": "1.0", "provider": {}}"#, "version", "2.x");
         bad(
             r#"{"provider": {"providers": [{"name": "a", "type": "onprem"}, {"name": "b", "type": "onprem"}]}}"#,
+            "provider.providers[1].type",
+            "one inventory file",
+        );
+        bad(
+            r#"{"provider": {"providers": [{"name": "a", "type": "onprem"}, {"name": "a", "type": "aws"}]}}"#,
+            "provider.providers[1].name",
+            "names two providers",
+        );
+        bad(
+            r#"{"placement": {"guest": "builtin:default-policy"}, "provider": {"providers": [{"name": "a", "type": "onprem"}]}}"#,
+            "placement",
+            "two or more",
+        );
+        bad(
+            r#"{"provider": {"providers": [{"name": "a", "type": "onprem"}, {"name": "b", "type": "aws", "config": {"cost_threshold": -1}}]}}"#,
+            "provider.providers[1].config.cost_threshold",
+            "price per host-hour",
+        );
+        bad(
+            r#"{"provider": {"providers": [{"name": "a", "type": "onprem"}, {"name": "b", "type": "aws"}]}}"#,
             "provider.providers",
-            "2 providers are enabled (a, b)",
+            "`b` needs IBM's",
         );
         bad(
             r#"{"provider": {"providers": [{"name": "a", "type": "onprem", "enabled": false}]}}"#,

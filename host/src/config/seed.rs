@@ -1,8 +1,11 @@
 //! The seed's v2 provider section, read as it is: `version`, `provider.active_provider`,
 //! `provider.selection_policy`, `provider.health_check_interval` and `provider.providers[]`
 //! (`name`, `type`, `enabled`, `priority`, `weight`, `config` {`region`, `profile`,
-//! `max_retries`, `timeout`, `cost_threshold`, `handlers`}). One enabled provider is served
-//! today; every key either has its effect or is refused with the reason.
+//! `max_retries`, `timeout`, `cost_threshold`, `handlers`}). Every key either has its effect
+//! or is refused with the reason. Several enabled providers are served behind one
+//! HostFactory provider by the router (`service::routing`); hfwasm adds `config.config_file`
+//! and `config.templates_file` (IBM's files for that provider, when it needs its own, e.g.
+//! another region's subnets and images).
 
 use serde::Deserialize;
 
@@ -30,6 +33,10 @@ pub struct RawSeedProviderConfig {
     timeout: Option<u64>,
     cost_threshold: Option<f64>,
     handlers: Option<serde_json::Value>,
+    /// hfwasm's: this provider's own IBM config file (relative to the conf dir).
+    config_file: Option<std::path::PathBuf>,
+    /// hfwasm's: this provider's own IBM templates file (relative to the conf dir).
+    templates_file: Option<std::path::PathBuf>,
 }
 
 /// Selection policies of the seed (the incumbent names ten and implements three).
@@ -39,13 +46,20 @@ pub const SELECTION_POLICIES: [&str; 3] = ["PRIORITY_FAILOVER", "COST_OPTIMIZED"
 /// among them.
 const HANDLERS: [&str; 3] = ["RunInstances", "EC2Fleet", "SpotFleet"];
 
-/// The provider the seed section selects.
+/// One enabled provider of the seed section.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeedProvider {
     /// `name`.
     pub name: String,
     /// `type`: `aws` or `onprem`.
     pub kind: SeedKind,
+    /// `priority` (lower first; default: its position, from 1); the `active_provider`
+    /// counts as 0, so it is tried first.
+    pub priority: u32,
+    /// `weight` (default 100).
+    pub weight: u32,
+    /// `config.cost_threshold`.
+    pub cost_threshold: Option<f64>,
 }
 
 /// What a seed provider runs on.
@@ -61,19 +75,22 @@ pub enum SeedKind {
         max_retries: Option<u32>,
         /// `config.timeout`: connection timeout, seconds.
         timeout_secs: Option<u64>,
+        /// `config.config_file` and `config.templates_file`: its own IBM files, when set.
+        files: (Option<std::path::PathBuf>, Option<std::path::PathBuf>),
     },
     /// The built-in on-prem pool guest.
     Onprem,
 }
 
-/// Picks the provider from the seed's section; `err(setting, message)` names the key.
+/// The enabled providers of the seed's section, in config order; `err(setting, message)`
+/// names the key.
 pub fn select<E>(
     active: Option<&str>,
     selection_policy: Option<&str>,
     health_check_interval: Option<u64>,
     providers: &[RawSeedProvider],
     err: impl Fn(&str, String) -> E,
-) -> Result<SeedProvider, E> {
+) -> Result<Vec<SeedProvider>, E> {
     if let Some(p) = selection_policy
         && !SELECTION_POLICIES.contains(&p)
     {
@@ -90,86 +107,110 @@ pub fn select<E>(
     }
     let enabled: Vec<(usize, &RawSeedProvider)> = providers.iter().enumerate().filter(|(_, p)| p.enabled.unwrap_or(true)).collect();
     let names = || enabled.iter().map(|(_, p)| p.name.as_str()).collect::<Vec<_>>().join(", ");
-    let (i, p) = match enabled.as_slice() {
-        [] => return Err(err("provider.providers", "no provider is enabled".into())),
-        [one] => *one,
-        _ => {
-            return Err(err(
-                "provider.providers",
-                format!(
-                    "{} providers are enabled ({}); serving several behind one HostFactory provider (selection_policy, failover) is not implemented yet: enable one",
-                    enabled.len(),
-                    names()
-                ),
-            ));
-        }
-    };
+    if enabled.is_empty() {
+        return Err(err("provider.providers", "no provider is enabled".into()));
+    }
     if let Some(a) = active
-        && a != p.name
+        && !enabled.iter().any(|(_, p)| p.name == a)
     {
         return Err(err(
             "provider.active_provider",
             format!("`{a}` is not an enabled provider (enabled: {})", names()),
         ));
     }
-    let at = |k: &str| format!("provider.providers[{i}].{k}");
-    // With one provider there is nothing to order or weigh; the keys are read for when
-    // there are several, and checked now.
-    let _ = (p.priority, p.weight);
-    let c = &p.config;
-    if c.cost_threshold.is_some() {
-        return Err(err(
-            &at("config.cost_threshold"),
-            "only COST_OPTIMIZED selection among several providers uses it, which is not implemented yet: remove it".into(),
-        ));
-    }
-    if let Some(h) = &c.handlers {
-        let types = h.get("types").and_then(|t| t.as_object());
-        let Some(types) = types.filter(|_| h.as_object().is_some_and(|o| o.len() == 1)) else {
-            return Err(err(&at("config.handlers"), "expected {\"types\": {\"<key>\": \"<API>\"}}".into()));
-        };
-        for (k, v) in types {
-            match v.as_str() {
-                Some(api) if HANDLERS.contains(&api) => {}
-                Some("ASG") => {
-                    return Err(err(
-                        &at(&format!("config.handlers.types.{k}")),
-                        "Auto Scaling groups are not supported; the AWS guest launches with RunInstances, EC2 Fleet or Spot Fleet, chosen per template".into(),
-                    ));
-                }
-                _ => {
-                    return Err(err(
-                        &at(&format!("config.handlers.types.{k}")),
-                        format!("{v} is not an EC2 API hfwasm uses ({})", HANDLERS.join(", ")),
-                    ));
-                }
-            }
+    let several = enabled.len() > 1;
+    let mut out: Vec<SeedProvider> = Vec::new();
+    for (i, p) in enabled.iter().copied() {
+        let at = |k: &str| format!("provider.providers[{i}].{k}");
+        if out.iter().any(|o| o.name == p.name) {
+            return Err(err(&at("name"), format!("`{}` names two providers; names must be unique", p.name)));
         }
-    }
-    let kind = match p.kind.as_str() {
-        "aws" => SeedKind::Aws {
-            region: c.region.clone(),
-            profile: c.profile.clone(),
-            max_retries: c.max_retries,
-            timeout_secs: c.timeout,
-        },
-        "onprem" => {
-            if c.region.is_some() || c.profile.is_some() || c.max_retries.is_some() || c.timeout.is_some() || c.handlers.is_some() {
-                return Err(err(&at("config"), "an onprem provider takes no AWS settings".into()));
-            }
-            SeedKind::Onprem
+        if p.name.is_empty() || p.name.contains('/') {
+            return Err(err(&at("name"), "must be a non-empty name without `/`".into()));
         }
-        other => {
+        let c = &p.config;
+        if c.cost_threshold.is_some() && !several {
             return Err(err(
-                &at("type"),
-                format!(
-                    "`{other}` is not a provider type hfwasm has built in (aws, onprem); a site's own provider is a guest (`guests`, `provider.guest`)"
-                ),
+                &at("config.cost_threshold"),
+                "only placement among several enabled providers (COST_OPTIMIZED) reads it, and this is the only one: remove it".into(),
             ));
         }
-    };
-    Ok(SeedProvider {
-        name: p.name.clone(),
-        kind,
-    })
+        if let Some(t) = c.cost_threshold
+            && !(t.is_finite() && t >= 0.0)
+        {
+            return Err(err(&at("config.cost_threshold"), format!("{t} is not a price per host-hour")));
+        }
+        if let Some(h) = &c.handlers {
+            let types = h.get("types").and_then(|t| t.as_object());
+            let Some(types) = types.filter(|_| h.as_object().is_some_and(|o| o.len() == 1)) else {
+                return Err(err(&at("config.handlers"), "expected {\"types\": {\"<key>\": \"<API>\"}}".into()));
+            };
+            for (k, v) in types {
+                match v.as_str() {
+                    Some(api) if HANDLERS.contains(&api) => {}
+                    Some("ASG") => {
+                        return Err(err(
+                            &at(&format!("config.handlers.types.{k}")),
+                            "Auto Scaling groups are not supported; the AWS guest launches with RunInstances, EC2 Fleet or Spot Fleet, chosen per template".into(),
+                        ));
+                    }
+                    _ => {
+                        return Err(err(
+                            &at(&format!("config.handlers.types.{k}")),
+                            format!("{v} is not an EC2 API hfwasm uses ({})", HANDLERS.join(", ")),
+                        ));
+                    }
+                }
+            }
+        }
+        let kind = match p.kind.as_str() {
+            "aws" => SeedKind::Aws {
+                region: c.region.clone(),
+                profile: c.profile.clone(),
+                max_retries: c.max_retries,
+                timeout_secs: c.timeout,
+                files: (c.config_file.clone(), c.templates_file.clone()),
+            },
+            "onprem" => {
+                if c.region.is_some()
+                    || c.profile.is_some()
+                    || c.max_retries.is_some()
+                    || c.timeout.is_some()
+                    || c.handlers.is_some()
+                    || c.config_file.is_some()
+                    || c.templates_file.is_some()
+                {
+                    return Err(err(&at("config"), "an onprem provider takes no AWS settings".into()));
+                }
+                if out.iter().any(|o| o.kind == SeedKind::Onprem) {
+                    return Err(err(
+                        &at("type"),
+                        "a second onprem provider: there is one inventory file (`inventory.file`), so one onprem provider".into(),
+                    ));
+                }
+                SeedKind::Onprem
+            }
+            other => {
+                return Err(err(
+                    &at("type"),
+                    format!(
+                        "`{other}` is not a provider type hfwasm has built in (aws, onprem); a site's own provider is a guest (`guests`, `provider.guest`)"
+                    ),
+                ));
+            }
+        };
+        let position = u32::try_from(out.len() + 1).unwrap_or(u32::MAX);
+        out.push(SeedProvider {
+            priority: if active == Some(p.name.as_str()) {
+                0
+            } else {
+                p.priority.unwrap_or(position)
+            },
+            weight: p.weight.unwrap_or(100),
+            cost_threshold: c.cost_threshold,
+            name: p.name.clone(),
+            kind,
+        });
+    }
+    Ok(out)
 }

@@ -145,6 +145,7 @@ impl From<ProviderError> for HfError {
             ProviderError::Capacity(_) => ErrorCode::InsufficientCapacity,
             ProviderError::Unavailable(_) => ErrorCode::ProviderUnavailable,
             ProviderError::Denied(_) | ProviderError::Internal(_) => ErrorCode::ProviderError,
+            ProviderError::Policy(_) => ErrorCode::PolicyError,
             ProviderError::Aborted { kind: AbortKind::Trap, .. } => ErrorCode::GuestTrap,
             ProviderError::Aborted {
                 kind: AbortKind::Timeout, ..

@@ -3,6 +3,7 @@
 //! whether a Wasm guest (`wasm`), a script or a test double answered; this module checks the
 //! answer and applies the site's choice of what happens when a policy fails.
 
+pub mod placement;
 pub mod rhai;
 pub mod wasm;
 

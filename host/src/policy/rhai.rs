@@ -1,6 +1,7 @@
-//! A template policy written as a Rhai script (`policy.script`): the light alternative to a
-//! Wasm guest for a site's own rules. The script defines `offer_templates(ctx, templates)`;
-//! it runs in an engine with no module loading, no `eval`, `print`/`debug` sent to the log,
+//! Policies written as Rhai scripts (`policy.script`, `placement.script`): the light
+//! alternative to a Wasm guest for a site's own rules. A template policy defines
+//! `offer_templates(ctx, templates)`, a placement policy
+//! `choose_providers(ctx, request, candidates)`. A script runs in an engine with no module loading, no `eval`, `print`/`debug` sent to the log,
 //! and limits on operations, call depth, expression depth, string, array and map sizes and
 //! wall time, so a broken or hostile script fails as a named policy error.
 
@@ -11,6 +12,7 @@ use rhai::{AST, Dynamic, Engine, Scope};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::placement::{Candidate, Placement, PlacementPolicy};
 use super::{PolicyError, TemplatePolicy};
 use crate::service::model::{Attribute, AttributeKind, CallContext, Template};
 
@@ -49,12 +51,14 @@ impl Default for ScriptLimits {
 }
 
 /// A loaded, compiled script.
-pub struct RhaiTemplatePolicy {
+pub struct RhaiPolicy {
     name: String,
     engine: Engine,
     ast: AST,
     settings: Value,
     limits: ScriptLimits,
+    /// Config section the limits are set in (`policy` or `placement`), for messages.
+    section: &'static str,
     deadline: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
@@ -86,9 +90,10 @@ struct OfferedAttribute {
     value: String,
 }
 
-impl RhaiTemplatePolicy {
-    /// Compiles `file`; `name` names the policy in logs and errors.
-    pub fn load(name: &str, file: &Path, settings: &Value, limits: ScriptLimits) -> Result<Self, PolicyError> {
+impl RhaiPolicy {
+    /// Compiles `file`, which must define `hook` (a function name and its parameters, e.g.
+    /// `("offer_templates", 2)`); `name` names the policy in logs and errors.
+    pub fn load(name: &str, file: &Path, settings: &Value, limits: ScriptLimits, hook: (&str, &str)) -> Result<Self, PolicyError> {
         let err = |message: String| PolicyError {
             policy: name.to_string(),
             message,
@@ -114,8 +119,10 @@ impl RhaiTemplatePolicy {
             due.filter(|d| Instant::now() >= *d).map(|_| Dynamic::from("wall-time limit"))
         });
         let ast = engine.compile(&source).map_err(|e| err(format!("{}: {e}", file.display())))?;
-        if !ast.iter_functions().any(|f| f.name == "offer_templates" && f.params.len() == 2) {
-            return Err(err(format!("{} defines no `fn offer_templates(ctx, templates)`", file.display())));
+        let (hook, params) = hook;
+        let arity = params.split(',').count();
+        if !ast.iter_functions().any(|f| f.name == hook && f.params.len() == arity) {
+            return Err(err(format!("{} defines no `fn {hook}({params})`", file.display())));
         }
         Ok(Self {
             name: name.to_string(),
@@ -123,8 +130,45 @@ impl RhaiTemplatePolicy {
             ast,
             settings: settings.clone(),
             limits,
+            section: if hook == "choose_providers" { "placement" } else { "policy" },
             deadline,
         })
+    }
+
+    /// Calls the script's `hook` under the wall-time limit, naming any failure.
+    fn call(&self, hook: &str, args: impl rhai::FuncArgs) -> Result<Dynamic, PolicyError> {
+        if let Ok(mut d) = self.deadline.lock() {
+            *d = Some(Instant::now() + Duration::from_millis(self.limits.timeout_ms));
+        }
+        let t0 = Instant::now();
+        let answer = self
+            .engine
+            .call_fn::<Dynamic>(&mut Scope::new(), &self.ast, hook, args)
+            .map_err(|e| {
+                let message = match *e {
+                    rhai::EvalAltResult::ErrorRuntime(v, pos) => format!("threw {v} ({pos})"),
+                    rhai::EvalAltResult::ErrorTooManyOperations(pos) => format!(
+                        "ran more than {} operations ({pos}; {}.limits.max_operations) and was stopped",
+                        self.limits.max_operations, self.section
+                    ),
+                    rhai::EvalAltResult::ErrorStackOverflow(pos) => format!(
+                        "nested calls deeper than {} ({pos}; {}.limits.max_call_levels): unbounded recursion? It was stopped",
+                        self.limits.max_call_levels, self.section
+                    ),
+                    rhai::EvalAltResult::ErrorTerminated(_, pos) => format!(
+                        "ran past its wall-time limit of {} ms ({pos}; {}.limits.timeout_ms) and was stopped",
+                        self.limits.timeout_ms, self.section
+                    ),
+                    other => other.to_string(),
+                };
+                self.error(message)
+            })?;
+        tracing::debug!(policy = %self.name, hook, elapsed_us = t0.elapsed().as_micros() as u64, "script call");
+        Ok(answer)
+    }
+
+    fn to_dyn(&self, v: Value) -> Result<Dynamic, PolicyError> {
+        rhai::serde::to_dynamic(v).map_err(|e| self.error(format!("cannot hand the script its input: {e}")))
     }
 
     fn error(&self, message: String) -> PolicyError {
@@ -182,13 +226,13 @@ impl RhaiTemplatePolicy {
     }
 }
 
-impl TemplatePolicy for RhaiTemplatePolicy {
+impl TemplatePolicy for RhaiPolicy {
     fn name(&self) -> &str {
         &self.name
     }
 
     fn offer_templates(&mut self, ctx: &CallContext, templates: &[Template]) -> Result<Vec<Template>, PolicyError> {
-        let to_dyn = |v: Value| rhai::serde::to_dynamic(v).map_err(|e| self.error(format!("cannot hand the script its input: {e}")));
+        let to_dyn = |v: Value| self.to_dyn(v);
         let c = to_dyn(json!({"provider_instance": ctx.provider_instance, "settings": self.settings, "now": ctx.now}))?;
         let ts = to_dyn(Value::Array(
             templates
@@ -204,33 +248,44 @@ impl TemplatePolicy for RhaiTemplatePolicy {
                 })
                 .collect(),
         ))?;
-        if let Ok(mut d) = self.deadline.lock() {
-            *d = Some(Instant::now() + Duration::from_millis(self.limits.timeout_ms));
-        }
-        let t0 = Instant::now();
-        let answer = self
-            .engine
-            .call_fn::<Dynamic>(&mut Scope::new(), &self.ast, "offer_templates", (c, ts))
-            .map_err(|e| {
-                let message = match *e {
-                    rhai::EvalAltResult::ErrorRuntime(v, pos) => format!("threw {v} ({pos})"),
-                    rhai::EvalAltResult::ErrorTooManyOperations(pos) => format!(
-                        "ran more than {} operations ({pos}; policy.limits.max_operations) and was stopped",
-                        self.limits.max_operations
-                    ),
-                    rhai::EvalAltResult::ErrorStackOverflow(pos) => format!(
-                        "nested calls deeper than {} ({pos}; policy.limits.max_call_levels): unbounded recursion? It was stopped",
-                        self.limits.max_call_levels
-                    ),
-                    rhai::EvalAltResult::ErrorTerminated(_, pos) => format!(
-                        "ran past its wall-time limit of {} ms ({pos}; policy.limits.timeout_ms) and was stopped",
-                        self.limits.timeout_ms
-                    ),
-                    other => other.to_string(),
-                };
-                self.error(message)
-            })?;
-        tracing::debug!(policy = %self.name, elapsed_us = t0.elapsed().as_micros() as u64, "script call");
+        let answer = self.call("offer_templates", (c, ts))?;
         self.read_answer(answer)
+    }
+}
+
+impl PlacementPolicy for RhaiPolicy {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn choose_providers(&mut self, ctx: &CallContext, request: &Placement, candidates: &[Candidate]) -> Result<Vec<String>, PolicyError> {
+        let c = self.to_dyn(json!({"provider_instance": ctx.provider_instance, "settings": self.settings, "now": ctx.now}))?;
+        // The draw as text too: Rhai integers are i64, a u64 may not fit.
+        let r = self.to_dyn(json!({
+            "request_id": request.request_id,
+            "template_id": request.template_id,
+            "count": request.count,
+            "draw": (request.draw >> 1) as i64,
+        }))?;
+        let cs = self.to_dyn(Value::Array(
+            candidates
+                .iter()
+                .map(|c| {
+                    json!({
+                        "name": c.name,
+                        "kind": c.kind,
+                        "priority": c.priority,
+                        "weight": c.weight,
+                        "cost_threshold": c.cost_threshold,
+                        "circuit": c.circuit.as_str(),
+                        "attributes": c.template.attributes.iter().map(|a| (a.name.clone(), Value::String(a.value.clone()))).collect::<serde_json::Map<_, _>>(),
+                        "max_number": c.template.max_number,
+                    })
+                })
+                .collect(),
+        ))?;
+        let answer = self.call("choose_providers", (c, r, cs))?;
+        rhai::serde::from_dynamic::<Vec<String>>(&answer)
+            .map_err(|e| self.error(format!("choose_providers must return an array of provider names: {e}")))
     }
 }

@@ -1,14 +1,19 @@
-//! A template policy that is a Wasm guest of the `template-selector` world: loaded from the
-//! precompiled cache into the same sandbox as provider guests (limits, deadlines, fuel,
-//! seeded random), linked with sandboxed WASI only, and called through the policy port.
+//! Policies that are Wasm guests: the template hook (`template-selector` world) and the
+//! placement hook (`provider-selector` world; a guest of the `policy` world has both). Each
+//! is loaded from the precompiled cache into the same sandbox as provider guests (limits,
+//! deadlines, fuel, seeded random), linked with sandboxed WASI only, and called through its
+//! port.
 
 use std::time::Instant;
 
 use wasmtime::Store;
-use wasmtime::component::Linker;
+use wasmtime::component::{Component, Linker};
 
+use super::placement::{Candidate, Circuit, Placement, PlacementPolicy};
 use super::{PolicyError, TemplatePolicy};
 use crate::capabilities::HostWait;
+use crate::runtime::bindings::placement::ProviderSelector;
+use crate::runtime::bindings::placement::exports::hostfactory::policy::placement as pwit;
 use crate::runtime::bindings::policy::TemplateSelector;
 use crate::runtime::bindings::policy::exports::hostfactory::policy::template_policy as wit;
 use crate::runtime::link::{self, GuestRole};
@@ -16,12 +21,58 @@ use crate::runtime::sandbox::{self, CallRunner, Sandbox};
 use crate::runtime::{CacheOutcome, GuestCode, GuestEngine, PrecompiledCache};
 use crate::service::model::{Attribute, AttributeKind, CallContext, Template};
 
-/// A loaded policy guest.
+/// A loaded template policy guest.
 pub struct WasmTemplatePolicy {
     runner: CallRunner,
     store: Store<Sandbox>,
     bindings: TemplateSelector,
     settings_json: String,
+}
+
+/// A loaded placement policy guest.
+pub struct WasmPlacementPolicy {
+    runner: CallRunner,
+    store: Store<Sandbox>,
+    bindings: ProviderSelector,
+    settings_json: String,
+}
+
+/// Loads policy guest `code` in `role`: compiled (or taken from `cache`), its exports and
+/// imports checked, instantiated in a fresh sandbox by `instantiate`.
+fn load<B>(
+    engine: &GuestEngine,
+    cache: &PrecompiledCache,
+    code: &GuestCode<'_>,
+    role: GuestRole,
+    instantiate: impl FnOnce(&mut Store<Sandbox>, &Component, &Linker<Sandbox>) -> wasmtime::Result<B>,
+) -> Result<(CallRunner, Store<Sandbox>, B, CacheOutcome), PolicyError> {
+    let (name, wasm, limits) = (code.name, code.wasm, code.limits);
+    let err = |message: String| PolicyError {
+        policy: name.to_string(),
+        message,
+    };
+    let t0 = Instant::now();
+    let (component, outcome) = cache
+        .load(engine, wasm)
+        .map_err(|e| err(format!("not a loadable component: {e:#}")))?;
+    // What it is first (a provider named as the policy gets that answer), then what it
+    // imports: a policy is granted nothing, so any capability import is refused by name.
+    link::check_exports(name, &link::exports(engine.engine(), &component), role).map_err(|e| err(e.message))?;
+    link::check_imports(name, &link::imports(engine.engine(), &component), &[]).map_err(|e| err(e.message))?;
+    let mut linker: Linker<Sandbox> = Linker::new(engine.engine());
+    sandbox::add_wasi(&mut linker).map_err(|e| err(format!("cannot link WASI: {e:#}")))?;
+    let mut store = sandbox::new_store(engine, name, &limits, Sandbox::new(limits, HostWait::default())).map_err(|e| err(e.to_string()))?;
+    let bindings = match instantiate(&mut store, &component, &linker) {
+        Ok(b) => b,
+        Err(e) => return Err(err(sandbox::instantiate_error(&mut store, name, &limits, e).to_string())),
+    };
+    tracing::debug!(policy = name, role = role.describe(), cache = ?outcome, elapsed_ms = t0.elapsed().as_millis() as u64, "policy guest loaded");
+    Ok((
+        CallRunner::new(name, limits).with_coredumps(code.coredump_dir),
+        store,
+        bindings,
+        outcome,
+    ))
 }
 
 impl WasmTemplatePolicy {
@@ -33,37 +84,93 @@ impl WasmTemplatePolicy {
         code: GuestCode<'_>,
         settings: &serde_json::Value,
     ) -> Result<(Self, CacheOutcome), PolicyError> {
-        let (name, wasm, limits) = (code.name, code.wasm, code.limits);
-        let err = |message: String| PolicyError {
-            policy: name.to_string(),
-            message,
-        };
-        let t0 = Instant::now();
-        let (component, outcome) = cache
-            .load(engine, wasm)
-            .map_err(|e| err(format!("not a loadable component: {e:#}")))?;
-        // What it is first (a provider named as the policy gets that answer), then what it
-        // imports: a policy is granted nothing, so any capability import is refused by name.
-        link::check_exports(name, &link::exports(engine.engine(), &component), GuestRole::TemplatePolicy).map_err(|e| err(e.message))?;
-        link::check_imports(name, &link::imports(engine.engine(), &component), &[]).map_err(|e| err(e.message))?;
-        let mut linker: Linker<Sandbox> = Linker::new(engine.engine());
-        sandbox::add_wasi(&mut linker).map_err(|e| err(format!("cannot link WASI: {e:#}")))?;
-        let mut store =
-            sandbox::new_store(engine, name, &limits, Sandbox::new(limits, HostWait::default())).map_err(|e| err(e.to_string()))?;
-        let bindings = match TemplateSelector::instantiate(&mut store, &component, &linker) {
-            Ok(b) => b,
-            Err(e) => return Err(err(sandbox::instantiate_error(&mut store, name, &limits, e).to_string())),
-        };
-        tracing::debug!(policy = name, cache = ?outcome, elapsed_ms = t0.elapsed().as_millis() as u64, "policy guest loaded");
+        let (runner, store, bindings, outcome) = load(engine, cache, &code, GuestRole::TemplatePolicy, |s, c, l| {
+            TemplateSelector::instantiate(s, c, l)
+        })?;
         Ok((
             Self {
-                runner: CallRunner::new(name, limits).with_coredumps(code.coredump_dir),
+                runner,
                 store,
                 bindings,
                 settings_json: settings.to_string(),
             },
             outcome,
         ))
+    }
+}
+
+impl WasmPlacementPolicy {
+    /// Compiles (or loads from `cache`) and instantiates placement guest `code`; `settings`
+    /// is the policy's own JSON object from config.
+    pub fn load(
+        engine: &GuestEngine,
+        cache: &PrecompiledCache,
+        code: GuestCode<'_>,
+        settings: &serde_json::Value,
+    ) -> Result<(Self, CacheOutcome), PolicyError> {
+        let (runner, store, bindings, outcome) = load(engine, cache, &code, GuestRole::Placement, |s, c, l| {
+            ProviderSelector::instantiate(s, c, l)
+        })?;
+        Ok((
+            Self {
+                runner,
+                store,
+                bindings,
+                settings_json: settings.to_string(),
+            },
+            outcome,
+        ))
+    }
+}
+
+impl PlacementPolicy for WasmPlacementPolicy {
+    fn name(&self) -> &str {
+        &self.runner.name
+    }
+
+    fn choose_providers(&mut self, ctx: &CallContext, request: &Placement, candidates: &[Candidate]) -> Result<Vec<String>, PolicyError> {
+        let name = self.runner.name.clone();
+        let err = |message: String| PolicyError {
+            policy: name.clone(),
+            message,
+        };
+        let c = pwit::PlacementContext {
+            provider_instance: ctx.provider_instance.clone(),
+            settings_json: self.settings_json.clone(),
+            now: ctx.now,
+        };
+        let r = pwit::PlacementRequest {
+            request_id: request.request_id.clone(),
+            template_id: request.template_id.clone(),
+            count: request.count,
+            draw: request.draw,
+        };
+        let cs: Vec<pwit::Candidate> = candidates
+            .iter()
+            .map(|c| pwit::Candidate {
+                name: c.name.clone(),
+                kind: c.kind.clone(),
+                priority: c.priority,
+                weight: c.weight,
+                cost_threshold: c.cost_threshold,
+                circuit: match c.circuit {
+                    Circuit::Closed => pwit::Circuit::Closed,
+                    Circuit::HalfOpen => pwit::Circuit::HalfOpen,
+                    Circuit::Open => pwit::Circuit::Open,
+                },
+                attributes: c.template.attributes.iter().map(|a| (a.name.clone(), a.value.clone())).collect(),
+                max_number: c.template.max_number,
+            })
+            .collect();
+        let bindings = &self.bindings;
+        let answer = self
+            .runner
+            .run(&mut self.store, "choose-providers", ctx.now, |s| {
+                bindings.hostfactory_policy_placement().call_choose_providers(s, &c, &r, &cs)
+            })
+            .map_err(|e| err(e.to_string()))?
+            .map_err(|m| err(format!("answered an error: {m}")))?;
+        self.runner.check_size("choose-providers", answer).map_err(|e| err(e.to_string()))
     }
 }
 

@@ -14,3 +14,12 @@ pub mod policy {
         path: "../wit/policy",
     });
 }
+
+/// Bindings of the provider-selector world (`wit/policy/placement.wit`): the placement hook,
+/// also importing nothing but WASI.
+pub mod placement {
+    wasmtime::component::bindgen!({
+        world: "hostfactory:policy/provider-selector@0.1.0",
+        path: "../wit/policy",
+    });
+}

@@ -107,17 +107,20 @@ pub enum GuestRole {
     Provider,
     /// Exports `hostfactory:policy/template-policy`: decides what HostFactory is offered.
     TemplatePolicy,
+    /// Exports `hostfactory:policy/placement`: decides which provider serves a request.
+    Placement,
 }
 
 impl GuestRole {
     /// Every role, in the order `guest check` tries them.
-    pub const ALL: [GuestRole; 2] = [GuestRole::Provider, GuestRole::TemplatePolicy];
+    pub const ALL: [GuestRole; 3] = [GuestRole::Provider, GuestRole::TemplatePolicy, GuestRole::Placement];
 
     /// The interface this role exports and the version line this host calls.
     pub fn export(self) -> (&'static str, &'static str) {
         match self {
             GuestRole::Provider => ("hostfactory:provider/provider", PROVIDER_LINE),
             GuestRole::TemplatePolicy => ("hostfactory:policy/template-policy", POLICY_LINE),
+            GuestRole::Placement => ("hostfactory:policy/placement", POLICY_LINE),
         }
     }
 
@@ -126,6 +129,7 @@ impl GuestRole {
         match self {
             GuestRole::Provider => "provider guest",
             GuestRole::TemplatePolicy => "template policy guest",
+            GuestRole::Placement => "placement policy guest",
         }
     }
 

@@ -111,6 +111,22 @@ impl<'a> Breaker<'a> {
         }
     }
 
+    /// The circuit's state at `now`, without claiming the trial (what a placement policy is
+    /// told; [`Breaker::admit`] still decides).
+    pub fn circuit(&self, now: u64) -> Result<crate::policy::placement::Circuit, StoreError> {
+        use crate::policy::placement::Circuit;
+        let Some(opened_at) = self.secs(OPENED_AT)? else {
+            return Ok(Circuit::Closed);
+        };
+        if now < opened_at.saturating_add(self.policy.recovery_secs) {
+            return Ok(Circuit::Open);
+        }
+        match self.secs(TRIAL)? {
+            Some(started) if now < started.saturating_add(self.policy.recovery_secs) => Ok(Circuit::Open),
+            _ => Ok(Circuit::HalfOpen),
+        }
+    }
+
     /// A call that reached a healthy provider: the circuit closes and the count restarts.
     pub fn record_success(&self) -> Result<(), StoreError> {
         let failures = self.failures()?;

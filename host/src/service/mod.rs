@@ -6,6 +6,7 @@
 pub mod breaker;
 pub mod lifecycle;
 pub mod model;
+pub mod routing;
 mod sweep;
 
 use lifecycle::{MachineResult, RequestStatus};

@@ -211,6 +211,10 @@ pub enum ProviderError {
     /// A bug or unexpected state in the provider.
     #[error("provider internal error: {0}")]
     Internal(String),
+    /// The placement policy (which of several providers) failed and config says to fail
+    /// closed.
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
     /// The provider implementation crashed, hit a limit, or could not be loaded.
     #[error("{message}")]
     Aborted {

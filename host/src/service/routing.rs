@@ -1,0 +1,793 @@
+//! Several providers behind the one [`Provider`] port (the seed's `providers[]`): the
+//! [`Router`] offers the union of their templates, places each request with the placement
+//! policy, goes down the chosen order past providers whose circuit is open or that fail,
+//! and tops a partial answer up from the next provider. Which provider made which machine
+//! is kept in the store (kv namespace `hfwasm.route/<instance>`), so status, returns,
+//! reclaims and the orphan sweep of later calls, each a new process, go to the right one.
+//!
+//! The service above cannot tell a router from a single provider, and the router cannot
+//! tell whether the placement came from Wasm, Rhai or a test double.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::breaker::{self, Admission, Breaker, BreakerPolicy};
+use super::model::*;
+use super::{Provider, ProviderLoader};
+use crate::policy::OnError;
+use crate::policy::PolicyError;
+use crate::policy::placement::{self, Candidate, Circuit, Placement, PlacementLoader, PlacementPolicy};
+use crate::store::{StateStore, StoreError};
+
+/// One provider of the list, as config describes it.
+#[derive(Debug, Clone)]
+pub struct MemberInfo {
+    /// `providers[].name`: in logs, messages, breaker and routing records.
+    pub name: String,
+    /// `providers[].type` (or the guest's name).
+    pub kind: String,
+    /// Lower is preferred.
+    pub priority: u32,
+    /// Share under WEIGHTED selection.
+    pub weight: u32,
+    /// Most it may cost per host-hour (COST_OPTIMIZED).
+    pub cost_threshold: Option<f64>,
+    /// Settings handed to its guest.
+    pub settings: serde_json::Value,
+}
+
+struct Member<'a> {
+    info: MemberInfo,
+    loader: Option<ProviderLoader<'a>>,
+    provider: Option<Box<dyn Provider + 'a>>,
+    /// Its templates, once asked in this call.
+    templates: Option<Vec<Template>>,
+}
+
+/// The part of a request one provider was asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Leg {
+    /// Member name.
+    provider: String,
+    /// Units it was asked for and took on (0 once it refused).
+    count: u32,
+}
+
+/// A request's routing record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Route {
+    legs: Vec<Leg>,
+}
+
+/// Several providers as one.
+pub struct Router<'a> {
+    store: std::sync::Arc<dyn StateStore>,
+    instance: String,
+    members: Vec<Member<'a>>,
+    breaker: Option<BreakerPolicy>,
+    placement: Option<(PlacementLoader<'a>, OnError)>,
+    policy: Option<Result<Box<dyn PlacementPolicy + 'a>, PolicyError>>,
+    on_error: OnError,
+    /// Machine id -> member index, learnt in this call.
+    owners: HashMap<String, usize>,
+}
+
+const REQ: &str = "req/";
+const MACHINE: &str = "m/";
+
+fn joined(failures: &[String]) -> String {
+    failures.join("; ")
+}
+
+impl<'a> Router<'a> {
+    /// A router over `members` (each loaded on first use) for provider instance `instance`.
+    pub fn new(store: std::sync::Arc<dyn StateStore>, instance: &str, members: Vec<(MemberInfo, ProviderLoader<'a>)>) -> Self {
+        Self {
+            store,
+            instance: instance.to_string(),
+            members: members
+                .into_iter()
+                .map(|(info, loader)| Member {
+                    info,
+                    loader: Some(loader),
+                    provider: None,
+                    templates: None,
+                })
+                .collect(),
+            breaker: None,
+            placement: None,
+            policy: None,
+            on_error: OnError::FailOpen,
+            owners: HashMap::new(),
+        }
+    }
+
+    /// Gives every provider its own circuit breaker (state in the store, keyed by name).
+    pub fn with_breakers(mut self, policy: BreakerPolicy) -> Self {
+        self.breaker = Some(policy);
+        self
+    }
+
+    /// Lets `loader`'s policy order the providers for each request; `on_error` says what its
+    /// failure does (fail open = by priority).
+    pub fn with_placement(mut self, loader: PlacementLoader<'a>, on_error: OnError) -> Self {
+        self.placement = Some((loader, on_error));
+        self.on_error = on_error;
+        self
+    }
+
+    fn namespace(&self) -> String {
+        format!("hfwasm.route/{}", self.instance)
+    }
+
+    fn store_err(e: StoreError) -> ProviderError {
+        ProviderError::Unavailable(format!("state store: {e}"))
+    }
+
+    fn index(&self, name: &str) -> Option<usize> {
+        self.members.iter().position(|m| m.info.name == name)
+    }
+
+    /// Member indexes by priority (ties in config order).
+    fn by_priority(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = (0..self.members.len()).collect();
+        v.sort_by_key(|&i| self.members[i].info.priority);
+        v
+    }
+
+    fn member_ctx(&self, i: usize, ctx: &CallContext) -> CallContext {
+        CallContext {
+            settings: self.members[i].info.settings.clone(),
+            ..ctx.clone()
+        }
+    }
+
+    /// Member `i`'s provider, loaded on first use.
+    fn provider(&mut self, i: usize) -> Result<&mut (dyn Provider + 'a), ProviderError> {
+        let m = &mut self.members[i];
+        if m.provider.is_none() {
+            let loader = m
+                .loader
+                .take()
+                .ok_or_else(|| ProviderError::Internal(format!("provider '{}' failed to load earlier in this call", m.info.name)))?;
+            m.provider = Some(loader()?);
+        }
+        match m.provider.as_deref_mut() {
+            Some(p) => Ok(p),
+            None => Err(ProviderError::Internal("provider missing after load".into())),
+        }
+    }
+
+    /// Runs `f` on member `i` with its own settings.
+    fn on<T>(
+        &mut self,
+        i: usize,
+        ctx: &CallContext,
+        f: impl FnOnce(&mut (dyn Provider + 'a), &CallContext) -> Result<T, ProviderError>,
+    ) -> Result<T, ProviderError> {
+        let mctx = self.member_ctx(i, ctx);
+        let name = self.members[i].info.name.clone();
+        self.provider(i).and_then(|p| f(p, &mctx)).map_err(|e| name_error(&name, e))
+    }
+
+    /// Member `i`'s templates (asked once per call).
+    fn member_templates(&mut self, i: usize, ctx: &CallContext) -> Result<Vec<Template>, ProviderError> {
+        if let Some(t) = &self.members[i].templates {
+            return Ok(t.clone());
+        }
+        let t = self.on(i, ctx, |p, c| p.templates(c))?;
+        self.members[i].templates = Some(t.clone());
+        Ok(t)
+    }
+
+    fn breaker(&self, i: usize) -> Option<Breaker<'_>> {
+        self.breaker
+            .map(|policy| Breaker::new(self.store.as_ref(), &self.instance, &self.members[i].info.name, policy))
+    }
+
+    fn route(&self, request_id: &str) -> Result<Option<Route>, ProviderError> {
+        match self
+            .store
+            .kv_get(&self.namespace(), &format!("{REQ}{request_id}"))
+            .map_err(Self::store_err)?
+        {
+            None => Ok(None),
+            Some(v) => serde_json::from_str(&v)
+                .map(Some)
+                .map_err(|e| ProviderError::Internal(format!("routing record of {request_id} is corrupt: {e}"))),
+        }
+    }
+
+    fn save_route(&self, request_id: &str, route: &Route) -> Result<(), ProviderError> {
+        let v = serde_json::to_string(route).map_err(|e| ProviderError::Internal(e.to_string()))?;
+        self.store
+            .kv_set(&self.namespace(), &format!("{REQ}{request_id}"), &v)
+            .map_err(Self::store_err)
+    }
+
+    /// Records that member `i` made `machines`.
+    fn own(&mut self, i: usize, machines: &[Machine]) -> Result<(), ProviderError> {
+        let ns = self.namespace();
+        for m in machines {
+            if self.owners.get(&m.machine_id) == Some(&i) {
+                continue;
+            }
+            self.store
+                .kv_set(&ns, &format!("{MACHINE}{}", m.machine_id), &self.members[i].info.name)
+                .map_err(Self::store_err)?;
+            self.owners.insert(m.machine_id.clone(), i);
+        }
+        Ok(())
+    }
+
+    /// The member that made machine `machine_id` (or the host HostFactory names `name`).
+    fn owner(&mut self, machine_id: Option<&str>, name: &str) -> Result<Option<usize>, ProviderError> {
+        let mut ids: Vec<String> = machine_id.map(str::to_string).into_iter().collect();
+        for (_, m) in self.store.provision_holders(name).map_err(Self::store_err)? {
+            ids.push(m.machine_id);
+        }
+        for id in ids {
+            if let Some(&i) = self.owners.get(&id) {
+                return Ok(Some(i));
+            }
+            if let Some(p) = self
+                .store
+                .kv_get(&self.namespace(), &format!("{MACHINE}{id}"))
+                .map_err(Self::store_err)?
+                && let Some(i) = self.index(&p)
+            {
+                self.owners.insert(id, i);
+                return Ok(Some(i));
+            }
+        }
+        Ok(None)
+    }
+
+    /// `refs` grouped by the member that made them; the ones no record attributes are
+    /// returned apart.
+    #[allow(clippy::type_complexity)]
+    fn group_refs(&mut self, refs: &[MachineRef]) -> Result<(Vec<(usize, Vec<MachineRef>)>, Vec<MachineRef>), ProviderError> {
+        let mut groups: Vec<(usize, Vec<MachineRef>)> = Vec::new();
+        let mut unknown = Vec::new();
+        for r in refs {
+            match self.owner(r.machine_id.as_deref(), &r.name)? {
+                Some(i) => match groups.iter_mut().find(|(g, _)| *g == i) {
+                    Some((_, v)) => v.push(r.clone()),
+                    None => groups.push((i, vec![r.clone()])),
+                },
+                None => unknown.push(r.clone()),
+            }
+        }
+        Ok((groups, unknown))
+    }
+
+    fn placement_policy(&mut self) -> Result<&mut Box<dyn PlacementPolicy + 'a>, PolicyError> {
+        if self.policy.is_none() {
+            let loaded = match self.placement.take() {
+                Some((loader, _)) => loader(),
+                None => Err(PolicyError {
+                    policy: "placement".into(),
+                    message: "no placement policy configured".into(),
+                }),
+            };
+            self.policy = Some(loaded);
+        }
+        match self.policy.as_mut() {
+            Some(Ok(p)) => Ok(p),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(PolicyError {
+                policy: "placement".into(),
+                message: "placement policy missing after load".into(),
+            }),
+        }
+    }
+
+    /// The providers to try for `req`, in order, and why any offering the template was
+    /// left out.
+    fn place(&mut self, ctx: &CallContext, req: &ProvisionRequest) -> Result<Vec<usize>, ProviderError> {
+        let mut candidates: Vec<Candidate> = Vec::new();
+        let mut failures: Vec<String> = Vec::new();
+        for i in self.by_priority() {
+            let name = self.members[i].info.name.clone();
+            let circuit = match self.breaker(i) {
+                Some(b) => b.circuit(ctx.now).map_err(Self::store_err)?,
+                None => Circuit::Closed,
+            };
+            if circuit == Circuit::Open {
+                tracing::info!(request_id = %req.request_id, provider = %name, "provider skipped: its circuit is open (provider.circuit_breaker)");
+                failures.push(format!("provider '{name}': circuit open (provider.circuit_breaker)"));
+                continue;
+            }
+            match self.member_templates(i, ctx) {
+                Ok(ts) => {
+                    if let Some(t) = ts.into_iter().find(|t| t.id == req.template_id) {
+                        let info = &self.members[i].info;
+                        candidates.push(Candidate {
+                            name: info.name.clone(),
+                            kind: info.kind.clone(),
+                            priority: info.priority,
+                            weight: info.weight,
+                            cost_threshold: info.cost_threshold,
+                            circuit,
+                            template: t,
+                        });
+                    }
+                }
+                Err(e) => {
+                    // Unreachable before it could even be asked: a failure of this request.
+                    tracing::warn!(request_id = %req.request_id, provider = %name, error = %e, "provider failed; trying the next one");
+                    if let Some(b) = self.breaker(i)
+                        && breaker::counts_as_failure(&e)
+                    {
+                        b.record_failure(ctx.now, circuit == Circuit::HalfOpen, &e.to_string())
+                            .map_err(Self::store_err)?;
+                    }
+                    failures.push(e.to_string());
+                }
+            }
+        }
+        if candidates.is_empty() {
+            return Err(if failures.is_empty() {
+                ProviderError::InvalidTemplate(format!("no provider offers template '{}'", req.template_id))
+            } else {
+                ProviderError::Unavailable(format!(
+                    "no provider that answered offers template '{}' ({})",
+                    req.template_id,
+                    joined(&failures)
+                ))
+            });
+        }
+        let placement = Placement {
+            request_id: req.request_id.clone(),
+            template_id: req.template_id.clone(),
+            count: req.count,
+            draw: placement::draw(&req.request_id),
+        };
+        let on_error = self.on_error;
+        let order = if self.placement.is_none() && self.policy.is_none() {
+            placement::by_priority(&candidates)
+        } else {
+            let policy: Result<&mut dyn PlacementPolicy, PolicyError> = match self.placement_policy() {
+                Ok(p) => Ok(p.as_mut()),
+                Err(e) => Err(e),
+            };
+            placement::choose(policy, on_error, ctx, &placement, &candidates).map_err(ProviderError::Policy)?
+        };
+        tracing::info!(request_id = %req.request_id, template_id = %req.template_id, order = %order.join(","), "placement");
+        Ok(order.iter().filter_map(|n| self.index(n)).collect())
+    }
+
+    /// Asks member `i` for `count` units of `req`, through its breaker.
+    fn leg(&mut self, i: usize, ctx: &CallContext, req: &ProvisionRequest, count: u32) -> Result<ProvisionProgress, ProviderError> {
+        let name = self.members[i].info.name.clone();
+        let store = self.store.clone();
+        let breaker = self
+            .breaker
+            .map(|policy| Breaker::new(store.as_ref(), &self.instance, &name, policy));
+        let trial = match &breaker {
+            None => false,
+            Some(b) => match b.admit(ctx.now).map_err(Self::store_err)? {
+                Admission::Closed => false,
+                Admission::Trial => {
+                    tracing::info!(provider = %name, "circuit half open: this request is the trial");
+                    true
+                }
+                Admission::Open { failures, retry_at, .. } => {
+                    return Err(ProviderError::Unavailable(format!(
+                        "provider '{name}': circuit open after {failures} consecutive failures, skipped until {retry_at} (provider.circuit_breaker)"
+                    )));
+                }
+            },
+        };
+        let sub = ProvisionRequest { count, ..req.clone() };
+        let result = self.on(i, ctx, |p, c| p.request_machines(c, &sub));
+        if let Some(b) = breaker {
+            let recorded = match &result {
+                Err(e) if breaker::counts_as_failure(e) => b.record_failure(ctx.now, trial, &e.to_string()).map(drop),
+                _ => b.record_success(),
+            };
+            recorded.map_err(Self::store_err)?;
+        }
+        result
+    }
+}
+
+/// Prefixes `e` with the provider's name, so a message says which of several failed.
+fn name_error(name: &str, e: ProviderError) -> ProviderError {
+    let tag = |m: String| format!("provider '{name}': {m}");
+    match e {
+        ProviderError::InvalidTemplate(m) => ProviderError::InvalidTemplate(tag(m)),
+        ProviderError::InvalidInput(m) => ProviderError::InvalidInput(tag(m)),
+        ProviderError::Capacity(m) => ProviderError::Capacity(tag(m)),
+        ProviderError::Unavailable(m) => ProviderError::Unavailable(tag(m)),
+        ProviderError::Denied(m) => ProviderError::Denied(tag(m)),
+        ProviderError::Internal(m) => ProviderError::Internal(tag(m)),
+        other => other,
+    }
+}
+
+/// Units a progress answer stands for.
+fn units(p: &ProvisionProgress) -> u32 {
+    p.units.unwrap_or_else(|| u32::try_from(p.machines.len()).unwrap_or(u32::MAX))
+}
+
+/// Several legs' answers as one.
+fn combine(parts: Vec<(String, ProvisionProgress)>, failures: &[String]) -> ProvisionProgress {
+    let weighted = parts.iter().any(|(_, p)| p.units.is_some());
+    let mut out = ProvisionProgress {
+        machines: Vec::new(),
+        outstanding: 0,
+        message: None,
+        units: None,
+    };
+    let mut notes: Vec<String> = Vec::new();
+    let mut total_units = 0u32;
+    let several = parts.len() > 1 || !failures.is_empty();
+    for (name, p) in parts {
+        total_units = total_units.saturating_add(units(&p));
+        out.outstanding = out.outstanding.saturating_add(p.outstanding);
+        if several {
+            notes.push(format!("{} host(s) from {name}", p.machines.len()));
+        }
+        if let Some(m) = p.message {
+            notes.push(if several { format!("{name}: {m}") } else { m });
+        }
+        out.machines.extend(p.machines);
+    }
+    notes.extend(failures.iter().cloned());
+    if weighted {
+        out.units = Some(total_units);
+    }
+    if !notes.is_empty() {
+        out.message = Some(notes.join("; "));
+    }
+    out
+}
+
+impl<'a> Provider for Router<'a> {
+    /// Every provider's templates, by priority; a template several offer appears once, as
+    /// the first offers it, with `maxNumber` and `availableNumber` summed (-1 / unknown when
+    /// any is). Providers that fail or whose circuit is open are left out (logged); all
+    /// failing is an error.
+    fn templates(&mut self, ctx: &CallContext) -> Result<Vec<Template>, ProviderError> {
+        let mut merged: Vec<Template> = Vec::new();
+        let mut failures: Vec<ProviderError> = Vec::new();
+        for i in self.by_priority() {
+            if let Some(b) = self.breaker(i)
+                && b.circuit(ctx.now).map_err(Self::store_err)? == Circuit::Open
+            {
+                tracing::info!(provider = %self.members[i].info.name, "provider's templates left out of the offer: its circuit is open");
+                continue;
+            }
+            match self.member_templates(i, ctx) {
+                Ok(ts) => {
+                    for t in ts {
+                        match merged.iter_mut().find(|m| m.id == t.id) {
+                            None => merged.push(t),
+                            Some(m) => {
+                                m.max_number = if m.max_number < 0 || t.max_number < 0 {
+                                    -1
+                                } else {
+                                    m.max_number.saturating_add(t.max_number)
+                                };
+                                m.available_number = match (m.available_number, t.available_number) {
+                                    (Some(a), Some(b)) => Some(a.saturating_add(b)),
+                                    _ => None,
+                                };
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(provider = %self.members[i].info.name, error = %e, "provider's templates left out of the offer");
+                    failures.push(e);
+                }
+            }
+        }
+        if merged.is_empty()
+            && let Some(first) = failures.into_iter().next()
+        {
+            return Err(first);
+        }
+        Ok(merged)
+    }
+
+    /// Places the request (see [`Router::place`]) and goes down the order: each provider is
+    /// asked for what is still missing, after its leg is recorded. A request recorded
+    /// before (a crashed call being resumed) is re-driven on the legs it had.
+    fn request_machines(&mut self, ctx: &CallContext, req: &ProvisionRequest) -> Result<ProvisionProgress, ProviderError> {
+        if let Some(route) = self.route(&req.request_id)? {
+            let mut parts = Vec::new();
+            let mut failures = Vec::new();
+            for leg in route.legs.iter().filter(|l| l.count > 0) {
+                let Some(i) = self.index(&leg.provider) else {
+                    failures.push(format!("provider '{}' is no longer configured", leg.provider));
+                    continue;
+                };
+                match self.on(i, ctx, |p, c| {
+                    p.request_machines(
+                        c,
+                        &ProvisionRequest {
+                            count: leg.count,
+                            ..req.clone()
+                        },
+                    )
+                }) {
+                    Ok(p) => {
+                        self.own(i, &p.machines)?;
+                        parts.push((leg.provider.clone(), p));
+                    }
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+            if parts.is_empty() && !failures.is_empty() {
+                return Err(ProviderError::Unavailable(joined(&failures)));
+            }
+            return Ok(combine(parts, &failures));
+        }
+        let order = self.place(ctx, req)?;
+        let mut route = Route::default();
+        let mut parts: Vec<(String, ProvisionProgress)> = Vec::new();
+        let mut failures: Vec<String> = Vec::new();
+        let mut capacity = false;
+        let mut remaining = req.count;
+        for i in order {
+            if remaining == 0 {
+                break;
+            }
+            let name = self.members[i].info.name.clone();
+            // Write-ahead: a crash during the call leaves a record that says where to look.
+            route.legs.push(Leg {
+                provider: name.clone(),
+                count: remaining,
+            });
+            self.save_route(&req.request_id, &route)?;
+            match self.leg(i, ctx, req, remaining) {
+                Ok(p) => {
+                    self.own(i, &p.machines)?;
+                    let covered = units(&p).saturating_add(p.outstanding).min(remaining);
+                    if covered < remaining {
+                        tracing::warn!(request_id = %req.request_id, provider = %name, asked = remaining, covered, "partial answer; topping up from the next provider");
+                    }
+                    if let Some(last) = route.legs.last_mut() {
+                        last.count = covered;
+                    }
+                    remaining -= covered;
+                    parts.push((name, p));
+                }
+                Err(e) => {
+                    tracing::warn!(request_id = %req.request_id, provider = %name, error = %e, "provider failed; trying the next one");
+                    capacity |= matches!(e, ProviderError::Capacity(_));
+                    if let Some(last) = route.legs.last_mut() {
+                        last.count = 0;
+                    }
+                    failures.push(e.to_string());
+                }
+            }
+            self.save_route(&req.request_id, &route)?;
+        }
+        if parts.is_empty() {
+            let message = if failures.is_empty() {
+                format!("the placement policy chose no provider for template '{}'", req.template_id)
+            } else {
+                format!("every provider failed: {}", joined(&failures))
+            };
+            return Err(if capacity {
+                ProviderError::Capacity(message)
+            } else {
+                ProviderError::Unavailable(message)
+            });
+        }
+        Ok(combine(parts, &failures))
+    }
+
+    /// Each query split by provider (its legs, its machines), one batch per provider.
+    fn requests_status(
+        &mut self,
+        ctx: &CallContext,
+        queries: &[StatusQuery],
+    ) -> Result<Vec<Result<ProvisionProgress, ProviderError>>, ProviderError> {
+        // (query index, member) -> sub-query
+        let mut batches: Vec<(usize, Vec<(usize, StatusQuery)>)> = Vec::new();
+        let mut errors: Vec<Option<ProviderError>> = vec![None; queries.len()];
+        for (qi, q) in queries.iter().enumerate() {
+            let Some(route) = self.route(&q.request.request_id)? else {
+                errors[qi] = Some(ProviderError::Internal(format!(
+                    "request {} has no routing record: which provider made it is unknown",
+                    q.request.request_id
+                )));
+                continue;
+            };
+            for leg in &route.legs {
+                let Some(i) = self.index(&leg.provider) else {
+                    continue;
+                };
+                let mut known = Vec::new();
+                for m in &q.known {
+                    if self.owner(Some(&m.machine_id), &m.name)? == Some(i) {
+                        known.push(m.clone());
+                    }
+                }
+                if leg.count == 0 && known.is_empty() {
+                    continue;
+                }
+                let sub = StatusQuery {
+                    request: ProvisionRequest {
+                        count: leg.count,
+                        ..q.request.clone()
+                    },
+                    known,
+                };
+                match batches.iter_mut().find(|(m, _)| *m == i) {
+                    Some((_, v)) => v.push((qi, sub)),
+                    None => batches.push((i, vec![(qi, sub)])),
+                }
+            }
+        }
+        let mut parts: Vec<Vec<(String, ProvisionProgress)>> = vec![Vec::new(); queries.len()];
+        let mut failures: Vec<Vec<String>> = vec![Vec::new(); queries.len()];
+        let mut transient: Vec<Option<ProviderError>> = vec![None; queries.len()];
+        for (i, batch) in batches {
+            let name = self.members[i].info.name.clone();
+            let subs: Vec<StatusQuery> = batch.iter().map(|(_, q)| q.clone()).collect();
+            let answers = match self.on(i, ctx, |p, c| p.requests_status(c, &subs)) {
+                Ok(list) if list.len() == subs.len() => list,
+                Ok(list) => {
+                    let e = ProviderError::Internal(format!(
+                        "provider '{name}': requests-status answered {} of {} queries",
+                        list.len(),
+                        subs.len()
+                    ));
+                    subs.iter().map(|_| Err(e.clone())).collect()
+                }
+                Err(e) => subs.iter().map(|_| Err(e.clone())).collect(),
+            };
+            for ((qi, sub), answer) in batch.into_iter().zip(answers) {
+                match answer {
+                    Ok(p) => {
+                        self.own(i, &p.machines)?;
+                        parts[qi].push((name.clone(), p));
+                    }
+                    Err(e) => {
+                        let e = name_error(&name, e);
+                        failures[qi].push(e.to_string());
+                        if matches!(e, ProviderError::Unavailable(_) | ProviderError::Aborted { .. }) {
+                            transient[qi] = Some(e.clone());
+                        }
+                        // What that provider made is still reported, as last known.
+                        parts[qi].push((
+                            name.clone(),
+                            ProvisionProgress {
+                                machines: sub.known,
+                                outstanding: 0,
+                                message: None,
+                                units: None,
+                            },
+                        ));
+                    }
+                }
+            }
+        }
+        Ok((0..queries.len())
+            .map(|qi| {
+                if let Some(e) = errors[qi].take() {
+                    return Err(e);
+                }
+                let answered = parts[qi].len() - failures[qi].len();
+                if answered == 0
+                    && let Some(e) = transient[qi].take()
+                {
+                    // Nobody answered: the service keeps the request running and retries.
+                    return Err(e);
+                }
+                Ok(combine(std::mem::take(&mut parts[qi]), &failures[qi]))
+            })
+            .collect())
+    }
+
+    /// Each machine released by the provider that made it. Machines no routing record
+    /// attributes are not sent to any provider (one of another region could be mistaken
+    /// for gone); they come back `failed`, named.
+    fn release_machines(&mut self, ctx: &CallContext, return_id: &str, machines: &[MachineRef]) -> Result<Vec<Machine>, ProviderError> {
+        let (groups, unknown) = self.group_refs(machines)?;
+        let mut out = Vec::new();
+        let mut failures = Vec::new();
+        for (i, refs) in groups {
+            match self.on(i, ctx, |p, c| p.release_machines(c, return_id, &refs)) {
+                Ok(ms) => out.extend(ms),
+                Err(e) => failures.push(e),
+            }
+        }
+        if out.is_empty()
+            && let Some(e) = failures.into_iter().next()
+        {
+            return Err(e);
+        }
+        out.extend(unknown.into_iter().map(|r| unattributed(r, ctx.now)));
+        Ok(out)
+    }
+
+    fn release_status(&mut self, ctx: &CallContext, return_id: &str, known: &[Machine]) -> Result<Vec<Machine>, ProviderError> {
+        let mut groups: Vec<(usize, Vec<Machine>)> = Vec::new();
+        let mut out = Vec::new();
+        for m in known {
+            match self.owner(Some(&m.machine_id), &m.name)? {
+                Some(i) => match groups.iter_mut().find(|(g, _)| *g == i) {
+                    Some((_, v)) => v.push(m.clone()),
+                    None => groups.push((i, vec![m.clone()])),
+                },
+                None => out.push(m.clone()),
+            }
+        }
+        let mut failures = Vec::new();
+        for (i, ms) in groups {
+            match self.on(i, ctx, |p, c| p.release_status(c, return_id, &ms)) {
+                Ok(answer) => out.extend(answer),
+                Err(e) => {
+                    out.extend(ms);
+                    failures.push(e);
+                }
+            }
+        }
+        if out.is_empty()
+            && let Some(e) = failures.into_iter().next()
+        {
+            return Err(e);
+        }
+        Ok(out)
+    }
+
+    /// Every provider's machines; the ones of a provider that fails are left out (the
+    /// sweep then finds fewer orphans, never more).
+    fn owned_machines(&mut self, ctx: &CallContext) -> Result<Vec<OwnedMachine>, ProviderError> {
+        let mut out = Vec::new();
+        for i in self.by_priority() {
+            match self.on(i, ctx, |p, c| p.owned_machines(c)) {
+                Ok(list) => {
+                    for o in &list {
+                        self.owners.insert(o.machine.machine_id.clone(), i);
+                    }
+                    out.extend(list);
+                }
+                Err(e) => {
+                    tracing::warn!(provider = %self.members[i].info.name, error = %e, "cannot list this provider's machines for the orphan scan")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Each host asked about at the provider that made it; hosts no record attributes are
+    /// never reclaimed (a host of another region could be mistaken for gone).
+    fn reclaim_candidates(&mut self, ctx: &CallContext, machines: &[MachineRef]) -> Result<Vec<Reclaim>, ProviderError> {
+        let (groups, unknown) = self.group_refs(machines)?;
+        if !unknown.is_empty() {
+            tracing::warn!(hosts = unknown.len(), first = %unknown[0].name, "hosts no provider is recorded for are not checked for reclaim");
+        }
+        let mut out = Vec::new();
+        for (i, refs) in groups {
+            match self.on(i, ctx, |p, c| p.reclaim_candidates(c, &refs)) {
+                Ok(r) => out.extend(r),
+                Err(e) => tracing::warn!(error = %e, "reclaim check failed for this provider; its hosts are asked again next call"),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A machine to return that no provider is recorded for.
+fn unattributed(r: MachineRef, now: u64) -> Machine {
+    Machine {
+        machine_id: r.machine_id.clone().unwrap_or_else(|| r.name.clone()),
+        message: Some(format!(
+            "no provider is recorded as having made host '{}', so none was asked to release it",
+            r.name
+        )),
+        name: r.name,
+        private_ip: String::new(),
+        public_ip: None,
+        launch_time: now,
+        state: MachineState::Failed,
+    }
+}

@@ -1,0 +1,386 @@
+//! Several providers behind one HostFactory provider instance, from the seed's v2 config
+//! (`provider.providers[]` with more than one enabled), against two moto servers (two
+//! clouds: one can be made unreachable while the other serves). Checked through the real
+//! scripts: which emulator the hosts are in, failover when the primary fails, its circuit
+//! opening and closing across processes, weights honoured over many requests, COST_OPTIMIZED
+//! with thresholds, a partial on-prem answer topped up from AWS, and returns, status and
+//! reclaims routed to the provider that made each host.
+
+mod common;
+
+use common::moto::{Moto, templates};
+use common::*;
+use serde_json::{Value, json};
+
+const TEMPLATE: &str = "OnDemand-Template-VM";
+
+/// Writes IBM's files `<prefix>_config.json` / `<prefix>_templates.json` for `moto` into
+/// `tree`'s conf dir (each emulator has its own subnet and image).
+fn ibm_files(tree: &HfTree, prefix: &str, moto: &Moto) {
+    // Each cloud its own addresses, so host names differ across them.
+    let n = if prefix == "east" { 10 } else { 20 };
+    let (subnet, sg, ami) = moto.network_in(n);
+    let config = json!({
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": moto.endpoint,
+        "AWS_CREDENTIAL_FILE": "credentials",
+        "AWS_CONNECTION_TIMEOUT_MS": "3000",
+        "AWS_REQUEST_RETRY_ATTEMPTS": 0,
+        "AWS_INSTANCE_PENDING_TIMEOUT_SEC": 180,
+    });
+    std::fs::write(tree.conf.join(format!("{prefix}_config.json")), config.to_string()).expect("config");
+    let mut t = templates(&subnet, &sg, &ami);
+    t[0]["maxNumber"] = json!(60);
+    std::fs::write(
+        tree.conf.join(format!("{prefix}_templates.json")),
+        json!({"templates": t}).to_string(),
+    )
+    .expect("templates");
+}
+
+/// A tree with inventory `inventory` and credentials for the emulators.
+fn tree(inventory: &str) -> HfTree {
+    let tree = HfTree::new(inventory);
+    tree.set_env("AWS_EC2_METADATA_DISABLED", "true");
+    std::fs::write(
+        tree.conf.join("credentials"),
+        "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n",
+    )
+    .expect("creds");
+    tree
+}
+
+/// A seed provider entry for IBM files `<prefix>_*`.
+fn aws(name: &str, prefix: &str, extra: Value) -> Value {
+    let mut p = json!({
+        "name": name, "type": "aws", "enabled": true,
+        "config": {"config_file": format!("{prefix}_config.json"), "templates_file": format!("{prefix}_templates.json")}
+    });
+    for (k, v) in extra.as_object().expect("extra object") {
+        if k == "config" {
+            for (ck, cv) in v.as_object().expect("config object") {
+                p["config"][ck] = cv.clone();
+            }
+        } else {
+            p[k] = v.clone();
+        }
+    }
+    p
+}
+
+/// Points IBM file `<prefix>_config.json` at a closed port (the cloud is gone) or back.
+fn set_endpoint(tree: &HfTree, prefix: &str, endpoint: &str) {
+    let f = tree.conf.join(format!("{prefix}_config.json"));
+    let mut c: Value = serde_json::from_str(&std::fs::read_to_string(&f).expect("read")).expect("json");
+    c["AWS_ENDPOINT_URL"] = json!(endpoint);
+    std::fs::write(&f, c.to_string()).expect("write");
+}
+
+fn dead_endpoint() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    format!("http://127.0.0.1:{port}")
+}
+
+/// (name, machineId) of the request's `succeed` machines.
+fn hosts(req: &Value) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = req["machines"]
+        .as_array()
+        .expect("machines")
+        .iter()
+        .filter(|m| m["result"] == "succeed")
+        .map(|m| {
+            (
+                m["name"].as_str().expect("name").into(),
+                m["machineId"].as_str().expect("id").into(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// (PrivateDnsName, id) of `moto`'s instances made for request `id`.
+fn made_by(moto: &Moto, id: &str) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = moto.instances_of(id).into_iter().map(|(iid, _, dns, _)| (dns, iid)).collect();
+    v.sort();
+    v
+}
+
+fn state(moto: &Moto, id: &str) -> String {
+    moto.instances().into_iter().find(|x| x.0 == id).map(|x| x.1).unwrap_or_default()
+}
+
+fn log(tree: &HfTree) -> String {
+    std::fs::read_to_string(tree.logs.join("hfwasm-pool.log")).unwrap_or_default()
+}
+
+#[test]
+fn priority_failover_survives_a_dead_primary_and_returns_to_it_after_recovery() {
+    let (a, b) = (Moto::start(), Moto::start());
+    let tree = tree("");
+    ibm_files(&tree, "east", &a);
+    ibm_files(&tree, "west", &b);
+    // Scenario 3's shape: three providers by priority, the third disabled.
+    tree.config(&json!({
+        "version": "2.0.0",
+        "provider": {
+            "active_provider": "aws-primary",
+            "selection_policy": "PRIORITY_FAILOVER",
+            "circuit_breaker": {"enabled": true, "failure_threshold": 2, "recovery_timeout": 300},
+            "providers": [
+                aws("aws-primary", "east", json!({"priority": 1, "weight": 100, "config": {"region": "us-east-1"}})),
+                aws("aws-secondary", "west", json!({"priority": 2, "weight": 80, "config": {"region": "us-east-1"}})),
+                {"name": "aws-tertiary", "type": "aws", "enabled": false, "priority": 3, "config": {"region": "eu-west-1"}}
+            ]
+        }
+    }));
+    // One offer: the template both have, once.
+    let offer = tree.ok("getAvailableTemplates", &json!({}));
+    let ids: Vec<&str> = offer["templates"]
+        .as_array()
+        .expect("templates")
+        .iter()
+        .filter_map(|t| t["templateId"].as_str())
+        .collect();
+    assert_eq!(ids.iter().filter(|i| **i == TEMPLATE).count(), 1, "{ids:?}");
+    let t = offer["templates"]
+        .as_array()
+        .expect("t")
+        .iter()
+        .find(|t| t["templateId"] == TEMPLATE)
+        .expect("template");
+    assert_eq!(t["maxNumber"], 120, "both providers' maxNumber (60 each): {t}");
+
+    // Healthy: everything goes to the primary.
+    let first = tree.request(TEMPLATE, 2);
+    let done = tree.until_final(&first);
+    assert_eq!(done["status"], "complete", "{done}");
+    assert_eq!(hosts(&done), made_by(&a, &first), "names are the primary's PrivateDnsNames");
+    assert!(made_by(&b, &first).is_empty());
+
+    // The primary's cloud goes away: requests fail over to the secondary, and after two
+    // failures (two processes) its circuit opens.
+    set_endpoint(&tree, "east", &dead_endpoint());
+    let mut on_secondary = Vec::new();
+    for _ in 0..3 {
+        let id = tree.request(TEMPLATE, 1);
+        let done = tree.until_final(&id);
+        assert_eq!(done["status"], "complete", "{done}");
+        assert_eq!(hosts(&done), made_by(&b, &id));
+        assert_eq!(made_by(&b, &id).len(), 1);
+        on_secondary.push(id);
+    }
+    let text = log(&tree);
+    assert_eq!(
+        text.matches("provider failed; trying the next one").count(),
+        2,
+        "failover is logged"
+    );
+    assert!(
+        text.contains("provider skipped: its circuit is open"),
+        "the third request skipped the primary without calling it"
+    );
+    // Status of the primary's request while its cloud is unreachable: still answered from
+    // the store (it is final).
+    assert_eq!(tree.until_final(&first)["status"], "complete");
+
+    // The cloud is back, but the circuit stays open until the recovery timeout.
+    set_endpoint(&tree, "east", &a.endpoint);
+    let id = tree.request(TEMPLATE, 1);
+    assert_eq!(made_by(&b, &id).len(), 1, "still on the secondary while the circuit is open");
+    assert!(made_by(&a, &id).is_empty());
+    tree.until_final(&id);
+    on_secondary.push(id);
+    // After the timeout the trial goes to the primary, succeeds, and the circuit closes.
+    tree.set_env("HFWASM_NOW_OFFSET_SECS", "400");
+    let trial = tree.request(TEMPLATE, 1);
+    assert_eq!(tree.until_final(&trial)["status"], "complete");
+    assert_eq!(made_by(&a, &trial).len(), 1, "the trial went to the primary");
+    assert!(log(&tree).contains("circuit closed"));
+
+    // One return naming hosts of both providers: each is terminated in its own cloud.
+    let (pa_name, pa_id) = hosts(&tree.until_final(&first))[0].clone();
+    let (sb_name, sb_id) = hosts(&tree.until_final(&on_secondary[0]))[0].clone();
+    let ret = tree.ok(
+        "requestReturnMachines",
+        &json!({"machines": [{"name": pa_name, "machineId": pa_id}, {"name": sb_name, "machineId": sb_id}]}),
+    );
+    let rid = ret["requestId"].as_str().expect("id").to_string();
+    let done = tree.until_final(&rid);
+    assert_eq!(done["status"], "complete", "{done}");
+    assert_eq!(state(&a, &pa_id), "terminated", "{done}");
+    assert_eq!(state(&b, &sb_id), "terminated", "{done}");
+
+    // Reclaims: a host terminated behind our back in the secondary's cloud is reported;
+    // live hosts of both are not.
+    let (gone_name, gone_id) = hosts(&tree.until_final(&on_secondary[1]))[0].clone();
+    b.terminate(&gone_id);
+    let (live_a, _) = hosts(&tree.until_final(&trial))[0].clone();
+    let (live_b, _) = hosts(&tree.until_final(&on_secondary[2]))[0].clone();
+    let r = tree.ok(
+        "getReturnRequests",
+        &json!({"machines": [{"name": gone_name}, {"name": live_a}, {"name": live_b}]}),
+    );
+    let names: Vec<&str> = r["requests"]
+        .as_array()
+        .expect("requests")
+        .iter()
+        .filter_map(|x| x["machine"].as_str())
+        .collect();
+    assert_eq!(names, [gone_name.as_str()], "{r}");
+}
+
+#[test]
+fn weighted_selection_honours_the_weights_over_many_requests() {
+    let (a, b) = (Moto::start(), Moto::start());
+    let tree = tree("");
+    ibm_files(&tree, "east", &a);
+    ibm_files(&tree, "west", &b);
+    tree.config(&json!({
+        "version": "2.0.0",
+        "provider": {
+            "selection_policy": "WEIGHTED",
+            "providers": [aws("heavy", "east", json!({"weight": 3})), aws("light", "west", json!({"weight": 1}))]
+        }
+    }));
+    const N: usize = 48;
+    for _ in 0..N {
+        tree.request(TEMPLATE, 1);
+    }
+    let (on_a, on_b) = (a.live().len(), b.live().len());
+    assert_eq!(on_a + on_b, N, "one host per request, no overshoot");
+    // Expected 36 of 48 on `heavy` (weight 3 of 4); binomial sd = 3. Tolerance: 4 sd.
+    assert!((24..=44).contains(&on_a), "heavy got {on_a} of {N}, light {on_b}");
+}
+
+#[test]
+fn cost_optimized_takes_the_cheapest_within_its_threshold() {
+    let (a, b) = (Moto::start(), Moto::start());
+    let tree = tree("");
+    ibm_files(&tree, "east", &a);
+    ibm_files(&tree, "west", &b);
+    let config = |west_price: f64| {
+        json!({
+            "version": "2.0.0",
+            "provider": {
+                "selection_policy": "COST_OPTIMIZED",
+                "providers": [
+                    aws("aws-primary", "east", json!({"priority": 1, "config": {"cost_threshold": 0.50}})),
+                    aws("aws-cheap", "west", json!({"priority": 2, "config": {"cost_threshold": 0.10}}))
+                ]
+            },
+            "placement": {
+                "guest": "builtin:default-policy",
+                "settings": {"prices": {"aws-primary": {"*": 0.20}, "aws-cheap": {TEMPLATE: west_price}}},
+                "on_error": "fail_closed"
+            }
+        })
+    };
+    tree.config(&config(0.05));
+    let id = tree.request(TEMPLATE, 1);
+    assert_eq!(
+        (made_by(&a, &id).len(), made_by(&b, &id).len()),
+        (0, 1),
+        "the cheaper one, despite its priority"
+    );
+    // Above its cost_threshold, the cheap one is not used at all.
+    tree.config(&config(0.15));
+    let id = tree.request(TEMPLATE, 1);
+    assert_eq!((made_by(&a, &id).len(), made_by(&b, &id).len()), (1, 0));
+    // A broken placement setting fails closed, named.
+    let mut broken = config(0.05);
+    broken["placement"]["settings"]["prices"] = json!({"aws-cheap": "cheap"});
+    tree.config(&broken);
+    let e = tree.err(
+        "requestMachines",
+        &json!({"template": {"templateId": TEMPLATE, "machineCount": 1}}),
+        "POLICY_ERROR",
+    );
+    let msg = e["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("default-policy") && msg.contains("settings.prices.aws-cheap"), "{msg}");
+    assert_eq!(a.live().len() + b.live().len(), 2, "nothing launched by the failed request");
+
+    // The same hook as a Rhai script: the core cannot tell who answered.
+    std::fs::write(
+        tree.conf.join("place.rhai"),
+        "fn choose_providers(ctx, request, candidates) {\n    let out = [];\n    for c in candidates { if c.name == ctx.settings.only && request.count > 0 { out.push(c.name); } }\n    out\n}\n",
+    )
+    .expect("script");
+    let mut rhai = config(0.05);
+    rhai["placement"] = json!({"script": "place.rhai", "settings": {"only": "aws-primary"}});
+    tree.config(&rhai);
+    let id = tree.request(TEMPLATE, 1);
+    assert_eq!(
+        (made_by(&a, &id).len(), made_by(&b, &id).len()),
+        (1, 0),
+        "the script chose aws-primary"
+    );
+    // A script that never ends is stopped, logged by name, and fails open: by priority.
+    std::fs::write(
+        tree.conf.join("spin.rhai"),
+        "fn choose_providers(ctx, request, candidates) { loop {} }\n",
+    )
+    .expect("script");
+    rhai["placement"] = json!({"script": "spin.rhai", "limits": {"max_operations": 10000}});
+    tree.config(&rhai);
+    let id = tree.request(TEMPLATE, 1);
+    assert_eq!(
+        (made_by(&a, &id).len(), made_by(&b, &id).len()),
+        (1, 0),
+        "priority order: aws-primary first"
+    );
+    let text = log(&tree);
+    assert!(
+        text.contains("placement policy failed") && text.contains("spin.rhai") && text.contains("placement.limits.max_operations"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_partial_on_prem_answer_is_topped_up_from_aws_and_returns_go_to_each() {
+    let a = Moto::start();
+    // Scenario 5's shape (hybrid): the on-prem pool first, AWS behind it.
+    let tree = tree(&format!(
+        "defaults template={TEMPLATE} ncpus=1 nram=1024\nrack-01 10.9.0.1\nrack-02 10.9.0.2\n"
+    ));
+    ibm_files(&tree, "east", &a);
+    tree.config(&json!({
+        "version": "2.0.0",
+        "provider": {
+            "active_provider": "onprem-pool",
+            "providers": [
+                {"name": "onprem-pool", "type": "onprem", "priority": 2},
+                aws("aws-burst", "east", json!({"priority": 1}))
+            ]
+        }
+    }));
+    let id = tree.request(TEMPLATE, 3);
+    let done = tree.until_final(&id);
+    assert_eq!(done["status"], "complete", "{done}");
+    let names: Vec<String> = hosts(&done).into_iter().map(|(n, _)| n).collect();
+    let cloud = made_by(&a, &id);
+    assert_eq!(cloud.len(), 1, "one host topped up from AWS: {done}");
+    assert_eq!(names.len(), 3, "{done}");
+    assert!(
+        names.contains(&"rack-01".to_string()) && names.contains(&"rack-02".to_string()),
+        "{names:?}"
+    );
+    assert!(names.contains(&cloud[0].0));
+    let msg = done["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("from onprem-pool") && msg.contains("from aws-burst"), "{msg}");
+
+    // Return everything: the pool frees its hosts, AWS terminates its instance.
+    let machines: Vec<Value> = hosts(&done).into_iter().map(|(n, i)| json!({"name": n, "machineId": i})).collect();
+    let ret = tree.ok("requestReturnMachines", &json!({"machines": machines}));
+    let rid = ret["requestId"].as_str().expect("id").to_string();
+    assert_eq!(tree.until_final(&rid)["status"], "complete");
+    assert_eq!(state(&a, &cloud[0].1), "terminated");
+    // The pool's hosts are free again: a new request of 2 gets both, nothing from AWS.
+    let again = tree.request(TEMPLATE, 2);
+    let done = tree.until_final(&again);
+    assert_eq!(made_by(&a, &again).len(), 0, "{done}");
+    assert_eq!(hosts(&done).len(), 2);
+}
