@@ -384,3 +384,29 @@ fn a_partial_on_prem_answer_is_topped_up_from_aws_and_returns_go_to_each() {
     assert_eq!(made_by(&a, &again).len(), 0, "{done}");
     assert_eq!(hosts(&done).len(), 2);
 }
+
+#[test]
+fn a_crash_after_a_failover_leaks_nothing_in_either_cloud() {
+    let (a, b) = (Moto::start(), Moto::start());
+    let tree = tree("");
+    ibm_files(&tree, "east", &a);
+    ibm_files(&tree, "west", &b);
+    tree.config(&json!({
+        "version": "2.0.0",
+        "provider": {"providers": [aws("aws-primary", "east", json!({"priority": 1})), aws("aws-secondary", "west", json!({"priority": 2}))]}
+    }));
+    // The primary fails at its first call; the secondary launches; the process dies before
+    // anything reaches the store or HostFactory.
+    set_endpoint(&tree, "east", &dead_endpoint());
+    tree.set_env("HFWASM_FAULT", "request-machines:after-provider");
+    let o = tree.run("requestMachines", &json!({"template": {"templateId": TEMPLATE, "machineCount": 2}}));
+    assert_eq!(o.json, Value::Null, "nothing reached HostFactory");
+    tree.unset_env("HFWASM_FAULT");
+    set_endpoint(&tree, "east", &a.endpoint);
+    assert_eq!((a.live().len(), b.live().len()), (0, 2), "the secondary launched before the crash");
+    // After the creation timeout the sweep finds them through the routing record, at the
+    // provider that made them.
+    tree.set_env("HFWASM_NOW_OFFSET_SECS", "3600");
+    tree.ok("getReturnRequests", &json!({"machines": []}));
+    assert_eq!((a.live().len(), b.live().len()), (0, 0), "abandoned instances are terminated");
+}
