@@ -410,3 +410,115 @@ fn a_crash_after_a_failover_leaks_nothing_in_either_cloud() {
     tree.ok("getReturnRequests", &json!({"machines": []}));
     assert_eq!((a.live().len(), b.live().len()), (0, 0), "abandoned instances are terminated");
 }
+
+/// `hfwasm replay ...` for the tree; returns (exit code, stdout, stderr).
+fn replay(tree: &HfTree, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["replay"];
+    all.extend_from_slice(args);
+    admin(tree, &all)
+}
+
+#[test]
+fn recorded_placements_replay_deterministically_and_show_each_difference() {
+    let (a, b) = (Moto::start(), Moto::start());
+    let tree = tree("");
+    ibm_files(&tree, "east", &a);
+    ibm_files(&tree, "west", &b);
+    tree.config(&json!({
+        "version": "2.0.0",
+        "provider": {
+            "selection_policy": "PRIORITY_FAILOVER",
+            "providers": [aws("aws-primary", "east", json!({"priority": 1})), aws("aws-secondary", "west", json!({"priority": 2}))]
+        },
+        "placement": {"guest": "builtin:default-policy", "settings": {"prices": {"aws-primary": {"*": 0.2}, "aws-secondary": {"*": 0.1}}}},
+        "recording": {"enabled": true}
+    }));
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        // Two decisions now, two 1000 s later.
+        if i == 2 {
+            tree.set_env("HFWASM_NOW_OFFSET_SECS", "1000");
+        }
+        ids.push(tree.request(TEMPLATE, 1 + i as u32));
+    }
+    assert_eq!(a.live().len(), 10, "all live decisions went to the primary");
+
+    // A candidate that agrees except for one request: exactly that difference shows.
+    std::fs::write(
+        tree.conf.join("flip.rhai"),
+        "fn choose_providers(ctx, request, candidates) {\n    let names = [];\n    for c in candidates { names.push(c.name); }\n    if request.request_id == ctx.settings.flip { names.reverse(); }\n    names\n}\n",
+    )
+    .expect("script");
+    let script = tree.conf.join("flip.rhai");
+    let settings = json!({"flip": ids[1]}).to_string();
+    let (code, out, err) = replay(
+        &tree,
+        &["--policy", script.to_str().expect("path"), "--settings", &settings, "--json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let r: Value = serde_json::from_str(&out).expect("json report");
+    assert_eq!(
+        (r["decisions"].as_u64(), r["same"].as_u64(), r["differ"].as_u64()),
+        (Some(4), Some(3), Some(1)),
+        "{r}"
+    );
+    let differs: Vec<&Value> = r["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter(|row| row["same"] == false)
+        .collect();
+    assert_eq!(differs.len(), 1);
+    assert_eq!(differs[0]["request_id"], json!(ids[1]));
+    assert_eq!(differs[0]["live"], json!(["aws-primary", "aws-secondary"]));
+    assert_eq!(differs[0]["candidate"], json!(["aws-secondary", "aws-primary"]));
+    // Hosts by first choice: request 2 asked for 2 hosts, moved from primary to secondary;
+    // cost from the live policy's prices.
+    assert_eq!(r["hosts_by_first_choice"]["aws-primary"], json!([10, 8]), "{r}");
+    assert_eq!(r["hosts_by_first_choice"]["aws-secondary"], json!([0, 2]), "{r}");
+    let cost = &r["cost"];
+    assert!(
+        (cost["live"].as_f64().unwrap_or(0.0) - 2.0).abs() < 1e-9 && (cost["candidate"].as_f64().unwrap_or(0.0) - 1.8).abs() < 1e-9,
+        "{cost}"
+    );
+
+    // The same replay twice: byte-identical reports, text and JSON.
+    let weighted = [
+        "--policy",
+        "builtin:default-policy",
+        "--settings",
+        r#"{"selection_policy": "COST_OPTIMIZED", "prices": {"aws-secondary": {"*": 0.01}}}"#,
+    ];
+    let first = replay(&tree, &weighted);
+    let second = replay(&tree, &weighted);
+    assert_eq!(first.0, 0, "{}", first.2);
+    assert_eq!(first.1, second.1, "byte-identical");
+    assert!(first.1.contains("4 decision(s): 0 same, 4 differ, 0 failed"), "{}", first.1);
+    let mut json_args = weighted.to_vec();
+    json_args.push("--json");
+    assert_eq!(replay(&tree, &json_args).1, replay(&tree, &json_args).1);
+
+    // --from / --to select by the recorded time.
+    let at: Vec<u64> = r["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|row| row["at"].as_u64())
+        .collect();
+    let from = (at[0] + 500).to_string();
+    let (_, out, _) = replay(&tree, &["--policy", "builtin:default-policy", "--from", &from, "--json"]);
+    let late: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(late["decisions"], 2, "{late}");
+    let to = (at[0] + 500).to_string();
+    let (_, out, _) = replay(&tree, &["--policy", "builtin:default-policy", "--to", &to, "--json"]);
+    assert_eq!(serde_json::from_str::<Value>(&out).expect("json")["decisions"], 2);
+
+    // Fuel meters a Wasm candidate: too little fails every decision, named.
+    let (code, out, _) = replay(&tree, &["--policy", "builtin:default-policy", "--fuel", "1000"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("0 same, 0 differ, 4 failed") && out.contains("fuel"), "{out}");
+    // A candidate that is not a policy is refused, named.
+    let (code, _, err) = replay(&tree, &["--policy", "/nonexistent/cand.wasm"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cand") && err.contains("POLICY_ERROR"), "{err}");
+}

@@ -106,6 +106,37 @@ enum Command {
     /// PostgreSQL without losing a request).
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Re-run a candidate placement policy over the placement decisions recorded in this
+    /// provider instance's store (config `"recording": {"enabled": true}`, several providers),
+    /// with the recorded candidates, time and random draw: deterministic, no cloud touched.
+    /// Prints each decision (live order, candidate order, same or DIFFERS) and totals: hosts
+    /// by first-choice provider and the estimated cost per hour where prices are known (the
+    /// live policy's `settings.prices`, else a template's `price` attribute).
+    ///
+    /// Example: hfwasm replay --policy candidate.rhai --settings '{"only": "aws-west"}' --from 1795300000
+    Replay {
+        /// The candidate: a Rhai script (`.rhai`, defining choose_providers), a Wasm component
+        /// exporting hostfactory:policy/placement, or `builtin:default-policy`.
+        #[arg(long, value_name = "FILE")]
+        policy: String,
+        /// The candidate's settings, one JSON object (default `{}`), e.g.
+        /// '{"selection_policy": "WEIGHTED"}' for the built-in one.
+        #[arg(long, value_name = "JSON")]
+        settings: Option<String>,
+        /// Only decisions made at or after this time (epoch seconds).
+        #[arg(long, value_name = "EPOCH")]
+        from: Option<u64>,
+        /// Only decisions made at or before this time (epoch seconds).
+        #[arg(long, value_name = "EPOCH")]
+        to: Option<u64>,
+        /// Print the report as one JSON document.
+        #[arg(long)]
+        json: bool,
+        /// Fuel per decision for a Wasm candidate: a deterministic limit (a candidate that
+        /// runs out fails that decision, named in the report).
+        #[arg(long, default_value_t = 1_000_000_000)]
+        fuel: u64,
+    },
     /// Run the full HostFactory cycle through the real scripts in a temporary tree, on the
     /// embedded defaults, printing every input and answer as HostFactory sees them.
     Demo {
@@ -476,6 +507,40 @@ fn main() -> ExitCode {
                 Ok((doc.requests.len(), p.config.store.describe()))
             },
             |(n, to)| println!("imported {n} request(s) into {to}"),
+        ),
+        Command::Replay {
+            policy,
+            settings,
+            from,
+            to,
+            json,
+            fuel,
+        } => admin_with(
+            &cli.dirs,
+            Plugin::open_config,
+            |p| {
+                let settings: serde_json::Value = match settings {
+                    None => serde_json::json!({}),
+                    Some(s) => serde_json::from_str(s)
+                        .map_err(|e| HfError::new(ErrorCode::InvalidInput, format!("--settings is not JSON: {e}")))?,
+                };
+                // Progress on stderr for long runs: a line per tenth.
+                let mut shown = 0;
+                p.replay(policy, settings, (*from, *to), *fuel, |done, total| {
+                    let tenth = done * 10 / total.max(1);
+                    if total >= 1000 && tenth > shown {
+                        shown = tenth;
+                        eprintln!("replay: {}% ({done}/{total} decisions)", tenth * 10);
+                    }
+                })
+            },
+            |report| {
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+                } else {
+                    print!("{}", hfwasm::policy::replay::render(&report));
+                }
+            },
         ),
         Command::PowerRun { host, action } => {
             let result = dirs(&cli.dirs).and_then(|dirs| {

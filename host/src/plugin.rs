@@ -302,9 +302,81 @@ impl Plugin {
             }
             if let Some(spec) = &self.config.placement {
                 router = router.with_placement(Box::new(move || self.load_placement(spec)), spec.on_error);
+                if let Some(keep) = self.config.recording {
+                    router = router.with_recording(keep, &spec.name(), spec.settings.clone());
+                }
             }
             Ok(Box::new(router) as Box<dyn Provider>)
         })
+    }
+
+    /// `hfwasm replay`: re-runs candidate placement policy `policy` (a `.rhai` script,
+    /// `builtin:default-policy`, or a Wasm component file) with `settings` over the decisions
+    /// recorded in this instance's store within `from..=to`. A Wasm candidate runs with
+    /// `fuel` per decision and a fixed random seed, so two runs give the same report.
+    pub fn replay(
+        &self,
+        policy: &str,
+        settings: Value,
+        range: (Option<u64>, Option<u64>),
+        fuel: u64,
+        progress: impl FnMut(usize, usize),
+    ) -> Result<crate::policy::replay::Report, HfError> {
+        use crate::config::{BUILTIN_DEFAULT_POLICY, PolicySpec};
+        use crate::runtime::limits::GuestLimits;
+        if !settings.is_object() {
+            return Err(HfError::new(
+                ErrorCode::InvalidInput,
+                "--settings must be a JSON object".to_string(),
+            ));
+        }
+        let source = if policy.ends_with(".rhai") {
+            PolicySource::Script {
+                file: PathBuf::from(policy),
+                limits: crate::policy::rhai::ScriptLimits::default(),
+            }
+        } else {
+            let (name, source) = if policy == BUILTIN_DEFAULT_POLICY {
+                ("default-policy".to_string(), GuestSource::Builtin(BUILTIN_DEFAULT_POLICY))
+            } else {
+                let path = PathBuf::from(policy);
+                let name = path
+                    .file_stem()
+                    .map_or_else(|| policy.to_string(), |s| s.to_string_lossy().into_owned());
+                (name, GuestSource::File(path))
+            };
+            PolicySource::Guest(GuestSpec {
+                name,
+                source,
+                grants: Vec::new(),
+                limits: GuestLimits {
+                    fuel: Some(fuel),
+                    random_seed: Some(0),
+                    ..GuestLimits::default()
+                },
+                ec2_grant: Default::default(),
+                coredump_dir: None,
+            })
+        };
+        let spec = PolicySpec {
+            source,
+            settings,
+            on_error: crate::policy::OnError::FailClosed,
+            shadow: None,
+        };
+        let mut candidate = self
+            .load_placement(&spec)
+            .map_err(|e| HfError::new(ErrorCode::PolicyError, e.to_string()).with("policy", e.policy))?;
+        let store = self.open_store()?;
+        let decisions = crate::policy::replay::load(store.as_ref(), &self.dirs.name, range.0, range.1)?;
+        Ok(crate::policy::replay::replay(
+            &self.dirs.name,
+            candidate.as_mut(),
+            &decisions,
+            range.0,
+            range.1,
+            progress,
+        ))
     }
 
     /// A service for one call: the provider loaded on first use, the template policy too.

@@ -57,7 +57,19 @@ struct RawConfig {
     aws: Option<RawAws>,
     policy: Option<RawPolicy>,
     placement: Option<RawPlacement>,
+    recording: Option<RawRecording>,
 }
+
+/// `recording`: keep placement decisions for `hfwasm replay`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRecording {
+    enabled: Option<bool>,
+    keep: Option<usize>,
+}
+
+/// Default for `recording.keep`: decisions kept in the store.
+pub const DEFAULT_RECORDING_KEEP: usize = 10_000;
 
 /// `placement`: which of several providers serves a request.
 #[derive(Debug, Deserialize)]
@@ -296,6 +308,8 @@ pub struct Config {
     /// With several providers: what decides which serves a request (`placement`, default
     /// the built-in selection policies).
     pub placement: Option<PolicySpec>,
+    /// Placement decisions kept for `hfwasm replay` (`recording.keep`), when recording.
+    pub recording: Option<usize>,
 }
 
 /// One of several providers behind one provider instance.
@@ -441,6 +455,28 @@ impl Config {
                 message: "`placement` chooses among several providers: it needs two or more enabled in `provider.providers`".into(),
             });
         }
+        let recording = match &raw.recording {
+            Some(r) if r.enabled.unwrap_or(true) => {
+                if seed.len() < 2 {
+                    return Err(ConfigError {
+                        file: file.clone(),
+                        setting: Some("recording".into()),
+                        message: "`recording` keeps placement decisions among several providers: it needs two or more enabled in `provider.providers`".into(),
+                    });
+                }
+                match r.keep.unwrap_or(DEFAULT_RECORDING_KEEP) {
+                    0 => {
+                        return Err(ConfigError {
+                            file: file.clone(),
+                            setting: Some("recording.keep".into()),
+                            message: "`recording.keep`: must be at least 1 (or set `enabled: false`)".into(),
+                        });
+                    }
+                    n => Some(n),
+                }
+            }
+            _ => None,
+        };
         let selection_policy = raw.provider.selection_policy.clone();
         let mut config = Self::build(raw, from_file.then_some(file.clone()), conf_dir, work_dir)?;
         if let [one] = seed.as_slice() {
@@ -454,6 +490,7 @@ impl Config {
                 obj.entry("selection_policy").or_insert(serde_json::Value::String(sp));
             }
             config.placement = Some(placement);
+            config.recording = recording;
         }
         Ok(config)
     }
@@ -716,6 +753,7 @@ impl Config {
             aws_files: aws.map(|a| (a.config_file, a.templates_file)),
             members: Vec::new(),
             placement,
+            recording: None,
         })
     }
 }

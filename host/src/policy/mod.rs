@@ -4,6 +4,7 @@
 //! answer and applies the site's choice of what happens when a policy fails.
 
 pub mod placement;
+pub mod replay;
 pub mod rhai;
 pub mod wasm;
 

@@ -4,11 +4,15 @@
 //! Rhai script or a test double answered; this module checks the answer and applies
 //! `placement.on_error`.
 
+use serde::{Deserialize, Serialize};
+
 use super::{OnError, PolicyError};
 use crate::service::model::{CallContext, Template};
+use crate::store::StateStore;
 
 /// A provider's circuit breaker as a policy sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Circuit {
     /// Healthy.
     Closed,
@@ -30,7 +34,7 @@ impl Circuit {
 }
 
 /// One provider that could serve a request.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Candidate {
     /// `providers[].name`.
     pub name: String,
@@ -49,7 +53,7 @@ pub struct Candidate {
 }
 
 /// What is being placed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Placement {
     /// HostFactory request id.
     pub request_id: String,
@@ -71,6 +75,52 @@ pub trait PlacementPolicy {
 
 /// Builds the placement policy on first use (only requestMachines with several providers needs it).
 pub type PlacementLoader<'a> = Box<dyn FnOnce() -> Result<Box<dyn PlacementPolicy + 'a>, PolicyError> + 'a>;
+
+/// One live placement decision as recorded for `hfwasm replay`: everything the policy saw
+/// (request, candidates, time, its settings) and what it decided.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// When, epoch seconds (the policy's `now`).
+    pub at: u64,
+    /// The live policy's name.
+    pub policy: String,
+    /// The live policy's settings (prices for cost estimates come from here).
+    pub settings: serde_json::Value,
+    /// The request.
+    pub request: Placement,
+    /// The candidates it was offered.
+    pub candidates: Vec<Candidate>,
+    /// Its answer (after the fallback, when it failed open).
+    pub live: Vec<String>,
+}
+
+/// The store namespace of provider instance `instance`'s recorded decisions.
+pub fn record_namespace(instance: &str) -> String {
+    format!("hfwasm.record/{instance}")
+}
+
+/// Key prefix of recorded placement decisions.
+pub const RECORD_PREFIX: &str = "placement/";
+
+/// Records `d` (key: time, then request id, so a scan is in time order), keeping the last
+/// `keep`. A failure is logged, never fails the request.
+pub fn record(store: &dyn StateStore, instance: &str, keep: usize, d: &Decision) {
+    let ns = record_namespace(instance);
+    let key = format!("{RECORD_PREFIX}{:020}-{}", d.at, d.request.request_id);
+    let stored = serde_json::to_string(d)
+        .map_err(|e| e.to_string())
+        .and_then(|v| store.kv_insert_if_absent(&ns, &key, &v).map_err(|e| e.to_string()))
+        .and_then(|_| {
+            let all = store.kv_scan(&ns, RECORD_PREFIX).map_err(|e| e.to_string())?;
+            for (old, _) in all.iter().take(all.len().saturating_sub(keep)) {
+                store.kv_delete(&ns, old).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        });
+    if let Err(e) = stored {
+        tracing::warn!(error = %e, request_id = %d.request.request_id, "cannot record the placement decision");
+    }
+}
 
 /// The request's random draw: SplitMix64 over an FNV-1a hash of its id. Request ids are
 /// random, so draws are uniform across requests; the same id always draws the same number,

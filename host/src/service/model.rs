@@ -26,7 +26,7 @@ pub struct Attribute {
 }
 
 /// A host shape a provider can supply.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Template {
     /// Unique id within the provider instance.
     pub id: String,

@@ -69,6 +69,8 @@ pub struct Router<'a> {
     placement: Option<(PlacementLoader<'a>, OnError)>,
     policy: Option<Result<Box<dyn PlacementPolicy + 'a>, PolicyError>>,
     on_error: OnError,
+    /// Record each placement (keep, live policy name, its settings).
+    recording: Option<(usize, String, serde_json::Value)>,
     /// Machine id -> member index, learnt in this call.
     owners: HashMap<String, usize>,
 }
@@ -99,6 +101,7 @@ impl<'a> Router<'a> {
             placement: None,
             policy: None,
             on_error: OnError::FailOpen,
+            recording: None,
             owners: HashMap::new(),
         }
     }
@@ -114,6 +117,13 @@ impl<'a> Router<'a> {
     pub fn with_placement(mut self, loader: PlacementLoader<'a>, on_error: OnError) -> Self {
         self.placement = Some((loader, on_error));
         self.on_error = on_error;
+        self
+    }
+
+    /// Records every placement decision in the store for `hfwasm replay` (the last `keep`);
+    /// `policy` and `settings` describe the live placement policy.
+    pub fn with_recording(mut self, keep: usize, policy: &str, settings: serde_json::Value) -> Self {
+        self.recording = Some((keep, policy.to_string(), settings));
         self
     }
 
@@ -355,6 +365,17 @@ impl<'a> Router<'a> {
             placement::choose(policy, on_error, ctx, &placement, &candidates).map_err(ProviderError::Policy)?
         };
         tracing::info!(request_id = %req.request_id, template_id = %req.template_id, order = %order.join(","), "placement");
+        if let Some((keep, policy, settings)) = &self.recording {
+            let decision = placement::Decision {
+                at: ctx.now,
+                policy: policy.clone(),
+                settings: settings.clone(),
+                request: placement,
+                candidates,
+                live: order.clone(),
+            };
+            placement::record(self.store.as_ref(), &self.instance, *keep, &decision);
+        }
         Ok(order.iter().filter_map(|n| self.index(n)).collect())
     }
 

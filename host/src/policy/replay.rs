@@ -1,0 +1,231 @@
+//! `hfwasm replay`: a candidate placement policy re-run over recorded live decisions
+//! ([`super::placement::Decision`]), with the recorded candidates, time and draw, so the run
+//! is deterministic and touches no cloud; and the decision-diff report it prints.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::placement::{self, Decision, PlacementPolicy};
+use crate::service::model::CallContext;
+use crate::store::{StateStore, StoreError};
+
+/// One recorded decision, replayed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Row {
+    /// When it was decided, epoch seconds.
+    pub at: u64,
+    /// The request.
+    pub request_id: String,
+    /// Its template.
+    pub template_id: String,
+    /// Units asked for.
+    pub count: u32,
+    /// The live order.
+    pub live: Vec<String>,
+    /// The candidate's order (none when it failed).
+    pub candidate: Option<Vec<String>>,
+    /// Why the candidate failed.
+    pub error: Option<String>,
+    /// Whether both orders are the same.
+    pub same: bool,
+}
+
+/// Estimated cost per hour of first choices where a price is known.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Cost {
+    /// Live first choices.
+    pub live: f64,
+    /// Candidate first choices.
+    pub candidate: f64,
+    /// Decisions left out because a first choice had no known price.
+    pub unpriced: usize,
+}
+
+/// The decision-diff report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    /// Provider instance.
+    pub instance: String,
+    /// The candidate policy's name.
+    pub candidate: String,
+    /// Time range asked for (epoch seconds, inclusive).
+    pub from: Option<u64>,
+    /// See `from`.
+    pub to: Option<u64>,
+    /// Decisions replayed.
+    pub decisions: usize,
+    /// Decisions the candidate made the same way.
+    pub same: usize,
+    /// Decisions it made differently.
+    pub differ: usize,
+    /// Decisions it failed on (error, trap, fuel, a rejected answer).
+    pub failed: usize,
+    /// Hosts (units) by the provider chosen first: (live, candidate).
+    pub hosts_by_first_choice: BTreeMap<String, (u64, u64)>,
+    /// Estimated cost per hour of the first choices.
+    pub cost: Cost,
+    /// Every decision, in recorded order.
+    pub rows: Vec<Row>,
+}
+
+/// Recorded decisions of `instance` made within `from..=to`, in time order.
+pub fn load(store: &dyn StateStore, instance: &str, from: Option<u64>, to: Option<u64>) -> Result<Vec<Decision>, StoreError> {
+    let ns = placement::record_namespace(instance);
+    let mut out = Vec::new();
+    for (key, value) in store.kv_scan(&ns, placement::RECORD_PREFIX)? {
+        let d: Decision = serde_json::from_str(&value).map_err(|e| StoreError::Corrupt {
+            location: format!("kv {ns}"),
+            message: format!("recorded decision {key}: {e}"),
+        })?;
+        if from.is_some_and(|f| d.at < f) || to.is_some_and(|t| d.at > t) {
+            continue;
+        }
+        out.push(d);
+    }
+    Ok(out)
+}
+
+/// Price per host-hour of provider `name` for decision `d`: the live policy's
+/// `settings.prices` (`{provider: {template | "*": price}}`), else the candidate's numeric
+/// `price` attribute.
+fn price(d: &Decision, name: &str) -> Option<f64> {
+    let table = d.settings.get("prices").and_then(|p| p.get(name));
+    if let Some(p) = table
+        .and_then(|t| t.get(&d.request.template_id).or_else(|| t.get("*")))
+        .and_then(|v| v.as_f64())
+    {
+        return Some(p);
+    }
+    let c = d.candidates.iter().find(|c| c.name == name)?;
+    c.template.attribute("price")?.value.trim().parse().ok()
+}
+
+/// Re-runs `policy` over `decisions`; `progress(done, total)` is called after each.
+pub fn replay(
+    instance: &str,
+    policy: &mut dyn PlacementPolicy,
+    decisions: &[Decision],
+    from: Option<u64>,
+    to: Option<u64>,
+    mut progress: impl FnMut(usize, usize),
+) -> Report {
+    let mut report = Report {
+        instance: instance.to_string(),
+        candidate: policy.name().to_string(),
+        from,
+        to,
+        decisions: decisions.len(),
+        same: 0,
+        differ: 0,
+        failed: 0,
+        hosts_by_first_choice: BTreeMap::new(),
+        cost: Cost::default(),
+        rows: Vec::with_capacity(decisions.len()),
+    };
+    for (i, d) in decisions.iter().enumerate() {
+        let ctx = CallContext {
+            provider_instance: instance.to_string(),
+            settings: serde_json::json!({}),
+            now: d.at,
+        };
+        let answer = policy.choose_providers(&ctx, &d.request, &d.candidates).and_then(|choice| {
+            placement::check_choice(&d.candidates, &choice).map_err(|message| super::PolicyError {
+                policy: policy.name().to_string(),
+                message,
+            })?;
+            Ok(choice)
+        });
+        let units = u64::from(d.request.count);
+        if let Some(first) = d.live.first() {
+            report.hosts_by_first_choice.entry(first.clone()).or_default().0 += units;
+        }
+        let (candidate, error, same) = match answer {
+            Ok(choice) => {
+                if let Some(first) = choice.first() {
+                    report.hosts_by_first_choice.entry(first.clone()).or_default().1 += units;
+                }
+                let prices = (d.live.first().map(|n| price(d, n)), choice.first().map(|n| price(d, n)));
+                match prices {
+                    (Some(Some(l)), Some(Some(c))) => {
+                        report.cost.live += l * units as f64;
+                        report.cost.candidate += c * units as f64;
+                    }
+                    _ => report.cost.unpriced += 1,
+                }
+                let same = choice == d.live;
+                (Some(choice), None, same)
+            }
+            Err(e) => (None, Some(e.message), false),
+        };
+        match (&error, same) {
+            (Some(_), _) => report.failed += 1,
+            (None, true) => report.same += 1,
+            (None, false) => report.differ += 1,
+        }
+        report.rows.push(Row {
+            at: d.at,
+            request_id: d.request.request_id.clone(),
+            template_id: d.request.template_id.clone(),
+            count: d.request.count,
+            live: d.live.clone(),
+            candidate,
+            error,
+            same,
+        });
+        progress(i + 1, decisions.len());
+    }
+    report
+}
+
+/// The report for people: one line per decision, then the totals.
+pub fn render(r: &Report) -> String {
+    let range = |v: Option<u64>| v.map_or("*".to_string(), |t| t.to_string());
+    let mut out = format!(
+        "replay of {} placement decision(s) of provider instance {} ({}..{}) with candidate {}\n",
+        r.decisions,
+        r.instance,
+        range(r.from),
+        range(r.to),
+        r.candidate
+    );
+    if !r.rows.is_empty() {
+        out.push_str(&format!(
+            "{:<10} {:<42} {:<24} {:>5}  {:<32} {:<32} verdict\n",
+            "at", "request", "template", "count", "live", "candidate"
+        ));
+    }
+    for row in &r.rows {
+        let cand = match (&row.candidate, &row.error) {
+            (Some(c), _) => c.join(","),
+            (None, _) => "-".to_string(),
+        };
+        let verdict = match (&row.error, row.same) {
+            (Some(e), _) => format!("FAILED: {e}"),
+            (None, true) => "same".to_string(),
+            (None, false) => "DIFFERS".to_string(),
+        };
+        out.push_str(&format!(
+            "{:<10} {:<42} {:<24} {:>5}  {:<32} {:<32} {verdict}\n",
+            row.at,
+            row.request_id,
+            row.template_id,
+            row.count,
+            row.live.join(","),
+            cand
+        ));
+    }
+    out.push_str(&format!(
+        "totals: {} decision(s): {} same, {} differ, {} failed\n",
+        r.decisions, r.same, r.differ, r.failed
+    ));
+    out.push_str("hosts by first choice (live -> candidate):\n");
+    for (name, (live, cand)) in &r.hosts_by_first_choice {
+        out.push_str(&format!("  {name:<24} {live:>6} -> {cand}\n"));
+    }
+    out.push_str(&format!(
+        "estimated cost per hour of first choices (where priced): live {:.4} -> candidate {:.4} ({} decision(s) unpriced)\n",
+        r.cost.live, r.cost.candidate, r.cost.unpriced
+    ));
+    out
+}
