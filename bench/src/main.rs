@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod aws;
+mod replay;
 mod sandbox;
 mod stores;
 
@@ -137,12 +138,13 @@ fn main() -> Result<()> {
         .context("iterations")?
         .unwrap_or(30);
     let bin = binary();
-    // An optional second argument runs one section only: `stores`, `aws` or `sandbox`.
+    // An optional second argument runs one section only: `stores`, `aws`, `sandbox` or `replay`.
     match std::env::args().nth(2).as_deref() {
         Some("stores") => return stores::run(&bin, iterations),
         Some("aws") => return aws::run(Path::new(REPO), &bin, iterations),
         Some("sandbox") => return sandbox::run(Path::new(REPO), &bin, iterations),
-        Some(other) => bail!("unknown section '{other}'; expected `stores`, `aws` or `sandbox` (or none for everything)"),
+        Some("replay") => return replay::run(iterations),
+        Some(other) => bail!("unknown section '{other}'; expected `stores`, `aws`, `sandbox` or `replay` (or none for everything)"),
         None => {}
     }
     if !bin.is_file() {
@@ -293,5 +295,6 @@ fn main() -> Result<()> {
     println!("\ntargets (issue #3): each warm call <= 10 ms median and <= 15 MiB peak RSS");
     aws::run(Path::new(REPO), &t.bin, iterations)?;
     stores::run(&t.bin, iterations)?;
-    sandbox::run(Path::new(REPO), &t.bin, iterations)
+    sandbox::run(Path::new(REPO), &t.bin, iterations)?;
+    replay::run(iterations)
 }
