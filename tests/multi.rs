@@ -522,3 +522,36 @@ fn recorded_placements_replay_deterministically_and_show_each_difference() {
     assert_eq!(code, 1);
     assert!(err.contains("cand") && err.contains("POLICY_ERROR"), "{err}");
 }
+
+#[test]
+fn a_shadow_placement_is_logged_and_stored_never_acted_on() {
+    let (a, b) = (Moto::start(), Moto::start());
+    let tree = tree("");
+    ibm_files(&tree, "east", &a);
+    ibm_files(&tree, "west", &b);
+    std::fs::write(
+        tree.conf.join("west-first.rhai"),
+        "fn choose_providers(ctx, request, candidates) { [\"aws-west\", \"aws-east\"] }\n",
+    )
+    .expect("script");
+    tree.config(&json!({
+        "version": "2.0.0",
+        "provider": {"providers": [aws("aws-east", "east", json!({"priority": 1})), aws("aws-west", "west", json!({"priority": 2}))]},
+        "placement": {"guest": "builtin:default-policy", "shadow": {"script": "west-first.rhai"}}
+    }));
+    let id = tree.request(TEMPLATE, 1);
+    assert_eq!((made_by(&a, &id).len(), made_by(&b, &id).len()), (1, 0), "the live placement acted");
+    assert!(log(&tree).contains("shadow placement differs from the live one"), "logged");
+    let (_, out, _) = admin(&tree, &["store", "export"]);
+    let doc: Value = serde_json::from_str(&out).expect("export");
+    let shadows = doc["kv"]["hfwasm.shadow/pool"].as_object().expect("shadow kv");
+    let (key, verdict) = shadows.iter().next().expect("one verdict");
+    assert!(key.starts_with("placement/") && key.ends_with(&id), "{key}");
+    let v: Value = serde_json::from_str(verdict.as_str().expect("text")).expect("json");
+    assert_eq!(
+        (v["same"].as_bool(), v["policy"].as_str()),
+        (Some(false), Some("west-first.rhai")),
+        "{v}"
+    );
+    assert_eq!(v["candidate"], json!(["aws-west", "aws-east"]));
+}

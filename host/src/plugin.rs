@@ -302,6 +302,9 @@ impl Plugin {
             }
             if let Some(spec) = &self.config.placement {
                 router = router.with_placement(Box::new(move || self.load_placement(spec)), spec.on_error);
+                if let Some(shadow) = spec.shadow.as_deref() {
+                    router = router.with_shadow(Box::new(move || self.load_placement(shadow)));
+                }
                 if let Some(keep) = self.config.recording {
                     router = router.with_recording(keep, &spec.name(), spec.settings.clone());
                 }
@@ -467,6 +470,9 @@ impl Plugin {
         specs.extend(self.config.members.iter().map(|m| &m.guest));
         specs.extend(self.config.policy.as_ref().and_then(|p| p.guest()));
         specs.extend(self.config.placement.as_ref().and_then(|p| p.guest()));
+        for p in [&self.config.policy, &self.config.placement].into_iter().flatten() {
+            specs.extend(p.shadow.as_deref().and_then(|s| s.guest()));
+        }
         // One entry per distinct code (several providers may run the same built-in guest).
         let mut seen: Vec<(GuestSource, bool, bool)> = Vec::new();
         specs.retain(|g| {

@@ -56,7 +56,8 @@ struct RawConfig {
     logging: RawLogging,
     aws: Option<RawAws>,
     policy: Option<RawPolicy>,
-    placement: Option<RawPlacement>,
+    /// Which of several providers serves a request; the same shape as `policy`.
+    placement: Option<RawPolicy>,
     recording: Option<RawRecording>,
 }
 
@@ -70,17 +71,6 @@ struct RawRecording {
 
 /// Default for `recording.keep`: decisions kept in the store.
 pub const DEFAULT_RECORDING_KEEP: usize = 10_000;
-
-/// `placement`: which of several providers serves a request.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPlacement {
-    guest: Option<String>,
-    script: Option<PathBuf>,
-    settings: Option<serde_json::Value>,
-    on_error: Option<String>,
-    limits: Option<crate::policy::rhai::ScriptLimits>,
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -597,61 +587,11 @@ impl Config {
         })?;
         let policy = match raw.policy {
             None => None,
-            Some(p) => {
-                let source = policy_source("policy", p.guest, p.script, p.limits, &mut guests, &guest_name, conf_dir, &err)?;
-                let shadow = match p.shadow {
-                    None => None,
-                    Some(sh) => {
-                        let source = policy_source(
-                            "policy.shadow",
-                            sh.guest,
-                            sh.script,
-                            sh.limits,
-                            &mut guests,
-                            &guest_name,
-                            conf_dir,
-                            &err,
-                        )?;
-                        let settings = sh.settings.unwrap_or_else(|| serde_json::json!({}));
-                        if !settings.is_object() {
-                            return Err(err("policy.shadow.settings", "must be a JSON object".into()));
-                        }
-                        Some(Box::new(PolicySpec {
-                            source,
-                            settings,
-                            on_error: crate::policy::OnError::FailOpen,
-                            shadow: None,
-                        }))
-                    }
-                };
-                let settings = p.settings.unwrap_or_else(|| serde_json::json!({}));
-                if !settings.is_object() {
-                    return Err(err("policy.settings", "must be a JSON object".into()));
-                }
-                let on_error = on_error("policy.on_error", p.on_error.as_deref(), &err)?;
-                Some(PolicySpec {
-                    source,
-                    settings,
-                    on_error,
-                    shadow,
-                })
-            }
+            Some(p) => Some(policy_spec("policy", p, &mut guests, &guest_name, conf_dir, &err)?),
         };
         let placement = match raw.placement {
             None => None,
-            Some(p) => {
-                let source = policy_source("placement", p.guest, p.script, p.limits, &mut guests, &guest_name, conf_dir, &err)?;
-                let settings = p.settings.unwrap_or_else(|| serde_json::json!({}));
-                if !settings.is_object() {
-                    return Err(err("placement.settings", "must be a JSON object".into()));
-                }
-                Some(PolicySpec {
-                    source,
-                    settings,
-                    on_error: on_error("placement.on_error", p.on_error.as_deref(), &err)?,
-                    shadow: None,
-                })
-            }
+            Some(p) => Some(policy_spec("placement", p, &mut guests, &guest_name, conf_dir, &err)?),
         };
         let breaker = match raw.provider.circuit_breaker {
             Some(b) if b.enabled.unwrap_or(true) => {
@@ -756,6 +696,61 @@ impl Config {
             recording: None,
         })
     }
+}
+
+/// A live policy (`at`: `policy` or `placement`) with its settings, fallback and shadow.
+fn policy_spec(
+    at: &str,
+    p: RawPolicy,
+    guests: &mut BTreeMap<String, GuestSpec>,
+    provider_guest: &str,
+    conf_dir: &Path,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<PolicySpec, ConfigError> {
+    let source = policy_source(at, p.guest, p.script, p.limits, guests, provider_guest, conf_dir, err)?;
+    let shadow = match p.shadow {
+        None => None,
+        Some(sh) => Some(Box::new(shadow_spec(
+            &format!("{at}.shadow"),
+            sh,
+            guests,
+            provider_guest,
+            conf_dir,
+            err,
+        )?)),
+    };
+    let settings = p.settings.unwrap_or_else(|| serde_json::json!({}));
+    if !settings.is_object() {
+        return Err(err(&format!("{at}.settings"), "must be a JSON object".into()));
+    }
+    Ok(PolicySpec {
+        source,
+        settings,
+        on_error: on_error(&format!("{at}.on_error"), p.on_error.as_deref(), err)?,
+        shadow,
+    })
+}
+
+/// A shadow candidate (`at`: `policy.shadow` or `placement.shadow`).
+fn shadow_spec(
+    at: &str,
+    sh: RawShadow,
+    guests: &mut BTreeMap<String, GuestSpec>,
+    provider_guest: &str,
+    conf_dir: &Path,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<PolicySpec, ConfigError> {
+    let source = policy_source(at, sh.guest, sh.script, sh.limits, guests, provider_guest, conf_dir, err)?;
+    let settings = sh.settings.unwrap_or_else(|| serde_json::json!({}));
+    if !settings.is_object() {
+        return Err(err(&format!("{at}.settings"), "must be a JSON object".into()));
+    }
+    Ok(PolicySpec {
+        source,
+        settings,
+        on_error: crate::policy::OnError::FailOpen,
+        shadow: None,
+    })
 }
 
 /// `on_error` at `at`: `fail_open` (the default) or `fail_closed`.

@@ -177,16 +177,28 @@ pub fn shadow(
     };
     let ns = shadow_namespace(&ctx.provider_instance);
     let key = format!("offer/{:020}-{}", ctx.now, uuid::Uuid::new_v4());
-    let kept = store.kv_insert_if_absent(&ns, &key, &record.to_string()).and_then(|_| {
-        let all = store.kv_scan(&ns, "offer/")?;
-        for (old, _) in all.iter().take(all.len().saturating_sub(SHADOW_KEEP)) {
-            store.kv_delete(&ns, old)?;
-        }
-        Ok(())
-    });
-    if let Err(e) = kept {
+    if let Err(e) = keep_last(store, &ns, "offer/", &key, &record.to_string(), SHADOW_KEEP) {
         tracing::warn!(error = %e, "cannot store the shadow policy's decision");
     }
+}
+
+/// Stores `value` at `key` (if absent) and deletes the oldest entries under `prefix`
+/// beyond the last `keep` (keys sort by time): the bounded logs of shadow verdicts and
+/// recorded decisions.
+pub fn keep_last(
+    store: &dyn crate::store::StateStore,
+    ns: &str,
+    prefix: &str,
+    key: &str,
+    value: &str,
+    keep: usize,
+) -> Result<(), crate::store::StoreError> {
+    store.kv_insert_if_absent(ns, key, value)?;
+    let all = store.kv_scan(ns, prefix)?;
+    for (old, _) in all.iter().take(all.len().saturating_sub(keep)) {
+        store.kv_delete(ns, old)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

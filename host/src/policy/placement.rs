@@ -109,14 +109,7 @@ pub fn record(store: &dyn StateStore, instance: &str, keep: usize, d: &Decision)
     let key = format!("{RECORD_PREFIX}{:020}-{}", d.at, d.request.request_id);
     let stored = serde_json::to_string(d)
         .map_err(|e| e.to_string())
-        .and_then(|v| store.kv_insert_if_absent(&ns, &key, &v).map_err(|e| e.to_string()))
-        .and_then(|_| {
-            let all = store.kv_scan(&ns, RECORD_PREFIX).map_err(|e| e.to_string())?;
-            for (old, _) in all.iter().take(all.len().saturating_sub(keep)) {
-                store.kv_delete(&ns, old).map_err(|e| e.to_string())?;
-            }
-            Ok(())
-        });
+        .and_then(|v| super::keep_last(store, &ns, RECORD_PREFIX, &key, &v, keep).map_err(|e| e.to_string()));
     if let Err(e) = stored {
         tracing::warn!(error = %e, request_id = %d.request.request_id, "cannot record the placement decision");
     }
@@ -190,6 +183,53 @@ pub fn choose(
             tracing::error!(policy = %e.policy, error = %e.message, request_id = %request.request_id, "placement policy failed; failing the request (placement.on_error = fail_closed)");
             Err(e)
         }
+    }
+}
+
+/// Runs `candidate` beside the live placement on the same request and candidates, logs
+/// whether it agrees with the `live` order, and stores the verdict (kv
+/// `hfwasm.shadow/<instance>`, keys `placement/...`, the last [`super::SHADOW_KEEP`]).
+/// Never acted on, never fails the request.
+pub fn shadow(
+    candidate: Result<&mut dyn PlacementPolicy, PolicyError>,
+    store: &dyn StateStore,
+    ctx: &CallContext,
+    request: &Placement,
+    candidates: &[Candidate],
+    live: &[String],
+) {
+    let answer = candidate.and_then(|p| {
+        let choice = p.choose_providers(ctx, request, candidates)?;
+        check_choice(candidates, &choice).map_err(|message| PolicyError {
+            policy: p.name().to_string(),
+            message,
+        })?;
+        Ok((p.name().to_string(), choice))
+    });
+    let base = serde_json::json!({"at": ctx.now, "hook": "choose-providers", "request_id": request.request_id, "live": live});
+    let record = match &answer {
+        Ok((name, choice)) => {
+            let same = choice.as_slice() == live;
+            if same {
+                tracing::info!(shadow = %name, request_id = %request.request_id, "shadow placement agrees with the live one");
+            } else {
+                tracing::info!(shadow = %name, request_id = %request.request_id, live = %live.join(","), candidate = %choice.join(","), "shadow placement differs from the live one (not acted on)");
+            }
+            serde_json::json!({"policy": name, "same": same, "candidate": choice})
+        }
+        Err(e) => {
+            tracing::warn!(shadow = %e.policy, error = %e.message, "shadow placement failed (not acted on)");
+            serde_json::json!({"policy": e.policy, "same": false, "error": e.message})
+        }
+    };
+    let mut record = record;
+    if let (Some(r), Some(b)) = (record.as_object_mut(), base.as_object()) {
+        r.extend(b.clone());
+    }
+    let ns = super::shadow_namespace(&ctx.provider_instance);
+    let key = format!("placement/{:020}-{}", ctx.now, request.request_id);
+    if let Err(e) = super::keep_last(store, &ns, "placement/", &key, &record.to_string(), super::SHADOW_KEEP) {
+        tracing::warn!(error = %e, "cannot store the shadow placement's decision");
     }
 }
 

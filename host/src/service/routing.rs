@@ -69,6 +69,8 @@ pub struct Router<'a> {
     placement: Option<(PlacementLoader<'a>, OnError)>,
     policy: Option<Result<Box<dyn PlacementPolicy + 'a>, PolicyError>>,
     on_error: OnError,
+    /// A candidate placement run beside the live one, never acted on.
+    shadow: Option<PlacementLoader<'a>>,
     /// Record each placement (keep, live policy name, its settings).
     recording: Option<(usize, String, serde_json::Value)>,
     /// Machine id -> member index, learnt in this call.
@@ -101,6 +103,7 @@ impl<'a> Router<'a> {
             placement: None,
             policy: None,
             on_error: OnError::FailOpen,
+            shadow: None,
             recording: None,
             owners: HashMap::new(),
         }
@@ -117,6 +120,13 @@ impl<'a> Router<'a> {
     pub fn with_placement(mut self, loader: PlacementLoader<'a>, on_error: OnError) -> Self {
         self.placement = Some((loader, on_error));
         self.on_error = on_error;
+        self
+    }
+
+    /// Runs `loader`'s placement beside the live one on every request: its verdict is logged
+    /// and stored, never acted on.
+    pub fn with_shadow(mut self, loader: PlacementLoader<'a>) -> Self {
+        self.shadow = Some(loader);
         self
     }
 
@@ -365,6 +375,14 @@ impl<'a> Router<'a> {
             placement::choose(policy, on_error, ctx, &placement, &candidates).map_err(ProviderError::Policy)?
         };
         tracing::info!(request_id = %req.request_id, template_id = %req.template_id, order = %order.join(","), "placement");
+        if let Some(loader) = self.shadow.take() {
+            let mut loaded = loader();
+            let candidate: Result<&mut dyn PlacementPolicy, PolicyError> = match &mut loaded {
+                Ok(p) => Ok(p.as_mut()),
+                Err(e) => Err(e.clone()),
+            };
+            placement::shadow(candidate, self.store.as_ref(), ctx, &placement, &candidates, &order);
+        }
         if let Some((keep, policy, settings)) = &self.recording {
             let decision = placement::Decision {
                 at: ctx.now,
