@@ -489,3 +489,56 @@ fn the_seed_v2_config_serves_the_cycle_as_is() {
     let e = tree.err("getAvailableTemplates", &json!({}), "PROVIDER_UNAVAILABLE");
     assert!(e["error"]["message"].as_str().is_some_and(|m| m.contains("[production]")), "{e}");
 }
+
+#[test]
+fn the_seed_yaml_variant_serves_the_cycle() {
+    let moto = Moto::start();
+    let (subnet, sg, ami) = moto.network();
+    let tree = common::HfTree::new("");
+    for (k, v) in common::moto::ENV {
+        tree.set_env(k, v);
+    }
+    // Seed 001's endpoint comes from the standard AWS_ENDPOINT_URL (it has no key for it).
+    tree.set_env("AWS_ENDPOINT_URL", &moto.endpoint);
+    // Seed 001, scenario 3's shape in YAML (`config.yml`), templates in its snake_case form;
+    // its DynamoDB storage and monitoring are refused (below), so this copy leaves them out.
+    let yaml = format!(
+        "# config/config.yml\nprovider:\n  type: aws\n  aws:\n    region: us-east-1\n    max_retries: 5\n    timeout: 60\n\nlogging:\n  level: INFO\n  max_size: 100MB\n  backup_count: 10\n\ntemplates:\n  - template_id: basic-template\n    max_number: 10\n    attributes:\n      vm_type: t3.micro\n      image_id: {ami}\n      subnet_id: {subnet}\n      security_group_ids: [{sg}]\n      instance_tags: \"team=hpc\"\n"
+    );
+    std::fs::write(tree.conf.join("config.yml"), &yaml).expect("yaml");
+    let offer = tree.ok("getAvailableTemplates", &json!({}));
+    let t = template(&offer, "basic-template");
+    assert_eq!(t["maxNumber"], 10, "{t}");
+    let id = tree.request("basic-template", 2);
+    let done = tree.until_final(&id);
+    assert_eq!(done["status"], "complete", "{done}");
+    let mut want: Vec<(String, String)> = moto.instances_of(&id).into_iter().map(|(iid, _, dns, _)| (dns, iid)).collect();
+    want.sort();
+    assert_eq!(names_and_ids(&done), want);
+    assert!(
+        moto.instances_of(&id)
+            .iter()
+            .all(|(_, _, _, tags)| tags.iter().any(|(k, v)| k == "team" && v == "hpc"))
+    );
+
+    // The seed's keys hfwasm has no use for are refused, named, with the reason.
+    for (extra, setting, words) in [
+        (
+            "storage:\n  type: dynamodb\n  dynamodb:\n    table_prefix: hf\n",
+            "storage.type",
+            "DynamoDB",
+        ),
+        ("monitoring:\n  enabled: true\n", "monitoring", "metrics"),
+        ("caching:\n  enabled: true\n", "caching", "nothing to tune"),
+    ] {
+        std::fs::write(tree.conf.join("config.yml"), format!("{yaml}{extra}")).expect("yaml");
+        let e = tree.err("getAvailableTemplates", &json!({}), "CONFIG_ERROR");
+        assert_eq!(e["error"]["details"]["setting"], setting, "{e}");
+        assert!(e["error"]["message"].as_str().is_some_and(|m| m.contains(words)), "{e}");
+    }
+    // A YAML syntax error names the file and the line.
+    std::fs::write(tree.conf.join("config.yml"), "provider:\n  type: aws\n   aws: [\n").expect("yaml");
+    let e = tree.err("getAvailableTemplates", &json!({}), "CONFIG_ERROR");
+    let msg = e["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("config.yml") && msg.contains("line"), "{msg}");
+}

@@ -118,6 +118,20 @@ pub fn level(v: &str) -> Option<&'static str> {
 /// Reads both files. `env` looks up `HF_LOGLEVEL` for `ACCEPT_PROPAGATED_LOG_SETTING`.
 pub fn load(config_file: &Path, templates_file: &Path, env: impl Fn(&str) -> Option<String>) -> Result<IbmAws, ConfigError> {
     let cfg = read_object(config_file)?;
+    let t = read_object(templates_file)?;
+    from_values(cfg, t, config_file, templates_file, env)
+}
+
+/// [`load`] on contents already read (`cfg` as IBM's config file, `t` as its templates
+/// file, `{"templates": [...]}`); the paths name where they came from in errors and
+/// anchor relative paths (`AWS_CREDENTIAL_FILE`, `userDataScript`).
+pub fn from_values(
+    cfg: Map<String, Value>,
+    t: Map<String, Value>,
+    config_file: &Path,
+    templates_file: &Path,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<IbmAws, ConfigError> {
     let mut s = Ec2Settings::default();
     let mut region = None;
     let (mut proxy_host, mut proxy_port) = (None, None);
@@ -205,7 +219,6 @@ pub fn load(config_file: &Path, templates_file: &Path, env: impl Fn(&str) -> Opt
         }
     }
 
-    let t = read_object(templates_file)?;
     let templates = t.get("templates").cloned().ok_or_else(|| ConfigError {
         file: templates_file.to_path_buf(),
         setting: Some("templates".into()),

@@ -18,6 +18,10 @@ use crate::runtime::limits::{GuestLimits, LimitOverrides};
 use crate::store::StoreSpec;
 
 /// File name of hfwasm's own config inside the provider conf dir.
+/// Config file names hfwasm looks for in the conf dir (at most one may exist): its own
+/// JSON, or the same keys in YAML, including the seed's `config.yml`. `CONFIG_PATH` (the
+/// seed's HostProvider parameter) names one anywhere instead.
+pub const CONFIG_FILES: [&str; 4] = ["hfwasm.json", "hfwasm.yaml", "hfwasm.yml", "config.yml"];
 pub const CONFIG_FILE: &str = "hfwasm.json";
 
 /// Name of the built-in on-prem pool guest.
@@ -55,6 +59,15 @@ struct RawConfig {
     #[serde(default)]
     logging: RawLogging,
     aws: Option<RawAws>,
+    /// Seed 001's templates (YAML, snake_case), when no IBM templates file is used.
+    templates: Option<Vec<serde_json::Value>>,
+    /// Seed 001's region and templates in IBM's format, standing in for IBM's files.
+    #[serde(skip)]
+    inline_aws: Option<(String, serde_json::Value)>,
+    /// Seed 001's `monitoring`: refused with the reason.
+    monitoring: Option<serde_json::Value>,
+    /// Seed 001's `caching`: refused with the reason.
+    caching: Option<serde_json::Value>,
     policy: Option<RawPolicy>,
     /// Which of several providers serves a request; the same shape as `policy`.
     placement: Option<RawPolicy>,
@@ -103,6 +116,10 @@ struct RawAws {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawProvider {
+    /// Seed 001's single-provider form: `type` with its `aws` section.
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    aws: Option<serde_json::Map<String, serde_json::Value>>,
     guest: Option<String>,
     settings: Option<serde_json::Value>,
     pending_timeout_secs: Option<u64>,
@@ -149,6 +166,8 @@ struct RawLogging {
     file_path: Option<PathBuf>,
     max_size: Option<serde_json::Value>,
     backup_count: Option<u32>,
+    /// Seed 001's `console_enabled`: refused with the reason.
+    console_enabled: Option<bool>,
 }
 
 /// Where hfwasm's own log goes and how it is rotated (`logging`, the seed's keys).
@@ -336,35 +355,19 @@ pub const DEFAULT_PENDING_TIMEOUT_SECS: u64 = 1800;
 const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 
 impl Config {
-    /// Loads `<conf_dir>/hfwasm.json`; without one, IBM's `<instance>prov_config.json` and
+    /// Loads the config file ([`CONFIG_FILES`], or `CONFIG_PATH`); without one, IBM's `<instance>prov_config.json` and
     /// `<instance>prov_templates.json` (or LSF's `awsprov_*`) select the built-in AWS guest,
     /// and without those the embedded defaults (the on-prem pool) apply.
     pub fn load(conf_dir: &Path, work_dir: &Path, instance: &str) -> Result<Self, ConfigError> {
-        let file = conf_dir.join(CONFIG_FILE);
-        let raw = match std::fs::read_to_string(&file) {
-            Ok(text) => {
-                let de = &mut serde_json::Deserializer::from_str(&text);
-                let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-                    let setting = e.path().to_string();
-                    ConfigError {
-                        file: file.clone(),
-                        message: format!("{} (at `{setting}`)", e.inner()),
-                        setting: (setting != ".").then_some(setting),
-                    }
-                })?;
-                Some(raw)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => {
-                return Err(ConfigError {
-                    file,
-                    setting: None,
-                    message: format!("cannot read: {e}"),
-                });
-            }
+        let found = find_file(conf_dir, |k| std::env::var(k).ok())?;
+        let file = found.clone().unwrap_or_else(|| conf_dir.join(CONFIG_FILE));
+        let raw = match &found {
+            Some(f) => Some(parse_file(f)?),
+            None => None,
         };
         let from_file = raw.is_some();
         let mut raw = raw.unwrap_or_default();
+        seed_single(&mut raw, &file, conf_dir, instance)?;
         if !from_file && let Some((config_file, templates_file)) = ibm_aws::find(conf_dir, instance) {
             raw.aws = Some(RawAws {
                 config_file,
@@ -409,7 +412,7 @@ impl Config {
                 let first = by_priority[0];
                 match &first.kind {
                     seed::SeedKind::Aws { files, .. } => {
-                        if raw.aws.is_none() {
+                        if raw.aws.is_none() && raw.inline_aws.is_none() {
                             let (config_file, templates_file) = seed_aws_files(conf_dir, instance, &first.name, files, &file)?;
                             raw.aws = Some(RawAws {
                                 config_file,
@@ -485,7 +488,7 @@ impl Config {
         Ok(config)
     }
 
-    fn build(raw: RawConfig, file: Option<PathBuf>, conf_dir: &Path, work_dir: &Path) -> Result<Self, ConfigError> {
+    fn build(mut raw: RawConfig, file: Option<PathBuf>, conf_dir: &Path, work_dir: &Path) -> Result<Self, ConfigError> {
         let where_ = file.clone().unwrap_or_else(|| conf_dir.to_path_buf());
         let err = |setting: &str, message: String| ConfigError {
             file: where_.clone(),
@@ -504,13 +507,25 @@ impl Config {
                 coredump_dir: None,
             },
         );
-        let aws = match &raw.aws {
-            Some(a) => Some(ibm_aws::load(
+        let aws = match (&raw.aws, raw.inline_aws.take()) {
+            (Some(a), _) => Some(ibm_aws::load(
                 &conf_dir.join(&a.config_file),
                 &conf_dir.join(&a.templates_file),
                 |k| std::env::var(k).ok(),
             )?),
-            None => None,
+            // Seed 001's YAML: its region and templates; the endpoint from the environment,
+            // credentials from the standard chain (the profile is applied later).
+            (None, Some((region, templates))) => {
+                let mut cfg = serde_json::Map::new();
+                cfg.insert("AWS_REGION".into(), serde_json::Value::String(region));
+                if let Some(url) = std::env::var("AWS_ENDPOINT_URL").ok().filter(|u| !u.is_empty()) {
+                    cfg.insert("AWS_ENDPOINT_URL".into(), serde_json::Value::String(url));
+                }
+                let mut t = serde_json::Map::new();
+                t.insert("templates".into(), templates);
+                Some(ibm_aws::from_values(cfg, t, &where_, &where_, |k| std::env::var(k).ok())?)
+            }
+            (None, None) => None,
         };
         if let Some(a) = &aws {
             guests.insert(
@@ -841,6 +856,140 @@ fn policy_source(
     })
 }
 
+/// The config file: `CONFIG_PATH` when set (it must exist), else the one of
+/// [`CONFIG_FILES`] in `conf_dir` (two are an error), else none.
+fn find_file(conf_dir: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Option<PathBuf>, ConfigError> {
+    if let Some(p) = env("CONFIG_PATH").filter(|p| !p.trim().is_empty()) {
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            return Err(ConfigError {
+                file: p,
+                setting: None,
+                message: "CONFIG_PATH names this file, which does not exist".into(),
+            });
+        }
+        return Ok(Some(p));
+    }
+    let found: Vec<PathBuf> = CONFIG_FILES.iter().map(|n| conf_dir.join(n)).filter(|p| p.is_file()).collect();
+    match found.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one.clone())),
+        [first, second, ..] => Err(ConfigError {
+            file: first.clone(),
+            setting: None,
+            message: format!("{} is also there; keep one config file", second.display()),
+        }),
+    }
+}
+
+/// Parses `file` as YAML (`.yml`, `.yaml`) or JSON, naming the key of any error.
+fn parse_file(file: &Path) -> Result<RawConfig, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+        file: file.to_path_buf(),
+        setting: None,
+        message: format!("cannot read: {e}"),
+    })?;
+    let yaml = file.extension().is_some_and(|e| e == "yml" || e == "yaml");
+    let located = |path: String, inner: String| ConfigError {
+        file: file.to_path_buf(),
+        message: format!("{inner} (at `{path}`)"),
+        setting: (path != ".").then_some(path),
+    };
+    if yaml {
+        serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(&text))
+            .map_err(|e| located(e.path().to_string(), e.inner().to_string()))
+    } else {
+        let de = &mut serde_json::Deserializer::from_str(&text);
+        serde_path_to_error::deserialize(de).map_err(|e| located(e.path().to_string(), e.inner().to_string()))
+    }
+}
+
+/// Seed 001's single-provider form (`provider.type` with `provider.aws`, YAML `templates`,
+/// and its `monitoring`, `caching`, `logging.console_enabled`), mapped onto the seed's
+/// provider list with one entry named after the instance; what has no effect is refused.
+fn seed_single(raw: &mut RawConfig, file: &Path, conf_dir: &Path, instance: &str) -> Result<(), ConfigError> {
+    let err = |setting: &str, message: String| ConfigError {
+        file: file.to_path_buf(),
+        setting: Some(setting.to_string()),
+        message: format!("`{setting}`: {message}"),
+    };
+    if raw.monitoring.is_some() {
+        return Err(err(
+            "monitoring",
+            "hfwasm serves no metrics endpoint (every HostFactory call is a short process); its log has each call's timing. Remove it"
+                .into(),
+        ));
+    }
+    if raw.caching.is_some() {
+        return Err(err(
+            "caching",
+            "hfwasm caches compiled guests (`guest precompile`) and EC2 instance types in its store, and reads config and templates on every call so an edit applies at once; there is nothing to tune. Remove it".into(),
+        ));
+    }
+    if raw.logging.console_enabled.is_some() {
+        return Err(err(
+            "logging.console_enabled",
+            "hfwasm logs to its log file (`logging.file_path`, or the HostFactory log dir), else to stderr; stdout belongs to HostFactory. Remove it".into(),
+        ));
+    }
+    let aws = raw.provider.aws.take();
+    let Some(kind) = raw.provider.kind.take() else {
+        if aws.is_some() {
+            return Err(err("provider.aws", "goes with `provider.type: aws`".into()));
+        }
+        if raw.templates.is_some() {
+            return Err(err("templates", "YAML templates go with `provider.type: aws`".into()));
+        }
+        return Ok(());
+    };
+    if raw.provider.providers.is_some() || raw.provider.guest.is_some() {
+        return Err(err(
+            "provider.type",
+            "`provider.type` (one provider) and `provider.providers` or `provider.guest` both choose the provider; keep one".into(),
+        ));
+    }
+    let mut config = serde_json::Map::new();
+    for (k, v) in aws.unwrap_or_default() {
+        match k.as_str() {
+            "region" | "profile" | "max_retries" | "timeout" => {
+                config.insert(k, v);
+            }
+            "connection_pool_size" => {
+                return Err(err(
+                    "provider.aws.connection_pool_size",
+                    "each HostFactory call is a new process with one EC2 client; there is no pool to size. Remove it".into(),
+                ));
+            }
+            other => {
+                return Err(err(
+                    &format!("provider.aws.{other}"),
+                    "unknown key (known: region, profile, max_retries, timeout)".into(),
+                ));
+            }
+        }
+    }
+    if let Some(list) = raw.templates.take() {
+        if raw.aws.is_some() || ibm_aws::find(conf_dir, instance).is_some() {
+            return Err(err(
+                "templates",
+                "IBM's templates file is in the conf dir too; keep one source of templates".into(),
+            ));
+        }
+        let Some(region) = config.get("region").and_then(|r| r.as_str()).map(str::to_string) else {
+            return Err(err(
+                "provider.aws.region",
+                "is required with YAML templates (there is no IBM config file)".into(),
+            ));
+        };
+        let templates = seed::yaml_templates(&list).map_err(|(setting, m)| err(&setting, m))?;
+        raw.inline_aws = Some((region, templates));
+    }
+    let entry = serde_json::json!({"name": instance, "type": kind, "config": config});
+    let provider: seed::RawSeedProvider = serde_json::from_value(entry).map_err(|e| err("provider.type", e.to_string()))?;
+    raw.provider.providers = Some(vec![provider]);
+    Ok(())
+}
+
 /// IBM's files for seed aws provider `name`: its own `config.config_file` / `templates_file`
 /// (relative to the conf dir), else the instance's (`<instance>prov_*` or `awsprov_*`).
 fn seed_aws_files(
@@ -1110,6 +1259,78 @@ mod tests {
             "provider.providers[0].colour",
             "colour",
         );
+    }
+
+    #[test]
+    fn yaml_files_and_the_seed_single_provider_form() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let load_yaml = |name: &str, yaml: &str| {
+            for n in CONFIG_FILES {
+                let _ = std::fs::remove_file(dir.path().join(n));
+            }
+            std::fs::write(dir.path().join(name), yaml).expect("write");
+            Config::load(dir.path(), Path::new("/work"), "test")
+        };
+        // The seed's v2 shape, in YAML.
+        let c = load_yaml(
+            "hfwasm.yml",
+            "version: \"2.0.0\"\nprovider:\n  providers:\n    - name: pool\n      type: onprem\nlogging:\n  level: WARNING\n",
+        )
+        .expect("v2 in yaml");
+        assert_eq!(
+            (c.provider.source.clone(), c.log_level.as_str()),
+            (GuestSource::Builtin(BUILTIN_ONPREM), "warn")
+        );
+        // Seed 001's single-provider form.
+        let c = load_yaml(
+            "config.yml",
+            "provider:\n  type: aws\n  aws:\n    region: eu-west-1\n    profile: prod\ntemplates:\n  - template_id: t\n    max_number: 4\n    attributes: {vm_type: t3.micro, image_id: ami-1, subnet_id: subnet-1}\n",
+        )
+        .expect("seed 001");
+        let ec2 = c.ec2.as_ref().expect("aws");
+        assert_eq!((ec2.region.as_str(), ec2.profile.as_deref()), ("eu-west-1", Some("prod")));
+        assert_eq!(
+            c.settings["templates"],
+            serde_json::json!([{"templateId": "t", "maxNumber": 4, "vmType": "t3.micro", "imageId": "ami-1", "subnetId": "subnet-1"}])
+        );
+        let bad = |yaml: &str, setting: &str, words: &str| {
+            let e = load_yaml("config.yml", yaml).expect_err(yaml);
+            assert_eq!(e.setting.as_deref(), Some(setting), "{e}");
+            assert!(e.to_string().contains(words), "{e}");
+        };
+        bad(
+            "provider:\n  type: aws\n  aws:\n    connection_pool_size: 10\n",
+            "provider.aws.connection_pool_size",
+            "no pool",
+        );
+        bad("provider:\n  type: aws\n  aws:\n    zone: a\n", "provider.aws.zone", "unknown key");
+        bad(
+            "logging:\n  console_enabled: true\n",
+            "logging.console_enabled",
+            "stdout belongs to HostFactory",
+        );
+        bad(
+            "provider:\n  type: aws\ntemplates:\n  - max_number: 1\n",
+            "provider.aws.region",
+            "required",
+        );
+        bad(
+            "provider:\n  type: aws\n  aws: {region: us-east-1}\ntemplates:\n  - template_id: t\n    colour: red\n",
+            "templates[0].colour",
+            "unknown key",
+        );
+        bad("storage:\n  type: dynamodb\n", "storage.type", "DynamoDB");
+        // Two config files: which one is meant is not guessed.
+        std::fs::write(dir.path().join("hfwasm.json"), "{}").expect("write");
+        std::fs::write(dir.path().join("config.yml"), "{}").expect("write");
+        let e = Config::load(dir.path(), Path::new("/work"), "test").expect_err("two files");
+        assert!(e.to_string().contains("keep one config file"), "{e}");
+        // CONFIG_PATH (the seed's HostProvider parameter) names the file.
+        let found = find_file(dir.path(), |k| {
+            (k == "CONFIG_PATH").then(|| dir.path().join("config.yml").display().to_string())
+        });
+        assert_eq!(found.expect("found"), Some(dir.path().join("config.yml")));
+        assert!(find_file(dir.path(), |k| (k == "CONFIG_PATH").then(|| "/nonexistent.yml".to_string())).is_err());
     }
 
     #[test]

@@ -214,3 +214,60 @@ pub fn select<E>(
     }
     Ok(out)
 }
+
+/// Seed 001's YAML templates (`template_id`, `max_number`, `attributes` holding the
+/// provider's keys in snake_case: `vm_type`, `image_id`, `subnet_id`, ...) in IBM's template
+/// format (`templateId`, `maxNumber`, `vmType`, `imageId`, `subnetId`, ...), which the AWS
+/// guest reads and checks key by key. Errors are (setting, message).
+pub fn yaml_templates(list: &[serde_json::Value]) -> Result<serde_json::Value, (String, String)> {
+    let camel = |k: &str| {
+        let mut out = String::new();
+        let mut up = false;
+        for ch in k.chars() {
+            if ch == '_' {
+                up = true;
+            } else if up {
+                out.extend(ch.to_uppercase());
+                up = false;
+            } else {
+                out.push(ch);
+            }
+        }
+        out
+    };
+    let mut out = Vec::new();
+    for (i, t) in list.iter().enumerate() {
+        let at = |k: &str| format!("templates[{i}].{k}");
+        let Some(obj) = t.as_object() else {
+            return Err((format!("templates[{i}]"), "must be a mapping".into()));
+        };
+        let mut ibm = serde_json::Map::new();
+        for (k, v) in obj {
+            match k.as_str() {
+                "template_id" => {
+                    ibm.insert("templateId".into(), v.clone());
+                }
+                "max_number" => {
+                    ibm.insert("maxNumber".into(), v.clone());
+                }
+                "attributes" => {
+                    let Some(attrs) = v.as_object() else {
+                        return Err((
+                            at("attributes"),
+                            "must be a mapping of provider keys (vm_type, image_id, subnet_id, ...)".into(),
+                        ));
+                    };
+                    for (ak, av) in attrs {
+                        ibm.insert(camel(ak), av.clone());
+                    }
+                }
+                other => return Err((at(other), "unknown key (known: template_id, max_number, attributes)".into())),
+            }
+        }
+        if !ibm.contains_key("templateId") {
+            return Err((at("template_id"), "is required".into()));
+        }
+        out.push(serde_json::Value::Object(ibm));
+    }
+    Ok(serde_json::Value::Array(out))
+}

@@ -17,6 +17,11 @@ pub const DEFAULT_RETENTION_HOURS: u64 = 168;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStorage {
+    /// Seed 001's `storage.type` (`dynamodb`): refused with the reason.
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    /// Seed 001's `storage.dynamodb` settings: refused with `type`.
+    dynamodb: Option<serde_json::Value>,
     strategy: Option<String>,
     json_strategy: Option<RawJson>,
     sql_strategy: Option<RawSql>,
@@ -73,6 +78,17 @@ pub fn build<E>(
     let retention_hours = raw.retention_hours.unwrap_or(DEFAULT_RETENTION_HOURS);
     if retention_hours == 0 {
         return Err(err("storage.retention_hours", "must be at least 1 (hours)".into()));
+    }
+    if let Some(k) = &raw.kind {
+        return Err(err(
+            "storage.type",
+            format!(
+                "`{k}`: hfwasm keeps its state in SQLite (the default), JSON files or PostgreSQL, chosen by `storage.strategy` (`sql` with `sql_strategy.type` sqlite or postgresql, or `json`); DynamoDB is not supported"
+            ),
+        ));
+    }
+    if raw.dynamodb.is_some() {
+        return Err(err("storage.dynamodb", "DynamoDB is not supported; see `storage.strategy`".into()));
     }
     let strategy = raw.strategy.as_deref().unwrap_or("sql");
     let spec = match strategy {
