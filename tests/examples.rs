@@ -470,3 +470,54 @@ fn a_provider_guest_is_refused_as_a_policy_and_a_policy_as_a_provider() {
     let message = e["error"]["message"].as_str().expect("message");
     assert!(message.contains("does not export hostfactory:policy/template-policy"), "{e}");
 }
+
+#[test]
+fn recorded_template_offers_replay_and_show_each_difference() {
+    let tree = HfTree::new(INVENTORY);
+    let config = |small: f64| {
+        json!({
+            "policy": {"guest": "builtin:default-policy", "settings": {"prices": {SMALL: small, BIG: 0.80, "gpu": 6.40}}},
+            "recording": {"enabled": true}
+        })
+    };
+    tree.config(&config(0.10));
+    // HostFactory asks every 30 s for the same offer: recorded once.
+    for _ in 0..3 {
+        tree.ok("getAvailableTemplates", &json!({}));
+    }
+    // The price of the small hosts doubles: small is no longer the cheapest CPU. Recorded.
+    tree.config(&config(2.40));
+    let live = tree.ok("getAvailableTemplates", &json!({}));
+    assert_eq!(ids(&offered(&live))[0], BIG, "{live}");
+
+    // The built-in policy with the first prices: the first offer the same, the second not.
+    let settings = json!({"prices": {SMALL: 0.10, BIG: 0.80, "gpu": 6.40}}).to_string();
+    let (code, out, err) = admin(
+        &tree,
+        &["replay", "--policy", "builtin:default-policy", "--settings", &settings, "--json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let r: Value = serde_json::from_str(&out).expect("json");
+    let o = &r["offers"];
+    assert_eq!(
+        (o["decisions"].as_u64(), o["same"].as_u64(), o["differ"].as_u64()),
+        (Some(2), Some(1), Some(1)),
+        "{o}"
+    );
+    let second = &o["rows"][1];
+    assert_eq!(second["live"], json!([BIG, "gpu", SMALL]), "{second}");
+    assert_eq!(second["candidate"], json!([SMALL, BIG, "gpu"]), "{second}");
+    assert_eq!(r["decisions"], 0, "no placement was recorded (one provider)");
+    // A Rhai candidate with only the template hook, twice: byte-identical text reports.
+    std::fs::write(tree.conf.join("keep.rhai"), "fn offer_templates(ctx, templates) { templates }\n").expect("script");
+    let script = tree.conf.join("keep.rhai");
+    let run = || admin(&tree, &["replay", "--policy", script.to_str().expect("path")]);
+    let (first, second) = (run(), run());
+    assert_eq!(first.0, 0, "{}", first.2);
+    assert_eq!(first.1, second.1);
+    assert!(
+        first.1.contains("offer totals: 2 offer(s): 0 same, 2 differ, 0 failed"),
+        "{}",
+        first.1
+    );
+}

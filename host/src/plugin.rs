@@ -313,9 +313,10 @@ impl Plugin {
         })
     }
 
-    /// `hfwasm replay`: re-runs candidate placement policy `policy` (a `.rhai` script,
+    /// `hfwasm replay`: re-runs candidate policy `policy` (a `.rhai` script,
     /// `builtin:default-policy`, or a Wasm component file) with `settings` over the decisions
-    /// recorded in this instance's store within `from..=to`. A Wasm candidate runs with
+    /// recorded in this instance's store within `from..=to`, for each hook it has
+    /// (placement, template offers). A Wasm candidate runs with
     /// `fuel` per decision and a fixed random seed, so two runs give the same report.
     pub fn replay(
         &self,
@@ -367,24 +368,55 @@ impl Plugin {
             on_error: crate::policy::OnError::FailClosed,
             shadow: None,
         };
-        let mut candidate = self
-            .load_placement(&spec)
-            .map_err(|e| HfError::new(ErrorCode::PolicyError, e.to_string()).with("policy", e.policy))?;
+        // The candidate replays every hook it has: placement, template offers, or both.
+        let placement = self.load_placement(&spec);
+        let template = self.load_policy(&spec);
+        let (name, mut placement, mut template) = match (placement, template) {
+            (Err(p), Err(t)) => {
+                let message = if p.message == t.message {
+                    p.to_string()
+                } else {
+                    format!("not a placement policy ({}) nor a template policy ({})", p.message, t.message)
+                };
+                return Err(HfError::new(ErrorCode::PolicyError, message).with("policy", p.policy));
+            }
+            (p, t) => {
+                let name = match (&p, &t) {
+                    (Ok(p), _) => p.name().to_string(),
+                    (_, Ok(t)) => t.name().to_string(),
+                    _ => String::new(),
+                };
+                (name, p.ok(), t.ok())
+            }
+        };
         let store = self.open_store()?;
-        let decisions = crate::policy::replay::load(store.as_ref(), &self.dirs.name, range.0, range.1)?;
-        Ok(crate::policy::replay::replay(
-            &self.dirs.name,
-            candidate.as_mut(),
-            &decisions,
-            range.0,
-            range.1,
-            progress,
-        ))
+        let (from, to) = range;
+        let mut progress = progress;
+        let mut report = match placement.as_mut() {
+            Some(p) => {
+                let decisions = crate::policy::replay::load(store.as_ref(), &self.dirs.name, from, to)?;
+                crate::policy::replay::replay(&self.dirs.name, p.as_mut(), &decisions, from, to, &mut progress)
+            }
+            None => crate::policy::replay::Report::empty(&self.dirs.name, &name, from, to),
+        };
+        if let Some(t) = template.as_mut() {
+            let offers = crate::policy::replay::load_offers(store.as_ref(), &self.dirs.name, from, to)?;
+            report.offers = Some(crate::policy::replay::replay_offers(
+                &self.dirs.name,
+                t.as_mut(),
+                &offers,
+                &mut progress,
+            ));
+        }
+        Ok(report)
     }
 
     /// A service for one call: the provider loaded on first use, the template policy too.
     fn service<'s>(&'s self, store: &'s dyn StateStore, loader: ProviderLoader<'s>) -> Service<'s> {
         let mut service = Service::new(store, loader, self.context(), self.policy());
+        if let Some(keep) = self.config.recording {
+            service = service.with_recording(keep);
+        }
         // With several providers, each has its own breaker inside the router.
         if let (Some(b), true) = (self.config.breaker, self.config.members.is_empty()) {
             service = service.with_breaker(&self.config.provider.name, b);

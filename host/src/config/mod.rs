@@ -74,7 +74,7 @@ struct RawConfig {
     recording: Option<RawRecording>,
 }
 
-/// `recording`: keep placement decisions for `hfwasm replay`.
+/// `recording`: keep policy decisions for `hfwasm replay`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRecording {
@@ -317,7 +317,8 @@ pub struct Config {
     /// With several providers: what decides which serves a request (`placement`, default
     /// the built-in selection policies).
     pub placement: Option<PolicySpec>,
-    /// Placement decisions kept for `hfwasm replay` (`recording.keep`), when recording.
+    /// Policy decisions (placement, template offers) kept for `hfwasm replay`
+    /// (`recording.keep` of each hook), when recording.
     pub recording: Option<usize>,
 }
 
@@ -450,11 +451,11 @@ impl Config {
         }
         let recording = match &raw.recording {
             Some(r) if r.enabled.unwrap_or(true) => {
-                if seed.len() < 2 {
+                if seed.len() < 2 && raw.policy.is_none() {
                     return Err(ConfigError {
                         file: file.clone(),
                         setting: Some("recording".into()),
-                        message: "`recording` keeps placement decisions among several providers: it needs two or more enabled in `provider.providers`".into(),
+                        message: "`recording` keeps policy decisions: it needs a template policy (`policy`) or several providers in `provider.providers` (placement)".into(),
                     });
                 }
                 match r.keep.unwrap_or(DEFAULT_RECORDING_KEEP) {
@@ -483,8 +484,8 @@ impl Config {
                 obj.entry("selection_policy").or_insert(serde_json::Value::String(sp));
             }
             config.placement = Some(placement);
-            config.recording = recording;
         }
+        config.recording = recording;
         Ok(config)
     }
 

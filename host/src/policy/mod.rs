@@ -125,6 +125,55 @@ pub fn offer(
     }
 }
 
+/// One live template-offer decision as recorded for `hfwasm replay`: the provider's
+/// templates the policy saw, and what it offered. Recorded only when either changed since
+/// the last record (HostFactory asks every 30 s, mostly for the same answer).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OfferDecision {
+    /// When, epoch seconds (the policy's `now`).
+    pub at: u64,
+    /// The live policy's name.
+    pub policy: String,
+    /// The provider's templates.
+    pub templates: Vec<Template>,
+    /// What was offered (after the fallback, when the policy failed open).
+    pub live: Vec<Template>,
+}
+
+/// Key prefix of recorded template offers (in [`placement::record_namespace`]).
+pub const OFFER_PREFIX: &str = "offer/";
+/// Key of the fingerprint of the last recorded offer.
+const OFFER_LAST: &str = "offer-last";
+
+/// Records `d` unless it repeats the last recorded offer, keeping the last `keep`. A
+/// failure is logged, never fails the call.
+pub fn record_offer(store: &dyn crate::store::StateStore, instance: &str, keep: usize, d: &OfferDecision) {
+    use std::hash::{Hash, Hasher};
+    let ns = placement::record_namespace(instance);
+    let stored = serde_json::to_string(&(&d.policy, &d.templates, &d.live))
+        .map_err(|e| e.to_string())
+        .and_then(|seen| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            seen.hash(&mut h);
+            let print = format!("{:016x}", h.finish());
+            // `offer-last` = "<fingerprint>/<sequence>": the sequence orders records made
+            // within one second.
+            let last = store.kv_get(&ns, OFFER_LAST).map_err(|e| e.to_string())?.unwrap_or_default();
+            let (last_print, seq) = last.split_once('/').unwrap_or(("", "0"));
+            if last_print == print {
+                return Ok(());
+            }
+            let seq = seq.parse::<u64>().unwrap_or(0) + 1;
+            let value = serde_json::to_string(d).map_err(|e| e.to_string())?;
+            let key = format!("{OFFER_PREFIX}{:020}-{seq:010}-{}", d.at, uuid::Uuid::new_v4());
+            keep_last(store, &ns, OFFER_PREFIX, &key, &value, keep).map_err(|e| e.to_string())?;
+            store.kv_set(&ns, OFFER_LAST, &format!("{print}/{seq}")).map_err(|e| e.to_string())
+        });
+    if let Err(e) = stored {
+        tracing::warn!(error = %e, "cannot record the template offer");
+    }
+}
+
 /// Shadow decisions kept in the store (the oldest go first).
 pub const SHADOW_KEEP: usize = 500;
 

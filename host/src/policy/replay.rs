@@ -1,12 +1,14 @@
-//! `hfwasm replay`: a candidate placement policy re-run over recorded live decisions
-//! ([`super::placement::Decision`]), with the recorded candidates, time and draw, so the run
-//! is deterministic and touches no cloud; and the decision-diff report it prints.
+//! `hfwasm replay`: a candidate policy re-run over recorded live decisions (placements,
+//! [`super::placement::Decision`], and template offers, [`super::OfferDecision`]) with the
+//! recorded inputs, time and draw, so the run is deterministic and touches no cloud; and the
+//! decision-diff report it prints.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use super::placement::{self, Decision, PlacementPolicy};
+use super::{OfferDecision, TemplatePolicy};
 use crate::service::model::CallContext;
 use crate::store::{StateStore, StoreError};
 
@@ -67,6 +69,58 @@ pub struct Report {
     pub cost: Cost,
     /// Every decision, in recorded order.
     pub rows: Vec<Row>,
+    /// The template offers replayed, when the candidate has the template hook.
+    pub offers: Option<Offers>,
+}
+
+/// One recorded template offer, replayed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OfferRow {
+    /// When it was offered, epoch seconds.
+    pub at: u64,
+    /// Template ids the live policy offered, in order.
+    pub live: Vec<String>,
+    /// Template ids the candidate offered (none when it failed).
+    pub candidate: Option<Vec<String>>,
+    /// Why the candidate failed.
+    pub error: Option<String>,
+    /// Whether both offers are the same, attributes and numbers included.
+    pub same: bool,
+}
+
+/// The template-offer part of the report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Offers {
+    /// Offers replayed.
+    pub decisions: usize,
+    /// Offers the candidate made the same way.
+    pub same: usize,
+    /// Offers it made differently.
+    pub differ: usize,
+    /// Offers it failed on.
+    pub failed: usize,
+    /// Every offer, in recorded order.
+    pub rows: Vec<OfferRow>,
+}
+
+impl Report {
+    /// A report of nothing replayed yet, for candidate `candidate`.
+    pub fn empty(instance: &str, candidate: &str, from: Option<u64>, to: Option<u64>) -> Self {
+        Report {
+            instance: instance.to_string(),
+            candidate: candidate.to_string(),
+            from,
+            to,
+            decisions: 0,
+            same: 0,
+            differ: 0,
+            failed: 0,
+            hosts_by_first_choice: BTreeMap::new(),
+            cost: Cost::default(),
+            rows: Vec::new(),
+            offers: None,
+        }
+    }
 }
 
 /// Recorded decisions of `instance` made within `from..=to`, in time order.
@@ -84,6 +138,84 @@ pub fn load(store: &dyn StateStore, instance: &str, from: Option<u64>, to: Optio
         out.push(d);
     }
     Ok(out)
+}
+
+/// Recorded template offers of `instance` made within `from..=to`, in time order.
+pub fn load_offers(store: &dyn StateStore, instance: &str, from: Option<u64>, to: Option<u64>) -> Result<Vec<OfferDecision>, StoreError> {
+    let ns = placement::record_namespace(instance);
+    let mut out = Vec::new();
+    for (key, value) in store.kv_scan(&ns, super::OFFER_PREFIX)? {
+        let d: OfferDecision = serde_json::from_str(&value).map_err(|e| StoreError::Corrupt {
+            location: format!("kv {ns}"),
+            message: format!("recorded offer {key}: {e}"),
+        })?;
+        if from.is_some_and(|f| d.at < f) || to.is_some_and(|t| d.at > t) {
+            continue;
+        }
+        out.push(d);
+    }
+    Ok(out)
+}
+
+/// Re-runs template policy `policy` over `decisions`; `progress(done, total)` after each.
+pub fn replay_offers(
+    instance: &str,
+    policy: &mut dyn TemplatePolicy,
+    decisions: &[OfferDecision],
+    mut progress: impl FnMut(usize, usize),
+) -> Offers {
+    let ids = |ts: &[crate::service::model::Template]| ts.iter().map(|t| t.id.clone()).collect::<Vec<_>>();
+    let mut out = Offers {
+        decisions: decisions.len(),
+        same: 0,
+        differ: 0,
+        failed: 0,
+        rows: Vec::with_capacity(decisions.len()),
+    };
+    for (i, d) in decisions.iter().enumerate() {
+        let ctx = CallContext {
+            provider_instance: instance.to_string(),
+            settings: serde_json::json!({}),
+            now: d.at,
+        };
+        let answer = policy.offer_templates(&ctx, &d.templates).and_then(|offer| {
+            super::check_offer(&d.templates, &offer).map_err(|message| super::PolicyError {
+                policy: policy.name().to_string(),
+                message,
+            })?;
+            Ok(offer)
+        });
+        let row = match answer {
+            Ok(offer) => {
+                let same = offer == d.live;
+                if same {
+                    out.same += 1;
+                } else {
+                    out.differ += 1;
+                }
+                OfferRow {
+                    at: d.at,
+                    live: ids(&d.live),
+                    candidate: Some(ids(&offer)),
+                    error: None,
+                    same,
+                }
+            }
+            Err(e) => {
+                out.failed += 1;
+                OfferRow {
+                    at: d.at,
+                    live: ids(&d.live),
+                    candidate: None,
+                    error: Some(e.message),
+                    same: false,
+                }
+            }
+        };
+        out.rows.push(row);
+        progress(i + 1, decisions.len());
+    }
+    out
 }
 
 /// Price per host-hour of provider `name` for decision `d`: the live policy's
@@ -110,19 +242,8 @@ pub fn replay(
     to: Option<u64>,
     mut progress: impl FnMut(usize, usize),
 ) -> Report {
-    let mut report = Report {
-        instance: instance.to_string(),
-        candidate: policy.name().to_string(),
-        from,
-        to,
-        decisions: decisions.len(),
-        same: 0,
-        differ: 0,
-        failed: 0,
-        hosts_by_first_choice: BTreeMap::new(),
-        cost: Cost::default(),
-        rows: Vec::with_capacity(decisions.len()),
-    };
+    let mut report = Report::empty(instance, policy.name(), from, to);
+    report.decisions = decisions.len();
     for (i, d) in decisions.iter().enumerate() {
         let ctx = CallContext {
             provider_instance: instance.to_string(),
@@ -227,5 +348,25 @@ pub fn render(r: &Report) -> String {
         "estimated cost per hour of first choices (where priced): live {:.4} -> candidate {:.4} ({} decision(s) unpriced)\n",
         r.cost.live, r.cost.candidate, r.cost.unpriced
     ));
+    if let Some(o) = &r.offers {
+        out.push_str(&format!("\ntemplate offers: {} replayed\n", o.decisions));
+        for row in &o.rows {
+            let verdict = match (&row.error, row.same) {
+                (Some(e), _) => format!("FAILED: {e}"),
+                (None, true) => "same".to_string(),
+                (None, false) => "DIFFERS".to_string(),
+            };
+            out.push_str(&format!(
+                "{:<10} live {} -> candidate {}  {verdict}\n",
+                row.at,
+                row.live.join(","),
+                row.candidate.as_ref().map_or("-".to_string(), |c| c.join(","))
+            ));
+        }
+        out.push_str(&format!(
+            "offer totals: {} offer(s): {} same, {} differ, {} failed\n",
+            o.decisions, o.same, o.differ, o.failed
+        ));
+    }
     out
 }

@@ -126,6 +126,8 @@ pub struct Service<'a> {
     template_policy: Option<(PolicyLoader<'a>, OnError)>,
     shadow_policy: Option<PolicyLoader<'a>>,
     breaker: Option<(String, breaker::BreakerPolicy)>,
+    /// Record template offers for replay: how many to keep.
+    recording: Option<usize>,
 }
 
 /// A request as stored, with its machines.
@@ -147,7 +149,15 @@ impl<'a> Service<'a> {
             template_policy: None,
             shadow_policy: None,
             breaker: None,
+            recording: None,
         }
+    }
+
+    /// Records the template policy's offers (when they change) for `hfwasm replay`,
+    /// keeping the last `keep`.
+    pub fn with_recording(mut self, keep: usize) -> Self {
+        self.recording = Some(keep);
+        self
     }
 
     /// Runs `loader`'s policy beside the live one on every getAvailableTemplates: what it
@@ -188,18 +198,35 @@ impl<'a> Service<'a> {
     /// ordered, chosen and mapped by the site's template policy when there is one.
     pub fn get_available_templates(&mut self) -> Result<Vec<Template>, ServiceError> {
         let templates = self.provider_templates()?;
-        let provided = self.shadow_policy.is_some().then(|| templates.clone());
+        let keep = self.recording.filter(|_| self.template_policy.is_some());
+        let provided = (self.shadow_policy.is_some() || keep.is_some()).then(|| templates.clone());
+        let mut policy_name = String::new();
         let live = match self.template_policy.take() {
             None => templates,
             Some((loader, on_error)) => {
                 let mut loaded = loader();
                 let policy = match &mut loaded {
-                    Ok(p) => Ok(p.as_mut() as &mut dyn TemplatePolicy),
-                    Err(e) => Err(e.clone()),
+                    Ok(p) => {
+                        policy_name = p.name().to_string();
+                        Ok(p.as_mut() as &mut dyn TemplatePolicy)
+                    }
+                    Err(e) => {
+                        policy_name = e.policy.clone();
+                        Err(e.clone())
+                    }
                 };
                 crate::policy::offer(policy, on_error, &self.ctx, templates)?
             }
         };
+        if let (Some(keep), Some(provided)) = (keep, &provided) {
+            let d = crate::policy::OfferDecision {
+                at: self.ctx.now,
+                policy: policy_name,
+                templates: provided.clone(),
+                live: live.clone(),
+            };
+            crate::policy::record_offer(self.store, &self.ctx.provider_instance, keep, &d);
+        }
         if let (Some(loader), Some(provided)) = (self.shadow_policy.take(), provided) {
             crate::policy::shadow(loader(), self.store, &self.ctx, &provided, &live);
         }
