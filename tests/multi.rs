@@ -372,17 +372,43 @@ fn a_partial_on_prem_answer_is_topped_up_from_aws_and_returns_go_to_each() {
     let msg = done["message"].as_str().unwrap_or_default();
     assert!(msg.contains("from onprem-pool") && msg.contains("from aws-burst"), "{msg}");
 
-    // Return everything: the pool frees its hosts, AWS terminates its instance.
+    // Return everything (a little later): the pool frees its hosts, AWS terminates its instance.
+    tree.set_env("HFWASM_NOW_OFFSET_SECS", "10");
     let machines: Vec<Value> = hosts(&done).into_iter().map(|(n, i)| json!({"name": n, "machineId": i})).collect();
     let ret = tree.ok("requestReturnMachines", &json!({"machines": machines}));
     let rid = ret["requestId"].as_str().expect("id").to_string();
     assert_eq!(tree.until_final(&rid)["status"], "complete");
     assert_eq!(state(&a, &cloud[0].1), "terminated");
     // The pool's hosts are free again: a new request of 2 gets both, nothing from AWS.
+    tree.set_env("HFWASM_NOW_OFFSET_SECS", "20");
     let again = tree.request(TEMPLATE, 2);
     let done = tree.until_final(&again);
     assert_eq!(made_by(&a, &again).len(), 0, "{done}");
     assert_eq!(hosts(&done).len(), 2);
+
+    // Routing records go with their requests: a year later the finished, returned request is
+    // pruned from the store, and the orphan scan deletes its route.
+    let routes = |tree: &HfTree| -> Vec<String> {
+        let (_, out, _) = admin(tree, &["store", "export"]);
+        let doc: Value = serde_json::from_str(&out).expect("export");
+        doc["kv"]["hfwasm.route/pool"]
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    assert!(routes(&tree).contains(&format!("req/{id}")), "{:?}", routes(&tree));
+    tree.set_env("HFWASM_NOW_OFFSET_SECS", &(400 * 86400).to_string());
+    tree.ok("getReturnRequests", &json!({"machines": []}));
+    // The sweep prunes after its orphan scan; the next scan (orphan_scan_secs later) sheds
+    // the route.
+    tree.set_env("HFWASM_NOW_OFFSET_SECS", &(400 * 86400 + 700).to_string());
+    tree.ok("getReturnRequests", &json!({"machines": []}));
+    let left = routes(&tree);
+    assert!(!left.contains(&format!("req/{id}")), "{left:?}");
+    assert!(
+        left.contains(&format!("req/{again}")),
+        "hosts still held keep their route: {left:?}"
+    );
 }
 
 #[test]

@@ -2,8 +2,10 @@
 //! [`Router`] offers the union of their templates, places each request with the placement
 //! policy, goes down the chosen order past providers whose circuit is open or that fail,
 //! and tops a partial answer up from the next provider. Which provider made which machine
-//! is kept in the store (kv namespace `hfwasm.route/<instance>`), so status, returns,
-//! reclaims and the orphan sweep of later calls, each a new process, go to the right one.
+//! is kept in the store (kv namespace `hfwasm.route/<instance>`, one record per request:
+//! its legs, each a provider, the units it took on and the machines it made), so status,
+//! returns, reclaims and the orphan sweep of later calls, each a new process, go to the
+//! right one. Records of requests the store has pruned are deleted by the orphan scan.
 //!
 //! The service above cannot tell a router from a single provider, and the router cannot
 //! tell whether the placement came from Wasm, Rhai or a test double.
@@ -52,6 +54,34 @@ struct Leg {
     provider: String,
     /// Units it was asked for and took on (0 once it refused).
     count: u32,
+    /// Ids of the machines it made for the request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    machines: Vec<String>,
+}
+
+impl Route {
+    /// Adds the ids of `machines` to `provider`'s leg; true when something was new.
+    fn add(&mut self, provider: &str, machines: &[Machine]) -> bool {
+        let Some(leg) = self.legs.iter_mut().rev().find(|l| l.provider == provider) else {
+            return false;
+        };
+        let mut changed = false;
+        for m in machines {
+            if !leg.machines.contains(&m.machine_id) {
+                leg.machines.push(m.machine_id.clone());
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// The provider whose leg made machine `id`.
+    fn maker(&self, id: &str) -> Option<&str> {
+        self.legs
+            .iter()
+            .find(|l| l.machines.iter().any(|m| m == id))
+            .map(|l| l.provider.as_str())
+    }
 }
 
 /// A request's routing record.
@@ -78,7 +108,6 @@ pub struct Router<'a> {
 }
 
 const REQ: &str = "req/";
-const MACHINE: &str = "m/";
 
 fn joined(failures: &[String]) -> String {
     failures.join("; ")
@@ -226,42 +255,54 @@ impl<'a> Router<'a> {
             .map_err(Self::store_err)
     }
 
-    /// Records that member `i` made `machines`.
-    fn own(&mut self, i: usize, machines: &[Machine]) -> Result<(), ProviderError> {
-        let ns = self.namespace();
+    /// Records in request `request_id`'s route that member `i` made `machines`.
+    fn own(&mut self, request_id: &str, i: usize, machines: &[Machine]) -> Result<(), ProviderError> {
+        if machines.iter().all(|m| self.owners.get(&m.machine_id) == Some(&i)) {
+            return Ok(());
+        }
+        let mut route = self.route(request_id)?.unwrap_or_default();
+        if route.add(&self.members[i].info.name, machines) {
+            self.save_route(request_id, &route)?;
+        }
         for m in machines {
-            if self.owners.get(&m.machine_id) == Some(&i) {
-                continue;
-            }
-            self.store
-                .kv_set(&ns, &format!("{MACHINE}{}", m.machine_id), &self.members[i].info.name)
-                .map_err(Self::store_err)?;
             self.owners.insert(m.machine_id.clone(), i);
         }
         Ok(())
     }
 
-    /// The member that made machine `machine_id` (or the host HostFactory names `name`).
+    /// The member that made machine `machine_id` (or the host HostFactory names `name`):
+    /// learnt in this call, or found in the route of the provision request holding it.
     fn owner(&mut self, machine_id: Option<&str>, name: &str) -> Result<Option<usize>, ProviderError> {
-        let mut ids: Vec<String> = machine_id.map(str::to_string).into_iter().collect();
-        for (_, m) in self.store.provision_holders(name).map_err(Self::store_err)? {
-            ids.push(m.machine_id);
+        if let Some(&i) = machine_id.and_then(|id| self.owners.get(id)) {
+            return Ok(Some(i));
         }
-        for id in ids {
+        for (request_id, m) in self.store.provision_holders(name).map_err(Self::store_err)? {
+            let id = machine_id.unwrap_or(&m.machine_id).to_string();
             if let Some(&i) = self.owners.get(&id) {
                 return Ok(Some(i));
             }
-            if let Some(p) = self
-                .store
-                .kv_get(&self.namespace(), &format!("{MACHINE}{id}"))
-                .map_err(Self::store_err)?
-                && let Some(i) = self.index(&p)
-            {
+            let maker = self.route(&request_id)?.and_then(|r| r.maker(&id).map(str::to_string));
+            if let Some(i) = maker.and_then(|p| self.index(&p)) {
                 self.owners.insert(id, i);
                 return Ok(Some(i));
             }
         }
         Ok(None)
+    }
+
+    /// Deletes the routes of requests the store no longer has (pruned after retention), so
+    /// the routing records shrink with the store.
+    fn prune_routes(&self) -> Result<usize, ProviderError> {
+        let ns = self.namespace();
+        let mut gone = 0;
+        for (key, _) in self.store.kv_scan(&ns, REQ).map_err(Self::store_err)? {
+            let id = key.trim_start_matches(REQ);
+            if self.store.request(id).map_err(Self::store_err)?.is_none() {
+                self.store.kv_delete(&ns, &key).map_err(Self::store_err)?;
+                gone += 1;
+            }
+        }
+        Ok(gone)
     }
 
     /// `refs` grouped by the member that made them; the ones no record attributes are
@@ -554,7 +595,7 @@ impl<'a> Provider for Router<'a> {
                     )
                 }) {
                     Ok(p) => {
-                        self.own(i, &p.machines)?;
+                        self.own(&req.request_id, i, &p.machines)?;
                         parts.push((leg.provider.clone(), p));
                     }
                     Err(e) => failures.push(e.to_string()),
@@ -580,11 +621,15 @@ impl<'a> Provider for Router<'a> {
             route.legs.push(Leg {
                 provider: name.clone(),
                 count: remaining,
+                machines: Vec::new(),
             });
             self.save_route(&req.request_id, &route)?;
             match self.leg(i, ctx, req, remaining) {
                 Ok(p) => {
-                    self.own(i, &p.machines)?;
+                    route.add(&name, &p.machines);
+                    for m in &p.machines {
+                        self.owners.insert(m.machine_id.clone(), i);
+                    }
                     let covered = units(&p).saturating_add(p.outstanding).min(remaining);
                     if covered < remaining {
                         tracing::warn!(request_id = %req.request_id, provider = %name, asked = remaining, covered, "partial answer; topping up from the next provider");
@@ -642,12 +687,7 @@ impl<'a> Provider for Router<'a> {
                 let Some(i) = self.index(&leg.provider) else {
                     continue;
                 };
-                let mut known = Vec::new();
-                for m in &q.known {
-                    if self.owner(Some(&m.machine_id), &m.name)? == Some(i) {
-                        known.push(m.clone());
-                    }
-                }
+                let known: Vec<Machine> = q.known.iter().filter(|m| leg.machines.contains(&m.machine_id)).cloned().collect();
                 if leg.count == 0 && known.is_empty() {
                     continue;
                 }
@@ -685,7 +725,7 @@ impl<'a> Provider for Router<'a> {
             for ((qi, sub), answer) in batch.into_iter().zip(answers) {
                 match answer {
                     Ok(p) => {
-                        self.own(i, &p.machines)?;
+                        self.own(&queries[qi].request.request_id, i, &p.machines)?;
                         parts[qi].push((name.clone(), p));
                     }
                     Err(e) => {
@@ -780,6 +820,12 @@ impl<'a> Provider for Router<'a> {
     /// Every provider's machines; the ones of a provider that fails are left out (the
     /// sweep then finds fewer orphans, never more).
     fn owned_machines(&mut self, ctx: &CallContext) -> Result<Vec<OwnedMachine>, ProviderError> {
+        // The orphan scan runs every `orphan_scan_secs`: the time to shed old routes too.
+        match self.prune_routes() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(routes = n, "routing records of pruned requests deleted"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune routing records"),
+        }
         let mut out = Vec::new();
         for i in self.by_priority() {
             match self.on(i, ctx, |p, c| p.owned_machines(c)) {

@@ -292,6 +292,22 @@ pub fn pruning_keeps_held_machines(o: &Opener) {
     );
     assert_eq!(left(s.as_ref()), ["req-in-use", "req-p2"]);
     assert_eq!(s.prune_finished(1000, 10).expect("prune"), 0, "hosts in use are never forgotten");
+    // A return in the same second as a provision of the same host name cannot be told to
+    // come after it (the pool leased the returned host again at once): kept.
+    finished(
+        "ret-r2",
+        RequestKind::Return,
+        50,
+        &[machine("n-2", "node-2", MachineState::Terminated)],
+    );
+    finished(
+        "req-p3",
+        RequestKind::Provision,
+        50,
+        &[machine("n-2", "node-2", MachineState::Running)],
+    );
+    s.prune_finished(1000, 10).expect("prune");
+    assert!(s.request("req-p3").expect("read").is_some(), "req-p3 still holds node-2");
 }
 
 /// Export from one store, import into an empty one: the same document comes out. Import

@@ -196,7 +196,7 @@ pub fn releasable(doc: &Document, r: &StoredRequest) -> bool {
     let returned_later = |name: &str| {
         doc.requests
             .iter()
-            .any(|x| x.kind == "return" && x.created_at >= r.created_at && x.is_finished() && x.machines.iter().any(|m| m.name == name))
+            .any(|x| x.kind == "return" && x.created_at > r.created_at && x.is_finished() && x.machines.iter().any(|m| m.name == name))
     };
     if r.kind == "provision" {
         r.machines

@@ -239,7 +239,8 @@ pub trait StateStore: Send + Sync {
     /// with their machines, oldest first; returns how many went. Keeps a store small after
     /// a year of 30-second polling. A provision request goes only once none of its machines
     /// is still held (each is terminated or failed, or was named by a finished return made
-    /// after it); a return request only once no provision request made before it still
+    /// after it, in a later second: one made in the same second cannot be told from one made
+    /// before it, when an on-prem host's name is leased again at once); a return request only once no provision request made before it still
     /// holds one of its machines. So the store never forgets a machine the cluster uses.
     fn prune_finished(&self, before: u64, limit: usize) -> Result<usize, StoreError>;
     /// Everything stored, as one document (`store export`, `store check`).
@@ -276,7 +277,7 @@ fn prune_sql(before: &str, limit: &str, lock: &str) -> String {
                   SELECT 1 FROM machines m WHERE m.request_id = r.id AND m.state NOT IN ('terminated', 'failed')
                     AND NOT EXISTS (
                       SELECT 1 FROM machines rm JOIN requests rr ON rr.id = rm.request_id
-                      WHERE rm.name = m.name AND rr.kind = 'return' AND rr.created_at >= r.created_at
+                      WHERE rm.name = m.name AND rr.kind = 'return' AND rr.created_at > r.created_at
                         AND rr.status IN ('complete', 'complete_with_error')))
                 ELSE NOT EXISTS (
                   SELECT 1 FROM machines rm JOIN machines pm ON pm.name = rm.name JOIN requests pr ON pr.id = pm.request_id
