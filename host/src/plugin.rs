@@ -563,6 +563,10 @@ impl Plugin {
                 c.provider.limits.timeout.as_millis()
             ),
         ];
+        if !c.members.is_empty() {
+            // Several providers: each has its own line below.
+            lines.retain(|l| !l.starts_with("guest:"));
+        }
         if let Some(p) = &c.policy {
             let on_error = if p.on_error == crate::policy::OnError::FailOpen {
                 "fail_open"

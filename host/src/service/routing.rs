@@ -43,8 +43,8 @@ struct Member<'a> {
     info: MemberInfo,
     loader: Option<ProviderLoader<'a>>,
     provider: Option<Box<dyn Provider + 'a>>,
-    /// Its templates, once asked in this call.
-    templates: Option<Vec<Template>>,
+    /// Its templates (or why it could not give them), once asked in this call.
+    templates: Option<Result<Vec<Template>, ProviderError>>,
 }
 
 /// The part of a request one provider was asked for.
@@ -220,14 +220,14 @@ impl<'a> Router<'a> {
         self.provider(i).and_then(|p| f(p, &mctx)).map_err(|e| name_error(&name, e))
     }
 
-    /// Member `i`'s templates (asked once per call).
+    /// Member `i`'s templates (asked once per call; a failure too is remembered for the call).
     fn member_templates(&mut self, i: usize, ctx: &CallContext) -> Result<Vec<Template>, ProviderError> {
         if let Some(t) = &self.members[i].templates {
-            return Ok(t.clone());
+            return t.clone();
         }
-        let t = self.on(i, ctx, |p, c| p.templates(c))?;
+        let t = self.on(i, ctx, |p, c| p.templates(c));
         self.members[i].templates = Some(t.clone());
-        Ok(t)
+        t
     }
 
     fn breaker(&self, i: usize) -> Option<Breaker<'_>> {
