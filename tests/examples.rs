@@ -477,7 +477,7 @@ fn recorded_template_offers_replay_and_show_each_difference() {
     let config = |small: f64| {
         json!({
             "policy": {"guest": "builtin:default-policy", "settings": {"prices": {SMALL: small, BIG: 0.80, "gpu": 6.40}}},
-            "recording": {"enabled": true}
+            "recording": {"enabled": true, "keep": 2}
         })
     };
     tree.config(&config(0.10));
@@ -519,5 +519,32 @@ fn recorded_template_offers_replay_and_show_each_difference() {
         first.1.contains("offer totals: 2 offer(s): 0 same, 2 differ, 0 failed"),
         "{}",
         first.1
+    );
+
+    // The calls themselves are recorded too, input and answer (errors as their envelope),
+    // in a ring of `keep` slots.
+    let e = tree.err(
+        "requestMachines",
+        &json!({"template": {"templateId": "no-such", "machineCount": 1}}),
+        "TEMPLATE_NOT_FOUND",
+    );
+    let (_, out, _) = admin(&tree, &["store", "export"]);
+    let doc: Value = serde_json::from_str(&out).expect("export");
+    let calls: Vec<Value> = doc["kv"]["hfwasm.record/pool"]
+        .as_object()
+        .expect("records")
+        .iter()
+        .filter(|(k, _)| k.starts_with("call/"))
+        .map(|(_, v)| serde_json::from_str(v.as_str().expect("text")).expect("json"))
+        .collect();
+    assert_eq!(calls.len(), 2, "the last 2 calls: {calls:?}");
+    let last = calls.iter().max_by_key(|c| c["seq"].as_u64()).expect("last");
+    assert_eq!(last["call"], "requestMachines");
+    assert_eq!(last["input"]["template"]["templateId"], "no-such");
+    assert_eq!(last["output"], e, "the answer HostFactory got");
+    assert!(
+        calls
+            .iter()
+            .any(|c| c["call"] == "getAvailableTemplates" && c["output"]["templates"].is_array())
     );
 }

@@ -14,6 +14,7 @@ pub mod hf;
 pub mod logging;
 pub mod plugin;
 pub mod policy;
+pub mod recording;
 pub mod runtime;
 pub mod scaffold;
 pub mod service;

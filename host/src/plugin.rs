@@ -463,12 +463,34 @@ impl Plugin {
         let t0 = Instant::now();
         let obj = hf::input::read_object(call, input)?;
         let store = self.open_store()?;
+        let result = self.answer(call, &obj, &store);
+        if let Some(keep) = self.config.recording {
+            let output = match &result {
+                Ok(v) => v.clone(),
+                Err(e) => e.to_envelope(),
+            };
+            crate::recording::record_call(
+                store.as_ref(),
+                &self.dirs.name,
+                keep,
+                now_secs(),
+                call,
+                &Value::Object(obj.clone()),
+                &output,
+            );
+        }
+        tracing::info!(elapsed_us = t0.elapsed().as_micros() as u64, "call done");
+        result
+    }
+
+    /// The answer to `call` with input `obj`.
+    fn answer(&self, call: Call, obj: &serde_json::Map<String, Value>, store: &Arc<dyn StateStore>) -> Result<Value, HfError> {
         let loader = self.provider_loader(store.clone());
         let mut service = self.service(store.as_ref(), loader);
         let answer = match call {
             Call::GetAvailableTemplates => hf::output::templates(&service.get_available_templates()?),
             Call::RequestMachines => {
-                let input = hf::input::request_machines(&obj)?;
+                let input = hf::input::request_machines(obj)?;
                 let (id, message) = service.request_machines(&input.template_id, input.machine_count, input.rc_account)?;
                 serde_json::to_value(hf::output::RequestAccepted {
                     request_id: &id,
@@ -477,7 +499,7 @@ impl Plugin {
                 .map_err(|e| HfError::new(ErrorCode::Internal, e.to_string()))?
             }
             Call::RequestReturnMachines => {
-                let machines = match hf::input::request_return_machines(&obj)? {
+                let machines = match hf::input::request_return_machines(obj)? {
                     hf::input::ReturnInput::Machines(m) => m,
                     hf::input::ReturnInput::Request(id) => service.machines_of_request(&id)?,
                 };
@@ -488,10 +510,9 @@ impl Plugin {
                 })
                 .map_err(|e| HfError::new(ErrorCode::Internal, e.to_string()))?
             }
-            Call::GetRequestStatus => hf::output::request_status(&service.get_request_status(&hf::input::get_request_status(&obj)?)?),
-            Call::GetReturnRequests => hf::output::return_requests(&service.get_return_requests(&hf::input::get_return_requests(&obj)?)?),
+            Call::GetRequestStatus => hf::output::request_status(&service.get_request_status(&hf::input::get_request_status(obj)?)?),
+            Call::GetReturnRequests => hf::output::return_requests(&service.get_return_requests(&hf::input::get_return_requests(obj)?)?),
         };
-        tracing::info!(elapsed_us = t0.elapsed().as_micros() as u64, "call done");
         Ok(answer)
     }
 

@@ -74,7 +74,7 @@ struct RawConfig {
     recording: Option<RawRecording>,
 }
 
-/// `recording`: keep policy decisions for `hfwasm replay`.
+/// `recording`: keep calls (input and answer) and policy decisions for `hfwasm replay`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRecording {
@@ -317,8 +317,8 @@ pub struct Config {
     /// With several providers: what decides which serves a request (`placement`, default
     /// the built-in selection policies).
     pub placement: Option<PolicySpec>,
-    /// Policy decisions (placement, template offers) kept for `hfwasm replay`
-    /// (`recording.keep` of each hook), when recording.
+    /// Calls and policy decisions (placement, template offers) kept for `hfwasm replay`
+    /// (`recording.keep` of each kind), when recording.
     pub recording: Option<usize>,
 }
 
@@ -450,25 +450,16 @@ impl Config {
             });
         }
         let recording = match &raw.recording {
-            Some(r) if r.enabled.unwrap_or(true) => {
-                if seed.len() < 2 && raw.policy.is_none() {
+            Some(r) if r.enabled.unwrap_or(true) => match r.keep.unwrap_or(DEFAULT_RECORDING_KEEP) {
+                0 => {
                     return Err(ConfigError {
                         file: file.clone(),
-                        setting: Some("recording".into()),
-                        message: "`recording` keeps policy decisions: it needs a template policy (`policy`) or several providers in `provider.providers` (placement)".into(),
+                        setting: Some("recording.keep".into()),
+                        message: "`recording.keep`: must be at least 1 (or set `enabled: false`)".into(),
                     });
                 }
-                match r.keep.unwrap_or(DEFAULT_RECORDING_KEEP) {
-                    0 => {
-                        return Err(ConfigError {
-                            file: file.clone(),
-                            setting: Some("recording.keep".into()),
-                            message: "`recording.keep`: must be at least 1 (or set `enabled: false`)".into(),
-                        });
-                    }
-                    n => Some(n),
-                }
-            }
+                n => Some(n),
+            },
             _ => None,
         };
         let selection_policy = raw.provider.selection_policy.clone();
