@@ -581,3 +581,29 @@ fn a_shadow_placement_is_logged_and_stored_never_acted_on() {
     );
     assert_eq!(v["candidate"], json!(["aws-west", "aws-east"]));
 }
+
+#[test]
+fn a_request_larger_than_one_provider_is_split_across_them() {
+    let (a, b) = (Moto::start(), Moto::start());
+    let tree = tree("");
+    ibm_files(&tree, "east", &a);
+    ibm_files(&tree, "west", &b);
+    tree.config(&json!({
+        "version": "2.0.0",
+        "provider": {"providers": [aws("aws-east", "east", json!({"priority": 1})), aws("aws-west", "west", json!({"priority": 2}))]}
+    }));
+    // Each has maxNumber 60: 63 hosts are 60 from the first and 3 from the second.
+    let id = tree.request(TEMPLATE, 63);
+    let done = tree.until_final(&id);
+    assert_eq!(done["status"], "complete", "{}", done["message"]);
+    assert_eq!((made_by(&a, &id).len(), made_by(&b, &id).len()), (60, 3));
+    assert_eq!(hosts(&done).len(), 63);
+    // More than both have together is refused before anything is launched.
+    let e = tree.err(
+        "requestMachines",
+        &json!({"template": {"templateId": TEMPLATE, "machineCount": 121}}),
+        "INVALID_MACHINE_COUNT",
+    );
+    assert!(e["error"]["message"].as_str().is_some_and(|m| m.contains("121")), "{e}");
+    assert_eq!(a.live().len() + b.live().len(), 63);
+}

@@ -617,22 +617,39 @@ impl<'a> Provider for Router<'a> {
                 break;
             }
             let name = self.members[i].info.name.clone();
+            // Each provider is asked for no more than its own template allows or has free;
+            // the rest is topped up from the next.
+            let cap = self
+                .member_templates(i, ctx)
+                .ok()
+                .and_then(|ts| ts.into_iter().find(|t| t.id == req.template_id))
+                .map_or(u32::MAX, |t| match (t.available_number, u32::try_from(t.max_number)) {
+                    (Some(free), _) => free,
+                    (None, Ok(max)) => max,
+                    (None, Err(_)) => u32::MAX,
+                });
+            let asked = remaining.min(cap);
+            if asked == 0 {
+                capacity = true;
+                failures.push(format!("provider '{name}': template '{}' has no hosts free", req.template_id));
+                continue;
+            }
             // Write-ahead: a crash during the call leaves a record that says where to look.
             route.legs.push(Leg {
                 provider: name.clone(),
-                count: remaining,
+                count: asked,
                 machines: Vec::new(),
             });
             self.save_route(&req.request_id, &route)?;
-            match self.leg(i, ctx, req, remaining) {
+            match self.leg(i, ctx, req, asked) {
                 Ok(p) => {
                     route.add(&name, &p.machines);
                     for m in &p.machines {
                         self.owners.insert(m.machine_id.clone(), i);
                     }
-                    let covered = units(&p).saturating_add(p.outstanding).min(remaining);
+                    let covered = units(&p).saturating_add(p.outstanding).min(asked);
                     if covered < remaining {
-                        tracing::warn!(request_id = %req.request_id, provider = %name, asked = remaining, covered, "partial answer; topping up from the next provider");
+                        tracing::warn!(request_id = %req.request_id, provider = %name, asked, covered, missing = remaining - covered, "partial answer; topping up from the next provider");
                     }
                     if let Some(last) = route.legs.last_mut() {
                         last.count = covered;
