@@ -303,6 +303,31 @@ fn cost_optimized_takes_the_cheapest_within_its_threshold() {
     assert!(msg.contains("default-policy") && msg.contains("settings.prices.aws-cheap"), "{msg}");
     assert_eq!(a.live().len() + b.live().len(), 2, "nothing launched by the failed request");
 
+    // A site's own Wasm guest (here the built-in one's code, installed from a file) and a
+    // guest that is not a placement policy (a trapping provider guest), which fails open.
+    std::fs::copy(
+        guest_wasm("hfwasm_guest_default_policy.wasm"),
+        tree.conf.join("site-placement.wasm"),
+    )
+    .expect("copy");
+    std::fs::copy(guest_wasm("hfwasm_testing_spin.wasm"), tree.conf.join("spin.wasm")).expect("copy");
+    let mut site = config(0.05);
+    site["guests"] = json!({"site": {"wasm": "site-placement.wasm"}, "spin": {"wasm": "spin.wasm"}});
+    site["placement"]["guest"] = json!("site");
+    tree.config(&site);
+    let id = tree.request(TEMPLATE, 1);
+    assert_eq!(
+        (made_by(&a, &id).len(), made_by(&b, &id).len()),
+        (0, 1),
+        "the site's guest chose the cheap one"
+    );
+    site["placement"]["guest"] = json!("spin");
+    site["placement"]["on_error"] = json!("fail_open");
+    tree.config(&site);
+    let id = tree.request(TEMPLATE, 1);
+    assert_eq!((made_by(&a, &id).len(), made_by(&b, &id).len()), (1, 0), "fell open: by priority");
+    assert!(log(&tree).contains("not a placement policy guest"), "named why");
+
     // The same hook as a Rhai script: the core cannot tell who answered.
     std::fs::write(
         tree.conf.join("place.rhai"),
