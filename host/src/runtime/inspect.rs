@@ -114,23 +114,32 @@ pub fn inspect(engine: &GuestEngine, wasm: &[u8], cache: Option<&PrecompiledCach
     if let Err(e) = link::check_imports("checked", &imports, &grants) {
         problems.push(e.message);
     }
-    let role = link::GuestRole::of(&exports);
-    match role {
-        Some(r) => {
-            if let Err(e) = link::check_exports("checked", &exports, r) {
-                problems.push(e.message);
-            }
+    // Every role it plays (the built-in policy has both policy hooks).
+    let roles: Vec<link::GuestRole> = link::GuestRole::ALL
+        .into_iter()
+        .filter(|r| {
+            exports
+                .iter()
+                .any(|e| e.split_once('@').map_or(e.as_str(), |(p, _)| p) == r.export().0)
+        })
+        .collect();
+    for r in &roles {
+        if let Err(e) = link::check_exports("checked", &exports, *r) {
+            problems.push(e.message);
         }
-        None => problems.push(format!(
+    }
+    if roles.is_empty() {
+        problems.push(format!(
             "exports none of the interfaces this host calls ({}), so it is neither a provider nor a policy guest",
             link::GuestRole::ALL.map(|r| r.export().0).join(", ")
-        )),
+        ));
     }
+    let role = (!roles.is_empty()).then(|| roles.iter().map(|r| r.describe()).collect::<Vec<_>>().join(" and "));
     Ok(GuestReport {
         bytes: wasm.len(),
         exports,
         imports: lines,
-        role: role.map(|r| r.describe().to_string()),
+        role,
         grants: grants.iter().map(|c| c.short_name().to_string()).collect(),
         problems,
     })
