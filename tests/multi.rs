@@ -564,6 +564,9 @@ fn recorded_placements_replay_deterministically_and_show_each_difference() {
     let (_, out, _) = replay(&tree, &["--policy", "builtin:default-policy", "--to", &to, "--json"]);
     assert_eq!(serde_json::from_str::<Value>(&out).expect("json")["decisions"], 2);
 
+    let (_, out, _) = replay(&tree, &["--policy", "builtin:default-policy", "--to", "1"]);
+    assert!(out.contains("nothing recorded in this range"), "{out}");
+
     // Fuel meters a Wasm candidate: too little fails every decision, named.
     let (code, out, _) = replay(&tree, &["--policy", "builtin:default-policy", "--fuel", "1000"]);
     assert_eq!(code, 0);

@@ -310,6 +310,11 @@ pub fn render(r: &Report) -> String {
         range(r.to),
         r.candidate
     );
+    if r.decisions == 0 && r.offers.as_ref().is_none_or(|o| o.decisions == 0) {
+        out.push_str(
+            "nothing recorded in this range: is `\"recording\": {\"enabled\": true}` in the instance's config, and did calls run since?\n",
+        );
+    }
     if !r.rows.is_empty() {
         out.push_str(&format!(
             "{:<10} {:<42} {:<24} {:>5}  {:<32} {:<32} verdict\n",
