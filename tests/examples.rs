@@ -548,3 +548,35 @@ fn recorded_template_offers_replay_and_show_each_difference() {
             .any(|c| c["call"] == "getAvailableTemplates" && c["output"]["templates"].is_array())
     );
 }
+
+#[test]
+fn a_long_replay_shows_its_progress() {
+    // 1,200 recorded placement decisions, imported as a store export would hold them.
+    let tree = HfTree::new(INVENTORY);
+    let candidate = |name: &str, priority: u32| {
+        json!({"name": name, "kind": "aws", "priority": priority, "weight": 1, "cost_threshold": null, "circuit": "closed",
+               "template": {"id": "t", "max_number": 10, "available_number": null, "attributes": [], "extra": {}}})
+    };
+    let records: serde_json::Map<String, Value> = (0..1200u64)
+        .map(|i| {
+            let d = json!({"at": 1_000 + i, "policy": "live", "settings": {},
+                           "request": {"request_id": format!("req-{i}"), "template_id": "t", "count": 1, "draw": i},
+                           "candidates": [candidate("a", 1), candidate("b", 2)], "live": ["a", "b"]});
+            (format!("placement/{:020}-req-{i}", 1_000 + i), Value::String(d.to_string()))
+        })
+        .collect();
+    let doc = tree.dir.path().join("records.json");
+    std::fs::write(
+        &doc,
+        json!({"schema_version": 3, "requests": [], "kv": {"hfwasm.record/pool": records}}).to_string(),
+    )
+    .expect("doc");
+    let (code, _, err) = admin(&tree, &["store", "import", doc.to_str().expect("path")]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = admin(&tree, &["replay", "--policy", "builtin:default-policy"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("1200 decision(s): 1200 same"), "{out}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("replay: ")).collect();
+    assert_eq!(lines.len(), 10, "a line per tenth: {err}");
+    assert!(lines[9].contains("100% (1200/1200 decisions)"), "{err}");
+}

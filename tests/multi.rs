@@ -50,6 +50,16 @@ fn tree(inventory: &str) -> HfTree {
     tree
 }
 
+/// Two emulated clouds and a tree with IBM's files for each (`east_*` for the first,
+/// `west_*` for the second).
+fn two_clouds() -> (Moto, Moto, HfTree) {
+    let (a, b) = (Moto::start(), Moto::start());
+    let tree = tree("");
+    ibm_files(&tree, "east", &a);
+    ibm_files(&tree, "west", &b);
+    (a, b, tree)
+}
+
 /// A seed provider entry for IBM files `<prefix>_*`.
 fn aws(name: &str, prefix: &str, extra: Value) -> Value {
     let mut p = json!({
@@ -119,10 +129,7 @@ fn log(tree: &HfTree) -> String {
 
 #[test]
 fn priority_failover_survives_a_dead_primary_and_returns_to_it_after_recovery() {
-    let (a, b) = (Moto::start(), Moto::start());
-    let tree = tree("");
-    ibm_files(&tree, "east", &a);
-    ibm_files(&tree, "west", &b);
+    let (a, b, tree) = two_clouds();
     // Scenario 3's shape: three providers by priority, the third disabled.
     tree.config(&json!({
         "version": "2.0.0",
@@ -235,10 +242,7 @@ fn priority_failover_survives_a_dead_primary_and_returns_to_it_after_recovery() 
 
 #[test]
 fn weighted_selection_honours_the_weights_over_many_requests() {
-    let (a, b) = (Moto::start(), Moto::start());
-    let tree = tree("");
-    ibm_files(&tree, "east", &a);
-    ibm_files(&tree, "west", &b);
+    let (a, b, tree) = two_clouds();
     tree.config(&json!({
         "version": "2.0.0",
         "provider": {
@@ -258,10 +262,7 @@ fn weighted_selection_honours_the_weights_over_many_requests() {
 
 #[test]
 fn cost_optimized_takes_the_cheapest_within_its_threshold() {
-    let (a, b) = (Moto::start(), Moto::start());
-    let tree = tree("");
-    ibm_files(&tree, "east", &a);
-    ibm_files(&tree, "west", &b);
+    let (a, b, tree) = two_clouds();
     let config = |west_price: f64| {
         json!({
             "version": "2.0.0",
@@ -438,10 +439,7 @@ fn a_partial_on_prem_answer_is_topped_up_from_aws_and_returns_go_to_each() {
 
 #[test]
 fn a_crash_after_a_failover_leaks_nothing_in_either_cloud() {
-    let (a, b) = (Moto::start(), Moto::start());
-    let tree = tree("");
-    ibm_files(&tree, "east", &a);
-    ibm_files(&tree, "west", &b);
+    let (a, b, tree) = two_clouds();
     tree.config(&json!({
         "version": "2.0.0",
         "provider": {"providers": [aws("aws-primary", "east", json!({"priority": 1})), aws("aws-secondary", "west", json!({"priority": 2}))]}
@@ -471,10 +469,7 @@ fn replay(tree: &HfTree, args: &[&str]) -> (i32, String, String) {
 
 #[test]
 fn recorded_placements_replay_deterministically_and_show_each_difference() {
-    let (a, b) = (Moto::start(), Moto::start());
-    let tree = tree("");
-    ibm_files(&tree, "east", &a);
-    ibm_files(&tree, "west", &b);
+    let (a, b, tree) = two_clouds();
     tree.config(&json!({
         "version": "2.0.0",
         "provider": {
@@ -492,7 +487,7 @@ fn recorded_placements_replay_deterministically_and_show_each_difference() {
         }
         ids.push(tree.request(TEMPLATE, 1 + i as u32));
     }
-    assert_eq!(a.live().len(), 10, "all live decisions went to the primary");
+    assert_eq!((a.live().len(), b.live().len()), (10, 0), "all live decisions went to the primary");
 
     // A candidate that agrees except for one request: exactly that difference shows.
     std::fs::write(
@@ -579,10 +574,7 @@ fn recorded_placements_replay_deterministically_and_show_each_difference() {
 
 #[test]
 fn a_shadow_placement_is_logged_and_stored_never_acted_on() {
-    let (a, b) = (Moto::start(), Moto::start());
-    let tree = tree("");
-    ibm_files(&tree, "east", &a);
-    ibm_files(&tree, "west", &b);
+    let (a, b, tree) = two_clouds();
     std::fs::write(
         tree.conf.join("west-first.rhai"),
         "fn choose_providers(ctx, request, candidates) { [\"aws-west\", \"aws-east\"] }\n",
@@ -612,10 +604,7 @@ fn a_shadow_placement_is_logged_and_stored_never_acted_on() {
 
 #[test]
 fn a_request_larger_than_one_provider_is_split_across_them() {
-    let (a, b) = (Moto::start(), Moto::start());
-    let tree = tree("");
-    ibm_files(&tree, "east", &a);
-    ibm_files(&tree, "west", &b);
+    let (a, b, tree) = two_clouds();
     tree.config(&json!({
         "version": "2.0.0",
         "provider": {"providers": [aws("aws-east", "east", json!({"priority": 1})), aws("aws-west", "west", json!({"priority": 2}))]}

@@ -717,14 +717,24 @@ fn policy_spec(
     let source = policy_source(at, p.guest, p.script, p.limits, guests, provider_guest, conf_dir, err)?;
     let shadow = match p.shadow {
         None => None,
-        Some(sh) => Some(Box::new(shadow_spec(
-            &format!("{at}.shadow"),
-            sh,
-            guests,
-            provider_guest,
-            conf_dir,
-            err,
-        )?)),
+        Some(sh) => {
+            let sh = RawPolicy {
+                guest: sh.guest,
+                script: sh.script,
+                settings: sh.settings,
+                on_error: None,
+                limits: sh.limits,
+                shadow: None,
+            };
+            Some(Box::new(policy_spec(
+                &format!("{at}.shadow"),
+                sh,
+                guests,
+                provider_guest,
+                conf_dir,
+                err,
+            )?))
+        }
     };
     let settings = p.settings.unwrap_or_else(|| serde_json::json!({}));
     if !settings.is_object() {
@@ -733,30 +743,9 @@ fn policy_spec(
     Ok(PolicySpec {
         source,
         settings,
+        // A shadow is never acted on, so it has no fallback of its own.
         on_error: on_error(&format!("{at}.on_error"), p.on_error.as_deref(), err)?,
         shadow,
-    })
-}
-
-/// A shadow candidate (`at`: `policy.shadow` or `placement.shadow`).
-fn shadow_spec(
-    at: &str,
-    sh: RawShadow,
-    guests: &mut BTreeMap<String, GuestSpec>,
-    provider_guest: &str,
-    conf_dir: &Path,
-    err: &dyn Fn(&str, String) -> ConfigError,
-) -> Result<PolicySpec, ConfigError> {
-    let source = policy_source(at, sh.guest, sh.script, sh.limits, guests, provider_guest, conf_dir, err)?;
-    let settings = sh.settings.unwrap_or_else(|| serde_json::json!({}));
-    if !settings.is_object() {
-        return Err(err(&format!("{at}.settings"), "must be a JSON object".into()));
-    }
-    Ok(PolicySpec {
-        source,
-        settings,
-        on_error: crate::policy::OnError::FailOpen,
-        shadow: None,
     })
 }
 

@@ -123,38 +123,45 @@ impl Report {
     }
 }
 
-/// Recorded decisions of `instance` made within `from..=to`, in time order.
-pub fn load(store: &dyn StateStore, instance: &str, from: Option<u64>, to: Option<u64>) -> Result<Vec<Decision>, StoreError> {
+/// Recorded records under `prefix` of `instance` made within `from..=to` (by `at`), in
+/// time order; `what` names them in errors.
+fn load_records<T: serde::de::DeserializeOwned>(
+    store: &dyn StateStore,
+    instance: &str,
+    prefix: &str,
+    what: &str,
+    at: impl Fn(&T) -> u64,
+    (from, to): (Option<u64>, Option<u64>),
+) -> Result<Vec<T>, StoreError> {
     let ns = placement::record_namespace(instance);
     let mut out = Vec::new();
-    for (key, value) in store.kv_scan(&ns, placement::RECORD_PREFIX)? {
-        let d: Decision = serde_json::from_str(&value).map_err(|e| StoreError::Corrupt {
+    for (key, value) in store.kv_scan(&ns, prefix)? {
+        let d: T = serde_json::from_str(&value).map_err(|e| StoreError::Corrupt {
             location: format!("kv {ns}"),
-            message: format!("recorded decision {key}: {e}"),
+            message: format!("recorded {what} {key}: {e}"),
         })?;
-        if from.is_some_and(|f| d.at < f) || to.is_some_and(|t| d.at > t) {
-            continue;
+        if !(from.is_some_and(|f| at(&d) < f) || to.is_some_and(|t| at(&d) > t)) {
+            out.push(d);
         }
-        out.push(d);
     }
     Ok(out)
 }
 
+/// Recorded placement decisions of `instance` made within `from..=to`, in time order.
+pub fn load(store: &dyn StateStore, instance: &str, from: Option<u64>, to: Option<u64>) -> Result<Vec<Decision>, StoreError> {
+    load_records(
+        store,
+        instance,
+        placement::RECORD_PREFIX,
+        "decision",
+        |d: &Decision| d.at,
+        (from, to),
+    )
+}
+
 /// Recorded template offers of `instance` made within `from..=to`, in time order.
 pub fn load_offers(store: &dyn StateStore, instance: &str, from: Option<u64>, to: Option<u64>) -> Result<Vec<OfferDecision>, StoreError> {
-    let ns = placement::record_namespace(instance);
-    let mut out = Vec::new();
-    for (key, value) in store.kv_scan(&ns, super::OFFER_PREFIX)? {
-        let d: OfferDecision = serde_json::from_str(&value).map_err(|e| StoreError::Corrupt {
-            location: format!("kv {ns}"),
-            message: format!("recorded offer {key}: {e}"),
-        })?;
-        if from.is_some_and(|f| d.at < f) || to.is_some_and(|t| d.at > t) {
-            continue;
-        }
-        out.push(d);
-    }
-    Ok(out)
+    load_records(store, instance, super::OFFER_PREFIX, "offer", |d: &OfferDecision| d.at, (from, to))
 }
 
 /// Re-runs template policy `policy` over `decisions`; `progress(done, total)` after each.

@@ -21,99 +21,75 @@ use crate::runtime::sandbox::{self, CallRunner, Sandbox};
 use crate::runtime::{CacheOutcome, GuestCode, GuestEngine, PrecompiledCache};
 use crate::service::model::{Attribute, AttributeKind, CallContext, Template};
 
+/// A loaded policy guest whose world's bindings are `B`.
+pub struct WasmPolicy<B> {
+    runner: CallRunner,
+    store: Store<Sandbox>,
+    bindings: B,
+    settings_json: String,
+}
+
 /// A loaded template policy guest.
-pub struct WasmTemplatePolicy {
-    runner: CallRunner,
-    store: Store<Sandbox>,
-    bindings: TemplateSelector,
-    settings_json: String,
-}
-
+pub type WasmTemplatePolicy = WasmPolicy<TemplateSelector>;
 /// A loaded placement policy guest.
-pub struct WasmPlacementPolicy {
-    runner: CallRunner,
-    store: Store<Sandbox>,
-    bindings: ProviderSelector,
-    settings_json: String,
+pub type WasmPlacementPolicy = WasmPolicy<ProviderSelector>;
+
+/// The world a policy guest is loaded as.
+pub trait PolicyWorld: Sized {
+    /// The role its export shows.
+    const ROLE: GuestRole;
+    /// Instantiates `component` as this world.
+    fn instantiate(store: &mut Store<Sandbox>, component: &Component, linker: &Linker<Sandbox>) -> wasmtime::Result<Self>;
 }
 
-/// Loads policy guest `code` in `role`: compiled (or taken from `cache`), its exports and
-/// imports checked, instantiated in a fresh sandbox by `instantiate`.
-fn load<B>(
-    engine: &GuestEngine,
-    cache: &PrecompiledCache,
-    code: &GuestCode<'_>,
-    role: GuestRole,
-    instantiate: impl FnOnce(&mut Store<Sandbox>, &Component, &Linker<Sandbox>) -> wasmtime::Result<B>,
-) -> Result<(CallRunner, Store<Sandbox>, B, CacheOutcome), PolicyError> {
-    let (name, wasm, limits) = (code.name, code.wasm, code.limits);
-    let err = |message: String| PolicyError {
-        policy: name.to_string(),
-        message,
-    };
-    let t0 = Instant::now();
-    let (component, outcome) = cache
-        .load(engine, wasm)
-        .map_err(|e| err(format!("not a loadable component: {e:#}")))?;
-    // What it is first (a provider named as the policy gets that answer), then what it
-    // imports: a policy is granted nothing, so any capability import is refused by name.
-    link::check_exports(name, &link::exports(engine.engine(), &component), role).map_err(|e| err(e.message))?;
-    link::check_imports(name, &link::imports(engine.engine(), &component), &[]).map_err(|e| err(e.message))?;
-    let mut linker: Linker<Sandbox> = Linker::new(engine.engine());
-    sandbox::add_wasi(&mut linker).map_err(|e| err(format!("cannot link WASI: {e:#}")))?;
-    let mut store = sandbox::new_store(engine, name, &limits, Sandbox::new(limits, HostWait::default())).map_err(|e| err(e.to_string()))?;
-    let bindings = match instantiate(&mut store, &component, &linker) {
-        Ok(b) => b,
-        Err(e) => return Err(err(sandbox::instantiate_error(&mut store, name, &limits, e).to_string())),
-    };
-    tracing::debug!(policy = name, role = role.describe(), cache = ?outcome, elapsed_ms = t0.elapsed().as_millis() as u64, "policy guest loaded");
-    Ok((
-        CallRunner::new(name, limits).with_coredumps(code.coredump_dir),
-        store,
-        bindings,
-        outcome,
-    ))
-}
-
-impl WasmTemplatePolicy {
-    /// Compiles (or loads from `cache`) and instantiates policy guest `code`; `settings` is
-    /// the policy's own JSON object from config.
-    pub fn load(
-        engine: &GuestEngine,
-        cache: &PrecompiledCache,
-        code: GuestCode<'_>,
-        settings: &serde_json::Value,
-    ) -> Result<(Self, CacheOutcome), PolicyError> {
-        let (runner, store, bindings, outcome) = load(engine, cache, &code, GuestRole::TemplatePolicy, |s, c, l| {
-            TemplateSelector::instantiate(s, c, l)
-        })?;
-        Ok((
-            Self {
-                runner,
-                store,
-                bindings,
-                settings_json: settings.to_string(),
-            },
-            outcome,
-        ))
+impl PolicyWorld for TemplateSelector {
+    const ROLE: GuestRole = GuestRole::TemplatePolicy;
+    fn instantiate(store: &mut Store<Sandbox>, component: &Component, linker: &Linker<Sandbox>) -> wasmtime::Result<Self> {
+        TemplateSelector::instantiate(store, component, linker)
     }
 }
 
-impl WasmPlacementPolicy {
-    /// Compiles (or loads from `cache`) and instantiates placement guest `code`; `settings`
-    /// is the policy's own JSON object from config.
+impl PolicyWorld for ProviderSelector {
+    const ROLE: GuestRole = GuestRole::Placement;
+    fn instantiate(store: &mut Store<Sandbox>, component: &Component, linker: &Linker<Sandbox>) -> wasmtime::Result<Self> {
+        ProviderSelector::instantiate(store, component, linker)
+    }
+}
+
+impl<B: PolicyWorld> WasmPolicy<B> {
+    /// Compiles (or loads from `cache`) policy guest `code`, checks its exports and imports
+    /// (a policy is granted nothing, so any capability import is refused by name), and
+    /// instantiates it in a fresh sandbox; `settings` is its own JSON object from config.
     pub fn load(
         engine: &GuestEngine,
         cache: &PrecompiledCache,
         code: GuestCode<'_>,
         settings: &serde_json::Value,
     ) -> Result<(Self, CacheOutcome), PolicyError> {
-        let (runner, store, bindings, outcome) = load(engine, cache, &code, GuestRole::Placement, |s, c, l| {
-            ProviderSelector::instantiate(s, c, l)
-        })?;
+        let (name, wasm, limits) = (code.name, code.wasm, code.limits);
+        let err = |message: String| PolicyError {
+            policy: name.to_string(),
+            message,
+        };
+        let t0 = Instant::now();
+        let (component, outcome) = cache
+            .load(engine, wasm)
+            .map_err(|e| err(format!("not a loadable component: {e:#}")))?;
+        // What it is first (a provider named as the policy gets that answer), then what it imports.
+        link::check_exports(name, &link::exports(engine.engine(), &component), B::ROLE).map_err(|e| err(e.message))?;
+        link::check_imports(name, &link::imports(engine.engine(), &component), &[]).map_err(|e| err(e.message))?;
+        let mut linker: Linker<Sandbox> = Linker::new(engine.engine());
+        sandbox::add_wasi(&mut linker).map_err(|e| err(format!("cannot link WASI: {e:#}")))?;
+        let mut store =
+            sandbox::new_store(engine, name, &limits, Sandbox::new(limits, HostWait::default())).map_err(|e| err(e.to_string()))?;
+        let bindings = match B::instantiate(&mut store, &component, &linker) {
+            Ok(b) => b,
+            Err(e) => return Err(err(sandbox::instantiate_error(&mut store, name, &limits, e).to_string())),
+        };
+        tracing::debug!(policy = name, role = B::ROLE.describe(), cache = ?outcome, elapsed_ms = t0.elapsed().as_millis() as u64, "policy guest loaded");
         Ok((
             Self {
-                runner,
+                runner: CallRunner::new(name, limits).with_coredumps(code.coredump_dir),
                 store,
                 bindings,
                 settings_json: settings.to_string(),

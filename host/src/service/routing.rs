@@ -105,6 +105,8 @@ pub struct Router<'a> {
     recording: Option<(usize, String, serde_json::Value)>,
     /// Machine id -> member index, learnt in this call.
     owners: HashMap<String, usize>,
+    /// Routes read or written in this call.
+    routes: std::cell::RefCell<HashMap<String, Option<Route>>>,
 }
 
 const REQ: &str = "req/";
@@ -135,6 +137,7 @@ impl<'a> Router<'a> {
             shadow: None,
             recording: None,
             owners: HashMap::new(),
+            routes: Default::default(),
         }
     }
 
@@ -235,24 +238,33 @@ impl<'a> Router<'a> {
             .map(|policy| Breaker::new(self.store.as_ref(), &self.instance, &self.members[i].info.name, policy))
     }
 
+    /// Request `request_id`'s route, read once per call (a reclaim check over many hosts
+    /// of one request reads it once).
     fn route(&self, request_id: &str) -> Result<Option<Route>, ProviderError> {
-        match self
+        if let Some(r) = self.routes.borrow().get(request_id) {
+            return Ok(r.clone());
+        }
+        let route = match self
             .store
             .kv_get(&self.namespace(), &format!("{REQ}{request_id}"))
             .map_err(Self::store_err)?
         {
-            None => Ok(None),
-            Some(v) => serde_json::from_str(&v)
-                .map(Some)
-                .map_err(|e| ProviderError::Internal(format!("routing record of {request_id} is corrupt: {e}"))),
-        }
+            None => None,
+            Some(v) => Some(
+                serde_json::from_str(&v).map_err(|e| ProviderError::Internal(format!("routing record of {request_id} is corrupt: {e}")))?,
+            ),
+        };
+        self.routes.borrow_mut().insert(request_id.to_string(), route.clone());
+        Ok(route)
     }
 
     fn save_route(&self, request_id: &str, route: &Route) -> Result<(), ProviderError> {
         let v = serde_json::to_string(route).map_err(|e| ProviderError::Internal(e.to_string()))?;
         self.store
             .kv_set(&self.namespace(), &format!("{REQ}{request_id}"), &v)
-            .map_err(Self::store_err)
+            .map_err(Self::store_err)?;
+        self.routes.borrow_mut().insert(request_id.to_string(), Some(route.clone()));
+        Ok(())
     }
 
     /// Records in request `request_id`'s route that member `i` made `machines`.
@@ -299,6 +311,7 @@ impl<'a> Router<'a> {
             let id = key.trim_start_matches(REQ);
             if self.store.request(id).map_err(Self::store_err)?.is_none() {
                 self.store.kv_delete(&ns, &key).map_err(Self::store_err)?;
+                self.routes.borrow_mut().remove(id);
                 gone += 1;
             }
         }
