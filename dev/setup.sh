@@ -63,3 +63,14 @@ hfwasm_setup_postgres() {
     fi
     export HFWASM_PG_BINDIR="$bindir"
 }
+
+# valgrind, for dev/link-order.sh only (callgrind lists the functions each call runs).
+hfwasm_setup_valgrind() {
+    if ! command -v valgrind >/dev/null 2>&1; then
+        echo "setup: installing valgrind from Debian's packages (for dev/link-order.sh)" >&2
+        local sudo=""
+        if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq valgrind >/dev/null
+    fi
+}

@@ -32,6 +32,19 @@ fn main() {
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
         println!("cargo:rustc-link-arg-bins=-no-pie");
     }
+    // The functions HostFactory calls run, placed together (dev/link-order.sh writes the
+    // list): a call then maps a few MiB of code, not pages scattered over the whole binary.
+    // lld only (rustc's default linker on x86_64 Linux); HFWASM_LINK_ORDER=off skips it.
+    let order = manifest.join("link-order.txt");
+    println!("cargo:rerun-if-changed={}", order.display());
+    println!("cargo:rerun-if-env-changed=HFWASM_LINK_ORDER");
+    if std::env::var("TARGET").as_deref() == Ok("x86_64-unknown-linux-gnu")
+        && std::env::var("HFWASM_LINK_ORDER").as_deref() != Ok("off")
+        && order.is_file()
+    {
+        println!("cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}", order.display());
+        println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+    }
 
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
@@ -84,8 +97,33 @@ fn main() {
         }
         std::process::exit(1);
     }
-    println!(
-        "cargo:rustc-env=HFWASM_GUEST_DIR={}",
-        target_dir.join("wasm32-wasip2").join("release").display()
-    );
+    let built = target_dir.join("wasm32-wasip2").join("release");
+    println!("cargo:rustc-env=HFWASM_GUEST_DIR={}", built.display());
+    write_digests(&built);
+}
+
+/// `$OUT_DIR/builtin_digests.rs`: the sha256 of each built-in guest, so loading one from the
+/// precompiled cache does not hash its few hundred KB on every HostFactory call.
+fn write_digests(built: &std::path::Path) {
+    use sha2::{Digest, Sha256};
+    let mut out = String::new();
+    for (constant, file) in [
+        ("ONPREM_SHA256", "hfwasm_guest_onprem.wasm"),
+        ("AWS_SHA256", "hfwasm_guest_aws.wasm"),
+        ("DEFAULT_POLICY_SHA256", "hfwasm_guest_default_policy.wasm"),
+    ] {
+        let bytes = match std::fs::read(built.join(file)) {
+            Ok(b) => b,
+            Err(e) => {
+                println!("cargo::error=cannot read the built guest {}: {e}", built.join(file).display());
+                std::process::exit(1);
+            }
+        };
+        out.push_str(&format!("const {constant}: [u8; 32] = {:?};\n", Sha256::digest(&bytes).as_slice()));
+    }
+    let dir = PathBuf::from(std::env::var("OUT_DIR").unwrap_or_else(|_| ".".into()));
+    if let Err(e) = std::fs::write(dir.join("builtin_digests.rs"), out) {
+        println!("cargo::error=cannot write builtin_digests.rs in {}: {e}", dir.display());
+        std::process::exit(1);
+    }
 }

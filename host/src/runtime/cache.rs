@@ -1,5 +1,5 @@
 //! Precompiled guests: each component is compiled once into a `.cwasm` file keyed by the
-//! sha256 of its bytes, the engine's compatibility hash and the codegen flags, then loaded
+//! sha256 of its bytes (built-in guests': computed at build time), the engine's compatibility hash and the codegen flags, then loaded
 //! with `Component::deserialize_file` (no JIT on the hot path). A changed `.wasm` has a
 //! new key, so stale code is never run.
 
@@ -37,7 +37,10 @@ impl PrecompiledCache {
         let mut compat = std::collections::hash_map::DefaultHasher::new();
         engine.engine().precompile_compatibility_hash().hash(&mut compat);
         let mut h = Sha256::new();
-        h.update(wasm);
+        match super::builtin::digest(wasm) {
+            Some(d) => h.update(d),
+            None => h.update(Sha256::digest(wasm)),
+        }
         h.update(compat.finish().to_le_bytes());
         h.update(engine.codegen_flags().as_bytes());
         let digest = h.finalize();

@@ -11,9 +11,9 @@ use super::limits;
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Settings that change generated code and so must be part of the precompiled-cache key.
-pub const CODEGEN_FLAGS: &str = "epoch=1;fuel=0;opt=speed;stack=512k";
+pub const CODEGEN_FLAGS: &str = "epoch=1;fuel=0;opt=speed;stack=512k;unwind=0";
 /// The same with fuel metering compiled in.
-pub const CODEGEN_FLAGS_FUEL: &str = "epoch=1;fuel=1;opt=speed;stack=512k";
+pub const CODEGEN_FLAGS_FUEL: &str = "epoch=1;fuel=1;opt=speed;stack=512k;unwind=0";
 
 /// The engine every guest of this process runs on.
 #[derive(Clone)]
@@ -55,6 +55,10 @@ impl GuestEngine {
         cfg.max_wasm_stack(usize::try_from(limits::STACK.default).unwrap_or(512) * 1024);
         cfg.cranelift_opt_level(OptLevel::Speed);
         cfg.wasm_component_model(true);
+        // No system unwind tables for guest code: wasmtime's own backtraces (trap messages,
+        // core dumps) do not use them, and registering them is a large part of loading a
+        // precompiled guest on every call.
+        cfg.native_unwind_info(false);
         let engine = Engine::new(&cfg)?;
         let weak = engine.weak();
         // The ticker ends by itself once the engine is dropped.
