@@ -287,6 +287,7 @@ fn hf_call(call: Call, d: &DirArgs, input: &InputFile) -> ExitCode {
         // Log to the instance's log dir (default level until config is read).
         let plugin = match Plugin::open(dirs.clone()) {
             Ok(p) => {
+                let p = p.exit_after_call();
                 let log = &p.config.log;
                 let file = log
                     .file
