@@ -139,12 +139,76 @@ pub fn run(repo: &Path, bin: &Path, iterations: usize) -> Result<()> {
     // Warm: compile the guest, cache the instance types.
     run_call("getAvailableTemplates", &json!({}))?;
 
+    // Baselines in the same run: the floor of any scripted plugin (a shell script that execs
+    // /bin/true), and a bare Rust process making the same DescribeInstances with the same SDK
+    // client set-up as hfwasm's (this bench binary in `--bare-describe` mode).
+    let noop = dir.path().join("noop.sh");
+    std::fs::write(&noop, "#!/bin/sh\nexec /bin/true \"$@\"\n")?;
+    let sh = (0..iterations)
+        .map(|_| measure(Command::new("/bin/sh").arg(&noop)))
+        .collect::<Result<Vec<_>>>()?;
+    // Started the way HostFactory starts hfwasm: a shell script that execs it.
+    let bare_sh = dir.path().join("bare.sh");
+    std::fs::write(
+        &bare_sh,
+        format!(
+            "#!/bin/sh\nexec '{}' --bare-describe {endpoint}\n",
+            std::env::current_exe()?.display()
+        ),
+    )?;
+    let bare = (0..iterations)
+        .map(|_| measure(Command::new("/bin/sh").arg(&bare_sh)))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(failed) = bare.iter().find(|s| !s.ok) {
+        bail!("the bare SDK process failed: {}", failed.stdout);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let median_ms = |v: &[Sample]| median(v.iter().map(|s| s.wall.as_secs_f64() * 1e3).collect());
+    // The bare process prints its describe's round trip (µs), timed as hfwasm times its own.
+    let bare_ec2_ms = median(
+        bare.iter()
+            .filter_map(|s| s.stdout.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .map(|us| us / 1e3)
+            .collect(),
+    );
+    let bare_ms = median_ms(&bare);
+    let bare_own = median(
+        bare.iter()
+            .filter_map(|s| Some(s.wall.as_secs_f64() * 1e3 - s.stdout.split_whitespace().nth(1)?.parse::<f64>().ok()? / 1e3))
+            .collect(),
+    );
+
     println!("\nAWS provider against moto's EC2 server (IBM awsprov files), {iterations} runs per call");
     println!(
-        "{:<40} {:>8} {:>9} {:>10} {:>9} {:>9}",
-        "call", "median", "EC2 time", "own cost", "EC2", "peak RSS"
+        "{:<40} {:>8} {:>9} {:>10} {:>9} {:>9} {:>9}",
+        "call", "median", "EC2 time", "own cost", "EC2", "peak RSS", "over bare"
     );
-    println!("{:<40} {:>8} {:>9} {:>10} {:>9} {:>9}", "", "ms", "ms", "ms", "calls", "MiB");
+    println!(
+        "{:<40} {:>8} {:>9} {:>10} {:>9} {:>9} {:>9}",
+        "", "ms", "ms", "ms", "calls", "MiB", "ms"
+    );
+    let rss_mib = |v: &[Sample]| v.iter().map(|s| s.rss_kib).max().unwrap_or(0) as f64 / 1024.0;
+    println!(
+        "{:<40} {:>8.2} {:>9} {:>10} {:>9} {:>9.1}",
+        "baseline: sh script exec /bin/true",
+        median_ms(&sh),
+        "",
+        "",
+        0,
+        rss_mib(&sh)
+    );
+    println!(
+        "{:<40} {:>8.2} {:>9.2} {:>10.2} {:>9} {:>9.1}",
+        "baseline: bare SDK process, 1 describe",
+        bare_ms,
+        bare_ec2_ms,
+        bare_own,
+        1,
+        rss_mib(&bare)
+    );
     let report = |name: &str, rows: Vec<(Sample, f64, usize)>| {
         let mut walls: Vec<f64> = rows.iter().map(|r| r.0.wall.as_secs_f64() * 1e3).collect();
         let mut own: Vec<f64> = rows.iter().map(|r| r.0.wall.as_secs_f64() * 1e3 - r.1).collect();
@@ -155,8 +219,10 @@ pub fn run(repo: &Path, bin: &Path, iterations: usize) -> Result<()> {
         let med = |v: &Vec<f64>| v[v.len() / 2];
         let calls = rows.iter().map(|r| r.2).max().unwrap_or(0);
         let rss = rows.iter().map(|r| r.0.rss_kib).max().unwrap_or(0) as f64 / 1024.0;
+        // What hfwasm costs beyond a bare process making its EC2 call(s) the same way.
+        let vs_bare = format!("{:+.2}", med(&own) - bare_own);
         println!(
-            "{name:<40} {:>8.2} {:>9.2} {:>10.2} {:>9} {:>9.1}",
+            "{name:<40} {:>8.2} {:>9.2} {:>10.2} {:>9} {:>9.1} {vs_bare:>9}",
             med(&walls),
             med(&cloud),
             med(&own),
@@ -347,4 +413,35 @@ fn seed_open_requests(work: &Path, instances: &[(String, String, String)], each:
         ids.push(id);
     }
     Ok(ids)
+}
+
+/// `hfwasm-bench --bare-describe ENDPOINT`: one DescribeInstances (filtered by a tag, as
+/// hfwasm's are) from a process that does nothing else, with the SDK client built the way
+/// hfwasm builds it (static credentials, plain-HTTP connector, no SDK retries): the floor of
+/// any Rust plugin making that call, to compare hfwasm's calls with in the same run. Prints
+/// the instances found and the describe's round trip in µs, timed around the SDK call as
+/// hfwasm times its own.
+pub fn bare_describe(endpoint: &str) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let conf = sdk::Config::builder()
+        .behavior_version(sdk::config::BehaviorVersion::latest())
+        .region(sdk::config::Region::new("us-east-1"))
+        .credentials_provider(aws_credential_types::Credentials::new("testing", "testing", None, None, "bench"))
+        .endpoint_url(endpoint)
+        .retry_config(sdk::config::retry::RetryConfig::standard().with_max_attempts(1))
+        .http_client(aws_smithy_http_client::Builder::new().build_http())
+        .build();
+    let ec2 = sdk::Client::from_conf(conf);
+    let t0 = Instant::now();
+    let out = rt.block_on(
+        ec2.describe_instances()
+            .filters(sdk::types::Filter::builder().name("tag:hfwasm:provider").values("awsbench").build())
+            .send(),
+    )?;
+    println!(
+        "{} {}",
+        out.reservations().iter().map(|r| r.instances().len()).sum::<usize>(),
+        t0.elapsed().as_micros()
+    );
+    Ok(())
 }

@@ -4,7 +4,6 @@
 //! script that execs `/bin/true`, and a bare Python start-up, the floor of any Python
 //! plugin). Figures, not assertions: the machines are shared and noisy, so compare ratios.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -28,13 +27,48 @@ pub(crate) struct Sample {
 }
 
 /// Runs `cmd` to completion, measuring wall time and the child's peak RSS (`wait4`).
+///
+/// The child is started by a fresh copy of this program (`--measure`), not by this
+/// process: Linux carries the high-water RSS of the memory a child was spawned from across
+/// its exec, so a child of this bench (tens of MiB once it has seeded an emulator) would
+/// report at least the bench's own peak. The helper starts at about 3 MiB, which is then
+/// the floor of the RSS figures (the `sh` baseline is really ~1.5 MiB).
 pub(crate) fn measure(cmd: &mut Command) -> Result<Sample> {
-    let t0 = Instant::now();
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().context("spawn")?;
-    let mut stdout = String::new();
-    if let Some(mut out) = child.stdout.take() {
-        out.read_to_string(&mut stdout)?;
+    let mut outer = Command::new(std::env::current_exe().context("bench binary")?);
+    outer.arg("--measure").arg(cmd.get_program()).args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => outer.env(k, v),
+            None => outer.env_remove(k),
+        };
     }
+    if let Some(d) = cmd.get_current_dir() {
+        outer.current_dir(d);
+    }
+    let out = outer.stdin(Stdio::null()).output().context("spawn the measuring helper")?;
+    let report = String::from_utf8_lossy(&out.stderr);
+    let line = report
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("hfwasm-bench-measure "))
+        .with_context(|| format!("the measuring helper reported nothing: {report}"))?;
+    let fields: Vec<u64> = line.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+    let [wall_ns, rss_kib, ok] = fields[..] else {
+        bail!("bad report from the measuring helper: {line}");
+    };
+    Ok(Sample {
+        wall: Duration::from_nanos(wall_ns),
+        rss_kib,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        ok: ok == 1,
+    })
+}
+
+/// `hfwasm-bench --measure PROGRAM ARGS...`: runs the program (stdout passed through,
+/// stderr dropped) and reports its wall time in ns, peak RSS in KiB and success on stderr.
+fn measure_child(program: &std::ffi::OsStr, args: &[std::ffi::OsString]) -> Result<()> {
+    let t0 = Instant::now();
+    let child = Command::new(program).args(args).stderr(Stdio::null()).spawn().context("spawn")?;
     let pid = libc::pid_t::try_from(child.id()).context("pid")?;
     let mut status: libc::c_int = 0;
     // SAFETY: an all-zero rusage is a valid value of this plain C struct.
@@ -46,12 +80,13 @@ pub(crate) fn measure(cmd: &mut Command) -> Result<Sample> {
         bail!("wait4 failed: {}", std::io::Error::last_os_error());
     }
     let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    Ok(Sample {
-        wall,
-        rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
-        stdout,
-        ok,
-    })
+    eprintln!(
+        "hfwasm-bench-measure {} {} {}",
+        wall.as_nanos(),
+        u64::try_from(usage.ru_maxrss).unwrap_or(0),
+        u8::from(ok)
+    );
+    Ok(())
 }
 
 /// Median, p90 and peak RSS of a series.
@@ -131,6 +166,14 @@ fn row(name: &str, f: &Figures, base: Duration) {
 }
 
 fn main() -> Result<()> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "--measure") {
+        let program = args.get(2).context("--measure PROGRAM [ARGS...]")?;
+        return measure_child(program, &args[3..]);
+    }
+    if std::env::args().nth(1).as_deref() == Some("--bare-describe") {
+        return aws::bare_describe(&std::env::args().nth(2).context("--bare-describe ENDPOINT")?);
+    }
     let iterations: usize = std::env::args()
         .nth(1)
         .map(|s| s.parse())
