@@ -542,3 +542,154 @@ fn the_seed_yaml_variant_serves_the_cycle() {
     let msg = e["error"]["message"].as_str().unwrap_or_default();
     assert!(msg.contains("config.yml") && msg.contains("line"), "{msg}");
 }
+
+/// The EC2 operations a site's own guest may use beyond what the built-in guest needs:
+/// launch templates and EC2 Fleets of its own, through the capability exactly as a guest
+/// calls it, against moto. Each serves only what this provider instance's tag marks.
+#[test]
+fn fleet_and_launch_template_operations_serve_only_what_this_provider_instance_owns() {
+    use hfwasm::capabilities::HostWait;
+    use hfwasm::capabilities::ec2::{Ec2Api, Ec2Client, Ec2Grant, Ec2Settings, GuestEc2};
+    use hfwasm::runtime::bindings::hostfactory::capabilities::ec2::{self as wit, Ec2Error, Host};
+    use std::sync::Arc;
+
+    let moto = Moto::start();
+    let (subnet, sg, ami) = moto.network();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let creds = dir.path().join("credentials");
+    std::fs::write(&creds, "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n").expect("creds");
+    let client: Arc<dyn Ec2Api> = Arc::new(Ec2Client::new(Ec2Settings {
+        endpoint_url: Some(moto.endpoint.clone()),
+        credential_file: Some(creds),
+        ..Ec2Settings::default()
+    }));
+    let guest = |owner: &str| {
+        GuestEc2::new(
+            Some(client.clone()),
+            Ec2Grant {
+                max_per_request: 10,
+                ..Ec2Grant::default()
+            },
+            owner.into(),
+            "store-test".into(),
+            HostWait::default(),
+        )
+    };
+    let (mut alpha, mut beta) = (guest("alpha"), guest("beta"));
+    let spec = wit::LaunchSpec {
+        image_id: ami,
+        subnet_ids: vec![subnet],
+        security_group_ids: vec![sg],
+        key_name: None,
+        instance_profile_arn: None,
+        user_data: None,
+        tags: vec![wit::Tag {
+            key: "team".into(),
+            value: "hpc".into(),
+        }],
+        root_volume: None,
+        launch_template_id: None,
+    };
+    let lt_request = wit::LaunchTemplateRequest {
+        request_id: "req-lt-1".into(),
+        template_id: "od".into(),
+        spec: spec.clone(),
+    };
+    let lt = alpha.create_launch_template(lt_request.clone()).expect("create launch template");
+    assert!(lt.starts_with("lt-"), "{lt}");
+    assert_eq!(
+        alpha.create_launch_template(lt_request).expect("again"),
+        lt,
+        "the same request finds the same template"
+    );
+    let tags = moto
+        .rt
+        .block_on(moto.ec2.describe_launch_templates().launch_template_ids(&lt).send())
+        .expect("describe lt");
+    let owner = tags.launch_templates()[0]
+        .tags()
+        .iter()
+        .find(|t| t.key() == Some("hfwasm:provider"))
+        .and_then(|t| t.value())
+        .map(str::to_string);
+    assert_eq!(owner.as_deref(), Some("alpha"));
+    let nested = alpha.create_launch_template(wit::LaunchTemplateRequest {
+        request_id: "req-lt-2".into(),
+        template_id: "od".into(),
+        spec: wit::LaunchSpec {
+            launch_template_id: Some(lt.clone()),
+            ..spec.clone()
+        },
+    });
+    assert!(matches!(nested, Err(Ec2Error::Denied(_))), "{nested:?}");
+    assert!(matches!(beta.delete_launch_template(lt.clone()), Err(Ec2Error::Denied(ref m)) if m.contains(&lt)));
+
+    // An instant fleet launched from that template, as a site's guest would.
+    let fleet = alpha
+        .create_fleet(wit::FleetRequest {
+            request_id: "req-fleet-1".into(),
+            template_id: "od".into(),
+            spec: wit::LaunchSpec {
+                launch_template_id: Some(lt.clone()),
+                ..spec
+            },
+            overrides: vec![wit::FleetOverride {
+                instance_type: "t3.micro".into(),
+                subnet_id: None,
+                weight: None,
+                priority: None,
+                max_price: None,
+            }],
+            total_units: 2,
+            on_demand_units: 2,
+            spot_allocation_strategy: None,
+            on_demand_allocation_strategy: None,
+            spot_max_price: None,
+        })
+        .expect("create fleet");
+    assert_eq!(fleet.instance_ids.len(), 2, "{fleet:?}");
+    let mut listed = alpha
+        .describe_fleet_instances(fleet.fleet_id.clone())
+        .expect("describe fleet instances");
+    listed.sort();
+    let mut launched = fleet.instance_ids.clone();
+    launched.sort();
+    assert_eq!(listed, launched);
+    for (id, _, _, tags) in moto.instances().into_iter().filter(|i| launched.contains(&i.0)) {
+        assert!(tags.contains(&("hfwasm:provider".into(), "alpha".into())), "{id}: {tags:?}");
+        assert!(tags.contains(&("team".into(), "hpc".into())), "{id}: {tags:?}");
+    }
+
+    // Another provider instance can neither see nor delete it; nothing is terminated.
+    assert!(matches!(
+        beta.describe_fleet_instances(fleet.fleet_id.clone()),
+        Err(Ec2Error::Denied(_))
+    ));
+    assert!(matches!(
+        beta.delete_fleets(vec![fleet.fleet_id.clone()], true),
+        Err(Ec2Error::Denied(_))
+    ));
+    assert!(matches!(
+        alpha.describe_fleet_instances("fleet-00000000-0000-0000-0000-000000000000".into()),
+        Err(Ec2Error::Denied(_))
+    ));
+    let live = moto.live();
+    assert!(launched.iter().all(|id| live.contains(id)), "{live:?}");
+
+    // Its owner deletes it with its instances, then the template.
+    alpha.delete_fleets(vec![fleet.fleet_id.clone()], true).expect("delete fleets");
+    let live = moto.live();
+    assert!(
+        launched.iter().all(|id| !live.contains(id)),
+        "still running after DeleteFleets: {live:?}"
+    );
+    alpha.delete_launch_template(lt.clone()).expect("delete launch template");
+    let gone = moto
+        .rt
+        .block_on(moto.ec2.describe_launch_templates().launch_template_ids(&lt).send());
+    assert!(
+        gone.map(|d| d.launch_templates().is_empty()).unwrap_or(true),
+        "template {lt} still there"
+    );
+    assert!(matches!(alpha.delete_launch_template(lt), Err(Ec2Error::Denied(_))), "gone is gone");
+}

@@ -307,6 +307,53 @@ impl Ec2Client {
                 })
             })
     }
+
+    /// CreateLaunchTemplate `hfwasm-<token>` from `spec` with ownership `tags` (on the
+    /// template, and in its data on instances and volumes), `token` as idempotency token;
+    /// a retry of the same token (crash repair) finds the existing template.
+    fn launch_template(&self, token: &str, spec: &LaunchSpec, tags: &[Tag]) -> Result<String, Ec2Error> {
+        let name = format!("hfwasm-{token}");
+        let root_device = self.root_device(spec)?;
+        let data = convert::launch_template_data(spec, tags, root_device.as_deref());
+        let out = self.call("CreateLaunchTemplate", false, |c| {
+            c.create_launch_template()
+                .launch_template_name(&name)
+                .launch_template_data(data.clone())
+                .client_token(token)
+                .tag_specifications(convert::tag_spec(sdk::types::ResourceType::LaunchTemplate, tags))
+                .send()
+        });
+        match out {
+            Ok(o) => Ok(o
+                .launch_template()
+                .and_then(|t| t.launch_template_id())
+                .unwrap_or_default()
+                .to_string()),
+            Err(Ec2Error::Aws(f)) if f.code.contains("AlreadyExists") => {
+                let d = self.call("DescribeLaunchTemplates", true, |c| {
+                    c.describe_launch_templates().launch_template_names(&name).send()
+                })?;
+                Ok(d.launch_templates()
+                    .first()
+                    .and_then(|t| t.launch_template_id())
+                    .unwrap_or_default()
+                    .to_string())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The `hfwasm:provider` tag among `tags`.
+fn owner_tag(tags: &[sdk::types::Tag]) -> Option<String> {
+    tags.iter()
+        .find(|t| t.key() == Some(TAG_PROVIDER))
+        .and_then(|t| t.value().map(str::to_string))
+}
+
+/// Whether an AWS fault says the thing asked about does not exist.
+fn not_found(e: &Ec2Error) -> bool {
+    matches!(e, Ec2Error::Aws(f) if f.code.contains("NotFound") || f.code.contains("Invalid"))
 }
 
 impl super::Ec2Api for Ec2Client {
@@ -363,40 +410,9 @@ impl super::Ec2Api for Ec2Client {
         // One request may launch two fleets (spot, then an on-demand top-up): each gets its own
         // idempotency token, and so its own transient launch template, from its capacity split.
         let token = format!("{}-{}x{}", req.request_id, req.total_units, req.on_demand_units);
-        let lt_name = format!("hfwasm-{token}");
         let template_id = match &req.spec.launch_template_id {
             Some(id) => id.clone(),
-            None => {
-                let root_device = self.root_device(&req.spec)?;
-                let data = convert::launch_template_data(&req.spec, tags, root_device.as_deref());
-                let out = self.call("CreateLaunchTemplate", false, |c| {
-                    c.create_launch_template()
-                        .launch_template_name(&lt_name)
-                        .launch_template_data(data.clone())
-                        .client_token(&token)
-                        .tag_specifications(convert::tag_spec(sdk::types::ResourceType::LaunchTemplate, tags))
-                        .send()
-                });
-                match out {
-                    Ok(o) => o
-                        .launch_template()
-                        .and_then(|t| t.launch_template_id())
-                        .unwrap_or_default()
-                        .to_string(),
-                    Err(Ec2Error::Aws(f)) if f.code.contains("AlreadyExists") => {
-                        // A retry of the same request (crash repair): reuse it.
-                        let d = self.call("DescribeLaunchTemplates", true, |c| {
-                            c.describe_launch_templates().launch_template_names(&lt_name).send()
-                        })?;
-                        d.launch_templates()
-                            .first()
-                            .and_then(|t| t.launch_template_id())
-                            .unwrap_or_default()
-                            .to_string()
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
+            None => self.launch_template(&token, &req.spec, tags)?,
         };
         let spot_units = req.total_units.saturating_sub(req.on_demand_units);
         let default_market = if spot_units > 0 {
@@ -449,9 +465,7 @@ impl super::Ec2Api for Ec2Client {
         });
         if req.spec.launch_template_id.is_none() {
             // The instances are launched (or not); the transient template is no longer needed.
-            if let Err(e) = self.call("DeleteLaunchTemplate", false, |c| {
-                c.delete_launch_template().launch_template_id(&template_id).send()
-            }) {
+            if let Err(e) = super::Ec2Api::delete_launch_template(self, &template_id) {
                 tracing::warn!(launch_template = %template_id, error = ?e, "could not delete the transient launch template");
             }
         }
@@ -619,15 +633,88 @@ impl super::Ec2Api for Ec2Client {
         });
         let out = match out {
             Ok(o) => o,
-            Err(Ec2Error::Aws(f)) if f.code.contains("NotFound") || f.code.contains("Invalid") => return Ok(None),
+            Err(e) if not_found(&e) => return Ok(None),
             Err(e) => return Err(e),
         };
-        Ok(out.spot_fleet_request_configs().first().and_then(|c| {
-            c.tags()
-                .iter()
-                .find(|t| t.key() == Some(TAG_PROVIDER))
-                .and_then(|t| t.value().map(str::to_string))
+        Ok(out.spot_fleet_request_configs().first().and_then(|c| owner_tag(c.tags())))
+    }
+
+    fn create_launch_template(&self, req: &LaunchTemplateRequest, tags: &[Tag]) -> Result<String, Ec2Error> {
+        self.launch_template(&req.request_id, &req.spec, tags)
+    }
+
+    /// The `hfwasm:provider` tag of a launch template (DescribeLaunchTemplates).
+    fn launch_template_owner(&self, id: &str) -> Result<Option<String>, Ec2Error> {
+        match self.call("DescribeLaunchTemplates", true, |c| {
+            c.describe_launch_templates().launch_template_ids(id).send()
+        }) {
+            Ok(out) => Ok(out.launch_templates().first().and_then(|t| owner_tag(t.tags()))),
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn delete_launch_template(&self, id: &str) -> Result<(), Ec2Error> {
+        self.call("DeleteLaunchTemplate", false, |c| {
+            c.delete_launch_template().launch_template_id(id).send()
+        })
+        .map(drop)
+    }
+
+    /// DescribeFleets: the fleet's owner tag, whether it is `instant`, and the instances it
+    /// lists (which, for `instant` fleets, is where they are reported).
+    fn describe_fleet(&self, fleet_id: &str) -> Result<Option<super::FleetInfo>, Ec2Error> {
+        let out = match self.call("DescribeFleets", true, |c| c.describe_fleets().fleet_ids(fleet_id).send()) {
+            Ok(o) => o,
+            Err(e) if not_found(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(out.fleets().first().map(|f| super::FleetInfo {
+            owner: owner_tag(f.tags()),
+            instant: f.r#type() == Some(&sdk::types::FleetType::Instant),
+            instance_ids: f.instances().iter().flat_map(|i| i.instance_ids().iter().cloned()).collect(),
         }))
+    }
+
+    /// DescribeFleetInstances, every page (fleets of type `maintain` or `request`).
+    fn fleet_instances(&self, fleet_id: &str) -> Result<Vec<String>, Ec2Error> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self.call("DescribeFleetInstances", true, |c| {
+                c.describe_fleet_instances().fleet_id(fleet_id).set_next_token(token.clone()).send()
+            })?;
+            out.extend(page.active_instances().iter().filter_map(|i| i.instance_id().map(str::to_string)));
+            token = page.next_token().filter(|t| !t.is_empty()).map(str::to_string);
+            if token.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// DeleteFleets; a fleet AWS could not delete is an error naming it.
+    fn delete_fleets(&self, ids: &[String], terminate_instances: bool) -> Result<(), Ec2Error> {
+        let out = self.call("DeleteFleets", false, |c| {
+            c.delete_fleets()
+                .set_fleet_ids(Some(ids.to_vec()))
+                .terminate_instances(terminate_instances)
+                .send()
+        })?;
+        match out.unsuccessful_fleet_deletions().first() {
+            None => Ok(()),
+            Some(u) => Err(Ec2Error::Aws(AwsFault {
+                code: u
+                    .error()
+                    .and_then(|e| e.code())
+                    .map(|c| c.as_str().to_string())
+                    .unwrap_or_else(|| "DeleteFleetError".into()),
+                message: format!(
+                    "fleet {}: {}",
+                    u.fleet_id().unwrap_or("?"),
+                    u.error().and_then(|e| e.message()).unwrap_or_default()
+                ),
+            })),
+        }
     }
 
     /// DescribeSpotFleetInstances, every page.

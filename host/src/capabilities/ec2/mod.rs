@@ -78,6 +78,29 @@ pub trait Ec2Api: Send + Sync {
     fn spot_fleet_instances(&self, fleet_id: &str) -> Result<Vec<String>, Ec2Error>;
     /// CancelSpotFleetRequests without terminating instances (ownership already checked).
     fn cancel_spot_fleets(&self, ids: &[String]) -> Result<(), Ec2Error>;
+    /// CreateLaunchTemplate with ownership `tags`; the template's id.
+    fn create_launch_template(&self, req: &LaunchTemplateRequest, tags: &[Tag]) -> Result<String, Ec2Error>;
+    /// The provider instance tag of launch template `id` (None: untagged or unknown).
+    fn launch_template_owner(&self, id: &str) -> Result<Option<String>, Ec2Error>;
+    /// DeleteLaunchTemplate (ownership already checked).
+    fn delete_launch_template(&self, id: &str) -> Result<(), Ec2Error>;
+    /// DescribeFleets of one EC2 Fleet (None: unknown).
+    fn describe_fleet(&self, fleet_id: &str) -> Result<Option<FleetInfo>, Ec2Error>;
+    /// DescribeFleetInstances (ownership already checked).
+    fn fleet_instances(&self, fleet_id: &str) -> Result<Vec<String>, Ec2Error>;
+    /// DeleteFleets (ownership already checked).
+    fn delete_fleets(&self, ids: &[String], terminate_instances: bool) -> Result<(), Ec2Error>;
+}
+
+/// What DescribeFleets says of an EC2 Fleet, for the ownership check and its instances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetInfo {
+    /// Its `hfwasm:provider` tag.
+    pub owner: Option<String>,
+    /// Type `instant` (whose instances only DescribeFleets lists).
+    pub instant: bool,
+    /// The instances it lists.
+    pub instance_ids: Vec<String>,
 }
 
 /// Per-guest state of the ec2 capability.
@@ -149,6 +172,18 @@ impl GuestEc2 {
             Some(o) if o == self.owner => Ok(()),
             _ => Err(denied(format!(
                 "spot fleet {fleet_id} is not owned by provider instance '{}' (no {TAG_PROVIDER} tag) or gone",
+                self.owner
+            ))),
+        }
+    }
+
+    /// DescribeFleets of `fleet_id`, refused unless this provider instance owns it.
+    fn owned_fleet(&self, fleet_id: &str) -> Result<FleetInfo, Ec2Error> {
+        let client = self.client()?;
+        match self.wait.measure(|| client.describe_fleet(fleet_id))? {
+            Some(f) if f.owner.as_deref() == Some(self.owner.as_str()) => Ok(f),
+            _ => Err(denied(format!(
+                "fleet {fleet_id} is not owned by provider instance '{}' (no {TAG_PROVIDER} tag) or gone",
                 self.owner
             ))),
         }
@@ -267,6 +302,48 @@ impl Host for GuestEc2 {
         }
         let client = self.client()?;
         self.wait.measure(|| client.cancel_spot_fleets(&fleet_ids))
+    }
+
+    fn describe_fleet_instances(&mut self, fleet_id: String) -> Result<Vec<String>, Ec2Error> {
+        let fleet = self.owned_fleet(&fleet_id)?;
+        if fleet.instant {
+            return Ok(fleet.instance_ids);
+        }
+        let client = self.client()?;
+        self.wait.measure(|| client.fleet_instances(&fleet_id))
+    }
+
+    fn delete_fleets(&mut self, fleet_ids: Vec<String>, terminate_instances: bool) -> Result<(), Ec2Error> {
+        for id in &fleet_ids {
+            self.owned_fleet(id)?;
+        }
+        if fleet_ids.is_empty() {
+            return Ok(());
+        }
+        let client = self.client()?;
+        self.wait.measure(|| client.delete_fleets(&fleet_ids, terminate_instances))
+    }
+
+    fn create_launch_template(&mut self, req: LaunchTemplateRequest) -> Result<String, Ec2Error> {
+        if req.spec.launch_template_id.is_some() {
+            return Err(denied(
+                "a launch template cannot start from another (launch-template-id is set)".into(),
+            ));
+        }
+        let tags = self.ownership_tags(&req.request_id, &req.template_id, &req.spec.tags)?;
+        let client = self.client()?;
+        self.wait.measure(|| client.create_launch_template(&req, &tags))
+    }
+
+    fn delete_launch_template(&mut self, id: String) -> Result<(), Ec2Error> {
+        let client = self.client()?;
+        match self.wait.measure(|| client.launch_template_owner(&id))? {
+            Some(o) if o == self.owner => self.wait.measure(|| client.delete_launch_template(&id)),
+            _ => Err(denied(format!(
+                "launch template {id} is not owned by provider instance '{}' (no {TAG_PROVIDER} tag) or gone",
+                self.owner
+            ))),
+        }
     }
 
     fn describe_spot_instance_requests(&mut self, ids: Vec<String>) -> Result<Vec<SpotRequest>, Ec2Error> {

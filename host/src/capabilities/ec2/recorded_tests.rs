@@ -180,6 +180,26 @@ impl Ec2Api for Recorded {
         }
         Ok(())
     }
+    // The built-in guest manages no launch templates or EC2 Fleets of its own (create-fleet
+    // makes its transient template inside the host): these are exercised against moto.
+    fn create_launch_template(&self, _: &LaunchTemplateRequest, _: &[Tag]) -> Result<String, Ec2Error> {
+        Err(Ec2Error::Unavailable("not recorded".into()))
+    }
+    fn launch_template_owner(&self, _: &str) -> Result<Option<String>, Ec2Error> {
+        Ok(None)
+    }
+    fn delete_launch_template(&self, _: &str) -> Result<(), Ec2Error> {
+        Err(Ec2Error::Unavailable("not recorded".into()))
+    }
+    fn describe_fleet(&self, _: &str) -> Result<Option<super::FleetInfo>, Ec2Error> {
+        Ok(None)
+    }
+    fn fleet_instances(&self, _: &str) -> Result<Vec<String>, Ec2Error> {
+        Err(Ec2Error::Unavailable("not recorded".into()))
+    }
+    fn delete_fleets(&self, _: &[String], _: bool) -> Result<(), Ec2Error> {
+        Err(Ec2Error::Unavailable("not recorded".into()))
+    }
 }
 
 struct Fixture {
