@@ -182,6 +182,7 @@ pub fn run(repo: &Path, bin: &Path, iterations: usize) -> Result<()> {
     );
 
     println!("\nAWS provider against moto's EC2 server (IBM awsprov files), {iterations} runs per call");
+    println!("{}", crate::link_order_coverage(repo, bin));
     println!(
         "{:<40} {:>8} {:>9} {:>10} {:>9} {:>9} {:>9}",
         "call", "median", "EC2 time", "own cost", "EC2", "peak RSS", "over bare"

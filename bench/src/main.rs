@@ -89,6 +89,33 @@ fn measure_child(program: &std::ffi::OsStr, args: &[std::ffi::OsString]) -> Resu
     Ok(())
 }
 
+/// How much of `host/link-order.txt` names functions of `bin`: a list gone stale (after a
+/// dependency or toolchain change) costs RSS and CPU, so every run says how current it is.
+pub(crate) fn link_order_coverage(repo: &Path, bin: &Path) -> String {
+    let Ok(list) = std::fs::read_to_string(repo.join("host/link-order.txt")) else {
+        return "link order: host/link-order.txt missing (dev/link-order.sh writes it)".into();
+    };
+    let Ok(nm) = Command::new("nm").arg("--defined-only").arg(bin).output() else {
+        return "link order: coverage unknown (nm not found)".into();
+    };
+    let symbols: std::collections::HashSet<&str> = std::str::from_utf8(&nm.stdout)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    let listed: Vec<&str> = list.lines().filter(|l| !l.is_empty()).collect();
+    let found = listed.iter().filter(|n| symbols.contains(*n)).count();
+    format!(
+        "link order: {found} of {} listed functions are in the binary{}",
+        listed.len(),
+        if found * 10 < listed.len() * 9 {
+            "; stale: rerun dev/link-order.sh"
+        } else {
+            ""
+        }
+    )
+}
+
 /// Median, p90 and peak RSS of a series.
 struct Figures {
     median: Duration,
@@ -217,6 +244,7 @@ fn main() -> Result<()> {
     };
 
     println!("hfwasm bench: {iterations} runs per call through the real scripts, release build, warm cache");
+    println!("{}", link_order_coverage(Path::new(REPO), &t.bin));
     println!("{:<44} {:>8} {:>8} {:>9} {:>9}", "call", "median", "p90", "peak RSS", "vs sh");
     println!("{:<44} {:>8} {:>8} {:>9} {:>9}", "", "ms", "ms", "MiB", "");
 
