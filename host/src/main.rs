@@ -380,8 +380,7 @@ fn admin_with<T>(
 /// The exact form the five scripts run, `hfwasm <call> -f <input.json>`, read without
 /// building clap's command tree (a third of a millisecond of every HostFactory call). Any
 /// other form (options, help, aliases) goes through clap, which reads this one the same way.
-fn script_call() -> Option<(Call, InputFile)> {
-    let mut args = std::env::args_os().skip(1);
+fn script_call(mut args: impl Iterator<Item = std::ffi::OsString>) -> Option<(Call, InputFile)> {
     let (name, flag, file) = (args.next()?, args.next()?, args.next()?);
     if args.next().is_some() || !(flag == "-f" || flag == "--file") || file.is_empty() || file.as_encoded_bytes().starts_with(b"-") {
         return None;
@@ -391,7 +390,7 @@ fn script_call() -> Option<(Call, InputFile)> {
 }
 
 fn main() -> ExitCode {
-    if let Some((call, input)) = script_call() {
+    if let Some((call, input)) = script_call(std::env::args_os().skip(1)) {
         return hf_call(call, &DirArgs::default(), &input);
     }
     let cli = match Cli::try_parse() {
@@ -581,6 +580,39 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(args: &[&str]) -> Option<(Call, Option<PathBuf>)> {
+        script_call(args.iter().map(std::ffi::OsString::from)).map(|(c, i)| (c, i.file))
+    }
+
+    #[test]
+    fn the_scripts_command_line_is_read_without_clap_and_nothing_else_is() {
+        for call in Call::ALL {
+            assert_eq!(
+                read(&[call.name(), "-f", "/tmp/hf_in_x"]),
+                Some((call, Some("/tmp/hf_in_x".into())))
+            );
+            assert_eq!(read(&[call.name(), "--file", "in.json"]), Some((call, Some("in.json".into()))));
+        }
+        // Left to clap: its own parse gives these their usual meaning or its error.
+        for args in [
+            &["get-available-templates", "-f", "x"][..],
+            &["getAvailableTemplates", "-f"],
+            &["getAvailableTemplates", "-f", "x", "--confdir", "c"],
+            &["getAvailableTemplates", "--confdir", "c"],
+            &["getAvailableTemplates", "-f", "--help"],
+            &["getAvailableTemplates", "-f", ""],
+            &["requestMachines", "-x", "in.json"],
+            &["replay", "-f", "x"],
+        ] {
+            assert_eq!(read(args), None, "{args:?}");
         }
     }
 }
