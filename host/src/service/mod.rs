@@ -400,11 +400,13 @@ impl<'a> Service<'a> {
         let now = self.ctx.now;
         // Initial rows: what HostFactory named, enriched from our provision records.
         let mut initial: Vec<Machine> = Vec::new();
+        let names: Vec<String> = machines.iter().map(|r| r.name.clone()).collect();
+        let mut holders = self.store.provision_holders_of(&names)?;
         for r in &machines {
             if initial.iter().any(|m| m.name == r.name) {
                 continue;
             }
-            let held = self.store.provision_holders(&r.name)?.into_iter().next().map(|(_, m)| m);
+            let held = holders.remove(&r.name).and_then(|h| h.into_iter().next()).map(|(_, m)| m);
             initial.push(Machine {
                 machine_id: r
                     .machine_id

@@ -107,7 +107,13 @@ pub struct Router<'a> {
     owners: HashMap<String, usize>,
     /// Routes read or written in this call.
     routes: std::cell::RefCell<HashMap<String, Option<Route>>>,
+    /// Host name -> the provision requests holding it, read in this call.
+    holders: HashMap<String, Vec<(String, Machine)>>,
 }
+
+/// Distinct requests whose routes one attribution needs, beyond which the router reads all
+/// routes in one scan rather than one record each (a round trip each on PostgreSQL).
+const ROUTE_SCAN_AT: usize = 8;
 
 const REQ: &str = "req/";
 
@@ -138,6 +144,7 @@ impl<'a> Router<'a> {
             recording: None,
             owners: HashMap::new(),
             routes: Default::default(),
+            holders: HashMap::new(),
         }
     }
 
@@ -282,13 +289,60 @@ impl<'a> Router<'a> {
         Ok(())
     }
 
+    /// Reads, for every host of `hosts` (machine id, name) not attributed yet in this call,
+    /// the provision requests holding it and their routes, in a few store reads however
+    /// many hosts: one query for the holders, and one scan of the routes when many
+    /// requests are involved.
+    fn prefetch<'h>(&mut self, hosts: impl Iterator<Item = (Option<&'h str>, &'h str)>) -> Result<(), ProviderError> {
+        let mut names: Vec<String> = Vec::new();
+        for (id, name) in hosts {
+            let known = id.is_some_and(|id| self.owners.contains_key(id)) || self.holders.contains_key(name);
+            if !known && !names.iter().any(|n| n == name) {
+                names.push(name.to_string());
+            }
+        }
+        if names.is_empty() {
+            return Ok(());
+        }
+        let mut found = self.store.provision_holders_of(&names).map_err(Self::store_err)?;
+        let mut requests: Vec<String> = Vec::new();
+        for name in names {
+            let holders = found.remove(&name).unwrap_or_default();
+            for (request_id, _) in &holders {
+                if !self.routes.borrow().contains_key(request_id) && !requests.contains(request_id) {
+                    requests.push(request_id.clone());
+                }
+            }
+            self.holders.insert(name, holders);
+        }
+        if requests.len() > ROUTE_SCAN_AT {
+            let mut all: HashMap<String, Route> = HashMap::new();
+            for (key, v) in self.store.kv_scan(&self.namespace(), REQ).map_err(Self::store_err)? {
+                let id = key.trim_start_matches(REQ).to_string();
+                let route =
+                    serde_json::from_str(&v).map_err(|e| ProviderError::Internal(format!("routing record of {id} is corrupt: {e}")))?;
+                all.insert(id, route);
+            }
+            let mut routes = self.routes.borrow_mut();
+            for id in requests {
+                let route = all.remove(&id);
+                routes.insert(id, route);
+            }
+        }
+        Ok(())
+    }
+
     /// The member that made machine `machine_id` (or the host HostFactory names `name`):
     /// learnt in this call, or found in the route of the provision request holding it.
     fn owner(&mut self, machine_id: Option<&str>, name: &str) -> Result<Option<usize>, ProviderError> {
         if let Some(&i) = machine_id.and_then(|id| self.owners.get(id)) {
             return Ok(Some(i));
         }
-        for (request_id, m) in self.store.provision_holders(name).map_err(Self::store_err)? {
+        let holders = match self.holders.get(name) {
+            Some(h) => h.clone(),
+            None => self.store.provision_holders(name).map_err(Self::store_err)?,
+        };
+        for (request_id, m) in holders {
             let id = machine_id.unwrap_or(&m.machine_id).to_string();
             if let Some(&i) = self.owners.get(&id) {
                 return Ok(Some(i));
@@ -324,6 +378,7 @@ impl<'a> Router<'a> {
     fn group_refs(&mut self, refs: &[MachineRef]) -> Result<(Vec<(usize, Vec<MachineRef>)>, Vec<MachineRef>), ProviderError> {
         let mut groups: Vec<(usize, Vec<MachineRef>)> = Vec::new();
         let mut unknown = Vec::new();
+        self.prefetch(refs.iter().map(|r| (r.machine_id.as_deref(), r.name.as_str())))?;
         for r in refs {
             match self.owner(r.machine_id.as_deref(), &r.name)? {
                 Some(i) => match groups.iter_mut().find(|(g, _)| *g == i) {
@@ -820,6 +875,7 @@ impl<'a> Provider for Router<'a> {
     fn release_status(&mut self, ctx: &CallContext, return_id: &str, known: &[Machine]) -> Result<Vec<Machine>, ProviderError> {
         let mut groups: Vec<(usize, Vec<Machine>)> = Vec::new();
         let mut out = Vec::new();
+        self.prefetch(known.iter().map(|m| (Some(m.machine_id.as_str()), m.name.as_str())))?;
         for m in known {
             match self.owner(Some(&m.machine_id), &m.name)? {
                 Some(i) => match groups.iter_mut().find(|(g, _)| *g == i) {

@@ -131,7 +131,7 @@ pub fn unchanged_state_is_not_rewritten(o: &Opener) {
 
 /// `stale_requests` finds old `accepted` records and old provision requests HostFactory
 /// never claimed, oldest first; `provision_holders` finds provision requests holding a
-/// host, newest first.
+/// host, newest first, and `provision_holders_of` the same for several hosts at once.
 pub fn stale_and_holders(o: &Opener) {
     let s = open(o);
     s.insert_request(
@@ -167,6 +167,19 @@ pub fn stale_and_holders(o: &Opener) {
     assert_eq!(stale, ["req-old", "ret-1"], "claimed requests are HostFactory's");
     let holders: Vec<String> = s.provision_holders("h1").expect("holders").into_iter().map(|(id, _)| id).collect();
     assert_eq!(holders, ["req-new", "req-old"]);
+    // All at once, as returns and reclaim checks ask: the same answers, hosts with none absent.
+    s.insert_request(
+        &record("req-other", RequestKind::Provision, 60),
+        &[machine("i-3", "h2", MachineState::Running)],
+    )
+    .expect("insert");
+    let names: Vec<String> = ["h1", "h2", "h-none"].map(String::from).to_vec();
+    let many = s.provision_holders_of(&names).expect("holders of");
+    assert_eq!(many.len(), 2, "{many:?}");
+    for name in ["h1", "h2"] {
+        assert_eq!(many[name], s.provision_holders(name).expect("one"), "{name}");
+    }
+    assert!(s.provision_holders_of(&[]).expect("none").is_empty());
 }
 
 /// kv: set, get, overwrite, conditional delete, namespaces, prefix scan in byte order.

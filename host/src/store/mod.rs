@@ -9,6 +9,7 @@ pub mod json;
 pub mod postgres;
 pub mod sqlite;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use crate::service::lifecycle::RequestStatus;
@@ -221,6 +222,19 @@ pub trait StateStore: Send + Sync {
     fn stale_requests(&self, before: u64) -> Result<Vec<RequestRecord>, StoreError>;
     /// Provision requests holding machines named `name` (newest first).
     fn provision_holders(&self, name: &str) -> Result<Vec<(String, Machine)>, StoreError>;
+    /// [`StateStore::provision_holders`] of several hosts at once (a host with none is
+    /// absent): one round trip on a server, where a return or reclaim check over hundreds
+    /// of hosts would otherwise make one each.
+    fn provision_holders_of(&self, names: &[String]) -> Result<HashMap<String, Vec<(String, Machine)>>, StoreError> {
+        let mut out = HashMap::new();
+        for name in names {
+            let holders = self.provision_holders(name)?;
+            if !holders.is_empty() {
+                out.insert(name.clone(), holders);
+            }
+        }
+        Ok(out)
+    }
 
     /// kv: value of `key` in `namespace`.
     fn kv_get(&self, namespace: &str, key: &str) -> Result<Option<String>, StoreError>;

@@ -5,6 +5,7 @@
 //! `pool_size`; the password comes from config or `PGPASSWORD` and never reaches a log or
 //! an error message.
 
+use std::collections::HashMap;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -533,14 +534,21 @@ impl StateStore for PgStore {
     }
 
     fn provision_holders(&self, name: &str) -> Result<Vec<(String, Machine)>, StoreError> {
+        Ok(self.provision_holders_of(&[name.to_string()])?.remove(name).unwrap_or_default())
+    }
+
+    fn provision_holders_of(&self, names: &[String]) -> Result<HashMap<String, Vec<(String, Machine)>>, StoreError> {
+        if names.is_empty() {
+            return Ok(HashMap::new());
+        }
         let cols = MACHINE_COLUMNS.split(", ").map(|c| format!("m.{c}")).collect::<Vec<_>>().join(", ");
         let rows = self.with(|c| {
             c.query(
                 &format!(
                     "SELECT m.request_id, {cols} FROM machines m JOIN requests r ON r.id = m.request_id
-                     WHERE m.name = $1 AND r.kind = 'provision' ORDER BY r.created_at DESC"
+                     WHERE m.name = ANY($1) AND r.kind = 'provision' ORDER BY r.created_at DESC"
                 ),
-                &[&name],
+                &[&names],
             )
             .and_then(|rows| {
                 rows.iter()
@@ -550,7 +558,12 @@ impl StateStore for PgStore {
             .map_err(|e| self.backend(e))
         })?;
         let location = self.location();
-        rows.into_iter().map(|(id, m)| Ok((id, m.to_machine(&location)?))).collect()
+        let mut out: HashMap<String, Vec<(String, Machine)>> = HashMap::new();
+        for (id, m) in rows {
+            let m = m.to_machine(&location)?;
+            out.entry(m.name.clone()).or_default().push((id, m));
+        }
+        Ok(out)
     }
 
     fn kv_get(&self, namespace: &str, key: &str) -> Result<Option<String>, StoreError> {
