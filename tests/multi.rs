@@ -181,10 +181,17 @@ fn priority_failover_survives_a_dead_primary_and_returns_to_it_after_recovery() 
         on_secondary.push(id);
     }
     let text = log(&tree);
+    // The first request fails over; the second one's template read is the second failure,
+    // which opens the circuit before it is placed, so it skips the primary already.
     assert_eq!(
         text.matches("provider failed; trying the next one").count(),
-        2,
+        1,
         "failover is logged"
+    );
+    assert_eq!(
+        text.matches("circuit open: requests are refused").count(),
+        1,
+        "opened once, by the second failure"
     );
     assert!(
         text.contains("provider skipped: its circuit is open"),
@@ -623,4 +630,52 @@ fn a_request_larger_than_one_provider_is_split_across_them() {
     );
     assert!(e["error"]["message"].as_str().is_some_and(|m| m.contains("121")), "{e}");
     assert_eq!(a.live().len() + b.live().len(), 63);
+}
+
+/// HostFactory's getAvailableTemplates polls alone open a dead provider's circuit: it is
+/// then left out without being asked (no connect timeout on every poll) while the other's
+/// templates are still offered.
+#[test]
+fn polls_alone_open_a_dead_providers_circuit() {
+    let (_a, _b, tree) = two_clouds();
+    tree.config(&json!({
+        "version": "2.0.0",
+        "provider": {
+            "selection_policy": "PRIORITY_FAILOVER",
+            "circuit_breaker": {"enabled": true, "failure_threshold": 2, "recovery_timeout": 300},
+            "providers": [
+                aws("aws-primary", "east", json!({"priority": 1, "config": {"region": "us-east-1"}})),
+                aws("aws-secondary", "west", json!({"priority": 2, "config": {"region": "us-east-1"}}))
+            ]
+        }
+    }));
+    set_endpoint(&tree, "east", &dead_endpoint());
+    for poll in 0..3 {
+        let offer = tree.ok("getAvailableTemplates", &json!({}));
+        let t = offer["templates"]
+            .as_array()
+            .expect("templates")
+            .iter()
+            .find(|t| t["templateId"] == TEMPLATE)
+            .cloned()
+            .expect("the secondary's template is still offered");
+        assert_eq!(t["maxNumber"], 60, "poll {poll}: only the secondary's hosts: {t}");
+    }
+    let text = log(&tree);
+    let skipped = text.matches("left out of the offer: its circuit is open").count();
+    assert_eq!(
+        text.matches("provider's templates left out of the offer").count() - skipped,
+        2,
+        "the first two polls asked the dead provider and failed"
+    );
+    assert_eq!(
+        text.matches("circuit open: requests are refused").count(),
+        1,
+        "two failed polls opened it: {text}"
+    );
+    assert_eq!(
+        text.matches("left out of the offer: its circuit is open").count(),
+        1,
+        "the third poll did not ask the dead provider"
+    );
 }

@@ -231,11 +231,22 @@ impl<'a> Router<'a> {
     }
 
     /// Member `i`'s templates (asked once per call; a failure too is remembered for the call).
-    fn member_templates(&mut self, i: usize, ctx: &CallContext) -> Result<Vec<Template>, ProviderError> {
+    /// A failure that says the provider is down counts against its circuit breaker, once
+    /// per call, whichever call it is: HostFactory's getAvailableTemplates every 30 s opens
+    /// the circuit of a dead provider too, which is then not asked (a connect timeout each
+    /// poll) until its recovery timeout. When the circuit was half open, the failure is the
+    /// trial's.
+    fn member_templates(&mut self, i: usize, ctx: &CallContext, circuit: Circuit) -> Result<Vec<Template>, ProviderError> {
         if let Some(t) = &self.members[i].templates {
             return t.clone();
         }
         let t = self.on(i, ctx, |p, c| p.templates(c));
+        if let (Err(e), Some(b)) = (&t, self.breaker(i))
+            && breaker::counts_as_failure(e)
+        {
+            b.record_failure(ctx.now, circuit == Circuit::HalfOpen, &e.to_string())
+                .map_err(Self::store_err)?;
+        }
         self.members[i].templates = Some(t.clone());
         t
     }
@@ -428,7 +439,7 @@ impl<'a> Router<'a> {
                 failures.push(format!("provider '{name}': circuit open (provider.circuit_breaker)"));
                 continue;
             }
-            match self.member_templates(i, ctx) {
+            match self.member_templates(i, ctx, circuit) {
                 Ok(ts) => {
                     if let Some(t) = ts.into_iter().find(|t| t.id == req.template_id) {
                         let info = &self.members[i].info;
@@ -446,12 +457,6 @@ impl<'a> Router<'a> {
                 Err(e) => {
                     // Unreachable before it could even be asked: a failure of this request.
                     tracing::warn!(request_id = %req.request_id, provider = %name, error = %e, "provider failed; trying the next one");
-                    if let Some(b) = self.breaker(i)
-                        && breaker::counts_as_failure(&e)
-                    {
-                        b.record_failure(ctx.now, circuit == Circuit::HalfOpen, &e.to_string())
-                            .map_err(Self::store_err)?;
-                    }
                     failures.push(e.to_string());
                 }
             }
@@ -602,13 +607,15 @@ impl<'a> Provider for Router<'a> {
         let mut merged: Vec<Template> = Vec::new();
         let mut failures: Vec<ProviderError> = Vec::new();
         for i in self.by_priority() {
-            if let Some(b) = self.breaker(i)
-                && b.circuit(ctx.now).map_err(Self::store_err)? == Circuit::Open
-            {
+            let circuit = match self.breaker(i) {
+                Some(b) => b.circuit(ctx.now).map_err(Self::store_err)?,
+                None => Circuit::Closed,
+            };
+            if circuit == Circuit::Open {
                 tracing::info!(provider = %self.members[i].info.name, "provider's templates left out of the offer: its circuit is open");
                 continue;
             }
-            match self.member_templates(i, ctx) {
+            match self.member_templates(i, ctx, circuit) {
                 Ok(ts) => {
                     for t in ts {
                         match merged.iter_mut().find(|m| m.id == t.id) {
@@ -687,8 +694,9 @@ impl<'a> Provider for Router<'a> {
             let name = self.members[i].info.name.clone();
             // Each provider is asked for no more than its own template allows or has free;
             // the rest is topped up from the next.
+            // (Read by `place` already: this is the call's remembered answer.)
             let cap = self
-                .member_templates(i, ctx)
+                .member_templates(i, ctx, Circuit::Closed)
                 .ok()
                 .and_then(|ts| ts.into_iter().find(|t| t.id == req.template_id))
                 .map_or(u32::MAX, |t| match (t.available_number, u32::try_from(t.max_number)) {
