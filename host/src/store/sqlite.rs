@@ -150,7 +150,8 @@ impl SqliteStore {
     /// the database and truncates it. Never waits: while another process reads or writes,
     /// SQLite copies what it can and a later call finishes the job.
     fn trim_wal(&self) {
-        let wal = PathBuf::from(format!("{}-wal", self.path.display()));
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
         let pages = std::fs::metadata(&wal).map(|m| m.len() / (4096 + 24)).unwrap_or(0);
         if pages < WAL_CHECKPOINT_PAGES {
             return;
