@@ -306,9 +306,10 @@ impl<'a> Router<'a> {
     /// requests are involved.
     fn prefetch<'h>(&mut self, hosts: impl Iterator<Item = (Option<&'h str>, &'h str)>) -> Result<(), ProviderError> {
         let mut names: Vec<String> = Vec::new();
+        let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
         for (id, name) in hosts {
             let known = id.is_some_and(|id| self.owners.contains_key(id)) || self.holders.contains_key(name);
-            if !known && !names.iter().any(|n| n == name) {
+            if !known && seen.insert(name) {
                 names.push(name.to_string());
             }
         }
@@ -316,12 +317,12 @@ impl<'a> Router<'a> {
             return Ok(());
         }
         let mut found = self.store.provision_holders_of(&names).map_err(Self::store_err)?;
-        let mut requests: Vec<String> = Vec::new();
+        let mut requests: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
         for name in names {
             let holders = found.remove(&name).unwrap_or_default();
             for (request_id, _) in &holders {
-                if !self.routes.borrow().contains_key(request_id) && !requests.contains(request_id) {
-                    requests.push(request_id.clone());
+                if !self.routes.borrow().contains_key(request_id) {
+                    requests.insert(request_id.clone());
                 }
             }
             self.holders.insert(name, holders);
