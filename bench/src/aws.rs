@@ -142,11 +142,7 @@ pub fn run(repo: &Path, bin: &Path, iterations: usize) -> Result<()> {
     // Baselines in the same run: the floor of any scripted plugin (a shell script that execs
     // /bin/true), and a bare Rust process making the same DescribeInstances with the same SDK
     // client set-up as hfwasm's (this bench binary in `--bare-describe` mode).
-    let noop = dir.path().join("noop.sh");
-    std::fs::write(&noop, "#!/bin/sh\nexec /bin/true \"$@\"\n")?;
-    let sh = (0..iterations)
-        .map(|_| measure(Command::new("/bin/sh").arg(&noop)))
-        .collect::<Result<Vec<_>>>()?;
+    let sh = crate::sh_baseline(dir.path(), iterations)?;
     // Started the way HostFactory starts hfwasm: a shell script that execs it.
     let bare_sh = dir.path().join("bare.sh");
     std::fs::write(

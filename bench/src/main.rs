@@ -109,11 +109,20 @@ pub(crate) fn link_order_coverage(repo: &Path, bin: &Path) -> String {
         "link order: {found} of {} listed functions are in the binary{}",
         listed.len(),
         if found * 10 < listed.len() * 9 {
-            "; stale: rerun dev/link-order.sh"
+            "; either `cargo test` linked this binary last (its symbol names differ: run `cargo build \
+             --release --workspace` first) or the list is stale (rerun dev/link-order.sh)"
         } else {
             ""
         }
     )
+}
+
+/// `iterations` runs of a shell script that execs `/bin/true` (written into `dir`): the
+/// floor of any plugin HostFactory runs through a script.
+pub(crate) fn sh_baseline(dir: &Path, iterations: usize) -> Result<Vec<Sample>> {
+    let noop = dir.join("noop.sh");
+    std::fs::write(&noop, "#!/bin/sh\nexec /bin/true \"$@\"\n")?;
+    (0..iterations).map(|_| measure(Command::new("/bin/sh").arg(&noop))).collect()
 }
 
 /// Median, p90 and peak RSS of a series.
@@ -249,11 +258,7 @@ fn main() -> Result<()> {
     println!("{:<44} {:>8} {:>8} {:>9} {:>9}", "", "ms", "ms", "MiB", "");
 
     // Baselines, same run.
-    let noop = t.dir.path().join("noop.sh");
-    std::fs::write(&noop, "#!/bin/sh\nexec /bin/true \"$@\"\n")?;
-    let sh: Vec<Sample> = (0..iterations)
-        .map(|_| measure(Command::new("/bin/sh").arg(&noop)))
-        .collect::<Result<_>>()?;
+    let sh = sh_baseline(t.dir.path(), iterations)?;
     let base = figures(&sh);
     row("baseline: sh script exec /bin/true", &base, base.median);
     if let Ok(py) = (0..iterations)
