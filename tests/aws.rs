@@ -589,6 +589,10 @@ fn fleet_and_launch_template_operations_serve_only_what_this_provider_instance_o
         }],
         root_volume: None,
         launch_template_id: None,
+        launch_template_version: None,
+        ebs_optimized: None,
+        placement: None,
+        network_interfaces: None,
     };
     let lt_request = wit::LaunchTemplateRequest {
         request_id: "req-lt-1".into(),

@@ -131,3 +131,45 @@ fn missing_binary_gives_an_error_document() {
     assert_valid("error", &v);
     assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains("HFWASM_BIN")), "{v}");
 }
+
+#[test]
+fn a_state_store_the_user_cannot_write_names_its_owner_and_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let tree = HfTree::new(&plain_inventory(1));
+    // The work dir belongs to someone else (as root: run as `nobody`; otherwise: read-only).
+    std::fs::create_dir_all(&tree.work).expect("work dir");
+    let as_root = std::process::Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+    let mut cmd = if as_root {
+        for p in [tree.dir.path(), &tree.dir.path().join("conf"), &tree.dir.path().join("conf/providers"), &tree.conf] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        std::fs::set_permissions(tree.conf.join("inventory.txt"), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]);
+        c.arg(env!("CARGO_BIN_EXE_hfwasm"));
+        c
+    } else {
+        std::fs::set_permissions(&tree.work, std::fs::Permissions::from_mode(0o555)).expect("chmod");
+        std::process::Command::new(env!("CARGO_BIN_EXE_hfwasm"))
+    };
+    let input = tree.dir.path().join("in.json");
+    std::fs::write(&input, "{}").expect("input");
+    std::fs::set_permissions(&input, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = cmd
+        .args(["getAvailableTemplates", "-f"])
+        .arg(&input)
+        .env("HF_PROVIDER_NAME", "pool")
+        .env("HF_PROVIDER_CONFDIR", &tree.conf)
+        .env("HF_PROVIDER_WORKDIR", &tree.work)
+        .output()
+        .expect("run");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(json["error"]["code"], "STORE_ERROR", "{json}");
+    let m = message(&json);
+    if as_root {
+        assert!(m.contains("owned by root") && m.contains("hfwasm runs as nobody") && m.contains("chown -R nobody"), "{m}");
+    } else {
+        assert!(m.contains("read-only") && m.contains("chmod u+w"), "{m}");
+    }
+    let _ = std::fs::set_permissions(&tree.work, std::fs::Permissions::from_mode(0o755));
+}

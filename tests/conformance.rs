@@ -1,4 +1,4 @@
-//! The captured HostFactory inputs of `../shared/conformance/inputs/`, run unchanged
+//! The captured HostFactory inputs of `tests/conformance/inputs/`, run unchanged
 //! through the real scripts against an on-prem pool whose hosts carry the captured names,
 //! checking every answer against the JSON Schemas and for meaning (names, counts, states).
 

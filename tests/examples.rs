@@ -39,6 +39,10 @@ fn build(dir: &Path, out: &Path) {
         "{stdout}"
     );
     assert!(out.is_file());
+    assert!(
+        stderr.contains("guest build: running componentize-") && stderr.contains(" done in "),
+        "progress is shown while the build runs: {stderr}"
+    );
 }
 
 /// Three shapes: 2 small hosts (4 cpus), 2 big ones (16 cpus), 1 GPU host (32 cpus).
@@ -414,6 +418,7 @@ fn guest_new_python_scaffolds_a_working_selector() {
         out.contains("guest 'onprem': already cached") && out.contains("guest 'selector': already cached"),
         "{out}"
     );
+    assert!(err.contains("guest precompile: 1/2 'onprem'") && err.contains("guest precompile: 2/2 'selector'"), "{err}");
     let (code, out, err) = admin(&tree, &["config", "check"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(

@@ -569,10 +569,28 @@ fn recorded_placements_replay_deterministically_and_show_each_difference() {
     let (_, out, _) = replay(&tree, &["--policy", "builtin:default-policy", "--to", "1"]);
     assert!(out.contains("nothing recorded in this range"), "{out}");
 
-    // Fuel meters a Wasm candidate: too little fails every decision, named.
-    let (code, out, _) = replay(&tree, &["--policy", "builtin:default-policy", "--fuel", "1000"]);
-    assert_eq!(code, 0);
+    // Fuel meters a Wasm candidate: too little fails every decision, named, and a run that
+    // failed everything exits non-zero (after printing the report).
+    let (code, out, err) = replay(&tree, &["--policy", "builtin:default-policy", "--fuel", "1000"]);
+    assert_eq!(code, 1, "{err}");
     assert!(out.contains("0 same, 0 differ, 4 failed") && out.contains("fuel"), "{out}");
+    assert!(err.contains("failed every recorded decision"), "{err}");
+    // A reader that stops early (here: at once, long before the report is printed) ends the
+    // run quietly: no panic on the closed pipe.
+    let piped = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{}' replay --policy builtin:default-policy --json | true",
+            env!("CARGO_BIN_EXE_hfwasm")
+        ))
+        .env("HF_PROVIDER_NAME", "pool")
+        .env("HF_PROVIDER_CONFDIR", &tree.conf)
+        .env("HF_PROVIDER_WORKDIR", &tree.work)
+        .env("HFWASM_CACHE_DIR", test_cache())
+        .output()
+        .expect("sh");
+    let perr = String::from_utf8_lossy(&piped.stderr);
+    assert!(!perr.contains("panicked") && !perr.contains("Broken pipe"), "{perr}");
     // A candidate that is not a policy is refused, named.
     let (code, _, err) = replay(&tree, &["--policy", "/nonexistent/cand.wasm"]);
     assert_eq!(code, 1);

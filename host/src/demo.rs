@@ -161,7 +161,7 @@ fn names(req: &Value) -> Vec<(String, String)> {
 
 /// Runs the demo in `dir` (kept) or a temp dir (removed afterwards).
 pub fn run(dir: Option<PathBuf>, out: Box<dyn Write>) -> Result<()> {
-    let (root, _temp) = match dir {
+    let (root, temp) = match dir {
         Some(d) => (d, None),
         None => {
             let t = tempfile::Builder::new().prefix("hfwasm-demo-").tempdir()?;
@@ -219,6 +219,15 @@ pub fn run(dir: Option<PathBuf>, out: Box<dyn Write>) -> Result<()> {
         tree.out,
         "\nDemo complete: 3 hosts provisioned, 2 returned, 1 reclaimed after decommissioning."
     )?;
-    writeln!(tree.out, "Logs: {}", tree.logs.display())?;
+    if temp.is_some() {
+        // The temp tree and its logs go when the demo ends: say so rather than name a
+        // path that will not exist.
+        writeln!(
+            tree.out,
+            "The tree and its logs were temporary and are removed now; `hfwasm demo --dir DIR` keeps them."
+        )?;
+    } else {
+        writeln!(tree.out, "Logs: {}", tree.logs.display())?;
+    }
     Ok(())
 }

@@ -12,6 +12,7 @@ pub mod demo;
 pub mod faults;
 pub mod hf;
 pub mod logging;
+pub mod ownership;
 pub mod plugin;
 pub mod policy;
 pub mod recording;

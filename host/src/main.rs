@@ -390,6 +390,13 @@ fn script_call(mut args: impl Iterator<Item = std::ffi::OsString>) -> Option<(Ca
 }
 
 fn main() -> ExitCode {
+    // A reader that stops early (`hfwasm replay --json | head`) ends the process quietly, as
+    // for any Unix tool, instead of a panic in println!. Rust starts programs ignoring
+    // SIGPIPE; this restores the default.
+    // SAFETY: called first, before any thread exists; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     if let Some((call, input)) = script_call(std::env::args_os().skip(1)) {
         return hf_call(call, &DirArgs::default(), &input);
     }
@@ -419,13 +426,21 @@ fn main() -> ExitCode {
         Command::GetReturnRequests(f) => hf_call(Call::GetReturnRequests, &cli.dirs, f),
         Command::Config(ConfigCommand::Check) => admin(
             &cli.dirs,
-            |p| p.check(),
-            |lines| {
-                for l in lines {
+            |p| {
+                let lines = p.check()?;
+                for l in &lines {
                     println!("{l}");
                 }
-                println!("config check: ok");
+                // Everything is listed first; problems that leave something out fail the check.
+                match lines.iter().filter(|l| l.starts_with("PROBLEM:")).count() {
+                    0 => Ok(()),
+                    n => Err(HfError::new(
+                        ErrorCode::ConfigError,
+                        format!("{n} problem{} listed above (HostFactory is offered the rest)", if n == 1 { "" } else { "s" }),
+                    )),
+                }
             },
+            |()| println!("config check: ok"),
         ),
         Command::Guest(GuestCommand::Check { file, json }) => guest_check(file, *json),
         Command::Guest(GuestCommand::New { name, dir, lang }) => {
@@ -542,21 +557,27 @@ fn main() -> ExitCode {
                 };
                 // Progress on stderr for long runs: a line per tenth.
                 let mut shown = 0;
-                p.replay(policy, settings, (*from, *to), *fuel, |done, total| {
+                let report = p.replay(policy, settings, (*from, *to), *fuel, |done, total| {
                     let tenth = done * 10 / total.max(1);
                     if total >= 1000 && tenth > shown {
                         shown = tenth;
                         eprintln!("replay: {}% ({done}/{total} decisions)", tenth * 10);
                     }
-                })
-            },
-            |report| {
+                })?;
                 if *json {
                     println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
                 } else {
                     print!("{}", hfwasm::policy::replay::render(&report));
                 }
+                if report.all_failed() {
+                    return Err(HfError::new(
+                        ErrorCode::PolicyError,
+                        format!("the candidate {} failed every recorded decision (see the report for why)", report.candidate),
+                    ));
+                }
+                Ok(())
             },
+            |()| {},
         ),
         Command::PowerRun { host, action } => {
             let result = dirs(&cli.dirs).and_then(|dirs| {

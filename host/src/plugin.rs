@@ -475,6 +475,9 @@ impl Plugin {
         let span = tracing::info_span!("hf_call", call = call.name(), instance = %self.dirs.name);
         let _enter = span.enter();
         let t0 = Instant::now();
+        for p in &self.config.problems {
+            tracing::warn!(file = %p.file.display(), setting = p.setting.as_deref().unwrap_or(""), "left out: {}", p.message);
+        }
         let obj = hf::input::read_object(call, input)?;
         let store = self.open_store()?;
         let result = self.answer(call, &obj, &store);
@@ -556,7 +559,10 @@ impl Plugin {
         });
         let cache = self.cache();
         let mut done = Vec::new();
-        for spec in specs {
+        let total = specs.len();
+        for (i, spec) in specs.into_iter().enumerate() {
+            // Progress on stderr: a large guest (Python, JavaScript) compiles for seconds.
+            eprintln!("guest precompile: {}/{total} '{}' ({} KiB of wasm)...", i + 1, spec.name, Self::bytes_of(spec).map_or(0, |b| b.len() >> 10));
             let wasm = Self::bytes_of(spec).map_err(HfError::from)?;
             let engine =
                 Self::engine_for(spec).map_err(|e| HfError::new(ErrorCode::Internal, format!("cannot start the wasm engine: {e:#}")))?;
@@ -707,6 +713,14 @@ impl Plugin {
         }
         let loader: ProviderLoader<'_> = Box::new(move || Ok(provider));
         let templates = self.service(store.as_ref(), loader).get_available_templates()?;
+        for p in &c.problems {
+            lines.push(format!(
+                "PROBLEM:   {}{}: {}",
+                p.file.display(),
+                p.setting.as_deref().map_or(String::new(), |s| format!(" [{s}]")),
+                p.message
+            ));
+        }
         for t in &templates {
             let attr = |n: &str| t.attribute(n).map_or("?".to_string(), |a| a.value.clone());
             lines.push(format!(

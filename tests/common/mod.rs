@@ -15,16 +15,11 @@ pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The shared conformance corpus (`../shared/conformance` beside the repo).
+/// The HostFactory conformance corpus the repo owns (`tests/conformance/`): captured inputs,
+/// IBM's outputs and the JSON Schemas of valid answers.
 pub fn conformance() -> PathBuf {
-    let dir = std::env::var_os("HFWASM_CONFORMANCE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("../shared/conformance"));
-    assert!(
-        dir.join("schemas").is_dir(),
-        "conformance corpus not found at {}: check out shared/ beside the repo or set HFWASM_CONFORMANCE_DIR",
-        dir.display()
-    );
+    let dir = repo().join("tests/conformance");
+    assert!(dir.join("schemas").is_dir(), "conformance corpus missing at {}", dir.display());
     dir
 }
 
@@ -202,7 +197,7 @@ pub fn expect_error(call: &str, o: &Outcome, code: &str) -> Value {
     o.json.clone()
 }
 
-/// Validates `doc` against `../shared/conformance/schemas/<name>.schema.json`.
+/// Validates `doc` against `tests/conformance/schemas/<name>.schema.json`.
 pub fn assert_valid(name: &str, doc: &Value) {
     let path = conformance().join("schemas").join(format!("{name}.schema.json"));
     let schema: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("schema")).expect("schema json");

@@ -7,14 +7,35 @@ use hfwasm_guest_sdk::*;
 use crate::ec2_err;
 use crate::template::{AwsTemplate, PriceType};
 
-pub fn spec(t: &AwsTemplate) -> ec2::LaunchSpec {
+/// The instance's user data: `userDataScript`'s content with `%EXPORT_USER_DATA%` replaced
+/// by the exports IBM's plugin writes there (LSF's `userData` pairs, `rc_account`,
+/// `template_id`, `providerName`), or those exports as a script of their own when the
+/// template gives `userData` without a script.
+pub fn user_data(t: &AwsTemplate, req: &ProvisionRequest, provider: &str) -> Option<String> {
+    let mut exports = String::new();
+    if let Some(pairs) = t.user_data_exports.as_deref().filter(|p| !p.is_empty()) {
+        exports.push_str(&format!("export {};", pairs.replace(';', " ")));
+    }
+    if let Some(acct) = req.rc_account.as_deref().filter(|a| !a.is_empty()) {
+        exports.push_str(&format!("export rc_account={acct};"));
+    }
+    exports.push_str(&format!("export template_id={};export providerName={provider};", t.id));
+    match (&t.user_data, &t.user_data_exports) {
+        (Some(script), _) => Some(script.replace("%EXPORT_USER_DATA%", &exports)),
+        (None, Some(_)) => Some(format!("#!/bin/sh\n{exports}\n")),
+        (None, None) => None,
+    }
+}
+
+/// The launch settings of template `t` for request `req` of provider instance `provider`.
+pub fn spec(t: &AwsTemplate, req: &ProvisionRequest, provider: &str) -> ec2::LaunchSpec {
     ec2::LaunchSpec {
         image_id: t.image_id.clone(),
         subnet_ids: t.subnet_ids.clone(),
         security_group_ids: t.security_group_ids.clone(),
         key_name: t.key_name.clone(),
         instance_profile_arn: t.instance_profile.clone(),
-        user_data: t.user_data.clone(),
+        user_data: user_data(t, req, provider),
         tags: t
             .instance_tags
             .iter()
@@ -29,6 +50,16 @@ pub fn spec(t: &AwsTemplate) -> ec2::LaunchSpec {
             iops: t.iops,
         }),
         launch_template_id: t.launch_template_id.clone(),
+        launch_template_version: t.launch_template_version.clone(),
+        ebs_optimized: t.ebs_optimized,
+        placement: (t.placement_group.is_some() || t.tenancy.is_some()).then(|| ec2::Placement {
+            group_name: t.placement_group.clone(),
+            tenancy: t.tenancy.clone(),
+        }),
+        network_interfaces: t.interfaces.as_ref().map(|(kind, count)| ec2::NetworkInterfaces {
+            interface_type: kind.clone(),
+            count: *count,
+        }),
     }
 }
 
@@ -63,9 +94,9 @@ pub struct Launched {
 }
 
 /// Launches `want` units for `req`.
-pub fn launch(t: &AwsTemplate, req: &ProvisionRequest, want: u32, now: u64) -> Result<Launched, ProviderError> {
+pub fn launch(t: &AwsTemplate, req: &ProvisionRequest, want: u32, now: u64, provider: &str) -> Result<Launched, ProviderError> {
     if t.uses_spot_fleet() {
-        return spot_fleet(t, req, want, now);
+        return spot_fleet(t, req, want, now, provider);
     }
     if t.single_type() {
         let run = ec2::RunRequest {
@@ -73,7 +104,7 @@ pub fn launch(t: &AwsTemplate, req: &ProvisionRequest, want: u32, now: u64) -> R
             template_id: t.id.clone(),
             instance_type: t.vm_types[0].0.clone(),
             count: want,
-            spec: spec(t),
+            spec: spec(t, req, provider),
             spot_max_price: (t.price_type == PriceType::Spot).then(|| t.max_spot_price.clone().unwrap_or_default()),
         };
         return match ec2::run_instances(&run) {
@@ -93,13 +124,13 @@ pub fn launch(t: &AwsTemplate, req: &ProvisionRequest, want: u32, now: u64) -> R
     let first_od = if t.vm_types_on_demand.is_empty() { on_demand } else { 0 };
     let first_total = if t.vm_types_on_demand.is_empty() { want } else { want - on_demand };
     if first_total > 0 {
-        let r = fleet(t, req, &t.vm_types, first_total, first_od)?;
+        let r = fleet(t, req, &t.vm_types, first_total, first_od, provider)?;
         out.ids.extend(r.instance_ids);
         out.errors
             .extend(r.errors.into_iter().map(|f| format!("{}: {}", f.code, f.message)));
     }
     if !t.vm_types_on_demand.is_empty() && on_demand > 0 {
-        let r = fleet(t, req, &t.vm_types_on_demand, on_demand, on_demand)?;
+        let r = fleet(t, req, &t.vm_types_on_demand, on_demand, on_demand, provider)?;
         out.ids.extend(r.instance_ids);
         out.errors
             .extend(r.errors.into_iter().map(|f| format!("{}: {}", f.code, f.message)));
@@ -113,11 +144,12 @@ pub fn fleet(
     types: &[(String, u32)],
     total: u32,
     on_demand: u32,
+    provider: &str,
 ) -> Result<ec2::FleetResult, ProviderError> {
     let f = ec2::FleetRequest {
         request_id: req.request_id.clone(),
         template_id: t.id.clone(),
-        spec: spec(t),
+        spec: spec(t, req, provider),
         overrides: overrides(t, types),
         total_units: total,
         on_demand_units: on_demand,
@@ -148,7 +180,7 @@ fn spot_fleet_strategy(kebab: Option<&str>) -> String {
 
 /// Requests a Spot Fleet for `want` units (the heterogeneous on-demand share inside it) and
 /// records it in kv; instances arrive over time and are picked up by status calls.
-fn spot_fleet(t: &AwsTemplate, req: &ProvisionRequest, want: u32, now: u64) -> Result<Launched, ProviderError> {
+fn spot_fleet(t: &AwsTemplate, req: &ProvisionRequest, want: u32, now: u64, provider: &str) -> Result<Launched, ProviderError> {
     let on_demand = match t.price_type {
         PriceType::Heterogeneous => want * t.percent_on_demand / 100,
         PriceType::OnDemand | PriceType::Spot => 0,
@@ -164,7 +196,7 @@ fn spot_fleet(t: &AwsTemplate, req: &ProvisionRequest, want: u32, now: u64) -> R
     let r = ec2::SpotFleetRequest {
         request_id: req.request_id.clone(),
         template_id: t.id.clone(),
-        spec: spec(t),
+        spec: spec(t, req, provider),
         overrides: overrides(t, &types),
         total_units: want,
         on_demand_units: on_demand,

@@ -11,6 +11,7 @@
 //!   they are per unit: the smallest of cores/weight and MiB/weight over the types, so a
 //!   unit never promises more than any instance gives.
 
+mod keys;
 mod launch;
 mod template;
 
@@ -87,6 +88,11 @@ fn template_out(t: &AwsTemplate, info: &BTreeMap<String, (u32, u64)>) -> Templat
     let mut attrs = vec![numeric("ncpus", cpus), numeric("nram", mem)];
     let mut has_type = false;
     for (name, v) in &t.attributes {
+        if name == "mem" {
+            // LSF's name for nram: the instance type's real memory, like nram.
+            attrs.push(numeric("mem", mem));
+            continue;
+        }
         // IBM writes attributes as ["Numeric", "4"] or plain values.
         let (kind, val) = match v {
             Value::Array(a) if a.len() == 2 => (
@@ -285,7 +291,7 @@ impl Guest for Aws {
             ids = ec2::describe_spot_fleet_instances(f).map_err(|e| ec2_err("DescribeSpotFleetInstances", e))?;
         } else if have < req.count {
             let want = req.count - have;
-            match launch::launch(t, &req, want, ctx.now) {
+            match launch::launch(t, &req, want, ctx.now, &ctx.provider_instance) {
                 Ok(launched) => {
                     // RunInstances describes what it launched: no second round trip.
                     instances.extend(launched.instances);
@@ -313,7 +319,7 @@ impl Guest for Aws {
                 &t.vm_types_on_demand
             };
             // Same request id: the top-up instances belong to (and are tagged with) this request.
-            match launch::fleet(t, &req, od_types, req.count - got, req.count - got) {
+            match launch::fleet(t, &req, od_types, req.count - got, req.count - got, &ctx.provider_instance) {
                 Ok(r) => {
                     if !r.instance_ids.is_empty() {
                         instances.extend(describe(InstanceFilter::Ids(r.instance_ids))?);

@@ -4,6 +4,8 @@
 use hfwasm_guest_sdk::ProviderError;
 use serde_json::{Map, Value};
 
+use crate::keys::nearest;
+
 /// How a template buys capacity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PriceType {
@@ -49,6 +51,19 @@ pub struct AwsTemplate {
     pub fleet_role: Option<String>,
     /// Minutes a Spot Fleet keeps trying to launch (`spotFleetRequestExpiry`, default 30).
     pub fleet_expiry_mins: u32,
+    /// LSF's `userData`, `k=v;k2=v2`: exported to the instance's user-data script (in
+    /// place of `%EXPORT_USER_DATA%` in `userDataScript`, or as a script of its own).
+    pub user_data_exports: Option<String>,
+    /// `ebsOptimized`.
+    pub ebs_optimized: Option<bool>,
+    /// `placementGroupName`.
+    pub placement_group: Option<String>,
+    /// `tenancy`: `default`, `dedicated` or `host`.
+    pub tenancy: Option<String>,
+    /// `launchTemplateVersion` of `launchTemplateId`.
+    pub launch_template_version: Option<String>,
+    /// `interfaceType` (`efa`, `efa-only`, `interface`) and `efaCount` (default 1).
+    pub interfaces: Option<(String, u32)>,
 }
 
 fn bad(id: &str, key: &str, why: &str) -> ProviderError {
@@ -63,6 +78,11 @@ fn string(id: &str, key: &str, v: &Value) -> Result<String, ProviderError> {
     }
 }
 
+/// IBM's files write "" for an optional key that is not set.
+fn unset(v: &Value) -> bool {
+    v.is_null() || v.as_str().is_some_and(|s| s.trim().is_empty())
+}
+
 fn number(id: &str, key: &str, v: &Value, min: u64, max: u64) -> Result<u32, ProviderError> {
     let n = match v {
         Value::Number(n) => n.as_u64(),
@@ -75,15 +95,27 @@ fn number(id: &str, key: &str, v: &Value, min: u64, max: u64) -> Result<u32, Pro
     }
 }
 
+fn boolean(id: &str, key: &str, v: &Value) -> Result<bool, ProviderError> {
+    match v {
+        Value::Bool(b) => Ok(*b),
+        Value::String(s) if s.trim().eq_ignore_ascii_case("true") => Ok(true),
+        Value::String(s) if s.trim().eq_ignore_ascii_case("false") => Ok(false),
+        _ => Err(bad(id, key, "must be true or false")),
+    }
+}
+
+/// A list as a JSON list or a comma-separated string; empty entries (IBM's sample writes
+/// `"securityGroupIds": [""]`) are not set.
 fn list(id: &str, key: &str, v: &Value) -> Result<Vec<String>, ProviderError> {
     let items: Vec<String> = match v {
         Value::String(s) => s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect(),
-        Value::Array(a) => a.iter().map(|x| string(id, key, x)).collect::<Result<_, _>>()?,
+        Value::Array(a) => a
+            .iter()
+            .filter(|x| !unset(x))
+            .map(|x| string(id, key, x))
+            .collect::<Result<_, _>>()?,
         _ => return Err(bad(id, key, "must be a string, a comma-separated string or a list")),
     };
-    if items.is_empty() {
-        return Err(bad(id, key, "is empty"));
-    }
     Ok(items)
 }
 
@@ -121,10 +153,20 @@ fn strategy(id: &str, key: &str, v: &Value, on_demand: bool) -> Result<String, P
     Ok(mapped.to_string())
 }
 
-/// `k=v;k2=v2`.
+/// `k=v;k2=v2` (IBM), or an object of tag -> value (ORB's templates).
 fn tags(id: &str, v: &Value) -> Result<Vec<(String, String)>, ProviderError> {
     let s = match v {
         Value::String(s) => s.clone(),
+        Value::Object(m) => {
+            return m
+                .iter()
+                .map(|(k, v)| match v {
+                    Value::String(s) => Ok((k.clone(), s.clone())),
+                    Value::Number(_) | Value::Bool(_) => Ok((k.clone(), v.to_string())),
+                    _ => Err(bad(id, &format!("instanceTags.{k}"), "must be a string")),
+                })
+                .collect();
+        }
         _ => return Err(bad(id, "instanceTags", "must be a string like \"k=v;k2=v2\"")),
     };
     s.split(';')
@@ -163,6 +205,12 @@ impl AwsTemplate {
             allocation_strategy_on_demand: None,
             fleet_role: None,
             fleet_expiry_mins: 30,
+            user_data_exports: None,
+            ebs_optimized: None,
+            placement_group: None,
+            tenancy: None,
+            launch_template_version: None,
+            interfaces: None,
             percent_on_demand: 0,
             key_name: None,
             security_group_ids: Vec::new(),
@@ -175,8 +223,13 @@ impl AwsTemplate {
             launch_template_id: None,
         };
         let mut max_seen = false;
+        let mut efa_count = None;
         for (key, v) in o {
             let k = key.as_str();
+            if k != "templateId" && k != "maxNumber" && unset(v) {
+                // IBM: an empty optional key is not set.
+                continue;
+            }
             match k {
                 "templateId" => {}
                 "maxNumber" => {
@@ -246,35 +299,54 @@ impl AwsTemplate {
                 "launchTemplateId" => t.launch_template_id = Some(string(&id, k, v)?),
                 "fleetRole" => t.fleet_role = Some(string(&id, k, v)?),
                 "spotFleetRequestExpiry" => t.fleet_expiry_mins = number(&id, k, v, 1, 10_080)?,
-                "poolsCount"
-                | "ec2FleetConfig"
-                | "onDemandTargetCapacityRatio"
-                | "placementGroupName"
-                | "tenancy"
-                | "interfaceType"
-                | "efaCount"
-                | "ebsOptimized"
-                | "durationInHours"
-                | "requestValidity"
-                | "spotPrice"
-                | "launchTemplateVersion"
-                | "userData"
-                | "priority"
-                | "ttl"
-                | "fleetType" => {
-                    return Err(bad(&id, k, "is not supported by hfwasm's AWS provider yet"));
+                "userData" => {
+                    let s = v.as_str().ok_or_else(|| bad(&id, k, "must be a string like \"k=v;k2=v2\""))?;
+                    t.user_data_exports = Some(s.trim().to_string());
+                }
+                "ebsOptimized" => t.ebs_optimized = Some(boolean(&id, k, v)?),
+                "placementGroupName" => t.placement_group = Some(string(&id, k, v)?),
+                "tenancy" => {
+                    let s = string(&id, k, v)?;
+                    if !matches!(s.as_str(), "default" | "dedicated" | "host") {
+                        return Err(bad(&id, k, &format!("= {s} is not one of default, dedicated, host")));
+                    }
+                    t.tenancy = Some(s);
+                }
+                "launchTemplateVersion" => t.launch_template_version = Some(string(&id, k, v)?),
+                "interfaceType" => {
+                    let s = string(&id, k, v)?.to_ascii_lowercase();
+                    if !matches!(s.as_str(), "efa" | "efa-only" | "interface") {
+                        return Err(bad(&id, k, &format!("= {s} is not one of efa, efa-only, interface")));
+                    }
+                    t.interfaces = Some((s, 1));
+                }
+                "efaCount" => efa_count = Some(number(&id, k, v, 1, 32)?),
+                "poolsCount" | "ec2FleetConfig" | "onDemandTargetCapacityRatio" | "durationInHours" | "requestValidity" | "spotPrice" | "priority"
+                | "ttl" | "fleetType" => {
+                    return Err(bad(&id, k, &format!("is not supported by hfwasm's AWS provider: {}", unsupported_why(k))));
                 }
                 _ => {
-                    return Err(bad(
-                        &id,
-                        k,
-                        "is not a template key (known: templateId, maxNumber, attributes, imageId, subnetId, vmType, vmTypes, vmTypesOnDemand, vmTypesPriority, priceType, maxSpotPrice, fleetRole, allocationStrategy, allocationStrategyOnDemand, percentOnDemand, keyName, securityGroupIds, instanceTags, instanceProfile, userDataScript, rootDeviceVolumeSize, volumeType, iops, launchTemplateId, spotFleetRequestExpiry)",
-                    ));
+                    return Err(bad(&id, k, &format!("is not a template key{}", nearest(k))));
                 }
             }
         }
         if !max_seen {
             return Err(bad(&id, "maxNumber", "is required"));
+        }
+        match (&mut t.interfaces, efa_count) {
+            (Some((_, n)), Some(c)) => *n = c,
+            (None, Some(_)) => return Err(bad(&id, "efaCount", "needs interfaceType efa")),
+            _ => {}
+        }
+        if t.launch_template_version.is_some() && t.launch_template_id.is_none() {
+            return Err(bad(&id, "launchTemplateVersion", "needs launchTemplateId"));
+        }
+        if t.uses_spot_fleet() && t.interfaces.is_some() {
+            return Err(bad(
+                &id,
+                "interfaceType",
+                "is not supported with fleetRole (Spot Fleet); drop fleetRole to launch through EC2 Fleet",
+            ));
         }
         if t.image_id.is_empty() && t.launch_template_id.is_none() {
             return Err(bad(&id, "imageId", "is required (or give launchTemplateId)"));
@@ -332,19 +404,49 @@ impl AwsTemplate {
     }
 }
 
-/// All templates from the guest settings (`{"templates": [...]}`); ids must be unique.
-pub fn parse_all(settings: &Value) -> Result<Vec<AwsTemplate>, ProviderError> {
+/// Why an LSF-only key is refused.
+fn unsupported_why(key: &str) -> &'static str {
+    match key {
+        "spotPrice" => "write maxSpotPrice",
+        "durationInHours" => "EC2 no longer sells spot blocks (defined-duration spot instances)",
+        "requestValidity" => "write spotFleetRequestExpiry (minutes) with a fleetRole",
+        "ec2FleetConfig" => "EC2 Fleet requests are built from the template's own keys",
+        "fleetType" => "EC2 Fleet is always `instant`; a fleetRole selects Spot Fleet",
+        "poolsCount" | "onDemandTargetCapacityRatio" => "use allocationStrategy and percentOnDemand",
+        _ => "it has no effect on how EC2 launches instances",
+    }
+}
+
+/// The templates of the guest settings (`{"templates": [...]}`) that parse, and a message
+/// for each that does not: one bad template must not take the others with it. Ids must be
+/// unique (a repeat is a problem; the first stays).
+pub fn parse_lenient(settings: &Value) -> Result<(Vec<AwsTemplate>, Vec<String>), ProviderError> {
     let list = settings
         .get("templates")
         .and_then(Value::as_array)
         .ok_or_else(|| ProviderError::InvalidInput("settings carry no `templates` list (IBM awsprov_templates.json)".into()))?;
     let mut out: Vec<AwsTemplate> = Vec::with_capacity(list.len());
-    for v in list {
-        let t = AwsTemplate::parse(v)?;
-        if out.iter().any(|o| o.id == t.id) {
-            return Err(ProviderError::InvalidTemplate(format!("template '{}' is defined twice", t.id)));
+    let mut problems = Vec::new();
+    for (i, v) in list.iter().enumerate() {
+        match AwsTemplate::parse(v) {
+            Ok(t) if out.iter().any(|o| o.id == t.id) => problems.push(format!("templates[{i}]: template '{}' is defined twice", t.id)),
+            Ok(t) => out.push(t),
+            Err(ProviderError::InvalidTemplate(m) | ProviderError::InvalidInput(m)) => problems.push(format!("templates[{i}]: {m}")),
+            Err(e) => return Err(e),
         }
-        out.push(t);
     }
-    Ok(out)
+    Ok((out, problems))
+}
+
+/// The templates that parse; an error only when templates are given and none parses.
+/// The others' problems go to the log.
+pub fn parse_all(settings: &Value) -> Result<Vec<AwsTemplate>, ProviderError> {
+    let (good, problems) = parse_lenient(settings)?;
+    for p in &problems {
+        hfwasm_guest_sdk::warn(&format!("template skipped: {p}"));
+    }
+    if good.is_empty() && !problems.is_empty() {
+        return Err(ProviderError::InvalidTemplate(problems.join("; ")));
+    }
+    Ok(good)
 }

@@ -33,6 +33,9 @@ pub struct IbmAws {
     pub templates: Value,
     /// `HF_LOGLEVEL`-style level when `ACCEPT_PROPAGATED_LOG_SETTING` or `LogLevel` says so.
     pub log_level: Option<String>,
+    /// Templates left out, each with its file, setting (`templates[2].maxNumber`) and what
+    /// to write instead: logged on every call, listed by `hfwasm config check`.
+    pub problems: Vec<ConfigError>,
 }
 
 /// The config and templates files for provider instance `name` in `conf_dir`, if present.
@@ -115,6 +118,11 @@ pub fn level(v: &str) -> Option<&'static str> {
     }
 }
 
+/// The template-key list the AWS guest reads, shared with it (one list on both sides of
+/// the sandbox; the file has no dependencies).
+#[path = "../../../guests/aws/src/keys.rs"]
+mod template_keys;
+
 /// Reads both files. `env` looks up `HF_LOGLEVEL` for `ACCEPT_PROPAGATED_LOG_SETTING`.
 pub fn load(config_file: &Path, templates_file: &Path, env: impl Fn(&str) -> Option<String>) -> Result<IbmAws, ConfigError> {
     let cfg = read_object(config_file)?;
@@ -122,9 +130,64 @@ pub fn load(config_file: &Path, templates_file: &Path, env: impl Fn(&str) -> Opt
     from_values(cfg, t, config_file, templates_file, env)
 }
 
+/// IBM's files write `""` for an optional key that is not set (`"AWS_PROXY_HOST": ""` in
+/// IBM's documented example).
+fn unset(v: &Value) -> bool {
+    v.is_null() || v.as_str().is_some_and(|s| s.trim().is_empty())
+}
+
+/// Every `awsprov_config.json` key hfwasm reads, for the unknown-key message.
+const CONFIG_KEYS: [&str; 19] = [
+    "AWS_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_CREDENTIAL_FILE",
+    "AWS_CREDENTIAL_SCRIPT",
+    "AWS_CREDENTIAL_RENEW_MARGIN",
+    "AWS_PROXY_HOST",
+    "AWS_PROXY_PORT",
+    "AWS_CONNECTION_TIMEOUT_MS",
+    "AWS_REQUEST_RETRY_ATTEMPTS",
+    "AWS_DESCRIBE_REQUEST_RETRY_ATTEMPTS",
+    "AWS_DESCRIBE_REQUEST_INTERVAL",
+    "AWS_INSTANCE_PENDING_TIMEOUT_SEC",
+    "INSTANCE_CREATION_TIMEOUT",
+    "AWS_SPOT_TERMINATE_ON_RECLAIM",
+    "AWS_TAG_InstanceID",
+    "TAG_INSTANCEID",
+    "ACCEPT_PROPAGATED_LOG_SETTING",
+    "LogLevel",
+    "AWS_KEY_FILE",
+];
+
+/// ` (did you mean `X`?)` for the config key nearest to `key`, when one is close.
+fn nearest_config_key(key: &str) -> String {
+    let upper = key.to_ascii_uppercase();
+    CONFIG_KEYS
+        .iter()
+        .find(|k| k.to_ascii_uppercase() == upper)
+        .map(|k| format!(" (did you mean `{k}`?)"))
+        .or_else(|| {
+            let hint = template_keys::nearest_in(key, &CONFIG_KEYS);
+            (!hint.is_empty()).then_some(hint)
+        })
+        .unwrap_or_default()
+}
+
+/// A path from IBM's config, relative to the config file's directory.
+fn relative_to(file: &Path, p: &str) -> PathBuf {
+    let p = PathBuf::from(p);
+    if p.is_absolute() {
+        p
+    } else {
+        file.parent().unwrap_or(Path::new(".")).join(p)
+    }
+}
+
 /// [`load`] on contents already read (`cfg` as IBM's config file, `t` as its templates
 /// file, `{"templates": [...]}`); the paths name where they came from in errors and
-/// anchor relative paths (`AWS_CREDENTIAL_FILE`, `userDataScript`).
+/// anchor relative paths (`AWS_CREDENTIAL_FILE`, `userDataScript`). Every problem of the
+/// config file is reported at once (one per line); a template with a problem is left out
+/// and listed in [`IbmAws::problems`], so one bad template does not blank the others.
 pub fn from_values(
     cfg: Map<String, Value>,
     t: Map<String, Value>,
@@ -139,68 +202,73 @@ pub fn from_values(
     let mut creation_timeout_secs = 600;
     let mut spot_terminate_on_reclaim = false;
     let mut log_level = None;
+    let mut renew_margin = None;
     let f = config_file;
+    let mut errors: Vec<ConfigError> = Vec::new();
     for (key, v) in &cfg {
-        match key.as_str() {
-            "AWS_REGION" => region = Some(text(f, key, v)?),
-            "AWS_ENDPOINT_URL" => s.endpoint_url = Some(text(f, key, v)?),
-            "AWS_CREDENTIAL_FILE" => {
-                let p = PathBuf::from(text(f, key, v)?);
-                s.credential_file = Some(if p.is_absolute() {
-                    p
-                } else {
-                    f.parent().unwrap_or(Path::new(".")).join(p)
-                });
-            }
-            "AWS_PROXY_HOST" => proxy_host = Some(text(f, key, v)?),
-            "AWS_PROXY_PORT" => proxy_port = Some(number(f, key, v, 1, 65535)?),
-            "AWS_CONNECTION_TIMEOUT_MS" => s.connect_timeout = Duration::from_millis(number(f, key, v, 1, 600_000)?),
-            "AWS_REQUEST_RETRY_ATTEMPTS" => s.retry_attempts = u32::try_from(number(f, key, v, 0, 10)?).unwrap_or(10),
-            "AWS_DESCRIBE_REQUEST_RETRY_ATTEMPTS" => s.describe_retry_attempts = u32::try_from(number(f, key, v, 0, 10)?).unwrap_or(10),
-            "AWS_DESCRIBE_REQUEST_INTERVAL" => s.describe_interval = Duration::from_millis(number(f, key, v, 0, 10_000)?),
-            "AWS_INSTANCE_PENDING_TIMEOUT_SEC" => pending_timeout_secs = number(f, key, v, 180, 10_000)?,
-            "INSTANCE_CREATION_TIMEOUT" => creation_timeout_secs = number(f, key, v, 1, 10_000)? * 60,
-            "AWS_SPOT_TERMINATE_ON_RECLAIM" => spot_terminate_on_reclaim = boolean(f, key, v)?,
-            "ACCEPT_PROPAGATED_LOG_SETTING" => {
-                if boolean(f, key, v)? {
-                    log_level = env("HF_LOGLEVEL").as_deref().and_then(level).map(str::to_string);
+        if key != "AWS_REGION" && CONFIG_KEYS.contains(&key.as_str()) && unset(v) {
+            continue;
+        }
+        let r: Result<(), ConfigError> = (|| {
+            match key.as_str() {
+                "AWS_REGION" => region = Some(text(f, key, v)?),
+                "AWS_ENDPOINT_URL" => s.endpoint_url = Some(text(f, key, v)?),
+                "AWS_CREDENTIAL_FILE" => s.credential_file = Some(relative_to(f, &text(f, key, v)?)),
+                "AWS_CREDENTIAL_SCRIPT" => s.credential_script = Some(relative_to(f, &text(f, key, v)?)),
+                "AWS_CREDENTIAL_RENEW_MARGIN" => renew_margin = Some(number(f, key, v, 0, 86_400)?),
+                "AWS_PROXY_HOST" => proxy_host = Some(text(f, key, v)?),
+                "AWS_PROXY_PORT" => proxy_port = Some(number(f, key, v, 1, 65535)?),
+                "AWS_CONNECTION_TIMEOUT_MS" => s.connect_timeout = Duration::from_millis(number(f, key, v, 1, 600_000)?),
+                "AWS_REQUEST_RETRY_ATTEMPTS" => s.retry_attempts = u32::try_from(number(f, key, v, 0, 10)?).unwrap_or(10),
+                "AWS_DESCRIBE_REQUEST_RETRY_ATTEMPTS" => s.describe_retry_attempts = u32::try_from(number(f, key, v, 0, 10)?).unwrap_or(10),
+                "AWS_DESCRIBE_REQUEST_INTERVAL" => s.describe_interval = Duration::from_millis(number(f, key, v, 0, 10_000)?),
+                "AWS_INSTANCE_PENDING_TIMEOUT_SEC" => pending_timeout_secs = number(f, key, v, 180, 10_000)?,
+                "INSTANCE_CREATION_TIMEOUT" => creation_timeout_secs = number(f, key, v, 1, 10_000)? * 60,
+                "AWS_SPOT_TERMINATE_ON_RECLAIM" => spot_terminate_on_reclaim = boolean(f, key, v)?,
+                // LSF's spelling and the one IBM's code uses; both tag each instance and its
+                // volumes with `InstanceID` once it runs.
+                "AWS_TAG_InstanceID" | "TAG_INSTANCEID" => s.tag_instance_id = boolean(f, key, v)?,
+                "ACCEPT_PROPAGATED_LOG_SETTING" => {
+                    if boolean(f, key, v)? {
+                        log_level = env("HF_LOGLEVEL").as_deref().and_then(level).map(str::to_string);
+                    }
+                }
+                "LogLevel" => {
+                    let l = text(f, key, v)?;
+                    log_level = Some(level(&l).map(str::to_string).ok_or_else(|| ConfigError {
+                        file: f.to_path_buf(),
+                        setting: Some(key.clone()),
+                        message: format!("`LogLevel` = {l} is not a level (LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG, LOG_TRACE)"),
+                    })?);
+                }
+                // Only IBM's plugin uses it (to locate .pem files); hfwasm never logs in to hosts.
+                "AWS_KEY_FILE" => tracing::debug!(file = %f.display(), "AWS_KEY_FILE has no effect in hfwasm (it never connects to instances)"),
+                other => {
+                    return Err(ConfigError {
+                        file: f.to_path_buf(),
+                        setting: Some(other.to_string()),
+                        message: format!(
+                            "unknown key `{other}`{} (keys hfwasm reads: {})",
+                            nearest_config_key(other),
+                            CONFIG_KEYS.join(", ")
+                        ),
+                    });
                 }
             }
-            "LogLevel" => {
-                let l = text(f, key, v)?;
-                log_level = Some(level(&l).map(str::to_string).ok_or_else(|| ConfigError {
-                    file: f.to_path_buf(),
-                    setting: Some(key.clone()),
-                    message: format!("`LogLevel` = {l} is not a level (LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG, LOG_TRACE)"),
-                })?);
-            }
-            // Only IBM's plugin uses it (to locate .pem files); hfwasm never logs in to hosts.
-            "AWS_KEY_FILE" => tracing::debug!(file = %f.display(), "AWS_KEY_FILE has no effect in hfwasm (it never connects to instances)"),
-            "AWS_CREDENTIAL_SCRIPT" | "AWS_CREDENTIAL_RENEW_MARGIN" | "AWS_TAG_InstanceID" => {
-                return Err(ConfigError {
-                    file: f.to_path_buf(),
-                    setting: Some(key.clone()),
-                    message: format!(
-                        "`{key}` is not supported by hfwasm; use AWS_CREDENTIAL_FILE or the standard AWS credential chain (environment, profile, instance role) instead"
-                    ),
-                });
-            }
-            other => {
-                return Err(ConfigError {
-                    file: f.to_path_buf(),
-                    setting: Some(other.to_string()),
-                    message: format!(
-                        "unknown key `{other}` (IBM awsprov_config keys: AWS_REGION, AWS_ENDPOINT_URL, AWS_CREDENTIAL_FILE, AWS_PROXY_HOST, AWS_PROXY_PORT, AWS_CONNECTION_TIMEOUT_MS, AWS_REQUEST_RETRY_ATTEMPTS, AWS_DESCRIBE_REQUEST_RETRY_ATTEMPTS, AWS_DESCRIBE_REQUEST_INTERVAL, AWS_INSTANCE_PENDING_TIMEOUT_SEC, INSTANCE_CREATION_TIMEOUT, AWS_SPOT_TERMINATE_ON_RECLAIM, ACCEPT_PROPAGATED_LOG_SETTING, LogLevel, AWS_KEY_FILE)"
-                    ),
-                });
-            }
+            Ok(())
+        })();
+        if let Err(e) = r {
+            errors.push(e);
         }
     }
-    s.region = region.ok_or_else(|| ConfigError {
-        file: f.to_path_buf(),
-        setting: Some("AWS_REGION".into()),
-        message: "`AWS_REGION` is required".into(),
-    })?;
+    if region.is_none() && !errors.iter().any(|e| e.setting.as_deref() == Some("AWS_REGION")) {
+        errors.push(ConfigError {
+            file: f.to_path_buf(),
+            setting: Some("AWS_REGION".into()),
+            message: "`AWS_REGION` is required".into(),
+        });
+    }
+    s.region = region.unwrap_or_default();
     match (proxy_host, proxy_port) {
         (Some(h), Some(p)) => {
             s.proxy = Some(if h.contains("://") {
@@ -209,14 +277,27 @@ pub fn from_values(
                 format!("http://{h}:{p}")
             })
         }
-        (None, None) => {}
-        _ => {
-            return Err(ConfigError {
-                file: f.to_path_buf(),
-                setting: Some("AWS_PROXY_HOST".into()),
-                message: "`AWS_PROXY_HOST` and `AWS_PROXY_PORT` go together".into(),
-            });
+        // A host with its port written in it (`http://proxy:3128`).
+        (Some(h), None) if h.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) => {
+            s.proxy = Some(if h.contains("://") { h } else { format!("http://{h}") })
         }
+        (Some(_), None) => errors.push(ConfigError {
+            file: f.to_path_buf(),
+            setting: Some("AWS_PROXY_PORT".into()),
+            message: "`AWS_PROXY_HOST` is set but `AWS_PROXY_PORT` is not; write the proxy's port (or leave `AWS_PROXY_HOST` empty for no proxy)".into(),
+        }),
+        // IBM's example: `"AWS_PROXY_HOST": ""` with `"AWS_PROXY_PORT": 80` means no proxy.
+        (None, _) => {}
+    }
+    if s.credential_script.is_some() {
+        s.credential_renew_margin = Duration::from_secs(renew_margin.unwrap_or(DEFAULT_CREDENTIAL_RENEW_MARGIN_SECS));
+        if s.credential_file.is_some() {
+            tracing::warn!(file = %f.display(), "both AWS_CREDENTIAL_FILE and AWS_CREDENTIAL_SCRIPT are set; AWS_CREDENTIAL_SCRIPT is used (as IBM's plugin does)");
+            s.credential_file = None;
+        }
+    }
+    if let Some(first) = joined(errors) {
+        return Err(first);
     }
 
     let templates = t.get("templates").cloned().ok_or_else(|| ConfigError {
@@ -224,43 +305,32 @@ pub fn from_values(
         setting: Some("templates".into()),
         message: "expected {\"templates\": [...]}".into(),
     })?;
-    if !templates.is_array() {
+    let Value::Array(list) = templates else {
         return Err(ConfigError {
             file: templates_file.to_path_buf(),
             setting: Some("templates".into()),
             message: "`templates` must be an array".into(),
         });
-    }
-    // Guests cannot read files: the host reads each `userDataScript` for the guest.
-    let mut templates = templates;
-    if let Some(list) = templates.as_array_mut() {
-        for tpl in list.iter_mut() {
-            let Some(obj) = tpl.as_object_mut() else { continue };
-            if let Some(script) = obj.get("userDataScript").and_then(Value::as_str) {
-                let p = PathBuf::from(script);
-                let p = if p.is_absolute() {
-                    p
-                } else {
-                    templates_file.parent().unwrap_or(Path::new(".")).join(p)
-                };
-                let content = std::fs::read_to_string(&p).map_err(|e| ConfigError {
-                    file: templates_file.to_path_buf(),
-                    setting: Some("userDataScript".into()),
-                    message: format!(
-                        "template {}: cannot read userDataScript {}: {e}",
-                        obj.get("templateId").unwrap_or(&Value::Null),
-                        p.display()
-                    ),
-                })?;
-                obj.insert("userDataContent".into(), Value::String(content));
-            }
+    };
+    let mut problems = Vec::new();
+    let mut good: Vec<Value> = Vec::with_capacity(list.len());
+    for (i, mut tpl) in list.into_iter().enumerate() {
+        match check_template(i, &mut tpl, &good, templates_file) {
+            Ok(()) => good.push(tpl),
+            Err(e) => problems.push(e),
         }
     }
-    let list = templates.as_array().map(Vec::as_slice).unwrap_or_default();
+    if good.is_empty() && !problems.is_empty() {
+        return Err(joined(problems).unwrap_or_else(|| ConfigError {
+            file: templates_file.to_path_buf(),
+            setting: Some("templates".into()),
+            message: "no usable template".into(),
+        }));
+    }
     // The grant: exactly the instance types the templates name, and their largest maxNumber.
     let mut types: Vec<String> = Vec::new();
     let mut max = 1u32;
-    for tpl in list {
+    for tpl in &good {
         if let Some(t) = tpl.get("vmType").and_then(Value::as_str) {
             types.extend(t.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()));
         }
@@ -288,9 +358,98 @@ pub fn from_values(
         pending_timeout_secs,
         creation_timeout_secs,
         spot_terminate_on_reclaim,
-        templates,
+        templates: Value::Array(good),
         log_level,
+        problems,
     })
+}
+
+/// IBM's default `AWS_CREDENTIAL_RENEW_MARGIN`: credentials from `AWS_CREDENTIAL_SCRIPT`
+/// are renewed once they are this old (29.5 minutes, inside STS's 30-minute minimum).
+pub const DEFAULT_CREDENTIAL_RENEW_MARGIN_SECS: u64 = 1770;
+
+/// One error standing for several: the first's file and setting, every message on its own
+/// line; None for none.
+pub(super) fn joined(mut errors: Vec<ConfigError>) -> Option<ConfigError> {
+    match errors.len() {
+        0 => None,
+        1 => errors.pop(),
+        n => {
+            let message = errors
+                .iter()
+                .map(|e| match &e.setting {
+                    Some(s) if !e.message.contains(&format!("`{s}`")) => format!("{s}: {}", e.message),
+                    _ => e.message.clone(),
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            let first = errors.swap_remove(0);
+            Some(ConfigError {
+                file: first.file,
+                setting: first.setting,
+                message: format!("{n} problems:\n{message}"),
+            })
+        }
+    }
+}
+
+/// What the host checks of template `i` before the guest sees it: an object with a
+/// `templateId` of its own, a whole-number `maxNumber`, and only keys the AWS guest reads
+/// (a misspelt one gets the nearest known key). Reads `userDataScript` for the guest, which
+/// cannot read files. The guest checks the values of the rest.
+fn check_template(i: usize, tpl: &mut Value, earlier: &[Value], file: &Path) -> Result<(), ConfigError> {
+    let err = |setting: String, message: String| ConfigError {
+        file: file.to_path_buf(),
+        setting: Some(setting),
+        message,
+    };
+    let at = format!("templates[{i}]");
+    let Some(obj) = tpl.as_object_mut() else {
+        return Err(err(at, format!("a template must be a JSON object, found {tpl}")));
+    };
+    let id = match obj.get("templateId") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
+        Some(other) => return Err(err(format!("{at}.templateId"), format!("`templateId` must be a non-empty string, found {other}"))),
+        None => return Err(err(format!("{at}.templateId"), "`templateId` is required".into())),
+    };
+    let at = format!("{at} ('{id}')");
+    let setting = |k: &str| format!("templates[{i}].{k}");
+    if earlier.iter().any(|e| e.get("templateId").and_then(Value::as_str).map(str::trim) == Some(id.as_str())) {
+        return Err(err(setting("templateId"), format!("{at}: template id `{id}` is defined twice; the first is used")));
+    }
+    match obj.get("maxNumber") {
+        None => return Err(err(setting("maxNumber"), format!("{at}: `maxNumber` is required (-1 for unlimited)"))),
+        Some(Value::Number(n)) if n.as_i64().is_some_and(|n| (-1..=100_000).contains(&n)) => {}
+        Some(Value::String(s)) if s.trim().parse::<i64>().is_ok() => {
+            return Err(err(
+                setting("maxNumber"),
+                format!("{at}: `maxNumber` got the string \"{s}\"; write {} (a number, without quotes)", s.trim()),
+            ));
+        }
+        Some(other) => {
+            return Err(err(
+                setting("maxNumber"),
+                format!("{at}: `maxNumber` must be a whole number from -1 (unlimited) to 100000, found {other}"),
+            ));
+        }
+    }
+    if let Some(k) = obj.keys().find(|k| !template_keys::KEYS.contains(&k.as_str())) {
+        return Err(err(
+            setting(k),
+            format!("{at}: `{k}` is not a template key{}", template_keys::nearest(k)),
+        ));
+    }
+    // Guests cannot read files: the host reads `userDataScript` for the guest.
+    if let Some(script) = obj.get("userDataScript").filter(|v| !unset(v)) {
+        let Some(script) = script.as_str() else {
+            return Err(err(setting("userDataScript"), format!("{at}: `userDataScript` must be a file path")));
+        };
+        let p = relative_to(file, script);
+        let content = std::fs::read_to_string(&p)
+            .map_err(|e| err(setting("userDataScript"), format!("{at}: cannot read userDataScript {}: {e}", p.display())))?;
+        obj.insert("userDataContent".into(), Value::String(content));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -332,11 +491,11 @@ mod tests {
     #[test]
     fn bad_and_unknown_keys_are_named() {
         for (cfg, needle) in [
-            (r#"{"AWS_REGION": "x", "AWS_REGIN": "y"}"#, "unknown key `AWS_REGIN`"),
+            (r#"{"AWS_REGION": "x", "AWS_REGIN": "y"}"#, "unknown key `AWS_REGIN` (did you mean `AWS_REGION`?)"),
+            (r#"{"AWS_REGION": "x", "aws_tag_instanceid": true}"#, "did you mean `AWS_TAG_InstanceID`?"),
             (r#"{}"#, "`AWS_REGION` is required"),
             (r#"{"AWS_REGION": "x", "AWS_INSTANCE_PENDING_TIMEOUT_SEC": 5}"#, "180..=10000"),
-            (r#"{"AWS_REGION": "x", "AWS_CREDENTIAL_SCRIPT": "/bin/creds"}"#, "not supported"),
-            (r#"{"AWS_REGION": "x", "AWS_PROXY_HOST": "p"}"#, "go together"),
+            (r#"{"AWS_REGION": "x", "AWS_PROXY_HOST": "p"}"#, "`AWS_PROXY_PORT` is not"),
         ] {
             let (_d, c, t) = files(cfg, r#"{"templates": []}"#);
             let e = load(&c, &t, |_| None).expect_err(cfg);
@@ -345,6 +504,73 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn every_problem_of_the_config_file_is_reported_at_once() {
+        let (_d, c, t) = files(
+            r#"{"AWS_REGON": "x", "AWS_PROXY_PORT": "eighty", "AWS_INSTANCE_PENDING_TIMEOUT_SEC": 5}"#,
+            r#"{"templates": []}"#,
+        );
+        let e = load(&c, &t, |_| None).expect_err("three problems");
+        for needle in ["4 problems", "AWS_REGON", "AWS_PROXY_PORT", "AWS_INSTANCE_PENDING_TIMEOUT_SEC", "`AWS_REGION` is required"] {
+            assert!(e.message.contains(needle), "{needle}: {e}");
+        }
+    }
+
+    #[test]
+    fn empty_strings_are_unset_and_new_keys_take_effect() {
+        // IBM's documented example: an empty proxy host with port 80 is no proxy.
+        let (_d, c, t) = files(
+            r#"{"AWS_REGION": "us-east-1", "AWS_PROXY_HOST": "", "AWS_PROXY_PORT": 80, "AWS_CREDENTIAL_FILE": "", "AWS_KEY_FILE": "",
+                "AWS_CREDENTIAL_RENEW_MARGIN": "", "AWS_ENDPOINT_URL": "", "TAG_INSTANCEID": true}"#,
+            r#"{"templates": []}"#,
+        );
+        let ibm = load(&c, &t, |_| None).expect("loads");
+        assert_eq!((ibm.settings.proxy, ibm.settings.credential_file, ibm.settings.endpoint_url), (None, None, None));
+        assert!(ibm.settings.tag_instance_id);
+        let (d, c, t) = files(
+            r#"{"AWS_REGION": "us-east-1", "AWS_CREDENTIAL_SCRIPT": "creds.sh", "AWS_CREDENTIAL_RENEW_MARGIN": "600", "AWS_CREDENTIAL_FILE": "credentials",
+                "AWS_PROXY_HOST": "http://proxy:3128", "AWS_TAG_InstanceID": "false"}"#,
+            r#"{"templates": []}"#,
+        );
+        let ibm = load(&c, &t, |_| None).expect("loads");
+        assert_eq!(ibm.settings.credential_script, Some(d.path().join("creds.sh")));
+        assert_eq!(ibm.settings.credential_renew_margin, Duration::from_secs(600));
+        assert_eq!(ibm.settings.credential_file, None, "the script wins, as in IBM's plugin");
+        assert_eq!(ibm.settings.proxy.as_deref(), Some("http://proxy:3128"));
+        assert!(!ibm.settings.tag_instance_id);
+    }
+
+    #[test]
+    fn a_bad_template_is_left_out_named_and_the_others_stay() {
+        let (_d, c, t) = files(
+            r#"{"AWS_REGION": "us-east-1"}"#,
+            r#"{"templates": [
+                {"templateId": "good", "maxNumber": 2, "vmType": "t3.micro"},
+                {"templateId": "quoted", "maxNumber": "10", "vmType": "t3.micro"},
+                {"templateId": "typo", "maxNumber": 1, "vmTyp": "t3.micro"},
+                {"templateId": "good", "maxNumber": 1, "vmType": "m5.large"},
+                "not an object"
+            ]}"#,
+        );
+        let ibm = load(&c, &t, |_| None).expect("loads with the good one");
+        let ids: Vec<&str> = ibm.templates.as_array().expect("list").iter().filter_map(|t| t["templateId"].as_str()).collect();
+        assert_eq!(ids, ["good"]);
+        assert_eq!(ibm.grant.instance_types, ["t3.micro"], "left-out templates grant nothing");
+        let found: Vec<(Option<&str>, &str)> = ibm.problems.iter().map(|p| (p.setting.as_deref(), p.message.as_str())).collect();
+        assert_eq!(found.len(), 4, "{found:?}");
+        assert_eq!(found[0].0, Some("templates[1].maxNumber"));
+        assert!(found[0].1.contains("got the string \"10\"; write 10"), "{}", found[0].1);
+        assert_eq!(found[1].0, Some("templates[2].vmTyp"));
+        assert!(found[1].1.contains("did you mean `vmType`?"), "{}", found[1].1);
+        assert!(found[2].1.contains("defined twice"), "{}", found[2].1);
+        assert_eq!(found[3].0, Some("templates[4]"));
+        assert!(ibm.problems.iter().all(|p| p.file == t));
+        // Nothing usable: the call fails, naming each problem.
+        let (_d, c, t) = files(r#"{"AWS_REGION": "us-east-1"}"#, r#"{"templates": [{"templateId": "x", "maxNumber": "3"}]}"#);
+        let e = load(&c, &t, |_| None).expect_err("nothing usable");
+        assert_eq!(e.setting.as_deref(), Some("templates[0].maxNumber"));
     }
 }
 
@@ -361,5 +587,25 @@ mod sample_tests {
         assert_eq!(ibm.creation_timeout_secs, 600);
         assert_eq!(ibm.grant.instance_types, ["c5.2xlarge", "c5.4xlarge", "m5.2xlarge", "m5.xlarge"]);
         assert_eq!(ibm.templates.as_array().map(Vec::len), Some(3));
+        assert!(ibm.problems.is_empty(), "{:?}", ibm.problems);
+    }
+
+    /// IBM's own files (tests/data/ibm, unedited) load as they are, every template kept.
+    #[test]
+    fn ibm_open_source_and_documented_samples_load_as_they_are() {
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/ibm");
+        for dir in ["aws", "awsv2"] {
+            let d = data.join(dir);
+            let ibm = load(&d.join("awsprov_config.json"), &d.join("awsprov_templates.json"), |_| None).expect(dir);
+            assert_eq!(ibm.settings.region, "us-west-2");
+            assert_eq!(ibm.settings.credential_file.as_deref(), Some(Path::new("/home/aws/credentials")));
+            assert_eq!(ibm.log_level.as_deref(), Some("info"));
+            assert_eq!(ibm.templates.as_array().map(Vec::len), Some(2), "{dir}");
+            assert!(ibm.problems.is_empty(), "{dir}: {:?}", ibm.problems);
+        }
+        let doc = data.join("symphony-doc/awsinstprov_config.json");
+        let ibm = load(&doc, &data.join("aws/awsprov_templates.json"), |_| None).expect("IBM's documented config");
+        assert_eq!(ibm.settings.proxy, None, "an empty AWS_PROXY_HOST is no proxy");
+        assert_eq!(ibm.settings.connect_timeout, Duration::from_millis(10_000));
     }
 }

@@ -21,7 +21,7 @@ use crate::store::StoreSpec;
 /// Config file names hfwasm looks for in the conf dir (at most one may exist): its own
 /// JSON, or the same keys in YAML, including the seed's `config.yml`. `CONFIG_PATH` (the
 /// seed's HostProvider parameter) names one anywhere instead.
-pub const CONFIG_FILES: [&str; 4] = ["hfwasm.json", "hfwasm.yaml", "hfwasm.yml", "config.yml"];
+pub const CONFIG_FILES: [&str; 5] = ["hfwasm.json", "hfwasm.yaml", "hfwasm.yml", "config.yml", "config.json"];
 pub const CONFIG_FILE: &str = "hfwasm.json";
 
 /// Name of the built-in on-prem pool guest.
@@ -320,6 +320,9 @@ pub struct Config {
     /// Calls and policy decisions (placement, template offers) kept for `hfwasm replay`
     /// (`recording.keep` of each kind), when recording.
     pub recording: Option<usize>,
+    /// Problems that leave something out rather than stop the call (a bad template among
+    /// good ones): logged on every call, listed by `hfwasm config check`.
+    pub problems: Vec<ConfigError>,
 }
 
 /// One of several providers behind one provider instance.
@@ -374,6 +377,9 @@ impl Config {
                 config_file,
                 templates_file,
             });
+        }
+        if !from_file && raw.aws.is_none() && raw.inline_aws.is_none() && !conf_dir.join("inventory.txt").exists() {
+            unread_files(conf_dir, instance)?;
         }
         if let Some(v) = raw.version.as_deref()
             && !v.starts_with("2.")
@@ -469,7 +475,14 @@ impl Config {
                 apply_seed_aws(&one.kind, ec2, &mut config.provider.ec2_grant);
             }
         } else if seed.len() > 1 {
-            config.members = seed_members(&config, &seed, conf_dir, instance, &file)?;
+            let (members, problems) = seed_members(&config, &seed, conf_dir, instance, &file)?;
+            config.members = members;
+            config.problems.extend(problems);
+            for m in &mut config.members {
+                if let Some(ec2) = &mut m.ec2 {
+                    ec2.credential_cache_dir = Some(work_dir.to_path_buf());
+                }
+            }
             let mut placement = config.placement.take().unwrap_or_else(default_placement);
             if let (Some(sp), Some(obj)) = (selection_policy, placement.settings.as_object_mut()) {
                 obj.entry("selection_policy").or_insert(serde_json::Value::String(sp));
@@ -696,7 +709,12 @@ impl Config {
             retention: storage.retention,
             log_level,
             log,
-            ec2: aws.as_ref().map(|a| a.settings.clone()),
+            ec2: aws.as_ref().map(|a| {
+                let mut s = a.settings.clone();
+                s.credential_cache_dir = Some(work_dir.to_path_buf());
+                s
+            }),
+            problems: aws.as_ref().map(|a| a.problems.clone()).unwrap_or_default(),
             aws_files: aws.map(|a| (a.config_file, a.templates_file)),
             members: Vec::new(),
             placement,
@@ -861,6 +879,45 @@ fn find_file(conf_dir: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Op
             message: format!("{} is also there; keep one config file", second.display()),
         }),
     }
+}
+
+/// With nothing hfwasm reads in `conf_dir` (no config file, no IBM AWS files, no
+/// inventory), the embedded defaults would serve the on-prem pool and fail on a missing
+/// `inventory.txt`. When the directory holds config files of another name, say which and
+/// what hfwasm reads instead, rather than fall through to that error.
+fn unread_files(conf_dir: &Path, instance: &str) -> Result<(), ConfigError> {
+    let Ok(entries) = std::fs::read_dir(conf_dir) else {
+        return Ok(());
+    };
+    let mut found: Vec<String> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| [".json", ".yml", ".yaml"].iter().any(|x| n.ends_with(x)))
+        .collect();
+    if found.is_empty() {
+        return Ok(());
+    }
+    found.sort();
+    // IBM files of another instance name are the likeliest slip.
+    let other = found.iter().find_map(|n| n.strip_suffix("prov_config.json")).map(str::to_string);
+    let azure = found.iter().any(|n| {
+        n.ends_with("prov_config.json") && std::fs::read_to_string(conf_dir.join(n)).is_ok_and(|t| t.contains("AZURE_"))
+    });
+    let hint = match other {
+        Some(_) if azure => "these are IBM's Azure plugin files; hfwasm has no Azure provider yet (its built-in providers are AWS and the on-prem pool)".to_string(),
+        Some(other) => format!(
+            "IBM's files here are named for provider instance `{other}` but this is `{instance}` (HF_PROVIDER_NAME): rename them to {instance}prov_config.json and {instance}prov_templates.json, or set HF_PROVIDER_NAME={other}"
+        ),
+        None => format!(
+            "hfwasm reads {}, or IBM's {instance}prov_config.json with {instance}prov_templates.json (LSF: awsprov_*), or inventory.txt for the on-prem pool",
+            CONFIG_FILES.join(", ")
+        ),
+    };
+    Err(ConfigError {
+        file: conf_dir.to_path_buf(),
+        setting: None,
+        message: format!("nothing here configures hfwasm: found {}; {hint}", found.join(", ")),
+    })
 }
 
 /// Parses `file` as YAML (`.yml`, `.yaml`) or JSON, naming the key of any error.
@@ -1046,13 +1103,14 @@ fn seed_members(
     conf_dir: &Path,
     instance: &str,
     file: &Path,
-) -> Result<Vec<MemberSpec>, ConfigError> {
+) -> Result<(Vec<MemberSpec>, Vec<ConfigError>), ConfigError> {
     let mut base = config.settings.clone();
     if let Some(obj) = base.as_object_mut() {
         obj.remove("templates");
         obj.remove("spot_terminate_on_reclaim");
     }
     let mut members = Vec::new();
+    let mut problems = Vec::new();
     for p in seed {
         let (guest, settings, ec2, aws_files) = match &p.kind {
             seed::SeedKind::Aws { files, .. } => {
@@ -1061,6 +1119,7 @@ fn seed_members(
                 let mut grant = a.grant.clone();
                 let mut ec2 = a.settings.clone();
                 apply_seed_aws(&p.kind, &mut ec2, &mut grant);
+                problems.extend(a.problems.iter().cloned());
                 let mut settings = base.clone();
                 if let Some(obj) = settings.as_object_mut() {
                     obj.insert("templates".into(), a.templates.clone());
@@ -1111,7 +1170,7 @@ fn seed_members(
             aws_files,
         });
     }
-    Ok(members)
+    Ok((members, problems))
 }
 
 #[cfg(test)]

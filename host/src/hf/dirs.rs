@@ -76,11 +76,14 @@ impl ProviderDirs {
             .or_else(|| get("HF_PROVIDER_LOGDIR").map(PathBuf::from))
             .or_else(|| get("PRO_LSF_LOGDIR").map(PathBuf::from))
             .or_else(|| get("HF_LOGDIR").map(PathBuf::from));
+        // Absolute from here on: a relative `--confdir conf` (as in `--help`) must not be
+        // joined onto itself when a file found in it is resolved again (`conf/conf/...`).
+        let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
         Ok(Self {
             name,
-            conf_dir,
-            work_dir,
-            log_dir,
+            conf_dir: absolute(conf_dir),
+            work_dir: absolute(work_dir),
+            log_dir: log_dir.map(absolute),
         })
     }
 }
@@ -143,6 +146,20 @@ mod tests {
         assert_eq!(d.conf_dir, Path::new("/hf/conf/providers/pool"));
         assert_eq!(d.work_dir, Path::new("/hf/work/providers/pool"));
         assert!(d.log_dir.is_none());
+    }
+
+    #[test]
+    fn relative_directories_become_absolute() {
+        let over = DirOverrides {
+            conf_dir: Some(PathBuf::from("conf")),
+            work_dir: Some(PathBuf::from("./work")),
+            log_dir: Some(PathBuf::from("log")),
+        };
+        let d = ProviderDirs::resolve(env(&[]), &over).expect("resolves");
+        let cwd = std::env::current_dir().expect("cwd");
+        assert_eq!(d.conf_dir, cwd.join("conf"));
+        assert_eq!(d.work_dir, cwd.join("work"));
+        assert_eq!(d.log_dir, Some(cwd.join("log")));
     }
 
     #[test]

@@ -104,6 +104,14 @@ pub struct Offers {
 }
 
 impl Report {
+    /// Whether something was replayed and the candidate failed every decision and offer:
+    /// the run tells nothing about the policy, so `hfwasm replay` exits non-zero.
+    pub fn all_failed(&self) -> bool {
+        let (offers, offers_failed) = self.offers.as_ref().map_or((0, 0), |o| (o.decisions, o.failed));
+        let total = self.decisions + offers;
+        total > 0 && self.failed + offers_failed == total
+    }
+
     /// A report of nothing replayed yet, for candidate `candidate`.
     pub fn empty(instance: &str, candidate: &str, from: Option<u64>, to: Option<u64>) -> Self {
         Report {

@@ -68,7 +68,13 @@ impl PrecompiledCache {
     }
 
     fn store(&self, path: &Path, bytes: &[u8]) -> wasmtime::Result<()> {
-        let err = |what: &str, e: std::io::Error| wasmtime::Error::msg(format!("precompiled cache {}: {what}: {e}", self.dir.display()));
+        let err = |what: &str, e: std::io::Error| {
+            wasmtime::Error::msg(format!(
+                "precompiled cache {}: {what}: {e}{} (or point HFWASM_CACHE_DIR at a directory this user owns)",
+                self.dir.display(),
+                crate::ownership::hint_for(&e, &self.dir)
+            ))
+        };
         std::fs::create_dir_all(&self.dir).map_err(|e| err("cannot create", e))?;
         let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
         std::fs::write(&tmp, bytes).map_err(|e| err("cannot write", e))?;

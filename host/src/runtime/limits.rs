@@ -57,6 +57,10 @@ pub const ANSWER: LimitSpec = LimitSpec {
     doc: "text one answer carries across the boundary (ids, names, messages, attributes); a larger answer aborts the call",
 };
 
+/// How long the host waits for a site's `AWS_CREDENTIAL_SCRIPT` before the call fails
+/// (`PROVIDER_UNAVAILABLE`, naming the script): a hung script must not hang HostFactory.
+pub const CREDENTIAL_SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Tables and instances.
 pub const INSTANCES: LimitSpec = LimitSpec {
     key: "max_instances",

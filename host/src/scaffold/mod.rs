@@ -144,11 +144,29 @@ fn language_of(dir: &Path) -> Result<&'static str, String> {
 
 /// Runs `cmd` (its output to stderr); `what` names it in errors, `hint` says how to get it.
 fn run(mut cmd: Command, what: &str, hint: &str) -> Result<(), String> {
-    let status = cmd
+    // Progress on stderr: componentize-py and componentize-js work silently for 10-30 s.
+    eprintln!("guest build: running {what}...");
+    let t0 = std::time::Instant::now();
+    let mut child = cmd
         .stdout(std::process::Stdio::from(std::io::stderr()))
-        .status()
+        .spawn()
         .map_err(|e| format!("cannot run {what}: {e} ({hint})"))?;
+    let mut next = 5;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                if t0.elapsed().as_secs() >= next {
+                    eprintln!("guest build: {what} still running ({next} s)");
+                    next += 5;
+                }
+            }
+            Err(e) => return Err(format!("waiting for {what}: {e}")),
+        }
+    };
     if status.success() {
+        eprintln!("guest build: {what} done in {:.1} s", t0.elapsed().as_secs_f64());
         Ok(())
     } else {
         Err(format!("{what} failed ({status}); its messages are above"))

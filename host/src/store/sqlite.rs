@@ -105,14 +105,22 @@ impl SqliteStore {
     /// Opens the database at `path` with the given durability.
     pub fn open_with(path: &Path, sync: Synchronous) -> Result<Self, StoreError> {
         let location = path.display().to_string();
-        let err = |e: rusqlite::Error| StoreError::Backend {
-            location: location.clone(),
-            message: e.to_string(),
+        let err = |e: rusqlite::Error| {
+            // SQLite says "unable to open database file" or "attempt to write a readonly
+            // database" without saying why; the file system can.
+            let denied = matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::PermissionDenied)
+            );
+            StoreError::Backend {
+                location: location.clone(),
+                message: format!("{e}{}", if denied { crate::ownership::hint(path) } else { String::new() }),
+            }
         };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend {
                 location: location.clone(),
-                message: format!("cannot create directory {}: {e}", dir.display()),
+                message: format!("cannot create directory {}: {e}{}", dir.display(), crate::ownership::hint_for(&e, dir)),
             })?;
         }
         let conn = Connection::open(path).map_err(err)?;

@@ -37,6 +37,16 @@ pub struct Ec2Settings {
     pub describe_retry_attempts: u32,
     /// `AWS_DESCRIBE_REQUEST_INTERVAL`: first pause between describe retries.
     pub describe_interval: Duration,
+    /// `AWS_CREDENTIAL_SCRIPT`: a site program printing temporary credentials, run by the
+    /// host (never a guest) when the cached ones are older than `credential_renew_margin`.
+    pub credential_script: Option<PathBuf>,
+    /// `AWS_CREDENTIAL_RENEW_MARGIN`: age at which the script's credentials are renewed.
+    pub credential_renew_margin: Duration,
+    /// Directory holding the script's cached output (the work dir, mode 0600 files).
+    pub credential_cache_dir: Option<PathBuf>,
+    /// `AWS_TAG_InstanceID` / `TAG_INSTANCEID`: tag each instance and its volumes with
+    /// `InstanceID` = its id once it runs.
+    pub tag_instance_id: bool,
 }
 
 impl Default for Ec2Settings {
@@ -51,6 +61,10 @@ impl Default for Ec2Settings {
             retry_attempts: 0,
             describe_retry_attempts: 0,
             describe_interval: Duration::from_millis(0),
+            credential_script: None,
+            credential_renew_margin: Duration::from_secs(1770),
+            credential_cache_dir: None,
+            tag_instance_id: false,
         }
     }
 }
@@ -60,7 +74,47 @@ impl Default for Ec2Settings {
 /// `aws_session_token`). Read here rather than by the SDK's profile provider, which would
 /// also set up instance-metadata lookups the file does not ask for.
 fn credentials_file(file: &std::path::Path, profile: Option<&str>) -> Result<aws_credential_types::Credentials, String> {
-    let text = std::fs::read_to_string(file).map_err(|e| format!("AWS_CREDENTIAL_FILE {}: {e}", file.display()))?;
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        format!(
+            "AWS_CREDENTIAL_FILE {}: {e}{}",
+            file.display(),
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                format!(" (hfwasm runs as {}; make the file readable by that user)", whoami())
+            } else {
+                String::new()
+            }
+        )
+    })?;
+    credentials_text(&text, profile, &format!("AWS_CREDENTIAL_FILE {}", file.display()))
+}
+
+/// The user this process runs as, for messages about files it cannot read or write.
+pub fn whoami() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "this process's user".into())
+}
+
+/// Credentials from `text` in the shared-credentials format (`[profile]` sections), or as
+/// JSON the way `credential_process` programs and `aws sts` print them
+/// (`{"AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration"}`, optionally under
+/// `"Credentials"`). `source` names where the text came from in errors.
+fn credentials_text(text: &str, profile: Option<&str>, source: &str) -> Result<aws_credential_types::Credentials, String> {
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(text.trim()) {
+        let c = v.get("Credentials").unwrap_or(&v);
+        let field = |k: &str| c.get(k).and_then(serde_json::Value::as_str).map(str::to_string);
+        return match (field("AccessKeyId"), field("SecretAccessKey")) {
+            (Some(id), Some(secret)) => {
+                let expiry = field("Expiration").and_then(|e| {
+                    aws_smithy_types::DateTime::from_str(&e, aws_smithy_types::date_time::Format::DateTime)
+                        .ok()
+                        .and_then(|d| std::time::SystemTime::try_from(d).ok())
+                });
+                Ok(aws_credential_types::Credentials::new(id, secret, field("SessionToken"), expiry, "hfwasm"))
+            }
+            _ => Err(format!("{source}: JSON without AccessKeyId and SecretAccessKey")),
+        };
+    }
     let profile = profile
         .map(str::to_string)
         .unwrap_or_else(|| std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into()));
@@ -88,18 +142,90 @@ fn credentials_file(file: &std::path::Path, profile: Option<&str>) -> Result<aws
         }
     }
     match (id, secret) {
-        (Some(id), Some(secret)) => Ok(aws_credential_types::Credentials::new(
-            id,
-            secret,
-            token,
-            None,
-            "AWS_CREDENTIAL_FILE",
-        )),
+        (Some(id), Some(secret)) => Ok(aws_credential_types::Credentials::new(id, secret, token, None, "hfwasm")),
         _ => Err(format!(
-            "AWS_CREDENTIAL_FILE {}: profile [{profile}] needs aws_access_key_id and aws_secret_access_key",
-            file.display()
+            "{source}: profile [{profile}] needs aws_access_key_id and aws_secret_access_key"
         )),
     }
+}
+
+/// Credentials from IBM's `AWS_CREDENTIAL_SCRIPT`: the script's last output, cached in a
+/// 0600 file of the work dir, or the script run again once that output is
+/// `renew_margin` old or its credentials expire within five minutes. Several processes
+/// may renew at once; each writes a file of its own and renames it into place, so a reader
+/// never sees half a file. The script runs with no input, under
+/// [`limits::CREDENTIAL_SCRIPT_TIMEOUT`](crate::runtime::limits::CREDENTIAL_SCRIPT_TIMEOUT).
+fn credentials_script(s: &Ec2Settings, script: &std::path::Path) -> Result<aws_credential_types::Credentials, String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = s.credential_cache_dir.clone().unwrap_or_else(std::env::temp_dir);
+    // One cache per script, so two providers with their own scripts never share one.
+    let digest = crate::policy::placement::draw(&script.display().to_string());
+    let cache = dir.join(format!(".hfwasm-aws-credentials-{digest:016x}"));
+    let source = format!("AWS_CREDENTIAL_SCRIPT {}", script.display());
+    let fresh = |text: &str| -> Option<aws_credential_types::Credentials> {
+        let creds = credentials_text(text, Some("default"), &source).ok()?;
+        let soon = std::time::SystemTime::now() + Duration::from_secs(300);
+        creds.expiry().is_none_or(|e| e > soon).then_some(creds)
+    };
+    if let Ok(meta) = std::fs::metadata(&cache)
+        && meta.modified().ok().and_then(|m| m.elapsed().ok()).is_some_and(|age| age < s.credential_renew_margin)
+        && let Ok(text) = std::fs::read_to_string(&cache)
+        && let Some(c) = fresh(&text)
+    {
+        return Ok(c);
+    }
+    tracing::info!(script = %script.display(), "renewing AWS credentials from AWS_CREDENTIAL_SCRIPT");
+    let mut child = std::process::Command::new(script)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{source}: cannot run it: {e} (it must be an executable file, runnable by {})", whoami()))?;
+    let deadline = std::time::Instant::now() + crate::runtime::limits::CREDENTIAL_SCRIPT_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{source}: no answer within {} s; it was stopped",
+                    crate::runtime::limits::CREDENTIAL_SCRIPT_TIMEOUT.as_secs()
+                ));
+            }
+            Err(e) => return Err(format!("{source}: {e}")),
+        }
+    };
+    let mut out = String::new();
+    let mut err = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        let _ = std::io::Read::read_to_string(&mut o, &mut out);
+    }
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    if !status.success() {
+        let first = err.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+        tracing::debug!(script = %script.display(), stderr = %err, "credential script failed");
+        return Err(format!("{source}: exited with {status}{}", if first.is_empty() { String::new() } else { format!(": {first}") }));
+    }
+    let creds = credentials_text(&out, Some("default"), &source)?;
+    let tmp = dir.join(format!(".hfwasm-aws-credentials-{digest:016x}.{}.{}", std::process::id(), uuid::Uuid::new_v4().simple()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(out.as_bytes()))
+        .and_then(|()| std::fs::rename(&tmp, &cache));
+    if let Err(e) = written {
+        // The credentials are good; only the cache failed (the next call runs the script again).
+        let _ = std::fs::remove_file(&tmp);
+        tracing::warn!(cache = %cache.display(), error = %e, "cannot cache the credential script's output");
+    }
+    Ok(creds)
 }
 
 /// Where Linux distributions keep the CA bundle (`SSL_CERT_FILE` wins).
@@ -133,6 +259,17 @@ pub struct Ec2Client {
 }
 
 const THROTTLING: [&str; 4] = ["RequestLimitExceeded", "Throttling", "ThrottlingException", "EC2ThrottledException"];
+
+/// AWS fault codes that mean the credentials are wrong, expired or not allowed.
+const CREDENTIAL_FAULTS: [&str; 7] = [
+    "AuthFailure",
+    "UnrecognizedClientException",
+    "InvalidClientTokenId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "RequestExpired",
+    "UnauthorizedOperation",
+];
 
 impl Ec2Client {
     /// A client for `settings`; nothing is built until the first call.
@@ -190,13 +327,18 @@ impl Ec2Client {
             .build();
         // Throttling is retried in `call` with IBM's retry settings; the SDK adds none.
         let retries = aws_config::retry::RetryConfig::standard().with_max_attempts(1);
-        if let Some(file) = &s.credential_file {
+        let given = match (&s.credential_script, &s.credential_file) {
+            (Some(script), _) => Some(credentials_script(&s, script)?),
+            (None, Some(file)) => Some(credentials_file(file, s.profile.as_deref())?),
+            (None, None) => None,
+        };
+        if let Some(creds) = given {
             // Everything is given: build the client directly, without the config loader's
             // profile-file reading and provider chains (measurable on every call).
             let mut b = sdk::Config::builder()
                 .behavior_version(sdk::config::BehaviorVersion::latest())
                 .region(sdk::config::Region::new(s.region.clone()))
-                .credentials_provider(credentials_file(file, s.profile.as_deref())?)
+                .credentials_provider(creds)
                 .http_client(http)
                 .timeout_config(timeouts)
                 .retry_config(retries);
@@ -218,6 +360,63 @@ impl Ec2Client {
         }
         let conf = rt.block_on(loader.load());
         Ok((rt, sdk::Client::new(&conf)))
+    }
+
+    /// Where the credentials came from, as the setting to check.
+    fn credentials_hint(&self) -> String {
+        match (&self.settings.credential_script, &self.settings.credential_file) {
+            (Some(s), _) => format!("check the credentials AWS_CREDENTIAL_SCRIPT {} prints", s.display()),
+            (None, Some(f)) => format!("check the credentials in AWS_CREDENTIAL_FILE {}", f.display()),
+            (None, None) => format!(
+                "check the credentials of the standard AWS chain (environment, profile, instance role) for user {}",
+                whoami()
+            ),
+        }
+    }
+
+    /// One line for a call that got no AWS answer: what failed, where it went and the
+    /// settings that decide that (the SDK's full chain goes to the log).
+    fn no_answer<E: std::error::Error + 'static>(&self, e: &sdk::error::SdkError<E>) -> String {
+        use sdk::error::SdkError;
+        let s = &self.settings;
+        let target = match &s.endpoint_url {
+            Some(u) => format!("AWS_ENDPOINT_URL {u}"),
+            None => format!("EC2 in AWS_REGION {}", s.region),
+        };
+        let via = s.proxy.as_deref().map_or(String::new(), |p| format!(" through AWS_PROXY_HOST/PORT {p}"));
+        let cause = |e: &dyn std::error::Error| {
+            let mut last = e.to_string();
+            let mut src = e.source();
+            while let Some(inner) = src {
+                last = inner.to_string();
+                src = inner.source();
+            }
+            last
+        };
+        match e {
+            SdkError::TimeoutError(_) => format!(
+                "no answer from {target}{via} within AWS_CONNECTION_TIMEOUT_MS {} ms; check the endpoint, the proxy and the network",
+                s.connect_timeout.as_millis()
+            ),
+            SdkError::DispatchFailure(d) if d.is_timeout() => format!(
+                "no connection to {target}{via} within AWS_CONNECTION_TIMEOUT_MS {} ms; check the endpoint, the proxy and the network",
+                s.connect_timeout.as_millis()
+            ),
+            SdkError::DispatchFailure(d) => {
+                let why = d.as_connector_error().map_or_else(|| "connection failed".to_string(), |c| cause(c));
+                format!("cannot reach {target}{via}: {why}; check AWS_ENDPOINT_URL, AWS_REGION, the proxy settings and the network")
+            }
+            SdkError::ConstructionFailure(_) => {
+                let why = std::error::Error::source(e).map_or_else(|| e.to_string(), |c| cause(c));
+                if why.to_ascii_lowercase().contains("credential") {
+                    format!("no AWS credentials: {why}; {}", self.credentials_hint())
+                } else {
+                    format!("cannot build the EC2 request: {why}")
+                }
+            }
+            SdkError::ResponseError(_) => format!("{target} answered with something that is not an EC2 response; check AWS_ENDPOINT_URL"),
+            _ => format!("EC2 call failed: {}", cause(e)),
+        }
     }
 
     fn get(&self) -> Result<&(tokio::runtime::Runtime, sdk::Client), Ec2Error> {
@@ -274,13 +473,23 @@ impl Ec2Client {
                         continue;
                     }
                     let err = match code {
-                        Some(code) => Ec2Error::Aws(AwsFault {
-                            message: e.message().unwrap_or_default().to_string(),
-                            code,
-                        }),
-                        None => Ec2Error::Unavailable(format!("{action}: {}", aws_sdk_ec2::error::DisplayErrorContext(&e))),
+                        Some(code) => {
+                            let mut message = e.message().unwrap_or_default().to_string();
+                            if CREDENTIAL_FAULTS.contains(&code.as_str()) {
+                                message = format!("{message} ({})", self.credentials_hint());
+                            }
+                            Ec2Error::Aws(AwsFault { message, code })
+                        }
+                        None => Ec2Error::Unavailable(self.no_answer(&e)),
                     };
-                    tracing::warn!(service = "ec2", action, attempt, error = ?err, "cloud call failed");
+                    // The whole chain goes to the log; the answer carries one line.
+                    tracing::warn!(
+                        service = "ec2",
+                        action,
+                        attempt,
+                        error = %aws_sdk_ec2::error::DisplayErrorContext(&e),
+                        "cloud call failed"
+                    );
                     return Err(err);
                 }
             }
@@ -352,6 +561,38 @@ fn owner_tag(tags: &[sdk::types::Tag]) -> Option<String> {
 }
 
 /// Whether an AWS fault says the thing asked about does not exist.
+impl Ec2Client {
+    /// IBM's `AWS_TAG_InstanceID`: once an instance runs, tag it and its EBS volumes with
+    /// `InstanceID` = its id (as IBM's plugin does when it sees the instance running). Done
+    /// when a describe first sees it running without the tag, so a crash between launch
+    /// and tagging is repaired by the next describe. A failure is logged, not fatal: the
+    /// tag is for the site's accounting, not for hfwasm.
+    fn tag_instance_id(&self, i: &sdk::types::Instance, inst: &mut Instance) {
+        const KEY: &str = "InstanceID";
+        let running = i.state().and_then(|s| s.name()) == Some(&sdk::types::InstanceStateName::Running);
+        if !running || inst.tags.iter().any(|t| t.key == KEY) {
+            return;
+        }
+        let id = inst.instance_id.clone();
+        let mut resources = vec![id.clone()];
+        resources.extend(
+            i.block_device_mappings()
+                .iter()
+                .filter_map(|m| m.ebs().and_then(|e| e.volume_id()).map(str::to_string)),
+        );
+        let tag = sdk::types::Tag::builder().key(KEY).value(&id).build();
+        match self.call("CreateTags", false, |c| {
+            c.create_tags().set_resources(Some(resources.clone())).tags(tag.clone()).send()
+        }) {
+            Ok(_) => inst.tags.push(Tag {
+                key: KEY.into(),
+                value: id,
+            }),
+            Err(e) => tracing::warn!(instance = %id, error = ?e, "cannot tag the instance with InstanceID"),
+        }
+    }
+}
+
 fn not_found(e: &Ec2Error) -> bool {
     matches!(e, Ec2Error::Aws(f) if f.code.contains("NotFound") || f.code.contains("Invalid"))
 }
@@ -373,18 +614,33 @@ impl super::Ec2Api for Ec2Client {
                 .min_count(count)
                 .max_count(count)
                 .client_token(&req.request_id)
-                .set_security_group_ids((!req.spec.security_group_ids.is_empty()).then(|| req.spec.security_group_ids.clone()))
                 .set_key_name(req.spec.key_name.clone())
-                .set_subnet_id(req.spec.subnet_ids.first().cloned())
                 .set_user_data(req.spec.user_data.as_deref().map(convert::base64))
+                .set_ebs_optimized(req.spec.ebs_optimized)
+                .set_placement(convert::placement(&req.spec))
                 .set_block_device_mappings(convert::root_mappings(&req.spec, root_device.as_deref()))
                 .tag_specifications(convert::tag_spec(sdk::types::ResourceType::Instance, tags))
                 .tag_specifications(convert::tag_spec(sdk::types::ResourceType::Volume, tags));
             if let Some(arn) = &req.spec.instance_profile_arn {
                 b = b.iam_instance_profile(sdk::types::IamInstanceProfileSpecification::builder().arn(arn).build());
             }
+            // Subnet and security groups go on the interfaces when the template asks for
+            // special ones (EC2 refuses them in both places).
+            match convert::network_interfaces(&req.spec) {
+                Some(nics) => b = b.set_network_interfaces(Some(nics)),
+                None => {
+                    b = b
+                        .set_subnet_id(req.spec.subnet_ids.first().cloned())
+                        .set_security_group_ids((!req.spec.security_group_ids.is_empty()).then(|| req.spec.security_group_ids.clone()))
+                }
+            }
             if let Some(lt) = &req.spec.launch_template_id {
-                b = b.launch_template(sdk::types::LaunchTemplateSpecification::builder().launch_template_id(lt).build());
+                b = b.launch_template(
+                    sdk::types::LaunchTemplateSpecification::builder()
+                        .launch_template_id(lt)
+                        .set_version(req.spec.launch_template_version.clone())
+                        .build(),
+                );
             }
             if let Some(price) = &req.spot_max_price {
                 let mut spot = sdk::types::SpotMarketOptions::builder();
@@ -430,7 +686,11 @@ impl super::Ec2Api for Ec2Client {
                 .launch_template_specification(
                     sdk::types::FleetLaunchTemplateSpecificationRequest::builder()
                         .launch_template_id(&template_id)
-                        .version("$Latest")
+                        .version(match (&req.spec.launch_template_id, &req.spec.launch_template_version) {
+                            (Some(_), Some(v)) => v.clone(),
+                            (Some(_), None) => "$Default".to_string(),
+                            (None, _) => "$Latest".to_string(),
+                        })
                         .build(),
                 )
                 .set_overrides(Some(overrides))
@@ -528,7 +788,13 @@ impl super::Ec2Api for Ec2Client {
                         .send()
                 })?;
                 for r in page.reservations() {
-                    out.extend(r.instances().iter().map(convert::instance));
+                    for i in r.instances() {
+                        let mut inst = convert::instance(i);
+                        if self.settings.tag_instance_id {
+                            self.tag_instance_id(i, &mut inst);
+                        }
+                        out.push(inst);
+                    }
                 }
                 token = page.next_token().filter(|t| !t.is_empty()).map(str::to_string);
                 if token.is_none() {
@@ -595,6 +861,13 @@ impl super::Ec2Api for Ec2Client {
                             .collect(),
                     ))
                     .set_block_device_mappings(convert::root_mappings(&req.spec, root_device.as_deref()))
+                    .set_ebs_optimized(req.spec.ebs_optimized)
+                    .set_placement(req.spec.placement.as_ref().map(|p| {
+                        sdk::types::SpotPlacement::builder()
+                            .set_group_name(p.group_name.clone())
+                            .set_tenancy(p.tenancy.as_deref().map(sdk::types::Tenancy::from))
+                            .build()
+                    }))
                     .tag_specifications(instance_tags.clone());
                 if let Some(arn) = &req.spec.instance_profile_arn {
                     s = s.iam_instance_profile(sdk::types::IamInstanceProfileSpecification::builder().arn(arn).build());

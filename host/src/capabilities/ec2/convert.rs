@@ -43,6 +43,38 @@ pub fn root_mappings(spec: &LaunchSpec, root_device: Option<&str>) -> Option<Vec
     spec.root_volume.as_ref().zip(root_device).map(|(v, d)| vec![root_mapping(v, d)])
 }
 
+/// The placement of `spec` (group and tenancy), when it sets one.
+pub fn placement(spec: &LaunchSpec) -> Option<sdk::types::Placement> {
+    let p = spec.placement.as_ref()?;
+    Some(
+        sdk::types::Placement::builder()
+            .set_group_name(p.group_name.clone())
+            .set_tenancy(p.tenancy.as_deref().map(sdk::types::Tenancy::from))
+            .build(),
+    )
+}
+
+/// One interface per network card of the type `spec` asks for (IBM's `interfaceType` and
+/// `efaCount`): the first at device index 0, the others at 1, each in the first subnet with
+/// the security groups, deleted with the instance (as IBM's plugin builds them).
+pub fn network_interfaces(spec: &LaunchSpec) -> Option<Vec<sdk::types::InstanceNetworkInterfaceSpecification>> {
+    let n = spec.network_interfaces.as_ref()?;
+    Some(
+        (0..n.count.max(1))
+            .map(|card| {
+                sdk::types::InstanceNetworkInterfaceSpecification::builder()
+                    .interface_type(&n.interface_type)
+                    .device_index(if card == 0 { 0 } else { 1 })
+                    .network_card_index(i32::try_from(card).unwrap_or(0))
+                    .set_subnet_id(spec.subnet_ids.first().cloned())
+                    .set_groups((!spec.security_group_ids.is_empty()).then(|| spec.security_group_ids.clone()))
+                    .delete_on_termination(true)
+                    .build()
+            })
+            .collect(),
+    )
+}
+
 /// Launch-template data equivalent to `spec` (for EC2 Fleet).
 pub fn launch_template_data(spec: &LaunchSpec, tags: &[Tag], root_device: Option<&str>) -> sdk::types::RequestLaunchTemplateData {
     let mut d = sdk::types::RequestLaunchTemplateData::builder()
@@ -59,8 +91,38 @@ pub fn launch_template_data(spec: &LaunchSpec, tags: &[Tag], root_device: Option
                 ))
                 .build(),
         );
-    if !spec.security_group_ids.is_empty() {
-        d = d.set_security_group_ids(Some(spec.security_group_ids.clone()));
+    match &spec.network_interfaces {
+        Some(n) => {
+            // Fleet overrides choose the subnet; the interfaces carry type and groups.
+            d = d.set_network_interfaces(Some(
+                (0..n.count.max(1))
+                    .map(|card| {
+                        sdk::types::LaunchTemplateInstanceNetworkInterfaceSpecificationRequest::builder()
+                            .interface_type(&n.interface_type)
+                            .device_index(if card == 0 { 0 } else { 1 })
+                            .network_card_index(i32::try_from(card).unwrap_or(0))
+                            .set_groups((!spec.security_group_ids.is_empty()).then(|| spec.security_group_ids.clone()))
+                            .delete_on_termination(true)
+                            .build()
+                    })
+                    .collect(),
+            ));
+        }
+        None if !spec.security_group_ids.is_empty() => {
+            d = d.set_security_group_ids(Some(spec.security_group_ids.clone()));
+        }
+        None => {}
+    }
+    if let Some(on) = spec.ebs_optimized {
+        d = d.ebs_optimized(on);
+    }
+    if let Some(p) = &spec.placement {
+        d = d.placement(
+            sdk::types::LaunchTemplatePlacementRequest::builder()
+                .set_group_name(p.group_name.clone())
+                .set_tenancy(p.tenancy.as_deref().map(sdk::types::Tenancy::from))
+                .build(),
+        );
     }
     if let Some(arn) = &spec.instance_profile_arn {
         d = d.iam_instance_profile(

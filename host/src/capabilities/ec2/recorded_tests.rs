@@ -532,6 +532,10 @@ fn calls_outside_the_grant_are_denied_not_trapped() {
             tags: vec![],
             root_volume: None,
             launch_template_id: None,
+            launch_template_version: None,
+            ebs_optimized: None,
+            placement: None,
+            network_interfaces: None,
         },
         spot_max_price: None,
     };
