@@ -326,9 +326,16 @@ fn bad_templates_config_and_grants_are_named() {
     let mut t = templates(&subnet, &sg, &ami);
     t[0]["vmTypo"] = json!("t3.micro");
     let tree = aws_tree(&moto, t);
-    let e = tree.err("getAvailableTemplates", &json!({}), "TEMPLATE_NOT_FOUND");
-    let msg = e["error"]["message"].as_str().unwrap_or_default();
-    assert!(msg.contains("OnDemand-Template-VM") && msg.contains("vmTypo"), "{msg}");
+    // The misspelt template is left out, named in the log; the others are still offered.
+    let offered = tree.ok("getAvailableTemplates", &json!({}));
+    assert!(offered["templates"].as_array().is_some_and(|l| l.len() == 2 && l.iter().all(|t| t["templateId"] != "OnDemand-Template-VM")), "{offered}");
+    let log = std::fs::read_to_string(tree.logs.join("hfwasm-pool.log")).unwrap_or_default();
+    assert!(log.contains("templates[0].vmTypo") && log.contains("did you mean `vmType`?"), "{log}");
+    tree.err(
+        "requestMachines",
+        &json!({"template": {"templateId": "OnDemand-Template-VM", "machineCount": 1}}),
+        "TEMPLATE_NOT_FOUND",
+    );
 
     let tree = aws_tree(&moto, templates(&subnet, &sg, &ami));
     let cfg = tree.conf.join("poolprov_config.json");

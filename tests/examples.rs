@@ -306,6 +306,21 @@ fn a_broken_rhai_policy_fails_as_configured_and_named() {
         "{e}"
     );
     assert!(t0.elapsed().as_secs() < 10);
+    // Depth limits are capped where the host's stack is safe: a raised limit is refused by
+    // name, and at the ceiling runaway recursion and nesting still end as a named error with
+    // a JSON answer, never a process abort.
+    tree.config(&json!({"policy": {"script": "recurses.rhai", "on_error": "fail_closed", "limits": {"max_call_levels": 100000}}}));
+    let e = tree.err("getAvailableTemplates", &json!({}), "CONFIG_ERROR");
+    assert_eq!(e["error"]["details"]["setting"], "policy.limits.max_call_levels", "{e}");
+    assert!(e["error"]["message"].as_str().is_some_and(|m| m.contains("0..=64")), "{e}");
+    tree.config(&json!({"policy": {"script": "recurses.rhai", "on_error": "fail_closed", "limits": {"max_call_levels": 64, "max_expr_depth": 128}}}));
+    let e = tree.err("getAvailableTemplates", &json!({}), "POLICY_ERROR");
+    assert!(e["error"]["message"].as_str().is_some_and(|m| m.contains("max_call_levels")), "{e}");
+    let nested = format!("fn offer_templates(ctx, templates) {{ let x = {}1{}; templates }}", "(".repeat(5000), ")".repeat(5000));
+    std::fs::write(tree.conf.join("nested.rhai"), nested).expect("script");
+    tree.config(&json!({"policy": {"script": "nested.rhai", "on_error": "fail_closed", "limits": {"max_expr_depth": 128}}}));
+    let e = tree.err("getAvailableTemplates", &json!({}), "POLICY_ERROR");
+    assert!(e["error"]["message"].as_str().is_some_and(|m| m.contains("nested.rhai")), "{e}");
     // print() goes to the log, never to stdout (HostFactory's one JSON document).
     std::fs::write(
         tree.conf.join("chatty.rhai"),

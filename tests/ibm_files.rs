@@ -4,9 +4,9 @@
 //! EBS optimisation, user data, launch-template versions, InstanceID tags, credentials from
 //! a site's script).
 //!
-//! moto cannot show: EFA interfaces (it ignores `InterfaceType`; the interface layout
-//! hfwasm asks for is checked in the emulator, the type on the request in a unit test of
-//! `convert`), and real STS expiry (the script's renewal is driven by its age instead).
+//! moto cannot show placement groups, tenancy or EFA interfaces (it keeps none of them):
+//! there the test reads what hfwasm sent, from moto's request recorder. Nor real STS expiry:
+//! the script's renewal is driven by its age instead.
 
 mod common;
 
@@ -146,15 +146,6 @@ fn one_bad_template_leaves_the_others_offered_and_config_check_lists_every_probl
 fn placement_tenancy_ebs_and_user_data_reach_the_instances() {
     let moto = Moto::start();
     let (subnet, sg, ami) = moto.network();
-    moto.rt
-        .block_on(
-            moto.ec2
-                .create_placement_group()
-                .group_name("hpc-cluster")
-                .strategy(aws_sdk_ec2::types::PlacementStrategy::Cluster)
-                .send(),
-        )
-        .expect("placement group");
     let tree = aws_tree(&moto, json!([]));
     std::fs::write(
         tree.conf.join("user_data.sh"),
@@ -189,6 +180,7 @@ fn placement_tenancy_ebs_and_user_data_reach_the_instances() {
     ]);
     std::fs::write(tree.conf.join("poolprov_templates.json"), json!({"templates": templates}).to_string()).expect("templates");
 
+    moto.start_recording();
     let id = tree.request("Placed", 2);
     assert_eq!(tree.until_final(&id)["status"], "complete");
     let ids: Vec<String> = moto.instances_of(&id).into_iter().map(|x| x.0).collect();
@@ -198,10 +190,13 @@ fn placement_tenancy_ebs_and_user_data_reach_the_instances() {
         .block_on(moto.ec2.describe_instances().set_instance_ids(Some(ids.clone())).send())
         .expect("describe");
     for i in described.reservations().iter().flat_map(|r| r.instances()) {
-        let p = i.placement().expect("placement");
-        assert_eq!(p.group_name(), Some("hpc-cluster"), "{i:?}");
-        assert_eq!(p.tenancy(), Some(&aws_sdk_ec2::types::Tenancy::Dedicated), "{i:?}");
         assert_eq!(i.ebs_optimized(), Some(true), "{i:?}");
+    }
+    // moto keeps neither placement group nor tenancy: what hfwasm sent is checked instead.
+    let sent = moto.recorded("RunInstances");
+    assert_eq!(sent.len(), 1, "one RunInstances for the request: {sent:?}");
+    for part in ["Placement.GroupName=hpc-cluster", "Placement.Tenancy=dedicated", "EbsOptimized=true"] {
+        assert!(sent[0].contains(part), "{part} in {}", sent[0]);
     }
     let user_data = |iid: &str| -> String {
         let attr = moto
@@ -225,6 +220,7 @@ fn placement_tenancy_ebs_and_user_data_reach_the_instances() {
 
     // userData without a script: the exports are the script. EFA: one interface per card,
     // in the template's subnet and groups (moto keeps no interface type; see the header).
+    moto.start_recording();
     let id = tree.request("Exports-Only", 1);
     assert_eq!(tree.until_final(&id)["status"], "complete");
     let iid = moto.instances_of(&id)[0].0.clone();
@@ -240,6 +236,17 @@ fn placement_tenancy_ebs_and_user_data_reach_the_instances() {
     assert_eq!(i.network_interfaces().len(), 1, "{i:?}");
     assert_eq!(i.network_interfaces()[0].subnet_id(), Some(subnet.as_str()));
     assert_eq!(i.subnet_id(), Some(subnet.as_str()));
+    let sent = moto.recorded("RunInstances");
+    let last = sent.last().expect("a RunInstances");
+    for part in [
+        "NetworkInterface.1.InterfaceType=efa",
+        "NetworkInterface.1.DeviceIndex=0",
+        "NetworkInterface.1.NetworkCardIndex=0",
+        &format!("NetworkInterface.1.SubnetId={subnet}"),
+    ] {
+        assert!(last.contains(part), "{part} in {last}");
+    }
+    assert!(!last.contains("&SubnetId="), "the subnet is on the interface only: {last}");
 }
 
 #[test]
@@ -434,4 +441,83 @@ fn a_relative_confdir_as_in_the_help_finds_ibm_files_once() {
     let json: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(out.status.code(), Some(0), "{json}\n{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(json["templates"].as_array().map(Vec::len), Some(3), "{json}");
+}
+
+/// A conf dir as a site leaving Open Resource Broker has it: ORB's `config.json` and
+/// `aws_templates.json` (`tests/data/orb/`, as ORB ships them).
+#[test]
+fn orb_config_and_templates_are_read_or_refused_by_name() {
+    let moto = Moto::start();
+    let (subnet, sg, ami) = moto.network();
+    let tree = HfTree::new("");
+    std::fs::remove_file(tree.conf.join("inventory.txt")).expect("no inventory");
+    let orb = |f: &str| std::fs::read_to_string(repo().join("tests/data/orb").join(f)).expect("ORB file");
+    std::fs::write(tree.conf.join("config.json"), orb("config.json")).expect("config");
+    std::fs::write(tree.conf.join("aws_templates.json"), orb("aws_templates.json")).expect("templates");
+    for (k, v) in common::moto::ENV {
+        tree.set_env(k, v);
+    }
+    tree.set_env("AWS_ENDPOINT_URL", &moto.endpoint);
+
+    // As shipped: ORB's REST server section is refused by name, with the reason.
+    let e = tree.err("getAvailableTemplates", &json!({}), "CONFIG_ERROR");
+    assert_eq!(e["error"]["details"]["setting"], "server", "{e}");
+    assert!(e["error"]["message"].as_str().is_some_and(|m| m.contains("no server mode")), "{e}");
+
+    // Without it, the example's SSM image path is next, named with the command to resolve it.
+    let mut cfg: Value = serde_json::from_str(&orb("config.json")).expect("json");
+    cfg.as_object_mut().expect("object").remove("server");
+    std::fs::write(tree.conf.join("config.json"), cfg.to_string()).expect("config");
+    let e = tree.err("getAvailableTemplates", &json!({}), "CONFIG_ERROR");
+    assert_eq!(e["error"]["details"]["setting"], "provider.provider_defaults.aws.template_defaults.image_id", "{e}");
+    assert!(e["error"]["message"].as_str().is_some_and(|m| m.contains("aws ssm get-parameters")), "{e}");
+
+    // The site's own values in ORB's places (its AMI, subnet, group; no profile of its own):
+    // ORB's 20 templates file is read as it is. What hfwasm launches is offered; the rest is
+    // listed by config check, each with its reason.
+    let d = &mut cfg["provider"]["provider_defaults"]["aws"]["template_defaults"];
+    d["image_id"] = json!(ami);
+    d["subnet_ids"] = json!([subnet]);
+    d["security_group_ids"] = json!([sg]);
+    cfg["provider"]["providers"][0]["config"].as_object_mut().expect("config").remove("profile");
+    std::fs::write(tree.conf.join("config.json"), cfg.to_string()).expect("config");
+    let t = tree.ok("getAvailableTemplates", &json!({}));
+    let mut ids: Vec<&str> = t["templates"].as_array().expect("list").iter().filter_map(|t| t["templateId"].as_str()).collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        [
+            "EC2Fleet-Instant-Mixed",
+            "EC2Fleet-Instant-OnDemand",
+            "EC2Fleet-Instant-Spot",
+            "RunInstances-OnDemand",
+            "RunInstances-Spot",
+            "SpotFleet-Request-CapacityOptimized",
+            "SpotFleet-Request-Diversified",
+            "SpotFleet-Request-LowestPrice"
+        ]
+    );
+    assert_eq!(template(&t, "EC2Fleet-Instant-OnDemand")["name"], "EC2 Fleet Instant On-Demand", "ORB's name rides along");
+    let (code, out, _) = admin(&tree, &["config", "check"]);
+    assert_eq!(code, 1);
+    assert_eq!(out.lines().filter(|l| l.starts_with("PROBLEM:")).count(), 12, "{out}");
+    for reason in ["fleetType` = maintain", "fleetType` = request", "Auto Scaling groups are not supported yet"] {
+        assert!(out.contains(reason), "{reason}:\n{out}");
+    }
+
+    // Launch through ORB's templates: 4 units of t3.medium (2) / t3.xlarge (4) in one instant
+    // fleet, and RunInstances with t3.medium weighing 2: 2 units are one instance.
+    let id = tree.request("EC2Fleet-Instant-OnDemand", 4);
+    assert_eq!(tree.until_final(&id)["status"], "complete");
+    let types = moto.running_types_of(&id);
+    let units: u32 = types.iter().map(|t| if t == "t3.xlarge" { 4 } else { 2 }).sum();
+    assert_eq!(units, 4, "{types:?}");
+    let id = tree.request("RunInstances-OnDemand", 2);
+    let done = tree.until_final(&id);
+    assert_eq!(done["status"], "complete", "{done}");
+    assert_eq!(moto.running_types_of(&id), ["t3.medium"]);
+    assert!(
+        moto.instances_of(&id)[0].3.contains(&("Environment".to_string(), "dev".to_string())),
+        "the template's own tags are on the instance"
+    );
 }

@@ -65,6 +65,9 @@ impl Moto {
         let log = std::fs::File::create(std::env::temp_dir().join(format!("hfwasm-moto-{port}.log"))).expect("moto log");
         let child = Command::new(moto_binary())
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            // The recorder stays off until a test starts it (`start_recording`).
+            .env("MOTO_ENABLE_RECORDING", "True")
+            .env("MOTO_RECORDER_FILEPATH", std::env::temp_dir().join(format!("hfwasm-moto-{port}.recording")))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -95,6 +98,40 @@ impl Moto {
             rt,
             ec2: sdk::Client::from_conf(conf),
         }
+    }
+
+    /// One HTTP/1.1 request to moto's own API (`/moto-api/...`); returns the body.
+    fn moto_api(&self, method: &str, path: &str) -> String {
+        use std::io::{Read, Write};
+        let addr = self.endpoint.trim_start_matches("http://");
+        let mut s = TcpStream::connect(addr).expect("connect to moto");
+        write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").expect("request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("response");
+        out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+    }
+
+    /// Starts moto's request recorder: from now on every request it gets is kept.
+    pub fn start_recording(&self) {
+        self.moto_api("POST", "/moto-api/recorder/start-recording");
+    }
+
+    /// The form bodies (`Action=RunInstances&...`, decoded) of recorded requests for
+    /// `action`, in order: what hfwasm really sent, for what moto does not model.
+    pub fn recorded(&self, action: &str) -> Vec<String> {
+        let text = self.moto_api("GET", "/moto-api/recorder/download-recording");
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|r| {
+                let body = r["body"].as_str()?.to_string();
+                let body = if r["body_encoded"] == true {
+                    String::from_utf8(aws_smithy_types::base64::decode(&body).ok()?).ok()?
+                } else {
+                    body
+                };
+                body.contains(&format!("Action={action}&")).then_some(body)
+            })
+            .collect()
     }
 
     /// A VPC, a subnet and a security group; returns (subnet id, security group id, AMI id).

@@ -3,8 +3,9 @@
 //! this file too (`config::ibm_aws`), so the file's reader on both sides of the sandbox
 //! knows one list.
 
-/// Every template key this provider reads, for the nearest-key hint.
-pub const KEYS: [&str; 38] = [
+/// Every template key this provider reads (IBM's, and the ones ORB's HostFactory-format
+/// templates add), for the host's key check and the nearest-key hint.
+pub const KEYS: [&str; 43] = [
     "templateId",
     "maxNumber",
     "attributes",
@@ -43,6 +44,11 @@ pub const KEYS: [&str; 38] = [
     "requestValidity",
     "ec2FleetConfig",
     "fleetType",
+    "providerApi",
+    "providerType",
+    "name",
+    "createdAt",
+    "updatedAt",
 ];
 
 /// ` (did you mean `X`?)` for the template key nearest to `key`, when one is close.

@@ -99,11 +99,14 @@ pub fn launch(t: &AwsTemplate, req: &ProvisionRequest, want: u32, now: u64, prov
         return spot_fleet(t, req, want, now, provider);
     }
     if t.single_type() {
+        // `want` is in units; one instance of a weighted type (ORB's `{"t3.medium": 2}`)
+        // counts for its weight.
+        let (instance_type, weight) = t.vm_types[0].clone();
         let run = ec2::RunRequest {
             request_id: req.request_id.clone(),
             template_id: t.id.clone(),
-            instance_type: t.vm_types[0].0.clone(),
-            count: want,
+            instance_type,
+            count: want.div_ceil(weight.max(1)),
             spec: spec(t, req, provider),
             spot_max_price: (t.price_type == PriceType::Spot).then(|| t.max_spot_price.clone().unwrap_or_default()),
         };

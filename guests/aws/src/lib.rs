@@ -118,10 +118,15 @@ fn template_out(t: &AwsTemplate, info: &BTreeMap<String, (u32, u64)>) -> Templat
     if !has_type {
         attrs.insert(0, text("type", "X86_64"));
     }
-    let extra = serde_json::json!({
+    let mut extra = serde_json::json!({
         "priceType": match t.price_type { PriceType::OnDemand => "ondemand", PriceType::Spot => "spot", PriceType::Heterogeneous => "heterogeneous" },
         "vmTypes": t.all_types(),
     });
+    if let Some(obj) = extra.as_object_mut() {
+        for (k, v) in &t.extra {
+            obj.insert(k.clone(), v.clone());
+        }
+    }
     Template {
         id: t.id.clone(),
         max_number: t.max_number,

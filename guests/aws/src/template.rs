@@ -64,6 +64,21 @@ pub struct AwsTemplate {
     pub launch_template_version: Option<String>,
     /// `interfaceType` (`efa`, `efa-only`, `interface`) and `efaCount` (default 1).
     pub interfaces: Option<(String, u32)>,
+    /// ORB's `providerApi`: the EC2 API this template launches with, when it says.
+    pub provider_api: Option<ProviderApi>,
+    /// ORB's bookkeeping keys (`name`, `createdAt`, `updatedAt`), passed to HostFactory.
+    pub extra: Vec<(String, Value)>,
+}
+
+/// ORB's `providerApi` values hfwasm launches with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderApi {
+    /// RunInstances: one instance type, counted in instances.
+    RunInstances,
+    /// EC2 Fleet `instant`.
+    Ec2Fleet,
+    /// Spot Fleet `request` (needs `fleetRole`).
+    SpotFleet,
 }
 
 fn bad(id: &str, key: &str, why: &str) -> ProviderError {
@@ -211,6 +226,8 @@ impl AwsTemplate {
             tenancy: None,
             launch_template_version: None,
             interfaces: None,
+            provider_api: None,
+            extra: Vec::new(),
             percent_on_demand: 0,
             key_name: None,
             security_group_ids: Vec::new(),
@@ -224,6 +241,7 @@ impl AwsTemplate {
         };
         let mut max_seen = false;
         let mut efa_count = None;
+        let mut fleet_type = None;
         for (key, v) in o {
             let k = key.as_str();
             if k != "templateId" && k != "maxNumber" && unset(v) {
@@ -321,8 +339,31 @@ impl AwsTemplate {
                     t.interfaces = Some((s, 1));
                 }
                 "efaCount" => efa_count = Some(number(&id, k, v, 1, 32)?),
+                "providerApi" => {
+                    t.provider_api = Some(match string(&id, k, v)?.as_str() {
+                        "RunInstances" => ProviderApi::RunInstances,
+                        "EC2Fleet" => ProviderApi::Ec2Fleet,
+                        "SpotFleet" => ProviderApi::SpotFleet,
+                        "ASG" => {
+                            return Err(bad(
+                                &id,
+                                k,
+                                "= ASG: Auto Scaling groups are not supported yet; use RunInstances, EC2Fleet or SpotFleet",
+                            ));
+                        }
+                        other => return Err(bad(&id, k, &format!("= {other} is not one of RunInstances, EC2Fleet, SpotFleet"))),
+                    })
+                }
+                "fleetType" => fleet_type = Some(string(&id, k, v)?),
+                "providerType" => {
+                    let p = string(&id, k, v)?;
+                    if p != "aws" {
+                        return Err(bad(&id, k, &format!("= {p}: this is the AWS provider")));
+                    }
+                }
+                "name" | "createdAt" | "updatedAt" => t.extra.push((k.to_string(), v.clone())),
                 "poolsCount" | "ec2FleetConfig" | "onDemandTargetCapacityRatio" | "durationInHours" | "requestValidity" | "spotPrice" | "priority"
-                | "ttl" | "fleetType" => {
+                | "ttl" => {
                     return Err(bad(&id, k, &format!("is not supported by hfwasm's AWS provider: {}", unsupported_why(k))));
                 }
                 _ => {
@@ -336,6 +377,49 @@ impl AwsTemplate {
         match (&mut t.interfaces, efa_count) {
             (Some((_, n)), Some(c)) => *n = c,
             (None, Some(_)) => return Err(bad(&id, "efaCount", "needs interfaceType efa")),
+            _ => {}
+        }
+        // ORB's launch API and fleet type, checked against what hfwasm launches with.
+        match (t.provider_api, fleet_type.as_deref()) {
+            (_, Some("maintain")) => {
+                return Err(bad(
+                    &id,
+                    "fleetType",
+                    "= maintain: a fleet that replaces instances behind HostFactory's back is not supported; use instant (EC2Fleet) or request (SpotFleet)",
+                ));
+            }
+            (Some(ProviderApi::Ec2Fleet), Some("request")) | (None, Some("request")) if t.provider_api.is_some() || t.fleet_role.is_none() => {
+                return Err(bad(
+                    &id,
+                    "fleetType",
+                    "= request: hfwasm's EC2 Fleets are instant; for a fleet that fills over time use providerApi SpotFleet with a fleetRole",
+                ));
+            }
+            (_, Some(ft)) if !matches!(ft, "instant" | "request") => {
+                return Err(bad(&id, "fleetType", &format!("= {ft} is not one of instant, request")));
+            }
+            _ => {}
+        }
+        match t.provider_api {
+            Some(ProviderApi::SpotFleet) if t.fleet_role.is_none() => {
+                return Err(bad(&id, "providerApi", "= SpotFleet needs a fleetRole (IAM role ARN for Spot Fleet)"));
+            }
+            Some(ProviderApi::SpotFleet) if t.price_type == PriceType::OnDemand => {
+                return Err(bad(&id, "providerApi", "= SpotFleet needs priceType spot or heterogeneous"));
+            }
+            Some(ProviderApi::RunInstances)
+                if t.vm_types.len() != 1 || !t.vm_types_on_demand.is_empty() || t.price_type == PriceType::Heterogeneous =>
+            {
+                return Err(bad(
+                    &id,
+                    "providerApi",
+                    "= RunInstances launches one instance type, on-demand or spot: give one type, or use EC2Fleet",
+                ));
+            }
+            Some(ProviderApi::RunInstances | ProviderApi::Ec2Fleet) if t.fleet_role.is_some() && t.price_type != PriceType::OnDemand => {
+                // A fleetRole would select Spot Fleet; the template asked for another API.
+                t.fleet_role = None;
+            }
             _ => {}
         }
         if t.launch_template_version.is_some() && t.launch_template_id.is_none() {
@@ -392,15 +476,23 @@ impl AwsTemplate {
             .map_or(1, |(_, w)| *w)
     }
 
-    /// Whether one RunInstances call serves this template: one type, not weighted, no
-    /// separate on-demand types.
+    /// Whether Spot Fleet launches this template: a `fleetRole` with spot or heterogeneous
+    /// pricing (or ORB's `providerApi: SpotFleet`, which needs both).
     pub fn uses_spot_fleet(&self) -> bool {
         self.fleet_role.is_some() && self.price_type != PriceType::OnDemand
     }
 
-    /// Whether RunInstances (one type, on-demand or plain spot) launches this template.
+    /// Whether RunInstances (one type, on-demand or plain spot) launches this template:
+    /// ORB's `providerApi` when given, else one type, not weighted, no separate on-demand
+    /// types.
     pub fn single_type(&self) -> bool {
-        self.vm_types.len() == 1 && !self.weighted && self.vm_types_on_demand.is_empty() && self.price_type != PriceType::Heterogeneous
+        match self.provider_api {
+            Some(ProviderApi::RunInstances) => true,
+            Some(_) => false,
+            None => {
+                self.vm_types.len() == 1 && !self.weighted && self.vm_types_on_demand.is_empty() && self.price_type != PriceType::Heterogeneous
+            }
+        }
     }
 }
 

@@ -13,6 +13,7 @@ pub struct GuestLog {
 const MAX_MESSAGE: usize = 8 * 1024;
 
 impl Host for GuestLog {
+    /// Logs one guest record, cut to [`MAX_MESSAGE`] and with control characters escaped.
     fn emit(&mut self, lvl: Level, message: String) {
         let mut message = message;
         if message.len() > MAX_MESSAGE {
@@ -23,6 +24,11 @@ impl Host for GuestLog {
             message.truncate(cut);
             message.push_str(" [truncated]");
         }
+        // One guest record is one log line: a guest cannot forge host lines with embedded
+        // newlines (or other control characters, escaped as `\n`, `\u{1b}`, ...).
+        if message.chars().any(char::is_control) {
+            message = message.chars().flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect();
+        }
         let guest = self.guest.as_str();
         match lvl {
             Level::Trace => tracing::trace!(target: "guest", guest, "{message}"),
@@ -31,5 +37,36 @@ impl Host for GuestLog {
             Level::Warn => tracing::warn!(target: "guest", guest, "{message}"),
             Level::Error => tracing::error!(target: "guest", guest, "{message}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_guest_cannot_forge_a_host_line() {
+        use std::io::Write;
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+        tracing::subscriber::with_default(subscriber, || {
+            GuestLog { guest: "evil".into() }.emit(Level::Warn, "ok\n2026-12-05T00:00:00Z  INFO hf_call: call done\x1b[2J".into());
+        });
+        let text = String::from_utf8(buf.0.lock().expect("lock").clone()).expect("utf8");
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains("ok\\n2026") && text.contains("\\u{1b}"), "{text}");
     }
 }

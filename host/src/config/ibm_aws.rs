@@ -433,6 +433,9 @@ fn check_template(i: usize, tpl: &mut Value, earlier: &[Value], file: &Path) -> 
             ));
         }
     }
+    if let Some(v) = obj.get("imageId").filter(|v| v.as_str().is_some_and(super::orb::is_ssm_path)) {
+        return Err(err(setting("imageId"), format!("{at}: `imageId` {}", super::orb::ssm_refusal(v))));
+    }
     if let Some(k) = obj.keys().find(|k| !template_keys::KEYS.contains(&k.as_str())) {
         return Err(err(
             setting(k),

@@ -4,6 +4,7 @@
 
 pub mod ibm_aws;
 pub mod inventory;
+pub mod orb;
 pub mod seed;
 pub mod storage;
 
@@ -63,15 +64,38 @@ struct RawConfig {
     templates: Option<Vec<serde_json::Value>>,
     /// Seed 001's region and templates in IBM's format, standing in for IBM's files.
     #[serde(skip)]
-    inline_aws: Option<(String, serde_json::Value)>,
+    inline_aws: Option<InlineAws>,
     /// Seed 001's `monitoring`: refused with the reason.
     monitoring: Option<serde_json::Value>,
     /// Seed 001's `caching`: refused with the reason.
     caching: Option<serde_json::Value>,
+    /// ORB's `scheduler` (`type`, `config_root`): checked against what hfwasm is.
+    scheduler: Option<RawScheduler>,
+    /// ORB's `server` (its REST API): refused with the reason.
+    server: Option<serde_json::Value>,
     policy: Option<RawPolicy>,
     /// Which of several providers serves a request; the same shape as `policy`.
     placement: Option<RawPolicy>,
     recording: Option<RawRecording>,
+}
+
+/// ORB's `scheduler`: which protocol the broker speaks and where its conf dir is.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScheduler {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    config_root: Option<String>,
+}
+
+/// AWS templates that do not come with IBM's config file (seed 001's YAML, ORB's
+/// templates file): the region from the seed's provider, and where the templates came from.
+#[derive(Debug, Clone)]
+struct InlineAws {
+    region: String,
+    templates: serde_json::Value,
+    /// The file the templates were read from (ORB's), else the config file.
+    from: Option<PathBuf>,
 }
 
 /// `recording`: keep calls (input and answer) and policy decisions for `hfwasm replay`.
@@ -116,7 +140,75 @@ struct RawAws {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawProvider {
-    /// Seed 001's single-provider form: `type` with its `aws` section.
+    /// ORB's own top-level keys: `scheduler` must say HostFactory and point at this conf dir;
+/// `server` (ORB's REST API) has nothing behind it in hfwasm; `default_provider_type`
+/// must match the providers.
+fn orb_keys(raw: &RawConfig, conf_dir: &Path, err: &dyn Fn(&str, String) -> ConfigError) -> Result<(), ConfigError> {
+    if let Some(s) = &raw.scheduler {
+        if let Some(k) = s.kind.as_deref().filter(|k| !matches!(*k, "hostfactory" | "hf" | "default")) {
+            return Err(err(
+                "scheduler.type",
+                format!("`{k}`: hfwasm speaks HostFactory's (and LSF's) script contract; write `hostfactory`"),
+            ));
+        }
+        if let Some(root) = &s.config_root {
+            // `$HF_PROVIDER_CONFDIR` (ORB's example) or a path: it must be this conf dir.
+            let expanded = match root.trim_start_matches('$').trim_matches(|c| c == '{' || c == '}') {
+                var if root.starts_with('$') => std::env::var(var).unwrap_or_default(),
+                _ => root.clone(),
+            };
+            let same = std::path::absolute(&expanded).is_ok_and(|p| p == conf_dir);
+            if !same {
+                return Err(err(
+                    "scheduler.config_root",
+                    format!(
+                        "`{root}` is not this provider's conf dir {}; hfwasm reads the conf dir HostFactory passes (HF_PROVIDER_CONFDIR). Remove the key or make it `$HF_PROVIDER_CONFDIR`",
+                        conf_dir.display()
+                    ),
+                ));
+            }
+        }
+    }
+    if raw.server.is_some() {
+        return Err(err(
+            "server",
+            "ORB's REST server: hfwasm serves HostFactory through its scripts and has no server mode yet; remove `server`".into(),
+        ));
+    }
+    if let Some(t) = &raw.provider.default_provider_type {
+        let types: Vec<&str> = raw.provider.providers.iter().flatten().map(|p| p.kind()).collect();
+        if !types.iter().all(|k| k == t) {
+            return Err(err(
+                "provider.default_provider_type",
+                format!("`{t}` but the providers are of type {}; remove it or make it match", types.join(", ")),
+            ));
+        }
+    }
+    if let Some(d) = &raw.provider.provider_defaults
+        && let Some(k) = d.as_object().and_then(|o| o.keys().find(|k| *k != "aws"))
+    {
+        return Err(err(
+            &format!("provider.provider_defaults.{k}"),
+            "only `aws.template_defaults` has an effect (it fills ORB's templates); remove it".into(),
+        ));
+    }
+    if let Some(k) = raw
+        .provider
+        .provider_defaults
+        .as_ref()
+        .and_then(|d| d.get("aws"))
+        .and_then(|a| a.as_object())
+        .and_then(|o| o.keys().find(|k| *k != "template_defaults"))
+    {
+        return Err(err(
+            &format!("provider.provider_defaults.aws.{k}"),
+            "only `template_defaults` has an effect here; remove it".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Seed 001's single-provider form: `type` with its `aws` section.
     #[serde(rename = "type")]
     kind: Option<String>,
     aws: Option<serde_json::Map<String, serde_json::Value>>,
@@ -130,6 +222,10 @@ struct RawProvider {
     selection_policy: Option<String>,
     health_check_interval: Option<u64>,
     providers: Option<Vec<seed::RawSeedProvider>>,
+    /// ORB's `provider_defaults` (`aws.template_defaults` fills ORB's templates).
+    provider_defaults: Option<serde_json::Value>,
+    /// ORB's `default_provider_type`: must name the type of the providers given.
+    default_provider_type: Option<String>,
 }
 
 /// The seed's `provider.circuit_breaker`, under its own key names.
@@ -418,13 +514,18 @@ impl Config {
                 by_priority.sort_by_key(|p| p.priority);
                 let first = by_priority[0];
                 match &first.kind {
-                    seed::SeedKind::Aws { files, .. } => {
+                    seed::SeedKind::Aws { files, region, .. } => {
                         if raw.aws.is_none() && raw.inline_aws.is_none() {
-                            let (config_file, templates_file) = seed_aws_files(conf_dir, instance, &first.name, files, &file)?;
-                            raw.aws = Some(RawAws {
-                                config_file,
-                                templates_file,
-                            });
+                            let defaults = orb_defaults(&raw.provider);
+                            match seed_aws_source(conf_dir, instance, &first.name, files, region.as_deref(), defaults, &file)? {
+                                AwsSource::Ibm(config_file, templates_file) => {
+                                    raw.aws = Some(RawAws {
+                                        config_file,
+                                        templates_file,
+                                    })
+                                }
+                                AwsSource::Inline(i) => raw.inline_aws = Some(i),
+                            }
                         }
                         raw.provider.guest = Some("aws".into());
                     }
@@ -469,13 +570,14 @@ impl Config {
             _ => None,
         };
         let selection_policy = raw.provider.selection_policy.clone();
+        let member_defaults = orb_defaults(&raw.provider);
         let mut config = Self::build(raw, from_file.then_some(file.clone()), conf_dir, work_dir)?;
         if let [one] = seed.as_slice() {
             if let (seed::SeedKind::Aws { .. }, Some(ec2)) = (&one.kind, config.ec2.as_mut()) {
                 apply_seed_aws(&one.kind, ec2, &mut config.provider.ec2_grant);
             }
         } else if seed.len() > 1 {
-            let (members, problems) = seed_members(&config, &seed, conf_dir, instance, &file)?;
+            let (members, problems) = seed_members(&config, &seed, conf_dir, instance, &file, member_defaults)?;
             config.members = members;
             config.problems.extend(problems);
             for m in &mut config.members {
@@ -518,18 +620,10 @@ impl Config {
                 &conf_dir.join(&a.templates_file),
                 |k| std::env::var(k).ok(),
             )?),
-            // Seed 001's YAML: its region and templates; the endpoint from the environment,
-            // credentials from the standard chain (the profile is applied later).
-            (None, Some((region, templates))) => {
-                let mut cfg = serde_json::Map::new();
-                cfg.insert("AWS_REGION".into(), serde_json::Value::String(region));
-                if let Some(url) = std::env::var("AWS_ENDPOINT_URL").ok().filter(|u| !u.is_empty()) {
-                    cfg.insert("AWS_ENDPOINT_URL".into(), serde_json::Value::String(url));
-                }
-                let mut t = serde_json::Map::new();
-                t.insert("templates".into(), templates);
-                Some(ibm_aws::from_values(cfg, t, &where_, &where_, |k| std::env::var(k).ok())?)
-            }
+            // Seed 001's YAML or ORB's templates file: its region and templates; the endpoint
+            // from the environment, credentials from the standard chain (the profile is
+            // applied later).
+            (None, Some(inline)) => Some(load_aws_source(AwsSource::Inline(inline), conf_dir, &where_)?),
             (None, None) => None,
         };
         if let Some(a) = &aws {
@@ -799,10 +893,16 @@ fn policy_source(
                 "needs `guest` (a Wasm policy, e.g. builtin:default-policy) or `script` (a Rhai file)".into(),
             ));
         }
-        (None, Some(script)) => PolicySource::Script {
-            file: conf_dir.join(script),
-            limits: limits.unwrap_or_default(),
-        },
+        (None, Some(script)) => {
+            let limits = limits.unwrap_or_default();
+            if let Err((key, m)) = limits.check() {
+                return Err(err(&format!("{at}.limits.{key}"), m));
+            }
+            PolicySource::Script {
+                file: conf_dir.join(script),
+                limits,
+            }
+        }
         (Some(pguest), None) => {
             if limits.is_some() {
                 return Err(err(
@@ -964,6 +1064,7 @@ fn seed_single(raw: &mut RawConfig, file: &Path, conf_dir: &Path, instance: &str
             "hfwasm caches compiled guests (`guest precompile`) and EC2 instance types in its store, and reads config and templates on every call so an edit applies at once; there is nothing to tune. Remove it".into(),
         ));
     }
+    orb_keys(raw, conf_dir, &err)?;
     if raw.logging.console_enabled.is_some() {
         return Err(err(
             "logging.console_enabled",
@@ -1020,7 +1121,11 @@ fn seed_single(raw: &mut RawConfig, file: &Path, conf_dir: &Path, instance: &str
             ));
         };
         let templates = seed::yaml_templates(&list).map_err(|(setting, m)| err(&setting, m))?;
-        raw.inline_aws = Some((region, templates));
+        raw.inline_aws = Some(InlineAws {
+            region,
+            templates,
+            from: None,
+        });
     }
     let entry = serde_json::json!({"name": instance, "type": kind, "config": config});
     let provider: seed::RawSeedProvider = serde_json::from_value(entry).map_err(|e| err("provider.type", e.to_string()))?;
@@ -1030,26 +1135,78 @@ fn seed_single(raw: &mut RawConfig, file: &Path, conf_dir: &Path, instance: &str
 
 /// IBM's files for seed aws provider `name`: its own `config.config_file` / `templates_file`
 /// (relative to the conf dir), else the instance's (`<instance>prov_*` or `awsprov_*`).
-fn seed_aws_files(
+/// Where a seed aws provider's templates and connection settings come from.
+enum AwsSource {
+    /// IBM's config and templates files.
+    Ibm(PathBuf, PathBuf),
+    /// ORB's templates file with the seed provider's region (endpoint from the environment,
+    /// credentials from the standard chain and the seed's `profile`).
+    Inline(InlineAws),
+}
+
+/// ORB's `provider.provider_defaults.aws.template_defaults`, when given.
+fn orb_defaults(p: &RawProvider) -> Option<serde_json::Value> {
+    p.provider_defaults.as_ref()?.get("aws")?.get("template_defaults").cloned()
+}
+
+/// The seed aws provider `name`'s source: its own IBM files, the conf dir's IBM files, or
+/// (a site coming from ORB) ORB's templates file with the seed's `config.region`.
+fn seed_aws_source(
     conf_dir: &Path,
     instance: &str,
     name: &str,
     own: &(Option<PathBuf>, Option<PathBuf>),
+    region: Option<&str>,
+    orb_defaults: Option<serde_json::Value>,
     file: &Path,
-) -> Result<(PathBuf, PathBuf), ConfigError> {
+) -> Result<AwsSource, ConfigError> {
     let shared = ibm_aws::find(conf_dir, instance);
     let config_file = own.0.clone().or_else(|| shared.as_ref().map(|s| s.0.clone()));
     let templates_file = own.1.clone().or_else(|| shared.as_ref().map(|s| s.1.clone()));
     match (config_file, templates_file) {
-        (Some(c), Some(t)) => Ok((c, t)),
+        (Some(c), Some(t)) => Ok(AwsSource::Ibm(c, t)),
+        (None, None) if let Some(t) = orb::find_templates(conf_dir, name) => {
+            let region = region.ok_or_else(|| ConfigError {
+                file: file.to_path_buf(),
+                setting: Some("provider.providers[].config.region".into()),
+                message: format!(
+                    "aws provider `{name}`: `config.region` is required with ORB's templates file {} (there is no IBM config file)",
+                    t.display()
+                ),
+            })?;
+            Ok(AwsSource::Inline(InlineAws {
+                region: region.to_string(),
+                templates: orb::templates(&t, orb_defaults.as_ref(), file)?,
+                from: Some(t),
+            }))
+        }
         _ => Err(ConfigError {
             file: file.to_path_buf(),
             setting: Some("provider.providers".into()),
             message: format!(
-                "aws provider `{name}` needs IBM's {instance}prov_config.json (or awsprov_config.json) and its _templates.json in {}, or its own `config.config_file` and `config.templates_file`, for the templates and the endpoint and credential settings the seed's config has no keys for",
+                "aws provider `{name}` needs IBM's {instance}prov_config.json (or awsprov_config.json) and its _templates.json in {}, or its own `config.config_file` and `config.templates_file`, or ORB's {name}_templates.json (or aws_templates.json) with `config.region`",
                 conf_dir.display()
             ),
         }),
+    }
+}
+
+/// The AWS settings and templates of an [`AwsSource`]: IBM's files as they are, or the
+/// inline templates with only a region (the endpoint from `AWS_ENDPOINT_URL`).
+fn load_aws_source(src: AwsSource, conf_dir: &Path, config_file: &Path) -> Result<ibm_aws::IbmAws, ConfigError> {
+    match src {
+        AwsSource::Ibm(c, t) => ibm_aws::load(&conf_dir.join(&c), &conf_dir.join(&t), |k| std::env::var(k).ok()),
+        AwsSource::Inline(InlineAws { region, templates, from }) => {
+            let mut cfg = serde_json::Map::new();
+            cfg.insert("AWS_REGION".into(), serde_json::Value::String(region));
+            if let Some(url) = std::env::var("AWS_ENDPOINT_URL").ok().filter(|u| !u.is_empty()) {
+                cfg.insert("AWS_ENDPOINT_URL".into(), serde_json::Value::String(url));
+            }
+            let mut t = serde_json::Map::new();
+            t.insert("templates".into(), templates);
+            let templates_file = from.unwrap_or_else(|| config_file.to_path_buf());
+            ibm_aws::from_values(cfg, t, config_file, &templates_file, |k| std::env::var(k).ok())
+        }
     }
 }
 
@@ -1103,6 +1260,7 @@ fn seed_members(
     conf_dir: &Path,
     instance: &str,
     file: &Path,
+    orb_defaults: Option<serde_json::Value>,
 ) -> Result<(Vec<MemberSpec>, Vec<ConfigError>), ConfigError> {
     let mut base = config.settings.clone();
     if let Some(obj) = base.as_object_mut() {
@@ -1113,9 +1271,9 @@ fn seed_members(
     let mut problems = Vec::new();
     for p in seed {
         let (guest, settings, ec2, aws_files) = match &p.kind {
-            seed::SeedKind::Aws { files, .. } => {
-                let (c, t) = seed_aws_files(conf_dir, instance, &p.name, files, file)?;
-                let a = ibm_aws::load(&conf_dir.join(&c), &conf_dir.join(&t), |k| std::env::var(k).ok())?;
+            seed::SeedKind::Aws { files, region, .. } => {
+                let src = seed_aws_source(conf_dir, instance, &p.name, files, region.as_deref(), orb_defaults.clone(), file)?;
+                let a = load_aws_source(src, conf_dir, file)?;
                 let mut grant = a.grant.clone();
                 let mut ec2 = a.settings.clone();
                 apply_seed_aws(&p.kind, &mut ec2, &mut grant);

@@ -23,6 +23,13 @@ pub struct RawSeedProvider {
     config: RawSeedProviderConfig,
 }
 
+impl RawSeedProvider {
+    /// `type`, as written.
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+}
+
 /// `provider.providers[].config`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

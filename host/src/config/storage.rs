@@ -79,18 +79,24 @@ pub fn build<E>(
     if retention_hours == 0 {
         return Err(err("storage.retention_hours", "must be at least 1 (hours)".into()));
     }
+    // ORB writes the strategy as `storage.type` (`json`, `sql`); seed 001 names DynamoDB there.
     if let Some(k) = &raw.kind {
-        return Err(err(
-            "storage.type",
-            format!(
-                "`{k}`: hfwasm keeps its state in SQLite (the default), JSON files or PostgreSQL, chosen by `storage.strategy` (`sql` with `sql_strategy.type` sqlite or postgresql, or `json`); DynamoDB is not supported"
-            ),
-        ));
+        if !matches!(k.as_str(), "json" | "sql") {
+            return Err(err(
+                "storage.type",
+                format!(
+                    "`{k}`: hfwasm keeps its state in SQLite (the default), JSON files or PostgreSQL, chosen by `storage.type` or `storage.strategy` (`sql` with `sql_strategy.type` sqlite or postgresql, or `json`); DynamoDB is not supported"
+                ),
+            ));
+        }
+        if raw.strategy.as_deref().is_some_and(|s| s != k) {
+            return Err(err("storage.type", format!("`{k}` and `storage.strategy` disagree; keep one")));
+        }
     }
     if raw.dynamodb.is_some() {
         return Err(err("storage.dynamodb", "DynamoDB is not supported; see `storage.strategy`".into()));
     }
-    let strategy = raw.strategy.as_deref().unwrap_or("sql");
+    let strategy = raw.strategy.as_deref().or(raw.kind.as_deref()).unwrap_or("sql");
     let spec = match strategy {
         "json" => {
             if raw.sql_strategy.is_some() {

@@ -50,6 +50,44 @@ impl Default for ScriptLimits {
     }
 }
 
+impl ScriptLimits {
+    /// The highest value config may set for each limit, with why. Call and expression depth
+    /// are bounded by the host's stack: Rhai recurses on the native stack, and a depth past
+    /// what the stack holds aborts the whole process (no JSON answer, `fail_open` cannot
+    /// help), so the ceilings leave a wide margin under the main thread's 8 MiB.
+    pub const CEILINGS: [(&'static str, u64, &'static str); 7] = [
+        ("max_operations", 10_000_000_000, "operations per call"),
+        ("max_call_levels", 64, "nested calls; deeper would risk the host's stack"),
+        ("max_expr_depth", 128, "expression nesting; deeper would risk the host's stack"),
+        ("max_string_size", 64 << 20, "bytes in one string"),
+        ("max_array_size", 10_000_000, "elements in one array"),
+        ("max_map_size", 1_000_000, "properties in one map"),
+        ("timeout_ms", 600_000, "milliseconds per call"),
+    ];
+
+    /// Each limit within its ceiling, or the key and what to write.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        let values = [
+            self.max_operations,
+            self.max_call_levels as u64,
+            self.max_expr_depth as u64,
+            self.max_string_size as u64,
+            self.max_array_size as u64,
+            self.max_map_size as u64,
+            self.timeout_ms,
+        ];
+        for ((key, ceiling, what), v) in Self::CEILINGS.iter().zip(values) {
+            // Rhai reads 0 as "no limit" for depths and sizes; for operations the timeout
+            // still bounds the call, and 0 call levels means no calls at all.
+            let min = u64::from(!matches!(*key, "max_operations" | "max_call_levels"));
+            if v < min || v > *ceiling {
+                return Err((key, format!("`{key}` = {v}: must be {min}..={ceiling} ({what})")));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A loaded, compiled script.
 pub struct RhaiPolicy {
     name: String,
