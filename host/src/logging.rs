@@ -63,3 +63,53 @@ fn rotate(path: &Path, max_bytes: u64, keep: u32) {
     }
     let _ = std::fs::rename(path, numbered(1));
 }
+
+/// Runs `f` and returns, besides its result, the warnings and errors guests logged while it
+/// ran (each as `guest NAME: message`), instead of printing them: `config check` lists what
+/// a guest found wrong with its settings (a template it left out) as problems.
+pub fn capture_guest_warnings<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    /// Keeps the `guest` field and message of guest records at warn level or worse.
+    struct Capture(Arc<Mutex<Vec<String>>>);
+    #[derive(Default)]
+    struct Fields {
+        guest: String,
+        message: String,
+    }
+    impl tracing::field::Visit for Fields {
+        fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+            match field.name() {
+                "guest" => self.guest = value.to_string(),
+                "message" => self.message = value.to_string(),
+                _ => {}
+            }
+        }
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            match field.name() {
+                "guest" => self.guest = format!("{value:?}").trim_matches('"').to_string(),
+                "message" => self.message = format!("{value:?}"),
+                _ => {}
+            }
+        }
+    }
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+        fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            let m = event.metadata();
+            if m.target() != "guest" || *m.level() > tracing::Level::WARN {
+                return;
+            }
+            let mut fields = Fields::default();
+            event.record(&mut fields);
+            if let Ok(mut v) = self.0.lock() {
+                v.push(format!("guest {}: {}", fields.guest, fields.message));
+            }
+        }
+    }
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let subscriber = tracing_subscriber::registry().with(Capture(seen.clone()));
+    let out = tracing::subscriber::with_default(subscriber, f);
+    let found = seen.lock().map(|v| v.clone()).unwrap_or_default();
+    (out, found)
+}

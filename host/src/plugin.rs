@@ -712,7 +712,12 @@ impl Plugin {
             lines.push("policy load: ok".into());
         }
         let loader: ProviderLoader<'_> = Box::new(move || Ok(provider));
-        let templates = self.service(store.as_ref(), loader).get_available_templates()?;
+        let (templates, guest_warnings) =
+            crate::logging::capture_guest_warnings(|| self.service(store.as_ref(), loader).get_available_templates());
+        let templates = templates?;
+        for w in guest_warnings {
+            lines.push(format!("PROBLEM:   {w}"));
+        }
         for p in &c.problems {
             lines.push(format!(
                 "PROBLEM:   {}{}: {}",

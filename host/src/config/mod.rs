@@ -140,75 +140,7 @@ struct RawAws {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawProvider {
-    /// ORB's own top-level keys: `scheduler` must say HostFactory and point at this conf dir;
-/// `server` (ORB's REST API) has nothing behind it in hfwasm; `default_provider_type`
-/// must match the providers.
-fn orb_keys(raw: &RawConfig, conf_dir: &Path, err: &dyn Fn(&str, String) -> ConfigError) -> Result<(), ConfigError> {
-    if let Some(s) = &raw.scheduler {
-        if let Some(k) = s.kind.as_deref().filter(|k| !matches!(*k, "hostfactory" | "hf" | "default")) {
-            return Err(err(
-                "scheduler.type",
-                format!("`{k}`: hfwasm speaks HostFactory's (and LSF's) script contract; write `hostfactory`"),
-            ));
-        }
-        if let Some(root) = &s.config_root {
-            // `$HF_PROVIDER_CONFDIR` (ORB's example) or a path: it must be this conf dir.
-            let expanded = match root.trim_start_matches('$').trim_matches(|c| c == '{' || c == '}') {
-                var if root.starts_with('$') => std::env::var(var).unwrap_or_default(),
-                _ => root.clone(),
-            };
-            let same = std::path::absolute(&expanded).is_ok_and(|p| p == conf_dir);
-            if !same {
-                return Err(err(
-                    "scheduler.config_root",
-                    format!(
-                        "`{root}` is not this provider's conf dir {}; hfwasm reads the conf dir HostFactory passes (HF_PROVIDER_CONFDIR). Remove the key or make it `$HF_PROVIDER_CONFDIR`",
-                        conf_dir.display()
-                    ),
-                ));
-            }
-        }
-    }
-    if raw.server.is_some() {
-        return Err(err(
-            "server",
-            "ORB's REST server: hfwasm serves HostFactory through its scripts and has no server mode yet; remove `server`".into(),
-        ));
-    }
-    if let Some(t) = &raw.provider.default_provider_type {
-        let types: Vec<&str> = raw.provider.providers.iter().flatten().map(|p| p.kind()).collect();
-        if !types.iter().all(|k| k == t) {
-            return Err(err(
-                "provider.default_provider_type",
-                format!("`{t}` but the providers are of type {}; remove it or make it match", types.join(", ")),
-            ));
-        }
-    }
-    if let Some(d) = &raw.provider.provider_defaults
-        && let Some(k) = d.as_object().and_then(|o| o.keys().find(|k| *k != "aws"))
-    {
-        return Err(err(
-            &format!("provider.provider_defaults.{k}"),
-            "only `aws.template_defaults` has an effect (it fills ORB's templates); remove it".into(),
-        ));
-    }
-    if let Some(k) = raw
-        .provider
-        .provider_defaults
-        .as_ref()
-        .and_then(|d| d.get("aws"))
-        .and_then(|a| a.as_object())
-        .and_then(|o| o.keys().find(|k| *k != "template_defaults"))
-    {
-        return Err(err(
-            &format!("provider.provider_defaults.aws.{k}"),
-            "only `template_defaults` has an effect here; remove it".into(),
-        ));
-    }
-    Ok(())
-}
-
-/// Seed 001's single-provider form: `type` with its `aws` section.
+    /// Seed 001's single-provider form: `type` with its `aws` section.
     #[serde(rename = "type")]
     kind: Option<String>,
     aws: Option<serde_json::Map<String, serde_json::Value>>,
@@ -1040,6 +972,74 @@ fn parse_file(file: &Path) -> Result<RawConfig, ConfigError> {
         let de = &mut serde_json::Deserializer::from_str(&text);
         serde_path_to_error::deserialize(de).map_err(|e| located(e.path().to_string(), e.inner().to_string()))
     }
+}
+
+/// ORB's own top-level keys: `scheduler` must say HostFactory and point at this conf dir;
+/// `server` (ORB's REST API) has nothing behind it in hfwasm; `default_provider_type`
+/// must match the providers.
+fn orb_keys(raw: &RawConfig, conf_dir: &Path, err: &dyn Fn(&str, String) -> ConfigError) -> Result<(), ConfigError> {
+    if let Some(s) = &raw.scheduler {
+        if let Some(k) = s.kind.as_deref().filter(|k| !matches!(*k, "hostfactory" | "hf" | "default")) {
+            return Err(err(
+                "scheduler.type",
+                format!("`{k}`: hfwasm speaks HostFactory's (and LSF's) script contract; write `hostfactory`"),
+            ));
+        }
+        if let Some(root) = &s.config_root {
+            // `$HF_PROVIDER_CONFDIR` (ORB's example) or a path: it must be this conf dir.
+            let expanded = match root.trim_start_matches('$').trim_matches(|c| c == '{' || c == '}') {
+                var if root.starts_with('$') => std::env::var(var).unwrap_or_default(),
+                _ => root.clone(),
+            };
+            let same = std::path::absolute(&expanded).is_ok_and(|p| p == conf_dir);
+            if !same {
+                return Err(err(
+                    "scheduler.config_root",
+                    format!(
+                        "`{root}` is not this provider's conf dir {}; hfwasm reads the conf dir HostFactory passes (HF_PROVIDER_CONFDIR). Remove the key or make it `$HF_PROVIDER_CONFDIR`",
+                        conf_dir.display()
+                    ),
+                ));
+            }
+        }
+    }
+    if raw.server.is_some() {
+        return Err(err(
+            "server",
+            "ORB's REST server: hfwasm serves HostFactory through its scripts and has no server mode yet; remove `server`".into(),
+        ));
+    }
+    if let Some(t) = &raw.provider.default_provider_type {
+        let types: Vec<&str> = raw.provider.providers.iter().flatten().map(|p| p.kind()).collect();
+        if !types.iter().all(|k| k == t) {
+            return Err(err(
+                "provider.default_provider_type",
+                format!("`{t}` but the providers are of type {}; remove it or make it match", types.join(", ")),
+            ));
+        }
+    }
+    if let Some(d) = &raw.provider.provider_defaults
+        && let Some(k) = d.as_object().and_then(|o| o.keys().find(|k| *k != "aws"))
+    {
+        return Err(err(
+            &format!("provider.provider_defaults.{k}"),
+            "only `aws.template_defaults` has an effect (it fills ORB's templates); remove it".into(),
+        ));
+    }
+    if let Some(k) = raw
+        .provider
+        .provider_defaults
+        .as_ref()
+        .and_then(|d| d.get("aws"))
+        .and_then(|a| a.as_object())
+        .and_then(|o| o.keys().find(|k| *k != "template_defaults"))
+    {
+        return Err(err(
+            &format!("provider.provider_defaults.aws.{k}"),
+            "only `template_defaults` has an effect here; remove it".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Seed 001's single-provider form (`provider.type` with `provider.aws`, YAML `templates`,

@@ -498,23 +498,36 @@ impl Ec2Client {
 
     /// The root device name of `spec`'s AMI when `spec` sets a root volume (it must be
     /// mapped under the AMI's own root device name, or EC2 attaches a second volume instead
-    /// of resizing the root); None without a root volume, and no call is made.
-    fn root_device(&self, spec: &LaunchSpec) -> Result<Option<String>, Ec2Error> {
-        if spec.root_volume.is_none() {
-            return Ok(None);
-        }
+    /// of resizing the root), and `spec` with the root volume's size taken from the AMI when
+    /// the template gives only a type (`volumeType` without `rootDeviceVolumeSize`: a
+    /// mapping needs a size). Without a root volume, no call is made.
+    fn root(&self, spec: &LaunchSpec) -> Result<(Option<String>, LaunchSpec), Ec2Error> {
+        let Some(volume) = &spec.root_volume else {
+            return Ok((None, spec.clone()));
+        };
         let image_id = &spec.image_id;
         let out = self.call("DescribeImages", true, |c| c.describe_images().image_ids(image_id).send())?;
-        out.images()
-            .first()
-            .and_then(|i| i.root_device_name())
-            .map(|d| Some(d.to_string()))
-            .ok_or_else(|| {
-                Ec2Error::Aws(AwsFault {
-                    code: "InvalidAMIID.NotFound".into(),
-                    message: format!("image {image_id} not found or has no root device name"),
-                })
+        let image = out.images().first();
+        let device = image.and_then(|i| i.root_device_name()).map(str::to_string).ok_or_else(|| {
+            Ec2Error::Aws(AwsFault {
+                code: "InvalidAMIID.NotFound".into(),
+                message: format!("image {image_id} not found or has no root device name"),
             })
+        })?;
+        let mut spec = spec.clone();
+        if volume.size_gib.is_none() {
+            let ami_size = image
+                .into_iter()
+                .flat_map(|i| i.block_device_mappings())
+                .find(|m| m.device_name() == Some(device.as_str()))
+                .and_then(|m| m.ebs())
+                .and_then(|e| e.volume_size())
+                .and_then(|s| u32::try_from(s).ok());
+            if let Some(root) = spec.root_volume.as_mut() {
+                root.size_gib = ami_size;
+            }
+        }
+        Ok((Some(device), spec))
     }
 
     /// CreateLaunchTemplate `hfwasm-<token>` from `spec` with ownership `tags` (on the
@@ -522,8 +535,8 @@ impl Ec2Client {
     /// a retry of the same token (crash repair) finds the existing template.
     fn launch_template(&self, token: &str, spec: &LaunchSpec, tags: &[Tag]) -> Result<String, Ec2Error> {
         let name = format!("hfwasm-{token}");
-        let root_device = self.root_device(spec)?;
-        let data = convert::launch_template_data(spec, tags, root_device.as_deref());
+        let (root_device, spec) = self.root(spec)?;
+        let data = convert::launch_template_data(&spec, tags, root_device.as_deref());
         let out = self.call("CreateLaunchTemplate", false, |c| {
             c.create_launch_template()
                 .launch_template_name(&name)
@@ -604,7 +617,7 @@ impl super::Ec2Api for Ec2Client {
 
     /// RunInstances with ownership `tags` and the request id as client token.
     fn run_instances(&self, req: &RunRequest, tags: &[Tag]) -> Result<Vec<Instance>, Ec2Error> {
-        let root_device = self.root_device(&req.spec)?;
+        let (root_device, root_spec) = self.root(&req.spec)?;
         let count = i32::try_from(req.count).unwrap_or(i32::MAX);
         let out = self.call("RunInstances", false, |c| {
             let mut b = c
@@ -618,7 +631,7 @@ impl super::Ec2Api for Ec2Client {
                 .set_user_data(req.spec.user_data.as_deref().map(convert::base64))
                 .set_ebs_optimized(req.spec.ebs_optimized)
                 .set_placement(convert::placement(&req.spec))
-                .set_block_device_mappings(convert::root_mappings(&req.spec, root_device.as_deref()))
+                .set_block_device_mappings(convert::root_mappings(&root_spec, root_device.as_deref()))
                 .tag_specifications(convert::tag_spec(sdk::types::ResourceType::Instance, tags))
                 .tag_specifications(convert::tag_spec(sdk::types::ResourceType::Volume, tags));
             if let Some(arn) = &req.spec.instance_profile_arn {
@@ -836,7 +849,7 @@ impl super::Ec2Api for Ec2Client {
     /// RequestSpotFleet (`request` type: filled once, never replenished) with one launch
     /// specification per override and ownership `tags` on the fleet and its instances.
     fn request_spot_fleet(&self, req: &SpotFleetRequest, tags: &[Tag]) -> Result<String, Ec2Error> {
-        let root_device = self.root_device(&req.spec)?;
+        let (root_device, root_spec) = self.root(&req.spec)?;
         let instance_tags = sdk::types::SpotFleetTagSpecification::builder()
             .resource_type(sdk::types::ResourceType::Instance)
             .set_tags(Some(convert::sdk_tags(tags)))
@@ -860,7 +873,7 @@ impl super::Ec2Api for Ec2Client {
                             .map(|g| sdk::types::GroupIdentifier::builder().group_id(g).build())
                             .collect(),
                     ))
-                    .set_block_device_mappings(convert::root_mappings(&req.spec, root_device.as_deref()))
+                    .set_block_device_mappings(convert::root_mappings(&root_spec, root_device.as_deref()))
                     .set_ebs_optimized(req.spec.ebs_optimized)
                     .set_placement(req.spec.placement.as_ref().map(|p| {
                         sdk::types::SpotPlacement::builder()
