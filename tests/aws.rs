@@ -328,9 +328,17 @@ fn bad_templates_config_and_grants_are_named() {
     let tree = aws_tree(&moto, t);
     // The misspelt template is left out, named in the log; the others are still offered.
     let offered = tree.ok("getAvailableTemplates", &json!({}));
-    assert!(offered["templates"].as_array().is_some_and(|l| l.len() == 2 && l.iter().all(|t| t["templateId"] != "OnDemand-Template-VM")), "{offered}");
+    assert!(
+        offered["templates"]
+            .as_array()
+            .is_some_and(|l| l.len() == 2 && l.iter().all(|t| t["templateId"] != "OnDemand-Template-VM")),
+        "{offered}"
+    );
     let log = std::fs::read_to_string(tree.logs.join("hfwasm-pool.log")).unwrap_or_default();
-    assert!(log.contains("templates[0].vmTypo") && log.contains("did you mean `vmType`?"), "{log}");
+    assert!(
+        log.contains("templates[0].vmTypo") && log.contains("did you mean `vmType`?"),
+        "{log}"
+    );
     tree.err(
         "requestMachines",
         &json!({"template": {"templateId": "OnDemand-Template-VM", "machineCount": 1}}),

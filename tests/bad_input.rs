@@ -138,9 +138,18 @@ fn a_state_store_the_user_cannot_write_names_its_owner_and_the_fix() {
     let tree = HfTree::new(&plain_inventory(1));
     // The work dir belongs to someone else (as root: run as `nobody`; otherwise: read-only).
     std::fs::create_dir_all(&tree.work).expect("work dir");
-    let as_root = std::process::Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+    let as_root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
     let mut cmd = if as_root {
-        for p in [tree.dir.path(), &tree.dir.path().join("conf"), &tree.dir.path().join("conf/providers"), &tree.conf] {
+        for p in [
+            tree.dir.path(),
+            &tree.dir.path().join("conf"),
+            &tree.dir.path().join("conf/providers"),
+            &tree.conf,
+        ] {
             std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         }
         std::fs::set_permissions(tree.conf.join("inventory.txt"), std::fs::Permissions::from_mode(0o644)).expect("chmod");
@@ -167,7 +176,10 @@ fn a_state_store_the_user_cannot_write_names_its_owner_and_the_fix() {
     assert_eq!(json["error"]["code"], "STORE_ERROR", "{json}");
     let m = message(&json);
     if as_root {
-        assert!(m.contains("owned by root") && m.contains("hfwasm runs as nobody") && m.contains("chown -R nobody"), "{m}");
+        assert!(
+            m.contains("owned by root") && m.contains("hfwasm runs as nobody") && m.contains("chown -R nobody"),
+            "{m}"
+        );
     } else {
         assert!(m.contains("read-only") && m.contains("chmod u+w"), "{m}");
     }

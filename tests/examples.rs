@@ -316,7 +316,11 @@ fn a_broken_rhai_policy_fails_as_configured_and_named() {
     tree.config(&json!({"policy": {"script": "recurses.rhai", "on_error": "fail_closed", "limits": {"max_call_levels": 64, "max_expr_depth": 128}}}));
     let e = tree.err("getAvailableTemplates", &json!({}), "POLICY_ERROR");
     assert!(e["error"]["message"].as_str().is_some_and(|m| m.contains("max_call_levels")), "{e}");
-    let nested = format!("fn offer_templates(ctx, templates) {{ let x = {}1{}; templates }}", "(".repeat(5000), ")".repeat(5000));
+    let nested = format!(
+        "fn offer_templates(ctx, templates) {{ let x = {}1{}; templates }}",
+        "(".repeat(5000),
+        ")".repeat(5000)
+    );
     std::fs::write(tree.conf.join("nested.rhai"), nested).expect("script");
     tree.config(&json!({"policy": {"script": "nested.rhai", "on_error": "fail_closed", "limits": {"max_expr_depth": 128}}}));
     let e = tree.err("getAvailableTemplates", &json!({}), "POLICY_ERROR");
@@ -433,7 +437,10 @@ fn guest_new_python_scaffolds_a_working_selector() {
         out.contains("guest 'onprem': already cached") && out.contains("guest 'selector': already cached"),
         "{out}"
     );
-    assert!(err.contains("guest precompile: 1/2 'onprem'") && err.contains("guest precompile: 2/2 'selector'"), "{err}");
+    assert!(
+        err.contains("guest precompile: 1/2 'onprem'") && err.contains("guest precompile: 2/2 'selector'"),
+        "{err}"
+    );
     let (code, out, err) = admin(&tree, &["config", "check"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(

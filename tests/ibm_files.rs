@@ -44,8 +44,14 @@ fn ibm_open_source_samples_serve_hostfactory_as_they_are() {
     // that names the setting and the file, never the SDK's debug dump.
     let e = tree.err("getAvailableTemplates", &json!({}), "PROVIDER_UNAVAILABLE");
     let msg = e["error"]["message"].as_str().unwrap_or_default();
-    assert!(msg.contains("AWS_CREDENTIAL_FILE") && msg.contains("/home/aws/credentials"), "{msg}");
-    assert!(!msg.contains('\n') && !msg.contains("DispatchFailure") && !msg.contains("source:"), "{msg}");
+    assert!(
+        msg.contains("AWS_CREDENTIAL_FILE") && msg.contains("/home/aws/credentials"),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains('\n') && !msg.contains("DispatchFailure") && !msg.contains("source:"),
+        "{msg}"
+    );
 
     // The same files with the emulator's endpoint and a credentials file added: both of
     // IBM's templates are offered, with the true shape of t2.micro.
@@ -64,9 +70,17 @@ fn ibm_open_source_samples_serve_hostfactory_as_they_are() {
         let tpl = template(&t, id);
         assert_eq!(tpl["attributes"]["ncpus"], json!(["Numeric", cores.to_string()]), "{tpl}");
         assert_eq!(tpl["attributes"]["nram"], json!(["Numeric", mib.to_string()]), "{tpl}");
-        assert_eq!(tpl["attributes"]["mem"], json!(["Numeric", mib.to_string()]), "LSF's mem is the real memory: {tpl}");
+        assert_eq!(
+            tpl["attributes"]["mem"],
+            json!(["Numeric", mib.to_string()]),
+            "LSF's mem is the real memory: {tpl}"
+        );
         assert_eq!(tpl["attributes"]["awshost"], json!(["Boolean", "1"]), "{tpl}");
-        assert_eq!((tpl["maxNumber"].clone(), tpl["availableNumber"].clone()), (json!(0), json!(0)), "{tpl}");
+        assert_eq!(
+            (tpl["maxNumber"].clone(), tpl["availableNumber"].clone()),
+            (json!(0), json!(0)),
+            "{tpl}"
+        );
     }
     // maxNumber 0 offers nothing: a request is refused before anything launches.
     tree.err(
@@ -104,10 +118,18 @@ fn one_bad_template_leaves_the_others_offered_and_config_check_lists_every_probl
     let tree = aws_tree(&moto, json!([good("Good-A"), quoted, typo, semantic, good("Good-B")]));
 
     let t = tree.ok("getAvailableTemplates", &json!({}));
-    let ids: Vec<&str> = t["templates"].as_array().expect("list").iter().filter_map(|t| t["templateId"].as_str()).collect();
+    let ids: Vec<&str> = t["templates"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|t| t["templateId"].as_str())
+        .collect();
     assert_eq!(ids, ["Good-A", "Good-B"], "the good ones are offered");
     let log = std::fs::read_to_string(tree.logs.join("hfwasm-pool.log")).expect("log");
-    assert!(log.contains("templates[1].maxNumber") && log.contains("iops"), "bad ones are logged: {log}");
+    assert!(
+        log.contains("templates[1].maxNumber") && log.contains("iops"),
+        "bad ones are logged: {log}"
+    );
 
     // A request for a left-out template names it as not offered.
     let e = tree.err(
@@ -129,15 +151,23 @@ fn one_bad_template_leaves_the_others_offered_and_config_check_lists_every_probl
     ] {
         assert!(out.contains(needle), "{needle}:\n{out}");
     }
-    assert!(out.contains("PROBLEM:   guest aws: template skipped: templates[") && out.contains("iops"), "the guest's own finding is listed too: {out}");
+    assert!(
+        out.contains("PROBLEM:   guest aws: template skipped: templates[") && out.contains("iops"),
+        "the guest's own finding is listed too: {out}"
+    );
     assert!(err.contains("3 problems listed above"), "{err}");
 
     // Nothing usable: CONFIG_ERROR with the file and the setting.
-    let tree = aws_tree(&moto, json!([{"templateId": "Only", "maxNumber": "3", "imageId": ami, "subnetId": subnet, "vmType": "t3.micro"}]));
+    let tree = aws_tree(
+        &moto,
+        json!([{"templateId": "Only", "maxNumber": "3", "imageId": ami, "subnetId": subnet, "vmType": "t3.micro"}]),
+    );
     let e = tree.err("getAvailableTemplates", &json!({}), "CONFIG_ERROR");
     assert_eq!(e["error"]["details"]["setting"], "templates[0].maxNumber", "{e}");
     assert!(
-        e["error"]["details"]["file"].as_str().is_some_and(|f| f.ends_with("poolprov_templates.json")),
+        e["error"]["details"]["file"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("poolprov_templates.json")),
         "{e}"
     );
 }
@@ -178,7 +208,11 @@ fn placement_tenancy_ebs_and_user_data_reach_the_instances() {
             "efaCount": 1
         }
     ]);
-    std::fs::write(tree.conf.join("poolprov_templates.json"), json!({"templates": templates}).to_string()).expect("templates");
+    std::fs::write(
+        tree.conf.join("poolprov_templates.json"),
+        json!({"templates": templates}).to_string(),
+    )
+    .expect("templates");
 
     moto.start_recording();
     let id = tree.request("Placed", 2);
@@ -195,7 +229,11 @@ fn placement_tenancy_ebs_and_user_data_reach_the_instances() {
     // moto keeps neither placement group nor tenancy: what hfwasm sent is checked instead.
     let sent = moto.recorded("RunInstances");
     assert_eq!(sent.len(), 1, "one RunInstances for the request: {sent:?}");
-    for part in ["Placement.GroupName=hpc-cluster", "Placement.Tenancy=dedicated", "EbsOptimized=true"] {
+    for part in [
+        "Placement.GroupName=hpc-cluster",
+        "Placement.Tenancy=dedicated",
+        "EbsOptimized=true",
+    ] {
         assert!(sent[0].contains(part), "{part} in {}", sent[0]);
     }
     let user_data = |iid: &str| -> String {
@@ -259,7 +297,12 @@ fn launch_template_versions_and_instance_id_tags() {
             .ec2
             .create_launch_template()
             .launch_template_name("site-lt")
-            .launch_template_data(aws_sdk_ec2::types::RequestLaunchTemplateData::builder().image_id(&ami).key_name("key-v1").build())
+            .launch_template_data(
+                aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
+                    .image_id(&ami)
+                    .key_name("key-v1")
+                    .build(),
+            )
             .send()
             .await
             .expect("lt");
@@ -267,7 +310,12 @@ fn launch_template_versions_and_instance_id_tags() {
         moto.ec2
             .create_launch_template_version()
             .launch_template_id(&id)
-            .launch_template_data(aws_sdk_ec2::types::RequestLaunchTemplateData::builder().image_id(&ami).key_name("key-v2").build())
+            .launch_template_data(
+                aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
+                    .image_id(&ami)
+                    .key_name("key-v2")
+                    .build(),
+            )
             .send()
             .await
             .expect("v2");
@@ -316,14 +364,21 @@ fn launch_template_versions_and_instance_id_tags() {
         .block_on(
             moto.ec2
                 .describe_volumes()
-                .filters(aws_sdk_ec2::types::Filter::builder().name("attachment.instance-id").values(&iid).build())
+                .filters(
+                    aws_sdk_ec2::types::Filter::builder()
+                        .name("attachment.instance-id")
+                        .values(&iid)
+                        .build(),
+                )
                 .send(),
         )
         .expect("volumes");
     assert!(!vols.volumes().is_empty(), "moto attaches a root volume");
     for v in vols.volumes() {
         assert!(
-            v.tags().iter().any(|t| t.key() == Some("InstanceID") && t.value() == Some(iid.as_str())),
+            v.tags()
+                .iter()
+                .any(|t| t.key() == Some("InstanceID") && t.value() == Some(iid.as_str())),
             "{v:?}"
         );
     }
@@ -333,11 +388,7 @@ fn launch_template_versions_and_instance_id_tags() {
 fn credential_script(dir: &Path, body: &str) -> std::path::PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let script = dir.join("creds.sh");
-    std::fs::write(
-        &script,
-        format!("#!/bin/sh\necho run >> {}\n{body}\n", dir.join("count").display()),
-    )
-    .expect("script");
+    std::fs::write(&script, format!("#!/bin/sh\necho run >> {}\n{body}\n", dir.join("count").display())).expect("script");
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     script
 }
@@ -358,7 +409,12 @@ fn credentials_come_from_the_sites_script_and_are_renewed() {
     cfg["AWS_CREDENTIAL_SCRIPT"] = json!(script.display().to_string());
     cfg["AWS_CREDENTIAL_RENEW_MARGIN"] = json!("2");
     std::fs::write(&cfg_path, cfg.to_string()).expect("cfg");
-    let runs = || std::fs::read_to_string(scripts.path().join("count")).unwrap_or_default().lines().count();
+    let runs = || {
+        std::fs::read_to_string(scripts.path().join("count"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
 
     tree.ok("getAvailableTemplates", &json!({}));
     tree.ok("getAvailableTemplates", &json!({}));
@@ -400,13 +456,20 @@ fn a_conf_dir_hfwasm_cannot_read_is_named_not_mistaken_for_the_pool() {
     std::fs::write(tree.conf.join("awsinstprov_templates.json"), &templates).expect("tpl");
     let e = tree.err("getAvailableTemplates", &json!({}), "CONFIG_ERROR");
     let m = e["error"]["message"].as_str().unwrap_or_default();
-    assert!(m.contains("`awsinst`") && m.contains("HF_PROVIDER_NAME") && !m.contains("inventory.txt not"), "{m}");
+    assert!(
+        m.contains("`awsinst`") && m.contains("HF_PROVIDER_NAME") && !m.contains("inventory.txt not"),
+        "{m}"
+    );
     // IBM's Azure plugin files.
     for f in ["awsinstprov_config.json", "awsinstprov_templates.json"] {
         std::fs::remove_file(tree.conf.join(f)).expect("rm");
     }
     std::fs::write(tree.conf.join("azureprov_config.json"), ibm_file("azure/azureprov_config.json")).expect("cfg");
-    std::fs::write(tree.conf.join("azureprov_templates.json"), ibm_file("azure/azureprov_templates.json")).expect("tpl");
+    std::fs::write(
+        tree.conf.join("azureprov_templates.json"),
+        ibm_file("azure/azureprov_templates.json"),
+    )
+    .expect("tpl");
     let e = tree.err("getAvailableTemplates", &json!({}), "CONFIG_ERROR");
     let m = e["error"]["message"].as_str().unwrap_or_default();
     assert!(m.contains("Azure") && m.contains("azureprov_config.json"), "{m}");
@@ -430,7 +493,15 @@ fn a_relative_confdir_as_in_the_help_finds_ibm_files_once() {
     std::fs::write(&input, "{}").expect("input");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_hfwasm"))
         .current_dir(tree.dir.path())
-        .args(["getAvailableTemplates", "--confdir", "conf/providers/pool", "--workdir", "work", "-f", "in.json"])
+        .args([
+            "getAvailableTemplates",
+            "--confdir",
+            "conf/providers/pool",
+            "--workdir",
+            "work",
+            "-f",
+            "in.json",
+        ])
         .env("HF_PROVIDER_NAME", "pool")
         .env("HFWASM_CACHE_DIR", test_cache())
         .env("AWS_EC2_METADATA_DISABLED", "true")
@@ -469,8 +540,14 @@ fn orb_config_and_templates_are_read_or_refused_by_name() {
     cfg.as_object_mut().expect("object").remove("server");
     std::fs::write(tree.conf.join("config.json"), cfg.to_string()).expect("config");
     let e = tree.err("getAvailableTemplates", &json!({}), "CONFIG_ERROR");
-    assert_eq!(e["error"]["details"]["setting"], "provider.provider_defaults.aws.template_defaults.image_id", "{e}");
-    assert!(e["error"]["message"].as_str().is_some_and(|m| m.contains("aws ssm get-parameters")), "{e}");
+    assert_eq!(
+        e["error"]["details"]["setting"], "provider.provider_defaults.aws.template_defaults.image_id",
+        "{e}"
+    );
+    assert!(
+        e["error"]["message"].as_str().is_some_and(|m| m.contains("aws ssm get-parameters")),
+        "{e}"
+    );
 
     // The site's own values in ORB's places (its AMI, subnet, group; no profile of its own):
     // ORB's 20 templates file is read as it is. What hfwasm launches is offered; the rest is
@@ -479,10 +556,18 @@ fn orb_config_and_templates_are_read_or_refused_by_name() {
     d["image_id"] = json!(ami);
     d["subnet_ids"] = json!([subnet]);
     d["security_group_ids"] = json!([sg]);
-    cfg["provider"]["providers"][0]["config"].as_object_mut().expect("config").remove("profile");
+    cfg["provider"]["providers"][0]["config"]
+        .as_object_mut()
+        .expect("config")
+        .remove("profile");
     std::fs::write(tree.conf.join("config.json"), cfg.to_string()).expect("config");
     let t = tree.ok("getAvailableTemplates", &json!({}));
-    let mut ids: Vec<&str> = t["templates"].as_array().expect("list").iter().filter_map(|t| t["templateId"].as_str()).collect();
+    let mut ids: Vec<&str> = t["templates"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|t| t["templateId"].as_str())
+        .collect();
     ids.sort();
     assert_eq!(
         ids,
@@ -497,11 +582,19 @@ fn orb_config_and_templates_are_read_or_refused_by_name() {
             "SpotFleet-Request-LowestPrice"
         ]
     );
-    assert_eq!(template(&t, "EC2Fleet-Instant-OnDemand")["name"], "EC2 Fleet Instant On-Demand", "ORB's name rides along");
+    assert_eq!(
+        template(&t, "EC2Fleet-Instant-OnDemand")["name"],
+        "EC2 Fleet Instant On-Demand",
+        "ORB's name rides along"
+    );
     let (code, out, _) = admin(&tree, &["config", "check"]);
     assert_eq!(code, 1);
     assert_eq!(out.lines().filter(|l| l.starts_with("PROBLEM:")).count(), 12, "{out}");
-    for reason in ["fleetType` = maintain", "fleetType` = request", "Auto Scaling groups are not supported yet"] {
+    for reason in [
+        "fleetType` = maintain",
+        "fleetType` = request",
+        "Auto Scaling groups are not supported yet",
+    ] {
         assert!(out.contains(reason), "{reason}:\n{out}");
     }
 
@@ -517,7 +610,9 @@ fn orb_config_and_templates_are_read_or_refused_by_name() {
     assert_eq!(done["status"], "complete", "{done}");
     assert_eq!(moto.running_types_of(&id), ["t3.medium"]);
     assert!(
-        moto.instances_of(&id)[0].3.contains(&("Environment".to_string(), "dev".to_string())),
+        moto.instances_of(&id)[0]
+            .3
+            .contains(&("Environment".to_string(), "dev".to_string())),
         "the template's own tags are on the instance"
     );
 }

@@ -103,12 +103,18 @@ fn the_demo_runs_the_full_cycle_through_the_real_scripts() {
     assert!(dir.path().join("providerplugins/hfwasm/scripts/requestMachines.sh").is_file());
     assert!(dir.path().join("providerplugins/hfwasm/bin/hfwasm").exists());
     // Every path the demo prints exists afterwards (the kept tree's log dir).
-    let logs = stdout.lines().find_map(|l| l.strip_prefix("Logs: ")).expect("a kept tree names its logs");
+    let logs = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Logs: "))
+        .expect("a kept tree names its logs");
     assert!(std::path::Path::new(logs).is_dir(), "{logs}");
 
     // Without --dir the tree is temporary: the demo says so instead of naming a path that
     // is gone when it returns.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hfwasm")).arg("demo").output().expect("demo");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hfwasm"))
+        .arg("demo")
+        .output()
+        .expect("demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(!stdout.contains("Logs: "), "{stdout}");

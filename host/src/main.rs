@@ -436,7 +436,10 @@ fn main() -> ExitCode {
                     0 => Ok(()),
                     n => Err(HfError::new(
                         ErrorCode::ConfigError,
-                        format!("{n} problem{} listed above (HostFactory is offered the rest)", if n == 1 { "" } else { "s" }),
+                        format!(
+                            "{n} problem{} listed above (HostFactory is offered the rest)",
+                            if n == 1 { "" } else { "s" }
+                        ),
                     )),
                 }
             },
@@ -572,7 +575,10 @@ fn main() -> ExitCode {
                 if report.all_failed() {
                     return Err(HfError::new(
                         ErrorCode::PolicyError,
-                        format!("the candidate {} failed every recorded decision (see the report for why)", report.candidate),
+                        format!(
+                            "the candidate {} failed every recorded decision (see the report for why)",
+                            report.candidate
+                        ),
                     ));
                 }
                 Ok(())

@@ -39,7 +39,11 @@ pub fn hint(path: &Path) -> String {
     let owner = user_name(meta.uid());
     let mode = meta.mode() & 0o7777;
     let runner = user_name(me);
-    let dir = if meta.is_dir() { existing } else { existing.parent().unwrap_or(existing) };
+    let dir = if meta.is_dir() {
+        existing
+    } else {
+        existing.parent().unwrap_or(existing)
+    };
     if meta.uid() != me {
         format!(
             " ({} is owned by {owner}, mode {mode:04o}; hfwasm runs as {runner}: run `chown -R {runner} {}` or run hfwasm as {owner})",

@@ -562,7 +562,12 @@ impl Plugin {
         let total = specs.len();
         for (i, spec) in specs.into_iter().enumerate() {
             // Progress on stderr: a large guest (Python, JavaScript) compiles for seconds.
-            eprintln!("guest precompile: {}/{total} '{}' ({} KiB of wasm)...", i + 1, spec.name, Self::bytes_of(spec).map_or(0, |b| b.len() >> 10));
+            eprintln!(
+                "guest precompile: {}/{total} '{}' ({} KiB of wasm)...",
+                i + 1,
+                spec.name,
+                Self::bytes_of(spec).map_or(0, |b| b.len() >> 10)
+            );
             let wasm = Self::bytes_of(spec).map_err(HfError::from)?;
             let engine =
                 Self::engine_for(spec).map_err(|e| HfError::new(ErrorCode::Internal, format!("cannot start the wasm engine: {e:#}")))?;

@@ -67,7 +67,10 @@ impl Moto {
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             // The recorder stays off until a test starts it (`start_recording`).
             .env("MOTO_ENABLE_RECORDING", "True")
-            .env("MOTO_RECORDER_FILEPATH", std::env::temp_dir().join(format!("hfwasm-moto-{port}.recording")))
+            .env(
+                "MOTO_RECORDER_FILEPATH",
+                std::env::temp_dir().join(format!("hfwasm-moto-{port}.recording")),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -105,7 +108,11 @@ impl Moto {
         use std::io::{Read, Write};
         let addr = self.endpoint.trim_start_matches("http://");
         let mut s = TcpStream::connect(addr).expect("connect to moto");
-        write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").expect("request");
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .expect("request");
         let mut out = String::new();
         s.read_to_string(&mut out).expect("response");
         out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()

@@ -362,9 +362,19 @@ impl AwsTemplate {
                     }
                 }
                 "name" | "createdAt" | "updatedAt" => t.extra.push((k.to_string(), v.clone())),
-                "poolsCount" | "ec2FleetConfig" | "onDemandTargetCapacityRatio" | "durationInHours" | "requestValidity" | "spotPrice" | "priority"
+                "poolsCount"
+                | "ec2FleetConfig"
+                | "onDemandTargetCapacityRatio"
+                | "durationInHours"
+                | "requestValidity"
+                | "spotPrice"
+                | "priority"
                 | "ttl" => {
-                    return Err(bad(&id, k, &format!("is not supported by hfwasm's AWS provider: {}", unsupported_why(k))));
+                    return Err(bad(
+                        &id,
+                        k,
+                        &format!("is not supported by hfwasm's AWS provider: {}", unsupported_why(k)),
+                    ));
                 }
                 _ => {
                     return Err(bad(&id, k, &format!("is not a template key{}", nearest(k))));
@@ -388,7 +398,9 @@ impl AwsTemplate {
                     "= maintain: a fleet that replaces instances behind HostFactory's back is not supported; use instant (EC2Fleet) or request (SpotFleet)",
                 ));
             }
-            (Some(ProviderApi::Ec2Fleet), Some("request")) | (None, Some("request")) if t.provider_api.is_some() || t.fleet_role.is_none() => {
+            (Some(ProviderApi::Ec2Fleet), Some("request")) | (None, Some("request"))
+                if t.provider_api.is_some() || t.fleet_role.is_none() =>
+            {
                 return Err(bad(
                     &id,
                     "fleetType",
@@ -402,7 +414,11 @@ impl AwsTemplate {
         }
         match t.provider_api {
             Some(ProviderApi::SpotFleet) if t.fleet_role.is_none() => {
-                return Err(bad(&id, "providerApi", "= SpotFleet needs a fleetRole (IAM role ARN for Spot Fleet)"));
+                return Err(bad(
+                    &id,
+                    "providerApi",
+                    "= SpotFleet needs a fleetRole (IAM role ARN for Spot Fleet)",
+                ));
             }
             Some(ProviderApi::SpotFleet) if t.price_type == PriceType::OnDemand => {
                 return Err(bad(&id, "providerApi", "= SpotFleet needs priceType spot or heterogeneous"));
@@ -490,7 +506,10 @@ impl AwsTemplate {
             Some(ProviderApi::RunInstances) => true,
             Some(_) => false,
             None => {
-                self.vm_types.len() == 1 && !self.weighted && self.vm_types_on_demand.is_empty() && self.price_type != PriceType::Heterogeneous
+                self.vm_types.len() == 1
+                    && !self.weighted
+                    && self.vm_types_on_demand.is_empty()
+                    && self.price_type != PriceType::Heterogeneous
             }
         }
     }

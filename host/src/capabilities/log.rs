@@ -27,7 +27,16 @@ impl Host for GuestLog {
         // One guest record is one log line: a guest cannot forge host lines with embedded
         // newlines (or other control characters, escaped as `\n`, `\u{1b}`, ...).
         if message.chars().any(char::is_control) {
-            message = message.chars().flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect();
+            message = message
+                .chars()
+                .flat_map(|c| {
+                    if c.is_control() {
+                        c.escape_default().collect::<Vec<_>>()
+                    } else {
+                        vec![c]
+                    }
+                })
+                .collect();
         }
         let guest = self.guest.as_str();
         match lvl {
@@ -61,7 +70,10 @@ mod tests {
         }
         let buf = Buf::default();
         let writer = buf.clone();
-        let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
         tracing::subscriber::with_default(subscriber, || {
             GuestLog { guest: "evil".into() }.emit(Level::Warn, "ok\n2026-12-05T00:00:00Z  INFO hf_call: call done\x1b[2J".into());
         });

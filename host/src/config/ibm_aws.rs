@@ -242,7 +242,9 @@ pub fn from_values(
                     })?);
                 }
                 // Only IBM's plugin uses it (to locate .pem files); hfwasm never logs in to hosts.
-                "AWS_KEY_FILE" => tracing::debug!(file = %f.display(), "AWS_KEY_FILE has no effect in hfwasm (it never connects to instances)"),
+                "AWS_KEY_FILE" => {
+                    tracing::debug!(file = %f.display(), "AWS_KEY_FILE has no effect in hfwasm (it never connects to instances)")
+                }
                 other => {
                     return Err(ConfigError {
                         file: f.to_path_buf(),
@@ -284,7 +286,9 @@ pub fn from_values(
         (Some(_), None) => errors.push(ConfigError {
             file: f.to_path_buf(),
             setting: Some("AWS_PROXY_PORT".into()),
-            message: "`AWS_PROXY_HOST` is set but `AWS_PROXY_PORT` is not; write the proxy's port (or leave `AWS_PROXY_HOST` empty for no proxy)".into(),
+            message:
+                "`AWS_PROXY_HOST` is set but `AWS_PROXY_PORT` is not; write the proxy's port (or leave `AWS_PROXY_HOST` empty for no proxy)"
+                    .into(),
         }),
         // IBM's example: `"AWS_PROXY_HOST": ""` with `"AWS_PROXY_PORT": 80` means no proxy.
         (None, _) => {}
@@ -409,21 +413,40 @@ fn check_template(i: usize, tpl: &mut Value, earlier: &[Value], file: &Path) -> 
     };
     let id = match obj.get("templateId") {
         Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
-        Some(other) => return Err(err(format!("{at}.templateId"), format!("`templateId` must be a non-empty string, found {other}"))),
+        Some(other) => {
+            return Err(err(
+                format!("{at}.templateId"),
+                format!("`templateId` must be a non-empty string, found {other}"),
+            ));
+        }
         None => return Err(err(format!("{at}.templateId"), "`templateId` is required".into())),
     };
     let at = format!("{at} ('{id}')");
     let setting = |k: &str| format!("templates[{i}].{k}");
-    if earlier.iter().any(|e| e.get("templateId").and_then(Value::as_str).map(str::trim) == Some(id.as_str())) {
-        return Err(err(setting("templateId"), format!("{at}: template id `{id}` is defined twice; the first is used")));
+    if earlier
+        .iter()
+        .any(|e| e.get("templateId").and_then(Value::as_str).map(str::trim) == Some(id.as_str()))
+    {
+        return Err(err(
+            setting("templateId"),
+            format!("{at}: template id `{id}` is defined twice; the first is used"),
+        ));
     }
     match obj.get("maxNumber") {
-        None => return Err(err(setting("maxNumber"), format!("{at}: `maxNumber` is required (-1 for unlimited)"))),
+        None => {
+            return Err(err(
+                setting("maxNumber"),
+                format!("{at}: `maxNumber` is required (-1 for unlimited)"),
+            ));
+        }
         Some(Value::Number(n)) if n.as_i64().is_some_and(|n| (-1..=100_000).contains(&n)) => {}
         Some(Value::String(s)) if s.trim().parse::<i64>().is_ok() => {
             return Err(err(
                 setting("maxNumber"),
-                format!("{at}: `maxNumber` got the string \"{s}\"; write {} (a number, without quotes)", s.trim()),
+                format!(
+                    "{at}: `maxNumber` got the string \"{s}\"; write {} (a number, without quotes)",
+                    s.trim()
+                ),
             ));
         }
         Some(other) => {
@@ -445,11 +468,18 @@ fn check_template(i: usize, tpl: &mut Value, earlier: &[Value], file: &Path) -> 
     // Guests cannot read files: the host reads `userDataScript` for the guest.
     if let Some(script) = obj.get("userDataScript").filter(|v| !unset(v)) {
         let Some(script) = script.as_str() else {
-            return Err(err(setting("userDataScript"), format!("{at}: `userDataScript` must be a file path")));
+            return Err(err(
+                setting("userDataScript"),
+                format!("{at}: `userDataScript` must be a file path"),
+            ));
         };
         let p = relative_to(file, script);
-        let content = std::fs::read_to_string(&p)
-            .map_err(|e| err(setting("userDataScript"), format!("{at}: cannot read userDataScript {}: {e}", p.display())))?;
+        let content = std::fs::read_to_string(&p).map_err(|e| {
+            err(
+                setting("userDataScript"),
+                format!("{at}: cannot read userDataScript {}: {e}", p.display()),
+            )
+        })?;
         obj.insert("userDataContent".into(), Value::String(content));
     }
     Ok(())
@@ -494,8 +524,14 @@ mod tests {
     #[test]
     fn bad_and_unknown_keys_are_named() {
         for (cfg, needle) in [
-            (r#"{"AWS_REGION": "x", "AWS_REGIN": "y"}"#, "unknown key `AWS_REGIN` (did you mean `AWS_REGION`?)"),
-            (r#"{"AWS_REGION": "x", "aws_tag_instanceid": true}"#, "did you mean `AWS_TAG_InstanceID`?"),
+            (
+                r#"{"AWS_REGION": "x", "AWS_REGIN": "y"}"#,
+                "unknown key `AWS_REGIN` (did you mean `AWS_REGION`?)",
+            ),
+            (
+                r#"{"AWS_REGION": "x", "aws_tag_instanceid": true}"#,
+                "did you mean `AWS_TAG_InstanceID`?",
+            ),
             (r#"{}"#, "`AWS_REGION` is required"),
             (r#"{"AWS_REGION": "x", "AWS_INSTANCE_PENDING_TIMEOUT_SEC": 5}"#, "180..=10000"),
             (r#"{"AWS_REGION": "x", "AWS_PROXY_HOST": "p"}"#, "`AWS_PROXY_PORT` is not"),
@@ -516,7 +552,13 @@ mod tests {
             r#"{"templates": []}"#,
         );
         let e = load(&c, &t, |_| None).expect_err("three problems");
-        for needle in ["4 problems", "AWS_REGON", "AWS_PROXY_PORT", "AWS_INSTANCE_PENDING_TIMEOUT_SEC", "`AWS_REGION` is required"] {
+        for needle in [
+            "4 problems",
+            "AWS_REGON",
+            "AWS_PROXY_PORT",
+            "AWS_INSTANCE_PENDING_TIMEOUT_SEC",
+            "`AWS_REGION` is required",
+        ] {
             assert!(e.message.contains(needle), "{needle}: {e}");
         }
     }
@@ -530,7 +572,10 @@ mod tests {
             r#"{"templates": []}"#,
         );
         let ibm = load(&c, &t, |_| None).expect("loads");
-        assert_eq!((ibm.settings.proxy, ibm.settings.credential_file, ibm.settings.endpoint_url), (None, None, None));
+        assert_eq!(
+            (ibm.settings.proxy, ibm.settings.credential_file, ibm.settings.endpoint_url),
+            (None, None, None)
+        );
         assert!(ibm.settings.tag_instance_id);
         let (d, c, t) = files(
             r#"{"AWS_REGION": "us-east-1", "AWS_CREDENTIAL_SCRIPT": "creds.sh", "AWS_CREDENTIAL_RENEW_MARGIN": "600", "AWS_CREDENTIAL_FILE": "credentials",
@@ -558,7 +603,13 @@ mod tests {
             ]}"#,
         );
         let ibm = load(&c, &t, |_| None).expect("loads with the good one");
-        let ids: Vec<&str> = ibm.templates.as_array().expect("list").iter().filter_map(|t| t["templateId"].as_str()).collect();
+        let ids: Vec<&str> = ibm
+            .templates
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter_map(|t| t["templateId"].as_str())
+            .collect();
         assert_eq!(ids, ["good"]);
         assert_eq!(ibm.grant.instance_types, ["t3.micro"], "left-out templates grant nothing");
         let found: Vec<(Option<&str>, &str)> = ibm.problems.iter().map(|p| (p.setting.as_deref(), p.message.as_str())).collect();
@@ -571,7 +622,10 @@ mod tests {
         assert_eq!(found[3].0, Some("templates[4]"));
         assert!(ibm.problems.iter().all(|p| p.file == t));
         // Nothing usable: the call fails, naming each problem.
-        let (_d, c, t) = files(r#"{"AWS_REGION": "us-east-1"}"#, r#"{"templates": [{"templateId": "x", "maxNumber": "3"}]}"#);
+        let (_d, c, t) = files(
+            r#"{"AWS_REGION": "us-east-1"}"#,
+            r#"{"templates": [{"templateId": "x", "maxNumber": "3"}]}"#,
+        );
         let e = load(&c, &t, |_| None).expect_err("nothing usable");
         assert_eq!(e.setting.as_deref(), Some("templates[0].maxNumber"));
     }

@@ -932,11 +932,14 @@ fn unread_files(conf_dir: &Path, instance: &str) -> Result<(), ConfigError> {
     found.sort();
     // IBM files of another instance name are the likeliest slip.
     let other = found.iter().find_map(|n| n.strip_suffix("prov_config.json")).map(str::to_string);
-    let azure = found.iter().any(|n| {
-        n.ends_with("prov_config.json") && std::fs::read_to_string(conf_dir.join(n)).is_ok_and(|t| t.contains("AZURE_"))
-    });
+    let azure = found
+        .iter()
+        .any(|n| n.ends_with("prov_config.json") && std::fs::read_to_string(conf_dir.join(n)).is_ok_and(|t| t.contains("AZURE_")));
     let hint = match other {
-        Some(_) if azure => "these are IBM's Azure plugin files; hfwasm has no Azure provider yet (its built-in providers are AWS and the on-prem pool)".to_string(),
+        Some(_) if azure => {
+            "these are IBM's Azure plugin files; hfwasm has no Azure provider yet (its built-in providers are AWS and the on-prem pool)"
+                .to_string()
+        }
         Some(other) => format!(
             "IBM's files here are named for provider instance `{other}` but this is `{instance}` (HF_PROVIDER_NAME): rename them to {instance}prov_config.json and {instance}prov_templates.json, or set HF_PROVIDER_NAME={other}"
         ),
@@ -1014,7 +1017,10 @@ fn orb_keys(raw: &RawConfig, conf_dir: &Path, err: &dyn Fn(&str, String) -> Conf
         if !types.iter().all(|k| k == t) {
             return Err(err(
                 "provider.default_provider_type",
-                format!("`{t}` but the providers are of type {}; remove it or make it match", types.join(", ")),
+                format!(
+                    "`{t}` but the providers are of type {}; remove it or make it match",
+                    types.join(", ")
+                ),
             ));
         }
     }

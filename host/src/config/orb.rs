@@ -13,10 +13,14 @@ use super::ConfigError;
 
 /// ORB's templates file for provider `name` in `conf_dir`, in ORB's order of preference.
 pub fn find_templates(conf_dir: &Path, name: &str) -> Option<PathBuf> {
-    [format!("{name}_templates.json"), "aws_templates.json".into(), "templates.json".into()]
-        .into_iter()
-        .map(|f| conf_dir.join(f))
-        .find(|p| p.is_file())
+    [
+        format!("{name}_templates.json"),
+        "aws_templates.json".into(),
+        "templates.json".into(),
+    ]
+    .into_iter()
+    .map(|f| conf_dir.join(f))
+    .find(|p| p.is_file())
 }
 
 /// ORB's `template_defaults` keys as IBM template keys.
@@ -57,8 +61,15 @@ pub fn templates(file: &Path, defaults: Option<&Value>, config_file: &Path) -> R
             ));
         }
     }
-    if let Some(k) = doc.as_object().and_then(|o| o.keys().find(|k| !matches!(k.as_str(), "scheduler_type" | "templates"))) {
-        return Err(err(file, k, format!("`{k}` is not a key of ORB's templates file (scheduler_type, templates)")));
+    if let Some(k) = doc
+        .as_object()
+        .and_then(|o| o.keys().find(|k| !matches!(k.as_str(), "scheduler_type" | "templates")))
+    {
+        return Err(err(
+            file,
+            k,
+            format!("`{k}` is not a key of ORB's templates file (scheduler_type, templates)"),
+        ));
     }
     let list = doc
         .get("templates")
@@ -67,7 +78,9 @@ pub fn templates(file: &Path, defaults: Option<&Value>, config_file: &Path) -> R
     let mut filled: Map<String, Value> = Map::new();
     if let Some(d) = defaults {
         let at = "provider.provider_defaults.aws.template_defaults";
-        let obj = d.as_object().ok_or_else(|| err(config_file, at, format!("`{at}` must be an object")))?;
+        let obj = d
+            .as_object()
+            .ok_or_else(|| err(config_file, at, format!("`{at}` must be an object")))?;
         for (k, v) in obj {
             let Some((_, ibm)) = DEFAULT_KEYS.iter().find(|(orb, _)| orb == k) else {
                 return Err(err(
@@ -141,9 +154,17 @@ mod tests {
         assert_eq!(t[1]["subnetId"], "subnet-own", "a template's own key wins");
         assert_eq!(t[1]["imageId"], "/aws/service/ami", "left for the template check to refuse, named");
 
-        let e = templates(&f, Some(&serde_json::json!({"image_id": "/aws/service/ami-amazon-linux-latest/x"})), &cfg).expect_err("ssm");
+        let e = templates(
+            &f,
+            Some(&serde_json::json!({"image_id": "/aws/service/ami-amazon-linux-latest/x"})),
+            &cfg,
+        )
+        .expect_err("ssm");
         assert!(e.message.contains("SSM") && e.file == cfg, "{e}");
         let e = templates(&f, Some(&serde_json::json!({"user_data": "x"})), &cfg).expect_err("unknown");
-        assert_eq!(e.setting.as_deref(), Some("provider.provider_defaults.aws.template_defaults.user_data"));
+        assert_eq!(
+            e.setting.as_deref(),
+            Some("provider.provider_defaults.aws.template_defaults.user_data")
+        );
     }
 }

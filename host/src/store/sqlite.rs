@@ -120,7 +120,11 @@ impl SqliteStore {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend {
                 location: location.clone(),
-                message: format!("cannot create directory {}: {e}{}", dir.display(), crate::ownership::hint_for(&e, dir)),
+                message: format!(
+                    "cannot create directory {}: {e}{}",
+                    dir.display(),
+                    crate::ownership::hint_for(&e, dir)
+                ),
             })?;
         }
         let conn = Connection::open(path).map_err(err)?;

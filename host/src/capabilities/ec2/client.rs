@@ -110,7 +110,13 @@ fn credentials_text(text: &str, profile: Option<&str>, source: &str) -> Result<a
                         .ok()
                         .and_then(|d| std::time::SystemTime::try_from(d).ok())
                 });
-                Ok(aws_credential_types::Credentials::new(id, secret, field("SessionToken"), expiry, "hfwasm"))
+                Ok(aws_credential_types::Credentials::new(
+                    id,
+                    secret,
+                    field("SessionToken"),
+                    expiry,
+                    "hfwasm",
+                ))
             }
             _ => Err(format!("{source}: JSON without AccessKeyId and SecretAccessKey")),
         };
@@ -169,7 +175,11 @@ fn credentials_script(s: &Ec2Settings, script: &std::path::Path) -> Result<aws_c
         creds.expiry().is_none_or(|e| e > soon).then_some(creds)
     };
     if let Ok(meta) = std::fs::metadata(&cache)
-        && meta.modified().ok().and_then(|m| m.elapsed().ok()).is_some_and(|age| age < s.credential_renew_margin)
+        && meta
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|age| age < s.credential_renew_margin)
         && let Ok(text) = std::fs::read_to_string(&cache)
         && let Some(c) = fresh(&text)
     {
@@ -181,7 +191,12 @@ fn credentials_script(s: &Ec2Settings, script: &std::path::Path) -> Result<aws_c
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .map_err(|e| format!("{source}: cannot run it: {e} (it must be an executable file, runnable by {})", whoami()))?;
+        .map_err(|e| {
+            format!(
+                "{source}: cannot run it: {e} (it must be an executable file, runnable by {})",
+                whoami()
+            )
+        })?;
     let deadline = std::time::Instant::now() + crate::runtime::limits::CREDENTIAL_SCRIPT_TIMEOUT;
     let status = loop {
         match child.try_wait() {
@@ -209,10 +224,17 @@ fn credentials_script(s: &Ec2Settings, script: &std::path::Path) -> Result<aws_c
     if !status.success() {
         let first = err.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
         tracing::debug!(script = %script.display(), stderr = %err, "credential script failed");
-        return Err(format!("{source}: exited with {status}{}", if first.is_empty() { String::new() } else { format!(": {first}") }));
+        return Err(format!(
+            "{source}: exited with {status}{}",
+            if first.is_empty() { String::new() } else { format!(": {first}") }
+        ));
     }
     let creds = credentials_text(&out, Some("default"), &source)?;
-    let tmp = dir.join(format!(".hfwasm-aws-credentials-{digest:016x}.{}.{}", std::process::id(), uuid::Uuid::new_v4().simple()));
+    let tmp = dir.join(format!(
+        ".hfwasm-aws-credentials-{digest:016x}.{}.{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
     let written = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -383,7 +405,10 @@ impl Ec2Client {
             Some(u) => format!("AWS_ENDPOINT_URL {u}"),
             None => format!("EC2 in AWS_REGION {}", s.region),
         };
-        let via = s.proxy.as_deref().map_or(String::new(), |p| format!(" through AWS_PROXY_HOST/PORT {p}"));
+        let via = s
+            .proxy
+            .as_deref()
+            .map_or(String::new(), |p| format!(" through AWS_PROXY_HOST/PORT {p}"));
         let cause = |e: &dyn std::error::Error| {
             let mut last = e.to_string();
             let mut src = e.source();
@@ -407,7 +432,7 @@ impl Ec2Client {
                 format!("cannot reach {target}{via}: {why}; check AWS_ENDPOINT_URL, AWS_REGION, the proxy settings and the network")
             }
             SdkError::ConstructionFailure(_) => {
-                let why = std::error::Error::source(e).map_or_else(|| e.to_string(), |c| cause(c));
+                let why = std::error::Error::source(e).map_or_else(|| e.to_string(), &cause);
                 if why.to_ascii_lowercase().contains("credential") {
                     format!("no AWS credentials: {why}; {}", self.credentials_hint())
                 } else {
