@@ -185,3 +185,47 @@ fn a_state_store_the_user_cannot_write_names_its_owner_and_the_fix() {
     }
     let _ = std::fs::set_permissions(&tree.work, std::fs::Permissions::from_mode(0o755));
 }
+
+#[test]
+fn unbounded_inputs_and_settings_are_refused_by_name_in_time() {
+    let tree = HfTree::new(&plain_inventory(2));
+    // An input larger than any HostFactory writes: refused before it is parsed.
+    let big = format!("{{\"requests\": [{}]}}", vec!["{\"requestId\": \"req-x\"}"; 900_000].join(","));
+    assert!(big.len() > 16 << 20);
+    let t0 = std::time::Instant::now();
+    let o = tree.run_text("getRequestStatus", &big);
+    let e = expect_error("getRequestStatus", &o, "INVALID_INPUT");
+    assert!(message(&e).contains("MAX_INPUT_BYTES"), "{e}");
+    assert!(t0.elapsed().as_secs() < 10, "refused at once");
+
+    // 200,000 ids (each twice) answer in linear time, one answer per distinct id (a
+    // quadratic reading took minutes).
+    let ids: Vec<serde_json::Value> = (0..200_000).map(|i| json!({"requestId": format!("req-{}", i % 100_000)})).collect();
+    let t0 = std::time::Instant::now();
+    let r = tree.ok("getRequestStatus", &json!({"requests": ids}));
+    assert_eq!(r["requests"].as_array().map(Vec::len), Some(100_000));
+    assert!(t0.elapsed().as_secs() < 30, "took {:?}", t0.elapsed());
+
+    // Settings pointing at things that are not files of theirs, or numbers past any use.
+    for (config, setting, needle) in [
+        (json!({"inventory": {"file": "/dev/zero"}}), None, "not a regular file"),
+        (json!({"guests": {"onprem": {"wasm": "/dev/zero"}}, "provider": {"guest": "onprem"}}), None, "not a regular file"),
+        (json!({"logging": {"backup_count": 10_000_000}}), Some("logging.backup_count"), "at most 100"),
+    ] {
+        tree.config(&config);
+        let t0 = std::time::Instant::now();
+        let o = tree.run("getAvailableTemplates", &json!({}));
+        assert_eq!(o.code, 1, "{config}: {}", o.json);
+        let m = message(&o.json);
+        assert!(m.contains(needle), "{config}: {m}");
+        if let Some(s) = setting {
+            assert_eq!(o.json["error"]["details"]["setting"], s, "{}", o.json);
+        }
+        assert!(t0.elapsed().as_secs() < 10, "{config}: answered in time");
+    }
+    // Another file named as the inventory: its content never reaches the answer.
+    std::fs::write(tree.dir.path().join("secrets"), "admin:s3cr3t-passw0rd:0:0:/root\n").expect("secrets");
+    tree.config(&json!({"inventory": {"file": tree.dir.path().join("secrets")}}));
+    let e = tree.err("getAvailableTemplates", &json!({}), "INVENTORY_ERROR");
+    assert!(!e.to_string().contains("s3cr3t") && message(&e).contains("is this the inventory file?"), "{e}");
+}

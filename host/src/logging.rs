@@ -12,6 +12,10 @@ use tracing_subscriber::EnvFilter;
 pub const DEFAULT_MAX_BYTES: u64 = 10 << 20;
 /// Rotated files kept, `.1` .. `.N` (`logging.backup_count`).
 pub const DEFAULT_KEEP: u32 = 5;
+/// Most rotated files config may ask to keep (each rotation renames them all).
+pub const MAX_KEEP: u32 = 100;
+/// Largest `logging.max_size` (a bigger file is rotated at this size anyway).
+pub const MAX_LOG_BYTES: u64 = 10 << 30;
 
 /// Starts logging at `level` (overridden by `HFWASM_LOG`, an env-filter directive). Logs go
 /// to a file in `log_dir` if given and writable, else to stderr.

@@ -155,7 +155,7 @@ impl Plugin {
                         message: format!("guest '{}': no built-in guest {name}", spec.name),
                     })
             }
-            GuestSource::File(path) => std::fs::read(path)
+            GuestSource::File(path) => runtime::limits::read_capped_bytes(path, runtime::limits::MAX_WASM_BYTES)
                 .map(std::borrow::Cow::Owned)
                 .map_err(|e| ProviderError::Aborted {
                     kind: AbortKind::Load,

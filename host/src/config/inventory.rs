@@ -58,7 +58,7 @@ pub struct InventoryError {
 impl Inventory {
     /// Reads and validates `file`.
     pub fn load(file: &Path) -> Result<Self, InventoryError> {
-        let text = std::fs::read_to_string(file).map_err(|e| InventoryError {
+        let text = crate::runtime::limits::read_capped(file, crate::runtime::limits::MAX_CONFIG_BYTES).map_err(|e| InventoryError {
             file: file.to_path_buf(),
             line: 0,
             message: format!("cannot read the inventory ({e}); create it with one host per line: NAME IP ncpus=N nram=MB"),
@@ -73,15 +73,28 @@ impl Inventory {
 
     /// Parses inventory text; `file` is only used in errors.
     pub fn parse(file: &Path, text: &str) -> Result<Self, InventoryError> {
+        // Until one line has read as an inventory line, an error quotes nothing of the file:
+        // a setting pointed at another file (`/etc/passwd`) must not echo its content into
+        // HostFactory's answer or the log.
+        let parsed_any = std::cell::Cell::new(false);
+        // This line's name and address read as a host's: its other errors may quote it.
+        let line_recognized = std::cell::Cell::new(false);
         let err = |line: usize, message: String| InventoryError {
             file: file.to_path_buf(),
             line,
-            message,
+            message: if line == 0 || parsed_any.get() || line_recognized.get() {
+                message
+            } else {
+                "is not an inventory line, and none before it was either: is this the inventory file? Expected `NAME IP [key=value ...]`, `NAME:IP [key=value ...]` or `defaults key=value ...`, one host per line".into()
+            },
         };
+        let mut names: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        let mut ips: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
         let mut defaults: BTreeMap<String, String> = BTreeMap::new();
         let mut hosts: Vec<InventoryHost> = Vec::new();
         for (idx, raw) in text.lines().enumerate() {
             let line = idx + 1;
+            line_recognized.set(false);
             let tokens = tokenize(raw).map_err(|m| err(line, m))?;
             let Some(first) = tokens.first() else { continue };
             if first == "defaults" {
@@ -90,6 +103,7 @@ impl Inventory {
                     check_key(k).map_err(|m| err(line, m))?;
                     defaults.insert(k.to_string(), v.to_string());
                 }
+                parsed_any.set(true);
                 continue;
             }
             let (name, ip, rest) = match first.split_once(':') {
@@ -116,13 +130,14 @@ impl Inventory {
             if ip.parse::<IpAddr>().is_err() {
                 return Err(err(line, format!("`{ip}` is not an IP address (host `{name}`)")));
             }
-            if let Some(prev) = hosts.iter().find(|h| h.name == name) {
-                return Err(err(line, format!("host `{name}` is listed twice (first on line {})", prev.line)));
+            line_recognized.set(true);
+            if let Some(&prev) = names.get(&name) {
+                return Err(err(line, format!("host `{name}` is listed twice (first on line {})", hosts[prev].line)));
             }
-            if let Some(prev) = hosts.iter().find(|h| h.ip == ip) {
+            if let Some(&prev) = ips.get(&ip) {
                 return Err(err(
                     line,
-                    format!("address {ip} of `{name}` is already used by `{}` on line {}", prev.name, prev.line),
+                    format!("address {ip} of `{name}` is already used by `{}` on line {}", hosts[prev].name, hosts[prev].line),
                 ));
             }
             let mut keys = defaults.clone();
@@ -165,6 +180,9 @@ impl Inventory {
                     attributes.push((k.clone(), v.clone()));
                 }
             }
+            names.insert(name.clone(), hosts.len());
+            ips.insert(ip.clone(), hosts.len());
+            parsed_any.set(true);
             hosts.push(InventoryHost {
                 name,
                 ip,
@@ -281,12 +299,16 @@ mod tests {
             ("a 10.0.0.1 ncpus=1\n", 1, "no nram="),
             ("a 10.0.0.1 ncpus=x nram=1\n", 1, "positive whole number"),
             ("a 10.0.0.1 ncpus=1 nram=1\na 10.0.0.2 ncpus=1 nram=1\n", 2, "listed twice"),
-            ("a 10.0.0.1 ncpus=1 nram=1 power_on=\"ssh\n", 1, "unclosed"),
-            ("justaname\n", 1, "expected `NAME IP"),
+            ("a 10.0.0.1 ncpus=1 nram=1\nb 10.0.0.2 ncpus=1 nram=1 power_on=\"ssh\n", 2, "unclosed"),
+            ("a 10.0.0.1 ncpus=1 nram=1\njustaname\n", 2, "expected `NAME IP"),
+            // Another file named as the inventory: nothing of it is quoted.
+            ("root:x:0:0:root:/root:/bin/bash\n", 1, "is this the inventory file?"),
+            ("secret-token-1234\n", 1, "is this the inventory file?"),
             ("# nothing\n", 0, "no hosts"),
         ] {
             let e = parse(text).expect_err(text);
             assert_eq!(e.line, line, "{text}: {e}");
+            assert!(!e.to_string().contains("root:x") && !e.to_string().contains("secret-token"), "{e}");
             assert!(e.to_string().contains(needle) && e.to_string().starts_with("inv.txt"), "{e}");
         }
     }

@@ -707,19 +707,30 @@ impl Config {
         let max_bytes = match &raw.logging.max_size {
             None => crate::logging::DEFAULT_MAX_BYTES,
             Some(v) => match size_bytes(v) {
-                Some(b) if b > 0 => b,
+                Some(b) if b > 0 && b <= crate::logging::MAX_LOG_BYTES => b,
                 _ => {
                     return Err(err(
                         "logging.max_size",
-                        format!("`{v}` is not a size; give MiB as a number (100) or text with a unit (\"100MB\", \"512KB\")"),
+                        format!(
+                            "`{v}` is not a size up to {} MiB; give MiB as a number (100) or text with a unit (\"100MB\", \"512KB\")",
+                            crate::logging::MAX_LOG_BYTES >> 20
+                        ),
                     ));
                 }
             },
         };
+        let keep = raw.logging.backup_count.unwrap_or(crate::logging::DEFAULT_KEEP);
+        if keep > crate::logging::MAX_KEEP {
+            // Rotation renames every kept file: millions of them made each call take seconds.
+            return Err(err(
+                "logging.backup_count",
+                format!("{keep} rotated files: at most {} are kept", crate::logging::MAX_KEEP),
+            ));
+        }
         let log = LogSpec {
             file: raw.logging.file_path.map(|f| work_dir.join(f)),
             max_bytes,
-            keep: raw.logging.backup_count.unwrap_or(crate::logging::DEFAULT_KEEP),
+            keep,
         };
         Ok(Self {
             file,
@@ -934,7 +945,7 @@ fn unread_files(conf_dir: &Path, instance: &str) -> Result<(), ConfigError> {
     let other = found.iter().find_map(|n| n.strip_suffix("prov_config.json")).map(str::to_string);
     let azure = found
         .iter()
-        .any(|n| n.ends_with("prov_config.json") && std::fs::read_to_string(conf_dir.join(n)).is_ok_and(|t| t.contains("AZURE_")));
+        .any(|n| n.ends_with("prov_config.json") && crate::runtime::limits::read_capped(&conf_dir.join(n), crate::runtime::limits::MAX_CONFIG_BYTES).is_ok_and(|t| t.contains("AZURE_")));
     let hint = match other {
         Some(_) if azure => {
             "these are IBM's Azure plugin files; hfwasm has no Azure provider yet (its built-in providers are AWS and the on-prem pool)"
@@ -957,7 +968,7 @@ fn unread_files(conf_dir: &Path, instance: &str) -> Result<(), ConfigError> {
 
 /// Parses `file` as YAML (`.yml`, `.yaml`) or JSON, naming the key of any error.
 fn parse_file(file: &Path) -> Result<RawConfig, ConfigError> {
-    let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+    let text = crate::runtime::limits::read_capped(file, crate::runtime::limits::MAX_CONFIG_BYTES).map_err(|e| ConfigError {
         file: file.to_path_buf(),
         setting: None,
         message: format!("cannot read: {e}"),

@@ -247,7 +247,7 @@ fn postgres_settings<E>(
         }
         (None, Some(file)) => {
             let path = conf_dir.join(file);
-            let text = std::fs::read_to_string(&path)
+            let text = crate::runtime::limits::read_capped(&path, crate::runtime::limits::MAX_CONFIG_BYTES)
                 .map_err(|e| err("storage.sql_strategy.password_file", format!("cannot read {}: {e}", path.display())))?;
             sources.insert("password", format!("storage.sql_strategy.password_file ({})", path.display()));
             Some(text.trim_end_matches(['\n', '\r']).to_string())

@@ -34,9 +34,16 @@ pub enum ReturnInput {
 /// error for every other call.
 pub fn read_object(call: Call, path: &Path) -> Result<Map<String, Value>, HfError> {
     let file = path.display().to_string();
-    let text = match std::fs::read_to_string(path) {
+    let text = match crate::runtime::limits::read_capped(path, crate::runtime::limits::MAX_INPUT_BYTES) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && call == Call::GetAvailableTemplates => String::new(),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput || e.kind() == std::io::ErrorKind::InvalidData => {
+            return Err(HfError::new(
+                ErrorCode::InvalidInput,
+                format!("input file {file}: {e} (limits::MAX_INPUT_BYTES)"),
+            )
+            .with("file", file));
+        }
         Err(e) => {
             return Err(HfError::new(ErrorCode::InputNotFound, format!("cannot read input file {file}: {e}")).with("file", file));
         }
@@ -226,10 +233,12 @@ pub fn get_request_status(obj: &Map<String, Value>) -> Result<Vec<String>, HfErr
             )),
         };
     }
+    // First occurrence wins, in order; a set keeps this linear for HostFactory's largest polls.
+    let mut seen = std::collections::HashSet::new();
     for (i, r) in objects(obj, "requests")?.into_iter().enumerate() {
         let path = format!("requests[{i}].requestId");
         let id = string_field(r, "requestId", &path)?.ok_or_else(|| invalid(&path, format!("`requests[{i}]` has no `requestId`")))?;
-        if !ids.contains(&id) {
+        if seen.insert(id.clone()) {
             ids.push(id);
         }
     }

@@ -57,6 +57,19 @@ pub const ANSWER: LimitSpec = LimitSpec {
     doc: "text one answer carries across the boundary (ids, names, messages, attributes); a larger answer aborts the call",
 };
 
+/// Largest HostFactory input file read (`-f`). HostFactory's own inputs are a few KB to a
+/// few MB (a getReturnRequests over 10,000 hosts is ~1 MB); a larger file is refused by name
+/// (`INVALID_INPUT`) before it is parsed, so a runaway writer cannot make a call use
+/// gigabytes.
+pub const MAX_INPUT_BYTES: u64 = 16 << 20;
+
+/// Largest config, templates or inventory file read: far above any real site's, small
+/// enough that pointing a setting at a device or a huge file fails at once, named.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// Largest guest `.wasm` file read (Python and JavaScript guests are 10-40 MB).
+pub const MAX_WASM_BYTES: u64 = 256 << 20;
+
 /// How long the host waits for a site's `AWS_CREDENTIAL_SCRIPT` before the call fails
 /// (`PROVIDER_UNAVAILABLE`, naming the script): a hung script must not hang HostFactory.
 pub const CREDENTIAL_SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -196,4 +209,34 @@ mod tests {
         .expect("valid");
         assert_eq!(tight.timeout, Duration::from_millis(200));
     }
+}
+
+/// Reads `path` as text, refusing a file larger than `max` bytes (or a device, a FIFO or
+/// anything else that is not a regular file) without reading it: every file hfwasm reads
+/// from a path it was given goes through here or [`read_capped_bytes`].
+pub fn read_capped(path: &std::path::Path, max: u64) -> std::io::Result<String> {
+    String::from_utf8(read_capped_bytes(path, max)?).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not UTF-8 text: {e}")))
+}
+
+/// [`read_capped`] for bytes.
+pub fn read_capped_bytes(path: &std::path::Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let f = std::fs::File::open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    if meta.len() > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} bytes is more than the {max} this file may have", meta.len()),
+        ));
+    }
+    let mut out = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    // A file that grows while read is cut at the cap, then refused.
+    f.take(max + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > max {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("more than {max} bytes")));
+    }
+    Ok(out)
 }

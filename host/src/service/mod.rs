@@ -482,8 +482,9 @@ impl<'a> Service<'a> {
     /// every open provision request of the call in one batch (see [`Provider::requests_status`]).
     pub fn get_request_status(&mut self, ids: &[String]) -> Result<Vec<RequestReport>, ServiceError> {
         let mut loaded: Vec<(String, Option<Stored>)> = Vec::with_capacity(ids.len());
+        let mut seen = std::collections::HashSet::with_capacity(ids.len());
         for id in ids {
-            if loaded.iter().any(|(seen, _)| seen == id) {
+            if !seen.insert(id.as_str()) {
                 continue;
             }
             let entry = match self.store.request(id)? {
@@ -516,11 +517,10 @@ impl<'a> Service<'a> {
             };
             reports.push(report);
         }
-        // HostFactory may repeat an id; every occurrence gets the same answer.
-        Ok(ids
-            .iter()
-            .filter_map(|id| reports.iter().find(|r| &r.request_id == id).cloned())
-            .collect())
+        // HostFactory may repeat an id; every occurrence gets the same answer (by index, so
+        // the call stays linear in the number of ids).
+        let at: std::collections::HashMap<&str, usize> = reports.iter().enumerate().map(|(i, r)| (r.request_id.as_str(), i)).collect();
+        Ok(ids.iter().filter_map(|id| at.get(id.as_str()).map(|&i| reports[i].clone())).collect())
     }
 
     /// One batched status call for `queries`, answers keyed by request id. A failure of the
