@@ -209,8 +209,16 @@ fn unbounded_inputs_and_settings_are_refused_by_name_in_time() {
     // Settings pointing at things that are not files of theirs, or numbers past any use.
     for (config, setting, needle) in [
         (json!({"inventory": {"file": "/dev/zero"}}), None, "not a regular file"),
-        (json!({"guests": {"onprem": {"wasm": "/dev/zero"}}, "provider": {"guest": "onprem"}}), None, "not a regular file"),
-        (json!({"logging": {"backup_count": 10_000_000}}), Some("logging.backup_count"), "at most 100"),
+        (
+            json!({"guests": {"onprem": {"wasm": "/dev/zero"}}, "provider": {"guest": "onprem"}}),
+            None,
+            "not a regular file",
+        ),
+        (
+            json!({"logging": {"backup_count": 10_000_000}}),
+            Some("logging.backup_count"),
+            "at most 100",
+        ),
     ] {
         tree.config(&config);
         let t0 = std::time::Instant::now();
@@ -227,5 +235,8 @@ fn unbounded_inputs_and_settings_are_refused_by_name_in_time() {
     std::fs::write(tree.dir.path().join("secrets"), "admin:s3cr3t-passw0rd:0:0:/root\n").expect("secrets");
     tree.config(&json!({"inventory": {"file": tree.dir.path().join("secrets")}}));
     let e = tree.err("getAvailableTemplates", &json!({}), "INVENTORY_ERROR");
-    assert!(!e.to_string().contains("s3cr3t") && message(&e).contains("is this the inventory file?"), "{e}");
+    assert!(
+        !e.to_string().contains("s3cr3t") && message(&e).contains("is this the inventory file?"),
+        "{e}"
+    );
 }

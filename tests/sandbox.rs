@@ -366,3 +366,49 @@ fn fuel_stops_a_loop_after_the_same_work_every_time() {
     tree.default_config();
     still_intact(&tree, &id);
 }
+
+#[test]
+fn answers_that_break_the_contract_are_refused_and_nothing_of_them_is_stored() {
+    let tree = HfTree::new(&plain_inventory(1));
+    let liar = |lie: &str| {
+        tree.config(&json!({
+            "provider": {"guest": "liar", "settings": {"lie": lie}},
+            "guests": {"liar": {"wasm": guest_wasm("hfwasm_testing_liar.wasm").display().to_string(), "grants": ["log"]}}
+        }));
+    };
+    for (lie, needle) in [
+        ("many", "500 live machines for a request of 1"),
+        ("duplicate", "reported more than once"),
+        ("name", "not a host name"),
+    ] {
+        liar(lie);
+        let e = tree.err(
+            "requestMachines",
+            &json!({"template": {"templateId": "t", "machineCount": 1}}),
+            "GUEST_CONTRACT",
+        );
+        let m = e["error"]["message"].as_str().unwrap_or_default();
+        assert!(m.contains(needle), "{lie}: {m}");
+    }
+    // Nothing of those answers was stored: no request holds a machine.
+    let report = store_check(&tree);
+    assert_eq!(report["machines"], 0, "{report:#}");
+    // A lie in a status answer fails that request, not the call.
+    liar("");
+    let id = tree.request("t", 1);
+    liar("many");
+    let r = tree.ok(
+        "getRequestStatus",
+        &json!({"requests": [{"requestId": id}, {"requestId": "req-unknown"}]}),
+    );
+    assert_eq!(r["requests"].as_array().map(Vec::len), Some(2), "{r}");
+    let log = std::fs::read_to_string(tree.logs.join("hfwasm-pool.log")).unwrap_or_default();
+    assert!(log.contains("breaks the HostFactory contract"), "{log}");
+    // A numeric attribute that is not a number.
+    liar("numeric");
+    let e = tree.err("getAvailableTemplates", &json!({}), "GUEST_CONTRACT");
+    assert!(
+        e["error"]["message"].as_str().is_some_and(|m| m.contains("'ncpus' is \"lots\"")),
+        "{e}"
+    );
+}

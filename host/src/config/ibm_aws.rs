@@ -55,7 +55,8 @@ fn read_object(file: &Path) -> Result<Map<String, Value>, ConfigError> {
         setting: None,
         message: m,
     };
-    let text = crate::runtime::limits::read_capped(file, crate::runtime::limits::MAX_CONFIG_BYTES).map_err(|e| err(format!("cannot read: {e}")))?;
+    let text = crate::runtime::limits::read_capped(file, crate::runtime::limits::MAX_CONFIG_BYTES)
+        .map_err(|e| err(format!("cannot read: {e}")))?;
     match serde_json::from_str::<Value>(&text) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(err("expected a JSON object".into())),

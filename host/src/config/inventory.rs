@@ -132,12 +132,18 @@ impl Inventory {
             }
             line_recognized.set(true);
             if let Some(&prev) = names.get(&name) {
-                return Err(err(line, format!("host `{name}` is listed twice (first on line {})", hosts[prev].line)));
+                return Err(err(
+                    line,
+                    format!("host `{name}` is listed twice (first on line {})", hosts[prev].line),
+                ));
             }
             if let Some(&prev) = ips.get(&ip) {
                 return Err(err(
                     line,
-                    format!("address {ip} of `{name}` is already used by `{}` on line {}", hosts[prev].name, hosts[prev].line),
+                    format!(
+                        "address {ip} of `{name}` is already used by `{}` on line {}",
+                        hosts[prev].name, hosts[prev].line
+                    ),
                 ));
             }
             let mut keys = defaults.clone();
@@ -299,7 +305,11 @@ mod tests {
             ("a 10.0.0.1 ncpus=1\n", 1, "no nram="),
             ("a 10.0.0.1 ncpus=x nram=1\n", 1, "positive whole number"),
             ("a 10.0.0.1 ncpus=1 nram=1\na 10.0.0.2 ncpus=1 nram=1\n", 2, "listed twice"),
-            ("a 10.0.0.1 ncpus=1 nram=1\nb 10.0.0.2 ncpus=1 nram=1 power_on=\"ssh\n", 2, "unclosed"),
+            (
+                "a 10.0.0.1 ncpus=1 nram=1\nb 10.0.0.2 ncpus=1 nram=1 power_on=\"ssh\n",
+                2,
+                "unclosed",
+            ),
             ("a 10.0.0.1 ncpus=1 nram=1\njustaname\n", 2, "expected `NAME IP"),
             // Another file named as the inventory: nothing of it is quoted.
             ("root:x:0:0:root:/root:/bin/bash\n", 1, "is this the inventory file?"),

@@ -943,9 +943,11 @@ fn unread_files(conf_dir: &Path, instance: &str) -> Result<(), ConfigError> {
     found.sort();
     // IBM files of another instance name are the likeliest slip.
     let other = found.iter().find_map(|n| n.strip_suffix("prov_config.json")).map(str::to_string);
-    let azure = found
-        .iter()
-        .any(|n| n.ends_with("prov_config.json") && crate::runtime::limits::read_capped(&conf_dir.join(n), crate::runtime::limits::MAX_CONFIG_BYTES).is_ok_and(|t| t.contains("AZURE_")));
+    let azure = found.iter().any(|n| {
+        n.ends_with("prov_config.json")
+            && crate::runtime::limits::read_capped(&conf_dir.join(n), crate::runtime::limits::MAX_CONFIG_BYTES)
+                .is_ok_and(|t| t.contains("AZURE_"))
+    });
     let hint = match other {
         Some(_) if azure => {
             "these are IBM's Azure plugin files; hfwasm has no Azure provider yet (its built-in providers are AWS and the on-prem pool)"

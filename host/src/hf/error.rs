@@ -35,6 +35,9 @@ pub enum ErrorCode {
     ProviderError,
     /// The provider's dependency is unavailable; HostFactory should retry later.
     ProviderUnavailable,
+    /// The provider guest answered something the HostFactory contract forbids (more
+    /// machines than asked, a machine twice, a name or address HostFactory cannot use).
+    GuestContract,
     /// The site's policy failed and config says to fail closed (`policy.on_error`).
     PolicyError,
     /// A bug in hfwasm itself.
@@ -60,6 +63,7 @@ impl ErrorCode {
             ErrorCode::GuestLoadError => "GUEST_LOAD_ERROR",
             ErrorCode::ProviderError => "PROVIDER_ERROR",
             ErrorCode::ProviderUnavailable => "PROVIDER_UNAVAILABLE",
+            ErrorCode::GuestContract => "GUEST_CONTRACT",
             ErrorCode::PolicyError => "POLICY_ERROR",
             ErrorCode::Internal => "INTERNAL",
         }
@@ -117,7 +121,7 @@ impl From<ServiceError> for HfError {
             }
             ServiceError::Unknown(m) => HfError::new(ErrorCode::InvalidInput, m),
             ServiceError::BadAnswer(m) => HfError::new(
-                ErrorCode::ProviderError,
+                ErrorCode::GuestContract,
                 format!("the provider's answer breaks the HostFactory contract: {m}"),
             ),
             ServiceError::Store(e) => e.into(),
@@ -145,6 +149,7 @@ impl From<ProviderError> for HfError {
             ProviderError::Capacity(_) => ErrorCode::InsufficientCapacity,
             ProviderError::Unavailable(_) => ErrorCode::ProviderUnavailable,
             ProviderError::Denied(_) | ProviderError::Internal(_) => ErrorCode::ProviderError,
+            ProviderError::Contract(_) => ErrorCode::GuestContract,
             ProviderError::Policy(_) => ErrorCode::PolicyError,
             ProviderError::Aborted { kind: AbortKind::Trap, .. } => ErrorCode::GuestTrap,
             ProviderError::Aborted {

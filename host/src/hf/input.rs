@@ -38,11 +38,9 @@ pub fn read_object(call: Call, path: &Path) -> Result<Map<String, Value>, HfErro
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && call == Call::GetAvailableTemplates => String::new(),
         Err(e) if e.kind() == std::io::ErrorKind::InvalidInput || e.kind() == std::io::ErrorKind::InvalidData => {
-            return Err(HfError::new(
-                ErrorCode::InvalidInput,
-                format!("input file {file}: {e} (limits::MAX_INPUT_BYTES)"),
-            )
-            .with("file", file));
+            return Err(
+                HfError::new(ErrorCode::InvalidInput, format!("input file {file}: {e} (limits::MAX_INPUT_BYTES)")).with("file", file),
+            );
         }
         Err(e) => {
             return Err(HfError::new(ErrorCode::InputNotFound, format!("cannot read input file {file}: {e}")).with("file", file));

@@ -136,7 +136,8 @@ impl RhaiPolicy {
             policy: name.to_string(),
             message,
         };
-        let source = crate::runtime::limits::read_capped(file, crate::runtime::limits::MAX_CONFIG_BYTES).map_err(|e| err(format!("cannot read {}: {e}", file.display())))?;
+        let source = crate::runtime::limits::read_capped(file, crate::runtime::limits::MAX_CONFIG_BYTES)
+            .map_err(|e| err(format!("cannot read {}: {e}", file.display())))?;
         let mut engine = Engine::new();
         engine.set_max_operations(limits.max_operations);
         engine.set_max_call_levels(limits.max_call_levels);

@@ -215,7 +215,8 @@ mod tests {
 /// anything else that is not a regular file) without reading it: every file hfwasm reads
 /// from a path it was given goes through here or [`read_capped_bytes`].
 pub fn read_capped(path: &std::path::Path, max: u64) -> std::io::Result<String> {
-    String::from_utf8(read_capped_bytes(path, max)?).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not UTF-8 text: {e}")))
+    String::from_utf8(read_capped_bytes(path, max)?)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not UTF-8 text: {e}")))
 }
 
 /// [`read_capped`] for bytes.
@@ -236,7 +237,10 @@ pub fn read_capped_bytes(path: &std::path::Path, max: u64) -> std::io::Result<Ve
     // A file that grows while read is cut at the cap, then refused.
     f.take(max + 1).read_to_end(&mut out)?;
     if out.len() as u64 > max {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("more than {max} bytes")));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("more than {max} bytes"),
+        ));
     }
     Ok(out)
 }

@@ -4,6 +4,7 @@
 //! HostFactory's statuses are derived here (see [`lifecycle`]).
 
 pub mod breaker;
+pub mod contract;
 pub mod lifecycle;
 pub mod model;
 pub mod routing;
@@ -237,30 +238,7 @@ impl<'a> Service<'a> {
     fn provider_templates(&mut self) -> Result<Vec<Template>, ServiceError> {
         let ctx = self.ctx.clone();
         let templates = self.provider()?.templates(&ctx)?;
-        let mut seen: Vec<&str> = Vec::new();
-        for t in &templates {
-            if t.id.trim().is_empty() {
-                return Err(ServiceError::BadAnswer("a template has an empty id".into()));
-            }
-            if seen.contains(&t.id.as_str()) {
-                return Err(ServiceError::BadAnswer(format!("template id '{}' appears twice", t.id)));
-            }
-            seen.push(&t.id);
-            for required in ["type", "ncpus", "nram"] {
-                if t.attribute(required).is_none() {
-                    return Err(ServiceError::BadAnswer(format!(
-                        "template '{}' has no '{required}' attribute",
-                        t.id
-                    )));
-                }
-            }
-            if t.max_number < -1 {
-                return Err(ServiceError::BadAnswer(format!(
-                    "template '{}' has maxNumber {}",
-                    t.id, t.max_number
-                )));
-            }
-        }
+        contract::templates(&templates).map_err(ServiceError::BadAnswer)?;
         Ok(templates)
     }
 
@@ -365,7 +343,10 @@ impl<'a> Service<'a> {
             rc_account,
         };
         let ctx = self.ctx.clone();
-        let outcome = self.provider().and_then(|p| p.request_machines(&ctx, &req));
+        let outcome = self
+            .provider()
+            .and_then(|p| p.request_machines(&ctx, &req))
+            .and_then(|p| contract::progress(count, &p).map(|()| p).map_err(ProviderError::Contract));
         crate::faults::point("request-machines:after-provider");
         match outcome {
             Ok(progress) => {
@@ -520,7 +501,10 @@ impl<'a> Service<'a> {
         // HostFactory may repeat an id; every occurrence gets the same answer (by index, so
         // the call stays linear in the number of ids).
         let at: std::collections::HashMap<&str, usize> = reports.iter().enumerate().map(|(i, r)| (r.request_id.as_str(), i)).collect();
-        Ok(ids.iter().filter_map(|id| at.get(id.as_str()).map(|&i| reports[i].clone())).collect())
+        Ok(ids
+            .iter()
+            .filter_map(|id| at.get(id.as_str()).map(|&i| reports[i].clone()))
+            .collect())
     }
 
     /// One batched status call for `queries`, answers keyed by request id. A failure of the
@@ -542,7 +526,15 @@ impl<'a> Service<'a> {
             }
             Err(e) => queries.iter().map(|_| Err(e.clone())).collect(),
         };
-        queries.iter().map(|q| q.request.request_id.clone()).zip(answers).collect()
+        // An answer that breaks the contract fails its own request, not the others.
+        queries
+            .iter()
+            .zip(answers)
+            .map(|(q, a)| {
+                let a = a.and_then(|p| contract::progress(q.request.count, &p).map(|()| p).map_err(ProviderError::Contract));
+                (q.request.request_id.clone(), a)
+            })
+            .collect()
     }
 
     /// One request's report. `answer` is the provider's batched answer for an open

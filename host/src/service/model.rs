@@ -211,6 +211,9 @@ pub enum ProviderError {
     /// A bug or unexpected state in the provider.
     #[error("provider internal error: {0}")]
     Internal(String),
+    /// The provider's answer breaks the HostFactory contract (`service::contract`).
+    #[error("the provider's answer breaks the HostFactory contract: {0}")]
+    Contract(String),
     /// The placement policy (which of several providers) failed and config says to fail
     /// closed.
     #[error(transparent)]
