@@ -147,3 +147,43 @@ fn the_seed_logging_keys_choose_the_file_level_and_rotation() {
     assert!(!rotated(3).exists(), "no more than backup_count");
     assert!(std::fs::metadata(&log).expect("log").len() < 64 << 10);
 }
+
+#[test]
+fn secrets_stay_in_files_only_their_user_can_read_and_out_of_the_log() {
+    use std::os::unix::fs::PermissionsExt;
+    let tree = HfTree::new(
+        "node-1 10.6.0.1 template=t ncpus=2 nram=2048 power_on=\"sshpass -p Hunter2-secret true; true\"\n",
+    );
+    // HostFactory started with a permissive umask: hfwasm's files are still its own.
+    let input = tree.dir.path().join("req.json");
+    std::fs::write(&input, r#"{"template": {"templateId": "t", "machineCount": 1}}"#).expect("input");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("umask 000; exec '{}' -f '{}'", repo().join("scripts/requestMachines.sh").display(), input.display()))
+        .env("HFWASM_BIN", env!("CARGO_BIN_EXE_hfwasm"))
+        .env("HF_PROVIDER_NAME", "pool")
+        .env("HF_PROVIDER_CONFDIR", &tree.conf)
+        .env("HF_PROVIDER_WORKDIR", &tree.work)
+        .env("HF_PROVIDER_LOGDIR", &tree.logs)
+        .env("HFWASM_CACHE_DIR", test_cache())
+        .output()
+        .expect("run");
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let id = answer["requestId"].as_str().expect("request id").to_string();
+    let done = tree.until_final(&id);
+    assert_eq!(done["status"], "complete", "{done}");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
+    for file in [
+        tree.work.join("hfwasm.sqlite"),
+        tree.logs.join("hfwasm-pool.log"),
+        tree.work.join("power/node-1.on.log"),
+    ] {
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
+    }
+    for dir in [tree.work.clone(), tree.work.join("power")] {
+        assert_eq!(mode(&dir) & 0o077, 0, "{} is not open to others", dir.display());
+    }
+    let log = std::fs::read_to_string(tree.logs.join("hfwasm-pool.log")).expect("log");
+    assert!(log.contains("power command finished"), "{log}");
+    assert!(!log.contains("Hunter2-secret"), "the command (and its password) is never logged");
+}

@@ -32,7 +32,15 @@ pub fn init_file(level: &str, file: Option<&Path>, max_bytes: u64, keep: u32) {
     let file = file.and_then(|path| {
         std::fs::create_dir_all(path.parent()?).ok()?;
         rotate(path, max_bytes, keep);
-        OpenOptions::new().create(true).append(true).open(path).ok()
+        let f = open_log(path).ok()?;
+        let written = f.metadata().map(|m| m.len()).unwrap_or(0);
+        Some(RotatingFile {
+            path: path.to_path_buf(),
+            file: f,
+            written,
+            max_bytes,
+            keep,
+        })
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -44,6 +52,46 @@ pub fn init_file(level: &str, file: Option<&Path>, max_bytes: u64, keep: u32) {
     };
     // A second init (tests, demo) keeps the first subscriber.
     drop(result);
+}
+
+/// Opens the log file for appending: 0600, and never through a symbolic link (another
+/// local user could point it at a file of hfwasm's user).
+fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// The log file, rotated by size while the process runs too: one process that logs a lot
+/// (a guest flooding its log) must not grow one file without bound until the next start.
+struct RotatingFile {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+    written: u64,
+    max_bytes: u64,
+    keep: u32,
+}
+
+impl std::io::Write for RotatingFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.written > 0 && self.written + buf.len() as u64 > self.max_bytes {
+            rotate(&self.path, 0, self.keep);
+            if let Ok(f) = open_log(&self.path) {
+                self.file = f;
+                self.written = 0;
+            }
+        }
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// `app.log` -> `app.log.1`, `.1` -> `.2`, ... keeping `keep` (0 = truncate instead).

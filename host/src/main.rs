@@ -397,6 +397,13 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // Everything hfwasm creates (state store, logs, power logs, compiled guests, cached
+    // credentials) is for its own user only: 0600 files, 0700 directories, whatever the
+    // umask HostFactory started it with (000 made them world-writable).
+    // SAFETY: umask only sets this process's file-creation mask.
+    unsafe {
+        libc::umask(0o077);
+    }
     if let Some((call, input)) = script_call(std::env::args_os().skip(1)) {
         return hf_call(call, &DirArgs::default(), &input);
     }

@@ -7,6 +7,18 @@ use crate::runtime::bindings::hostfactory::capabilities::log::{Host, Level};
 pub struct GuestLog {
     /// Guest name attached to every record.
     pub guest: String,
+    /// Bytes of messages this guest instance logged so far (its process's call).
+    pub logged: usize,
+}
+
+impl GuestLog {
+    /// The log capability of guest `guest`, nothing logged yet.
+    pub fn new(guest: &str) -> Self {
+        Self {
+            guest: guest.to_string(),
+            logged: 0,
+        }
+    }
 }
 
 /// Longest guest log message kept; the rest is cut so a guest cannot flood the log file.
@@ -37,6 +49,17 @@ impl Host for GuestLog {
                     }
                 })
                 .collect();
+        }
+        // A guest logs at most [`limits::GUEST_LOG_BYTES`] per call; one line says when the
+        // rest was dropped.
+        let limit = crate::runtime::limits::GUEST_LOG_BYTES;
+        if self.logged >= limit {
+            return;
+        }
+        self.logged += message.len();
+        if self.logged >= limit {
+            tracing::warn!(target: "guest", guest = self.guest.as_str(), "guest log limit reached ({limit} bytes in this call, limits::GUEST_LOG_BYTES); its further records are dropped");
+            return;
         }
         let guest = self.guest.as_str();
         match lvl {
@@ -75,10 +98,24 @@ mod tests {
             .with_ansi(false)
             .finish();
         tracing::subscriber::with_default(subscriber, || {
-            GuestLog { guest: "evil".into() }.emit(Level::Warn, "ok\n2026-12-05T00:00:00Z  INFO hf_call: call done\x1b[2J".into());
+            GuestLog::new("evil").emit(Level::Warn, "ok\n2026-12-05T00:00:00Z  INFO hf_call: call done\x1b[2J".into());
         });
         let text = String::from_utf8(buf.0.lock().expect("lock").clone()).expect("utf8");
         assert_eq!(text.lines().count(), 1, "{text}");
         assert!(text.contains("ok\\n2026") && text.contains("\\u{1b}"), "{text}");
+    }
+}
+
+#[cfg(test)]
+mod volume_tests {
+    use super::*;
+
+    #[test]
+    fn a_guest_logs_a_bounded_volume_per_call() {
+        let mut log = GuestLog::new("chatty");
+        for _ in 0..100_000 {
+            log.emit(Level::Info, "x".repeat(1000));
+        }
+        assert!(log.logged < crate::runtime::limits::GUEST_LOG_BYTES + 2000, "{}", log.logged);
     }
 }

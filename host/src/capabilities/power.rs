@@ -124,7 +124,18 @@ pub fn record_outcome(store: &dyn StateStore, namespace: &str, host: &str, act: 
 
 /// Runs `command` in `/bin/sh` to completion, its output to `log`; returns the outcome.
 pub fn run_command(command: &str, log: &Path) -> PowerOutcome {
-    let out = std::fs::File::create(log).and_then(|f| Ok((f.try_clone()?, f)));
+    let out = {
+        use std::os::unix::fs::OpenOptionsExt;
+        // 0600 and never through a symbolic link: the output may hold what the command printed.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(log)
+            .and_then(|f| Ok((f.try_clone()?, f)))
+    };
     let status = match out {
         Ok((o, e)) => Command::new("/bin/sh")
             .arg("-c")
@@ -161,7 +172,8 @@ pub fn run_and_record(
         Ok(Some(cmd)) => {
             std::fs::create_dir_all(log_dir).map_err(|e| format!("cannot create {}: {e}", log_dir.display()))?;
             let outcome = run_command(&cmd, &log_dir.join(format!("{}.log", key(host, act))));
-            tracing::info!(host, action = action_name(act), command = %cmd, ?outcome, "power command finished");
+            // The command is not logged: inventories carry credentials in commands.
+            tracing::info!(host, action = action_name(act), exit = match &outcome { PowerOutcome::Finished { exit, .. } => *exit, PowerOutcome::Running { .. } => 0 }, "power command finished");
             outcome
         }
         Ok(None) => PowerOutcome::Finished {

@@ -144,7 +144,7 @@ impl WasmProvider {
         };
         let state = GuestState {
             sandbox: Sandbox::new(code.limits, wait.clone()),
-            log: GuestLog { guest: name.to_string() },
+            log: GuestLog::new(name),
             kv: GuestKv::new(res.store.clone(), res.namespace, wait.clone()),
             inventory: GuestInventory::new(if code.grants.contains(&Capability::Inventory) {
                 res.inventory.clone()

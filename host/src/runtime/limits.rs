@@ -70,6 +70,10 @@ pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
 /// Largest guest `.wasm` file read (Python and JavaScript guests are 10-40 MB).
 pub const MAX_WASM_BYTES: u64 = 256 << 20;
 
+/// Bytes of log messages one guest instance may write in one call; the rest is dropped with
+/// one line saying so (a guest logging in a loop wrote 787 MB in 3 s).
+pub const GUEST_LOG_BYTES: usize = 1 << 20;
+
 /// How long the host waits for a site's `AWS_CREDENTIAL_SCRIPT` before the call fails
 /// (`PROVIDER_UNAVAILABLE`, naming the script): a hung script must not hang HostFactory.
 pub const CREDENTIAL_SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);

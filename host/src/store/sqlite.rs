@@ -127,7 +127,9 @@ impl SqliteStore {
                 ),
             })?;
         }
-        let conn = Connection::open(path).map_err(err)?;
+        // Never through a symbolic link: another local user could aim it at a file of ours.
+        let flags = rusqlite::OpenFlags::default() | rusqlite::OpenFlags::SQLITE_OPEN_NOFOLLOW;
+        let conn = Connection::open_with_flags(path, flags).map_err(err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
         // Switching a new database to WAL needs an exclusive lock, and SQLite answers that
         // pragma with "database is locked" at once (no busy handler) while another process
