@@ -151,15 +151,17 @@ fn the_seed_logging_keys_choose_the_file_level_and_rotation() {
 #[test]
 fn secrets_stay_in_files_only_their_user_can_read_and_out_of_the_log() {
     use std::os::unix::fs::PermissionsExt;
-    let tree = HfTree::new(
-        "node-1 10.6.0.1 template=t ncpus=2 nram=2048 power_on=\"sshpass -p Hunter2-secret true; true\"\n",
-    );
+    let tree = HfTree::new("node-1 10.6.0.1 template=t ncpus=2 nram=2048 power_on=\"sshpass -p Hunter2-secret true; true\"\n");
     // HostFactory started with a permissive umask: hfwasm's files are still its own.
     let input = tree.dir.path().join("req.json");
     std::fs::write(&input, r#"{"template": {"templateId": "t", "machineCount": 1}}"#).expect("input");
     let out = std::process::Command::new("sh")
         .arg("-c")
-        .arg(format!("umask 000; exec '{}' -f '{}'", repo().join("scripts/requestMachines.sh").display(), input.display()))
+        .arg(format!(
+            "umask 000; exec '{}' -f '{}'",
+            repo().join("scripts/requestMachines.sh").display(),
+            input.display()
+        ))
         .env("HFWASM_BIN", env!("CARGO_BIN_EXE_hfwasm"))
         .env("HF_PROVIDER_NAME", "pool")
         .env("HF_PROVIDER_CONFDIR", &tree.conf)

@@ -412,3 +412,67 @@ fn answers_that_break_the_contract_are_refused_and_nothing_of_them_is_stored() {
         "{e}"
     );
 }
+
+#[test]
+fn a_planted_or_changed_compiled_guest_is_never_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let tree = HfTree::new(&plain_inventory(3));
+    let cache = tree.dir.path().join("cache");
+    tree.set_env("HFWASM_CACHE_DIR", &cache.display().to_string());
+    let file = tree.dir.path().join("provider.wasm");
+    let onprem = std::path::Path::new(env!("HFWASM_GUEST_DIR")).join("hfwasm_guest_onprem.wasm");
+    std::fs::copy(&onprem, &file).expect("copy");
+    tree.config(&json!({
+        "provider": {"guest": "site"},
+        "guests": {"site": {"wasm": file.display().to_string(), "grants": ["log", "kv", "inventory", "power"], "limits": {"timeout_ms": 300}}}
+    }));
+    let cwasm = || -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(&cache)
+            .expect("cache")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+            .collect();
+        v.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+        v
+    };
+    tree.ok("getAvailableTemplates", &json!({}));
+    let good = cwasm().remove(0);
+    assert_eq!(std::fs::metadata(&good).expect("meta").permissions().mode() & 0o777, 0o600);
+    // Another guest's compiled code, as an attacker would plant it under the good one's name.
+    std::fs::copy(guest_wasm("hfwasm_testing_spin.wasm"), &file).expect("swap");
+    tree.err("getAvailableTemplates", &json!({}), "GUEST_TIMEOUT");
+    let spin = cwasm().into_iter().find(|p| p != &good).expect("spin's cwasm");
+    std::fs::copy(&onprem, &file).expect("swap back");
+    std::fs::copy(&spin, &good).expect("plant");
+    tree.ok("getAvailableTemplates", &json!({}));
+    let log = std::fs::read_to_string(tree.logs.join("hfwasm-pool.log")).unwrap_or_default();
+    assert!(
+        log.contains("precompiled guest refused") && log.contains("seal does not match"),
+        "{log}"
+    );
+    // A compiled guest others may write is refused too.
+    std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    tree.ok("getAvailableTemplates", &json!({}));
+    assert_eq!(
+        std::fs::metadata(&good).expect("meta").permissions().mode() & 0o777,
+        0o600,
+        "recompiled, private again"
+    );
+
+    // A cache directory shared with other users: this user's own directory inside it.
+    let shared = tree.dir.path().join("shared-cache");
+    std::fs::create_dir(&shared).expect("mkdir");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    tree.set_env("HFWASM_CACHE_DIR", &shared.display().to_string());
+    tree.ok("getAvailableTemplates", &json!({}));
+    let own: Vec<_> = std::fs::read_dir(&shared)
+        .expect("shared")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(own.len(), 1, "{own:?}");
+    assert!(own[0].to_string_lossy().starts_with("hfwasm-"), "{own:?}");
+    let mode = std::fs::metadata(shared.join(&own[0])).expect("meta").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+}

@@ -173,7 +173,15 @@ pub fn run_and_record(
             std::fs::create_dir_all(log_dir).map_err(|e| format!("cannot create {}: {e}", log_dir.display()))?;
             let outcome = run_command(&cmd, &log_dir.join(format!("{}.log", key(host, act))));
             // The command is not logged: inventories carry credentials in commands.
-            tracing::info!(host, action = action_name(act), exit = match &outcome { PowerOutcome::Finished { exit, .. } => *exit, PowerOutcome::Running { .. } => 0 }, "power command finished");
+            tracing::info!(
+                host,
+                action = action_name(act),
+                exit = match &outcome {
+                    PowerOutcome::Finished { exit, .. } => *exit,
+                    PowerOutcome::Running { .. } => 0,
+                },
+                "power command finished"
+            );
             outcome
         }
         Ok(None) => PowerOutcome::Finished {

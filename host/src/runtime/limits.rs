@@ -190,31 +190,6 @@ impl GuestLimits {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn defaults_and_ceilings() {
-        let d = GuestLimits::default();
-        assert_eq!(d.memory_bytes, 128 << 20);
-        assert_eq!(d.timeout, Duration::from_millis(10_000));
-        assert_eq!(d.call_timeout, Duration::from_millis(200_000));
-        let e = GuestLimits::from_overrides(&LimitOverrides {
-            memory_mib: Some(10_000),
-            ..Default::default()
-        })
-        .expect_err("above ceiling");
-        assert!(e.contains("limits.memory_mib"), "{e}");
-        let tight = GuestLimits::from_overrides(&LimitOverrides {
-            timeout_ms: Some(200),
-            ..Default::default()
-        })
-        .expect("valid");
-        assert_eq!(tight.timeout, Duration::from_millis(200));
-    }
-}
-
 /// Reads `path` as text, refusing a file larger than `max` bytes (or a device, a FIFO or
 /// anything else that is not a regular file) without reading it: every file hfwasm reads
 /// from a path it was given goes through here or [`read_capped_bytes`].
@@ -248,3 +223,29 @@ pub fn read_capped_bytes(path: &std::path::Path, max: u64) -> std::io::Result<Ve
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_ceilings() {
+        let d = GuestLimits::default();
+        assert_eq!(d.memory_bytes, 128 << 20);
+        assert_eq!(d.timeout, Duration::from_millis(10_000));
+        assert_eq!(d.call_timeout, Duration::from_millis(200_000));
+        let e = GuestLimits::from_overrides(&LimitOverrides {
+            memory_mib: Some(10_000),
+            ..Default::default()
+        })
+        .expect_err("above ceiling");
+        assert!(e.contains("limits.memory_mib"), "{e}");
+        let tight = GuestLimits::from_overrides(&LimitOverrides {
+            timeout_ms: Some(200),
+            ..Default::default()
+        })
+        .expect("valid");
+        assert_eq!(tight.timeout, Duration::from_millis(200));
+    }
+}
+

@@ -29,7 +29,7 @@ pub fn machines(list: &[Machine]) -> Result<(), String> {
             return Err(format!("machine id '{}' is reported more than once", m.machine_id));
         }
         let starting = matches!(m.state, MachineState::Pending | MachineState::Failed | MachineState::Terminated);
-        if !(m.name.is_empty() && starting) && !host_name_ok(&m.name) {
+        if !(host_name_ok(&m.name) || m.name.is_empty() && starting) {
             return Err(format!(
                 "machine '{}' has the name {:?}, which is not a host name",
                 m.machine_id,
