@@ -120,6 +120,29 @@ fn a_call_without_its_input_file_still_answers_json() {
 }
 
 #[test]
+fn get_available_templates_reads_no_file_dev_null_and_empty_alike() {
+    let tree = HfTree::new(&plain_inventory(1));
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hfwasm"))
+            .args(args)
+            .env("HF_PROVIDER_NAME", "pool")
+            .env("HF_PROVIDER_CONFDIR", &tree.conf)
+            .env("HF_PROVIDER_WORKDIR", &tree.work)
+            .env("HFWASM_CACHE_DIR", test_cache())
+            .output()
+            .expect("run");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {v}");
+        assert_eq!(v["templates"][0]["templateId"], PLAIN_TEMPLATE, "{v}");
+    };
+    run(&["getAvailableTemplates"]);
+    run(&["getAvailableTemplates", "-f", "/dev/null"]);
+    let empty = tree.dir.path().join("empty.json");
+    std::fs::write(&empty, "").expect("empty");
+    run(&["getAvailableTemplates", "-f", empty.to_str().expect("path")]);
+}
+
+#[test]
 fn missing_binary_gives_an_error_document() {
     let out = std::process::Command::new(repo().join("scripts/getAvailableTemplates.sh"))
         .args(["-f", "/dev/null"])

@@ -616,3 +616,37 @@ fn orb_config_and_templates_are_read_or_refused_by_name() {
         "the template's own tags are on the instance"
     );
 }
+
+/// An EC2 endpoint that accepts connections and never answers (a black-holed proxy, a hung
+/// load balancer): the call answers in time with a named error, and the next call works.
+#[test]
+fn a_cloud_that_never_answers_cannot_hold_a_call_past_its_deadline() {
+    let moto = Moto::start();
+    let (subnet, sg, ami) = moto.network();
+    let tree = aws_tree(&moto, common::moto::templates(&subnet, &sg, &ami));
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let port = hole.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in hole.incoming() {
+            held.push(s);
+        }
+    });
+    let cfg_path = tree.conf.join("poolprov_config.json");
+    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).expect("cfg")).expect("json");
+    cfg["AWS_ENDPOINT_URL"] = json!(format!("http://127.0.0.1:{port}"));
+    std::fs::write(&cfg_path, cfg.to_string()).expect("cfg");
+    tree.config(&json!({
+        "aws": {"config_file": "poolprov_config.json", "templates_file": "poolprov_templates.json"},
+        "guests": {"aws": {"wasm": "builtin:aws", "grants": ["log", "kv", "ec2"], "limits": {"call_timeout_ms": 3000}}}
+    }));
+    let t0 = std::time::Instant::now();
+    let e = tree.err("getAvailableTemplates", &json!({}), "CALL_TIMEOUT");
+    let took = t0.elapsed();
+    assert!(took < std::time::Duration::from_secs(10), "answered after {took:?}");
+    assert_eq!(e["error"]["details"]["limit"], "call_timeout_ms", "{e}");
+    // The endpoint back: the next call works.
+    cfg["AWS_ENDPOINT_URL"] = json!(moto.endpoint);
+    std::fs::write(&cfg_path, cfg.to_string()).expect("cfg");
+    tree.ok("getAvailableTemplates", &json!({}));
+}

@@ -265,9 +265,24 @@ fn dirs(d: &DirArgs) -> Result<ProviderDirs, HfError> {
 }
 
 /// Prints one JSON document on stdout; the only place a HostFactory answer is written.
+/// Set by whoever prints HostFactory's one answer: the call itself, or the watchdog that
+/// answers for a call past its deadline. The other prints nothing.
+static ANSWERED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Claims stdout for the one answer; a call that lost the race to the watchdog waits for
+/// the watchdog to end the process.
+fn claim_stdout() {
+    if ANSWERED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        loop {
+            std::thread::park();
+        }
+    }
+}
+
 fn answer(v: &serde_json::Value) -> ExitCode {
     match serde_json::to_string_pretty(v) {
         Ok(s) => {
+            claim_stdout();
             println!("{s}");
             ExitCode::SUCCESS
         }
@@ -277,8 +292,41 @@ fn answer(v: &serde_json::Value) -> ExitCode {
 
 fn fail(e: &HfError) -> ExitCode {
     tracing::error!(code = e.code.as_str(), "{}", e.message);
+    claim_stdout();
     println!("{}", e.to_envelope());
     ExitCode::from(1)
+}
+
+/// Answers `CALL_TIMEOUT` and ends the process if the call is still running after
+/// `deadline`: a host call that hangs (a cloud endpoint that accepts and never answers, a
+/// store that stops responding) must not leave HostFactory with nothing on stdout. Every
+/// write the call made is committed or rolled back by its own transaction, so ending here
+/// loses nothing: the next call picks the request up from its write-ahead record.
+fn watchdog(call: Call, deadline: std::time::Duration) {
+    let spawned = std::thread::Builder::new().name("hfwasm-watchdog".into()).spawn(move || {
+        std::thread::sleep(deadline);
+        if ANSWERED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let e = HfError::new(
+            ErrorCode::CallTimeout,
+            format!(
+                "{} did not finish within call_timeout_ms ({} ms): a cloud, store or command it waited on did not answer; nothing was lost, and the next call takes the request up again",
+                call.name(),
+                deadline.as_millis()
+            ),
+        )
+        .with("limit", "call_timeout_ms");
+        tracing::error!(code = e.code.as_str(), "{}", e.message);
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", e.to_envelope());
+        let _ = out.flush();
+        std::process::exit(1);
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the call watchdog");
+    }
 }
 
 fn hf_call(call: Call, d: &DirArgs, input: &InputFile) -> ExitCode {
@@ -301,9 +349,11 @@ fn hf_call(call: Call, d: &DirArgs, input: &InputFile) -> ExitCode {
                 return Err(e);
             }
         };
+        watchdog(call, plugin.call_deadline());
         let file = match (&input.file, call) {
             (Some(f), _) => f.clone(),
-            (None, Call::GetAvailableTemplates) => PathBuf::from("/dev/null"),
+            // No file at all reads as `{}` (an empty path opens nothing: NotFound).
+            (None, Call::GetAvailableTemplates) => PathBuf::new(),
             (None, _) => {
                 return Err(HfError::new(
                     ErrorCode::InvalidInput,

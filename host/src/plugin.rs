@@ -91,6 +91,18 @@ impl Plugin {
         self
     }
 
+    /// How long one HostFactory call may take in all: the longest `call_timeout_ms` of the
+    /// provider guests, plus a second so a guest's own deadline answers first when it is the
+    /// guest that runs long.
+    pub fn call_deadline(&self) -> std::time::Duration {
+        std::iter::once(&self.config.provider)
+            .chain(self.config.members.iter().map(|m| &m.guest))
+            .map(|g| g.limits.call_timeout)
+            .max()
+            .unwrap_or(std::time::Duration::from_secs(200))
+            + std::time::Duration::from_secs(1)
+    }
+
     /// Where compiled guests are cached: `HFWASM_CACHE_DIR`, else `<workdir>/.hfwasm-cache`.
     pub fn cache(&self) -> PrecompiledCache {
         let dir = std::env::var_os("HFWASM_CACHE_DIR")

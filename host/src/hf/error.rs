@@ -40,6 +40,8 @@ pub enum ErrorCode {
     GuestContract,
     /// The site's policy failed and config says to fail closed (`policy.on_error`).
     PolicyError,
+    /// The whole call ran past `call_timeout_ms` (a host call that never answered).
+    CallTimeout,
     /// A bug in hfwasm itself.
     Internal,
 }
@@ -65,6 +67,7 @@ impl ErrorCode {
             ErrorCode::ProviderUnavailable => "PROVIDER_UNAVAILABLE",
             ErrorCode::GuestContract => "GUEST_CONTRACT",
             ErrorCode::PolicyError => "POLICY_ERROR",
+            ErrorCode::CallTimeout => "CALL_TIMEOUT",
             ErrorCode::Internal => "INTERNAL",
         }
     }

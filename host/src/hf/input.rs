@@ -34,7 +34,14 @@ pub enum ReturnInput {
 /// error for every other call.
 pub fn read_object(call: Call, path: &Path) -> Result<Map<String, Value>, HfError> {
     let file = path.display().to_string();
-    let text = match crate::runtime::limits::read_capped(path, crate::runtime::limits::MAX_INPUT_BYTES) {
+    // `/dev/null` is read as an empty file (scripts and admins pass it for "no input");
+    // other devices and FIFOs are refused by `read_capped`, since reading one may never end.
+    let read = if path == Path::new("/dev/null") {
+        Ok(String::new())
+    } else {
+        crate::runtime::limits::read_capped(path, crate::runtime::limits::MAX_INPUT_BYTES)
+    };
+    let text = match read {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && call == Call::GetAvailableTemplates => String::new(),
         Err(e) if e.kind() == std::io::ErrorKind::InvalidInput || e.kind() == std::io::ErrorKind::InvalidData => {

@@ -74,6 +74,12 @@ pub const MAX_WASM_BYTES: u64 = 256 << 20;
 /// one line saying so (a guest logging in a loop wrote 787 MB in 3 s).
 pub const GUEST_LOG_BYTES: usize = 1 << 20;
 
+/// Longest one EC2 API attempt may take, response included: an endpoint that accepts the
+/// connection and never answers fails the attempt (retried per IBM's retry keys) instead of
+/// holding the call; the call as a whole is bounded by `call_timeout_ms`. Generous, since a
+/// DescribeInstances over thousands of instances takes seconds on real AWS.
+pub const EC2_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// How long the host waits for a site's `AWS_CREDENTIAL_SCRIPT` before the call fails
 /// (`PROVIDER_UNAVAILABLE`, naming the script): a hung script must not hang HostFactory.
 pub const CREDENTIAL_SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -248,4 +254,3 @@ mod tests {
         assert_eq!(tight.timeout, Duration::from_millis(200));
     }
 }
-

@@ -346,6 +346,7 @@ impl Ec2Client {
         });
         let timeouts = aws_config::timeout::TimeoutConfig::builder()
             .connect_timeout(s.connect_timeout)
+            .operation_attempt_timeout(crate::runtime::limits::EC2_ATTEMPT_TIMEOUT)
             .build();
         // Throttling is retried in `call` with IBM's retry settings; the SDK adds none.
         let retries = aws_config::retry::RetryConfig::standard().with_max_attempts(1);
