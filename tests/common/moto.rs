@@ -63,6 +63,9 @@ impl Moto {
             .expect("free port")
             .port();
         let log = std::fs::File::create(std::env::temp_dir().join(format!("hfwasm-moto-{port}.log"))).expect("moto log");
+        // A recording left by an earlier server on this port is not this server's.
+        let recording = std::env::temp_dir().join(format!("hfwasm-moto-{port}.recording"));
+        let _ = std::fs::remove_file(&recording);
         let child = Command::new(moto_binary())
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             // The recorder stays off until a test starts it (`start_recording`).

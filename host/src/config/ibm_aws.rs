@@ -354,6 +354,7 @@ pub fn from_values(
         regions: vec![s.region.clone()],
         instance_types: types,
         max_per_request: max,
+        launch: launch_grant(&good),
     };
     Ok(IbmAws {
         config_file: config_file.to_path_buf(),
@@ -367,6 +368,44 @@ pub fn from_values(
         log_level,
         problems,
     })
+}
+
+/// The launch parameters the templates name: the AWS guest may launch only with these
+/// (an empty list, when no template names one, allows none of that kind to be chosen by
+/// the guest: a spec without one is still allowed).
+fn launch_grant(templates: &[Value]) -> crate::capabilities::ec2::LaunchGrant {
+    let strings = |key: &str| -> Vec<String> {
+        let mut v: Vec<String> = templates
+            .iter()
+            .filter_map(|t| t.get(key))
+            .flat_map(|v| match v {
+                Value::String(s) => s.split(',').map(|x| x.trim().to_string()).collect::<Vec<_>>(),
+                Value::Array(a) => a.iter().filter_map(Value::as_str).map(|x| x.trim().to_string()).collect(),
+                _ => Vec::new(),
+            })
+            .filter(|s| !s.is_empty())
+            .collect();
+        v.sort();
+        v.dedup();
+        // Nothing named: a sentinel no real id matches, so the guest cannot pick its own.
+        if v.is_empty() {
+            v.push(format!("(none: no template names a {key})"));
+        }
+        v
+    };
+    crate::capabilities::ec2::LaunchGrant {
+        image_ids: strings("imageId"),
+        subnet_ids: strings("subnetId"),
+        security_group_ids: strings("securityGroupIds"),
+        key_names: strings("keyName"),
+        instance_profiles: strings("instanceProfile"),
+        launch_template_ids: strings("launchTemplateId"),
+        user_data: templates.iter().any(|t| {
+            ["userData", "userDataScript", "userDataContent"]
+                .iter()
+                .any(|k| t.get(*k).is_some_and(|v| !unset(v)))
+        }),
+    }
 }
 
 /// IBM's default `AWS_CREDENTIAL_RENEW_MARGIN`: credentials from `AWS_CREDENTIAL_SCRIPT`

@@ -161,7 +161,7 @@ impl WasmProvider {
                 crate::capabilities::power::namespace(&res.owner),
                 res.power,
             ),
-            ec2: GuestEc2::new(ec2, res.ec2_grant, res.owner, store_id, wait),
+            ec2: GuestEc2::new(ec2, res.ec2_grant, res.owner, store_id, wait).with_requests(res.store.clone()),
         };
         let mut store = sandbox::new_store(engine, name, &code.limits, state)?;
         let bindings = match ProviderGuest::instantiate(&mut store, &component, &linker) {

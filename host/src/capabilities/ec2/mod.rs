@@ -47,6 +47,85 @@ pub struct Ec2Grant {
     /// Most instances (or capacity units) one launch call may ask for.
     #[serde(default = "default_max_per_request")]
     pub max_per_request: u32,
+    /// What launches may use; each list empty = any. From IBM's templates these are the
+    /// templates' own values, so a guest cannot launch another image, into another subnet
+    /// or with another role than the site wrote.
+    #[serde(default)]
+    pub launch: LaunchGrant,
+}
+
+/// The launch parameters a guest may use (`guests.<name>.ec2.launch`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchGrant {
+    /// AMI ids.
+    #[serde(default)]
+    pub image_ids: Vec<String>,
+    /// Subnet ids.
+    #[serde(default)]
+    pub subnet_ids: Vec<String>,
+    /// Security group ids.
+    #[serde(default)]
+    pub security_group_ids: Vec<String>,
+    /// Key pair names.
+    #[serde(default)]
+    pub key_names: Vec<String>,
+    /// Instance profile ARNs (or names).
+    #[serde(default)]
+    pub instance_profiles: Vec<String>,
+    /// Launch template ids.
+    #[serde(default)]
+    pub launch_template_ids: Vec<String>,
+    /// Whether user data may be passed (false: a launch with user data is refused). Set
+    /// when any template carries `userData` or `userDataScript`.
+    #[serde(default = "yes")]
+    pub user_data: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for LaunchGrant {
+    /// Anything (a site's own guest configured in hfwasm.json, unless it narrows this).
+    fn default() -> Self {
+        Self {
+            image_ids: Vec::new(),
+            subnet_ids: Vec::new(),
+            security_group_ids: Vec::new(),
+            key_names: Vec::new(),
+            instance_profiles: Vec::new(),
+            launch_template_ids: Vec::new(),
+            user_data: true,
+        }
+    }
+}
+
+impl LaunchGrant {
+    /// Ok when `spec` uses only granted values; else the first one that is not.
+    pub fn check(&self, spec: &LaunchSpec) -> Result<(), String> {
+        fn one<'a>(what: &str, granted: &[String], used: impl IntoIterator<Item = &'a String>) -> Result<(), String> {
+            if granted.is_empty() {
+                return Ok(());
+            }
+            match used.into_iter().find(|u| !granted.contains(u)) {
+                Some(u) => Err(format!("{what} {u} is not granted (granted: {})", granted.join(", "))),
+                None => Ok(()),
+            }
+        }
+        if !spec.image_id.is_empty() {
+            one("image", &self.image_ids, [&spec.image_id])?;
+        }
+        one("subnet", &self.subnet_ids, &spec.subnet_ids)?;
+        one("security group", &self.security_group_ids, &spec.security_group_ids)?;
+        one("key pair", &self.key_names, &spec.key_name)?;
+        one("instance profile", &self.instance_profiles, &spec.instance_profile_arn)?;
+        one("launch template", &self.launch_template_ids, &spec.launch_template_id)?;
+        if spec.user_data.is_some() && !self.user_data {
+            return Err("user data is not granted (no template of this provider carries userData or userDataScript)".into());
+        }
+        Ok(())
+    }
 }
 
 fn default_max_per_request() -> u32 {
@@ -110,6 +189,10 @@ pub struct GuestEc2 {
     owner: String,
     store_id: String,
     wait: HostWait,
+    /// The host's request records: a launch must name a recorded provision request, and
+    /// the request bounds what may be launched for it in all (None only in unit tests of
+    /// the capability itself).
+    requests: Option<Arc<dyn crate::store::StateStore>>,
 }
 
 fn denied(m: String) -> Ec2Error {
@@ -126,7 +209,46 @@ impl GuestEc2 {
             owner,
             store_id,
             wait,
+            requests: None,
         }
+    }
+
+    /// Bounds launches by the host's request records in `store` (see [`Self::check_total`]).
+    pub fn with_requests(mut self, store: Arc<dyn crate::store::StateStore>) -> Self {
+        self.requests = Some(store);
+        self
+    }
+
+    /// A launch of `asking` more instances or units for `request_id`: the request must be
+    /// a provision request the host recorded, and what this provider instance already runs
+    /// for it plus what is asked must stay within what HostFactory asked for. Each instance
+    /// counts for at least one unit, so counting instances never refuses a fair top-up.
+    fn check_total(&self, request_id: &str, asking: u32) -> Result<(), Ec2Error> {
+        let Some(store) = &self.requests else { return Ok(()) };
+        let rec = store
+            .request(request_id)
+            .map_err(|e| Ec2Error::Unavailable(format!("cannot read request {request_id}: {e}")))?
+            .filter(|r| r.kind == crate::store::RequestKind::Provision)
+            .ok_or_else(|| {
+                denied(format!(
+                    "{request_id} is not a provision request the host recorded; launches are for HostFactory's requests only"
+                ))
+            })?;
+        let client = self.client()?;
+        let owner = self.owner.clone();
+        let held = self
+            .wait
+            .measure(|| client.describe_owned(&owner, &InstanceFilter::Request(request_id.to_string())))?
+            .iter()
+            .filter(|i| matches!(i.state.as_str(), "pending" | "running" | "stopping" | "stopped"))
+            .count() as u64;
+        if held + u64::from(asking) > u64::from(rec.count) {
+            return Err(denied(format!(
+                "request {request_id} asked for {}; {held} are running for it and {asking} more would exceed that",
+                rec.count
+            )));
+        }
+        Ok(())
     }
 
     fn client(&self) -> Result<&dyn Ec2Api, Ec2Error> {
@@ -223,6 +345,8 @@ impl Host for GuestEc2 {
     fn run_instances(&mut self, req: RunRequest) -> Result<Vec<Instance>, Ec2Error> {
         self.check_type(&req.instance_type)?;
         self.check_count(req.count, "instances")?;
+        self.grant.launch.check(&req.spec).map_err(denied)?;
+        self.check_total(&req.request_id, req.count)?;
         let tags = self.ownership_tags(&req.request_id, &req.template_id, &req.spec.tags)?;
         let client = self.client()?;
         self.wait.measure(|| client.run_instances(&req, &tags))
@@ -236,6 +360,19 @@ impl Host for GuestEc2 {
             return Err(denied("a fleet needs at least one instance type".into()));
         }
         self.check_count(req.total_units, "capacity units")?;
+        self.grant.launch.check(&req.spec).map_err(denied)?;
+        for o in &req.overrides {
+            if let Some(sub) = &o.subnet_id {
+                self.grant
+                    .launch
+                    .check(&LaunchSpec {
+                        subnet_ids: vec![sub.clone()],
+                        ..req.spec.clone()
+                    })
+                    .map_err(denied)?;
+            }
+        }
+        self.check_total(&req.request_id, req.total_units)?;
         let tags = self.ownership_tags(&req.request_id, &req.template_id, &req.spec.tags)?;
         let client = self.client()?;
         self.wait.measure(|| client.create_fleet(&req, &tags))
@@ -282,6 +419,19 @@ impl Host for GuestEc2 {
             return Err(denied("a spot fleet needs a fleet role (fleetRole)".into()));
         }
         self.check_count(req.total_units, "capacity units")?;
+        self.grant.launch.check(&req.spec).map_err(denied)?;
+        for o in &req.overrides {
+            if let Some(sub) = &o.subnet_id {
+                self.grant
+                    .launch
+                    .check(&LaunchSpec {
+                        subnet_ids: vec![sub.clone()],
+                        ..req.spec.clone()
+                    })
+                    .map_err(denied)?;
+            }
+        }
+        self.check_total(&req.request_id, req.total_units)?;
         let tags = self.ownership_tags(&req.request_id, &req.template_id, &req.spec.tags)?;
         let client = self.client()?;
         self.wait.measure(|| client.request_spot_fleet(&req, &tags))
@@ -330,6 +480,7 @@ impl Host for GuestEc2 {
                 "a launch template cannot start from another (launch-template-id is set)".into(),
             ));
         }
+        self.grant.launch.check(&req.spec).map_err(denied)?;
         let tags = self.ownership_tags(&req.request_id, &req.template_id, &req.spec.tags)?;
         let client = self.client()?;
         self.wait.measure(|| client.create_launch_template(&req, &tags))
@@ -348,6 +499,24 @@ impl Host for GuestEc2 {
 
     fn describe_spot_instance_requests(&mut self, ids: Vec<String>) -> Result<Vec<SpotRequest>, Ec2Error> {
         let client = self.client()?;
-        self.wait.measure(|| client.describe_spot_requests(&ids))
+        let answer = self.wait.measure(|| client.describe_spot_requests(&ids))?;
+        // Only spot requests behind instances this provider instance owns, like every other
+        // describe: a guest must not learn of another cluster's spot requests.
+        let instance_ids: Vec<String> = answer.iter().filter_map(|r| r.instance_id.clone()).collect();
+        let owner = self.owner.clone();
+        let owned: std::collections::HashSet<String> = if instance_ids.is_empty() {
+            Default::default()
+        } else {
+            self.wait
+                .measure(|| client.describe_owned(&owner, &InstanceFilter::Ids(instance_ids)))?
+                .into_iter()
+                .map(|i| i.instance_id)
+                .collect()
+        };
+        // Others' are left out of the answer, as unknown ids are.
+        Ok(answer
+            .into_iter()
+            .filter(|r| r.instance_id.as_ref().is_some_and(|i| owned.contains(i)))
+            .collect())
     }
 }

@@ -254,6 +254,7 @@ impl Fixture {
                 regions: vec![],
                 instance_types: vec![],
                 max_per_request: 100,
+                launch: Default::default(),
             },
             owner: "test".into(),
         };
@@ -515,6 +516,7 @@ fn calls_outside_the_grant_are_denied_not_trapped() {
         regions: regions.iter().map(|r| r.to_string()).collect(),
         instance_types: vec!["m5.large".into()],
         max_per_request: 4,
+        launch: Default::default(),
     };
     let cap = |g: Ec2Grant| GuestEc2::new(Some(api.clone()), g, "test".into(), "store-1".into(), HostWait::default());
     let run = |ty: &str, count: u32| RunRequest {
