@@ -643,7 +643,9 @@ fn a_cloud_that_never_answers_cannot_hold_a_call_past_its_deadline() {
     let t0 = std::time::Instant::now();
     let e = tree.err("getAvailableTemplates", &json!({}), "CALL_TIMEOUT");
     let took = t0.elapsed();
-    assert!(took < std::time::Duration::from_secs(10), "answered after {took:?}");
+    // 3 s of call_timeout_ms, then the watchdog's margin (5 s at least): well inside
+    // HostFactory's action timeout, where nothing bounded the call before.
+    assert!(took < std::time::Duration::from_secs(15), "answered after {took:?}");
     assert_eq!(e["error"]["details"]["limit"], "call_timeout_ms", "{e}");
     // The endpoint back: the next call works.
     cfg["AWS_ENDPOINT_URL"] = json!(moto.endpoint);

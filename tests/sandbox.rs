@@ -169,7 +169,10 @@ fn a_flood_of_host_calls_is_stopped_by_the_call_timeout() {
         msg.contains("guest 'bad'") && msg.contains("1500 ms") && msg.contains("limits.call_timeout_ms"),
         "{msg}"
     );
-    assert!(t0.elapsed().as_secs() < 30, "the wall-time limit must end the call");
+    assert!(
+        t0.elapsed().as_secs() < 5,
+        "the wall-time limit ends the call at once, not at timeout_ms (10 s)"
+    );
     still_intact(&tree, &id);
 }
 

@@ -260,7 +260,7 @@ pub struct GuestSpec {
 pub enum PolicySource {
     /// A Wasm guest of the template-selector world (granted nothing: it imports only
     /// sandboxed WASI).
-    Guest(GuestSpec),
+    Guest(Box<GuestSpec>),
     /// A Rhai script (`policy.script`, relative to the conf dir) under `policy.limits`.
     Script {
         /// The script file.
@@ -298,7 +298,7 @@ impl PolicySpec {
     /// The policy guest, when the policy is one.
     pub fn guest(&self) -> Option<&GuestSpec> {
         match &self.source {
-            PolicySource::Guest(g) => Some(g),
+            PolicySource::Guest(g) => Some(g.as_ref()),
             PolicySource::Script { .. } => None,
         }
     }
@@ -893,7 +893,7 @@ fn policy_source(
                     "a policy guest is granted nothing (it imports only sandboxed WASI, so its decisions replay); remove its grants".into(),
                 ));
             }
-            PolicySource::Guest(guest)
+            PolicySource::Guest(Box::new(guest))
         }
     })
 }
@@ -1257,14 +1257,14 @@ fn apply_seed_aws(kind: &seed::SeedKind, ec2: &mut Ec2Settings, grant: &mut Ec2G
 /// The built-in placement: the seed's selection policies in `builtin:default-policy`.
 fn default_placement() -> PolicySpec {
     PolicySpec {
-        source: PolicySource::Guest(GuestSpec {
+        source: PolicySource::Guest(Box::new(GuestSpec {
             name: "default-policy".into(),
             source: GuestSource::Builtin(BUILTIN_DEFAULT_POLICY),
             grants: Vec::new(),
             limits: GuestLimits::default(),
             ec2_grant: Ec2Grant::default(),
             coredump_dir: None,
-        }),
+        })),
         settings: serde_json::json!({}),
         on_error: crate::policy::OnError::FailOpen,
         shadow: None,

@@ -260,7 +260,9 @@ pub fn new_store_with<T: Sandboxed>(
         store.limiter(|s| &mut s.sandbox().limiter);
     }
     if layers.deadlines {
-        store.set_epoch_deadline(GuestEngine::ticks(limits.timeout));
+        // The first check comes at the nearer of the two limits: with call_timeout_ms below
+        // timeout_ms, a guest flooding host calls was stopped only at timeout_ms.
+        store.set_epoch_deadline(GuestEngine::ticks(limits.timeout.min(limits.call_timeout)));
         store.epoch_deadline_callback(|mut ctx| Ok(ctx.data_mut().sandbox().clock.on_deadline()));
     }
     if engine.meters_fuel() {
@@ -354,7 +356,7 @@ impl CallRunner {
             // Fuel is per call; an engine without metering rejects it (checked at load).
             let _ = store.set_fuel(fuel);
         }
-        store.set_epoch_deadline(GuestEngine::ticks(self.limits.timeout));
+        store.set_epoch_deadline(GuestEngine::ticks(self.limits.timeout.min(self.limits.call_timeout)));
         let t0 = Instant::now();
         let out = f(store);
         let elapsed_us = t0.elapsed().as_micros() as u64;
