@@ -13,18 +13,30 @@ pub const MAX_KEY_BYTES: usize = 512;
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 /// Most entries one scan returns.
 pub const MAX_SCAN_ENTRIES: usize = 100_000;
+/// Most bytes (keys and values) one scan returns; the store stops reading there.
+pub const MAX_SCAN_BYTES: usize = 16 << 20;
+/// Most bytes (keys and values) one guest instance may write in one call: a guest writing
+/// in a loop wrote 6 GB into the store in one call.
+pub const MAX_WRITE_BYTES_PER_CALL: usize = 64 << 20;
 
 /// Per-guest state of the kv capability.
 pub struct GuestKv {
     store: Arc<dyn StateStore>,
     namespace: String,
     wait: HostWait,
+    /// Bytes written so far in this process's call.
+    written: usize,
 }
 
 impl GuestKv {
     /// Guest kv over `store`, confined to `namespace` (`<provider instance>/<guest>`).
     pub fn new(store: Arc<dyn StateStore>, namespace: String, wait: HostWait) -> Self {
-        Self { store, namespace, wait }
+        Self {
+            store,
+            namespace,
+            wait,
+            written: 0,
+        }
     }
 
     fn check_key(&self, key: &str) -> Result<(), KvError> {
@@ -43,6 +55,19 @@ impl GuestKv {
         }
         Ok(())
     }
+
+    /// Counts a write of `key` and `value` against [`MAX_WRITE_BYTES_PER_CALL`].
+    fn count_write(&mut self, key: &str, value: &str) -> Result<(), KvError> {
+        let after = self.written + key.len() + value.len();
+        if after > MAX_WRITE_BYTES_PER_CALL {
+            return Err(KvError::Denied(format!(
+                "this call already wrote {} bytes; at most {MAX_WRITE_BYTES_PER_CALL} per call",
+                self.written
+            )));
+        }
+        self.written = after;
+        Ok(())
+    }
 }
 
 fn unavailable(e: StoreError) -> KvError {
@@ -59,6 +84,7 @@ impl Host for GuestKv {
     fn set(&mut self, key: String, value: String) -> Result<(), KvError> {
         self.check_key(&key)?;
         self.check_value(&value)?;
+        self.count_write(&key, &value)?;
         self.wait
             .measure(|| self.store.kv_set(&self.namespace, &key, &value))
             .map_err(unavailable)
@@ -67,6 +93,7 @@ impl Host for GuestKv {
     fn insert_if_absent(&mut self, key: String, value: String) -> Result<bool, KvError> {
         self.check_key(&key)?;
         self.check_value(&value)?;
+        self.count_write(&key, &value)?;
         self.wait
             .measure(|| self.store.kv_insert_if_absent(&self.namespace, &key, &value))
             .map_err(unavailable)
@@ -87,17 +114,17 @@ impl Host for GuestKv {
     }
 
     fn scan(&mut self, prefix: String) -> Result<Vec<(String, String)>, KvError> {
-        let entries = self
-            .wait
-            .measure(|| self.store.kv_scan(&self.namespace, &prefix))
-            .map_err(unavailable)?;
-        if entries.len() > MAX_SCAN_ENTRIES {
-            return Err(KvError::Denied(format!(
-                "scan of `{prefix}` matches {} entries, more than {MAX_SCAN_ENTRIES}; use a narrower prefix",
-                entries.len()
-            )));
-        }
-        Ok(entries)
+        self.wait
+            .measure(|| {
+                self.store
+                    .kv_scan_bounded(&self.namespace, &prefix, MAX_SCAN_ENTRIES, MAX_SCAN_BYTES)
+            })
+            .map_err(unavailable)?
+            .ok_or_else(|| {
+                KvError::Denied(format!(
+                    "scan of `{prefix}` matches more than {MAX_SCAN_ENTRIES} entries or {MAX_SCAN_BYTES} bytes; use a narrower prefix"
+                ))
+            })
     }
 }
 
@@ -120,5 +147,26 @@ mod tests {
         a.set("k".into(), "1".into()).expect("set");
         assert_eq!(b.get("k".into()).expect("get"), None);
         assert_eq!(a.get("k".into()).expect("get"), Some("1".into()));
+    }
+
+    #[test]
+    fn one_call_writes_and_scans_a_bounded_volume() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn StateStore> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).expect("open"));
+        let mut g = GuestKv::new(store, "inst/g".into(), HostWait::default());
+        let value = "v".repeat(MAX_VALUE_BYTES);
+        let mut stored = 0;
+        let refused = loop {
+            match g.set(format!("big/{stored:06}"), value.clone()) {
+                Ok(()) => stored += 1,
+                Err(e) => break e,
+            }
+            assert!(stored < 10_000, "never refused");
+        };
+        assert!(matches!(refused, KvError::Denied(ref m) if m.contains("per call")), "{refused:?}");
+        assert!(stored * MAX_VALUE_BYTES <= MAX_WRITE_BYTES_PER_CALL);
+        // What was stored is more than one scan may carry: refused, not loaded.
+        assert!(matches!(g.scan("big/".into()), Err(KvError::Denied(ref m)) if m.contains("narrower prefix")));
+        assert_eq!(g.scan("big/00000".into()).expect("small scan").len(), 10);
     }
 }

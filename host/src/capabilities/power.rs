@@ -122,6 +122,45 @@ pub fn record_outcome(store: &dyn StateStore, namespace: &str, host: &str, act: 
     store.kv_set(namespace, &key(host, act), &text)
 }
 
+/// kv key of the claim on `host`: at most one power command per host runs at a time
+/// (value `<action>:<started_at>:<nonce>`).
+fn claim_key(host: &str) -> String {
+    format!("claim/{host}")
+}
+
+/// Takes the claim on `host` for `act`: true when this caller now holds it; false when a
+/// command for the host is already running (started less than
+/// [`limits::POWER_COMMAND_TIMEOUT`](crate::runtime::limits::POWER_COMMAND_TIMEOUT) ago).
+/// An older claim is a `power-run` that died without releasing it, and is taken over.
+fn claim(store: &dyn StateStore, namespace: &str, host: &str, act: Action, now: u64) -> Result<bool, StoreError> {
+    let key = claim_key(host);
+    let mine = format!("{}:{now}:{}", action_name(act), uuid::Uuid::new_v4().simple());
+    if store.kv_insert_if_absent(namespace, &key, &mine)? {
+        return Ok(true);
+    }
+    let Some(held) = store.kv_get(namespace, &key)? else {
+        // Released between the two reads: try once more.
+        return store.kv_insert_if_absent(namespace, &key, &mine);
+    };
+    let started: u64 = held.split(':').nth(1).and_then(|t| t.parse().ok()).unwrap_or(0);
+    if now.saturating_sub(started) < crate::runtime::limits::POWER_COMMAND_TIMEOUT.as_secs() {
+        return Ok(false);
+    }
+    tracing::warn!(host, claim = %held, "taking over a power claim whose command never reported back");
+    Ok(store.kv_delete_if_equals(namespace, &key, &held)? && store.kv_insert_if_absent(namespace, &key, &mine)?)
+}
+
+/// Releases `host`'s claim if it is held for `act`.
+fn release(store: &dyn StateStore, namespace: &str, host: &str, act: Action) -> Result<(), StoreError> {
+    let key = claim_key(host);
+    if let Some(held) = store.kv_get(namespace, &key)?
+        && held.starts_with(&format!("{}:", action_name(act)))
+    {
+        store.kv_delete_if_equals(namespace, &key, &held)?;
+    }
+    Ok(())
+}
+
 /// Runs `command` in `/bin/sh` to completion, its output to `log`; returns the outcome.
 pub fn run_command(command: &str, log: &Path) -> PowerOutcome {
     let out = {
@@ -191,6 +230,7 @@ pub fn run_and_record(
         Err(PowerError::Denied(m) | PowerError::SpawnFailed(m)) => PowerOutcome::Finished { exit: -1, output: m },
     };
     record_outcome(store, namespace, host, act, &outcome).map_err(|e| format!("cannot record the outcome: {e}"))?;
+    release(store, namespace, host, act).map_err(|e| format!("cannot release the host's power claim: {e}"))?;
     Ok(outcome)
 }
 
@@ -232,12 +272,31 @@ impl Host for GuestPower {
             return Ok(CommandState::NotConfigured);
         }
         let spawn_err = |what: &str, e: &dyn std::fmt::Display| PowerError::SpawnFailed(format!("{what}: {e}"));
+        // One command per host at a time, across every process and installation sharing the
+        // store: a second start while one runs reports the running one and spawns nothing.
+        let now = now_secs();
+        if !claim(self.store.as_ref(), &self.namespace, &host, act, now).map_err(|e| spawn_err("cannot claim the host in the store", &e))? {
+            let held = self
+                .store
+                .kv_get(&self.namespace, &claim_key(&host))
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            if !held.starts_with(&format!("{}:", action_name(act))) {
+                // The other action's command runs: this one has not started, and an earlier
+                // outcome of it must not be read as this one's. The guest asks again.
+                self.store
+                    .kv_delete(&self.namespace, &key(&host, act))
+                    .map_err(|e| spawn_err("cannot clear the earlier outcome", &e))?;
+            }
+            return Ok(CommandState::Running);
+        }
         record_outcome(
             self.store.as_ref(),
             &self.namespace,
             &host,
             act,
-            &PowerOutcome::Running { started_at: now_secs() },
+            &PowerOutcome::Running { started_at: now },
         )
         .map_err(|e| spawn_err("cannot record the start in the store", &e))?;
         let mut child = Command::new(&self.runner.exe);
@@ -262,6 +321,7 @@ impl Host for GuestPower {
                 output: format!("cannot run {}: {e}", self.runner.exe.display()),
             };
             let _ = record_outcome(self.store.as_ref(), &self.namespace, &host, act, &outcome);
+            let _ = release(self.store.as_ref(), &self.namespace, &host, act);
             return Err(spawn_err(&format!("cannot run {} power-run", self.runner.exe.display()), &e));
         }
         tracing::info!(host, action = action_name(act), "power command started");
@@ -338,5 +398,75 @@ mod tests {
         // A runner that cannot start is an error, and the outcome says so (nothing hangs in `running`).
         assert!(matches!(p.start("ok".into(), Action::On), Err(PowerError::SpawnFailed(_))));
         assert!(matches!(p.state("ok".into(), Action::On), CommandState::Failed(m) if m.contains("no-such-hfwasm")));
+    }
+
+    #[test]
+    fn one_command_per_host_at_a_time() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn StateStore> = Arc::new(SqliteStore::open(&dir.path().join("s.sqlite")).expect("store"));
+        // A runner that counts its starts and never reports back (as a power-run that hangs).
+        let runner = dir.path().join("runner.sh");
+        std::fs::write(
+            &runner,
+            format!("#!/bin/sh\necho started >> {}\n", dir.path().join("count").display()),
+        )
+        .expect("runner");
+        std::fs::set_permissions(&runner, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let ns = namespace("pool");
+        let both = || {
+            Inventory::parse(
+                Path::new("inv"),
+                "ok 10.0.0.1 ncpus=1 nram=1 power_on=\"echo up\" power_off=\"echo down\"\n",
+            )
+            .expect("inventory")
+        };
+        let mut p = GuestPower::new(
+            Some(Arc::new(both())),
+            store.clone(),
+            ns.clone(),
+            PowerRunner {
+                exe: runner,
+                dir_args: Vec::new(),
+                log_dir: dir.path().join("power"),
+                instance: "pool".into(),
+            },
+        );
+        let starts = || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            std::fs::read_to_string(dir.path().join("count"))
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        for _ in 0..20 {
+            assert_eq!(p.start("ok".into(), Action::On).expect("start"), CommandState::Running);
+        }
+        assert_eq!(starts(), 1, "twenty starts while one runs spawn one command");
+        // A claim whose power-run died long ago is taken over.
+        let held = store.kv_get(&ns, &claim_key("ok")).expect("get").expect("claimed");
+        let stale = format!("on:0:{}", held.rsplit(':').next().unwrap_or_default());
+        store.kv_delete_if_equals(&ns, &claim_key("ok"), &held).expect("delete");
+        assert!(store.kv_insert_if_absent(&ns, &claim_key("ok"), &stale).expect("insert"));
+        assert_eq!(p.start("ok".into(), Action::On).expect("start"), CommandState::Running);
+        assert_eq!(starts(), 2);
+        // Power-off while power-on runs waits, and does not read an old outcome as its own.
+        record_outcome(
+            store.as_ref(),
+            &ns,
+            "ok",
+            Action::Off,
+            &PowerOutcome::Finished {
+                exit: 0,
+                output: "old".into(),
+            },
+        )
+        .expect("old");
+        assert_eq!(p.start("ok".into(), Action::Off).expect("start"), CommandState::Running);
+        assert_eq!(p.state("ok".into(), Action::Off), CommandState::NotStarted);
+        assert_eq!(starts(), 2);
+        // The outcome releases the claim: the next start runs.
+        run_and_record(store.as_ref(), &ns, Some(&both()), &dir.path().join("power"), "ok", Action::On).expect("run");
+        assert_eq!(store.kv_get(&ns, &claim_key("ok")).expect("get"), None);
     }
 }

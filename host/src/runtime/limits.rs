@@ -80,6 +80,11 @@ pub const GUEST_LOG_BYTES: usize = 1 << 20;
 /// DescribeInstances over thousands of instances takes seconds on real AWS.
 pub const EC2_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// After this long a power command's claim on its host is taken to be abandoned (its
+/// `power-run` process died) and another command may start; a live command holds the host
+/// until it reports back, so two commands never run on one host at once.
+pub const POWER_COMMAND_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// How long the host waits for a site's `AWS_CREDENTIAL_SCRIPT` before the call fails
 /// (`PROVIDER_UNAVAILABLE`, naming the script): a hung script must not hang HostFactory.
 pub const CREDENTIAL_SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);

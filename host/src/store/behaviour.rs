@@ -201,6 +201,11 @@ pub fn kv_semantics(o: &Opener) {
     s.kv_delete("ns", "lease/a").expect("delete");
     s.kv_delete("ns", "never-there").expect("delete of absent is fine");
     assert_eq!(s.kv_scan("ns", "lease/").expect("scan").len(), 3);
+    // Bounded scans stop at either bound.
+    let all = s.kv_scan_bounded("ns", "lease/", 3, 1 << 20).expect("scan").expect("within bounds");
+    assert_eq!(all.len(), 3);
+    assert_eq!(s.kv_scan_bounded("ns", "lease/", 2, 1 << 20).expect("scan"), None, "entries bound");
+    assert_eq!(s.kv_scan_bounded("ns", "lease/", 10, 20).expect("scan"), None, "bytes bound");
 }
 
 /// Eight handles (threads) race to insert one key: exactly one wins.

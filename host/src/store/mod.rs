@@ -249,6 +249,20 @@ pub trait StateStore: Send + Sync {
     /// kv: all entries whose key starts with `prefix`, in key order (byte order).
     fn kv_scan(&self, namespace: &str, prefix: &str) -> Result<Vec<(String, String)>, StoreError>;
 
+    /// kv: as [`StateStore::kv_scan`], but None as soon as the entries pass `max_entries`
+    /// or their keys and values `max_bytes`, having read no further (a guest's scan must
+    /// not load a namespace of gigabytes into the host to find it is too large).
+    fn kv_scan_bounded(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<(String, String)>>, StoreError> {
+        let all = self.kv_scan(namespace, prefix)?;
+        Ok(within_bounds(all.into_iter().map(Ok), max_entries, max_bytes)?)
+    }
+
     /// Deletes up to `limit` finished requests (final status) last changed before `before`,
     /// with their machines, oldest first; returns how many went. Keeps a store small after
     /// a year of 30-second polling. A provision request goes only once none of its machines
@@ -386,4 +400,24 @@ mod tests {
             "{e}"
         );
     }
+}
+
+/// Collects `rows` until they pass `max_entries` or `max_bytes` (None then, reading no
+/// further): the bounded kv scan of every backend.
+pub fn within_bounds<E>(
+    rows: impl Iterator<Item = Result<(String, String), E>>,
+    max_entries: usize,
+    max_bytes: usize,
+) -> Result<Option<Vec<(String, String)>>, E> {
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for row in rows {
+        let (k, v) = row?;
+        bytes += k.len() + v.len();
+        if out.len() >= max_entries || bytes > max_bytes {
+            return Ok(None);
+        }
+        out.push((k, v));
+    }
+    Ok(Some(out))
 }

@@ -615,6 +615,30 @@ impl StateStore for PgStore {
         })
     }
 
+    fn kv_scan_bounded(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<(String, String)>>, StoreError> {
+        // The server stops at one row past the bound; the bytes are counted as rows arrive.
+        let limit = i64::try_from(max_entries.saturating_add(1)).unwrap_or(i64::MAX);
+        let rows = self.with(|c| {
+            c.query(
+                "SELECT key, value FROM kv WHERE namespace = $1 AND left(key, length($2)) = $2 ORDER BY key LIMIT $3",
+                &[&namespace, &prefix, &limit],
+            )
+            .map_err(|e| self.backend(e))
+        })?;
+        super::within_bounds(
+            rows.iter().map(|r| Ok::<_, postgres::Error>((r.try_get(0)?, r.try_get(1)?))),
+            max_entries,
+            max_bytes,
+        )
+        .map_err(|e| self.backend(e))
+    }
+
     fn prune_finished(&self, before: u64, limit: usize) -> Result<usize, StoreError> {
         self.execute(
             &super::prune_sql("$1", "$2", " FOR UPDATE OF r SKIP LOCKED"),

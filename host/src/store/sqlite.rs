@@ -530,6 +530,24 @@ impl StateStore for SqliteStore {
             .map_err(|e| self.backend(e))
     }
 
+    fn kv_scan_bounded(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<(String, String)>>, StoreError> {
+        let conn = self.lock()?;
+        let mut stmt = conn
+            .prepare_cached("SELECT key, value FROM kv WHERE namespace = ?1 AND substr(key, 1, length(?2)) = ?2 ORDER BY key")
+            .map_err(|e| self.backend(e))?;
+        // Rows are read one at a time: a scan stops at its bound without loading the rest.
+        let rows = stmt
+            .query_map([namespace, prefix], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.backend(e))?;
+        super::within_bounds(rows, max_entries, max_bytes).map_err(|e| self.backend(e))
+    }
+
     fn prune_finished(&self, before: u64, limit: usize) -> Result<usize, StoreError> {
         let conn = self.lock()?;
         conn.execute(
