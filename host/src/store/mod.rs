@@ -260,7 +260,7 @@ pub trait StateStore: Send + Sync {
         max_bytes: usize,
     ) -> Result<Option<Vec<(String, String)>>, StoreError> {
         let all = self.kv_scan(namespace, prefix)?;
-        Ok(within_bounds(all.into_iter().map(Ok), max_entries, max_bytes)?)
+        within_bounds(all.into_iter().map(Ok), max_entries, max_bytes)
     }
 
     /// Deletes up to `limit` finished requests (final status) last changed before `before`,
@@ -329,6 +329,26 @@ pub fn store_id(store: &dyn StateStore) -> Result<String, StoreError> {
     }
     store.kv_insert_if_absent(ns, key, &uuid::Uuid::new_v4().to_string())?;
     Ok(store.kv_get(ns, key)?.unwrap_or_default())
+}
+
+/// Collects `rows` until they pass `max_entries` or `max_bytes` (None then, reading no
+/// further): the bounded kv scan of every backend.
+pub fn within_bounds<E>(
+    rows: impl Iterator<Item = Result<(String, String), E>>,
+    max_entries: usize,
+    max_bytes: usize,
+) -> Result<Option<Vec<(String, String)>>, E> {
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for row in rows {
+        let (k, v) = row?;
+        bytes += k.len() + v.len();
+        if out.len() >= max_entries || bytes > max_bytes {
+            return Ok(None);
+        }
+        out.push((k, v));
+    }
+    Ok(Some(out))
 }
 
 #[cfg(test)]
@@ -400,24 +420,4 @@ mod tests {
             "{e}"
         );
     }
-}
-
-/// Collects `rows` until they pass `max_entries` or `max_bytes` (None then, reading no
-/// further): the bounded kv scan of every backend.
-pub fn within_bounds<E>(
-    rows: impl Iterator<Item = Result<(String, String), E>>,
-    max_entries: usize,
-    max_bytes: usize,
-) -> Result<Option<Vec<(String, String)>>, E> {
-    let mut out = Vec::new();
-    let mut bytes = 0usize;
-    for row in rows {
-        let (k, v) = row?;
-        bytes += k.len() + v.len();
-        if out.len() >= max_entries || bytes > max_bytes {
-            return Ok(None);
-        }
-        out.push((k, v));
-    }
-    Ok(Some(out))
 }
