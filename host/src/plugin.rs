@@ -145,6 +145,7 @@ impl Plugin {
             abandon_after_secs: self.config.abandon_after_secs,
             retention_secs: self.config.retention.as_secs(),
             orphan_scan_secs: self.config.orphan_scan_secs,
+            claim_secs: self.call_deadline().as_secs() + 1,
         }
     }
 

@@ -4,6 +4,7 @@
 //! HostFactory's statuses are derived here (see [`lifecycle`]).
 
 pub mod breaker;
+pub mod claims;
 pub mod contract;
 pub mod lifecycle;
 pub mod model;
@@ -115,6 +116,9 @@ pub struct LifecyclePolicy {
     pub retention_secs: u64,
     /// How often the sweep lists the provider's machines to find orphans; 0 = never.
     pub orphan_scan_secs: u64,
+    /// The longest one call can live (its deadline): how long a call's claim on a request
+    /// holds if its process dies ([`claims`]).
+    pub claim_secs: u64,
 }
 
 /// One HostFactory call's worth of orchestration.
@@ -336,6 +340,8 @@ impl<'a> Service<'a> {
         crate::faults::point("request-machines:before-write-ahead");
         self.store.insert_request(&rec, &[])?;
         crate::faults::point("request-machines:after-write-ahead");
+        // A new id: nobody else can hold it; the claim keeps the sweep off while we work.
+        let claim = claims::take(self.store, &self.ctx.provider_instance, &rec.id, now, self.policy.claim_secs)?;
         let req = ProvisionRequest {
             request_id: rec.id.clone(),
             template_id: template_id.to_string(),
@@ -361,6 +367,9 @@ impl<'a> Service<'a> {
                     .message
                     .unwrap_or_else(|| format!("Request accepted: {got} of {count} hosts of template '{template_id}' started."));
                 tracing::info!(request_id = %rec.id, template_id, count, started = got, "request recorded");
+                if let Some(c) = claim {
+                    c.release();
+                }
                 Ok((rec.id, message))
             }
             Err(e) => {
@@ -371,6 +380,9 @@ impl<'a> Service<'a> {
                 rec.status = RequestStatus::CompleteWithError;
                 rec.message = Some(e.to_string());
                 self.store.update_request(&rec, &[])?;
+                if let Some(c) = claim {
+                    c.release();
+                }
                 Err(e.into())
             }
         }
@@ -426,6 +438,7 @@ impl<'a> Service<'a> {
         crate::faults::point("request-return-machines:before-write-ahead");
         self.store.insert_request(&rec, &initial)?;
         crate::faults::point("request-return-machines:after-write-ahead");
+        let claim = claims::take(self.store, &self.ctx.provider_instance, &rec.id, now, self.policy.claim_secs)?;
         let refs = refs_of(&initial);
         let ctx = self.ctx.clone();
         let answer = self.provider().and_then(|p| p.release_machines(&ctx, &rec.id, &refs));
@@ -436,6 +449,9 @@ impl<'a> Service<'a> {
                 rec.message = Some(e.to_string());
                 rec.updated_at = now;
                 self.store.update_request(&rec, &initial)?;
+                if let Some(c) = claim {
+                    c.release();
+                }
                 return Err(e.into());
             }
         };
@@ -443,6 +459,9 @@ impl<'a> Service<'a> {
         rec.phase = Phase::Submitted;
         rec.status = lifecycle::return_status(&merged);
         self.store.update_request(&rec, &merged)?;
+        if let Some(c) = claim {
+            c.release();
+        }
         crate::faults::point("request-return-machines:after-final-write");
         tracing::info!(request_id = %rec.id, hosts = merged.len(), "return recorded");
         Ok((rec.id, format!("Return accepted for {} host(s).", merged.len())))
@@ -558,11 +577,18 @@ impl<'a> Service<'a> {
         let now = ctx.now;
         let age = now.saturating_sub(rec.created_at);
         let timed_out = age > self.policy.pending_timeout_secs;
+        let mut resume_claim = None;
         let (machines, outstanding, message, units) = match rec.kind {
             RequestKind::Provision => {
                 let answer = match answer {
                     Some(a) => a,
                     None => {
+                        // Recorded, not yet submitted: its call may still be running (it
+                        // holds the claim), or it died (the claim is free or expired).
+                        match claims::take(self.store, &ctx.provider_instance, &rec.id, now, self.policy.claim_secs)? {
+                            None => return Ok(report(&rec, known)),
+                            Some(c) => resume_claim = Some(c),
+                        }
                         tracing::warn!(request_id = %rec.id, "request was recorded but never submitted (crash?); resuming");
                         let req = provision_request(&rec);
                         self.provider().and_then(|p| p.request_machines(&ctx, &req))
@@ -619,6 +645,9 @@ impl<'a> Service<'a> {
         }
         rec.updated_at = now;
         self.store.update_request(&rec, &machines)?;
+        if let Some(c) = resume_claim {
+            c.release();
+        }
         Ok(report(&rec, machines))
     }
 

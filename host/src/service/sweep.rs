@@ -21,7 +21,14 @@ impl Service<'_> {
         let stale = self.store.stale_requests(before)?;
         let ctx = self.ctx.clone();
         let mut loaded = Vec::with_capacity(stale.len());
+        let mut held = Vec::with_capacity(stale.len());
         for rec in stale.iter().cloned() {
+            // A request a live call still works on is not abandoned, however old.
+            let Some(claim) = super::claims::take(self.store, &ctx.provider_instance, &rec.id, ctx.now, self.policy.claim_secs)? else {
+                tracing::info!(request_id = %rec.id, "old but a live call holds it; the sweep leaves it");
+                continue;
+            };
+            held.push(claim);
             let known = self.store.machines(&rec.id)?;
             loaded.push((rec, known));
         }
@@ -34,6 +41,7 @@ impl Service<'_> {
             })
             .collect();
         let mut answers = self.ask_status(&queries);
+        let loaded_count = loaded.len();
         for (mut rec, known) in loaded {
             match rec.kind {
                 RequestKind::Provision => {
@@ -77,6 +85,10 @@ impl Service<'_> {
                 }
             }
         }
+        let swept = loaded_count;
+        for c in held {
+            c.release();
+        }
         let orphans = match self.scan_orphans() {
             Ok(n) => n,
             Err(e) => {
@@ -85,7 +97,7 @@ impl Service<'_> {
             }
         };
         self.prune();
-        Ok(stale.len() + orphans)
+        Ok(swept + orphans)
     }
 
     /// Releases live machines the provider made that no record accounts for: made for a

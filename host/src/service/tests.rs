@@ -194,6 +194,7 @@ impl Fixture {
                 abandon_after_secs: 600,
                 retention_secs: 7 * 86400,
                 orphan_scan_secs: 600,
+                claim_secs: 300,
             },
         )
     }
@@ -430,6 +431,30 @@ fn abandoned_requests_are_released_by_the_sweep() {
     let r = f.store.request("req-orphan").expect("read").expect("kept");
     assert_eq!((r.phase, r.status), (Phase::Submitted, RequestStatus::CompleteWithError));
     assert_eq!(f.service(800).sweep().expect("sweep"), 0, "repaired once");
+}
+
+#[test]
+fn the_sweep_leaves_a_request_a_live_call_still_holds() {
+    let f = Fixture::new();
+    let rec = accepted_record("req-slow");
+    f.store.insert_request(&rec, &[]).expect("insert");
+    // A call started at 500 is still serving it (its claim holds until 800).
+    let live = super::claims::take(f.store.as_ref(), "test", "req-slow", 500, 300)
+        .expect("take")
+        .expect("free");
+    assert_eq!(f.service(700).sweep().expect("sweep"), 0, "old, but held by a live call");
+    assert!(!f.script.borrow().calls.contains(&"release-machines".to_string()));
+    assert_eq!(f.store.request("req-slow").expect("read").expect("kept").phase, Phase::Accepted);
+    // The call ends (or its claim expires): now the sweep settles it.
+    live.release();
+    f.will_report(vec![machine("a", MachineState::Running, 0)]);
+    f.will_release(vec![machine("a", MachineState::Stopping, 0)]);
+    assert_eq!(f.service(700).sweep().expect("sweep"), 1);
+    assert_eq!(
+        f.store.kv_scan(&super::claims::namespace("test"), "").expect("scan"),
+        vec![],
+        "no claim left behind"
+    );
 }
 
 #[test]

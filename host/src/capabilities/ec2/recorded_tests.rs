@@ -288,6 +288,7 @@ impl Fixture {
                 abandon_after_secs: 600,
                 retention_secs: 7 * 86400,
                 orphan_scan_secs: 600,
+                claim_secs: 300,
             },
         )
     }
