@@ -61,7 +61,7 @@ fn shape(host: &inventory::InventoryHost) -> Result<Vec<Attribute>, ProviderErro
         if matches!(k.as_str(), "type" | "ncpus" | "nram") {
             continue;
         }
-        if v.parse::<f64>().is_ok() {
+        if v.parse::<f64>().is_ok_and(f64::is_finite) {
             attrs.push(numeric(k, v));
         } else {
             attrs.push(text(k, v));

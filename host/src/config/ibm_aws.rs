@@ -505,6 +505,25 @@ fn check_template(i: usize, tpl: &mut Value, earlier: &[Value], file: &Path) -> 
             format!("{at}: `{k}` is not a template key{}", template_keys::nearest(k)),
         ));
     }
+    // A numeric attribute must be a number: HostFactory computes with it, and the host
+    // refuses a guest answer that says otherwise (the whole offer would fail, not this one).
+    if let Some(attrs) = obj.get("attributes").and_then(Value::as_object) {
+        for (name, v) in attrs {
+            if let Some([kind, value]) = v.as_array().map(Vec::as_slice)
+                && kind.as_str() == Some("Numeric")
+                && !value
+                    .as_str()
+                    .map(str::trim)
+                    .is_some_and(|x| x.parse::<f64>().is_ok_and(f64::is_finite))
+                && !value.as_f64().is_some_and(f64::is_finite)
+            {
+                return Err(err(
+                    setting(&format!("attributes.{name}")),
+                    format!("{at}: attribute `{name}` is Numeric but {value} is not a number"),
+                ));
+            }
+        }
+    }
     // Guests cannot read files: the host reads `userDataScript` for the guest.
     if let Some(script) = obj.get("userDataScript").filter(|v| !unset(v)) {
         let Some(script) = script.as_str() else {
@@ -639,7 +658,8 @@ mod tests {
                 {"templateId": "quoted", "maxNumber": "10", "vmType": "t3.micro"},
                 {"templateId": "typo", "maxNumber": 1, "vmTyp": "t3.micro"},
                 {"templateId": "good", "maxNumber": 1, "vmType": "m5.large"},
-                "not an object"
+                "not an object",
+                {"templateId": "lots", "maxNumber": 1, "vmType": "t3.micro", "attributes": {"ncores": ["Numeric", "lots"]}}
             ]}"#,
         );
         let ibm = load(&c, &t, |_| None).expect("loads with the good one");
@@ -653,7 +673,8 @@ mod tests {
         assert_eq!(ids, ["good"]);
         assert_eq!(ibm.grant.instance_types, ["t3.micro"], "left-out templates grant nothing");
         let found: Vec<(Option<&str>, &str)> = ibm.problems.iter().map(|p| (p.setting.as_deref(), p.message.as_str())).collect();
-        assert_eq!(found.len(), 4, "{found:?}");
+        assert_eq!(found.len(), 5, "{found:?}");
+        assert_eq!(found[4].0, Some("templates[5].attributes.ncores"));
         assert_eq!(found[0].0, Some("templates[1].maxNumber"));
         assert!(found[0].1.contains("got the string \"10\"; write 10"), "{}", found[0].1);
         assert_eq!(found[1].0, Some("templates[2].vmTyp"));
