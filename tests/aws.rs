@@ -15,17 +15,6 @@ use common::moto::{Moto, aws_tree, templates};
 use common::*;
 use serde_json::{Value, json};
 
-/// The template named `id` in a getAvailableTemplates answer.
-fn template(answer: &Value, id: &str) -> Value {
-    answer["templates"]
-        .as_array()
-        .expect("templates")
-        .iter()
-        .find(|t| t["templateId"] == id)
-        .cloned()
-        .unwrap_or_else(|| panic!("no template {id}: {answer}"))
-}
-
 fn names_and_ids(req: &Value) -> Vec<(String, String)> {
     req["machines"]
         .as_array()

@@ -20,17 +20,6 @@ fn ibm_file(rel: &str) -> String {
     std::fs::read_to_string(repo().join("tests/data/ibm").join(rel)).expect("IBM sample")
 }
 
-/// The template named `id` in a getAvailableTemplates answer.
-fn template(answer: &Value, id: &str) -> Value {
-    answer["templates"]
-        .as_array()
-        .expect("templates")
-        .iter()
-        .find(|t| t["templateId"] == id)
-        .cloned()
-        .unwrap_or_else(|| panic!("no template {id}: {answer}"))
-}
-
 #[test]
 fn ibm_open_source_samples_serve_hostfactory_as_they_are() {
     let moto = Moto::start();

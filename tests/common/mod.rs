@@ -214,6 +214,17 @@ pub fn assert_valid(name: &str, doc: &Value) {
     );
 }
 
+/// The template named `id` in a getAvailableTemplates answer.
+pub fn template(answer: &Value, id: &str) -> Value {
+    answer["templates"]
+        .as_array()
+        .expect("templates")
+        .iter()
+        .find(|t| t["templateId"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("no template {id}: {answer}"))
+}
+
 /// Names of the machines of a status entry with the given result.
 pub fn machine_names(req: &Value, result: &str) -> Vec<String> {
     req["machines"]

@@ -342,7 +342,7 @@ pub fn within_bounds<E>(
     let mut bytes = 0usize;
     for row in rows {
         let (k, v) = row?;
-        bytes += k.len() + v.len();
+        bytes = bytes.saturating_add(k.len() + v.len());
         if out.len() >= max_entries || bytes > max_bytes {
             return Ok(None);
         }

@@ -605,14 +605,7 @@ impl StateStore for PgStore {
     }
 
     fn kv_scan(&self, namespace: &str, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
-        self.with(|c| {
-            c.query(
-                "SELECT key, value FROM kv WHERE namespace = $1 AND left(key, length($2)) = $2 ORDER BY key",
-                &[&namespace, &prefix],
-            )
-            .and_then(|rows| rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect())
-            .map_err(|e| self.backend(e))
-        })
+        Ok(self.kv_scan_bounded(namespace, prefix, usize::MAX, usize::MAX)?.unwrap_or_default())
     }
 
     fn kv_scan_bounded(

@@ -521,13 +521,7 @@ impl StateStore for SqliteStore {
     }
 
     fn kv_scan(&self, namespace: &str, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
-        let conn = self.lock()?;
-        let mut stmt = conn
-            .prepare_cached("SELECT key, value FROM kv WHERE namespace = ?1 AND substr(key, 1, length(?2)) = ?2 ORDER BY key")
-            .map_err(|e| self.backend(e))?;
-        stmt.query_map([namespace, prefix], |r| Ok((r.get(0)?, r.get(1)?)))
-            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            .map_err(|e| self.backend(e))
+        Ok(self.kv_scan_bounded(namespace, prefix, usize::MAX, usize::MAX)?.unwrap_or_default())
     }
 
     fn kv_scan_bounded(

@@ -102,25 +102,28 @@ impl Default for LaunchGrant {
 }
 
 impl LaunchGrant {
+    /// Ok when every one of `used` is among `granted` (or nothing is granted by name);
+    /// else which `what` is not.
+    fn one<'a>(what: &str, granted: &[String], used: impl IntoIterator<Item = &'a String>) -> Result<(), String> {
+        if granted.is_empty() {
+            return Ok(());
+        }
+        match used.into_iter().find(|u| !granted.contains(u)) {
+            Some(u) => Err(format!("{what} {u} is not granted (granted: {})", granted.join(", "))),
+            None => Ok(()),
+        }
+    }
+
     /// Ok when `spec` uses only granted values; else the first one that is not.
     pub fn check(&self, spec: &LaunchSpec) -> Result<(), String> {
-        fn one<'a>(what: &str, granted: &[String], used: impl IntoIterator<Item = &'a String>) -> Result<(), String> {
-            if granted.is_empty() {
-                return Ok(());
-            }
-            match used.into_iter().find(|u| !granted.contains(u)) {
-                Some(u) => Err(format!("{what} {u} is not granted (granted: {})", granted.join(", "))),
-                None => Ok(()),
-            }
-        }
         if !spec.image_id.is_empty() {
-            one("image", &self.image_ids, [&spec.image_id])?;
+            Self::one("image", &self.image_ids, [&spec.image_id])?;
         }
-        one("subnet", &self.subnet_ids, &spec.subnet_ids)?;
-        one("security group", &self.security_group_ids, &spec.security_group_ids)?;
-        one("key pair", &self.key_names, &spec.key_name)?;
-        one("instance profile", &self.instance_profiles, &spec.instance_profile_arn)?;
-        one("launch template", &self.launch_template_ids, &spec.launch_template_id)?;
+        Self::one("subnet", &self.subnet_ids, &spec.subnet_ids)?;
+        Self::one("security group", &self.security_group_ids, &spec.security_group_ids)?;
+        Self::one("key pair", &self.key_names, &spec.key_name)?;
+        Self::one("instance profile", &self.instance_profiles, &spec.instance_profile_arn)?;
+        Self::one("launch template", &self.launch_template_ids, &spec.launch_template_id)?;
         if spec.user_data.is_some() && !self.user_data {
             return Err("user data is not granted (no template of this provider carries userData or userDataScript)".into());
         }
@@ -287,6 +290,14 @@ impl GuestEc2 {
         Ok(())
     }
 
+    /// A fleet's launch settings and each override's subnet within the launch grant.
+    fn check_fleet_launch(&self, spec: &LaunchSpec, overrides: &[FleetOverride]) -> Result<(), Ec2Error> {
+        let launch = &self.grant.launch;
+        launch.check(spec).map_err(denied)?;
+        let subnets: Vec<String> = overrides.iter().filter_map(|o| o.subnet_id.clone()).collect();
+        LaunchGrant::one("subnet", &launch.subnet_ids, &subnets).map_err(denied)
+    }
+
     /// Refuses a Spot Fleet that does not carry this provider instance's tag.
     fn check_fleet_owner(&self, fleet_id: &str) -> Result<(), Ec2Error> {
         let client = self.client()?;
@@ -360,18 +371,7 @@ impl Host for GuestEc2 {
             return Err(denied("a fleet needs at least one instance type".into()));
         }
         self.check_count(req.total_units, "capacity units")?;
-        self.grant.launch.check(&req.spec).map_err(denied)?;
-        for o in &req.overrides {
-            if let Some(sub) = &o.subnet_id {
-                self.grant
-                    .launch
-                    .check(&LaunchSpec {
-                        subnet_ids: vec![sub.clone()],
-                        ..req.spec.clone()
-                    })
-                    .map_err(denied)?;
-            }
-        }
+        self.check_fleet_launch(&req.spec, &req.overrides)?;
         self.check_total(&req.request_id, req.total_units)?;
         let tags = self.ownership_tags(&req.request_id, &req.template_id, &req.spec.tags)?;
         let client = self.client()?;
@@ -419,18 +419,7 @@ impl Host for GuestEc2 {
             return Err(denied("a spot fleet needs a fleet role (fleetRole)".into()));
         }
         self.check_count(req.total_units, "capacity units")?;
-        self.grant.launch.check(&req.spec).map_err(denied)?;
-        for o in &req.overrides {
-            if let Some(sub) = &o.subnet_id {
-                self.grant
-                    .launch
-                    .check(&LaunchSpec {
-                        subnet_ids: vec![sub.clone()],
-                        ..req.spec.clone()
-                    })
-                    .map_err(denied)?;
-            }
-        }
+        self.check_fleet_launch(&req.spec, &req.overrides)?;
         self.check_total(&req.request_id, req.total_units)?;
         let tags = self.ownership_tags(&req.request_id, &req.template_id, &req.spec.tags)?;
         let client = self.client()?;

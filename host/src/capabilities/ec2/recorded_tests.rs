@@ -1,5 +1,5 @@
 //! The AWS guest's decisions on EC2 answers moto cannot produce (it has no pending period
-//! and no spot interruptions; see ../shared/docs/moto-notes.md): the real built-in guest,
+//! and no spot interruptions; see docs/moto-notes.md): the real built-in guest,
 //! linked to recorded responses instead of the SDK.
 
 use std::sync::{Arc, Mutex};
