@@ -12,7 +12,7 @@ fn power_on_commands_gate_readiness_and_failures_carry_the_commands_error() {
     let marker = tempfile::tempdir().expect("tempdir");
     let gate = marker.path().join("gate");
     let inventory = format!(
-        "ok-1 10.5.0.1 template=t ncpus=2 nram=2048 power_on=\"while [ ! -e {g} ]; do sleep 0.05; done; echo up {{name}}\"\n\
+        "ok-1 10.5.0.1 template=t ncpus=2 nram=2048 power_on=\"i=0; while [ ! -e {g} ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done; echo up {{name}}\"\n\
          bad-1 10.5.0.2 template=t ncpus=2 nram=2048 power_on=\"echo 'ssh: connect to host {{ip}}: No route to host' >&2; exit 255\"\n",
         g = gate.display()
     );
@@ -188,4 +188,34 @@ fn secrets_stay_in_files_only_their_user_can_read_and_out_of_the_log() {
     let log = std::fs::read_to_string(tree.logs.join("hfwasm-pool.log")).expect("log");
     assert!(log.contains("power command finished"), "{log}");
     assert!(!log.contains("Hunter2-secret"), "the command (and its password) is never logged");
+}
+
+/// A host whose power-off failed stays out of the pool (it may be half-configured), and
+/// returning it again runs the power-off again; only a power-off that succeeded frees it.
+#[test]
+fn a_failed_power_off_keeps_the_host_out_until_a_return_succeeds() {
+    let flag = tempfile::tempdir().expect("flag dir");
+    let tried = flag.path().join("tried");
+    let tree = HfTree::new(&format!(
+        "node-1 10.9.0.1 template=t ncpus=2 nram=2048 power_off=\"[ -e {f} ] || {{ touch {f}; echo 'ipmi: timeout' >&2; exit 1; }}\"\n",
+        f = tried.display()
+    ));
+    let id = tree.request("t", 1);
+    let held = tree.until_final(&id);
+    let mid = held["machines"][0]["machineId"].as_str().expect("machineId").to_string();
+    assert_eq!(mid, format!("node-1@{id}"), "one machine id per lease");
+    let input = json!({"machines": [{"name": "node-1", "machineId": mid}]});
+    let first = tree.ok("requestReturnMachines", &input);
+    let failed = tree.until_final(first["requestId"].as_str().expect("id"));
+    assert_eq!(machine_names(&failed, "fail"), ["node-1"], "{failed}");
+    assert!(
+        failed.to_string().contains("ipmi: timeout"),
+        "the command's error is passed on: {failed}"
+    );
+    let available = || template(&tree.ok("getAvailableTemplates", &json!({})), "t")["availableNumber"].clone();
+    assert_eq!(available(), 0, "kept out of the pool");
+    let again = tree.ok("requestReturnMachines", &input);
+    let done = tree.until_final(again["requestId"].as_str().expect("id"));
+    assert_eq!(done["status"], "complete", "{done}");
+    assert_eq!(available(), 1, "back in the pool once powered off");
 }

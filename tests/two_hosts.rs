@@ -94,7 +94,7 @@ fn a_power_command_started_through_one_installation_is_followed_through_the_othe
     let gate = marker.path().join("gate");
     let runs = marker.path().join("runs");
     let inventory = format!(
-        "node-1 10.7.0.1 template=t ncpus=2 nram=2048 power_on=\"echo {{name}} >> {r}; while [ ! -e {g} ]; do sleep 0.05; done\"\n",
+        "node-1 10.7.0.1 template=t ncpus=2 nram=2048 power_on=\"echo {{name}} >> {r}; i=0; while [ ! -e {g} ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done\"\n",
         r = runs.display(),
         g = gate.display()
     );

@@ -7,6 +7,7 @@
 //! and `plugin` wires them into one HostFactory call.
 
 pub mod capabilities;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod faults;

@@ -154,6 +154,9 @@ enum Command {
         /// `on` or `off`.
         #[arg(long)]
         action: String,
+        /// The claim token the starting call took; the command runs only while it holds.
+        #[arg(long)]
+        claim: Option<String>,
     },
 }
 
@@ -642,10 +645,10 @@ fn main() -> ExitCode {
             },
             |()| {},
         ),
-        Command::PowerRun { host, action } => {
+        Command::PowerRun { host, action, claim } => {
             let result = dirs(&cli.dirs).and_then(|dirs| {
                 hfwasm::logging::init("info", dirs.log_dir.as_deref(), &dirs.name);
-                Plugin::open(dirs)?.power_run(host, action)
+                Plugin::open(dirs)?.power_run(host, action, claim.as_deref())
             });
             match result {
                 Ok(()) => ExitCode::SUCCESS,

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use serde_json::Value;
 
@@ -30,17 +30,6 @@ pub struct Plugin {
     inventory: Option<Arc<Inventory>>,
     /// Leave the call's resources to process exit ([`Plugin::exit_after_call`]).
     exit_after_call: bool,
-}
-
-/// Now, epoch seconds. Tests may shift the clock with `HFWASM_NOW_OFFSET_SECS` (like
-/// `HFWASM_FAULT`, deliberately undocumented) to see timeouts without waiting for them.
-fn now_secs() -> u64 {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let offset = std::env::var("HFWASM_NOW_OFFSET_SECS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
-    now + offset
 }
 
 impl Plugin {
@@ -117,7 +106,7 @@ impl Plugin {
 
     /// The body of the hidden `hfwasm power-run`: runs `host`'s configured power command
     /// for `action` (`on`/`off`) and records its outcome in the store.
-    pub fn power_run(&self, host: &str, action: &str) -> Result<(), HfError> {
+    pub fn power_run(&self, host: &str, action: &str, claim: Option<&str>) -> Result<(), HfError> {
         use crate::capabilities::power;
         let act = power::parse_action(action)
             .ok_or_else(|| HfError::new(ErrorCode::InvalidInput, format!("--action must be `on` or `off`, not `{action}`")))?;
@@ -129,6 +118,7 @@ impl Plugin {
             &self.dirs.work_dir.join("power"),
             host,
             act,
+            claim,
         )
         .map(drop)
         .map_err(|e| HfError::new(ErrorCode::Internal, e))
@@ -483,7 +473,7 @@ impl Plugin {
         CallContext {
             provider_instance: self.dirs.name.clone(),
             settings: self.config.settings.clone(),
-            now: now_secs(),
+            now: crate::clock::now_secs(),
         }
     }
 
@@ -507,7 +497,7 @@ impl Plugin {
                 store.as_ref(),
                 &self.dirs.name,
                 keep,
-                now_secs(),
+                crate::clock::now_secs(),
                 call,
                 &Value::Object(obj.clone()),
                 &output,

@@ -115,10 +115,10 @@ impl HfTree {
         self.run_file(call, &file)
     }
 
-    /// Runs `scripts/<call>.sh -f <file>` on an existing (or missing) file.
-    pub fn run_file(&self, call: &str, file: &Path) -> Outcome {
-        let out = Command::new(repo().join("scripts").join(format!("{call}.sh")))
-            .arg("-f")
+    /// `scripts/<call>.sh -f <file>` with HostFactory's environment for this tree.
+    fn script(&self, call: &str, file: &Path) -> Command {
+        let mut c = Command::new(repo().join("scripts").join(format!("{call}.sh")));
+        c.arg("-f")
             .arg(file)
             .env("HFWASM_BIN", env!("CARGO_BIN_EXE_hfwasm"))
             .env("HF_PROVIDER_NAME", "pool")
@@ -127,9 +127,13 @@ impl HfTree {
             .env("HF_PROVIDER_LOGDIR", &self.logs)
             .env("HFWASM_CACHE_DIR", test_cache())
             .env_remove("HFWASM_FAULT")
-            .envs(self.env.lock().expect("env").clone())
-            .output()
-            .expect("run script");
+            .envs(self.env.lock().expect("env").clone());
+        c
+    }
+
+    /// Runs `scripts/<call>.sh -f <file>` on an existing (or missing) file.
+    pub fn run_file(&self, call: &str, file: &Path) -> Outcome {
+        let out = self.script(call, file).output().expect("run script");
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         let json: Value = if stdout.trim().is_empty() && out.status.code().is_none() {
@@ -144,6 +148,38 @@ impl HfTree {
             json,
             stderr,
         }
+    }
+
+    /// Runs `call` with `input` and kills it (SIGKILL, as a power cut or `kill -9` would)
+    /// if it has not finished after `after`. None when it was killed before it answered.
+    pub fn run_killed(&self, call: &str, input: &Value, after: std::time::Duration) -> Option<Outcome> {
+        let n = self.step.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let file = self.dir.path().join(format!("hf_in_{n:04}_{call}"));
+        std::fs::write(&file, tabbed(input)).expect("input");
+        let mut child = self
+            .script(call, &file)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run script");
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < after {
+            if child.try_wait().expect("wait").is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        // The script execs hfwasm, so this is the hfwasm process itself.
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("output");
+        // Killed by the signal: no exit code, nothing answered.
+        let code = out.status.code()?;
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        let json = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("{call}: stdout is not exactly one JSON document ({e}):\n{stdout}\nstderr:\n{stderr}"));
+        Some(Outcome { code, json, stderr })
     }
 
     /// Runs `call` with `input` written tab-indented.
@@ -186,6 +222,36 @@ impl HfTree {
             &serde_json::json!({"template": {"templateId": template, "machineCount": count}}),
         );
         r["requestId"].as_str().expect("requestId").to_string()
+    }
+}
+
+/// xorshift64*: enough randomness to place kills and mutate inputs, and replayable from
+/// its seed (`seeded` reads it from `var`, else takes the clock's nanoseconds).
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Seeded from environment variable `var` when set; returns the seed too.
+    pub fn seeded(var: &str) -> (Self, u64) {
+        let seed = std::env::var(var).ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                | 1
+        });
+        (Self(seed), seed)
+    }
+
+    /// The next number.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
     }
 }
 

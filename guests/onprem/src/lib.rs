@@ -56,7 +56,7 @@ impl Guest for OnPrem {
         }
         let mut machines = Vec::with_capacity(held.len());
         for host in held {
-            machines.push(pool::start_host(host, ctx.now));
+            machines.push(pool::start_host(host, &req.request_id, ctx.now));
         }
         let message = (machines.len() < req.count as usize).then(|| {
             format!(
@@ -95,7 +95,7 @@ impl Guest for OnPrem {
                     if *holder == req.request_id
                         && let Some(h) = pool.host(host)
                     {
-                        known.push(pool::held_machine(h, ctx.now));
+                        known.push(pool::held_machine(h, &req.request_id, ctx.now));
                     }
                 }
             }
@@ -123,7 +123,8 @@ impl Guest for OnPrem {
     }
 
     fn release_status(_ctx: CallContext, return_id: String, known: Vec<Machine>) -> Result<Vec<Machine>, ProviderError> {
-        known.into_iter().map(|m| pool::advance_release(m, &return_id)).collect()
+        let pool = Pool::load()?;
+        known.into_iter().map(|m| pool::advance_release(&pool, m, &return_id)).collect()
     }
 
     fn owned_machines(_ctx: CallContext) -> Result<Vec<OwnedMachine>, ProviderError> {

@@ -183,9 +183,22 @@ pub fn leased_hosts() -> Result<BTreeMap<String, String>, ProviderError> {
         .collect())
 }
 
-fn machine(host: &inventory::InventoryHost, now: u64, state: MachineState, message: Option<String>) -> Machine {
+/// The machine id of `host` while leased to `request_id`: one id per lease, so a return
+/// names the lease it ends and can never end a later one (a return a killed call left
+/// behind, carried out after the host was freed and leased again).
+pub fn lease_machine_id(host: &str, request_id: &str) -> String {
+    format!("{host}@{request_id}")
+}
+
+/// The request whose lease `machine_id` names; None for ids without one (hfwasm before
+/// 0.2 used the bare host name).
+fn lease_of(machine_id: &str) -> Option<&str> {
+    machine_id.split_once('@').map(|(_, r)| r).filter(|r| !r.is_empty())
+}
+
+fn machine(host: &inventory::InventoryHost, request_id: &str, now: u64, state: MachineState, message: Option<String>) -> Machine {
     Machine {
-        machine_id: host.name.clone(),
+        machine_id: lease_machine_id(&host.name, request_id),
         name: host.name.clone(),
         private_ip: host.ip.clone(),
         public_ip: None,
@@ -197,28 +210,29 @@ fn machine(host: &inventory::InventoryHost, now: u64, state: MachineState, messa
 
 /// A host this request already holds, as found again after a crash: pending while a
 /// power-on command may still have to run (advance_pending starts or checks it).
-pub fn held_machine(host: &inventory::InventoryHost, now: u64) -> Machine {
+pub fn held_machine(host: &inventory::InventoryHost, request_id: &str, now: u64) -> Machine {
     let state = if host.has_power_on {
         MachineState::Pending
     } else {
         MachineState::Running
     };
-    machine(host, now, state, None)
+    machine(host, request_id, now, state, None)
 }
 
 /// A freshly leased host: running at once, or pending while its power-on command runs.
-pub fn start_host(host: &inventory::InventoryHost, now: u64) -> Machine {
+pub fn start_host(host: &inventory::InventoryHost, request_id: &str, now: u64) -> Machine {
     if !host.has_power_on {
-        return machine(host, now, MachineState::Running, None);
+        return machine(host, request_id, now, MachineState::Running, None);
     }
     match power::start(&host.name, power::Action::On) {
-        Ok(state) => power_on_outcome(machine(host, now, MachineState::Pending, None), state),
+        Ok(state) => power_on_outcome(machine(host, request_id, now, MachineState::Pending, None), state),
         Err(e) => {
             let msg = match e {
                 power::PowerError::Denied(m) | power::PowerError::SpawnFailed(m) => m,
             };
             machine(
                 host,
+                request_id,
                 now,
                 MachineState::Failed,
                 Some(format!("power-on command could not start: {msg}")),
@@ -254,90 +268,137 @@ pub fn advance_pending(pool: &Pool, m: Machine, request_id: &str) -> Machine {
         }
         s => s,
     };
-    let m = power_on_outcome(m, state);
-    if m.state == MachineState::Failed
-        && let Err(e) = kv::delete_if_equals(&lease_key(&m.name), request_id)
-    {
-        warn(&format!("could not release lease of failed host '{}': {e:?}", m.name));
+    let mut m = power_on_outcome(m, state);
+    if m.state == MachineState::Failed {
+        if let Err(e) = kv::delete_if_equals(&lease_key(&m.name), request_id) {
+            warn(&format!("could not release lease of failed host '{}': {e:?}", m.name));
+        }
+        return m;
+    }
+    // A host is this request's only while its lease says so: the host may have released it
+    // (its pending timeout passed, in a call killed before that call recorded it failed).
+    match kv::get(&lease_key(&m.name)) {
+        Ok(Some(holder)) if holder == request_id => {}
+        Ok(holder) => {
+            m.state = MachineState::Failed;
+            m.message = Some(format!(
+                "released before it was ready{}; not this request's any more",
+                holder.map(|h| format!(" (lease now '{h}')")).unwrap_or_default()
+            ));
+        }
+        Err(e) => warn(&format!("could not read the lease of '{}': {e:?}", m.name)),
     }
     m
 }
 
-/// Starts returning one host. Unknown or already released hosts are reported terminated.
+/// Starts returning one host: powers it off (if it has a command) and marks its lease as
+/// being returned; the lease is freed once the command succeeded. Unknown or already
+/// released hosts are reported terminated; a host another return is already releasing
+/// reports that return's progress, so a retried return converges with the one a killed
+/// call started.
 pub fn release_host(pool: &Pool, r: &MachineRef, return_id: &str, now: u64) -> Result<Machine, ProviderError> {
-    let key = lease_key(&r.name);
-    let template = pool.host(&r.name);
-    let mut m = Machine {
+    let m = Machine {
         machine_id: r.machine_id.clone().unwrap_or_else(|| r.name.clone()),
         name: r.name.clone(),
-        private_ip: template.map(|h| h.ip.clone()).unwrap_or_default(),
+        private_ip: pool.host(&r.name).map(|h| h.ip.clone()).unwrap_or_default(),
         public_ip: None,
         launch_time: now,
-        state: MachineState::Terminated,
+        state: MachineState::Stopping,
         message: None,
     };
-    let Some(holder) = kv::get(&key)? else {
-        m.message = Some("host was not leased; nothing to release".into());
-        return Ok(m);
-    };
-    if holder.starts_with("return:") {
-        // Already being returned by an earlier return request: report its progress.
-        m.state = MachineState::Stopping;
-        return Ok(m);
-    }
-    match template {
-        Some(host) if host.has_power_off => {
-            kv::set(&key, &release_marker(return_id))?;
-            match power::start(&host.name, power::Action::Off) {
-                Ok(state) => Ok(power_off_outcome(m, state, &key, return_id)),
-                Err(power::PowerError::Denied(msg) | power::PowerError::SpawnFailed(msg)) => {
-                    m.state = MachineState::Failed;
-                    m.message = Some(format!("power-off command could not start: {msg}"));
-                    Ok(m)
-                }
-            }
-        }
-        _ => {
-            kv::delete_if_equals(&key, &holder)?;
-            Ok(m)
-        }
-    }
+    release_step(pool, m, return_id, true)
 }
 
-fn power_off_outcome(mut m: Machine, state: power::CommandState, key: &str, return_id: &str) -> Machine {
+/// Moves a stopping machine on: once the power-off command of the host succeeded (or it has
+/// none), the lease is freed and only then is the machine `terminated`.
+pub fn advance_release(pool: &Pool, m: Machine, return_id: &str) -> Result<Machine, ProviderError> {
+    if m.state != MachineState::Stopping {
+        return Ok(m);
+    }
+    release_step(pool, m, return_id, false)
+}
+
+/// True for a lease value that marks a host being returned.
+fn is_release_marker(value: &str) -> bool {
+    value.starts_with("return:")
+}
+
+/// One step of releasing `m`, from whatever state its lease is in. `first` is the return's
+/// own first call (its release-machines), when a lease of an id without a request is ended
+/// too; later calls end only the lease the machine id names.
+fn release_step(pool: &Pool, mut m: Machine, return_id: &str, first: bool) -> Result<Machine, ProviderError> {
+    let key = lease_key(&m.name);
+    let Some(mut holder) = kv::get(&key)? else {
+        m.state = MachineState::Terminated;
+        if first {
+            m.message = Some("host was not leased; nothing to release".into());
+        }
+        return Ok(m);
+    };
+    if !is_release_marker(&holder) {
+        match lease_of(&m.machine_id) {
+            Some(lease) if lease != holder => {
+                // That lease ended already (a return HostFactory retried finished it) and the
+                // host belongs to a new request now: not this return's to take.
+                m.state = MachineState::Terminated;
+                m.message = Some("this lease was already released; the host has been leased again since".into());
+                return Ok(m);
+            }
+            None if !first => {
+                // Freed (by this or another return) and already leased to a new request.
+                m.state = MachineState::Terminated;
+                return Ok(m);
+            }
+            _ => {}
+        }
+        // The power-off starts before the lease is marked, so under a marker the command's
+        // outcome is always this return's (a call killed in between leaves the request's
+        // lease, and the retry starts the command again: at least once, never zero times).
+        if pool.host(&m.name).is_some_and(|h| h.has_power_off)
+            && let Err(power::PowerError::Denied(msg) | power::PowerError::SpawnFailed(msg)) = power::start(&m.name, power::Action::Off)
+        {
+            m.state = MachineState::Failed;
+            m.message = Some(format!("power-off command could not start: {msg}"));
+            return Ok(m);
+        }
+        // Swap the request's lease for this return's marker (kv has no compare-and-swap:
+        // delete the value read, then insert). Lost the race: whoever changed it is
+        // releasing the host (a concurrent return), or it was freed and leased again; the
+        // next step sees which.
+        let marker = release_marker(return_id);
+        if !(kv::delete_if_equals(&key, &holder)? && kv::insert_if_absent(&key, &marker)?) {
+            return Ok(m);
+        }
+        holder = marker;
+    }
+    let restart = || {
+        power::start(&m.name, power::Action::Off).unwrap_or_else(|e| match e {
+            power::PowerError::Denied(x) | power::PowerError::SpawnFailed(x) => power::CommandState::Failed(x),
+        })
+    };
+    let state = match power::state(&m.name, power::Action::Off) {
+        // Its outcome was cleared (a power-run lost, or a power-on since): start it again.
+        // Hosts without a power-off command report NotConfigured and are freed at once.
+        power::CommandState::NotStarted => restart(),
+        // A new return of a host whose power-off failed tries it again.
+        power::CommandState::Failed(_) if first => restart(),
+        s => s,
+    };
     match state {
         power::CommandState::NotConfigured | power::CommandState::Succeeded => {
-            match kv::delete_if_equals(key, &release_marker(return_id)) {
-                Ok(_) => m.state = MachineState::Terminated,
-                Err(e) => {
-                    m.state = MachineState::Stopping;
-                    warn(&format!("could not free lease of '{}': {e:?}", m.name));
-                }
+            // Only a freed lease makes a terminated machine; lost the race: the next call sees.
+            if kv::delete_if_equals(&key, &holder)? {
+                m.state = MachineState::Terminated;
             }
         }
-        power::CommandState::Running | power::CommandState::NotStarted => m.state = MachineState::Stopping,
+        power::CommandState::Running | power::CommandState::NotStarted => {}
         power::CommandState::Failed(msg) => {
             // Keep the host out of the pool: it may still be running half-configured.
             m.state = MachineState::Failed;
             m.message = Some(format!(
-                "power-off command failed: {msg}; host kept out of the pool (lease '{key}')"
+                "power-off command failed: {msg}; host kept out of the pool (lease '{key}' held by '{holder}')"
             ));
         }
     }
-    m
-}
-
-/// Moves a stopping machine on once its power-off command finished.
-pub fn advance_release(m: Machine, return_id: &str) -> Result<Machine, ProviderError> {
-    if m.state != MachineState::Stopping {
-        return Ok(m);
-    }
-    let key = lease_key(&m.name);
-    let state = match power::state(&m.name, power::Action::Off) {
-        power::CommandState::NotStarted => power::start(&m.name, power::Action::Off).unwrap_or_else(|e| match e {
-            power::PowerError::Denied(x) | power::PowerError::SpawnFailed(x) => power::CommandState::Failed(x),
-        }),
-        s => s,
-    };
-    Ok(power_off_outcome(m, state, &key, return_id))
+    Ok(m)
 }

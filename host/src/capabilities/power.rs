@@ -81,6 +81,14 @@ pub struct GuestPower {
     runner: PowerRunner,
 }
 
+/// The opposite action.
+fn other(a: Action) -> Action {
+    match a {
+        Action::On => Action::Off,
+        Action::Off => Action::On,
+    }
+}
+
 fn action_name(a: Action) -> &'static str {
     match a {
         Action::On => "on",
@@ -128,26 +136,30 @@ fn claim_key(host: &str) -> String {
     format!("claim/{host}")
 }
 
-/// Takes the claim on `host` for `act`: true when this caller now holds it; false when a
-/// command for the host is already running (started less than
-/// [`limits::POWER_COMMAND_TIMEOUT`](crate::runtime::limits::POWER_COMMAND_TIMEOUT) ago).
+/// Takes the claim on `host` for `act`: the claim's token when this caller now holds it;
+/// None when a command for the host is already running (started less than
+/// [`limits::POWER_RUN_LOST_AFTER`](crate::runtime::limits::POWER_RUN_LOST_AFTER) ago).
 /// An older claim is a `power-run` that died without releasing it, and is taken over.
-fn claim(store: &dyn StateStore, namespace: &str, host: &str, act: Action, now: u64) -> Result<bool, StoreError> {
+fn claim(store: &dyn StateStore, namespace: &str, host: &str, act: Action, now: u64) -> Result<Option<String>, StoreError> {
     let key = claim_key(host);
     let mine = format!("{}:{now}:{}", action_name(act), uuid::Uuid::new_v4().simple());
     if store.kv_insert_if_absent(namespace, &key, &mine)? {
-        return Ok(true);
+        return Ok(Some(mine));
     }
     let Some(held) = store.kv_get(namespace, &key)? else {
         // Released between the two reads: try once more.
-        return store.kv_insert_if_absent(namespace, &key, &mine);
+        return Ok(store.kv_insert_if_absent(namespace, &key, &mine)?.then_some(mine));
     };
-    let started: u64 = held.split(':').nth(1).and_then(|t| t.parse().ok()).unwrap_or(0);
-    if now.saturating_sub(started) < crate::runtime::limits::POWER_COMMAND_TIMEOUT.as_secs() {
-        return Ok(false);
+    if now.saturating_sub(claim_time(&held)) < crate::runtime::limits::POWER_RUN_LOST_AFTER.as_secs() {
+        return Ok(None);
     }
     tracing::warn!(host, claim = %held, "taking over a power claim whose command never reported back");
-    Ok(store.kv_delete_if_equals(namespace, &key, &held)? && store.kv_insert_if_absent(namespace, &key, &mine)?)
+    Ok((store.kv_delete_if_equals(namespace, &key, &held)? && store.kv_insert_if_absent(namespace, &key, &mine)?).then_some(mine))
+}
+
+/// When claim `value` was taken (epoch seconds; 0 when unreadable).
+fn claim_time(value: &str) -> u64 {
+    value.split(':').nth(1).and_then(|t| t.parse().ok()).unwrap_or(0)
 }
 
 /// Releases `host`'s claim if it is held for `act`.
@@ -161,8 +173,11 @@ fn release(store: &dyn StateStore, namespace: &str, host: &str, act: Action) -> 
     Ok(())
 }
 
-/// Runs `command` in `/bin/sh` to completion, its output to `log`; returns the outcome.
-pub fn run_command(command: &str, log: &Path) -> PowerOutcome {
+/// Runs `command` in `/bin/sh`, its output to `log`, for at most `limit`; returns the
+/// outcome. A command still running at `limit` is killed with its whole process group (what
+/// it started too) and reported failed, so a hung command frees its host in bounded time.
+pub fn run_command(command: &str, log: &Path, limit: std::time::Duration) -> PowerOutcome {
+    use std::os::unix::process::CommandExt;
     let out = {
         use std::os::unix::fs::OpenOptionsExt;
         // 0600 and never through a symbolic link: the output may hold what the command printed.
@@ -175,15 +190,46 @@ pub fn run_command(command: &str, log: &Path) -> PowerOutcome {
             .open(log)
             .and_then(|f| Ok((f.try_clone()?, f)))
     };
-    let status = match out {
+    let child = match out {
         Ok((o, e)) => Command::new("/bin/sh")
             .arg("-c")
             .arg(command)
             .stdin(Stdio::null())
             .stdout(o)
             .stderr(e)
-            .status(),
+            // Its own process group, so a timeout kills everything it started.
+            .process_group(0)
+            .spawn(),
         Err(e) => Err(e),
+    };
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            return PowerOutcome::Finished {
+                exit: -1,
+                output: format!("cannot run /bin/sh (output to {}): {e}", log.display()),
+            };
+        }
+    };
+    let started = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break Ok(st),
+            Ok(None) if started.elapsed() >= limit => {
+                let group = i32::try_from(child.id()).unwrap_or(0);
+                if group > 0 {
+                    // SAFETY: killpg only sends a signal to the group this process created.
+                    unsafe { libc::killpg(group, libc::SIGKILL) };
+                }
+                let _ = child.wait();
+                return PowerOutcome::Finished {
+                    exit: -1,
+                    output: format!("killed after {} s (limits::POWER_COMMAND_TIMEOUT): {}", limit.as_secs(), tail(log)),
+                };
+            }
+            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(50)),
+            Err(e) => break Err(e),
+        }
     };
     match status {
         Ok(st) => PowerOutcome::Finished {
@@ -192,13 +238,15 @@ pub fn run_command(command: &str, log: &Path) -> PowerOutcome {
         },
         Err(e) => PowerOutcome::Finished {
             exit: -1,
-            output: format!("cannot run /bin/sh (output to {}): {e}", log.display()),
+            output: format!("cannot wait for /bin/sh (output to {}): {e}", log.display()),
         },
     }
 }
 
 /// The body of `hfwasm power-run`: runs `host`'s configured `act` command and records its
 /// outcome. The command is looked up again here, from the admin's inventory.
+/// With `claim` (the token `start` took), the command runs only while that claim is still
+/// held: a `power-run` that started so late that its claim was given up runs nothing.
 pub fn run_and_record(
     store: &dyn StateStore,
     namespace: &str,
@@ -206,11 +254,30 @@ pub fn run_and_record(
     log_dir: &Path,
     host: &str,
     act: Action,
+    claim: Option<&str>,
 ) -> Result<PowerOutcome, String> {
+    if let Some(token) = claim {
+        let held = store
+            .kv_get(namespace, &claim_key(host))
+            .map_err(|e| format!("cannot read the host's power claim: {e}"))?;
+        if held.as_deref() != Some(token) {
+            return Err(format!(
+                "the claim on `{host}` was given up before this power-run started; nothing run"
+            ));
+        }
+        let running = PowerOutcome::Running {
+            started_at: crate::clock::now_secs(),
+        };
+        record_outcome(store, namespace, host, act, &running).map_err(|e| format!("cannot record the start: {e}"))?;
+    }
     let outcome = match command_for(inventory, host, act) {
         Ok(Some(cmd)) => {
             std::fs::create_dir_all(log_dir).map_err(|e| format!("cannot create {}: {e}", log_dir.display()))?;
-            let outcome = run_command(&cmd, &log_dir.join(format!("{}.log", key(host, act))));
+            let outcome = run_command(
+                &cmd,
+                &log_dir.join(format!("{}.log", key(host, act))),
+                crate::runtime::limits::POWER_COMMAND_TIMEOUT,
+            );
             // The command is not logged: inventories carry credentials in commands.
             tracing::info!(
                 host,
@@ -230,11 +297,48 @@ pub fn run_and_record(
         Err(PowerError::Denied(m) | PowerError::SpawnFailed(m)) => PowerOutcome::Finished { exit: -1, output: m },
     };
     record_outcome(store, namespace, host, act, &outcome).map_err(|e| format!("cannot record the outcome: {e}"))?;
-    release(store, namespace, host, act).map_err(|e| format!("cannot release the host's power claim: {e}"))?;
+    match claim {
+        Some(token) => store.kv_delete_if_equals(namespace, &claim_key(host), token).map(drop),
+        None => release(store, namespace, host, act),
+    }
+    .map_err(|e| format!("cannot release the host's power claim: {e}"))?;
     Ok(outcome)
 }
 
 impl GuestPower {
+    /// The state of a command with no recorded outcome: starting while a fresh claim for it
+    /// exists (its power-run has not recorded the start yet); a claim older than
+    /// [`limits::POWER_RUN_START_GRACE`](crate::runtime::limits::POWER_RUN_START_GRACE)
+    /// with nothing recorded is a start whose call was killed before power-run ran, and is
+    /// given up, so the guest starts the command again.
+    fn unreported(&self, host: &str, act: Action) -> CommandState {
+        let key = claim_key(host);
+        match self.store.kv_get(&self.namespace, &key) {
+            Ok(Some(held)) if held.starts_with(&format!("{}:", action_name(act))) => {
+                let age = crate::clock::now_secs().saturating_sub(claim_time(&held));
+                if age < crate::runtime::limits::POWER_RUN_START_GRACE.as_secs() {
+                    return CommandState::Running;
+                }
+                tracing::warn!(
+                    host,
+                    action = action_name(act),
+                    age,
+                    "a power command was claimed but never started; giving up the claim"
+                );
+                if let Err(e) = self.store.kv_delete_if_equals(&self.namespace, &key, &held) {
+                    tracing::warn!(host, error = %e, "cannot give up a power claim");
+                    return CommandState::Running;
+                }
+                CommandState::NotStarted
+            }
+            Ok(_) => CommandState::NotStarted,
+            Err(e) => {
+                tracing::warn!(host, error = %e, "cannot read a power claim from the store");
+                CommandState::Running
+            }
+        }
+    }
+
     /// Commands from `inventory`; outcomes in `store` under `namespace`; commands run by `runner`.
     pub fn new(inventory: Option<Arc<Inventory>>, store: Arc<dyn StateStore>, namespace: String, runner: PowerRunner) -> Self {
         Self {
@@ -260,12 +364,6 @@ fn tail(log: &Path) -> String {
     }
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 impl Host for GuestPower {
     fn start(&mut self, host: String, act: Action) -> Result<CommandState, PowerError> {
         if command_for(self.inventory.as_deref(), &host, act)?.is_none() {
@@ -274,8 +372,10 @@ impl Host for GuestPower {
         let spawn_err = |what: &str, e: &dyn std::fmt::Display| PowerError::SpawnFailed(format!("{what}: {e}"));
         // One command per host at a time, across every process and installation sharing the
         // store: a second start while one runs reports the running one and spawns nothing.
-        let now = now_secs();
-        if !claim(self.store.as_ref(), &self.namespace, &host, act, now).map_err(|e| spawn_err("cannot claim the host in the store", &e))? {
+        let now = crate::clock::now_secs();
+        let Some(token) = claim(self.store.as_ref(), &self.namespace, &host, act, now)
+            .map_err(|e| spawn_err("cannot claim the host in the store", &e))?
+        else {
             let held = self
                 .store
                 .kv_get(&self.namespace, &claim_key(&host))
@@ -290,15 +390,16 @@ impl Host for GuestPower {
                     .map_err(|e| spawn_err("cannot clear the earlier outcome", &e))?;
             }
             return Ok(CommandState::Running);
+        };
+        // Earlier outcomes belong to earlier transitions: once this command starts, neither
+        // may be read as current (a power-on after a power-off is a new command, not the one
+        // that succeeded last cycle). power-run records `running` when it starts; until then
+        // the claim says so (see `state`).
+        for a in [act, other(act)] {
+            self.store
+                .kv_delete(&self.namespace, &key(&host, a))
+                .map_err(|e| spawn_err("cannot clear an earlier outcome", &e))?;
         }
-        record_outcome(
-            self.store.as_ref(),
-            &self.namespace,
-            &host,
-            act,
-            &PowerOutcome::Running { started_at: now },
-        )
-        .map_err(|e| spawn_err("cannot record the start in the store", &e))?;
         let mut child = Command::new(&self.runner.exe);
         child
             .args(&self.runner.dir_args)
@@ -307,6 +408,8 @@ impl Host for GuestPower {
             .arg(&host)
             .arg("--action")
             .arg(action_name(act))
+            .arg("--claim")
+            .arg(&token)
             .env("HF_PROVIDER_NAME", &self.runner.instance);
         child.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
         #[cfg(unix)]
@@ -321,7 +424,7 @@ impl Host for GuestPower {
                 output: format!("cannot run {}: {e}", self.runner.exe.display()),
             };
             let _ = record_outcome(self.store.as_ref(), &self.namespace, &host, act, &outcome);
-            let _ = release(self.store.as_ref(), &self.namespace, &host, act);
+            let _ = self.store.kv_delete_if_equals(&self.namespace, &claim_key(&host), &token);
             return Err(spawn_err(&format!("cannot run {} power-run", self.runner.exe.display()), &e));
         }
         tracing::info!(host, action = action_name(act), "power command started");
@@ -331,8 +434,20 @@ impl Host for GuestPower {
     fn state(&mut self, host: String, act: Action) -> CommandState {
         match command_for(self.inventory.as_deref(), &host, act) {
             Ok(Some(_)) => match read_outcome(self.store.as_ref(), &self.namespace, &host, act) {
+                Ok(Some(PowerOutcome::Running { started_at }))
+                    if crate::clock::now_secs().saturating_sub(started_at) >= crate::runtime::limits::POWER_RUN_LOST_AFTER.as_secs() =>
+                {
+                    // Its power-run died before recording the outcome: start it again.
+                    tracing::warn!(
+                        host,
+                        action = action_name(act),
+                        started_at,
+                        "a power command never reported back; it counts as not started"
+                    );
+                    CommandState::NotStarted
+                }
                 Ok(Some(o)) => o.command_state(),
-                Ok(None) => CommandState::NotStarted,
+                Ok(None) => self.unreported(&host, act),
                 // Unknown for now: the guest keeps the machine waiting and asks again.
                 Err(e) => {
                     tracing::warn!(host, error = %e, "cannot read a power outcome from the store");
@@ -365,7 +480,7 @@ mod tests {
         let inv = inventory();
         let ns = namespace("pool");
         let logs = dir.path().join("power");
-        let ok = run_and_record(store.as_ref(), &ns, Some(&inv), &logs, "ok", Action::On).expect("ok");
+        let ok = run_and_record(store.as_ref(), &ns, Some(&inv), &logs, "ok", Action::On, None).expect("ok");
         assert_eq!(
             ok,
             PowerOutcome::Finished {
@@ -373,7 +488,7 @@ mod tests {
                 output: "up ok".into()
             }
         );
-        run_and_record(store.as_ref(), &ns, Some(&inv), &logs, "bad", Action::On).expect("bad");
+        run_and_record(store.as_ref(), &ns, Some(&inv), &logs, "bad", Action::On, None).expect("bad");
         let mut p = GuestPower::new(
             Some(Arc::new(inv)),
             store.clone(),
@@ -466,7 +581,75 @@ mod tests {
         assert_eq!(p.state("ok".into(), Action::Off), CommandState::NotStarted);
         assert_eq!(starts(), 2);
         // The outcome releases the claim: the next start runs.
-        run_and_record(store.as_ref(), &ns, Some(&both()), &dir.path().join("power"), "ok", Action::On).expect("run");
+        run_and_record(
+            store.as_ref(),
+            &ns,
+            Some(&both()),
+            &dir.path().join("power"),
+            "ok",
+            Action::On,
+            None,
+        )
+        .expect("run");
         assert_eq!(store.kv_get(&ns, &claim_key("ok")).expect("get"), None);
+        // Starting power-off clears power-on's outcome: after the host went down, the
+        // power-on that succeeded last cycle is not read as this cycle's.
+        assert_eq!(p.state("ok".into(), Action::On), CommandState::Succeeded);
+        assert_eq!(p.start("ok".into(), Action::Off).expect("start"), CommandState::Running);
+        assert_eq!(p.state("ok".into(), Action::On), CommandState::NotStarted);
+        // Claimed, power-run not yet reporting: starting. Claimed long ago and still nothing
+        // recorded (the claiming call was killed before power-run ran): given up, not started.
+        assert_eq!(p.state("ok".into(), Action::Off), CommandState::Running);
+        let held = store.kv_get(&ns, &claim_key("ok")).expect("get").expect("claimed");
+        let old = format!("off:{}:x", crate::clock::now_secs() - 60);
+        assert!(store.kv_delete_if_equals(&ns, &claim_key("ok"), &held).expect("delete"));
+        assert!(store.kv_insert_if_absent(&ns, &claim_key("ok"), &old).expect("insert"));
+        assert_eq!(p.state("ok".into(), Action::Off), CommandState::NotStarted);
+        assert_eq!(
+            store.kv_get(&ns, &claim_key("ok")).expect("get"),
+            None,
+            "the dead claim is given up"
+        );
+        // A power-run whose claim was given up runs nothing.
+        let late = run_and_record(
+            store.as_ref(),
+            &ns,
+            Some(&both()),
+            &dir.path().join("power"),
+            "ok",
+            Action::Off,
+            Some(&old),
+        );
+        assert!(late.is_err_and(|e| e.contains("given up")));
+        assert_eq!(p.state("ok".into(), Action::Off), CommandState::NotStarted);
+        // A start recorded long ago whose power-run never reported back counts as not started.
+        record_outcome(store.as_ref(), &ns, "ok", Action::Off, &PowerOutcome::Running { started_at: 1 }).expect("lost");
+        assert_eq!(p.state("ok".into(), Action::Off), CommandState::NotStarted);
+    }
+
+    #[test]
+    fn a_hung_command_is_killed_with_everything_it_started() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("hung.log");
+        let pidfile = dir.path().join("pid");
+        let t0 = std::time::Instant::now();
+        let outcome = run_command(
+            &format!("sleep 30 & echo $! > {}; echo waiting; wait", pidfile.display()),
+            &log,
+            std::time::Duration::from_millis(500),
+        );
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "killed in time");
+        match outcome {
+            PowerOutcome::Finished { exit: -1, output } => {
+                assert!(output.contains("killed after") && output.contains("waiting"), "{output}")
+            }
+            other => panic!("expected a killed command, got {other:?}"),
+        }
+        let pid: i32 = std::fs::read_to_string(&pidfile).expect("pid").trim().parse().expect("number");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        // SAFETY: signal 0 only asks whether the process exists.
+        let alive =
+            unsafe { libc::kill(pid, 0) } == 0 && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
+        assert!(!alive, "the command's own children are killed too");
     }
 }

@@ -80,10 +80,22 @@ pub const GUEST_LOG_BYTES: usize = 1 << 20;
 /// DescribeInstances over thousands of instances takes seconds on real AWS.
 pub const EC2_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// After this long a power command's claim on its host is taken to be abandoned (its
-/// `power-run` process died) and another command may start; a live command holds the host
-/// until it reports back, so two commands never run on one host at once.
+/// The longest an admin's power command may run: `hfwasm power-run` kills it (and all it
+/// started) at this age and records it failed, so a hung command frees its host.
 pub const POWER_COMMAND_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// A power command recorded as running for longer than this has lost its `power-run`
+/// (killed before it could record the outcome): its claim on the host is taken over and the
+/// command counts as never started, so the next status call starts it again. Two commands
+/// never run on one host at once: a live `power-run` reports within
+/// [`POWER_COMMAND_TIMEOUT`] plus this margin.
+pub const POWER_RUN_LOST_AFTER: Duration = Duration::from_secs(3600 + 120);
+
+/// A power command claimed this long ago whose `power-run` has not yet recorded its start
+/// never started (the call that claimed it was killed before it could start power-run):
+/// the claim is given up and the command started again. power-run starts in milliseconds,
+/// and one that starts later than this finds its claim gone and runs nothing.
+pub const POWER_RUN_START_GRACE: Duration = Duration::from_secs(10);
 
 /// How long the host waits for a site's `AWS_CREDENTIAL_SCRIPT` before the call fails
 /// (`PROVIDER_UNAVAILABLE`, naming the script): a hung script must not hang HostFactory.

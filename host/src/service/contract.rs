@@ -52,6 +52,30 @@ pub fn machines(list: &[Machine]) -> Result<(), String> {
     Ok(())
 }
 
+/// A release answer for the machines `asked` to be released: each machine one of those
+/// (by name) and reported once, with a usable id. The names are HostFactory's own, so they
+/// are not judged; a provider may leave machines out (they keep their last state).
+pub fn released(asked: &[Machine], answer: &[Machine]) -> Result<(), String> {
+    let names: HashSet<&str> = asked.iter().map(|m| m.name.as_str()).collect();
+    let mut seen = HashSet::with_capacity(answer.len());
+    for m in answer {
+        if !names.contains(m.name.as_str()) {
+            return Err(format!("released machine {:?}, which was not asked to be released", cut(&m.name)));
+        }
+        if !seen.insert(m.name.as_str()) {
+            return Err(format!("machine '{}' is reported more than once", m.name));
+        }
+        if m.machine_id.len() > 512 || m.machine_id.chars().any(char::is_control) {
+            return Err(format!(
+                "machine '{}' has the id {:?}, longer than 512 characters or holding control characters",
+                m.name,
+                cut(&m.machine_id)
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A provision answer for a request of `count` hosts (units for weighted templates): its
 /// machines well-formed ([`machines`]) and no more live ones than asked (every machine
 /// counts for at least one unit), `units` no more than the live machines could carry is not
@@ -164,5 +188,15 @@ mod tests {
             ..ok
         };
         assert_eq!(progress(1, &replaced), Ok(()));
+    }
+
+    #[test]
+    fn release_answers_name_only_what_was_asked_once() {
+        let asked = [m("i-1", "a", MachineState::Stopping), m("i-2", "b", MachineState::Stopping)];
+        assert_eq!(released(&asked, &[m("i-1", "a", MachineState::Terminated)]), Ok(()));
+        assert!(released(&asked, &[m("i-9", "c", MachineState::Terminated)]).is_err_and(|e| e.contains("not asked")));
+        let twice = [m("i-1", "a", MachineState::Terminated), m("i-1", "a", MachineState::Stopping)];
+        assert!(released(&asked, &twice).is_err_and(|e| e.contains("more than once")));
+        assert!(released(&asked, &[m("i-\u{0}", "a", MachineState::Terminated)]).is_err_and(|e| e.contains("control")));
     }
 }

@@ -8,6 +8,7 @@ pub mod claims;
 pub mod contract;
 pub mod lifecycle;
 pub mod model;
+mod returns;
 pub mod routing;
 mod sweep;
 
@@ -388,85 +389,6 @@ impl<'a> Service<'a> {
         }
     }
 
-    /// requestReturnMachines: record the return (write-ahead), let the provider act.
-    pub fn request_return_machines(&mut self, machines: Vec<MachineRef>) -> Result<(String, String), ServiceError> {
-        let now = self.ctx.now;
-        // Initial rows: what HostFactory named, enriched from our provision records.
-        let mut initial: Vec<Machine> = Vec::new();
-        let names: Vec<String> = machines.iter().map(|r| r.name.clone()).collect();
-        let mut holders = self.store.provision_holders_of(&names)?;
-        for r in &machines {
-            if initial.iter().any(|m| m.name == r.name) {
-                continue;
-            }
-            let held = holders.remove(&r.name).and_then(|h| h.into_iter().next()).map(|(_, m)| m);
-            initial.push(Machine {
-                machine_id: r
-                    .machine_id
-                    .clone()
-                    .or_else(|| held.as_ref().map(|m| m.machine_id.clone()))
-                    .unwrap_or_else(|| r.name.clone()),
-                name: r.name.clone(),
-                private_ip: held.as_ref().map(|m| m.private_ip.clone()).unwrap_or_default(),
-                public_ip: held.as_ref().and_then(|m| m.public_ip.clone()),
-                launch_time: held.as_ref().map_or(now, |m| m.launch_time),
-                state: MachineState::Stopping,
-                message: None,
-            });
-        }
-        let mut rec = RequestRecord {
-            id: new_id("ret"),
-            kind: RequestKind::Return,
-            template_id: None,
-            count: u32::try_from(initial.len()).unwrap_or(u32::MAX),
-            rc_account: None,
-            phase: Phase::Accepted,
-            status: RequestStatus::Running,
-            outstanding: 0,
-            message: None,
-            created_at: now,
-            updated_at: now,
-            claimed: false,
-        };
-        if initial.is_empty() {
-            rec.phase = Phase::Submitted;
-            rec.status = RequestStatus::Complete;
-            rec.message = Some("No hosts to return.".into());
-            self.store.insert_request(&rec, &[])?;
-            return Ok((rec.id, "No hosts to return.".into()));
-        }
-        crate::faults::point("request-return-machines:before-write-ahead");
-        self.store.insert_request(&rec, &initial)?;
-        crate::faults::point("request-return-machines:after-write-ahead");
-        let claim = claims::take(self.store, &self.ctx.provider_instance, &rec.id, now, self.policy.claim_secs)?;
-        let refs = refs_of(&initial);
-        let ctx = self.ctx.clone();
-        let answer = self.provider().and_then(|p| p.release_machines(&ctx, &rec.id, &refs));
-        crate::faults::point("request-return-machines:after-provider");
-        let answer = match answer {
-            Ok(a) => a,
-            Err(e) => {
-                rec.message = Some(e.to_string());
-                rec.updated_at = now;
-                self.store.update_request(&rec, &initial)?;
-                if let Some(c) = claim {
-                    c.release();
-                }
-                return Err(e.into());
-            }
-        };
-        let merged = merge_by_name(&initial, answer);
-        rec.phase = Phase::Submitted;
-        rec.status = lifecycle::return_status(&merged);
-        self.store.update_request(&rec, &merged)?;
-        if let Some(c) = claim {
-            c.release();
-        }
-        crate::faults::point("request-return-machines:after-final-write");
-        tracing::info!(request_id = %rec.id, hosts = merged.len(), "return recorded");
-        Ok((rec.id, format!("Return accepted for {} host(s).", merged.len())))
-    }
-
     /// requestReturnMachines by request id (alias): every machine of that provision request.
     pub fn machines_of_request(&self, request_id: &str) -> Result<Vec<MachineRef>, ServiceError> {
         match self.store.request(request_id)? {
@@ -598,12 +520,10 @@ impl<'a> Service<'a> {
                     Ok(p) => {
                         let mut machines = merge_by_machine_id(&known, p.machines);
                         let expired = self.fail_expired(&mut machines, now);
-                        if !expired.is_empty() {
-                            let refs = refs_of(&expired);
-                            let cleanup_id = format!("{}-timeout", rec.id);
-                            if let Err(e) = self.provider().and_then(|p| p.release_machines(&ctx, &cleanup_id, &refs)) {
-                                tracing::warn!(request_id = %rec.id, error = %e, "could not release machines that timed out");
-                            }
+                        if !expired.is_empty()
+                            && let Err(e) = self.host_return(returns::HostReturn::Timeout, &rec.id, &expired)
+                        {
+                            tracing::warn!(request_id = %rec.id, error = %e, "could not release machines that timed out");
                         }
                         let outstanding = if timed_out { 0 } else { p.outstanding };
                         (machines, outstanding, p.message.or(rec.message.clone()), p.units)
@@ -615,20 +535,14 @@ impl<'a> Service<'a> {
                 }
             }
             RequestKind::Return => {
-                let answer = self.provider().and_then(|p| {
-                    if rec.phase == Phase::Accepted {
-                        let refs = refs_of(&known);
-                        p.release_machines(&ctx, &rec.id, &refs)
-                    } else {
-                        p.release_status(&ctx, &rec.id, &known)
-                    }
-                });
+                let answer = self.return_progress(&rec, &known);
                 match answer {
-                    Ok(ms) => (merge_by_name(&known, ms), 0, rec.message.clone(), None),
-                    Err(e) => {
+                    Ok(ms) => (ms, 0, rec.message.clone(), None),
+                    Err(ServiceError::Provider(e)) => {
                         let (m, o, msg) = self.on_status_error(&rec, known, e, timed_out);
                         (m, o, msg, None)
                     }
+                    Err(e) => return Err(e),
                 }
             }
         };
@@ -645,6 +559,9 @@ impl<'a> Service<'a> {
         }
         rec.updated_at = now;
         self.store.update_request(&rec, &machines)?;
+        if rec.kind == RequestKind::Return {
+            self.settle_holders(&rec.id, &machines);
+        }
         if let Some(c) = resume_claim {
             c.release();
         }

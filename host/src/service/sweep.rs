@@ -3,18 +3,22 @@
 //! age and settled, so nothing the provider made for them leaks. Such a request is either
 //! still `accepted` (the call died before or during the provider's work) or a provision
 //! request HostFactory never asked about (the call died after its final write, before
-//! printing the id): HostFactory polls every id it knows within seconds.
+//! printing the id): HostFactory polls every id it knows within seconds. Returns
+//! HostFactory never polled (it never learnt their id, or the host started them itself) are
+//! followed up here once `abandon_after_secs` old, until the provider has released every
+//! machine.
 
 use super::lifecycle;
 use super::model::*;
-use super::{Service, ServiceError, merge_by_machine_id, merge_by_name, provision_request, refs_of};
+use super::returns::HostReturn;
+use super::{Service, ServiceError, merge_by_machine_id, provision_request};
 use crate::service::lifecycle::RequestStatus;
 use crate::store::{Phase, RequestKind};
 
 impl Service<'_> {
     /// Repairs what crashed processes left behind: a provision request HostFactory never
     /// learnt is abandoned and everything the provider made for it is released; a return
-    /// recorded but never submitted is carried out.
+    /// recorded but never submitted is carried out, and one HostFactory never polled is followed up.
     /// Cheap when there is nothing to do (one indexed query). Returns how many it repaired.
     pub fn sweep(&mut self) -> Result<usize, ServiceError> {
         let before = self.ctx.now.saturating_sub(self.policy.abandon_after_secs);
@@ -54,11 +58,10 @@ impl Service<'_> {
                         .filter(|m| !matches!(m.state, MachineState::Terminated))
                         .cloned()
                         .collect();
-                    let live = refs_of(&live);
                     let released = if live.is_empty() {
                         Vec::new()
                     } else {
-                        self.provider()?.release_machines(&ctx, &format!("{}-abandoned", rec.id), &live)?
+                        self.host_return(HostReturn::Abandoned, &rec.id, &live)?
                     };
                     tracing::warn!(request_id = %rec.id, machines = live.len(), "abandoned request: its process died before answering HostFactory; released what it had made");
                     let machines = merge_by_machine_id(&found.machines, released);
@@ -74,14 +77,24 @@ impl Service<'_> {
                     self.store.update_request(&rec, &machines)?;
                 }
                 RequestKind::Return => {
-                    let refs = refs_of(&known);
-                    let answer = self.provider()?.release_machines(&ctx, &rec.id, &refs)?;
-                    let merged = merge_by_name(&known, answer);
-                    tracing::warn!(request_id = %rec.id, machines = merged.len(), "return recorded but never submitted (crash); carried out now");
+                    let merged = match self.return_progress(&rec, &known) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            // One return's failure does not stop the others; the next sweep retries.
+                            tracing::warn!(request_id = %rec.id, error = %e, "following up a return failed; will retry");
+                            continue;
+                        }
+                    };
+                    if rec.phase == Phase::Accepted {
+                        tracing::warn!(request_id = %rec.id, machines = merged.len(), "return recorded but never submitted (crash); carried out now");
+                    } else {
+                        tracing::info!(request_id = %rec.id, machines = merged.len(), "return HostFactory never polled; followed up");
+                    }
                     rec.phase = Phase::Submitted;
                     rec.status = lifecycle::return_status(&merged);
                     rec.updated_at = ctx.now;
                     self.store.update_request(&rec, &merged)?;
+                    self.settle_holders(&rec.id, &merged);
                 }
             }
         }
@@ -167,8 +180,8 @@ impl Service<'_> {
             );
         }
         let machines: Vec<Machine> = orphans.iter().map(|o| o.machine.clone()).collect();
-        self.provider()?
-            .release_machines(&ctx, &format!("orphans-{now}"), &refs_of(&machines))?;
+        let instance = ctx.provider_instance.clone();
+        self.host_return(HostReturn::Orphans, &instance, &machines)?;
         Ok(orphans.len())
     }
 

@@ -158,11 +158,27 @@ pub fn stale_and_holders(o: &Opener) {
     s.insert_request(&unclaimed, &[]).expect("insert");
     let mut ret_done = record("ret-done", RequestKind::Return, 3);
     ret_done.phase = Phase::Submitted;
+    ret_done.status = RequestStatus::Complete;
     s.insert_request(&ret_done, &[]).expect("insert");
+    // Open returns HostFactory never polled: one not updated for long, one updated lately;
+    // and one HostFactory polls (claimed), however old.
+    let mut ret_open = record("ret-open", RequestKind::Return, 4);
+    ret_open.phase = Phase::Submitted;
+    s.insert_request(&ret_open, &[]).expect("insert");
+    let mut ret_recent = record("ret-recent", RequestKind::Return, 6);
+    ret_recent.phase = Phase::Submitted;
+    ret_recent.updated_at = 45;
+    s.insert_request(&ret_recent, &[]).expect("insert");
+    let mut ret_polled = record("ret-polled", RequestKind::Return, 6);
+    ret_polled.phase = Phase::Submitted;
+    ret_polled.claimed = true;
+    s.insert_request(&ret_polled, &[]).expect("insert");
     let stale: Vec<String> = s.stale_requests(40).expect("stale").into_iter().map(|r| r.id).collect();
-    assert_eq!(stale, ["req-unclaimed", "req-old", "ret-1"]);
+    assert_eq!(stale, ["req-unclaimed", "ret-open", "req-old", "ret-1"]);
     unclaimed.claimed = true;
     s.update_request(&unclaimed, &[]).expect("claim");
+    ret_open.claimed = true;
+    s.update_request(&ret_open, &[]).expect("HostFactory learnt it");
     let stale: Vec<String> = s.stale_requests(40).expect("stale").into_iter().map(|r| r.id).collect();
     assert_eq!(stale, ["req-old", "ret-1"], "claimed requests are HostFactory's");
     let holders: Vec<String> = s.provision_holders("h1").expect("holders").into_iter().map(|(id, _)| id).collect();

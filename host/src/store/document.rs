@@ -178,9 +178,11 @@ impl StoredRequest {
         self.machines.iter().map(|m| m.to_machine(location)).collect()
     }
 
-    /// True when the sweep must settle it: its call died before HostFactory learnt its id.
+    /// True when the sweep must settle it: its call died before HostFactory learnt its id,
+    /// or it is an open return HostFactory never polled, not updated since `before`.
     pub fn is_orphaned(&self, before: u64) -> bool {
-        self.created_at < before && (self.phase == "accepted" || (self.kind == "provision" && !self.claimed))
+        (self.created_at < before && (self.phase == "accepted" || (self.kind == "provision" && !self.claimed)))
+            || (self.kind == "return" && !self.claimed && self.status == "running" && self.updated_at < before)
     }
 
     /// True for a request HostFactory will not ask about again (final status).

@@ -216,8 +216,11 @@ pub trait StateStore: Send + Sync {
     fn machines(&self, request_id: &str) -> Result<Vec<Machine>, StoreError>;
     /// Stores a request's new state and machines; rows that did not change are not rewritten.
     fn update_request(&self, rec: &RequestRecord, machines: &[Machine]) -> Result<(), StoreError>;
-    /// Requests created before `before` whose call died before HostFactory learnt their id:
-    /// still `Accepted` (recorded, never answered), or provision requests never claimed.
+    /// Requests the sweep settles. Created before `before` whose call died before
+    /// HostFactory learnt their id: still `Accepted` (recorded, never answered), or
+    /// provision requests never claimed. And open returns HostFactory never polled (never
+    /// claimed: it never learnt their id, or the host started them) last updated before
+    /// `before`: nobody else follows them up.
     /// Oldest first.
     fn stale_requests(&self, before: u64) -> Result<Vec<RequestRecord>, StoreError>;
     /// Provision requests holding machines named `name` (newest first).

@@ -522,7 +522,9 @@ impl StateStore for PgStore {
             c.query(
                 &format!(
                     "SELECT {REQUEST_COLUMNS} FROM requests
-                     WHERE created_at < $1 AND (phase = 'accepted' OR (NOT claimed AND kind = 'provision')) ORDER BY created_at"
+                     WHERE (created_at < $1 AND (phase = 'accepted' OR (NOT claimed AND kind = 'provision')))
+                        OR (NOT claimed AND status = 'running' AND kind = 'return' AND updated_at < $1)
+                     ORDER BY created_at"
                 ),
                 &[&to_i64(before)],
             )

@@ -439,7 +439,9 @@ impl StateStore for SqliteStore {
         let mut stmt = conn
             .prepare_cached(&format!(
                 "SELECT {REQUEST_COLUMNS} FROM requests
-                 WHERE created_at < ?1 AND (phase = 'accepted' OR (claimed = 0 AND kind = 'provision')) ORDER BY created_at"
+                 WHERE (created_at < ?1 AND (phase = 'accepted' OR (claimed = 0 AND kind = 'provision')))
+                    OR (claimed = 0 AND status = 'running' AND kind = 'return' AND updated_at < ?1)
+                 ORDER BY created_at"
             ))
             .map_err(|e| self.backend(e))?;
         let raws = stmt
