@@ -63,6 +63,34 @@ fn postgres_first_use_races_safely_and_a_newer_schema_is_refused() {
     }
 }
 
+/// A server that never answers a statement (here: a table locked by another session) fails
+/// the store operation with a named error once `statement_timeout` passes; nothing hangs.
+#[test]
+fn a_locked_up_postgres_fails_in_bounded_time() {
+    let pg = Postgres::start();
+    pg.create_database("locked");
+    let mut settings = pg.settings("locked");
+    settings.statement_timeout = std::time::Duration::from_secs(1);
+    let store = PgStore::open(&settings).expect("open");
+    store.kv_set("ns", "k", "v").expect("write");
+    let mut locker = pg.client("locked").expect("connect");
+    let mut tx = locker.transaction().expect("begin");
+    tx.batch_execute("LOCK TABLE kv IN ACCESS EXCLUSIVE MODE").expect("lock");
+    let t0 = Instant::now();
+    let e = store.kv_get("ns", "k").expect_err("a locked table cannot be read");
+    assert!(t0.elapsed() < std::time::Duration::from_secs(10), "bounded: {:?}", t0.elapsed());
+    assert!(e.to_string().contains("statement timeout"), "{e}");
+    drop(tx);
+    assert_eq!(store.kv_get("ns", "k").expect("read after").as_deref(), Some("v"));
+    // The setting is bounded and PostgreSQL's own.
+    let tree = HfTree::new(&plain_inventory(1));
+    let mut storage = pg.storage_config("locked");
+    storage["sql_strategy"]["statement_timeout"] = json!(0);
+    tree.config(&json!({"storage": storage}));
+    let e = tree.err("getAvailableTemplates", &json!({}), "CONFIG_ERROR");
+    assert!(e.to_string().contains("statement_timeout"), "{e}");
+}
+
 /// 32 HostFactory-like clients at once, 10 rounds each: request one host, poll until final,
 /// return it, poll the return until final. Checks that no two clients ever held one host
 /// at the same time, that every id HostFactory got stays known, that all hosts come back,

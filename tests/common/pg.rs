@@ -174,6 +174,7 @@ impl Postgres {
             dbname: db.into(),
             pool_size: 2,
             connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
             sources: Default::default(),
         }
     }

@@ -26,6 +26,10 @@ pub struct GuestKv {
     wait: HostWait,
     /// Bytes written so far in this process's call.
     written: usize,
+    /// Entries added so far in this call (each write counted as new: an upper bound).
+    added: usize,
+    /// (entries, bytes) the namespace held when this call first wrote, read once per call.
+    usage: Option<(usize, usize)>,
 }
 
 impl GuestKv {
@@ -36,6 +40,8 @@ impl GuestKv {
             namespace,
             wait,
             written: 0,
+            added: 0,
+            usage: None,
         }
     }
 
@@ -56,8 +62,12 @@ impl GuestKv {
         Ok(())
     }
 
-    /// Counts a write of `key` and `value` against [`MAX_WRITE_BYTES_PER_CALL`].
+    /// Counts a write of `key` and `value` against [`MAX_WRITE_BYTES_PER_CALL`] and the
+    /// namespace's quota across calls ([`limits::KV_NAMESPACE_MAX_ENTRIES`] and
+    /// [`limits::KV_NAMESPACE_MAX_BYTES`]; the namespace's size is read at the call's first
+    /// write). Deletes are never refused, so a guest over its quota can always clean up.
     fn count_write(&mut self, key: &str, value: &str) -> Result<(), KvError> {
+        use crate::runtime::limits;
         let after = self.written + key.len() + value.len();
         if after > MAX_WRITE_BYTES_PER_CALL {
             return Err(KvError::Denied(format!(
@@ -65,7 +75,25 @@ impl GuestKv {
                 self.written
             )));
         }
+        let (entries, bytes) = match self.usage {
+            Some(u) => u,
+            None => {
+                let u = self.wait.measure(|| self.store.kv_usage(&self.namespace)).map_err(unavailable)?;
+                self.usage = Some(u);
+                u
+            }
+        };
+        if entries + self.added + 1 > limits::KV_NAMESPACE_MAX_ENTRIES || bytes + after > limits::KV_NAMESPACE_MAX_BYTES {
+            return Err(KvError::Denied(format!(
+                "namespace `{}` holds {entries} entries and {bytes} bytes (and this call wrote {} bytes); at most {} entries and {} bytes (limits::KV_NAMESPACE_MAX_ENTRIES/_BYTES): delete keys first",
+                self.namespace,
+                self.written,
+                limits::KV_NAMESPACE_MAX_ENTRIES,
+                limits::KV_NAMESPACE_MAX_BYTES
+            )));
+        }
         self.written = after;
+        self.added += 1;
         Ok(())
     }
 }
@@ -168,5 +196,34 @@ mod tests {
         // What was stored is more than one scan may carry: refused, not loaded.
         assert!(matches!(g.scan("big/".into()), Err(KvError::Denied(ref m)) if m.contains("narrower prefix")));
         assert_eq!(g.scan("big/00000".into()).expect("small scan").len(), 10);
+    }
+
+    #[test]
+    fn a_namespace_is_bounded_across_calls_and_deletes_make_room() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn StateStore> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).expect("open"));
+        let call = || GuestKv::new(store.clone(), "inst/g".into(), HostWait::default());
+        let value = "v".repeat(MAX_VALUE_BYTES);
+        // One call fills the namespace as far as a call may.
+        let mut first = call();
+        let mut n = 0;
+        while first.set(format!("k/{n:06}"), value.clone()).is_ok() {
+            n += 1;
+        }
+        // The next call finds the namespace full.
+        let mut second = call();
+        let refused = second.set("one-more".into(), value.clone()).expect_err("over the namespace quota");
+        assert!(
+            matches!(refused, KvError::Denied(ref m) if m.contains("namespace `inst/g`") && m.contains("delete keys")),
+            "{refused:?}"
+        );
+        // Another guest's namespace is its own; deletes are never refused and make room.
+        GuestKv::new(store.clone(), "inst/h".into(), HostWait::default())
+            .set("x".into(), "y".into())
+            .expect("another namespace");
+        for i in 0..10 {
+            second.delete(format!("k/{i:06}")).expect("delete");
+        }
+        call().set("one-more".into(), value).expect("room again");
     }
 }

@@ -52,6 +52,7 @@ struct RawSql {
     password_file: Option<PathBuf>,
     pool_size: Option<usize>,
     connect_timeout: Option<u64>,
+    statement_timeout: Option<u64>,
     // the seed's, refused with a reason
     backup_enabled: Option<serde_json::Value>,
     replication: Option<serde_json::Value>,
@@ -153,6 +154,7 @@ pub fn build<E>(
                         (s.password_file.is_some(), "password_file"),
                         (s.pool_size.is_some(), "pool_size"),
                         (s.connect_timeout.is_some(), "connect_timeout"),
+                        (s.statement_timeout.is_some(), "statement_timeout"),
                     ] {
                         if set {
                             return Err(err(
@@ -272,6 +274,16 @@ fn postgres_settings<E>(
             .filter(|n| *n > 0)
             .unwrap_or(10),
     };
+    let statement_timeout = match s.statement_timeout {
+        None => crate::runtime::limits::STORE_STATEMENT_TIMEOUT,
+        Some(n @ 1..=3600) => Duration::from_secs(n),
+        Some(n) => {
+            return Err(err(
+                "storage.sql_strategy.statement_timeout",
+                format!("{n}: must be 1..=3600 (seconds)"),
+            ));
+        }
+    };
     if let Some(mode) = env("PGSSLMODE").filter(|m| !matches!(m.as_str(), "disable" | "allow" | "prefer")) {
         return Err(err(
             "PGSSLMODE",
@@ -288,6 +300,7 @@ fn postgres_settings<E>(
         dbname,
         pool_size,
         connect_timeout: Duration::from_secs(connect_timeout),
+        statement_timeout,
         sources,
     })
 }

@@ -247,6 +247,23 @@ pub fn read_capped_bytes(path: &std::path::Path, max: u64) -> std::io::Result<Ve
     Ok(out)
 }
 
+/// The longest one PostgreSQL statement may run, lock waits included, before the server
+/// cancels it (`storage.sql_strategy.statement_timeout` sets it, 1..=3600 s): a store that
+/// hangs fails the call with a named store error well before the call's own deadline.
+pub const STORE_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Most entries one guest's kv namespace may hold (across calls): as many as one scan may
+/// return, so a namespace never grows past what its guest can read back.
+pub const KV_NAMESPACE_MAX_ENTRIES: usize = 100_000;
+
+/// Most bytes (keys and values) one guest's kv namespace may hold across calls: a guest
+/// writing its per-call maximum every call would otherwise fill the disk over a day.
+pub const KV_NAMESPACE_MAX_BYTES: usize = 64 << 20;
+
+/// The longest a call waits for the JSON store's file lock (held by another hfwasm process
+/// for one read or write, milliseconds normally) before failing with a named store error.
+pub const STORE_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -217,6 +217,12 @@ pub fn kv_semantics(o: &Opener) {
     s.kv_delete("ns", "lease/a").expect("delete");
     s.kv_delete("ns", "never-there").expect("delete of absent is fine");
     assert_eq!(s.kv_scan("ns", "lease/").expect("scan").len(), 3);
+    // Usage counts bytes, not characters, and only the namespace asked about.
+    assert_eq!(s.kv_usage("ns").expect("usage").0, 5);
+    s.kv_set("other-ns", "x", "y").expect("kv");
+    s.kv_set("usage", "k\u{e9}", "v\u{e9}").expect("kv");
+    assert_eq!(s.kv_usage("usage").expect("usage"), (1, 6));
+    assert_eq!(s.kv_usage("empty").expect("usage"), (0, 0));
     // Bounded scans stop at either bound.
     let all = s.kv_scan_bounded("ns", "lease/", 3, 1 << 20).expect("scan").expect("within bounds");
     assert_eq!(all.len(), 3);

@@ -114,9 +114,25 @@ impl JsonStore {
             .write(true)
             .open(&path)
             .map_err(|e| self.backend(format!("cannot open lock file {}: {e}", path.display())))?;
-        let locked = if exclusive { file.lock() } else { file.lock_shared() };
-        locked.map_err(|e| self.backend(format!("cannot lock {}: {e}", path.display())))?;
-        Ok((guard, file))
+        // Waits at most STORE_LOCK_TIMEOUT: a process that hangs holding the lock fails
+        // the calls behind it with a named error instead of hanging them too.
+        let limit = crate::runtime::limits::STORE_LOCK_TIMEOUT;
+        let t0 = std::time::Instant::now();
+        loop {
+            let attempt = if exclusive { file.try_lock() } else { file.try_lock_shared() };
+            match attempt {
+                Ok(()) => return Ok((guard, file)),
+                Err(std::fs::TryLockError::WouldBlock) if t0.elapsed() < limit => std::thread::sleep(std::time::Duration::from_millis(2)),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(self.backend(format!(
+                        "{} is still locked by another process after {} s (limits::STORE_LOCK_TIMEOUT); is an hfwasm process hung?",
+                        path.display(),
+                        limit.as_secs()
+                    )));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(self.backend(format!("cannot lock {}: {e}", path.display()))),
+            }
+        }
     }
 
     /// Reads one file; a missing file is `T::default()`.

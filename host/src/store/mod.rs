@@ -266,6 +266,13 @@ pub trait StateStore: Send + Sync {
         within_bounds(all.into_iter().map(Ok), max_entries, max_bytes)
     }
 
+    /// kv: how many entries `namespace` holds and their bytes (keys and values), for the
+    /// per-namespace quota. Counted in the store, without reading the values out.
+    fn kv_usage(&self, namespace: &str) -> Result<(usize, usize), StoreError> {
+        let all = self.kv_scan(namespace, "")?;
+        Ok((all.len(), all.iter().map(|(k, v)| k.len() + v.len()).sum()))
+    }
+
     /// Deletes up to `limit` finished requests (final status) last changed before `before`,
     /// with their machines, oldest first; returns how many went. Keeps a store small after
     /// a year of 30-second polling. A provision request goes only once none of its machines

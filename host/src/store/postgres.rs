@@ -33,6 +33,9 @@ pub struct PgSettings {
     pub pool_size: usize,
     /// How long to wait for a connection to be set up.
     pub connect_timeout: Duration,
+    /// The longest one statement may run (lock waits included) before the server cancels
+    /// it: a hung or locked-up server fails the call with a named error, in bounded time.
+    pub statement_timeout: Duration,
     /// For each of `host`, `port`, `user`, `password`, `name`: the config key or `PG*`
     /// variable it came from (named in connection errors).
     pub sources: std::collections::BTreeMap<&'static str, String>,
@@ -72,7 +75,8 @@ impl PgSettings {
             .user(&self.user)
             .dbname(&self.dbname)
             .application_name("hfwasm")
-            .connect_timeout(self.connect_timeout);
+            .connect_timeout(self.connect_timeout)
+            .options(&format!("-c statement_timeout={}", self.statement_timeout.as_millis()));
         if let Some(p) = &self.password {
             c.password(p);
         }
@@ -632,6 +636,19 @@ impl StateStore for PgStore {
             max_bytes,
         )
         .map_err(|e| self.backend(e))
+    }
+
+    fn kv_usage(&self, namespace: &str) -> Result<(usize, usize), StoreError> {
+        let row = self.with(|c| {
+            c.query_one(
+                "SELECT count(*), coalesce(sum(octet_length(key) + octet_length(value)), 0)::bigint FROM kv WHERE namespace = $1",
+                &[&namespace],
+            )
+            .map_err(|e| self.backend(e))
+        })?;
+        let n: i64 = row.try_get(0).map_err(|e| self.backend(e))?;
+        let bytes: i64 = row.try_get(1).map_err(|e| self.backend(e))?;
+        Ok((usize::try_from(n).unwrap_or(0), usize::try_from(bytes).unwrap_or(0)))
     }
 
     fn prune_finished(&self, before: u64, limit: usize) -> Result<usize, StoreError> {

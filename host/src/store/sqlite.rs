@@ -544,6 +544,17 @@ impl StateStore for SqliteStore {
         super::within_bounds(rows, max_entries, max_bytes).map_err(|e| self.backend(e))
     }
 
+    fn kv_usage(&self, namespace: &str) -> Result<(usize, usize), StoreError> {
+        let conn = self.lock()?;
+        let (n, bytes): (i64, i64) = conn
+            .prepare_cached(
+                "SELECT count(*), coalesce(sum(length(CAST(key AS BLOB)) + length(CAST(value AS BLOB))), 0) FROM kv WHERE namespace = ?1",
+            )
+            .and_then(|mut stmt| stmt.query_row([namespace], |r| Ok((r.get(0)?, r.get(1)?))))
+            .map_err(|e| self.backend(e))?;
+        Ok((usize::try_from(n).unwrap_or(0), usize::try_from(bytes).unwrap_or(0)))
+    }
+
     fn prune_finished(&self, before: u64, limit: usize) -> Result<usize, StoreError> {
         let conn = self.lock()?;
         conn.execute(
