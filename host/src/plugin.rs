@@ -196,7 +196,7 @@ impl Plugin {
         })?;
         let res = GuestResources {
             store,
-            namespace: format!("{}/{kv_name}", self.dirs.name),
+            namespace: crate::store::namespaces::guest(&self.dirs.name, kv_name),
             inventory: self.inventory.clone(),
             power: self.power_runner(),
             ec2: ec2.map(|s| Arc::new(crate::capabilities::ec2::Ec2Client::new(s)) as Arc<dyn crate::capabilities::ec2::Ec2Api>),

@@ -25,7 +25,7 @@ const OUTPUT_TAIL: usize = 400;
 /// The kv namespace of provider instance `instance`'s power outcomes (no guest can name it:
 /// guest namespaces are `<instance>/<guest>`).
 pub fn namespace(instance: &str) -> String {
-    format!("hfwasm.power/{instance}")
+    crate::store::namespaces::power(instance)
 }
 
 fn key(host: &str, act: Action) -> String {

@@ -179,7 +179,7 @@ pub const SHADOW_KEEP: usize = 500;
 
 /// The store namespace of provider instance `instance`'s shadow decisions.
 pub fn shadow_namespace(instance: &str) -> String {
-    format!("hfwasm.shadow/{instance}")
+    crate::store::namespaces::shadow(instance)
 }
 
 fn summary(offer: &[Template]) -> serde_json::Value {

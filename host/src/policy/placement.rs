@@ -96,7 +96,7 @@ pub struct Decision {
 
 /// The store namespace of provider instance `instance`'s recorded decisions.
 pub fn record_namespace(instance: &str) -> String {
-    format!("hfwasm.record/{instance}")
+    crate::store::namespaces::record(instance)
 }
 
 /// Key prefix of recorded placement decisions.

@@ -66,7 +66,7 @@ impl<'a> Breaker<'a> {
     pub fn new(store: &'a dyn StateStore, instance: &str, provider: &str, policy: BreakerPolicy) -> Self {
         Self {
             store,
-            namespace: format!("hfwasm.breaker/{instance}/{provider}"),
+            namespace: crate::store::namespaces::breaker(instance, provider),
             policy,
         }
     }

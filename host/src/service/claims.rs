@@ -10,7 +10,7 @@ use crate::store::{StateStore, StoreError};
 
 /// kv namespace of provider instance `instance`'s claims (no guest can name it).
 pub fn namespace(instance: &str) -> String {
-    format!("hfwasm.claim/{instance}")
+    crate::store::namespaces::claims(instance)
 }
 
 /// A claim held on one request; release it once the request's record is written.

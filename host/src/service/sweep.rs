@@ -124,7 +124,7 @@ impl Service<'_> {
             return Ok(0);
         }
         let now = self.ctx.now;
-        let ns = format!("hfwasm.sweep/{}", self.ctx.provider_instance);
+        let ns = crate::store::namespaces::sweep(&self.ctx.provider_instance);
         let read = |key: &str| -> Result<Option<u64>, ServiceError> { Ok(self.store.kv_get(&ns, key)?.and_then(|v| v.parse().ok())) };
         // Between scans, one read per call.
         if now.saturating_sub(read("orphan-scan-at")?.unwrap_or(0)) < interval {

@@ -6,6 +6,7 @@ pub mod behaviour;
 pub mod check;
 pub mod document;
 pub mod json;
+pub mod namespaces;
 pub mod postgres;
 pub mod sqlite;
 
@@ -326,7 +327,7 @@ fn prune_sql(before: &str, limit: &str, lock: &str) -> String {
 }
 
 /// The kv entry holding a store's id, made once per store.
-const STORE_ID_KEY: (&str, &str) = ("hfwasm.store", "id");
+const STORE_ID_KEY: (&str, &str) = (namespaces::STORE, "id");
 
 /// This store's id, made on first use. Everything an installation launches is tagged with
 /// it, so its orphan scan never judges another cluster's machines that share the provider
