@@ -255,9 +255,27 @@ fn power_on_outcome(mut m: Machine, state: power::CommandState) -> Machine {
 
 /// Moves a pending machine on once its power-on command finished. A host whose command
 /// failed is handed back to the pool (its lease dropped) and reported failed.
-pub fn advance_pending(pool: &Pool, m: Machine, request_id: &str) -> Machine {
+pub fn advance_pending(pool: &Pool, mut m: Machine, request_id: &str) -> Machine {
     if m.state != MachineState::Pending {
         return m;
+    }
+    // A host is this request's only while its lease says so: the host may have released it
+    // (its pending timeout passed, in a call killed before that call recorded it failed).
+    // Checked first, so nothing is powered on for a lease that ended.
+    match kv::get(&lease_key(&m.name)) {
+        Ok(Some(holder)) if holder == request_id => {}
+        Ok(holder) => {
+            m.state = MachineState::Failed;
+            m.message = Some(format!(
+                "released before it was ready{}; not this request's any more",
+                holder.map(|h| format!(" (lease now '{h}')")).unwrap_or_default()
+            ));
+            return m;
+        }
+        Err(e) => {
+            warn(&format!("could not read the lease of '{}': {e:?}; asking again next time", m.name));
+            return m;
+        }
     }
     let state = match power::state(&m.name, power::Action::On) {
         power::CommandState::NotStarted if pool.host(&m.name).is_some() => {
@@ -268,25 +286,11 @@ pub fn advance_pending(pool: &Pool, m: Machine, request_id: &str) -> Machine {
         }
         s => s,
     };
-    let mut m = power_on_outcome(m, state);
-    if m.state == MachineState::Failed {
-        if let Err(e) = kv::delete_if_equals(&lease_key(&m.name), request_id) {
-            warn(&format!("could not release lease of failed host '{}': {e:?}", m.name));
-        }
-        return m;
-    }
-    // A host is this request's only while its lease says so: the host may have released it
-    // (its pending timeout passed, in a call killed before that call recorded it failed).
-    match kv::get(&lease_key(&m.name)) {
-        Ok(Some(holder)) if holder == request_id => {}
-        Ok(holder) => {
-            m.state = MachineState::Failed;
-            m.message = Some(format!(
-                "released before it was ready{}; not this request's any more",
-                holder.map(|h| format!(" (lease now '{h}')")).unwrap_or_default()
-            ));
-        }
-        Err(e) => warn(&format!("could not read the lease of '{}': {e:?}", m.name)),
+    let m = power_on_outcome(m, state);
+    if m.state == MachineState::Failed
+        && let Err(e) = kv::delete_if_equals(&lease_key(&m.name), request_id)
+    {
+        warn(&format!("could not release lease of failed host '{}': {e:?}", m.name));
     }
     m
 }

@@ -64,9 +64,10 @@ impl Service<'_> {
             }
             // HostFactory names the machine id it was given, but may send only the name:
             // then the request holding the host is the one whose machine is live (a name
-            // outlives its machine, and creation times tie within a second). With several
-            // live (a return that freed the host has not marked its machine yet), the bare
-            // name is passed on and the provider ends whichever lease the host is under.
+            // outlives its machine). With several live (a return that freed the host has not
+            // marked its machine yet; neither creation nor launch times order leases taken
+            // within a second, or by a call that started earlier), the bare name is passed
+            // on and the provider ends whichever lease the host is under now.
             let held = holders.remove(&r.name).and_then(|h| {
                 let live: Vec<usize> = h
                     .iter()
@@ -108,7 +109,7 @@ impl Service<'_> {
         Ok((rec.id, format!("Return accepted for {} host(s).", merged.len())))
     }
 
-    /// Releases `machines` of `subject` (a request id, or the time of an orphan scan) under
+    /// Releases `machines` of `subject` (a request id, or the provider instance for orphans) under
     /// a return the host records itself, so the sweep follows it up until every machine is
     /// gone. Returns the machines as the provider answered (stopping or terminated).
     pub(super) fn host_return(&mut self, why: HostReturn, subject: &str, machines: &[Machine]) -> Result<Vec<Machine>, ServiceError> {
