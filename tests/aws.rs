@@ -553,20 +553,13 @@ fn the_seed_yaml_variant_serves_the_cycle() {
 #[test]
 fn fleet_and_launch_template_operations_serve_only_what_this_provider_instance_owns() {
     use hfwasm::capabilities::HostWait;
-    use hfwasm::capabilities::ec2::{Ec2Api, Ec2Client, Ec2Grant, Ec2Settings, GuestEc2};
+    use hfwasm::capabilities::ec2::{Ec2Grant, GuestEc2};
     use hfwasm::runtime::bindings::hostfactory::capabilities::ec2::{self as wit, Ec2Error, Host};
-    use std::sync::Arc;
 
     let moto = Moto::start();
     let (subnet, sg, ami) = moto.network();
     let dir = tempfile::tempdir().expect("tempdir");
-    let creds = dir.path().join("credentials");
-    std::fs::write(&creds, "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n").expect("creds");
-    let client: Arc<dyn Ec2Api> = Arc::new(Ec2Client::new(Ec2Settings {
-        endpoint_url: Some(moto.endpoint.clone()),
-        credential_file: Some(creds),
-        ..Ec2Settings::default()
-    }));
+    let client = moto.hfwasm_client(dir.path());
     let guest = |owner: &str| {
         GuestEc2::new(
             Some(client.clone()),
@@ -708,7 +701,7 @@ fn fleet_and_launch_template_operations_serve_only_what_this_provider_instance_o
 #[test]
 fn grants_bound_what_a_request_may_hold_and_what_a_launch_may_use() {
     use hfwasm::capabilities::HostWait;
-    use hfwasm::capabilities::ec2::{Ec2Api, Ec2Client, Ec2Settings, GuestEc2};
+    use hfwasm::capabilities::ec2::GuestEc2;
     use hfwasm::runtime::bindings::hostfactory::capabilities::ec2::{self as wit, Ec2Error, Host};
     use hfwasm::store::StateStore;
     use std::sync::Arc;
@@ -716,8 +709,6 @@ fn grants_bound_what_a_request_may_hold_and_what_a_launch_may_use() {
     let moto = Moto::start();
     let (subnet, sg, ami) = moto.network();
     let dir = tempfile::tempdir().expect("tempdir");
-    let creds = dir.path().join("credentials");
-    std::fs::write(&creds, "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n").expect("creds");
     // The grant IBM's templates give: their own image, subnet, group; no key, no profile.
     std::fs::write(dir.path().join("c.json"), json!({"AWS_REGION": "us-east-1"}).to_string()).expect("cfg");
     std::fs::write(
@@ -726,11 +717,7 @@ fn grants_bound_what_a_request_may_hold_and_what_a_launch_may_use() {
     )
     .expect("tpl");
     let ibm = hfwasm::config::ibm_aws::load(&dir.path().join("c.json"), &dir.path().join("t.json"), |_| None).expect("ibm");
-    let client: Arc<dyn Ec2Api> = Arc::new(Ec2Client::new(Ec2Settings {
-        endpoint_url: Some(moto.endpoint.clone()),
-        credential_file: Some(creds),
-        ..Ec2Settings::default()
-    }));
+    let client = moto.hfwasm_client(dir.path());
     let store: Arc<dyn StateStore> = Arc::new(hfwasm::store::SqliteStore::open(&dir.path().join("s.sqlite")).expect("store"));
     let mut rec = hfwasm::store::behaviour::record("req-one", hfwasm::store::RequestKind::Provision, 1);
     rec.count = 1;

@@ -210,6 +210,20 @@ impl Moto {
         })
     }
 
+    /// hfwasm's own EC2 client against this emulator, with a credentials file written in
+    /// `dir` (the way IBM's `AWS_CREDENTIAL_FILE` gives them), for tests that call the
+    /// capability exactly as a guest does.
+    pub fn hfwasm_client(&self, dir: &std::path::Path) -> std::sync::Arc<dyn hfwasm::capabilities::ec2::Ec2Api> {
+        use hfwasm::capabilities::ec2::{Ec2Client, Ec2Settings};
+        let creds = dir.join("credentials");
+        std::fs::write(&creds, "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n").expect("creds");
+        std::sync::Arc::new(Ec2Client::new(Ec2Settings {
+            endpoint_url: Some(self.endpoint.clone()),
+            credential_file: Some(creds),
+            ..Ec2Settings::default()
+        }))
+    }
+
     /// Ids of instances still pending or running.
     pub fn live(&self) -> Vec<String> {
         self.instances()
