@@ -552,9 +552,9 @@ fn the_seed_yaml_variant_serves_the_cycle() {
 /// calls it, against moto. Each serves only what this provider instance's tag marks.
 #[test]
 fn fleet_and_launch_template_operations_serve_only_what_this_provider_instance_owns() {
-    use hfwasm::capabilities::HostWait;
     use hfwasm::capabilities::ec2::{Ec2Grant, GuestEc2};
-    use hfwasm::runtime::bindings::hostfactory::capabilities::ec2::{self as wit, Ec2Error, Host};
+    use hfwasm::engine::bindings::hostfactory::capabilities::ec2::{self as wit, Ec2Error, Host};
+    use hfwasm::engine::sandbox::HostWait;
 
     let moto = Moto::start();
     let (subnet, sg, ami) = moto.network();
@@ -700,9 +700,9 @@ fn fleet_and_launch_template_operations_serve_only_what_this_provider_instance_o
 /// data of its own choosing: through the capability exactly as a guest calls it.
 #[test]
 fn grants_bound_what_a_request_may_hold_and_what_a_launch_may_use() {
-    use hfwasm::capabilities::HostWait;
     use hfwasm::capabilities::ec2::GuestEc2;
-    use hfwasm::runtime::bindings::hostfactory::capabilities::ec2::{self as wit, Ec2Error, Host};
+    use hfwasm::engine::bindings::hostfactory::capabilities::ec2::{self as wit, Ec2Error, Host};
+    use hfwasm::engine::sandbox::HostWait;
     use hfwasm::store::StateStore;
     use std::sync::Arc;
 

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{Rng, repo};
+use hfwasm::capabilities::inventory::Inventory;
 use hfwasm::config::Config;
-use hfwasm::config::inventory::Inventory;
 use hfwasm::hf::Call;
 use hfwasm::hf::input;
 

@@ -369,8 +369,8 @@ async fn launch_tagged(ec2: &sdk::Client, ami: &str, n: usize) -> Result<Vec<(St
 /// Records open requests of `each` pending instances each in the SQLite store under
 /// `work`; returns their ids.
 fn seed_open_requests(work: &Path, instances: &[(String, String, String)], each: usize) -> Result<Vec<String>> {
-    use hfwasm::service::lifecycle::RequestStatus;
-    use hfwasm::service::model::{Machine, MachineState};
+    use hfwasm::domain::lifecycle::RequestStatus;
+    use hfwasm::domain::model::{Machine, MachineState};
     use hfwasm::store::{Phase, RequestKind, RequestRecord, StoreSpec, Synchronous};
     let store = hfwasm::store::open(&StoreSpec::Sqlite {
         path: work.join("hfwasm.sqlite"),

@@ -7,12 +7,12 @@
 use std::time::Instant;
 
 use anyhow::{Result, anyhow};
+use hfwasm::domain::model::{Attribute, AttributeKind, Template};
+use hfwasm::limits::{GuestLimits, LimitOverrides};
 use hfwasm::policy::placement::{self, Candidate, Circuit, Decision, Placement, PlacementPolicy};
 use hfwasm::policy::rhai::{RhaiPolicy, ScriptLimits};
 use hfwasm::policy::wasm::WasmPlacementPolicy;
-use hfwasm::runtime::limits::{GuestLimits, LimitOverrides};
 use hfwasm::runtime::{GuestCode, GuestEngine, PrecompiledCache};
-use hfwasm::service::model::{Attribute, AttributeKind, Template};
 use serde_json::json;
 
 /// WEIGHTED in Rhai, as the built-in guest does it.
@@ -125,7 +125,7 @@ pub fn run(iterations: usize) -> Result<()> {
     for sp in ["PRIORITY_FAILOVER", "COST_OPTIMIZED", "WEIGHTED"] {
         let code = GuestCode {
             name: "default-policy",
-            wasm: hfwasm::runtime::builtin::DEFAULT_POLICY,
+            wasm: hfwasm::builtin::DEFAULT_POLICY,
             grants: &[],
             limits,
             coredump_dir: None,

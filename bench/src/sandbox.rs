@@ -8,15 +8,15 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use hfwasm::capabilities::HostWait;
+use hfwasm::domain::model::{Attribute, AttributeKind, CallContext, Template};
+use hfwasm::engine::bindings::policy::TemplateSelector;
+use hfwasm::engine::bindings::policy::exports::hostfactory::policy::template_policy as wit;
+use hfwasm::engine::sandbox::HostWait;
+use hfwasm::engine::sandbox::{self, Layers, Sandbox};
+use hfwasm::limits::{GuestLimits, LimitOverrides};
 use hfwasm::policy::TemplatePolicy;
 use hfwasm::policy::wasm::WasmTemplatePolicy;
-use hfwasm::runtime::bindings::policy::TemplateSelector;
-use hfwasm::runtime::bindings::policy::exports::hostfactory::policy::template_policy as wit;
-use hfwasm::runtime::limits::{GuestLimits, LimitOverrides};
-use hfwasm::runtime::sandbox::{self, Layers, Sandbox};
 use hfwasm::runtime::{GuestCode, GuestEngine, PrecompiledCache};
-use hfwasm::service::model::{Attribute, AttributeKind, CallContext, Template};
 use serde_json::json;
 
 const TEMPLATES: usize = 100;
@@ -84,7 +84,7 @@ fn raw(
     layers: Layers,
     limits: GuestLimits,
 ) -> Result<(wasmtime::Store<Sandbox>, TemplateSelector)> {
-    let (component, _) = w(cache.load(engine, hfwasm::runtime::builtin::DEFAULT_POLICY))?;
+    let (component, _) = w(cache.load(engine, hfwasm::builtin::DEFAULT_POLICY))?;
     let mut linker = wasmtime::component::Linker::<Sandbox>::new(engine.engine());
     wasmtime_wasi_link(&mut linker)?;
     let mut store =
@@ -94,7 +94,7 @@ fn raw(
 }
 
 fn wasmtime_wasi_link(linker: &mut wasmtime::component::Linker<Sandbox>) -> Result<()> {
-    hfwasm::runtime::sandbox::add_wasi(linker).map_err(|e| anyhow!("{e:#}"))
+    hfwasm::engine::sandbox::add_wasi(linker).map_err(|e| anyhow!("{e:#}"))
 }
 
 fn ctx() -> CallContext {
@@ -108,10 +108,7 @@ fn ctx() -> CallContext {
 /// The example guests, built from source with `hfwasm guest build` (skipped, with the
 /// reason, where a toolchain is missing).
 fn examples(repo: &Path, bin: &Path, out: &Path) -> Vec<(&'static str, Result<Vec<u8>>)> {
-    let mut v: Vec<(&'static str, Result<Vec<u8>>)> = vec![(
-        "Rust (builtin:default-policy)",
-        Ok(hfwasm::runtime::builtin::DEFAULT_POLICY.to_vec()),
-    )];
+    let mut v: Vec<(&'static str, Result<Vec<u8>>)> = vec![("Rust (builtin:default-policy)", Ok(hfwasm::builtin::DEFAULT_POLICY.to_vec()))];
     for (label, dir) in [
         ("Python (componentize-py)", "python-selector"),
         ("JavaScript (componentize-js)", "js-selector"),
@@ -187,7 +184,7 @@ pub fn run(repo: &Path, bin: &Path, iterations: usize) -> Result<()> {
     };
     let code = |l: GuestLimits| GuestCode {
         name: "bench",
-        wasm: hfwasm::runtime::builtin::DEFAULT_POLICY,
+        wasm: hfwasm::builtin::DEFAULT_POLICY,
         grants: &[],
         limits: l,
         coredump_dir: None,

@@ -6,8 +6,8 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use hfwasm::service::lifecycle::RequestStatus;
-use hfwasm::service::model::{Machine, MachineState};
+use hfwasm::domain::lifecycle::RequestStatus;
+use hfwasm::domain::model::{Machine, MachineState};
 use hfwasm::store::{JsonLayout, Phase, RequestKind, RequestRecord, StoreSpec, Synchronous};
 use serde_json::{Value, json};
 

@@ -8,18 +8,20 @@ use std::time::Instant;
 use serde_json::Value;
 
 use crate::capabilities::Capability;
+use crate::capabilities::inventory::Inventory;
 use crate::capabilities::power::PowerRunner;
-use crate::config::inventory::Inventory;
 use crate::config::{Config, GuestSource, GuestSpec, PolicySource};
+use crate::domain::model::PolicyError;
+use crate::domain::model::{AbortKind, CallContext, ProviderError};
 use crate::hf::{self, Call, ErrorCode, HfError, ProviderDirs};
+use crate::policy::TemplatePolicy;
 use crate::policy::placement::PlacementPolicy;
 use crate::policy::wasm::{WasmPlacementPolicy, WasmTemplatePolicy};
-use crate::policy::{PolicyError, TemplatePolicy};
-use crate::runtime::{self, CacheOutcome, GuestCode, GuestEngine, GuestResources, PrecompiledCache, WasmProvider};
-use crate::service::model::{AbortKind, CallContext, ProviderError};
+use crate::runtime::{CacheOutcome, GuestCode, GuestEngine, GuestResources, PrecompiledCache, WasmProvider};
 use crate::service::routing::{MemberInfo, Router};
 use crate::service::{LifecyclePolicy, Provider, ProviderLoader, Service};
 use crate::store::StateStore;
+use crate::{builtin, limits};
 
 /// A provider instance ready to answer calls.
 pub struct Plugin {
@@ -152,17 +154,15 @@ impl Plugin {
     /// A guest's bytes: built in, or read from its file.
     fn bytes_of(spec: &GuestSpec) -> Result<std::borrow::Cow<'static, [u8]>, ProviderError> {
         match &spec.source {
-            GuestSource::Builtin(name) => {
-                runtime::builtin::bytes(name)
-                    .map(std::borrow::Cow::Borrowed)
-                    .ok_or_else(|| ProviderError::Aborted {
-                        kind: AbortKind::Load,
-                        provider: spec.name.clone(),
-                        operation: "load".into(),
-                        message: format!("guest '{}': no built-in guest {name}", spec.name),
-                    })
-            }
-            GuestSource::File(path) => runtime::limits::read_capped_bytes(path, runtime::limits::MAX_WASM_BYTES)
+            GuestSource::Builtin(name) => builtin::bytes(name)
+                .map(std::borrow::Cow::Borrowed)
+                .ok_or_else(|| ProviderError::Aborted {
+                    kind: AbortKind::Load,
+                    provider: spec.name.clone(),
+                    operation: "load".into(),
+                    message: format!("guest '{}': no built-in guest {name}", spec.name),
+                }),
+            GuestSource::File(path) => limits::read_capped_bytes(path, limits::MAX_WASM_BYTES)
                 .map(std::borrow::Cow::Owned)
                 .map_err(|e| ProviderError::Aborted {
                     kind: AbortKind::Load,
@@ -347,8 +347,9 @@ impl Plugin {
         fuel: u64,
         progress: impl FnMut(usize, usize),
     ) -> Result<crate::policy::replay::Report, HfError> {
-        use crate::config::{BUILTIN_DEFAULT_POLICY, PolicySpec};
-        use crate::runtime::limits::GuestLimits;
+        use crate::builtin::BUILTIN_DEFAULT_POLICY;
+        use crate::config::PolicySpec;
+        use crate::limits::GuestLimits;
         if !settings.is_object() {
             return Err(HfError::new(
                 ErrorCode::InvalidInput,

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use super::HostWait;
-use crate::runtime::bindings::hostfactory::capabilities::kv::{Host, KvError};
+use crate::engine::bindings::hostfactory::capabilities::kv::{Host, KvError};
+use crate::engine::sandbox::HostWait;
 use crate::store::{StateStore, StoreError};
 
 /// Longest key a guest may use.
@@ -67,7 +67,7 @@ impl GuestKv {
     /// [`limits::KV_NAMESPACE_MAX_BYTES`]; the namespace's size is read at the call's first
     /// write). Deletes are never refused, so a guest over its quota can always clean up.
     fn count_write(&mut self, key: &str, value: &str) -> Result<(), KvError> {
-        use crate::runtime::limits;
+        use crate::limits;
         let after = self.written + key.len() + value.len();
         if after > MAX_WRITE_BYTES_PER_CALL {
             return Err(KvError::Denied(format!(

@@ -1,6 +1,6 @@
 //! `log` capability: guest log records become host tracing events tagged with the guest.
 
-use crate::runtime::bindings::hostfactory::capabilities::log::{Host, Level};
+use crate::engine::bindings::hostfactory::capabilities::log::{Host, Level};
 
 /// Per-guest state of the log capability.
 #[derive(Debug, Clone)]
@@ -52,7 +52,7 @@ impl Host for GuestLog {
         }
         // A guest logs at most [`limits::GUEST_LOG_BYTES`] per call; one line says when the
         // rest was dropped.
-        let limit = crate::runtime::limits::GUEST_LOG_BYTES;
+        let limit = crate::limits::GUEST_LOG_BYTES;
         if self.logged >= limit {
             return;
         }
@@ -116,6 +116,6 @@ mod volume_tests {
         for _ in 0..100_000 {
             log.emit(Level::Info, "x".repeat(1000));
         }
-        assert!(log.logged < crate::runtime::limits::GUEST_LOG_BYTES + 2000, "{}", log.logged);
+        assert!(log.logged < crate::limits::GUEST_LOG_BYTES + 2000, "{}", log.logged);
     }
 }

@@ -8,28 +8,6 @@ pub mod kv;
 pub mod log;
 pub mod power;
 
-/// Time a guest has spent waiting in capability calls (cloud round trips, store
-/// statements), shared by its capabilities and read by its deadline: a guest's
-/// `timeout_ms` bounds its own running time, not the cloud's.
-#[derive(Debug, Clone, Default)]
-pub struct HostWait(std::sync::Arc<std::sync::atomic::AtomicU64>);
-
-impl HostWait {
-    /// Runs `f`, adding its duration to the wait.
-    pub fn measure<T>(&self, f: impl FnOnce() -> T) -> T {
-        let t0 = std::time::Instant::now();
-        let out = f();
-        let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.0.fetch_add(us, std::sync::atomic::Ordering::Relaxed);
-        out
-    }
-
-    /// Total time waited so far.
-    pub fn total(&self) -> std::time::Duration {
-        std::time::Duration::from_micros(self.0.load(std::sync::atomic::Ordering::Relaxed))
-    }
-}
-
 /// WIT package and version of every capability interface.
 pub const PACKAGE: &str = "hostfactory:capabilities";
 /// Version of the capability package this host implements.

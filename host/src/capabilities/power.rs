@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::inventory::Inventory;
-use crate::runtime::bindings::hostfactory::capabilities::power::{Action, CommandState, Host, PowerError};
+use crate::capabilities::inventory::Inventory;
+use crate::engine::bindings::hostfactory::capabilities::power::{Action, CommandState, Host, PowerError};
 use crate::store::{StateStore, StoreError};
 
 /// Bytes of command output kept in a failure message.
@@ -138,7 +138,7 @@ fn claim_key(host: &str) -> String {
 
 /// Takes the claim on `host` for `act`: the claim's token when this caller now holds it;
 /// None when a command for the host is already running (started less than
-/// [`limits::POWER_RUN_LOST_AFTER`](crate::runtime::limits::POWER_RUN_LOST_AFTER) ago).
+/// [`limits::POWER_RUN_LOST_AFTER`](crate::limits::POWER_RUN_LOST_AFTER) ago).
 /// An older claim is a `power-run` that died without releasing it, and is taken over.
 fn claim(store: &dyn StateStore, namespace: &str, host: &str, act: Action, now: u64) -> Result<Option<String>, StoreError> {
     let key = claim_key(host);
@@ -150,7 +150,7 @@ fn claim(store: &dyn StateStore, namespace: &str, host: &str, act: Action, now: 
         // Released between the two reads: try once more.
         return Ok(store.kv_insert_if_absent(namespace, &key, &mine)?.then_some(mine));
     };
-    if now.saturating_sub(claim_time(&held)) < crate::runtime::limits::POWER_RUN_LOST_AFTER.as_secs() {
+    if now.saturating_sub(claim_time(&held)) < crate::limits::POWER_RUN_LOST_AFTER.as_secs() {
         return Ok(None);
     }
     tracing::warn!(host, claim = %held, "taking over a power claim whose command never reported back");
@@ -276,7 +276,7 @@ pub fn run_and_record(
             let outcome = run_command(
                 &cmd,
                 &log_dir.join(format!("{}.log", key(host, act))),
-                crate::runtime::limits::POWER_COMMAND_TIMEOUT,
+                crate::limits::POWER_COMMAND_TIMEOUT,
             );
             // The command is not logged: inventories carry credentials in commands.
             tracing::info!(
@@ -308,7 +308,7 @@ pub fn run_and_record(
 impl GuestPower {
     /// The state of a command with no recorded outcome: starting while a fresh claim for it
     /// exists (its power-run has not recorded the start yet); a claim older than
-    /// [`limits::POWER_RUN_START_GRACE`](crate::runtime::limits::POWER_RUN_START_GRACE)
+    /// [`limits::POWER_RUN_START_GRACE`](crate::limits::POWER_RUN_START_GRACE)
     /// with nothing recorded is a start whose call was killed before power-run ran, and is
     /// given up, so the guest starts the command again.
     fn unreported(&self, host: &str, act: Action) -> CommandState {
@@ -316,7 +316,7 @@ impl GuestPower {
         match self.store.kv_get(&self.namespace, &key) {
             Ok(Some(held)) if held.starts_with(&format!("{}:", action_name(act))) => {
                 let age = crate::clock::now_secs().saturating_sub(claim_time(&held));
-                if age < crate::runtime::limits::POWER_RUN_START_GRACE.as_secs() {
+                if age < crate::limits::POWER_RUN_START_GRACE.as_secs() {
                     return CommandState::Running;
                 }
                 tracing::warn!(
@@ -435,7 +435,7 @@ impl Host for GuestPower {
         match command_for(self.inventory.as_deref(), &host, act) {
             Ok(Some(_)) => match read_outcome(self.store.as_ref(), &self.namespace, &host, act) {
                 Ok(Some(PowerOutcome::Running { started_at }))
-                    if crate::clock::now_secs().saturating_sub(started_at) >= crate::runtime::limits::POWER_RUN_LOST_AFTER.as_secs() =>
+                    if crate::clock::now_secs().saturating_sub(started_at) >= crate::limits::POWER_RUN_LOST_AFTER.as_secs() =>
                 {
                     // Its power-run died before recording the outcome: start it again.
                     tracing::warn!(

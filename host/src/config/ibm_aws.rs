@@ -55,8 +55,7 @@ fn read_object(file: &Path) -> Result<Map<String, Value>, ConfigError> {
         setting: None,
         message: m,
     };
-    let text = crate::runtime::limits::read_capped(file, crate::runtime::limits::MAX_CONFIG_BYTES)
-        .map_err(|e| err(format!("cannot read: {e}")))?;
+    let text = crate::limits::read_capped(file, crate::limits::MAX_CONFIG_BYTES).map_err(|e| err(format!("cannot read: {e}")))?;
     match serde_json::from_str::<Value>(&text) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(err("expected a JSON object".into())),
@@ -533,7 +532,7 @@ fn check_template(i: usize, tpl: &mut Value, earlier: &[Value], file: &Path) -> 
             ));
         };
         let p = relative_to(file, script);
-        let content = crate::runtime::limits::read_capped(&p, crate::runtime::limits::MAX_CONFIG_BYTES).map_err(|e| {
+        let content = crate::limits::read_capped(&p, crate::limits::MAX_CONFIG_BYTES).map_err(|e| {
             err(
                 setting("userDataScript"),
                 format!("{at}: cannot read userDataScript {}: {e}", p.display()),

@@ -3,7 +3,6 @@
 //! key is an error naming the key's path and the file.
 
 pub mod ibm_aws;
-pub mod inventory;
 pub mod orb;
 pub mod seed;
 pub mod storage;
@@ -15,7 +14,7 @@ use serde::Deserialize;
 
 use crate::capabilities::Capability;
 use crate::capabilities::ec2::{Ec2Grant, Ec2Settings};
-use crate::runtime::limits::{GuestLimits, LimitOverrides};
+use crate::limits::{GuestLimits, LimitOverrides};
 use crate::store::StoreSpec;
 
 /// File name of hfwasm's own config inside the provider conf dir.
@@ -25,12 +24,7 @@ use crate::store::StoreSpec;
 pub const CONFIG_FILES: [&str; 5] = ["hfwasm.json", "hfwasm.yaml", "hfwasm.yml", "config.yml", "config.json"];
 pub const CONFIG_FILE: &str = "hfwasm.json";
 
-/// Name of the built-in on-prem pool guest.
-pub const BUILTIN_ONPREM: &str = "builtin:onprem";
-/// Name of the built-in AWS guest.
-pub const BUILTIN_AWS: &str = "builtin:aws";
-/// Name of the built-in template policy guest (cheapest CPU first).
-pub const BUILTIN_DEFAULT_POLICY: &str = "builtin:default-policy";
+use crate::builtin::{BUILTIN_AWS, BUILTIN_DEFAULT_POLICY, BUILTIN_ONPREM};
 
 /// A config problem: the file, the setting and what is wrong.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -945,8 +939,7 @@ fn unread_files(conf_dir: &Path, instance: &str) -> Result<(), ConfigError> {
     let other = found.iter().find_map(|n| n.strip_suffix("prov_config.json")).map(str::to_string);
     let azure = found.iter().any(|n| {
         n.ends_with("prov_config.json")
-            && crate::runtime::limits::read_capped(&conf_dir.join(n), crate::runtime::limits::MAX_CONFIG_BYTES)
-                .is_ok_and(|t| t.contains("AZURE_"))
+            && crate::limits::read_capped(&conf_dir.join(n), crate::limits::MAX_CONFIG_BYTES).is_ok_and(|t| t.contains("AZURE_"))
     });
     let hint = match other {
         Some(_) if azure => {
@@ -970,7 +963,7 @@ fn unread_files(conf_dir: &Path, instance: &str) -> Result<(), ConfigError> {
 
 /// Parses `file` as YAML (`.yml`, `.yaml`) or JSON, naming the key of any error.
 fn parse_file(file: &Path) -> Result<RawConfig, ConfigError> {
-    let text = crate::runtime::limits::read_capped(file, crate::runtime::limits::MAX_CONFIG_BYTES).map_err(|e| ConfigError {
+    let text = crate::limits::read_capped(file, crate::limits::MAX_CONFIG_BYTES).map_err(|e| ConfigError {
         file: file.to_path_buf(),
         setting: None,
         message: format!("cannot read: {e}"),
@@ -1645,7 +1638,7 @@ mod sample_tests {
         let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
         let c = Config::load(&samples, Path::new("/w"), "test").expect("config/hfwasm.json loads");
         assert!(c.file.is_some());
-        let inv = inventory::Inventory::load(&c.inventory_file).expect("config/inventory.txt parses");
+        let inv = crate::capabilities::inventory::Inventory::load(&c.inventory_file).expect("config/inventory.txt parses");
         assert_eq!(inv.hosts.len(), 4);
         assert_eq!(
             inv.hosts[0].power_on.as_deref(),

@@ -47,7 +47,7 @@ pub fn templates(file: &Path, defaults: Option<&Value>, config_file: &Path) -> R
         setting: Some(setting.to_string()),
         message,
     };
-    let text = crate::runtime::limits::read_capped(file, crate::runtime::limits::MAX_CONFIG_BYTES)
+    let text = crate::limits::read_capped(file, crate::limits::MAX_CONFIG_BYTES)
         .map_err(|e| err(file, "templates", format!("cannot read: {e}")))?;
     let doc: Value = serde_json::from_str(&text).map_err(|e| err(file, "templates", format!("not valid JSON: {e}")))?;
     match doc.get("scheduler_type").and_then(Value::as_str) {

@@ -249,7 +249,7 @@ fn postgres_settings<E>(
         }
         (None, Some(file)) => {
             let path = conf_dir.join(file);
-            let text = crate::runtime::limits::read_capped(&path, crate::runtime::limits::MAX_CONFIG_BYTES)
+            let text = crate::limits::read_capped(&path, crate::limits::MAX_CONFIG_BYTES)
                 .map_err(|e| err("storage.sql_strategy.password_file", format!("cannot read {}: {e}", path.display())))?;
             sources.insert("password", format!("storage.sql_strategy.password_file ({})", path.display()));
             Some(text.trim_end_matches(['\n', '\r']).to_string())
@@ -275,7 +275,7 @@ fn postgres_settings<E>(
             .unwrap_or(10),
     };
     let statement_timeout = match s.statement_timeout {
-        None => crate::runtime::limits::STORE_STATEMENT_TIMEOUT,
+        None => crate::limits::STORE_STATEMENT_TIMEOUT,
         Some(n @ 1..=3600) => Duration::from_secs(n),
         Some(n) => {
             return Err(err(

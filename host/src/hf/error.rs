@@ -108,8 +108,8 @@ impl HfError {
     }
 }
 
+use crate::domain::model::{AbortKind, ProviderError};
 use crate::service::ServiceError;
-use crate::service::model::{AbortKind, ProviderError};
 
 impl From<ServiceError> for HfError {
     fn from(e: ServiceError) -> Self {

@@ -7,7 +7,7 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use super::{Call, ErrorCode, HfError};
-use crate::service::model::MachineRef;
+use crate::domain::model::MachineRef;
 
 /// requestMachines input.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,7 +39,7 @@ pub fn read_object(call: Call, path: &Path) -> Result<Map<String, Value>, HfErro
     let read = if path == Path::new("/dev/null") {
         Ok(String::new())
     } else {
-        crate::runtime::limits::read_capped(path, crate::runtime::limits::MAX_INPUT_BYTES)
+        crate::limits::read_capped(path, crate::limits::MAX_INPUT_BYTES)
     };
     let text = match read {
         Ok(t) => t,

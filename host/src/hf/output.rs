@@ -3,8 +3,8 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::service::lifecycle::{MachineResult, RequestStatus};
-use crate::service::model::{AttributeKind, Reclaim, Template};
+use crate::domain::lifecycle::{MachineResult, RequestStatus};
+use crate::domain::model::{AttributeKind, Reclaim, Template};
 use crate::service::{MachineReport, RequestReport};
 
 fn kind_tag(k: AttributeKind) -> &'static str {

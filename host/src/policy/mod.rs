@@ -8,7 +8,7 @@ pub mod replay;
 pub mod rhai;
 pub mod wasm;
 
-use crate::service::model::{CallContext, Template};
+use crate::domain::model::{CallContext, PolicyError, Template};
 
 /// What happens to a call when its policy fails (`policy.on_error`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,16 +29,6 @@ impl OnError {
             _ => None,
         }
     }
-}
-
-/// A policy that failed or answered something it may not.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("policy '{policy}': {message}")]
-pub struct PolicyError {
-    /// The policy's name from config.
-    pub policy: String,
-    /// What went wrong (a trap, a limit, the policy's own error, a rejected answer).
-    pub message: String,
 }
 
 /// The port: a site's template policy.
@@ -253,7 +243,7 @@ pub fn keep_last(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::model::{Attribute, AttributeKind};
+    use crate::domain::model::{Attribute, AttributeKind};
 
     fn t(id: &str, max: i32) -> Template {
         let a = |n: &str, v: &str| Attribute {

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{OnError, PolicyError};
-use crate::service::model::{CallContext, Template};
+use crate::domain::model::{CallContext, Template};
 use crate::store::StateStore;
 
 /// A provider's circuit breaker as a policy sees it.

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::placement::{self, Decision, PlacementPolicy};
 use super::{OfferDecision, TemplatePolicy};
-use crate::service::model::CallContext;
+use crate::domain::model::CallContext;
 use crate::store::{StateStore, StoreError};
 
 /// One recorded decision, replayed.
@@ -179,7 +179,7 @@ pub fn replay_offers(
     decisions: &[OfferDecision],
     mut progress: impl FnMut(usize, usize),
 ) -> Offers {
-    let ids = |ts: &[crate::service::model::Template]| ts.iter().map(|t| t.id.clone()).collect::<Vec<_>>();
+    let ids = |ts: &[crate::domain::model::Template]| ts.iter().map(|t| t.id.clone()).collect::<Vec<_>>();
     let mut out = Offers {
         decisions: decisions.len(),
         same: 0,

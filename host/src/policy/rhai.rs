@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::placement::{Candidate, Placement, PlacementPolicy};
 use super::{PolicyError, TemplatePolicy};
-use crate::service::model::{Attribute, AttributeKind, CallContext, Template};
+use crate::domain::model::{Attribute, AttributeKind, CallContext, Template};
 
 /// Limits on one script call (`policy.limits`); Rhai's own names where it has them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -136,7 +136,7 @@ impl RhaiPolicy {
             policy: name.to_string(),
             message,
         };
-        let source = crate::runtime::limits::read_capped(file, crate::runtime::limits::MAX_CONFIG_BYTES)
+        let source = crate::limits::read_capped(file, crate::limits::MAX_CONFIG_BYTES)
             .map_err(|e| err(format!("cannot read {}: {e}", file.display())))?;
         let mut engine = Engine::new();
         engine.set_max_operations(limits.max_operations);

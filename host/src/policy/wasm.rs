@@ -11,15 +11,15 @@ use wasmtime::component::{Component, Linker};
 
 use super::placement::{Candidate, Circuit, Placement, PlacementPolicy};
 use super::{PolicyError, TemplatePolicy};
-use crate::capabilities::HostWait;
-use crate::runtime::bindings::placement::ProviderSelector;
-use crate::runtime::bindings::placement::exports::hostfactory::policy::placement as pwit;
-use crate::runtime::bindings::policy::TemplateSelector;
-use crate::runtime::bindings::policy::exports::hostfactory::policy::template_policy as wit;
+use crate::domain::model::{Attribute, AttributeKind, CallContext, Template};
+use crate::engine::bindings::placement::ProviderSelector;
+use crate::engine::bindings::placement::exports::hostfactory::policy::placement as pwit;
+use crate::engine::bindings::policy::TemplateSelector;
+use crate::engine::bindings::policy::exports::hostfactory::policy::template_policy as wit;
+use crate::engine::sandbox::HostWait;
+use crate::engine::sandbox::{self, CallRunner, Sandbox};
 use crate::runtime::link::{self, GuestRole};
-use crate::runtime::sandbox::{self, CallRunner, Sandbox};
 use crate::runtime::{CacheOutcome, GuestCode, GuestEngine, PrecompiledCache};
-use crate::service::model::{Attribute, AttributeKind, CallContext, Template};
 
 /// A loaded policy guest whose world's bindings are `B`.
 pub struct WasmPolicy<B> {
@@ -174,7 +174,7 @@ pub fn to_wit(t: &Template) -> wit::Template {
 }
 
 fn from_wit(t: wit::Template) -> Result<Template, String> {
-    let extra = crate::runtime::convert::extra_object(&t.id, t.extra_json.as_deref())?;
+    let extra = crate::engine::convert::extra_object(&t.id, t.extra_json.as_deref())?;
     Ok(Template {
         id: t.id,
         max_number: t.max_number,

@@ -9,19 +9,21 @@ use wasmtime::Store;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime_wasi::{WasiCtxView, WasiView};
 
-use super::bindings::{ProviderGuest, hostfactory};
-use super::cache::{CacheOutcome, PrecompiledCache};
-use super::engine::GuestEngine;
-use super::limits::GuestLimits;
-use super::sandbox::{self, CallRunner, Sandbox, Sandboxed, abort};
-use super::{convert, link};
+use super::link;
+use crate::capabilities::Capability;
 use crate::capabilities::ec2::{Ec2Api, Ec2Grant, GuestEc2};
+use crate::capabilities::inventory::Inventory;
 use crate::capabilities::power::{GuestPower, PowerRunner};
-use crate::capabilities::{Capability, HostWait};
 use crate::capabilities::{inventory::GuestInventory, kv::GuestKv, log::GuestLog};
-use crate::config::inventory::Inventory;
-use crate::service::Provider;
-use crate::service::model::*;
+use crate::domain::model::*;
+use crate::domain::provider::Provider;
+use crate::engine::GuestEngine;
+use crate::engine::bindings::{ProviderGuest, hostfactory};
+use crate::engine::cache::{CacheOutcome, PrecompiledCache};
+use crate::engine::convert;
+use crate::engine::sandbox::HostWait;
+use crate::engine::sandbox::{self, CallRunner, Sandbox, Sandboxed, abort};
+use crate::limits::GuestLimits;
 use crate::store::StateStore;
 
 /// Everything a guest's calls can reach: the sandbox (WASI, limits, clocks) and its capabilities.

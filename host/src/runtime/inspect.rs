@@ -3,10 +3,10 @@
 
 use serde::Serialize;
 
-use super::cache::PrecompiledCache;
-use super::engine::GuestEngine;
 use super::link;
 use crate::capabilities::{self, Capability};
+use crate::engine::GuestEngine;
+use crate::engine::cache::PrecompiledCache;
 
 /// One import and what the host does with it.
 #[derive(Debug, Clone, Serialize)]

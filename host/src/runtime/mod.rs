@@ -1,17 +1,13 @@
-//! The wasmtime side: one engine per process, the precompiled cache, limits, import checks
-//! and the adapter that puts a provider guest behind the core's `Provider` port.
+//! Guests put together: a provider guest loaded with its granted capabilities behind the
+//! core's `Provider` port, the load-time import and export checks, `guest check`'s report,
+//! and the guests built into the binary. The wasmtime layer itself is `engine`.
 
-pub mod bindings;
-pub mod builtin;
-pub mod cache;
-pub mod convert;
-pub mod engine;
 pub mod guest;
 pub mod inspect;
-pub mod limits;
 pub mod link;
-pub mod sandbox;
 
-pub use cache::{CacheOutcome, PrecompiledCache};
-pub use engine::GuestEngine;
+#[cfg(test)]
+mod aws_guest_tests;
+
+pub use crate::engine::{CacheOutcome, GuestEngine, PrecompiledCache};
 pub use guest::{GuestCode, GuestResources, WasmProvider};

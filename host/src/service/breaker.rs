@@ -6,7 +6,7 @@
 //! changed only with atomic inserts: concurrent processes lose no failure and never run two
 //! trials at once.
 
-use super::model::{AbortKind, ProviderError};
+use crate::domain::model::{AbortKind, ProviderError};
 use crate::store::{StateStore, StoreError};
 
 /// When the circuit opens and how long it stays open.

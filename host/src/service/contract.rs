@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-use super::model::{AttributeKind, Machine, MachineState, ProvisionProgress, Template};
+use crate::domain::model::{AttributeKind, Machine, MachineState, ProvisionProgress, Template};
 
 /// A host name HostFactory and a cluster can use: 1-253 characters of letters, digits,
 /// `.`, `-`, `_`.

@@ -6,44 +6,16 @@
 pub mod breaker;
 pub mod claims;
 pub mod contract;
-pub mod lifecycle;
-pub mod model;
 mod returns;
 pub mod routing;
 mod sweep;
 
-use lifecycle::{MachineResult, RequestStatus};
-use model::*;
+use crate::domain::lifecycle::{self, MachineResult, RequestStatus};
+use crate::domain::model::*;
+pub use crate::domain::provider::{Provider, ProviderLoader};
 
-use crate::policy::{OnError, PolicyError, PolicyLoader, TemplatePolicy};
+use crate::policy::{OnError, PolicyLoader, TemplatePolicy};
 use crate::store::{Phase, RequestKind, RequestRecord, StateStore, StoreError};
-
-/// What the core needs of a provider, one method per provider operation.
-pub trait Provider {
-    /// Templates on offer.
-    fn templates(&mut self, ctx: &CallContext) -> Result<Vec<Template>, ProviderError>;
-    /// Start provisioning a recorded request.
-    fn request_machines(&mut self, ctx: &CallContext, req: &ProvisionRequest) -> Result<ProvisionProgress, ProviderError>;
-    /// Progress of open provision requests, one answer per query in query order; the outer
-    /// error fails the whole batch.
-    fn requests_status(
-        &mut self,
-        ctx: &CallContext,
-        queries: &[StatusQuery],
-    ) -> Result<Vec<Result<ProvisionProgress, ProviderError>>, ProviderError>;
-    /// Start releasing machines under a recorded return request.
-    fn release_machines(&mut self, ctx: &CallContext, return_id: &str, machines: &[MachineRef]) -> Result<Vec<Machine>, ProviderError>;
-    /// Progress of an open return request.
-    fn release_status(&mut self, ctx: &CallContext, return_id: &str, known: &[Machine]) -> Result<Vec<Machine>, ProviderError>;
-    /// Every live machine the provider made, with its request (for the orphan scan).
-    fn owned_machines(&mut self, ctx: &CallContext) -> Result<Vec<OwnedMachine>, ProviderError>;
-    /// Hosts HostFactory lists that the provider wants back.
-    fn reclaim_candidates(&mut self, ctx: &CallContext, machines: &[MachineRef]) -> Result<Vec<Reclaim>, ProviderError>;
-}
-
-/// Builds the provider on first use, so calls that need none (status of finished or
-/// unknown requests) never load a guest.
-pub type ProviderLoader<'a> = Box<dyn FnOnce() -> Result<Box<dyn Provider + 'a>, ProviderError> + 'a>;
 
 /// Why a use case failed.
 #[derive(Debug, thiserror::Error)]

@@ -6,9 +6,9 @@
 //! the sweep polls it instead, so a power-off still running, or a call killed half-way
 //! through, is checked again until it has really happened.
 
-use super::lifecycle::{self, RequestStatus};
-use super::model::*;
 use super::{Service, ServiceError, claims, contract, merge_by_name, new_id, refs_of};
+use crate::domain::lifecycle::{self, RequestStatus};
+use crate::domain::model::*;
 use crate::store::{Phase, RequestKind, RequestRecord};
 
 /// Why the host itself releases machines; part of the return id it records, for the log.

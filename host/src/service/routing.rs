@@ -15,10 +15,10 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::breaker::{self, Admission, Breaker, BreakerPolicy};
-use super::model::*;
 use super::{Provider, ProviderLoader};
+use crate::domain::model::PolicyError;
+use crate::domain::model::*;
 use crate::policy::OnError;
-use crate::policy::PolicyError;
 use crate::policy::placement::{self, Candidate, Circuit, Placement, PlacementLoader, PlacementPolicy};
 use crate::store::{StateStore, StoreError};
 
@@ -1171,7 +1171,7 @@ mod tests {
                     count: 3,
                     rc_account: None,
                     phase: crate::store::Phase::Submitted,
-                    status: super::super::lifecycle::RequestStatus::Complete,
+                    status: crate::domain::lifecycle::RequestStatus::Complete,
                     outstanding: 0,
                     message: None,
                     created_at: 100,

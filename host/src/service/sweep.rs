@@ -8,11 +8,11 @@
 //! followed up here once `abandon_after_secs` old, until the provider has released every
 //! machine.
 
-use super::lifecycle;
-use super::model::*;
 use super::returns::HostReturn;
 use super::{Service, ServiceError, merge_by_machine_id, provision_request};
-use crate::service::lifecycle::RequestStatus;
+use crate::domain::lifecycle;
+use crate::domain::lifecycle::RequestStatus;
+use crate::domain::model::*;
 use crate::store::{Phase, RequestKind};
 
 impl Service<'_> {

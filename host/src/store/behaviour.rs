@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use super::{Document, Phase, RequestKind, RequestRecord, StateStore, StoreError};
-use crate::service::lifecycle::RequestStatus;
-use crate::service::model::{Machine, MachineState};
+use crate::domain::lifecycle::RequestStatus;
+use crate::domain::model::{Machine, MachineState};
 
 /// Opens (another handle to) one store; called once per handle, possibly from threads.
 pub type Opener = Arc<dyn Fn() -> Result<Box<dyn StateStore>, StoreError> + Send + Sync>;

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{Phase, RequestKind, RequestRecord, StoreError};
-use crate::service::lifecycle::RequestStatus;
-use crate::service::model::{Machine, MachineState};
+use crate::domain::lifecycle::RequestStatus;
+use crate::domain::model::{Machine, MachineState};
 
 /// Everything a store holds, in a form people can read and tools can move between backends.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

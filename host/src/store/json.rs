@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::document::{StoredMachine, StoredRequest, upsert_machines};
 use super::{BackendReport, Document, RequestKind, RequestRecord, SCHEMA_VERSION, StateStore, StoreError};
-use crate::service::model::Machine;
+use crate::domain::model::Machine;
 
 /// How the JSON store lays out its files (`json_strategy.storage_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +116,7 @@ impl JsonStore {
             .map_err(|e| self.backend(format!("cannot open lock file {}: {e}", path.display())))?;
         // Waits at most STORE_LOCK_TIMEOUT: a process that hangs holding the lock fails
         // the calls behind it with a named error instead of hanging them too.
-        let limit = crate::runtime::limits::STORE_LOCK_TIMEOUT;
+        let limit = crate::limits::STORE_LOCK_TIMEOUT;
         let t0 = std::time::Instant::now();
         loop {
             let attempt = if exclusive { file.try_lock() } else { file.try_lock_shared() };

@@ -13,8 +13,8 @@ pub mod sqlite;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use crate::service::lifecycle::RequestStatus;
-use crate::service::model::Machine;
+use crate::domain::lifecycle::RequestStatus;
+use crate::domain::model::Machine;
 
 pub use document::{Document, Summary};
 pub use json::{JsonLayout, JsonStore};

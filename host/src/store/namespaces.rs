@@ -3,7 +3,7 @@
 //! `hfwasm.`; a guest's is `<provider instance>/<guest>` (the kv capability confines it
 //! there), so no guest can name one of the host's.
 
-use crate::runtime::limits;
+use crate::limits;
 
 /// One row of the map: a namespace pattern, its owner, what it holds, what bounds it.
 #[derive(Debug, Clone, Copy)]

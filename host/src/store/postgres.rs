@@ -14,7 +14,7 @@ use postgres::{Client, NoTls, Row};
 
 use super::document::{StoredMachine, StoredRequest};
 use super::{BackendReport, Document, RequestRecord, SCHEMA_VERSION, StateStore, StoreError};
-use crate::service::model::Machine;
+use crate::domain::model::Machine;
 
 /// Connection settings, each remembering where it came from so errors can name it.
 #[derive(Clone)]

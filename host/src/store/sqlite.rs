@@ -10,7 +10,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::document::{StoredMachine, StoredRequest};
 use super::{BackendReport, Document, RequestRecord, SCHEMA_VERSION, StateStore, StoreError};
-use crate::service::model::Machine;
+use crate::domain::model::Machine;
 
 /// How long a writer waits for another process's transaction before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -676,7 +676,7 @@ mod tests {
 
     #[test]
     fn the_wal_a_new_process_must_read_stays_short() {
-        use crate::service::lifecycle::RequestStatus;
+        use crate::domain::lifecycle::RequestStatus;
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("s.db");
         let machine = |i: usize| Machine {
@@ -685,7 +685,7 @@ mod tests {
             private_ip: "10.0.0.1".into(),
             public_ip: None,
             launch_time: 1,
-            state: crate::service::model::MachineState::Pending,
+            state: crate::domain::model::MachineState::Pending,
             message: None,
         };
         // Each write in its own process's connection, as HostFactory's calls make them.

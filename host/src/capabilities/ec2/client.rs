@@ -12,7 +12,7 @@ use sdk::types::Filter;
 
 use super::convert;
 use super::{DESCRIBE_BATCH, DESCRIBE_PAGE, FILTER_VALUES, TAG_PROVIDER, TAG_REQUEST};
-use crate::runtime::bindings::hostfactory::capabilities::ec2::*;
+use crate::engine::bindings::hostfactory::capabilities::ec2::*;
 
 /// Connection settings, from IBM's config keys.
 #[derive(Debug, Clone, PartialEq)]
@@ -160,14 +160,15 @@ fn credentials_text(text: &str, profile: Option<&str>, source: &str) -> Result<a
 /// `renew_margin` old or its credentials expire within five minutes. Several processes
 /// may renew at once; each writes a file of its own and renames it into place, so a reader
 /// never sees half a file. The script runs with no input, under
-/// [`limits::CREDENTIAL_SCRIPT_TIMEOUT`](crate::runtime::limits::CREDENTIAL_SCRIPT_TIMEOUT).
+/// [`limits::CREDENTIAL_SCRIPT_TIMEOUT`](crate::limits::CREDENTIAL_SCRIPT_TIMEOUT).
 fn credentials_script(s: &Ec2Settings, script: &std::path::Path) -> Result<aws_credential_types::Credentials, String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let dir = s.credential_cache_dir.clone().unwrap_or_else(std::env::temp_dir);
     // One cache per script, so two providers with their own scripts never share one.
-    let digest = crate::policy::placement::draw(&script.display().to_string());
-    let cache = dir.join(format!(".hfwasm-aws-credentials-{digest:016x}"));
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(script.as_os_str().as_encoded_bytes());
+    let tag: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let cache = dir.join(format!(".hfwasm-aws-credentials-{tag}"));
     let source = format!("AWS_CREDENTIAL_SCRIPT {}", script.display());
     let fresh = |text: &str| -> Option<aws_credential_types::Credentials> {
         let creds = credentials_text(text, Some("default"), &source).ok()?;
@@ -197,7 +198,7 @@ fn credentials_script(s: &Ec2Settings, script: &std::path::Path) -> Result<aws_c
                 whoami()
             )
         })?;
-    let deadline = std::time::Instant::now() + crate::runtime::limits::CREDENTIAL_SCRIPT_TIMEOUT;
+    let deadline = std::time::Instant::now() + crate::limits::CREDENTIAL_SCRIPT_TIMEOUT;
     let status = loop {
         match child.try_wait() {
             Ok(Some(st)) => break st,
@@ -207,7 +208,7 @@ fn credentials_script(s: &Ec2Settings, script: &std::path::Path) -> Result<aws_c
                 let _ = child.wait();
                 return Err(format!(
                     "{source}: no answer within {} s; it was stopped",
-                    crate::runtime::limits::CREDENTIAL_SCRIPT_TIMEOUT.as_secs()
+                    crate::limits::CREDENTIAL_SCRIPT_TIMEOUT.as_secs()
                 ));
             }
             Err(e) => return Err(format!("{source}: {e}")),
@@ -346,7 +347,7 @@ impl Ec2Client {
         });
         let timeouts = aws_config::timeout::TimeoutConfig::builder()
             .connect_timeout(s.connect_timeout)
-            .operation_attempt_timeout(crate::runtime::limits::EC2_ATTEMPT_TIMEOUT)
+            .operation_attempt_timeout(crate::limits::EC2_ATTEMPT_TIMEOUT)
             .build();
         // Throttling is retried in `call` with IBM's retry settings; the SDK adds none.
         let retries = aws_config::retry::RetryConfig::standard().with_max_attempts(1);

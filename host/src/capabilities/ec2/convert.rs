@@ -2,7 +2,7 @@
 
 use aws_sdk_ec2 as sdk;
 
-use crate::runtime::bindings::hostfactory::capabilities::ec2::*;
+use crate::engine::bindings::hostfactory::capabilities::ec2::*;
 
 /// User data as EC2 wants it.
 pub fn base64(text: &str) -> String {

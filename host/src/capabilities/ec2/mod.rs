@@ -5,15 +5,13 @@
 
 mod client;
 mod convert;
-#[cfg(test)]
-mod recorded_tests;
 
 use std::sync::Arc;
 
 pub use client::{Ec2Client, Ec2Settings};
 
-use crate::capabilities::HostWait;
-use crate::runtime::bindings::hostfactory::capabilities::ec2::*;
+use crate::engine::bindings::hostfactory::capabilities::ec2::*;
+use crate::engine::sandbox::HostWait;
 
 /// Tag naming the provider instance that owns a resource.
 pub const TAG_PROVIDER: &str = "hfwasm:provider";

@@ -1,6 +1,13 @@
 //! Guests built into the binary (compiled from `guests/` by `host/build.rs`), so hfwasm
 //! works on its embedded defaults with no `.wasm` files installed.
 
+/// Name of the built-in on-prem pool guest.
+pub const BUILTIN_ONPREM: &str = "builtin:onprem";
+/// Name of the built-in AWS guest.
+pub const BUILTIN_AWS: &str = "builtin:aws";
+/// Name of the built-in template policy guest (cheapest CPU first).
+pub const BUILTIN_DEFAULT_POLICY: &str = "builtin:default-policy";
+
 /// The on-prem pool provider guest (`builtin:onprem`).
 pub static ONPREM: &[u8] = include_bytes!(concat!(env!("HFWASM_GUEST_DIR"), "/hfwasm_guest_onprem.wasm"));
 
@@ -16,9 +23,9 @@ include!(concat!(env!("OUT_DIR"), "/builtin_digests.rs"));
 /// Bytes of the built-in guest `name` (`builtin:onprem`).
 pub fn bytes(name: &str) -> Option<&'static [u8]> {
     match name {
-        crate::config::BUILTIN_ONPREM => Some(ONPREM),
-        crate::config::BUILTIN_AWS => Some(AWS),
-        crate::config::BUILTIN_DEFAULT_POLICY => Some(DEFAULT_POLICY),
+        BUILTIN_ONPREM => Some(ONPREM),
+        BUILTIN_AWS => Some(AWS),
+        BUILTIN_DEFAULT_POLICY => Some(DEFAULT_POLICY),
         _ => None,
     }
 }

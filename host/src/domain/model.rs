@@ -1,5 +1,5 @@
 //! Domain types of the core: templates, machines and requests in provider terms. They
-//! carry no HostFactory spelling (that is `hf`) and no WIT type (that is `runtime`).
+//! carry no HostFactory spelling (that is `hf`) and no WIT type (that is `engine::convert`).
 
 use serde::{Deserialize, Serialize};
 
@@ -217,7 +217,7 @@ pub enum ProviderError {
     /// The placement policy (which of several providers) failed and config says to fail
     /// closed.
     #[error(transparent)]
-    Policy(#[from] crate::policy::PolicyError),
+    Policy(#[from] PolicyError),
     /// The provider implementation crashed, hit a limit, or could not be loaded.
     #[error("{message}")]
     Aborted {
@@ -243,4 +243,14 @@ pub enum AbortKind {
     Memory,
     /// Could not be loaded or linked.
     Load,
+}
+
+/// A policy that failed or answered something it may not.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("policy '{policy}': {message}")]
+pub struct PolicyError {
+    /// The policy's name from config.
+    pub policy: String,
+    /// What went wrong (a trap, a limit, the policy's own error, a rejected answer).
+    pub message: String,
 }

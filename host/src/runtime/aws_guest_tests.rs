@@ -4,10 +4,12 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::*;
+use crate::capabilities::ec2::*;
+use crate::domain::lifecycle::{MachineResult, RequestStatus};
+use crate::domain::model::{CallContext, MachineRef};
+use crate::engine::bindings::hostfactory::capabilities::ec2::*;
+use crate::engine::sandbox::HostWait;
 use crate::runtime::{GuestCode, GuestEngine, GuestResources, PrecompiledCache, WasmProvider};
-use crate::service::lifecycle::{MachineResult, RequestStatus};
-use crate::service::model::{CallContext, MachineRef};
 use crate::service::{LifecyclePolicy, Provider, ProviderLoader, Service};
 use crate::store::SqliteStore;
 
@@ -191,7 +193,7 @@ impl Ec2Api for Recorded {
     fn delete_launch_template(&self, _: &str) -> Result<(), Ec2Error> {
         Err(Ec2Error::Unavailable("not recorded".into()))
     }
-    fn describe_fleet(&self, _: &str) -> Result<Option<super::FleetInfo>, Ec2Error> {
+    fn describe_fleet(&self, _: &str) -> Result<Option<FleetInfo>, Ec2Error> {
         Ok(None)
     }
     fn fleet_instances(&self, _: &str) -> Result<Vec<String>, Ec2Error> {
@@ -261,7 +263,7 @@ impl Fixture {
         let cache = PrecompiledCache::new(self.dir.path().join("cache"));
         let code = GuestCode {
             name: "aws",
-            wasm: crate::runtime::builtin::AWS,
+            wasm: crate::builtin::AWS,
             grants: &grants,
             limits: Default::default(),
             coredump_dir: None,
@@ -459,7 +461,7 @@ fn partial_capacity_ends_complete_with_error_and_none_is_an_error() {
         ..Default::default()
     });
     match f.service(1_000).request_machines("od", 2, None) {
-        Err(crate::service::ServiceError::Provider(crate::service::model::ProviderError::Capacity(m))) => {
+        Err(crate::service::ServiceError::Provider(crate::domain::model::ProviderError::Capacity(m))) => {
             assert!(m.contains("InsufficientInstanceCapacity"), "{m}")
         }
         other => panic!("expected a capacity error, got {other:?}"),

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
-use super::engine::GuestEngine;
+use super::GuestEngine;
 
 /// Directory of `.cwasm` files.
 #[derive(Debug, Clone)]
@@ -124,7 +124,7 @@ impl PrecompiledCache {
         let mut compat = std::collections::hash_map::DefaultHasher::new();
         engine.engine().precompile_compatibility_hash().hash(&mut compat);
         let mut h = Sha256::new();
-        match super::builtin::digest(wasm) {
+        match crate::builtin::digest(wasm) {
             Some(d) => h.update(d),
             None => h.update(Sha256::digest(wasm)),
         }
@@ -203,7 +203,7 @@ impl PrecompiledCache {
                 m.mode() & 0o7777
             ));
         }
-        let seal = super::limits::read_capped(&seal_path(path), 4096).map_err(|e| format!("no seal: {e}"))?;
+        let seal = crate::limits::read_capped(&seal_path(path), 4096).map_err(|e| format!("no seal: {e}"))?;
         let digest = seal.split(' ').nth(1).unwrap_or_default().to_string();
         if seal != Self::seal(&Self::key(dir)?, &digest, &m) {
             return Err("its seal does not match (the file was changed after it was compiled)".into());

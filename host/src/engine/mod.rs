@@ -1,11 +1,20 @@
-//! The one wasmtime engine of a process and its epoch ticker (the wall-time clock that
-//! guest deadlines count in).
+//! The wasmtime layer under every guest: the one engine of a process and its epoch ticker
+//! (the wall-time clock that guest deadlines count in), the precompiled cache, the bindings
+//! generated from `wit/`, the per-call sandbox and the WIT <-> domain conversions. It knows
+//! nothing of capabilities, config or the store.
+
+pub mod bindings;
+pub mod cache;
+pub mod convert;
+pub mod sandbox;
+
+pub use cache::{CacheOutcome, PrecompiledCache};
 
 use std::time::Duration;
 
 use wasmtime::{Config, Engine, OptLevel};
 
-use super::limits;
+use crate::limits;
 
 /// Length of one epoch tick; guest deadlines are rounded up to whole ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);

@@ -58,7 +58,7 @@ pub struct InventoryError {
 impl Inventory {
     /// Reads and validates `file`.
     pub fn load(file: &Path) -> Result<Self, InventoryError> {
-        let text = crate::runtime::limits::read_capped(file, crate::runtime::limits::MAX_CONFIG_BYTES).map_err(|e| InventoryError {
+        let text = crate::limits::read_capped(file, crate::limits::MAX_CONFIG_BYTES).map_err(|e| InventoryError {
             file: file.to_path_buf(),
             line: 0,
             message: format!("cannot read the inventory ({e}); create it with one host per line: NAME IP ncpus=N nram=MB"),

@@ -1,9 +1,11 @@
 //! `inventory` capability: the admin's inventory file, parsed and validated by the host.
 
+pub mod format;
+
 use std::sync::Arc;
 
-use crate::config::inventory::Inventory;
-use crate::runtime::bindings::hostfactory::capabilities::inventory::{Host, InventoryError, InventoryHost};
+use crate::engine::bindings::hostfactory::capabilities::inventory::{Host, InventoryError, InventoryHost};
+pub use format::Inventory;
 
 /// Per-guest state of the inventory capability.
 pub struct GuestInventory {

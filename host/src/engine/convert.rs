@@ -1,7 +1,7 @@
 //! Conversions between WIT binding types and the core's domain types, in one place.
 
 use super::bindings::hostfactory::provider::types as wit;
-use crate::service::model as dom;
+use crate::domain::model as dom;
 
 /// Domain → WIT call context.
 pub fn call_context(c: &dom::CallContext) -> wit::CallContext {
