@@ -100,6 +100,39 @@ fn main() {
     let built = target_dir.join("wasm32-wasip2").join("release");
     println!("cargo:rustc-env=HFWASM_GUEST_DIR={}", built.display());
     write_digests(&built);
+    write_wit_list(&root);
+}
+
+/// `$OUT_DIR/scaffold_wit.rs`: every `.wit` file a Rust guest builds against (the provider
+/// package and the capabilities), embedded for `hfwasm guest new`, so a new capability's
+/// WIT reaches the scaffold without editing a list.
+fn write_wit_list(root: &std::path::Path) {
+    let mut files = Vec::new();
+    for dir in ["capabilities", "hostfactory"] {
+        let Ok(entries) = std::fs::read_dir(root.join("wit").join(dir)) else {
+            println!("cargo::error=cannot read wit/{dir}");
+            std::process::exit(1);
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".wit") {
+                files.push((format!("wit/{dir}/{name}"), e.path()));
+            }
+        }
+    }
+    files.sort();
+    let mut out =
+        String::from("/// Every `.wit` file of a Rust guest project, by its path in the project.\nconst WIT: &[(&str, &str)] = &[\n");
+    for (rel, path) in files {
+        let abs = path.canonicalize().unwrap_or(path);
+        out.push_str(&format!("    ({rel:?}, include_str!({:?})),\n", abs.display().to_string()));
+    }
+    out.push_str("];\n");
+    let dir = PathBuf::from(std::env::var("OUT_DIR").unwrap_or_else(|_| ".".into()));
+    if let Err(e) = std::fs::write(dir.join("scaffold_wit.rs"), out) {
+        println!("cargo::error=cannot write scaffold_wit.rs in {}: {e}", dir.display());
+        std::process::exit(1);
+    }
 }
 
 /// `$OUT_DIR/builtin_digests.rs`: the sha256 of each built-in guest, so loading one from the

@@ -127,6 +127,7 @@ pub fn run(iterations: usize) -> Result<()> {
             name: "default-policy",
             wasm: hfwasm::builtin::DEFAULT_POLICY,
             grants: &[],
+            settings: &Default::default(),
             limits,
             coredump_dir: None,
         };

@@ -182,10 +182,12 @@ pub fn run(repo: &Path, bin: &Path, iterations: usize) -> Result<()> {
         memory_limiter: false,
         deadlines: true,
     };
+    let no_settings = hfwasm::capabilities::Settings::new();
     let code = |l: GuestLimits| GuestCode {
         name: "bench",
         wasm: hfwasm::builtin::DEFAULT_POLICY,
         grants: &[],
+        settings: &no_settings,
         limits: l,
         coredump_dir: None,
     };
@@ -253,6 +255,7 @@ pub fn run(repo: &Path, bin: &Path, iterations: usize) -> Result<()> {
                 name: label,
                 wasm: &wasm,
                 grants: &[],
+                settings: &Default::default(),
                 limits: roomy,
                 coredump_dir: None,
             },

@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::capabilities::Capability;
 use crate::capabilities::inventory::Inventory;
 use crate::capabilities::power::PowerRunner;
 use crate::config::{Config, GuestSource, GuestSpec, PolicySource};
@@ -41,7 +40,7 @@ impl Plugin {
         let needs_inventory = std::iter::once(&plugin.config.provider)
             .chain(plugin.config.members.iter().map(|m| &m.guest))
             .flat_map(|g| g.grants.iter())
-            .any(|c| matches!(c, Capability::Inventory | Capability::Power));
+            .any(|c| matches!(c.short_name(), "inventory" | "power"));
         if needs_inventory {
             let inv = Inventory::load(&plugin.config.inventory_file).map_err(|e| {
                 HfError::new(ErrorCode::InventoryError, e.to_string())
@@ -194,14 +193,19 @@ impl Plugin {
             operation: "load".into(),
             message: format!("cannot start the wasm engine: {e:#}"),
         })?;
+        let mut lent = crate::capabilities::Lent::default();
+        if let Some(inv) = &self.inventory {
+            lent.insert(inv.clone());
+        }
+        lent.insert(self.power_runner());
+        if let Some(s) = ec2 {
+            lent.insert(Arc::new(crate::capabilities::ec2::Ec2Client::new(s)) as Arc<dyn crate::capabilities::ec2::Ec2Api>);
+        }
         let res = GuestResources {
             store,
             namespace: crate::store::namespaces::guest(&self.dirs.name, kv_name),
-            inventory: self.inventory.clone(),
-            power: self.power_runner(),
-            ec2: ec2.map(|s| Arc::new(crate::capabilities::ec2::Ec2Client::new(s)) as Arc<dyn crate::capabilities::ec2::Ec2Api>),
-            ec2_grant: spec.ec2_grant.clone(),
             owner: self.dirs.name.clone(),
+            lent,
         };
         WasmProvider::load(
             &engine,
@@ -210,6 +214,7 @@ impl Plugin {
                 name: &spec.name,
                 wasm: &wasm,
                 grants: &spec.grants,
+                settings: &spec.settings,
                 limits: spec.limits,
                 coredump_dir: spec.coredump_dir.as_deref(),
             },
@@ -249,6 +254,7 @@ impl Plugin {
             name: &g.name,
             wasm: &bytes,
             grants: &[],
+            settings: &g.settings,
             limits: g.limits,
             coredump_dir: g.coredump_dir.as_deref(),
         };
@@ -380,7 +386,7 @@ impl Plugin {
                     random_seed: Some(0),
                     ..GuestLimits::default()
                 },
-                ec2_grant: Default::default(),
+                settings: Default::default(),
                 coredump_dir: None,
             }))
         };

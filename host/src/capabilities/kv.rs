@@ -3,9 +3,18 @@
 
 use std::sync::Arc;
 
-use crate::engine::bindings::hostfactory::capabilities::kv::{Host, KvError};
+use crate::engine::bindings::hostfactory::capabilities::kv::{self as wit, Host, KvError};
 use crate::engine::sandbox::HostWait;
 use crate::store::{StateStore, StoreError};
+
+/// The kv capability's row of [`super::TABLE`].
+pub const UNIT: super::Unit = super::Unit {
+    name: "kv",
+    about: "durable key-value state in the host's store",
+    check_settings: None,
+    link: |l| wit::add_to_linker::<_, wasmtime::component::HasSelf<GuestKv>>(l, |s| s.slot::<GuestKv>()),
+    build: |l| Ok(Box::new(GuestKv::new(l.store.clone(), l.namespace.to_string(), l.wait.clone()))),
+};
 
 /// Longest key a guest may use.
 pub const MAX_KEY_BYTES: usize = 512;

@@ -1,6 +1,15 @@
 //! `log` capability: guest log records become host tracing events tagged with the guest.
 
-use crate::engine::bindings::hostfactory::capabilities::log::{Host, Level};
+use crate::engine::bindings::hostfactory::capabilities::log::{self as wit, Host, Level};
+
+/// The log capability's row of [`super::TABLE`].
+pub const UNIT: super::Unit = super::Unit {
+    name: "log",
+    about: "guest log records as host log lines",
+    check_settings: None,
+    link: |l| wit::add_to_linker::<_, wasmtime::component::HasSelf<GuestLog>>(l, |s| s.slot::<GuestLog>()),
+    build: |l| Ok(Box::new(GuestLog::new(l.guest))),
+};
 
 /// Per-guest state of the log capability.
 #[derive(Debug, Clone)]

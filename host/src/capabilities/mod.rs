@@ -1,6 +1,9 @@
-//! Capabilities the host offers guests, one module per WIT import. Each owns its WIT host
-//! implementation and its grant checks; only granted capabilities are linked, and an
-//! import the config did not grant is refused at load time (see `runtime::link`).
+//! Capabilities the host offers guests. Each is one unit (a module here and a row of
+//! [`TABLE`]) with the same steps: check its per-guest settings at config load, link its WIT
+//! host implementation, and build its per-guest state from what the host lends. Only
+//! granted capabilities are linked, and an import the config did not grant is refused at
+//! load time (see `runtime::link`). Adding one: its WIT in `wit/capabilities/` and the
+//! worlds, a module with a `UNIT`, and its row in [`TABLE`].
 
 pub mod ec2;
 pub mod inventory;
@@ -8,45 +11,141 @@ pub mod kv;
 pub mod log;
 pub mod power;
 
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use wasmtime::component::Linker;
+use wasmtime_wasi::{WasiCtxView, WasiView};
+
+use crate::engine::sandbox::{HostWait, Sandbox, Sandboxed};
+use crate::store::StateStore;
+
+/// Checks a capability's settings for one guest; the error says what is wrong.
+pub type CheckSettings = fn(&serde_json::Value) -> Result<(), String>;
+
+/// One capability: its name and its three steps, the same for every capability.
+pub struct Unit {
+    /// Interface name inside the package (`kv`), also the grant's name in config.
+    pub name: &'static str,
+    /// What it gives a guest, in a few words (`guest check`, `--help`, docs).
+    pub about: &'static str,
+    /// Checks the per-guest settings config holds under `guests.<name>.<capability>`; none =
+    /// the capability takes no settings.
+    pub check_settings: Option<CheckSettings>,
+    /// Links its WIT host implementation into a guest's linker.
+    pub link: fn(&mut Linker<GuestState>) -> wasmtime::Result<()>,
+    /// Builds its per-guest state from what the host lends.
+    pub build: fn(&Lend<'_>) -> Result<Box<dyn Any + Send>, String>,
+}
+
+/// Every capability this host has, in the order `guest check` and errors list them.
+pub static TABLE: &[Unit] = &[log::UNIT, kv::UNIT, inventory::UNIT, power::UNIT, ec2::UNIT];
+
+/// Things a provider instance lends its guests' capabilities (the inventory, the power
+/// runner, a cloud client), by type: each capability takes what it needs.
+#[derive(Clone, Default)]
+pub struct Lent(Vec<Arc<dyn Any + Send + Sync>>);
+
+impl Lent {
+    /// Lends `v` (replacing an earlier value of its type).
+    pub fn insert<T: Any + Send + Sync>(&mut self, v: T) {
+        self.0.retain(|x| !x.is::<T>());
+        self.0.push(Arc::new(v));
+    }
+
+    /// The value of type `T`, when lent.
+    pub fn get<T: Any + Send + Sync>(&self) -> Option<&T> {
+        self.0.iter().find_map(|x| x.downcast_ref::<T>())
+    }
+}
+
+/// What a capability builds its per-guest state from.
+pub struct Lend<'a> {
+    /// Guest name from config.
+    pub guest: &'a str,
+    /// The state store.
+    pub store: &'a Arc<dyn StateStore>,
+    /// The guest's kv namespace (`<provider instance>/<guest>`).
+    pub namespace: &'a str,
+    /// Provider instance name: the owner of everything the guest creates.
+    pub owner: &'a str,
+    /// The guest's host-wait clock, for capabilities that wait on the network or the store.
+    pub wait: &'a HostWait,
+    /// This capability's settings for the guest (`guests.<name>.<capability>`), when any.
+    pub settings: Option<&'a serde_json::Value>,
+    /// What the provider instance lends.
+    pub lent: &'a Lent,
+}
+
+/// Everything a guest's calls can reach: the sandbox (WASI, limits, clocks) and the state
+/// of each granted capability.
+pub struct GuestState {
+    sandbox: Sandbox,
+    slots: Vec<Box<dyn Any + Send>>,
+}
+
+impl GuestState {
+    /// A guest's state: its sandbox and its capabilities' states.
+    pub fn new(sandbox: Sandbox, slots: Vec<Box<dyn Any + Send>>) -> Self {
+        Self { sandbox, slots }
+    }
+
+    /// The state of the capability whose state type is `T`. Only linked capabilities are
+    /// called and a linked capability always has its state built, so a missing one is a
+    /// bug in the host, not something a guest can cause.
+    pub fn slot<T: Any>(&mut self) -> &mut T {
+        self.slots
+            .iter_mut()
+            .find_map(|s| s.downcast_mut::<T>())
+            .expect("a linked capability has its state built (runtime::guest builds every granted one)")
+    }
+}
+
+impl Sandboxed for GuestState {
+    fn sandbox(&mut self) -> &mut Sandbox {
+        &mut self.sandbox
+    }
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        self.sandbox.wasi_view()
+    }
+}
+
+/// Per-guest settings of the capabilities, by capability name (`guests.<name>.ec2`).
+pub type Settings = BTreeMap<String, serde_json::Value>;
+
 /// WIT package and version of every capability interface.
 pub const PACKAGE: &str = "hostfactory:capabilities";
 /// Version of the capability package this host implements.
 pub const VERSION: &str = "0.2.0";
 
-/// One capability a guest may be granted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Capability {
-    /// `log`: guest log records as host tracing events.
-    Log,
-    /// `kv`: durable key-value state in the host's store.
-    Kv,
-    /// `inventory`: the site's host inventory.
-    Inventory,
-    /// `power`: admin-configured power commands, run by the host.
-    Power,
-    /// `ec2`: Amazon EC2, signed by the host, within the guest's grant.
-    Ec2,
+/// One capability a guest may be granted: a row of [`TABLE`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Capability(usize);
+
+impl std::fmt::Debug for Capability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.short_name())
+    }
 }
 
 impl Capability {
-    /// Every capability.
-    pub const ALL: [Capability; 5] = [
-        Capability::Log,
-        Capability::Kv,
-        Capability::Inventory,
-        Capability::Power,
-        Capability::Ec2,
-    ];
+    /// Every capability, in table order.
+    pub fn all() -> impl Iterator<Item = Capability> {
+        (0..TABLE.len()).map(Capability)
+    }
+
+    /// Its row of the table.
+    pub fn unit(self) -> &'static Unit {
+        &TABLE[self.0]
+    }
 
     /// Interface name inside the package (`kv`).
     pub fn short_name(self) -> &'static str {
-        match self {
-            Capability::Log => "log",
-            Capability::Kv => "kv",
-            Capability::Inventory => "inventory",
-            Capability::Power => "power",
-            Capability::Ec2 => "ec2",
-        }
+        self.unit().name
     }
 
     /// Full WIT import name, e.g. `hostfactory:capabilities/kv@0.2.0`.
@@ -56,7 +155,18 @@ impl Capability {
 
     /// Parses a grant as written in config: `kv` or the full WIT name.
     pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| s == c.short_name() || s == c.wit_name())
+        Self::all().find(|c| s == c.short_name() || s == c.wit_name())
+    }
+
+    /// The capability named `name`; for grant lists the host writes itself (the built-in
+    /// guests'), where a missing name is a bug caught by every test that loads them.
+    pub fn named(name: &str) -> Self {
+        Self::parse(name).unwrap_or_else(|| panic!("no capability `{name}` in capabilities::TABLE"))
+    }
+
+    /// The names of every capability, for error messages (`log, kv, ...`).
+    pub fn known() -> String {
+        Self::all().map(|c| c.short_name()).collect::<Vec<_>>().join(", ")
     }
 }
 
@@ -66,9 +176,40 @@ mod tests {
 
     #[test]
     fn grant_names() {
-        assert_eq!(Capability::parse("kv"), Some(Capability::Kv));
-        assert_eq!(Capability::parse("hostfactory:capabilities/power@0.2.0"), Some(Capability::Power));
+        assert_eq!(Capability::parse("kv"), Some(Capability::named("kv")));
+        assert_eq!(
+            Capability::parse("hostfactory:capabilities/power@0.2.0"),
+            Some(Capability::named("power"))
+        );
         assert_eq!(Capability::parse("hostfactory:capabilities/power@0.1.0"), None);
-        assert_eq!(Capability::Log.wit_name(), "hostfactory:capabilities/log@0.2.0");
+        assert_eq!(Capability::named("log").wit_name(), "hostfactory:capabilities/log@0.2.0");
+    }
+
+    #[test]
+    fn every_row_has_its_own_name_and_its_wit() {
+        let names: Vec<&str> = TABLE.iter().map(|u| u.name).collect();
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "two rows share a name: {names:?}");
+        let wit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit/capabilities");
+        for n in names {
+            let text = std::fs::read_to_string(wit.join(format!("{n}.wit"))).unwrap_or_default();
+            assert!(
+                text.contains(&format!("interface {n}")),
+                "capability `{n}` has no interface in wit/capabilities/{n}.wit"
+            );
+        }
+    }
+
+    #[test]
+    fn lent_values_are_found_by_type() {
+        let mut l = Lent::default();
+        l.insert(7u32);
+        l.insert(String::from("x"));
+        l.insert(8u32);
+        assert_eq!(l.get::<u32>(), Some(&8));
+        assert_eq!(l.get::<String>().map(String::as_str), Some("x"));
+        assert!(l.get::<u64>().is_none());
     }
 }

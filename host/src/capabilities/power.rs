@@ -16,8 +16,25 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::capabilities::inventory::Inventory;
-use crate::engine::bindings::hostfactory::capabilities::power::{Action, CommandState, Host, PowerError};
+use crate::engine::bindings::hostfactory::capabilities::power::{self as wit, Action, CommandState, Host, PowerError};
 use crate::store::{StateStore, StoreError};
+
+/// The power capability's row of [`super::TABLE`].
+pub const UNIT: super::Unit = super::Unit {
+    name: "power",
+    about: "the admin's power commands of inventory hosts, run by the host",
+    check_settings: None,
+    link: |l| wit::add_to_linker::<_, wasmtime::component::HasSelf<GuestPower>>(l, |s| s.slot::<GuestPower>()),
+    build: |l| {
+        let runner = l.lent.get::<PowerRunner>().cloned().ok_or("the host lent no power runner")?;
+        Ok(Box::new(GuestPower::new(
+            l.lent.get::<Arc<Inventory>>().cloned(),
+            l.store.clone(),
+            namespace(l.owner),
+            runner,
+        )))
+    },
+};
 
 /// Bytes of command output kept in a failure message.
 const OUTPUT_TAIL: usize = 400;

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::capabilities::Capability;
 use crate::capabilities::ec2::{Ec2Grant, Ec2Settings};
+use crate::capabilities::{Capability, Settings};
 use crate::limits::{GuestLimits, LimitOverrides};
 use crate::store::StoreSpec;
 
@@ -163,16 +163,18 @@ struct RawBreaker {
     recovery_timeout: Option<u64>,
 }
 
+/// A guest entry. Its other keys are capability settings (`ec2`), each checked by its
+/// capability; serde cannot deny unknown keys beside a flattened map, so `build` does.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawGuest {
     wasm: String,
     #[serde(default)]
     grants: Vec<String>,
     #[serde(default)]
     limits: LimitOverrides,
-    ec2: Option<Ec2Grant>,
     coredump_dir: Option<PathBuf>,
+    #[serde(flatten)]
+    settings: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -242,11 +244,37 @@ pub struct GuestSpec {
     pub grants: Vec<Capability>,
     /// Limits on its calls.
     pub limits: GuestLimits,
-    /// What it may do with EC2 (when granted `ec2`).
-    pub ec2_grant: Ec2Grant,
+    /// Settings of its capabilities (`guests.<name>.ec2`: what it may do with EC2).
+    pub settings: Settings,
     /// Where core dumps of its traps are written (`coredump_dir`, relative to the work
     /// dir); none = no dumps.
     pub coredump_dir: Option<PathBuf>,
+}
+
+impl GuestSpec {
+    /// Built-in guest `source` under the name `name`, with the grants it is built for
+    /// (its WIT imports), default limits and no capability settings.
+    pub fn builtin(name: &str, source: &'static str) -> Self {
+        let grants: &[&str] = match source {
+            BUILTIN_ONPREM => &["log", "kv", "inventory", "power"],
+            BUILTIN_AWS => &["log", "kv", "ec2"],
+            _ => &[],
+        };
+        Self {
+            name: name.to_string(),
+            source: GuestSource::Builtin(source),
+            grants: grants.iter().map(|g| Capability::named(g)).collect(),
+            limits: GuestLimits::default(),
+            settings: Settings::new(),
+            coredump_dir: None,
+        }
+    }
+
+    /// The same guest with `grant` as its EC2 grant.
+    pub fn with_ec2(mut self, grant: &Ec2Grant) -> Self {
+        self.settings.insert("ec2".into(), grant.to_settings());
+        self
+    }
 }
 
 /// Where a policy's decisions come from.
@@ -500,7 +528,9 @@ impl Config {
         let mut config = Self::build(raw, from_file.then_some(file.clone()), conf_dir, work_dir)?;
         if let [one] = seed.as_slice() {
             if let (seed::SeedKind::Aws { .. }, Some(ec2)) = (&one.kind, config.ec2.as_mut()) {
-                apply_seed_aws(&one.kind, ec2, &mut config.provider.ec2_grant);
+                let mut grant = Ec2Grant::from_settings(config.provider.settings.get("ec2")).unwrap_or_default();
+                apply_seed_aws(&one.kind, ec2, &mut grant);
+                config.provider = config.provider.clone().with_ec2(&grant);
             }
         } else if seed.len() > 1 {
             let (members, problems) = seed_members(&config, &seed, conf_dir, instance, &file, member_defaults)?;
@@ -529,17 +559,7 @@ impl Config {
             message: format!("`{setting}`: {message}"),
         };
         let mut guests = BTreeMap::new();
-        guests.insert(
-            "onprem".to_string(),
-            GuestSpec {
-                name: "onprem".into(),
-                source: GuestSource::Builtin(BUILTIN_ONPREM),
-                grants: vec![Capability::Log, Capability::Kv, Capability::Inventory, Capability::Power],
-                limits: GuestLimits::default(),
-                ec2_grant: Ec2Grant::default(),
-                coredump_dir: None,
-            },
-        );
+        guests.insert("onprem".to_string(), GuestSpec::builtin("onprem", BUILTIN_ONPREM));
         let aws = match (&raw.aws, raw.inline_aws.take()) {
             (Some(a), _) => Some(ibm_aws::load(
                 &conf_dir.join(&a.config_file),
@@ -553,17 +573,7 @@ impl Config {
             (None, None) => None,
         };
         if let Some(a) = &aws {
-            guests.insert(
-                "aws".to_string(),
-                GuestSpec {
-                    name: "aws".into(),
-                    source: GuestSource::Builtin(BUILTIN_AWS),
-                    grants: vec![Capability::Log, Capability::Kv, Capability::Ec2],
-                    limits: GuestLimits::default(),
-                    ec2_grant: a.grant.clone(),
-                    coredump_dir: None,
-                },
-            );
+            guests.insert("aws".to_string(), GuestSpec::builtin("aws", BUILTIN_AWS).with_ec2(&a.grant));
         }
         for (name, g) in raw.guests {
             let at = format!("guests.{name}");
@@ -585,10 +595,7 @@ impl Config {
                 let cap = Capability::parse(gname).ok_or_else(|| {
                     err(
                         &format!("{at}.grants[{i}]"),
-                        format!(
-                            "unknown capability `{gname}`; known: {}",
-                            Capability::ALL.map(|c| c.short_name()).join(", ")
-                        ),
+                        format!("unknown capability `{gname}`; known: {}", Capability::known()),
                     )
                 })?;
                 if !grants.contains(&cap) {
@@ -596,10 +603,29 @@ impl Config {
                 }
             }
             let limits = GuestLimits::from_overrides(&g.limits).map_err(|m| err(&format!("{at}.limits"), m))?;
-            let ec2_grant = match g.ec2 {
-                Some(grant) => grant,
-                None => aws.as_ref().map(|a| a.grant.clone()).unwrap_or_default(),
-            };
+            let mut settings = Settings::new();
+            for (key, value) in g.settings {
+                let check = Capability::parse(&key).and_then(|c| c.unit().check_settings);
+                let Some(check) = check else {
+                    return Err(err(
+                        &format!("{at}.{key}"),
+                        format!(
+                            "unknown key; a guest has wasm, grants, limits, coredump_dir and the settings of a capability that takes them ({})",
+                            Capability::all()
+                                .filter(|c| c.unit().check_settings.is_some())
+                                .map(|c| c.short_name())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
+                };
+                check(&value).map_err(|m| err(&format!("{at}.{key}"), m))?;
+                settings.insert(key, value);
+            }
+            if let (false, Some(a)) = (settings.contains_key("ec2"), &aws) {
+                // Without its own grant a guest gets the one IBM's templates imply.
+                settings.insert("ec2".into(), a.grant.to_settings());
+            }
             guests.insert(
                 name.clone(),
                 GuestSpec {
@@ -607,7 +633,7 @@ impl Config {
                     source,
                     grants,
                     limits,
-                    ec2_grant,
+                    settings,
                     coredump_dir: g.coredump_dir.map(|d| work_dir.join(d)),
                 },
             );
@@ -849,17 +875,7 @@ fn policy_source(
             }
             if pguest == BUILTIN_DEFAULT_POLICY && !guests.contains_key(&pguest) {
                 // `"policy": {"guest": "builtin:default-policy"}` needs no `guests` entry.
-                guests.insert(
-                    pguest.clone(),
-                    GuestSpec {
-                        name: "default-policy".into(),
-                        source: GuestSource::Builtin(BUILTIN_DEFAULT_POLICY),
-                        grants: Vec::new(),
-                        limits: GuestLimits::default(),
-                        ec2_grant: Ec2Grant::default(),
-                        coredump_dir: None,
-                    },
-                );
+                guests.insert(pguest.clone(), GuestSpec::builtin("default-policy", BUILTIN_DEFAULT_POLICY));
             }
             let guest = guests.get(&pguest).cloned().ok_or_else(|| {
                 err(
@@ -1250,14 +1266,7 @@ fn apply_seed_aws(kind: &seed::SeedKind, ec2: &mut Ec2Settings, grant: &mut Ec2G
 /// The built-in placement: the seed's selection policies in `builtin:default-policy`.
 fn default_placement() -> PolicySpec {
     PolicySpec {
-        source: PolicySource::Guest(Box::new(GuestSpec {
-            name: "default-policy".into(),
-            source: GuestSource::Builtin(BUILTIN_DEFAULT_POLICY),
-            grants: Vec::new(),
-            limits: GuestLimits::default(),
-            ec2_grant: Ec2Grant::default(),
-            coredump_dir: None,
-        })),
+        source: PolicySource::Guest(Box::new(GuestSpec::builtin("default-policy", BUILTIN_DEFAULT_POLICY))),
         settings: serde_json::json!({}),
         on_error: crate::policy::OnError::FailOpen,
         shadow: None,
@@ -1299,29 +1308,15 @@ fn seed_members(
                     );
                 }
                 let same_builtin = config.provider.source == GuestSource::Builtin(BUILTIN_AWS);
-                let guest = GuestSpec {
-                    name: p.name.clone(),
-                    source: GuestSource::Builtin(BUILTIN_AWS),
-                    grants: vec![Capability::Log, Capability::Kv, Capability::Ec2],
-                    limits: if same_builtin {
-                        config.provider.limits
-                    } else {
-                        GuestLimits::default()
-                    },
-                    ec2_grant: grant,
-                    coredump_dir: if same_builtin { config.provider.coredump_dir.clone() } else { None },
-                };
+                let mut guest = GuestSpec::builtin(&p.name, BUILTIN_AWS).with_ec2(&grant);
+                if same_builtin {
+                    guest.limits = config.provider.limits;
+                    guest.coredump_dir = config.provider.coredump_dir.clone();
+                }
                 (guest, settings, Some(ec2), Some((a.config_file, a.templates_file)))
             }
             seed::SeedKind::Onprem => {
-                let guest = GuestSpec {
-                    name: p.name.clone(),
-                    source: GuestSource::Builtin(BUILTIN_ONPREM),
-                    grants: vec![Capability::Log, Capability::Kv, Capability::Inventory, Capability::Power],
-                    limits: GuestLimits::default(),
-                    ec2_grant: Ec2Grant::default(),
-                    coredump_dir: None,
-                };
+                let guest = GuestSpec::builtin(&p.name, BUILTIN_ONPREM);
                 (guest, base.clone(), None, None)
             }
         };
@@ -1622,7 +1617,7 @@ mod tests {
     fn guests_with_grants_and_limits() {
         let c = load(r#"{"provider": {"guest": "mine", "settings": {"a": 1}}, "guests": {"mine": {"wasm": "g/mine.wasm", "grants": ["log", "hostfactory:capabilities/kv@0.2.0"], "limits": {"timeout_ms": 500}}}}"#)
             .expect("valid");
-        assert_eq!(c.provider.grants, vec![Capability::Log, Capability::Kv]);
+        assert_eq!(c.provider.grants, vec![Capability::named("log"), Capability::named("kv")]);
         assert_eq!(c.provider.limits.timeout.as_millis(), 500);
         assert!(matches!(c.provider.source, GuestSource::File(ref p) if p.ends_with("g/mine.wasm")));
     }

@@ -237,34 +237,31 @@ impl Fixture {
 
     fn guest(&self) -> WasmProvider {
         let grants = [
-            crate::capabilities::Capability::Log,
-            crate::capabilities::Capability::Kv,
-            crate::capabilities::Capability::Ec2,
+            crate::capabilities::Capability::named("log"),
+            crate::capabilities::Capability::named("kv"),
+            crate::capabilities::Capability::named("ec2"),
         ];
+        let mut lent = crate::capabilities::Lent::default();
+        lent.insert(self.ec2.clone() as Arc<dyn Ec2Api>);
         let res = GuestResources {
             store: self.store.clone(),
             namespace: "test/aws".into(),
-            inventory: None,
-            power: crate::capabilities::power::PowerRunner {
-                exe: self.dir.path().join("hfwasm"),
-                dir_args: Vec::new(),
-                log_dir: self.dir.path().join("power"),
-                instance: "pool".into(),
-            },
-            ec2: Some(self.ec2.clone() as Arc<dyn Ec2Api>),
-            ec2_grant: Ec2Grant {
-                regions: vec![],
-                instance_types: vec![],
-                max_per_request: 100,
-                launch: Default::default(),
-            },
             owner: "test".into(),
+            lent,
         };
+        let grant = Ec2Grant {
+            regions: vec![],
+            instance_types: vec![],
+            max_per_request: 100,
+            launch: Default::default(),
+        };
+        let settings = crate::capabilities::Settings::from([("ec2".to_string(), grant.to_settings())]);
         let cache = PrecompiledCache::new(self.dir.path().join("cache"));
         let code = GuestCode {
             name: "aws",
             wasm: crate::builtin::AWS,
             grants: &grants,
+            settings: &settings,
             limits: Default::default(),
             coredump_dir: None,
         };

@@ -6,15 +6,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use wasmtime::Store;
-use wasmtime::component::{HasSelf, Linker};
-use wasmtime_wasi::{WasiCtxView, WasiView};
+use wasmtime::component::Linker;
 
 use super::link;
-use crate::capabilities::Capability;
-use crate::capabilities::ec2::{Ec2Api, Ec2Grant, GuestEc2};
-use crate::capabilities::inventory::Inventory;
-use crate::capabilities::power::{GuestPower, PowerRunner};
-use crate::capabilities::{inventory::GuestInventory, kv::GuestKv, log::GuestLog};
+use crate::capabilities::{Capability, GuestState, Lend, Lent, Settings};
 use crate::domain::model::*;
 use crate::domain::provider::Provider;
 use crate::engine::GuestEngine;
@@ -22,49 +17,22 @@ use crate::engine::bindings::{ProviderGuest, hostfactory};
 use crate::engine::cache::{CacheOutcome, PrecompiledCache};
 use crate::engine::convert;
 use crate::engine::sandbox::HostWait;
-use crate::engine::sandbox::{self, CallRunner, Sandbox, Sandboxed, abort};
+use crate::engine::sandbox::{self, CallRunner, Sandbox, abort};
 use crate::limits::GuestLimits;
 use crate::store::StateStore;
 
-/// Everything a guest's calls can reach: the sandbox (WASI, limits, clocks) and its capabilities.
-pub struct GuestState {
-    sandbox: Sandbox,
-    log: GuestLog,
-    kv: GuestKv,
-    inventory: GuestInventory,
-    power: GuestPower,
-    ec2: GuestEc2,
-}
-
-impl Sandboxed for GuestState {
-    fn sandbox(&mut self) -> &mut Sandbox {
-        &mut self.sandbox
-    }
-}
-
-impl WasiView for GuestState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        self.sandbox.wasi_view()
-    }
-}
-
-/// What the host lends a guest: the store for kv, the inventory, a dir for power outcomes.
+/// What the host lends a guest: the store (kv, request records), its namespace and owner,
+/// and what its provider instance lends its capabilities.
 #[derive(Clone)]
 pub struct GuestResources {
-    /// State store (kv).
+    /// State store.
     pub store: Arc<dyn StateStore>,
     /// kv namespace (`<provider instance>/<guest>`).
     pub namespace: String,
-    /// Parsed inventory, when the guest is granted it.
-    pub inventory: Option<Arc<Inventory>>,
-    /// How power commands are run (outcomes go to the store).
-    pub power: PowerRunner,
-    /// The provider instance's EC2 client, when EC2 is configured.
-    pub ec2: Option<Arc<dyn Ec2Api>>,
-    /// What the guest may do with EC2.
-    pub ec2_grant: Ec2Grant,
     /// Provider instance name: the owner tag of everything the guest creates.
     pub owner: String,
+    /// The inventory, the power runner, cloud clients: each capability takes what it needs.
+    pub lent: Lent,
 }
 
 /// A guest's code and identity, ready to load.
@@ -75,6 +43,8 @@ pub struct GuestCode<'a> {
     pub wasm: &'a [u8],
     /// Granted capabilities.
     pub grants: &'a [Capability],
+    /// Their per-guest settings (`guests.<name>.<capability>`).
+    pub settings: &'a Settings,
     /// Limits.
     pub limits: GuestLimits,
     /// Where core dumps of its traps go, when wanted (`guests.<name>.coredump_dir`).
@@ -110,61 +80,23 @@ impl WasmProvider {
 
         let mut linker: Linker<GuestState> = Linker::new(engine.engine());
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| load_err(format!("cannot link WASI: {e:#}")))?;
-        let add = |r: wasmtime::Result<()>, cap: &str| r.map_err(|e| load_err(format!("cannot link capability {cap}: {e:#}")));
-        for cap in code.grants {
-            match cap {
-                Capability::Log => add(
-                    hostfactory::capabilities::log::add_to_linker::<_, HasSelf<GuestLog>>(&mut linker, |s| &mut s.log),
-                    "log",
-                )?,
-                Capability::Kv => add(
-                    hostfactory::capabilities::kv::add_to_linker::<_, HasSelf<GuestKv>>(&mut linker, |s| &mut s.kv),
-                    "kv",
-                )?,
-                Capability::Inventory => add(
-                    hostfactory::capabilities::inventory::add_to_linker::<_, HasSelf<GuestInventory>>(&mut linker, |s| &mut s.inventory),
-                    "inventory",
-                )?,
-                Capability::Power => add(
-                    hostfactory::capabilities::power::add_to_linker::<_, HasSelf<GuestPower>>(&mut linker, |s| &mut s.power),
-                    "power",
-                )?,
-                Capability::Ec2 => add(
-                    hostfactory::capabilities::ec2::add_to_linker::<_, HasSelf<GuestEc2>>(&mut linker, |s| &mut s.ec2),
-                    "ec2",
-                )?,
-            }
-        }
-
         let wait = HostWait::default();
-        let ec2 = if code.grants.contains(&Capability::Ec2) { res.ec2 } else { None };
-        // Tagged on everything the guest launches; read once per load, only for cloud guests.
-        let store_id = match &ec2 {
-            Some(_) => crate::store::store_id(res.store.as_ref())
-                .map_err(|e| abort(AbortKind::Load, name, "load", format!("cannot read the store's id: {e}")))?,
-            None => String::new(),
-        };
-        let state = GuestState {
-            sandbox: Sandbox::new(code.limits, wait.clone()),
-            log: GuestLog::new(name),
-            kv: GuestKv::new(res.store.clone(), res.namespace, wait.clone()),
-            inventory: GuestInventory::new(if code.grants.contains(&Capability::Inventory) {
-                res.inventory.clone()
-            } else {
-                None
-            }),
-            power: GuestPower::new(
-                if code.grants.contains(&Capability::Power) {
-                    res.inventory
-                } else {
-                    None
-                },
-                res.store.clone(),
-                crate::capabilities::power::namespace(&res.owner),
-                res.power,
-            ),
-            ec2: GuestEc2::new(ec2, res.ec2_grant, res.owner, store_id, wait).with_requests(res.store.clone()),
-        };
+        let mut slots = Vec::with_capacity(code.grants.len());
+        for cap in code.grants {
+            let unit = cap.unit();
+            (unit.link)(&mut linker).map_err(|e| load_err(format!("cannot link capability {}: {e:#}", unit.name)))?;
+            let lend = Lend {
+                guest: name,
+                store: &res.store,
+                namespace: &res.namespace,
+                owner: &res.owner,
+                wait: &wait,
+                settings: code.settings.get(unit.name),
+                lent: &res.lent,
+            };
+            slots.push((unit.build)(&lend).map_err(|e| load_err(format!("capability {}: {e}", unit.name)))?);
+        }
+        let state = GuestState::new(Sandbox::new(code.limits, wait), slots);
         let mut store = sandbox::new_store(engine, name, &code.limits, state)?;
         let bindings = match ProviderGuest::instantiate(&mut store, &component, &linker) {
             Ok(b) => b,

@@ -91,7 +91,7 @@ pub fn inspect(engine: &GuestEngine, wasm: &[u8], cache: Option<&PrecompiledCach
             let path = name.split_once('@').map_or(name.as_str(), |(p, _)| p);
             let capability = path
                 .strip_prefix(&format!("{}/", capabilities::PACKAGE))
-                .map(|iface| Capability::ALL.into_iter().find(|c| c.short_name() == iface));
+                .map(|iface| Capability::all().find(|c| c.short_name() == iface));
             let provided_as = if let Some(Some(cap)) = capability {
                 grants.push(cap);
                 format!("capability: grant \"{}\"", cap.short_name())

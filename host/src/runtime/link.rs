@@ -22,7 +22,7 @@ pub struct LinkError {
 
 /// Everything this host can link, for error messages.
 pub fn host_offers() -> Vec<String> {
-    let mut v: Vec<String> = Capability::ALL.iter().map(|c| c.wit_name()).collect();
+    let mut v: Vec<String> = Capability::all().map(|c| c.wit_name()).collect();
     v.push(format!("hostfactory:provider/types@{PROVIDER_LINE}.x"));
     v.push(format!("wasi:*@{WASI_LINE}.x (no environment, files, network or stdin)"));
     v
@@ -50,7 +50,7 @@ pub fn check_imports(guest: &str, imports: &[String], grants: &[Capability]) -> 
     for import in imports {
         let (path, version) = import.split_once('@').unwrap_or((import.as_str(), ""));
         let problem = if let Some(iface) = path.strip_prefix(&format!("{}/", capabilities::PACKAGE)) {
-            match Capability::ALL.into_iter().find(|c| c.short_name() == iface) {
+            match Capability::all().find(|c| c.short_name() == iface) {
                 None => Some(format!("imports {import}, an interface this host does not have")),
                 Some(_) if line(version) != line(capabilities::VERSION) => Some(format!(
                     "was built against {import}, but this host implements {path}@{}; rebuild the guest against the host's WIT (wit/ of this hfwasm)",
@@ -181,12 +181,17 @@ mod tests {
             "hostfactory:capabilities/kv@0.2.0",
             "hostfactory:provider/types@0.2.0",
         ]);
-        assert_eq!(check_imports("g", &imports, &[Capability::Kv]), Ok(()));
+        assert_eq!(check_imports("g", &imports, &[Capability::named("kv")]), Ok(()));
     }
 
     #[test]
     fn ungranted_import_names_guest_interface_and_version() {
-        let e = check_imports("pool", &names(&["hostfactory:capabilities/power@0.2.0"]), &[Capability::Log]).expect_err("ungranted");
+        let e = check_imports(
+            "pool",
+            &names(&["hostfactory:capabilities/power@0.2.0"]),
+            &[Capability::named("log")],
+        )
+        .expect_err("ungranted");
         assert!(
             e.message.contains("guest 'pool'")
                 && e.message.contains("hostfactory:capabilities/power@0.2.0")
@@ -198,7 +203,7 @@ mod tests {
 
     #[test]
     fn other_versions_list_both_sides() {
-        let e = check_imports("g", &names(&["hostfactory:capabilities/kv@0.1.0"]), &[Capability::Kv]).expect_err("version");
+        let e = check_imports("g", &names(&["hostfactory:capabilities/kv@0.1.0"]), &[Capability::named("kv")]).expect_err("version");
         assert!(
             e.message.contains("kv@0.1.0") && e.message.contains("host offers") && e.message.contains("kv@0.2.0"),
             "{}",

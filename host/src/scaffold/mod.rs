@@ -12,22 +12,8 @@ const CARGO: &str = include_str!("guest_cargo.toml.txt");
 /// The guest workspace's lock file: pins wit-bindgen to the version this host's guests use,
 /// so a new guest builds offline from the same crates.
 const LOCK: &str = include_str!("../../../guests/Cargo.lock");
-const WIT: [(&str, &str); 8] = [
-    ("wit/capabilities/ec2.wit", include_str!("../../../wit/capabilities/ec2.wit")),
-    (
-        "wit/capabilities/inventory.wit",
-        include_str!("../../../wit/capabilities/inventory.wit"),
-    ),
-    ("wit/capabilities/kv.wit", include_str!("../../../wit/capabilities/kv.wit")),
-    ("wit/capabilities/log.wit", include_str!("../../../wit/capabilities/log.wit")),
-    ("wit/capabilities/power.wit", include_str!("../../../wit/capabilities/power.wit")),
-    (
-        "wit/hostfactory/provider.wit",
-        include_str!("../../../wit/hostfactory/provider.wit"),
-    ),
-    ("wit/hostfactory/types.wit", include_str!("../../../wit/hostfactory/types.wit")),
-    ("wit/hostfactory/worlds.wit", include_str!("../../../wit/hostfactory/worlds.wit")),
-];
+// WIT: every `.wit` file under wit/capabilities and wit/hostfactory, listed by build.rs.
+include!(concat!(env!("OUT_DIR"), "/scaffold_wit.rs"));
 
 /// The policy WIT that Python and JavaScript guests build against (written into their
 /// `wit/` by `new` and refreshed by every `build`, so they always match this host).

@@ -10,8 +10,29 @@ use std::sync::Arc;
 
 pub use client::{Ec2Client, Ec2Settings};
 
-use crate::engine::bindings::hostfactory::capabilities::ec2::*;
+use crate::engine::bindings::hostfactory::capabilities::ec2::{self as wit, *};
 use crate::engine::sandbox::HostWait;
+
+/// The ec2 capability's row of [`super::TABLE`]. Its settings (`guests.<name>.ec2`) are
+/// the guest's [`Ec2Grant`]; without them a guest gets the grant IBM's templates imply.
+pub const UNIT: super::Unit = super::Unit {
+    name: "ec2",
+    about: "Amazon EC2, signed by the host, within the guest's grant",
+    check_settings: Some(|v| Ec2Grant::from_settings(Some(v)).map(|_| ())),
+    link: |l| wit::add_to_linker::<_, wasmtime::component::HasSelf<GuestEc2>>(l, |s| s.slot::<GuestEc2>()),
+    build: |l| {
+        let grant = Ec2Grant::from_settings(l.settings)?;
+        let client = l.lent.get::<Arc<dyn Ec2Api>>().cloned();
+        // Tagged on everything the guest launches; read only when there is a cloud to tag.
+        let store_id = match &client {
+            Some(_) => crate::store::store_id(l.store.as_ref()).map_err(|e| format!("cannot read the store's id: {e}"))?,
+            None => String::new(),
+        };
+        Ok(Box::new(
+            GuestEc2::new(client, grant, l.owner.to_string(), store_id, l.wait.clone()).with_requests(l.store.clone()),
+        ))
+    },
+};
 
 /// Tag naming the provider instance that owns a resource.
 pub const TAG_PROVIDER: &str = "hfwasm:provider";
@@ -33,7 +54,7 @@ pub const FILTER_VALUES: usize = 200;
 pub const DESCRIBE_PAGE: i32 = 1000;
 
 /// What a guest may do with EC2.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Ec2Grant {
     /// Regions the guest may use; the client's region must be one of them.
@@ -52,8 +73,23 @@ pub struct Ec2Grant {
     pub launch: LaunchGrant,
 }
 
+impl Ec2Grant {
+    /// The grant config holds under `guests.<name>.ec2`; none = the default grant.
+    pub fn from_settings(v: Option<&serde_json::Value>) -> Result<Self, String> {
+        match v {
+            Some(v) => serde_json::from_value(v.clone()).map_err(|e| e.to_string()),
+            None => Ok(Self::default()),
+        }
+    }
+
+    /// The grant as capability settings (what `from_settings` reads back).
+    pub fn to_settings(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+}
+
 /// The launch parameters a guest may use (`guests.<name>.ec2.launch`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LaunchGrant {
     /// AMI ids.

@@ -4,8 +4,17 @@ pub mod format;
 
 use std::sync::Arc;
 
-use crate::engine::bindings::hostfactory::capabilities::inventory::{Host, InventoryError, InventoryHost};
+use crate::engine::bindings::hostfactory::capabilities::inventory::{self as wit, Host, InventoryError, InventoryHost};
 pub use format::Inventory;
+
+/// The inventory capability's row of [`super::TABLE`].
+pub const UNIT: super::Unit = super::Unit {
+    name: "inventory",
+    about: "the site's host inventory (inventory.file)",
+    check_settings: None,
+    link: |l| wit::add_to_linker::<_, wasmtime::component::HasSelf<GuestInventory>>(l, |s| s.slot::<GuestInventory>()),
+    build: |l| Ok(Box::new(GuestInventory::new(l.lent.get::<Arc<Inventory>>().cloned()))),
+};
 
 /// Per-guest state of the inventory capability.
 pub struct GuestInventory {
