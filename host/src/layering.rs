@@ -26,7 +26,7 @@ pub const LAYERS: &[&[&str]] = &[
     // One HostFactory call, wired.
     &["plugin"],
     // Entry points.
-    &["demo", "main", "lib", "layering"],
+    &["demo", "main", "commands", "lib", "layering"],
 ];
 
 #[cfg(test)]

@@ -1,0 +1,88 @@
+//! One file per `hfwasm` command, cargo-style (`src/bin/cargo/commands/`): each defines its
+//! arguments and runs them. Shared here: the directory flags, opening the plugin for an
+//! admin command, and the one printer of an admin command's error.
+
+pub mod call;
+pub mod config;
+pub mod demo;
+pub mod guest;
+pub mod power_run;
+pub mod replay;
+pub mod store;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use hfwasm::hf::dirs::DirOverrides;
+use hfwasm::hf::{HfError, ProviderDirs};
+use hfwasm::plugin::Plugin;
+
+/// The directory flags every command takes.
+#[derive(Args, Clone, Default)]
+pub struct DirArgs {
+    /// Provider config dir (overrides HF_PROVIDER_CONFDIR / PRO_CONF_DIR).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub confdir: Option<PathBuf>,
+    /// Provider state dir (overrides HF_PROVIDER_WORKDIR / PRO_DATA_DIR).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
+    /// Log dir (overrides HF_PROVIDER_LOGDIR / PRO_LSF_LOGDIR); logs go to stderr without one.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub logdir: Option<PathBuf>,
+}
+
+/// The provider instance's directories: the flags over HostFactory's environment.
+pub fn dirs(d: &DirArgs) -> Result<ProviderDirs, HfError> {
+    ProviderDirs::resolve(
+        |k| std::env::var(k).ok(),
+        &DirOverrides {
+            conf_dir: d.confdir.clone(),
+            work_dir: d.workdir.clone(),
+            log_dir: d.logdir.clone(),
+        },
+    )
+}
+
+/// Runs `f` on the plugin of the instance (config and inventory) and prints its result.
+pub fn admin<T>(d: &DirArgs, f: impl FnOnce(&Plugin) -> Result<T, HfError>, print: impl FnOnce(T)) -> ExitCode {
+    admin_with(d, Plugin::open, f, print)
+}
+
+/// An admin command on the plugin `open` builds (the store commands skip the inventory).
+pub fn admin_with<T>(
+    d: &DirArgs,
+    open: fn(ProviderDirs) -> Result<Plugin, HfError>,
+    f: impl FnOnce(&Plugin) -> Result<T, HfError>,
+    print: impl FnOnce(T),
+) -> ExitCode {
+    let result = dirs(d).and_then(|dirs| {
+        hfwasm::logging::init("warn", None, &dirs.name);
+        open(dirs)
+    });
+    match result.and_then(|p| f(&p)) {
+        Ok(v) => {
+            print(v);
+            ExitCode::SUCCESS
+        }
+        Err(e) => print_error(&e),
+    }
+}
+
+/// The one printer of an admin command's error: message and code, then its details, on
+/// stderr (stdout belongs to HostFactory's calls and to the commands' reports).
+pub fn print_error(e: &HfError) -> ExitCode {
+    eprintln!("error: {} ({})", e.message, e.code.as_str());
+    if !e.details.is_empty() {
+        eprintln!("details: {}", serde_json::Value::Object(e.details.clone()));
+    }
+    ExitCode::from(1)
+}
+
+/// A command's own failure that is not an `HfError` (a file it could not write, a guest it
+/// could not build), on stderr.
+pub fn print_failure(what: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {what}");
+    ExitCode::from(1)
+}
