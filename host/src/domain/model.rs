@@ -14,6 +14,25 @@ pub enum AttributeKind {
     Boolean,
 }
 
+impl AttributeKind {
+    /// Every kind.
+    pub const ALL: [AttributeKind; 3] = [AttributeKind::Text, AttributeKind::Numeric, AttributeKind::Boolean];
+
+    /// The kind's name where policies spell it (`text`, `numeric`, `boolean`).
+    pub fn name(self) -> &'static str {
+        match self {
+            AttributeKind::Text => "text",
+            AttributeKind::Numeric => "numeric",
+            AttributeKind::Boolean => "boolean",
+        }
+    }
+
+    /// The kind named `s` (see [`Self::name`]).
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == s)
+    }
+}
+
 /// One template attribute.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attribute {

@@ -116,29 +116,85 @@ pub fn extra_object(id: &str, extra_json: Option<&str>) -> Result<serde_json::Ma
     }
 }
 
-/// WIT → domain template; `extra-json` must be a JSON object.
+/// WIT → domain template (provider package); `extra-json` must be a JSON object.
 pub fn template(t: wit::Template) -> Result<dom::Template, dom::ProviderError> {
-    let extra = extra_object(&t.id, t.extra_json.as_deref()).map_err(dom::ProviderError::Internal)?;
-    Ok(dom::Template {
-        id: t.id,
-        max_number: t.max_number,
-        available_number: t.available_number,
-        attributes: t
-            .attributes
-            .into_iter()
-            .map(|a| dom::Attribute {
-                name: a.name,
-                kind: match a.kind {
+    provider_template::from_wit(t).map_err(dom::ProviderError::Internal)
+}
+
+/// The template conversions of a WIT package that defines its own `template` record (the
+/// provider's and the policy's), written once so the two cannot drift.
+macro_rules! template_conversions {
+    ($name:ident, $($wit:ident)::+) => {
+        /// Template conversions of one WIT package.
+        pub mod $name {
+            use crate::domain::model as dom;
+            use $($wit)::+ as wit;
+
+            /// Domain → WIT attribute kind.
+            pub fn kind_to_wit(k: dom::AttributeKind) -> wit::AttributeKind {
+                match k {
+                    dom::AttributeKind::Text => wit::AttributeKind::Text,
+                    dom::AttributeKind::Numeric => wit::AttributeKind::Numeric,
+                    dom::AttributeKind::Boolean => wit::AttributeKind::Boolean,
+                }
+            }
+
+            /// WIT → domain attribute kind.
+            pub fn kind_from_wit(k: wit::AttributeKind) -> dom::AttributeKind {
+                match k {
                     wit::AttributeKind::Text => dom::AttributeKind::Text,
                     wit::AttributeKind::Numeric => dom::AttributeKind::Numeric,
                     wit::AttributeKind::Boolean => dom::AttributeKind::Boolean,
-                },
-                value: a.value,
-            })
-            .collect(),
-        extra,
-    })
+                }
+            }
+
+            /// Domain → WIT template.
+            pub fn to_wit(t: &dom::Template) -> wit::Template {
+                wit::Template {
+                    id: t.id.clone(),
+                    max_number: t.max_number,
+                    available_number: t.available_number,
+                    attributes: t
+                        .attributes
+                        .iter()
+                        .map(|a| wit::Attribute {
+                            name: a.name.clone(),
+                            kind: kind_to_wit(a.kind),
+                            value: a.value.clone(),
+                        })
+                        .collect(),
+                    extra_json: (!t.extra.is_empty()).then(|| serde_json::Value::Object(t.extra.clone()).to_string()),
+                }
+            }
+
+            /// WIT → domain template; `extra-json` must be a JSON object.
+            pub fn from_wit(t: wit::Template) -> Result<dom::Template, String> {
+                let extra = super::extra_object(&t.id, t.extra_json.as_deref())?;
+                Ok(dom::Template {
+                    id: t.id,
+                    max_number: t.max_number,
+                    available_number: t.available_number,
+                    attributes: t
+                        .attributes
+                        .into_iter()
+                        .map(|a| dom::Attribute {
+                            name: a.name,
+                            kind: kind_from_wit(a.kind),
+                            value: a.value,
+                        })
+                        .collect(),
+                    extra,
+                })
+            }
+        }
+    };
 }
+
+template_conversions!(provider_template, crate::engine::bindings::hostfactory::provider::types);
+template_conversions!(
+    policy_template,
+    crate::engine::bindings::policy::exports::hostfactory::policy::template_policy
+);
 
 /// WIT → domain provider error.
 pub fn error(e: wit::ProviderError) -> dom::ProviderError {

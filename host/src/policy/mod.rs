@@ -83,6 +83,77 @@ pub fn check_offer(provided: &[Template], offer: &[Template]) -> Result<(), Stri
     Ok(())
 }
 
+/// A policy's answer, checked: the policy's own error, or what `check` finds wrong with the
+/// answer, named with the policy. The first step of every hook, live or shadow.
+pub fn checked<A>(policy: &str, answer: Result<A, PolicyError>, check: impl FnOnce(&A) -> Result<(), String>) -> Result<A, PolicyError> {
+    let a = answer?;
+    check(&a).map_err(|message| PolicyError {
+        policy: policy.to_string(),
+        message,
+    })?;
+    Ok(a)
+}
+
+/// What a live hook does with a failed policy: fail open = `fallback()` (`instead` says what
+/// that is, for the log), fail closed = the error. Logged with the policy's name either way.
+pub fn or_fall_back<A>(
+    answer: Result<A, PolicyError>,
+    on_error: OnError,
+    hook: &str,
+    section: &str,
+    instead: &str,
+    fallback: impl FnOnce() -> A,
+) -> Result<A, PolicyError> {
+    match (answer, on_error) {
+        (Ok(a), _) => Ok(a),
+        (Err(e), OnError::FailOpen) => {
+            tracing::error!(policy = %e.policy, error = %e.message, "{hook} failed; {instead} ({section}.on_error = fail_open)");
+            Ok(fallback())
+        }
+        (Err(e), OnError::FailClosed) => {
+            tracing::error!(policy = %e.policy, error = %e.message, "{hook} failed; failing the call ({section}.on_error = fail_closed)");
+            Err(e)
+        }
+    }
+}
+
+/// Logs (as `shadow <label> ...`) and stores a shadow policy's verdict beside the live
+/// decision: `answer` is the shadow's checked answer with its name, `verdict` whether it
+/// agrees with the live one and how to record it, `fields` what the record holds besides
+/// (time, hook, the live decision). Stored under `key` in the instance's shadow namespace,
+/// the last [`SHADOW_KEEP`] under `prefix`; never acted on, never fails the call.
+pub fn record_shadow<A>(
+    label: &str,
+    store: &dyn crate::store::StateStore,
+    instance: &str,
+    (prefix, key): (&str, String),
+    answer: Result<(String, A), PolicyError>,
+    verdict: impl FnOnce(&A) -> (bool, serde_json::Value),
+    fields: serde_json::Value,
+) {
+    let mut record = match &answer {
+        Ok((name, a)) => {
+            let (same, candidate) = verdict(a);
+            if same {
+                tracing::info!(shadow = %name, key = %key, "shadow {label} agrees with the live one");
+            } else {
+                tracing::info!(shadow = %name, key = %key, "shadow {label} differs from the live one (not acted on)");
+            }
+            serde_json::json!({"policy": name, "same": same, "candidate": candidate})
+        }
+        Err(e) => {
+            tracing::warn!(shadow = %e.policy, error = %e.message, key = %key, "shadow {label} failed (not acted on)");
+            serde_json::json!({"policy": e.policy, "same": false, "error": e.message})
+        }
+    };
+    if let (Some(r), serde_json::Value::Object(f)) = (record.as_object_mut(), fields) {
+        r.extend(f);
+    }
+    if let Err(e) = keep_last(store, &shadow_namespace(instance), prefix, &key, &record.to_string(), SHADOW_KEEP) {
+        tracing::warn!(error = %e, "cannot store the shadow policy's decision");
+    }
+}
+
 /// Asks `policy` what to offer, checks the answer, and on failure falls back as `on_error`
 /// says (logging the failure with the policy's name either way).
 pub fn offer(
@@ -92,27 +163,20 @@ pub fn offer(
     templates: Vec<Template>,
 ) -> Result<Vec<Template>, PolicyError> {
     let answer = policy.and_then(|p| {
-        let offer = p.offer_templates(ctx, &templates)?;
-        check_offer(&templates, &offer).map_err(|message| PolicyError {
-            policy: p.name().to_string(),
-            message,
-        })?;
-        Ok(offer)
+        let asked = p.offer_templates(ctx, &templates);
+        checked(p.name(), asked, |o| check_offer(&templates, o))
     });
-    match (answer, on_error) {
-        (Ok(offer), _) => {
-            tracing::debug!(offered = offer.len(), of = templates.len(), "template policy answered");
-            Ok(offer)
-        }
-        (Err(e), OnError::FailOpen) => {
-            tracing::error!(policy = %e.policy, error = %e.message, "template policy failed; offering the provider's templates unchanged (policy.on_error = fail_open)");
-            Ok(templates)
-        }
-        (Err(e), OnError::FailClosed) => {
-            tracing::error!(policy = %e.policy, error = %e.message, "template policy failed; failing the call (policy.on_error = fail_closed)");
-            Err(e)
-        }
+    if let Ok(offer) = &answer {
+        tracing::debug!(offered = offer.len(), of = templates.len(), "template policy answered");
     }
+    or_fall_back(
+        answer,
+        on_error,
+        "template policy",
+        "policy",
+        "offering the provider's templates unchanged",
+        || templates.clone(),
+    )
 }
 
 /// One live template-offer decision as recorded for `hfwasm replay`: the provider's
@@ -192,33 +256,18 @@ pub fn shadow(
     live: &[Template],
 ) {
     let answer = candidate.and_then(|mut p| {
-        let offer = p.offer_templates(ctx, provided)?;
-        check_offer(provided, &offer).map_err(|message| PolicyError {
-            policy: p.name().to_string(),
-            message,
-        })?;
-        Ok((p.name().to_string(), offer))
+        let name = p.name().to_string();
+        checked(&name, p.offer_templates(ctx, provided), |o| check_offer(provided, o)).map(|o| (name, o))
     });
-    let record = match &answer {
-        Ok((name, offer)) => {
-            let same = offer.as_slice() == live;
-            if same {
-                tracing::info!(shadow = %name, "shadow policy agrees with the live offer");
-            } else {
-                tracing::info!(shadow = %name, live = %summary(live), candidate = %summary(offer), "shadow policy differs from the live offer (not acted on)");
-            }
-            serde_json::json!({"at": ctx.now, "hook": "offer-templates", "policy": name, "same": same, "live": summary(live), "candidate": summary(offer)})
-        }
-        Err(e) => {
-            tracing::warn!(shadow = %e.policy, error = %e.message, "shadow policy failed (not acted on)");
-            serde_json::json!({"at": ctx.now, "hook": "offer-templates", "policy": e.policy, "same": false, "live": summary(live), "error": e.message})
-        }
-    };
-    let ns = shadow_namespace(&ctx.provider_instance);
-    let key = format!("offer/{:020}-{}", ctx.now, uuid::Uuid::new_v4());
-    if let Err(e) = keep_last(store, &ns, "offer/", &key, &record.to_string(), SHADOW_KEEP) {
-        tracing::warn!(error = %e, "cannot store the shadow policy's decision");
-    }
+    record_shadow(
+        "policy",
+        store,
+        &ctx.provider_instance,
+        ("offer/", format!("offer/{:020}-{}", ctx.now, uuid::Uuid::new_v4())),
+        answer,
+        |o| (o.as_slice() == live, summary(o)),
+        serde_json::json!({"at": ctx.now, "hook": "offer-templates", "live": summary(live)}),
+    );
 }
 
 /// Stores `value` at `key` (if absent) and deletes the oldest entries under `prefix`

@@ -166,24 +166,17 @@ pub fn choose(
     candidates: &[Candidate],
 ) -> Result<Vec<String>, PolicyError> {
     let answer = policy.and_then(|p| {
-        let choice = p.choose_providers(ctx, request, candidates)?;
-        check_choice(candidates, &choice).map_err(|message| PolicyError {
-            policy: p.name().to_string(),
-            message,
-        })?;
-        Ok(choice)
+        let asked = p.choose_providers(ctx, request, candidates);
+        super::checked(p.name(), asked, |c| check_choice(candidates, c))
     });
-    match (answer, on_error) {
-        (Ok(choice), _) => Ok(choice),
-        (Err(e), OnError::FailOpen) => {
-            tracing::error!(policy = %e.policy, error = %e.message, request_id = %request.request_id, "placement policy failed; trying providers by priority (placement.on_error = fail_open)");
-            Ok(by_priority(candidates))
-        }
-        (Err(e), OnError::FailClosed) => {
-            tracing::error!(policy = %e.policy, error = %e.message, request_id = %request.request_id, "placement policy failed; failing the request (placement.on_error = fail_closed)");
-            Err(e)
-        }
-    }
+    super::or_fall_back(
+        answer,
+        on_error,
+        "placement policy",
+        "placement",
+        &format!("trying providers by priority for request {}", request.request_id),
+        || by_priority(candidates),
+    )
 }
 
 /// Runs `candidate` beside the live placement on the same request and candidates, logs
@@ -199,38 +192,18 @@ pub fn shadow(
     live: &[String],
 ) {
     let answer = candidate.and_then(|p| {
-        let choice = p.choose_providers(ctx, request, candidates)?;
-        check_choice(candidates, &choice).map_err(|message| PolicyError {
-            policy: p.name().to_string(),
-            message,
-        })?;
-        Ok((p.name().to_string(), choice))
+        let name = p.name().to_string();
+        super::checked(&name, p.choose_providers(ctx, request, candidates), |c| check_choice(candidates, c)).map(|c| (name, c))
     });
-    let base = serde_json::json!({"at": ctx.now, "hook": "choose-providers", "request_id": request.request_id, "live": live});
-    let record = match &answer {
-        Ok((name, choice)) => {
-            let same = choice.as_slice() == live;
-            if same {
-                tracing::info!(shadow = %name, request_id = %request.request_id, "shadow placement agrees with the live one");
-            } else {
-                tracing::info!(shadow = %name, request_id = %request.request_id, live = %live.join(","), candidate = %choice.join(","), "shadow placement differs from the live one (not acted on)");
-            }
-            serde_json::json!({"policy": name, "same": same, "candidate": choice})
-        }
-        Err(e) => {
-            tracing::warn!(shadow = %e.policy, error = %e.message, "shadow placement failed (not acted on)");
-            serde_json::json!({"policy": e.policy, "same": false, "error": e.message})
-        }
-    };
-    let mut record = record;
-    if let (Some(r), Some(b)) = (record.as_object_mut(), base.as_object()) {
-        r.extend(b.clone());
-    }
-    let ns = super::shadow_namespace(&ctx.provider_instance);
-    let key = format!("placement/{:020}-{}", ctx.now, request.request_id);
-    if let Err(e) = super::keep_last(store, &ns, "placement/", &key, &record.to_string(), super::SHADOW_KEEP) {
-        tracing::warn!(error = %e, "cannot store the shadow placement's decision");
-    }
+    super::record_shadow(
+        "placement",
+        store,
+        &ctx.provider_instance,
+        ("placement/", format!("placement/{:020}-{}", ctx.now, request.request_id)),
+        answer,
+        |c| (c.as_slice() == live, serde_json::json!(c)),
+        serde_json::json!({"at": ctx.now, "hook": "choose-providers", "request_id": request.request_id, "live": live}),
+    );
 }
 
 #[cfg(test)]

@@ -100,14 +100,6 @@ pub struct RhaiPolicy {
     deadline: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
-fn kind_name(k: AttributeKind) -> &'static str {
-    match k {
-        AttributeKind::Text => "text",
-        AttributeKind::Numeric => "numeric",
-        AttributeKind::Boolean => "boolean",
-    }
-}
-
 /// What the script hands back for one template (strict: unknown fields are errors).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -230,16 +222,11 @@ impl RhaiPolicy {
                     .attributes
                     .into_iter()
                     .map(|a| {
-                        let kind = match a.kind.as_str() {
-                            "text" => AttributeKind::Text,
-                            "numeric" => AttributeKind::Numeric,
-                            "boolean" => AttributeKind::Boolean,
-                            other => {
-                                return Err(self.error(format!(
-                                    "template '{}': attribute '{}' has kind '{other}'; use text, numeric or boolean",
-                                    o.id, a.name
-                                )));
-                            }
+                        let Some(kind) = AttributeKind::parse(&a.kind) else {
+                            return Err(self.error(format!(
+                                "template '{}': attribute '{}' has kind '{}'; use text, numeric or boolean",
+                                o.id, a.name, a.kind
+                            )));
                         };
                         Ok(Attribute {
                             name: a.name,
@@ -281,7 +268,7 @@ impl TemplatePolicy for RhaiPolicy {
                         "id": t.id,
                         "max_number": t.max_number,
                         "available_number": t.available_number,
-                        "attributes": t.attributes.iter().map(|a| json!({"name": a.name, "kind": kind_name(a.kind), "value": a.value})).collect::<Vec<_>>(),
+                        "attributes": t.attributes.iter().map(|a| json!({"name": a.name, "kind": AttributeKind::name(a.kind), "value": a.value})).collect::<Vec<_>>(),
                         "extra": t.extra,
                     })
                 })

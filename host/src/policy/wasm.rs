@@ -11,7 +11,7 @@ use wasmtime::component::{Component, Linker};
 
 use super::placement::{Candidate, Circuit, Placement, PlacementPolicy};
 use super::{PolicyError, TemplatePolicy};
-use crate::domain::model::{Attribute, AttributeKind, CallContext, Template};
+use crate::domain::model::{CallContext, Template};
 use crate::engine::bindings::placement::ProviderSelector;
 use crate::engine::bindings::placement::exports::hostfactory::policy::placement as pwit;
 use crate::engine::bindings::policy::TemplateSelector;
@@ -150,51 +150,8 @@ impl PlacementPolicy for WasmPlacementPolicy {
     }
 }
 
-/// A domain template in the policy WIT's terms.
-pub fn to_wit(t: &Template) -> wit::Template {
-    wit::Template {
-        id: t.id.clone(),
-        max_number: t.max_number,
-        available_number: t.available_number,
-        attributes: t
-            .attributes
-            .iter()
-            .map(|a| wit::Attribute {
-                name: a.name.clone(),
-                kind: match a.kind {
-                    AttributeKind::Text => wit::AttributeKind::Text,
-                    AttributeKind::Numeric => wit::AttributeKind::Numeric,
-                    AttributeKind::Boolean => wit::AttributeKind::Boolean,
-                },
-                value: a.value.clone(),
-            })
-            .collect(),
-        extra_json: (!t.extra.is_empty()).then(|| serde_json::Value::Object(t.extra.clone()).to_string()),
-    }
-}
-
-fn from_wit(t: wit::Template) -> Result<Template, String> {
-    let extra = crate::engine::convert::extra_object(&t.id, t.extra_json.as_deref())?;
-    Ok(Template {
-        id: t.id,
-        max_number: t.max_number,
-        available_number: t.available_number,
-        attributes: t
-            .attributes
-            .into_iter()
-            .map(|a| Attribute {
-                name: a.name,
-                kind: match a.kind {
-                    wit::AttributeKind::Text => AttributeKind::Text,
-                    wit::AttributeKind::Numeric => AttributeKind::Numeric,
-                    wit::AttributeKind::Boolean => AttributeKind::Boolean,
-                },
-                value: a.value,
-            })
-            .collect(),
-        extra,
-    })
-}
+use crate::engine::convert::policy_template::from_wit;
+pub use crate::engine::convert::policy_template::to_wit;
 
 impl TemplatePolicy for WasmTemplatePolicy {
     fn name(&self) -> &str {

@@ -12,6 +12,7 @@ mod sweep;
 
 use crate::domain::lifecycle::{self, MachineResult, RequestStatus};
 use crate::domain::model::*;
+use crate::domain::provider::{LazyProvider, one_answer_each};
 pub use crate::domain::provider::{Provider, ProviderLoader};
 
 use crate::policy::{OnError, PolicyLoader, TemplatePolicy};
@@ -97,8 +98,7 @@ pub struct LifecyclePolicy {
 /// One HostFactory call's worth of orchestration.
 pub struct Service<'a> {
     store: &'a dyn StateStore,
-    loader: Option<ProviderLoader<'a>>,
-    provider: Option<Box<dyn Provider + 'a>>,
+    provider: LazyProvider<'a>,
     ctx: CallContext,
     policy: LifecyclePolicy,
     template_policy: Option<(PolicyLoader<'a>, OnError)>,
@@ -120,8 +120,7 @@ impl<'a> Service<'a> {
     pub fn new(store: &'a dyn StateStore, loader: ProviderLoader<'a>, ctx: CallContext, policy: LifecyclePolicy) -> Self {
         Self {
             store,
-            loader: Some(loader),
-            provider: None,
+            provider: LazyProvider::new(&ctx.provider_instance, loader),
             ctx,
             policy,
             template_policy: None,
@@ -159,17 +158,7 @@ impl<'a> Service<'a> {
     }
 
     fn provider(&mut self) -> Result<&mut (dyn Provider + 'a), ProviderError> {
-        if self.provider.is_none() {
-            let loader = self
-                .loader
-                .take()
-                .ok_or_else(|| ProviderError::Internal("provider loader used twice".into()))?;
-            self.provider = Some(loader()?);
-        }
-        match self.provider.as_deref_mut() {
-            Some(p) => Ok(p),
-            None => Err(ProviderError::Internal("provider missing after load".into())),
-        }
+        self.provider.get()
     }
 
     /// getAvailableTemplates: the provider's templates, checked against the contract, then
@@ -427,18 +416,8 @@ impl<'a> Service<'a> {
             return std::collections::HashMap::new();
         }
         let ctx = self.ctx.clone();
-        let answers = match self.provider().and_then(|p| p.requests_status(&ctx, queries)) {
-            Ok(list) if list.len() == queries.len() => list,
-            Ok(list) => {
-                let e = ProviderError::Internal(format!(
-                    "requests-status answered {} of {} queries; each query needs exactly one answer, in order",
-                    list.len(),
-                    queries.len()
-                ));
-                queries.iter().map(|_| Err(e.clone())).collect()
-            }
-            Err(e) => queries.iter().map(|_| Err(e.clone())).collect(),
-        };
+        let batch = self.provider().and_then(|p| p.requests_status(&ctx, queries));
+        let answers = one_answer_each("the provider", queries.len(), batch);
         // An answer that breaks the contract fails its own request, not the others.
         queries
             .iter()

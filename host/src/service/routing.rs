@@ -18,6 +18,7 @@ use super::breaker::{self, Admission, Breaker, BreakerPolicy};
 use super::{Provider, ProviderLoader};
 use crate::domain::model::PolicyError;
 use crate::domain::model::*;
+use crate::domain::provider::{LazyProvider, one_answer_each};
 use crate::policy::OnError;
 use crate::policy::placement::{self, Candidate, Circuit, Placement, PlacementLoader, PlacementPolicy};
 use crate::store::{StateStore, StoreError};
@@ -41,8 +42,7 @@ pub struct MemberInfo {
 
 struct Member<'a> {
     info: MemberInfo,
-    loader: Option<ProviderLoader<'a>>,
-    provider: Option<Box<dyn Provider + 'a>>,
+    provider: LazyProvider<'a>,
     /// Its templates (or why it could not give them), once asked in this call.
     templates: Option<Result<Vec<Template>, ProviderError>>,
 }
@@ -130,9 +130,8 @@ impl<'a> Router<'a> {
             members: members
                 .into_iter()
                 .map(|(info, loader)| Member {
+                    provider: LazyProvider::new(&info.name, loader),
                     info,
-                    loader: Some(loader),
-                    provider: None,
                     templates: None,
                 })
                 .collect(),
@@ -204,18 +203,7 @@ impl<'a> Router<'a> {
 
     /// Member `i`'s provider, loaded on first use.
     fn provider(&mut self, i: usize) -> Result<&mut (dyn Provider + 'a), ProviderError> {
-        let m = &mut self.members[i];
-        if m.provider.is_none() {
-            let loader = m
-                .loader
-                .take()
-                .ok_or_else(|| ProviderError::Internal(format!("provider '{}' failed to load earlier in this call", m.info.name)))?;
-            m.provider = Some(loader()?);
-        }
-        match m.provider.as_deref_mut() {
-            Some(p) => Ok(p),
-            None => Err(ProviderError::Internal("provider missing after load".into())),
-        }
+        self.members[i].provider.get()
     }
 
     /// Runs `f` on member `i` with its own settings.
@@ -804,18 +792,8 @@ impl<'a> Provider for Router<'a> {
         for (i, batch) in batches {
             let name = self.members[i].info.name.clone();
             let subs: Vec<StatusQuery> = batch.iter().map(|(_, q)| q.clone()).collect();
-            let answers = match self.on(i, ctx, |p, c| p.requests_status(c, &subs)) {
-                Ok(list) if list.len() == subs.len() => list,
-                Ok(list) => {
-                    let e = ProviderError::Internal(format!(
-                        "provider '{name}': requests-status answered {} of {} queries",
-                        list.len(),
-                        subs.len()
-                    ));
-                    subs.iter().map(|_| Err(e.clone())).collect()
-                }
-                Err(e) => subs.iter().map(|_| Err(e.clone())).collect(),
-            };
+            let asked = self.on(i, ctx, |p, c| p.requests_status(c, &subs));
+            let answers = one_answer_each(&format!("provider '{name}'"), subs.len(), asked);
             for ((qi, sub), answer) in batch.into_iter().zip(answers) {
                 match answer {
                     Ok(p) => {
