@@ -17,8 +17,8 @@ use crate::policy::TemplatePolicy;
 use crate::policy::placement::PlacementPolicy;
 use crate::policy::wasm::{WasmPlacementPolicy, WasmTemplatePolicy};
 use crate::runtime::{CacheOutcome, GuestCode, GuestEngine, GuestResources, PrecompiledCache, WasmProvider};
-use crate::service::routing::{MemberInfo, Router};
-use crate::service::{LifecyclePolicy, Provider, ProviderLoader, Service};
+use crate::service::routing::Router;
+use crate::service::{LifecycleTimes, Provider, ProviderLoader, Service};
 use crate::store::StateStore;
 use crate::{builtin, limits};
 
@@ -130,8 +130,8 @@ impl Plugin {
         Ok(Arc::from(crate::store::open(&self.config.store)?))
     }
 
-    fn policy(&self) -> LifecyclePolicy {
-        LifecyclePolicy {
+    fn policy(&self) -> LifecycleTimes {
+        LifecycleTimes {
             pending_timeout_secs: self.config.pending_timeout_secs,
             abandon_after_secs: self.config.abandon_after_secs,
             retention_secs: self.config.retention.as_secs(),
@@ -307,17 +307,10 @@ impl Plugin {
                 .members
                 .iter()
                 .map(|m| {
-                    let info = MemberInfo {
-                        name: m.name.clone(),
-                        kind: m.kind.clone(),
-                        priority: m.priority,
-                        weight: m.weight,
-                        cost_threshold: m.cost_threshold,
-                        settings: m.settings.clone(),
-                    };
+                    let info = m.member.clone();
                     let store = store.clone();
                     let loader: ProviderLoader<'s> = Box::new(move || {
-                        let (p, _) = self.load_guest(&m.guest, &m.name, m.ec2.clone(), store)?;
+                        let (p, _) = self.load_guest(&m.guest, &m.member.name, m.ec2.clone(), store)?;
                         Ok(Box::new(p) as Box<dyn Provider>)
                     });
                     (info, loader)
@@ -674,11 +667,11 @@ impl Plugin {
         for m in &c.members {
             lines.push(format!(
                 "provider:  {} ({}, priority {}, weight {}{}{})",
-                m.name,
-                m.kind,
-                m.priority,
-                m.weight,
-                m.cost_threshold.map_or(String::new(), |t| format!(", cost_threshold {t}")),
+                m.member.name,
+                m.member.kind,
+                m.member.priority,
+                m.member.weight,
+                m.member.cost_threshold.map_or(String::new(), |t| format!(", cost_threshold {t}")),
                 m.ec2.as_ref().map_or(String::new(), |e| format!(
                     "; region {}, endpoint {}",
                     e.region,
@@ -713,7 +706,7 @@ impl Plugin {
             Box::new(provider)
         } else {
             for m in &c.members {
-                self.load_guest(&m.guest, &m.name, m.ec2.clone(), store.clone())
+                self.load_guest(&m.guest, &m.member.name, m.ec2.clone(), store.clone())
                     .map_err(HfError::from)?;
             }
             lines.push(format!("guest load: ok ({} providers)", c.members.len()));

@@ -24,6 +24,7 @@ use serde::Deserialize;
 use crate::capabilities::ec2::{Ec2Grant, Ec2Settings};
 use crate::capabilities::{Capability, Settings};
 use crate::limits::{GuestLimits, LimitOverrides};
+use crate::service::routing::Member;
 use crate::store::StoreSpec;
 
 /// File name of hfwasm's own config inside the provider conf dir.
@@ -216,20 +217,11 @@ pub struct Config {
 /// One of several providers behind one provider instance.
 #[derive(Debug, Clone)]
 pub struct MemberSpec {
-    /// `providers[].name`.
-    pub name: String,
-    /// `providers[].type`.
-    pub kind: String,
-    /// Lower first (`active_provider` counts as 0).
-    pub priority: u32,
-    /// Share under WEIGHTED.
-    pub weight: u32,
-    /// Most per host-hour, for COST_OPTIMIZED.
-    pub cost_threshold: Option<f64>,
+    /// What the router needs of it (`providers[].name`, `type`, `priority`, `weight`,
+    /// `cost_threshold`, and the settings handed to its guest).
+    pub member: Member,
     /// Its guest instance (named after it: its own kv namespace and logs).
     pub guest: GuestSpec,
-    /// Settings handed to its guest.
-    pub settings: serde_json::Value,
     /// Its EC2 client settings (aws).
     pub ec2: Option<Ec2Settings>,
     /// IBM's files it was read from (aws).

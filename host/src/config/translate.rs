@@ -326,16 +326,18 @@ pub(super) fn seed_members(
             }
         };
         members.push(MemberSpec {
-            name: p.name.clone(),
-            kind: match p.kind {
-                seed::SeedKind::Aws { .. } => "aws".into(),
-                seed::SeedKind::Onprem => "onprem".into(),
+            member: Member {
+                name: p.name.clone(),
+                kind: match p.kind {
+                    seed::SeedKind::Aws { .. } => "aws".into(),
+                    seed::SeedKind::Onprem => "onprem".into(),
+                },
+                priority: p.priority,
+                weight: p.weight,
+                cost_threshold: p.cost_threshold,
+                settings,
             },
-            priority: p.priority,
-            weight: p.weight,
-            cost_threshold: p.cost_threshold,
             guest,
-            settings,
             ec2,
             aws_files,
         });

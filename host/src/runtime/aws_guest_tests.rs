@@ -10,7 +10,7 @@ use crate::domain::model::{CallContext, MachineRef};
 use crate::engine::bindings::hostfactory::capabilities::ec2::*;
 use crate::engine::sandbox::HostWait;
 use crate::runtime::{GuestCode, GuestEngine, GuestResources, PrecompiledCache, WasmProvider};
-use crate::service::{LifecyclePolicy, Provider, ProviderLoader, Service};
+use crate::service::{LifecycleTimes, Provider, ProviderLoader, Service};
 use crate::store::SqliteStore;
 
 /// EC2 as recorded: a fixed set of instances and spot requests; launches are recorded.
@@ -282,7 +282,7 @@ impl Fixture {
             self.store.as_ref(),
             loader,
             self.ctx(now, false),
-            LifecyclePolicy {
+            LifecycleTimes {
                 pending_timeout_secs: 180,
                 abandon_after_secs: 600,
                 retention_secs: 7 * 86400,

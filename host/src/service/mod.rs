@@ -78,9 +78,10 @@ pub struct RequestReport {
     pub machines: Vec<MachineReport>,
 }
 
-/// Settings of the lifecycle the host enforces.
+/// The lifecycle's clocks the host enforces (timeouts and intervals; not a policy:
+/// policies are the site's template and placement decisions in `policy`).
 #[derive(Debug, Clone, Copy)]
-pub struct LifecyclePolicy {
+pub struct LifecycleTimes {
     /// Machines pending longer than this fail, and a request open longer than this closes.
     pub pending_timeout_secs: u64,
     /// A request still only recorded (its process died before answering HostFactory) after
@@ -100,7 +101,7 @@ pub struct Service<'a> {
     store: &'a dyn StateStore,
     provider: LazyProvider<'a>,
     ctx: CallContext,
-    policy: LifecyclePolicy,
+    times: LifecycleTimes,
     template_policy: Option<(PolicyLoader<'a>, OnError)>,
     shadow_policy: Option<PolicyLoader<'a>>,
     breaker: Option<(String, breaker::BreakerPolicy)>,
@@ -117,12 +118,12 @@ fn new_id(prefix: &str) -> String {
 
 impl<'a> Service<'a> {
     /// A service over `store`, loading the provider with `loader` when first needed.
-    pub fn new(store: &'a dyn StateStore, loader: ProviderLoader<'a>, ctx: CallContext, policy: LifecyclePolicy) -> Self {
+    pub fn new(store: &'a dyn StateStore, loader: ProviderLoader<'a>, ctx: CallContext, times: LifecycleTimes) -> Self {
         Self {
             store,
             provider: LazyProvider::new(&ctx.provider_instance, loader),
             ctx,
-            policy,
+            times,
             template_policy: None,
             shadow_policy: None,
             breaker: None,
@@ -303,7 +304,7 @@ impl<'a> Service<'a> {
         self.store.insert_request(&rec, &[])?;
         crate::faults::point("request-machines:after-write-ahead");
         // A new id: nobody else can hold it; the claim keeps the sweep off while we work.
-        let claim = claims::take(self.store, &self.ctx.provider_instance, &rec.id, now, self.policy.claim_secs)?;
+        let claim = claims::take(self.store, &self.ctx.provider_instance, &rec.id, now, self.times.claim_secs)?;
         let req = ProvisionRequest {
             request_id: rec.id.clone(),
             template_id: template_id.to_string(),
@@ -449,7 +450,7 @@ impl<'a> Service<'a> {
         let ctx = self.ctx.clone();
         let now = ctx.now;
         let age = now.saturating_sub(rec.created_at);
-        let timed_out = age > self.policy.pending_timeout_secs;
+        let timed_out = age > self.times.pending_timeout_secs;
         let mut resume_claim = None;
         let (machines, outstanding, message, units) = match rec.kind {
             RequestKind::Provision => {
@@ -458,7 +459,7 @@ impl<'a> Service<'a> {
                     None => {
                         // Recorded, not yet submitted: its call may still be running (it
                         // holds the claim), or it died (the claim is free or expired).
-                        match claims::take(self.store, &ctx.provider_instance, &rec.id, now, self.policy.claim_secs)? {
+                        match claims::take(self.store, &ctx.provider_instance, &rec.id, now, self.times.claim_secs)? {
                             None => return Ok(report(&rec, known)),
                             Some(c) => resume_claim = Some(c),
                         }
@@ -521,7 +522,7 @@ impl<'a> Service<'a> {
 
     /// Machines pending for longer than the timeout become `failed` with a message.
     fn fail_expired(&self, machines: &mut [Machine], now: u64) -> Vec<Machine> {
-        let limit = self.policy.pending_timeout_secs;
+        let limit = self.times.pending_timeout_secs;
         let mut expired = Vec::new();
         for m in machines.iter_mut() {
             if m.state == MachineState::Pending && now.saturating_sub(m.launch_time) > limit {

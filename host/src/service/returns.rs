@@ -142,7 +142,7 @@ impl Service<'_> {
         crate::faults::point(&format!("{faults}:before-write-ahead"));
         self.store.insert_request(&rec, &initial)?;
         crate::faults::point(&format!("{faults}:after-write-ahead"));
-        let claim = claims::take(self.store, &self.ctx.provider_instance, &rec.id, now, self.policy.claim_secs)?;
+        let claim = claims::take(self.store, &self.ctx.provider_instance, &rec.id, now, self.times.claim_secs)?;
         let refs = refs_of(&initial);
         let ctx = self.ctx.clone();
         let answer = self

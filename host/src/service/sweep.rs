@@ -21,14 +21,14 @@ impl Service<'_> {
     /// recorded but never submitted is carried out, and one HostFactory never polled is followed up.
     /// Cheap when there is nothing to do (one indexed query). Returns how many it repaired.
     pub fn sweep(&mut self) -> Result<usize, ServiceError> {
-        let before = self.ctx.now.saturating_sub(self.policy.abandon_after_secs);
+        let before = self.ctx.now.saturating_sub(self.times.abandon_after_secs);
         let stale = self.store.stale_requests(before)?;
         let ctx = self.ctx.clone();
         let mut loaded = Vec::with_capacity(stale.len());
         let mut held = Vec::with_capacity(stale.len());
         for rec in stale.iter().cloned() {
             // A request a live call still works on is not abandoned, however old.
-            let Some(claim) = super::claims::take(self.store, &ctx.provider_instance, &rec.id, ctx.now, self.policy.claim_secs)? else {
+            let Some(claim) = super::claims::take(self.store, &ctx.provider_instance, &rec.id, ctx.now, self.times.claim_secs)? else {
                 tracing::info!(request_id = %rec.id, "old but a live call holds it; the sweep leaves it");
                 continue;
             };
@@ -119,7 +119,7 @@ impl Service<'_> {
     /// Runs at most every `orphan_scan_secs`, and never judges a machine launched before
     /// this store first swept: after a store reset, the cluster's hosts are not orphans.
     fn scan_orphans(&mut self) -> Result<usize, ServiceError> {
-        let interval = self.policy.orphan_scan_secs;
+        let interval = self.times.orphan_scan_secs;
         if interval == 0 {
             return Ok(0);
         }
@@ -133,7 +133,7 @@ impl Service<'_> {
         self.store.kv_set(&ns, "orphan-scan-at", &now.to_string())?;
         self.store.kv_insert_if_absent(&ns, "since", &now.to_string())?;
         let since = read("since")?.unwrap_or(now);
-        let settled_before = now.saturating_sub(self.policy.abandon_after_secs);
+        let settled_before = now.saturating_sub(self.times.abandon_after_secs);
         if settled_before <= since {
             // No machine can be both newer than the store's history and settled yet.
             return Ok(0);
@@ -189,10 +189,10 @@ impl Service<'_> {
     /// store that grew for a year is trimmed over a few cycles without a slow call.
     fn prune(&self) {
         const BATCH: usize = 500;
-        let before = self.ctx.now.saturating_sub(self.policy.retention_secs);
+        let before = self.ctx.now.saturating_sub(self.times.retention_secs);
         match self.store.prune_finished(before, BATCH) {
             Ok(0) => {}
-            Ok(n) => tracing::info!(pruned = n, retention_secs = self.policy.retention_secs, "pruned finished requests"),
+            Ok(n) => tracing::info!(pruned = n, retention_secs = self.times.retention_secs, "pruned finished requests"),
             Err(e) => tracing::warn!(error = %e, "pruning finished requests failed; will retry next call"),
         }
     }

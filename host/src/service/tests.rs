@@ -189,7 +189,7 @@ impl Fixture {
             self.store.as_ref(),
             loader,
             ctx,
-            LifecyclePolicy {
+            LifecycleTimes {
                 pending_timeout_secs: 100,
                 abandon_after_secs: 600,
                 retention_secs: 7 * 86400,
