@@ -1,5 +1,6 @@
-//! The plugin: wires directories, config, store and runtime into one HostFactory call, and
-//! into the admin commands (`config check`, `guest precompile`).
+//! The plugin: wires directories, config, store, guests and policies into one HostFactory
+//! call. The admin commands' side (`config check`, `guest precompile`, `replay`,
+//! `power-run`) is `admin.rs`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,6 +22,8 @@ use crate::service::routing::Router;
 use crate::service::{LifecycleTimes, Provider, ProviderLoader, Service};
 use crate::store::StateStore;
 use crate::{builtin, limits};
+
+mod admin;
 
 /// A provider instance ready to answer calls.
 pub struct Plugin {
@@ -105,32 +108,12 @@ impl Plugin {
         PrecompiledCache::new(dir)
     }
 
-    /// The body of the hidden `hfwasm power-run`: runs `host`'s configured power command
-    /// for `action` (`on`/`off`) and records its outcome in the store.
-    pub fn power_run(&self, host: &str, action: &str, claim: Option<&str>) -> Result<(), HfError> {
-        use crate::capabilities::power;
-        let act = power::parse_action(action)
-            .ok_or_else(|| HfError::new(ErrorCode::InvalidInput, format!("--action must be `on` or `off`, not `{action}`")))?;
-        let store = self.open_store()?;
-        power::run_and_record(
-            store.as_ref(),
-            &power::namespace(&self.dirs.name),
-            self.inventory.as_deref(),
-            &self.dirs.work_dir.join("power"),
-            host,
-            act,
-            claim,
-        )
-        .map(drop)
-        .map_err(|e| HfError::new(ErrorCode::Internal, e))
-    }
-
     /// Opens the configured state store.
     pub fn open_store(&self) -> Result<Arc<dyn StateStore>, HfError> {
         Ok(Arc::from(crate::store::open(&self.config.store)?))
     }
 
-    fn policy(&self) -> LifecycleTimes {
+    fn times(&self) -> LifecycleTimes {
         LifecycleTimes {
             pending_timeout_secs: self.config.pending_timeout_secs,
             abandon_after_secs: self.config.abandon_after_secs,
@@ -333,108 +316,9 @@ impl Plugin {
         })
     }
 
-    /// `hfwasm replay`: re-runs candidate policy `policy` (a `.rhai` script,
-    /// `builtin:default-policy`, or a Wasm component file) with `settings` over the decisions
-    /// recorded in this instance's store within `from..=to`, for each hook it has
-    /// (placement, template offers). A Wasm candidate runs with
-    /// `fuel` per decision and a fixed random seed, so two runs give the same report.
-    pub fn replay(
-        &self,
-        policy: &str,
-        settings: Value,
-        range: (Option<u64>, Option<u64>),
-        fuel: u64,
-        progress: impl FnMut(usize, usize),
-    ) -> Result<crate::policy::replay::Report, HfError> {
-        use crate::builtin::BUILTIN_DEFAULT_POLICY;
-        use crate::config::PolicySpec;
-        use crate::limits::GuestLimits;
-        if !settings.is_object() {
-            return Err(HfError::new(
-                ErrorCode::InvalidInput,
-                "--settings must be a JSON object".to_string(),
-            ));
-        }
-        let source = if policy.ends_with(".rhai") {
-            PolicySource::Script {
-                file: PathBuf::from(policy),
-                limits: crate::policy::rhai::ScriptLimits::default(),
-            }
-        } else {
-            let (name, source) = if policy == BUILTIN_DEFAULT_POLICY {
-                ("default-policy".to_string(), GuestSource::Builtin(BUILTIN_DEFAULT_POLICY))
-            } else {
-                let path = PathBuf::from(policy);
-                let name = path
-                    .file_stem()
-                    .map_or_else(|| policy.to_string(), |s| s.to_string_lossy().into_owned());
-                (name, GuestSource::File(path))
-            };
-            PolicySource::Guest(Box::new(GuestSpec {
-                name,
-                source,
-                grants: Vec::new(),
-                limits: GuestLimits {
-                    fuel: Some(fuel),
-                    random_seed: Some(0),
-                    ..GuestLimits::default()
-                },
-                settings: Default::default(),
-                coredump_dir: None,
-            }))
-        };
-        let spec = PolicySpec {
-            source,
-            settings,
-            on_error: crate::policy::OnError::FailClosed,
-            shadow: None,
-        };
-        // The candidate replays every hook it has: placement, template offers, or both.
-        let placement = self.load_placement(&spec);
-        let template = self.load_policy(&spec);
-        let (name, mut placement, mut template) = match (placement, template) {
-            (Err(p), Err(t)) => {
-                let message = if p.message == t.message {
-                    p.to_string()
-                } else {
-                    format!("not a placement policy ({}) nor a template policy ({})", p.message, t.message)
-                };
-                return Err(HfError::new(ErrorCode::PolicyError, message).with("policy", p.policy));
-            }
-            (p, t) => {
-                let name = match (&p, &t) {
-                    (Ok(p), _) => p.name().to_string(),
-                    (_, Ok(t)) => t.name().to_string(),
-                    _ => String::new(),
-                };
-                (name, p.ok(), t.ok())
-            }
-        };
-        let store = self.open_store()?;
-        let (from, to) = range;
-        let mut progress = progress;
-        let mut report = match placement.as_mut() {
-            Some(p) => {
-                let decisions = crate::policy::replay::load(store.as_ref(), &self.dirs.name, from, to)?;
-                crate::policy::replay::replay(&self.dirs.name, p.as_mut(), &decisions, from, to, &mut progress)
-            }
-            None => crate::policy::replay::Report::empty(&self.dirs.name, &name, from, to),
-        };
-        if let Some(t) = template.as_mut() {
-            let offers = crate::policy::replay::load_offers(store.as_ref(), &self.dirs.name, from, to)?;
-            report.offers = Some(crate::policy::replay::replay_offers(
-                &self.dirs.name,
-                t.as_mut(),
-                &offers,
-                &mut progress,
-            ));
-        }
-        Ok(report)
-    }
-
     /// A service for one call: the provider loaded on first use, the template policy too.
     fn service<'s>(&'s self, store: &'s dyn StateStore, loader: ProviderLoader<'s>) -> Service<'s> {
-        let mut service = Service::new(store, loader, self.context(), self.policy());
+        let mut service = Service::new(store, loader, self.context(), self.times());
         if let Some(keep) = self.config.recording {
             service = service.with_recording(keep);
         }
@@ -544,211 +428,5 @@ impl Plugin {
             std::mem::forget(service);
         }
         Ok(answer)
-    }
-
-    /// Compiles the provider guest and the policy guest, if any, into the cache; returns
-    /// for each its name, cache file, whether it was new, and the time it took.
-    pub fn precompile(&self) -> Result<Vec<(String, PathBuf, CacheOutcome, std::time::Duration)>, HfError> {
-        let mut specs = vec![&self.config.provider];
-        specs.extend(self.config.members.iter().map(|m| &m.guest));
-        specs.extend(self.config.policy.as_ref().and_then(|p| p.guest()));
-        specs.extend(self.config.placement.as_ref().and_then(|p| p.guest()));
-        for p in [&self.config.policy, &self.config.placement].into_iter().flatten() {
-            specs.extend(p.shadow.as_deref().and_then(|s| s.guest()));
-        }
-        // One entry per distinct code (several providers may run the same built-in guest).
-        let mut seen: Vec<(GuestSource, bool, bool)> = Vec::new();
-        specs.retain(|g| {
-            let key = (g.source.clone(), g.limits.fuel.is_some(), g.coredump_dir.is_some());
-            let new = !seen.contains(&key);
-            seen.push(key);
-            new
-        });
-        let cache = self.cache();
-        let mut done = Vec::new();
-        let total = specs.len();
-        for (i, spec) in specs.into_iter().enumerate() {
-            // Progress on stderr: a large guest (Python, JavaScript) compiles for seconds.
-            eprintln!(
-                "guest precompile: {}/{total} '{}' ({} KiB of wasm)...",
-                i + 1,
-                spec.name,
-                Self::bytes_of(spec).map_or(0, |b| b.len() >> 10)
-            );
-            let wasm = Self::bytes_of(spec).map_err(HfError::from)?;
-            let engine =
-                Self::engine_for(spec).map_err(|e| HfError::new(ErrorCode::Internal, format!("cannot start the wasm engine: {e:#}")))?;
-            let t0 = Instant::now();
-            let (_, outcome) = cache
-                .load(&engine, &wasm)
-                .map_err(|e| HfError::new(ErrorCode::GuestLoadError, format!("guest '{}': {e:#}", spec.name)))?;
-            done.push((spec.name.clone(), cache.path_for(&engine, &wasm), outcome, t0.elapsed()));
-        }
-        Ok(done)
-    }
-
-    /// Checks the whole chain (config, inventory, store, guest load, templates) and
-    /// describes it, one line per item.
-    pub fn check(&self) -> Result<Vec<String>, HfError> {
-        let c = &self.config;
-        let mut lines = vec![
-            format!("provider instance: {}", self.dirs.name),
-            format!("conf dir:  {}", self.dirs.conf_dir.display()),
-            format!("work dir:  {}", self.dirs.work_dir.display()),
-            format!(
-                "log dir:   {}",
-                self.dirs
-                    .log_dir
-                    .as_ref()
-                    .map_or("(stderr)".to_string(), |d| d.display().to_string())
-            ),
-            format!(
-                "config:    {}",
-                match (&c.file, &c.aws_files) {
-                    (Some(f), _) => f.display().to_string(),
-                    (None, Some((cfg, tpl))) => format!("IBM AWS files {} and {}", cfg.display(), tpl.display()),
-                    (None, None) => "embedded defaults (no hfwasm.json)".to_string(),
-                }
-            ),
-            format!(
-                "guest:     {} from {} (grants: {}; memory {} MiB, timeout {} ms)",
-                c.provider.name,
-                match &c.provider.source {
-                    GuestSource::Builtin(n) => n.to_string(),
-                    GuestSource::File(p) => p.display().to_string(),
-                },
-                c.provider.grants.iter().map(|g| g.short_name()).collect::<Vec<_>>().join(", "),
-                c.provider.limits.memory_bytes >> 20,
-                c.provider.limits.timeout.as_millis()
-            ),
-        ];
-        if !c.members.is_empty() {
-            // Several providers: each has its own line below.
-            lines.retain(|l| !l.starts_with("guest:"));
-        }
-        if let Some(p) = &c.policy {
-            let on_error = if p.on_error == crate::policy::OnError::FailOpen {
-                "fail_open"
-            } else {
-                "fail_closed"
-            };
-            lines.push(match &p.source {
-                PolicySource::Guest(g) => format!(
-                    "policy:    {} from {} (on_error {on_error}; memory {} MiB, timeout {} ms)",
-                    g.name,
-                    match &g.source {
-                        GuestSource::Builtin(n) => n.to_string(),
-                        GuestSource::File(f) => f.display().to_string(),
-                    },
-                    g.limits.memory_bytes >> 20,
-                    g.limits.timeout.as_millis()
-                ),
-                PolicySource::Script { file, limits } => format!(
-                    "policy:    Rhai script {} (on_error {on_error}; {} operations, timeout {} ms)",
-                    file.display(),
-                    limits.max_operations,
-                    limits.timeout_ms
-                ),
-            });
-        }
-        if let Some(ec2) = &c.ec2 {
-            lines.push(format!(
-                "ec2:       region {}, endpoint {}, credentials {}",
-                ec2.region,
-                ec2.endpoint_url.as_deref().unwrap_or("(AWS default)"),
-                ec2.credential_file
-                    .as_ref()
-                    .map_or("from the standard chain".to_string(), |f| f.display().to_string())
-            ));
-        }
-        if let Some(inv) = &self.inventory {
-            lines.push(format!("inventory: {} ({} hosts)", inv.file.display(), inv.hosts.len()));
-        }
-        for m in &c.members {
-            lines.push(format!(
-                "provider:  {} ({}, priority {}, weight {}{}{})",
-                m.member.name,
-                m.member.kind,
-                m.member.priority,
-                m.member.weight,
-                m.member.cost_threshold.map_or(String::new(), |t| format!(", cost_threshold {t}")),
-                m.ec2.as_ref().map_or(String::new(), |e| format!(
-                    "; region {}, endpoint {}",
-                    e.region,
-                    e.endpoint_url.as_deref().unwrap_or("(AWS default)")
-                ))
-            ));
-        }
-        if let Some(p) = &c.placement {
-            lines.push(format!(
-                "placement: {} (settings {}; on_error {})",
-                p.name(),
-                p.settings,
-                if p.on_error == crate::policy::OnError::FailOpen {
-                    "fail_open"
-                } else {
-                    "fail_closed"
-                }
-            ));
-        }
-        let store = self.open_store()?;
-        lines.push(format!("store:     {}", c.store.describe()));
-        let provider: Box<dyn Provider> = if c.members.is_empty() {
-            let (provider, outcome) = self.load_provider(store.clone()).map_err(HfError::from)?;
-            lines.push(format!(
-                "guest load: ok ({})",
-                if outcome == CacheOutcome::Hit {
-                    "precompiled cache hit"
-                } else {
-                    "compiled now"
-                }
-            ));
-            Box::new(provider)
-        } else {
-            for m in &c.members {
-                self.load_guest(&m.guest, &m.member.name, m.ec2.clone(), store.clone())
-                    .map_err(HfError::from)?;
-            }
-            lines.push(format!("guest load: ok ({} providers)", c.members.len()));
-            if let Some(spec) = &c.placement {
-                self.load_placement(spec)
-                    .map_err(|e| HfError::new(crate::hf::ErrorCode::PolicyError, e.to_string()).with("policy", e.policy))?;
-                lines.push("placement load: ok".into());
-            }
-            (self.provider_loader(store.clone()))().map_err(HfError::from)?
-        };
-        if let Some(spec) = &c.policy {
-            // Loaded here to report a broken policy even when it would fail open.
-            self.load_policy(spec)
-                .map_err(|e| HfError::new(crate::hf::ErrorCode::PolicyError, e.to_string()).with("policy", e.policy))?;
-            lines.push("policy load: ok".into());
-        }
-        let loader: ProviderLoader<'_> = Box::new(move || Ok(provider));
-        let (templates, guest_warnings) =
-            crate::logging::capture_guest_warnings(|| self.service(store.as_ref(), loader).get_available_templates());
-        let templates = templates?;
-        for w in guest_warnings {
-            lines.push(format!("PROBLEM:   {w}"));
-        }
-        for p in &c.problems {
-            lines.push(format!(
-                "PROBLEM:   {}{}: {}",
-                p.file.display(),
-                p.setting.as_deref().map_or(String::new(), |s| format!(" [{s}]")),
-                p.message
-            ));
-        }
-        for t in &templates {
-            let attr = |n: &str| t.attribute(n).map_or("?".to_string(), |a| a.value.clone());
-            lines.push(format!(
-                "template:  {} (maxNumber {}, available {}, ncpus {}, nram {} MB)",
-                t.id,
-                t.max_number,
-                t.available_number.map_or("?".to_string(), |n| n.to_string()),
-                attr("ncpus"),
-                attr("nram")
-            ));
-        }
-        Ok(lines)
     }
 }
