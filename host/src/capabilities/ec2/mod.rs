@@ -5,6 +5,7 @@
 
 mod client;
 mod convert;
+mod credentials;
 
 use std::sync::Arc;
 
