@@ -404,6 +404,19 @@ fn a_partial_on_prem_answer_is_topped_up_from_aws_and_returns_go_to_each() {
     assert!(names.contains(&cloud[0].0));
     let msg = done["message"].as_str().unwrap_or_default();
     assert!(msg.contains("from onprem-pool") && msg.contains("from aws-burst"), "{msg}");
+    // `hfwasm machines` names each host's maker, with its IP, from the store alone.
+    let (code, out, err) = admin(&tree, &["machines", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let listed: Vec<Value> = serde_json::from_str(&out).expect("machines --json");
+    let maker = |name: &str| listed.iter().find(|m| m["name"] == name).map(|m| m["provider"].clone());
+    assert_eq!(maker("rack-01"), Some(json!("onprem-pool")), "{out}");
+    assert_eq!(maker(&cloud[0].0), Some(json!("aws-burst")), "{out}");
+    assert!(
+        listed
+            .iter()
+            .all(|m| m["request"] == id.as_str() && m["ip"].as_str().is_some_and(|ip| !ip.is_empty())),
+        "{out}"
+    );
 
     // Return everything (a little later): the pool frees its hosts, AWS terminates its instance.
     tree.set_env("HFWASM_NOW_OFFSET_SECS", "10");

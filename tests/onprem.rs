@@ -219,3 +219,78 @@ fn a_failed_power_off_keeps_the_host_out_until_a_return_succeeds() {
     assert_eq!(done["status"], "complete", "{done}");
     assert_eq!(available(), 1, "back in the pool once powered off");
 }
+
+/// `hfwasm machines` and `hfwasm requests` list what the store holds, as a site admin reads it
+/// (table or JSON), live machines only unless --all.
+#[test]
+fn machines_and_requests_list_what_the_store_holds() {
+    let tree = HfTree::new(&plain_inventory(3));
+    tree.default_config();
+    let (code, out, _) = admin(&tree, &["machines"]);
+    assert_eq!((code, out.trim()), (0, "(none)"), "an empty store lists nothing");
+    let tid = PLAIN_TEMPLATE;
+    let id = tree.request(tid, 3);
+    let done = tree.until_final(&id);
+    let names = machine_names(&done, "succeed");
+    assert_eq!(names.len(), 3, "{done}");
+    let first = done["machines"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["name"] == names[0].as_str()))
+        .cloned()
+        .expect("the first host");
+    let ret = tree.ok(
+        "requestReturnMachines",
+        &json!({"machines": [{"name": first["name"], "machineId": first["machineId"]}]}),
+    );
+    let rid = ret["requestId"].as_str().expect("return id").to_string();
+    assert_eq!(tree.until_final(&rid)["status"], "complete");
+
+    let list = |args: &[&str]| -> Vec<serde_json::Value> {
+        let (code, out, err) = admin(&tree, args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        serde_json::from_str(&out).expect("JSON array")
+    };
+    let live = list(&["machines", "--json"]);
+    assert_eq!(live.len(), 2, "the returned host is not live: {live:?}");
+    for m in &live {
+        assert_eq!(m["provider"], "onprem");
+        assert_eq!(m["template"], tid);
+        assert_eq!(m["request"], id.as_str());
+        assert_eq!(m["state"], "running");
+        assert_ne!(m["name"], names[0].as_str());
+        assert!(m["ip"].as_str().is_some_and(|ip| ip.starts_with("10.")), "{m}");
+        assert_eq!(m["machine_id"], format!("{}@{id}", m["name"].as_str().unwrap_or_default()));
+    }
+    let all = list(&["machines", "--all", "--json"]);
+    assert_eq!(all.len(), 3);
+    assert!(
+        all.iter().any(|m| m["name"] == names[0].as_str() && m["state"] == "terminated"),
+        "{all:?}"
+    );
+    assert_eq!(list(&["machines", "--all", "--json", "--request", "req-none"]).len(), 0);
+
+    let reqs = list(&["requests", "--json"]);
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    assert_eq!(
+        (reqs[0]["id"].as_str(), reqs[0]["kind"].as_str(), reqs[0]["machines"].as_u64()),
+        (Some(id.as_str()), Some("provision"), Some(3))
+    );
+    assert_eq!(
+        (reqs[1]["id"].as_str(), reqs[1]["kind"].as_str(), reqs[1]["status"].as_str()),
+        (Some(rid.as_str()), Some("return"), Some("complete"))
+    );
+    assert_eq!(list(&["requests", "--open", "--json"]).len(), 0, "both are done");
+
+    // The table: a header, one line per live machine, the names and IPs in it.
+    let (_, table, _) = admin(&tree, &["machines"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("PROVIDER") && lines[0].contains("IP"), "{table}");
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(live.iter().all(|m| table.contains(m["name"].as_str().unwrap_or("?"))), "{table}");
+
+    // A broken config is refused with the file named, on stderr, exit 1.
+    std::fs::write(tree.conf.join("hfwasm.json"), "{ not json").expect("write");
+    let (code, out, err) = admin(&tree, &["machines"]);
+    assert_eq!(code, 1);
+    assert!(out.is_empty() && err.contains("hfwasm.json"), "{err}");
+}

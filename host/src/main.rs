@@ -27,6 +27,7 @@ Examples:
   hfwasm demo                                   full HostFactory cycle in a temp tree
   hfwasm config check --confdir conf --workdir work
   hfwasm store check                            what the state store holds; integrity
+  hfwasm machines --all                         every machine: provider, state, name, IP
   hfwasm requestMachines -f /tmp/hf_in_abc      what requestMachines.sh runs";
 
 /// IBM Spectrum Symphony HostFactory / LSF resource connector provider plugin whose
@@ -97,6 +98,19 @@ enum Command {
     ///
     /// Example: hfwasm replay --policy candidate.rhai --settings '{"only": "aws-west"}' --from 1795300000
     Replay(commands::replay::ReplayArgs),
+    /// List the machines the state store holds: provider, template, request, state, name,
+    /// IP and machine id, across every provider of the instance. Live machines only unless
+    /// --all. Reads the store alone (no guest, no cloud call).
+    ///
+    /// Example: hfwasm machines --confdir conf --workdir work
+    ///
+    /// Example: hfwasm machines --all --json
+    Machines(commands::machines::MachinesArgs),
+    /// List the requests the state store holds: provision and return (the host's own
+    /// returns included), with status and machine count.
+    ///
+    /// Example: hfwasm requests --open
+    Requests(commands::requests::RequestsArgs),
     /// Run the full HostFactory cycle through the real scripts in a temporary tree, on the
     /// embedded defaults, printing every input and answer as HostFactory sees them.
     Demo(commands::demo::DemoArgs),
@@ -165,6 +179,8 @@ fn main() -> ExitCode {
         Command::Store(c) => commands::store::run(&cli.dirs, c),
         Command::Replay(a) => commands::replay::run(&cli.dirs, a),
         Command::PowerRun(a) => commands::power_run::run(&cli.dirs, a),
+        Command::Machines(a) => commands::machines::run(&cli.dirs, a),
+        Command::Requests(a) => commands::requests::run(&cli.dirs, a),
         Command::Demo(a) => commands::demo::run(a),
     }
 }

@@ -24,6 +24,7 @@ pub enum GuestCommand {
     /// install under `policy` in hfwasm.json.
     ///
     /// Example: hfwasm guest new my-provider && hfwasm guest build my-provider
+    ///
     /// Example: hfwasm guest new cheap-first --lang python && hfwasm guest build cheap-first
     New {
         /// Guest name (lowercase letters, digits, `-`, `_`); also the directory by default.
@@ -41,6 +42,7 @@ pub enum GuestCommand {
     /// JavaScript needs Node.js and npm (componentize-js is installed into the project).
     ///
     /// Example: hfwasm guest build my-provider
+    ///
     /// Example: hfwasm guest build examples/python-selector --out /opt/hf/policy.wasm
     Build {
         /// The guest project (default: the current directory).

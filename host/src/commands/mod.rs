@@ -6,8 +6,10 @@ pub mod call;
 pub mod config;
 pub mod demo;
 pub mod guest;
+pub mod machines;
 pub mod power_run;
 pub mod replay;
+pub mod requests;
 pub mod store;
 
 use std::path::PathBuf;
@@ -85,4 +87,48 @@ pub fn print_error(e: &HfError) -> ExitCode {
 pub fn print_failure(what: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {what}");
     ExitCode::from(1)
+}
+
+/// Prints `items` as one JSON array (`json`), else as a table under `headers` with one row
+/// per item from `row`.
+pub fn print_list<T: serde::Serialize>(json: bool, items: &[T], headers: &[&str], row: impl Fn(&T) -> Vec<String>) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(items).unwrap_or_default());
+    } else {
+        print_table(headers, items.iter().map(row).collect());
+    }
+}
+
+/// Prints `rows` under `headers` as aligned columns (the last column unpadded), or a line
+/// saying there is nothing to list.
+fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
+    if rows.is_empty() {
+        println!("(none)");
+        return;
+    }
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        let text: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == last {
+                    c.to_string()
+                } else {
+                    format!("{c:<w$}", w = widths[i])
+                }
+            })
+            .collect();
+        println!("{}", text.join("  ").trim_end());
+    };
+    line(headers.to_vec());
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect());
+    }
 }

@@ -1,7 +1,56 @@
 //! The admin commands' side of the plugin: `config check` (the whole chain, listed), `guest
-//! precompile`, `replay` of a candidate placement policy, and `power-run`.
+//! precompile`, `replay` of a candidate placement policy, `power-run`, and what the store
+//! holds as `machines` and `requests`.
 
 use super::*;
+use crate::domain::model::MachineState;
+
+/// One machine as `hfwasm machines` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MachineLine {
+    /// The provider that made it: the member's name with several providers, else the
+    /// provider guest's.
+    pub provider: String,
+    /// Template it was made from.
+    pub template: String,
+    /// The provision request that holds it.
+    pub request: String,
+    /// Provider state as last recorded (`pending`, `running`, ..., `terminated`, `failed`).
+    pub state: String,
+    /// Host name.
+    pub name: String,
+    /// Private address (empty while unknown).
+    pub ip: String,
+    /// Public address, when it has one.
+    pub public_ip: Option<String>,
+    /// Provider id.
+    pub machine_id: String,
+    /// Launch time, epoch seconds.
+    pub launched: u64,
+}
+
+/// One request as `hfwasm requests` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RequestLine {
+    /// Request id (`req-…`, `ret-…`, or a host-made return).
+    pub id: String,
+    /// `provision` or `return`.
+    pub kind: String,
+    /// Template (provision only).
+    pub template: Option<String>,
+    /// Units asked for (provision) or hosts to return.
+    pub count: u32,
+    /// HostFactory's status as last derived.
+    pub status: String,
+    /// Machines recorded under it.
+    pub machines: usize,
+    /// Creation time, epoch seconds.
+    pub created: u64,
+    /// Last change, epoch seconds.
+    pub updated: u64,
+    /// Its message for HostFactory, if any.
+    pub message: Option<String>,
+}
 
 impl Plugin {
     /// The body of the hidden `hfwasm power-run`: runs `host`'s configured power command
@@ -327,5 +376,66 @@ impl Plugin {
             ));
         }
         Ok(lines)
+    }
+
+    /// Every machine the store holds under a provision request, with its provider; only
+    /// live ones (not terminated or failed) unless `all`. Read from the store alone: no guest
+    /// is loaded and no cloud is called.
+    pub fn machines(&self, all: bool) -> Result<Vec<MachineLine>, HfError> {
+        let doc = self.open_store()?.export()?;
+        let routes = doc.kv.get(&crate::store::namespaces::routes(&self.dirs.name));
+        let makers = routes.map(crate::service::routing::machine_makers).unwrap_or_default();
+        let single = self.config.provider.name.clone();
+        let mut out = Vec::new();
+        for r in doc
+            .requests
+            .iter()
+            .filter(|r| r.kind == crate::store::RequestKind::Provision.as_str())
+        {
+            for m in &r.machines {
+                let ended = matches!(MachineState::parse(&m.state), Some(MachineState::Terminated | MachineState::Failed));
+                if ended && !all {
+                    continue;
+                }
+                let provider = match makers.get(&m.machine_id) {
+                    Some(p) => p.clone(),
+                    None if self.config.members.is_empty() => single.clone(),
+                    None => "(unknown)".into(),
+                };
+                out.push(MachineLine {
+                    provider,
+                    template: r.template_id.clone().unwrap_or_default(),
+                    request: r.id.clone(),
+                    state: m.state.clone(),
+                    name: m.name.clone(),
+                    ip: m.private_ip.clone(),
+                    public_ip: m.public_ip.clone(),
+                    machine_id: m.machine_id.clone(),
+                    launched: m.launch_time,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every request the store holds (provision and return, the host's own returns
+    /// included), oldest first. Read from the store alone.
+    pub fn requests(&self) -> Result<Vec<RequestLine>, HfError> {
+        let doc = self.open_store()?.export()?;
+        Ok(doc
+            .requests
+            .into_iter()
+            .map(|r| RequestLine {
+                machines: r.machines.len(),
+                id: r.id,
+                kind: r.kind,
+                template: r.template_id,
+                count: r.count,
+                status: r.status,
+                created: r.created_at,
+                updated: r.updated_at,
+                message: r.message,
+            })
+            .collect())
     }
 }

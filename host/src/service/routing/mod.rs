@@ -29,6 +29,7 @@ mod routes;
 mod tests;
 
 use placing::*;
+pub use routes::machine_makers;
 use routes::*;
 
 /// One provider of the list, as config describes it.

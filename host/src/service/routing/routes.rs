@@ -217,3 +217,21 @@ pub(super) fn unattributed(r: MachineRef, now: u64) -> Machine {
         state: MachineState::Failed,
     }
 }
+
+/// Machine id -> the provider whose leg made it, from the routing records of an instance
+/// (kv namespace `hfwasm.route/<instance>`, key -> record): how `hfwasm machines` names each
+/// machine's provider. Records that do not parse are skipped (the router logs them when it
+/// reads them).
+pub fn machine_makers(records: &std::collections::BTreeMap<String, String>) -> HashMap<String, String> {
+    let mut makers = HashMap::new();
+    for value in records.values() {
+        if let Ok(route) = serde_json::from_str::<Route>(value) {
+            for leg in route.legs {
+                for id in leg.machines {
+                    makers.insert(id, leg.provider.clone());
+                }
+            }
+        }
+    }
+    makers
+}
