@@ -10,6 +10,7 @@ use crate::store::{StateStore, StoreError};
 /// The kv capability's row of [`super::TABLE`].
 pub const UNIT: super::Unit = super::Unit {
     name: "kv",
+    wit: super::Wit::Own,
     about: "durable key-value state in the host's store",
     check_settings: None,
     link: |l| wit::add_to_linker::<_, wasmtime::component::HasSelf<GuestKv>>(l, |s| s.slot::<GuestKv>()),

@@ -5,6 +5,7 @@ use crate::engine::bindings::hostfactory::capabilities::log::{self as wit, Host,
 /// The log capability's row of [`super::TABLE`].
 pub const UNIT: super::Unit = super::Unit {
     name: "log",
+    wit: super::Wit::Own,
     about: "guest log records as host log lines",
     check_settings: None,
     link: |l| wit::add_to_linker::<_, wasmtime::component::HasSelf<GuestLog>>(l, |s| s.slot::<GuestLog>()),

@@ -6,6 +6,7 @@
 //! worlds, a module with a `UNIT`, and its row in [`TABLE`].
 
 pub mod ec2;
+pub mod http;
 pub mod inventory;
 pub mod kv;
 pub mod log;
@@ -26,8 +27,11 @@ pub type CheckSettings = fn(&serde_json::Value) -> Result<(), String>;
 
 /// One capability: its name and its three steps, the same for every capability.
 pub struct Unit {
-    /// Interface name inside the package (`kv`), also the grant's name in config.
+    /// The grant's name in config (`kv`); for a capability of this host's package, also its
+    /// interface name inside the package.
     pub name: &'static str,
+    /// The WIT interfaces a guest imports to use it.
+    pub wit: Wit,
     /// What it gives a guest, in a few words (`guest check`, `--help`, docs).
     pub about: &'static str,
     /// Checks the per-guest settings config holds under `guests.<name>.<capability>`; none =
@@ -39,8 +43,24 @@ pub struct Unit {
     pub build: fn(&Lend<'_>) -> Result<Box<dyn Any + Send>, String>,
 }
 
+/// Where a capability's WIT comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wit {
+    /// This host's package: `hostfactory:capabilities/<name>@VERSION`.
+    Own,
+    /// Standard WASI interfaces (paths without version, e.g. `wasi:http/outgoing-handler`)
+    /// in the version line `line` (`0.2`): granted like the host's own, though their names
+    /// start with `wasi:`.
+    Standard {
+        /// The interfaces.
+        interfaces: &'static [&'static str],
+        /// The version line the host implements.
+        line: &'static str,
+    },
+}
+
 /// Every capability this host has, in the order `guest check` and errors list them.
-pub static TABLE: &[Unit] = &[log::UNIT, kv::UNIT, inventory::UNIT, power::UNIT, ec2::UNIT];
+pub static TABLE: &[Unit] = &[log::UNIT, kv::UNIT, inventory::UNIT, power::UNIT, ec2::UNIT, http::UNIT];
 
 /// Things a provider instance lends its guests' capabilities (the inventory, the power
 /// runner, a cloud client), by type: each capability takes what it needs.
@@ -86,6 +106,17 @@ pub struct GuestState {
 }
 
 impl GuestState {
+    /// The state of capability `T` together with the sandbox, for a capability whose
+    /// standard bindings need the guest's resource table too (wasi:http).
+    pub fn slot_and_sandbox<T: Any>(&mut self) -> (&mut T, &mut Sandbox) {
+        let slot = self
+            .slots
+            .iter_mut()
+            .find_map(|s| s.downcast_mut::<T>())
+            .expect("a linked capability has its state built (runtime::guest builds every granted one)");
+        (slot, &mut self.sandbox)
+    }
+
     /// A guest's state: its sandbox and its capabilities' states.
     pub fn new(sandbox: Sandbox, slots: Vec<Box<dyn Any + Send>>) -> Self {
         Self { sandbox, slots }
@@ -148,9 +179,24 @@ impl Capability {
         self.unit().name
     }
 
-    /// Full WIT import name, e.g. `hostfactory:capabilities/kv@0.2.0`.
+    /// Full WIT import name, e.g. `hostfactory:capabilities/kv@0.2.0` (for a standard
+    /// capability its interfaces, `wasi:http/outgoing-handler@0.2.x, ...`).
     pub fn wit_name(self) -> String {
-        format!("{PACKAGE}/{}@{VERSION}", self.short_name())
+        match self.unit().wit {
+            Wit::Own => format!("{PACKAGE}/{}@{VERSION}", self.short_name()),
+            Wit::Standard { interfaces, line } => interfaces.iter().map(|i| format!("{i}@{line}.x")).collect::<Vec<_>>().join(", "),
+        }
+    }
+
+    /// The capability an import (path without version) belongs to, and the version line
+    /// this host implements for it; none when no capability provides it.
+    pub fn of_import(path: &str) -> Option<(Capability, String)> {
+        Self::all().find_map(|c| match c.unit().wit {
+            Wit::Own => {
+                (path.strip_prefix(PACKAGE).and_then(|p| p.strip_prefix('/')) == Some(c.short_name())).then(|| (c, VERSION.to_string()))
+            }
+            Wit::Standard { interfaces, line } => interfaces.contains(&path).then(|| (c, line.to_string())),
+        })
     }
 
     /// Parses a grant as written in config: `kv` or the full WIT name.
@@ -183,6 +229,16 @@ mod tests {
         );
         assert_eq!(Capability::parse("hostfactory:capabilities/power@0.1.0"), None);
         assert_eq!(Capability::named("log").wit_name(), "hostfactory:capabilities/log@0.2.0");
+        assert_eq!(
+            Capability::of_import("hostfactory:capabilities/kv").map(|(c, _)| c),
+            Some(Capability::named("kv"))
+        );
+        assert_eq!(
+            Capability::of_import("wasi:http/outgoing-handler"),
+            Some((Capability::named("http"), "0.2".into()))
+        );
+        assert_eq!(Capability::of_import("wasi:cli/stdout"), None);
+        assert_eq!(Capability::of_import("hostfactory:capabilities/kv2"), None);
     }
 
     #[test]
@@ -192,13 +248,32 @@ mod tests {
         unique.sort();
         unique.dedup();
         assert_eq!(unique.len(), names.len(), "two rows share a name: {names:?}");
-        let wit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit/capabilities");
-        for n in names {
-            let text = std::fs::read_to_string(wit.join(format!("{n}.wit"))).unwrap_or_default();
-            assert!(
-                text.contains(&format!("interface {n}")),
-                "capability `{n}` has no interface in wit/capabilities/{n}.wit"
-            );
+        let wit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
+        for u in TABLE {
+            assert!(!u.about.is_empty(), "capability `{}` says what it gives", u.name);
+            match u.wit {
+                Wit::Own => {
+                    let text = std::fs::read_to_string(wit.join(format!("capabilities/{}.wit", u.name))).unwrap_or_default();
+                    assert!(
+                        text.contains(&format!("interface {}", u.name)),
+                        "capability `{}` has no wit/capabilities/{0}.wit",
+                        u.name
+                    );
+                }
+                Wit::Standard { interfaces, .. } => {
+                    for i in interfaces {
+                        let (package, iface) = i.split_once('/').expect("package/interface");
+                        let file = wit.join(format!("deps/{}.wit", package.trim_start_matches("wasi:")));
+                        let text = std::fs::read_to_string(&file).unwrap_or_default();
+                        assert!(
+                            text.contains(&format!("interface {iface}")),
+                            "`{i}` of `{}` is not in {}",
+                            u.name,
+                            file.display()
+                        );
+                    }
+                }
+            }
         }
     }
 

@@ -22,6 +22,7 @@ use crate::store::{StateStore, StoreError};
 /// The power capability's row of [`super::TABLE`].
 pub const UNIT: super::Unit = super::Unit {
     name: "power",
+    wit: super::Wit::Own,
     about: "the admin's power commands of inventory hosts, run by the host",
     check_settings: None,
     link: |l| wit::add_to_linker::<_, wasmtime::component::HasSelf<GuestPower>>(l, |s| s.slot::<GuestPower>()),

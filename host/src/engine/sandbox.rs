@@ -31,6 +31,13 @@ impl HostWait {
         out
     }
 
+    /// Adds `d`, a wait measured elsewhere (an HTTP exchange driven by the async runtime
+    /// while the guest blocks on it).
+    pub fn add(&self, d: std::time::Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.0.fetch_add(us, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Total time waited so far.
     pub fn total(&self) -> std::time::Duration {
         std::time::Duration::from_micros(self.0.load(std::sync::atomic::Ordering::Relaxed))
@@ -200,6 +207,11 @@ impl Sandbox {
     /// Sets the guest's wall clock to the call's time.
     pub fn set_now(&self, now: u64) {
         self.time.0.store(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The guest's resource table, shared by WASI and the standard capabilities (wasi:http).
+    pub fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
     }
 
     /// The WASI view of this sandbox.

@@ -89,13 +89,12 @@ pub fn inspect(engine: &GuestEngine, wasm: &[u8], cache: Option<&PrecompiledCach
         .iter()
         .map(|name| {
             let path = name.split_once('@').map_or(name.as_str(), |(p, _)| p);
-            let capability = path
-                .strip_prefix(&format!("{}/", capabilities::PACKAGE))
-                .map(|iface| Capability::all().find(|c| c.short_name() == iface));
-            let provided_as = if let Some(Some(cap)) = capability {
-                grants.push(cap);
+            let provided_as = if let Some((cap, _)) = Capability::of_import(path) {
+                if !grants.contains(&cap) {
+                    grants.push(cap);
+                }
                 format!("capability: grant \"{}\"", cap.short_name())
-            } else if capability.is_some() {
+            } else if path.starts_with(&format!("{}/", capabilities::PACKAGE)) {
                 "a capability this host does not have".into()
             } else if path.starts_with("wasi:") {
                 "WASI, sandboxed (no environment, files, network or stdin)".into()

@@ -49,24 +49,24 @@ pub fn imports(engine: &Engine, component: &Component) -> Vec<String> {
 pub fn check_imports(guest: &str, imports: &[String], grants: &[Capability]) -> Result<(), LinkError> {
     for import in imports {
         let (path, version) = import.split_once('@').unwrap_or((import.as_str(), ""));
-        let problem = if let Some(iface) = path.strip_prefix(&format!("{}/", capabilities::PACKAGE)) {
-            match Capability::all().find(|c| c.short_name() == iface) {
-                None => Some(format!("imports {import}, an interface this host does not have")),
-                Some(_) if line(version) != line(capabilities::VERSION) => Some(format!(
-                    "was built against {import}, but this host implements {path}@{}; rebuild the guest against the host's WIT (wit/ of this hfwasm)",
-                    capabilities::VERSION
-                )),
-                Some(cap) if !grants.contains(&cap) => {
-                    return Err(LinkError {
-                        message: format!(
-                            "guest '{guest}' imports {import}, which config does not grant it; add \"{}\" to guests.{guest}.grants if the guest should have it (granted now: [{}])",
-                            cap.short_name(),
-                            grants.iter().map(|c| c.short_name()).collect::<Vec<_>>().join(", ")
-                        ),
-                    });
-                }
-                Some(_) => None,
+        let problem = if let Some((cap, host_line)) = Capability::of_import(path) {
+            if line(version) != line(&host_line) {
+                Some(format!(
+                    "was built against {import}, but this host implements {path}@{host_line}; rebuild the guest against the host's WIT (wit/ of this hfwasm)"
+                ))
+            } else if !grants.contains(&cap) {
+                return Err(LinkError {
+                    message: format!(
+                        "guest '{guest}' imports {import}, which config does not grant it; add \"{}\" to guests.{guest}.grants if the guest should have it (granted now: [{}])",
+                        cap.short_name(),
+                        grants.iter().map(|c| c.short_name()).collect::<Vec<_>>().join(", ")
+                    ),
+                });
+            } else {
+                None
             }
+        } else if path.starts_with(&format!("{}/", capabilities::PACKAGE)) {
+            Some(format!("imports {import}, an interface this host does not have"))
         } else if path == "hostfactory:provider/types" {
             (line(version) != PROVIDER_LINE)
                 .then(|| format!("was built against {import}, but this host implements hostfactory:provider@{PROVIDER_LINE}.x"))

@@ -18,6 +18,7 @@ use crate::engine::sandbox::HostWait;
 /// the guest's [`Ec2Grant`]; without them a guest gets the grant IBM's templates imply.
 pub const UNIT: super::Unit = super::Unit {
     name: "ec2",
+    wit: super::Wit::Own,
     about: "Amazon EC2, signed by the host, within the guest's grant",
     check_settings: Some(|v| Ec2Grant::from_settings(Some(v)).map(|_| ())),
     link: |l| wit::add_to_linker::<_, wasmtime::component::HasSelf<GuestEc2>>(l, |s| s.slot::<GuestEc2>()),

@@ -10,6 +10,7 @@ pub use format::Inventory;
 /// The inventory capability's row of [`super::TABLE`].
 pub const UNIT: super::Unit = super::Unit {
     name: "inventory",
+    wit: super::Wit::Own,
     about: "the site's host inventory (inventory.file)",
     check_settings: None,
     link: |l| wit::add_to_linker::<_, wasmtime::component::HasSelf<GuestInventory>>(l, |s| s.slot::<GuestInventory>()),
