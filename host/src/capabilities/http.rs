@@ -245,11 +245,7 @@ impl HttpGrant {
                 o.methods.iter().any(|m| m == method.as_str())
             }
         };
-        // `..` never leaves a prefix: the path is compared as sent.
-        let path_ok = |o: &Origin| {
-            !path.split('/').any(|s| s == ".." || s == "%2e%2e")
-                && (o.paths.is_empty() || o.paths.iter().any(|p| path.starts_with(p.as_str())))
-        };
+        let path_ok = |o: &Origin| !escapes(path) && (o.paths.is_empty() || o.paths.iter().any(|p| path.starts_with(p.as_str())));
         same_origin
             .iter()
             .find(|(_, o)| method_ok(o) && path_ok(o))
@@ -259,6 +255,13 @@ impl HttpGrant {
                 format!("{method} {path} is outside http.allow[{i}] (its methods and paths)")
             })
     }
+}
+
+/// Whether `path` could leave a prefix on a server that normalises it: a `..` or `.`
+/// segment, or an encoded dot, slash or backslash (which no cloud API path needs).
+fn escapes(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    ["%2e", "%2f", "%5c", "\\"].iter().any(|e| lower.contains(e)) || path.split('/').any(|s| s == ".." || s == ".")
 }
 
 /// Per-guest state of the http capability: wasi:http's context and the host's hooks.
@@ -588,6 +591,9 @@ mod tests {
         assert!(ok("DELETE", "https://management.azure.com/subscriptions/s1/x").is_err());
         assert!(ok("GET", "https://management.azure.com/subscriptions/s2/x").is_err());
         assert!(ok("GET", "https://management.azure.com/subscriptions/s1/../s2/x").is_err());
+        assert!(ok("GET", "https://management.azure.com/subscriptions/s1/%2E%2E/s2/x").is_err());
+        assert!(ok("GET", "https://management.azure.com/subscriptions/s1/..%2Fs2").is_err());
+        assert!(ok("GET", "https://management.azure.com/subscriptions/s1/vm?api-version=2024-03-01").is_ok());
         assert!(
             ok("GET", "http://management.azure.com/subscriptions/s1/x").is_err(),
             "another scheme is another origin"

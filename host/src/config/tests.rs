@@ -25,6 +25,17 @@ fn unknown_keys_name_the_setting_and_file() {
     assert!(e.to_string().contains("hfwasm.json") && e.to_string().contains("colour"), "{e}");
     let e = load(r#"{"guests": {"x": {"wasm": "x.wasm", "grants": ["ec9"]}}}"#).expect_err("unknown grant");
     assert_eq!(e.setting.as_deref(), Some("guests.x.grants[0]"));
+    // A guest's other keys are its capabilities' settings, each checked by its capability.
+    let e = load(r#"{"guests": {"x": {"wasm": "x.wasm", "grnats": ["kv"]}}}"#).expect_err("typo");
+    assert_eq!(e.setting.as_deref(), Some("guests.x.grnats"));
+    assert!(e.to_string().contains("ec2, http"), "{e}");
+    let e = load(r#"{"guests": {"x": {"wasm": "x.wasm", "ec2": {"regionz": []}}}}"#).expect_err("bad ec2 grant");
+    assert_eq!(e.setting.as_deref(), Some("guests.x.ec2"));
+    let e = load(r#"{"guests": {"x": {"wasm": "x.wasm", "http": {"allow": [{"url": "gopher://x"}]}}}}"#).expect_err("bad http grant");
+    assert_eq!(e.setting.as_deref(), Some("guests.x.http"));
+    let c = load(r#"{"provider": {"guest": "x"}, "guests": {"x": {"wasm": "x.wasm", "grants": ["http"], "http": {"allow": [{"url": "https://a.example"}]}}}}"#)
+        .expect("http grant");
+    assert_eq!(c.provider.settings["http"]["allow"][0]["url"], "https://a.example");
     let e = load(r#"{"provider": {"guest": "missing"}}"#).expect_err("unknown guest");
     assert!(e.to_string().contains("no guest named `missing`"), "{e}");
     let e = load(r#"{"storage": {"strategy": "mongodb"}}"#).expect_err("strategy");
