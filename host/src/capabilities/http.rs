@@ -367,11 +367,7 @@ async fn exchange(
         parts.headers.insert(header::AUTHORIZATION, value);
     }
     let timeout = Duration::from_millis(grant.timeout_ms);
-    let options = RequestOptions {
-        connect_timeout: Some(timeout),
-        first_byte_timeout: Some(timeout),
-        between_bytes_timeout: Some(timeout),
-    };
+    let options = timeouts(timeout);
     let mut attempt = 0;
     loop {
         let t0 = Instant::now();
@@ -437,6 +433,15 @@ async fn exchange(
         );
         tokio::time::sleep(delay).await;
         attempt += 1;
+    }
+}
+
+/// The same bound on connecting, the first byte and the gap between bytes.
+fn timeouts(timeout: Duration) -> RequestOptions {
+    RequestOptions {
+        connect_timeout: Some(timeout),
+        first_byte_timeout: Some(timeout),
+        between_bytes_timeout: Some(timeout),
     }
 }
 
@@ -526,11 +531,7 @@ async fn token_from(
     fail: &(dyn Fn(String) -> HttpError + Sync),
 ) -> Result<(String, Duration), HttpError> {
     let uri = req.uri().clone();
-    let options = RequestOptions {
-        connect_timeout: Some(timeout),
-        first_byte_timeout: Some(timeout),
-        between_bytes_timeout: Some(timeout),
-    };
+    let options = timeouts(timeout);
     let req = req.map(|b| b.map_err(|e| match e {}));
     let (response, io) = wasmtime_wasi_http::default_send_request(req, Some(options))
         .await

@@ -126,10 +126,7 @@ impl GuestState {
     /// called and a linked capability always has its state built, so a missing one is a
     /// bug in the host, not something a guest can cause.
     pub fn slot<T: Any>(&mut self) -> &mut T {
-        self.slots
-            .iter_mut()
-            .find_map(|s| s.downcast_mut::<T>())
-            .expect("a linked capability has its state built (runtime::guest builds every granted one)")
+        self.slot_and_sandbox::<T>().0
     }
 }
 
