@@ -143,6 +143,7 @@ fn write_digests(built: &std::path::Path) {
     for (constant, file) in [
         ("ONPREM_SHA256", "hfwasm_guest_onprem.wasm"),
         ("AWS_SHA256", "hfwasm_guest_aws.wasm"),
+        ("AZURE_SHA256", "hfwasm_guest_azure.wasm"),
         ("DEFAULT_POLICY_SHA256", "hfwasm_guest_default_policy.wasm"),
     ] {
         let bytes = match std::fs::read(built.join(file)) {

@@ -449,7 +449,8 @@ fn a_conf_dir_hfwasm_cannot_read_is_named_not_mistaken_for_the_pool() {
         m.contains("`awsinst`") && m.contains("HF_PROVIDER_NAME") && !m.contains("inventory.txt not"),
         "{m}"
     );
-    // IBM's Azure plugin files.
+    // IBM's Azure plugin files select the Azure guest (tests/azure.rs): as shipped, the
+    // credentials file they name is what is missing, not a provider.
     for f in ["awsinstprov_config.json", "awsinstprov_templates.json"] {
         std::fs::remove_file(tree.conf.join(f)).expect("rm");
     }
@@ -461,7 +462,16 @@ fn a_conf_dir_hfwasm_cannot_read_is_named_not_mistaken_for_the_pool() {
     .expect("tpl");
     let e = tree.err("getAvailableTemplates", &json!({}), "CONFIG_ERROR");
     let m = e["error"]["message"].as_str().unwrap_or_default();
-    assert!(m.contains("Azure") && m.contains("azureprov_config.json"), "{m}");
+    assert!(
+        m.contains("AZURE_CREDENTIAL_FILE") && m.contains("/home/lsfadmin/credentials"),
+        "{m}"
+    );
+    assert!(
+        e["error"]["details"]["file"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("azureprov_config.json")),
+        "{e}"
+    );
     // A templates file of another tool alone.
     for f in ["azureprov_config.json", "azureprov_templates.json"] {
         std::fs::remove_file(tree.conf.join(f)).expect("rm");

@@ -7,6 +7,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
+pub mod arm;
 pub mod moto;
 pub mod pg;
 

@@ -86,38 +86,7 @@ fn template_out(t: &AwsTemplate, info: &BTreeMap<String, (u32, u64)>) -> Templat
         mem = mem.min((m / u64::from(w)).max(1));
     }
     let mut attrs = vec![numeric("ncpus", cpus), numeric("nram", mem)];
-    let mut has_type = false;
-    for (name, v) in &t.attributes {
-        if name == "mem" {
-            // LSF's name for nram: the instance type's real memory, like nram.
-            attrs.push(numeric("mem", mem));
-            continue;
-        }
-        // IBM writes attributes as ["Numeric", "4"] or plain values.
-        let (kind, val) = match v {
-            Value::Array(a) if a.len() == 2 => (
-                a[0].as_str().unwrap_or("String").to_string(),
-                a[1].as_str().map(str::to_string).unwrap_or_else(|| a[1].to_string()),
-            ),
-            Value::Number(n) => ("Numeric".into(), n.to_string()),
-            Value::Bool(b) => ("Boolean".into(), if *b { "1".into() } else { "0".into() }),
-            Value::String(s) => ("String".into(), s.clone()),
-            other => ("String".into(), other.to_string()),
-        };
-        has_type |= name == "type";
-        attrs.push(Attribute {
-            name: name.clone(),
-            kind: match kind.as_str() {
-                "Numeric" => AttributeKind::Numeric,
-                "Boolean" => AttributeKind::Boolean,
-                _ => AttributeKind::Text,
-            },
-            value: val,
-        });
-    }
-    if !has_type {
-        attrs.insert(0, text("type", "X86_64"));
-    }
+    attrs.extend(ibm_attributes(&t.attributes, mem));
     let mut extra = serde_json::json!({
         "priceType": match t.price_type { PriceType::OnDemand => "ondemand", PriceType::Spot => "spot", PriceType::Heterogeneous => "heterogeneous" },
         "vmTypes": t.all_types(),

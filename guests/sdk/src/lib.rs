@@ -22,6 +22,10 @@ pub mod bindings {
 }
 
 pub use bindings::export;
+
+/// HTTP over the host's `http` capability (feature `http`).
+#[cfg(feature = "http")]
+pub mod http;
 /// The trait a provider guest implements: one function per HostFactory use case.
 pub use bindings::exports::hostfactory::provider::provider::Guest;
 /// Capability imports (granted per guest by the site's config).
@@ -55,6 +59,43 @@ pub fn text(name: &str, value: impl ToString) -> Attribute {
         kind: AttributeKind::Text,
         value: value.to_string(),
     }
+}
+
+/// HostFactory attributes from an IBM template's `attributes` (`["Numeric", "4"]` or a plain
+/// value), with LSF's `mem` set to `mem_mib` (the machine's real memory, like `nram`) and
+/// `type` = `X86_64` when the template names none. The caller adds `ncpus`/`nram`.
+pub fn ibm_attributes(attributes: &[(String, serde_json::Value)], mem_mib: u64) -> Vec<Attribute> {
+    use serde_json::Value;
+    let mut out = Vec::with_capacity(attributes.len() + 1);
+    for (name, v) in attributes {
+        if name == "mem" {
+            out.push(numeric("mem", mem_mib));
+            continue;
+        }
+        let (kind, value) = match v {
+            Value::Array(a) if a.len() == 2 => (
+                a[0].as_str().unwrap_or("String").to_string(),
+                a[1].as_str().map(str::to_string).unwrap_or_else(|| a[1].to_string()),
+            ),
+            Value::Number(n) => ("Numeric".into(), n.to_string()),
+            Value::Bool(b) => ("Boolean".into(), if *b { "1".into() } else { "0".into() }),
+            Value::String(s) => ("String".into(), s.clone()),
+            other => ("String".into(), other.to_string()),
+        };
+        out.push(Attribute {
+            name: name.clone(),
+            kind: match kind.as_str() {
+                "Numeric" => AttributeKind::Numeric,
+                "Boolean" => AttributeKind::Boolean,
+                _ => AttributeKind::Text,
+            },
+            value,
+        });
+    }
+    if !out.iter().any(|a| a.name == "type") {
+        out.insert(0, text("type", "X86_64"));
+    }
+    out
 }
 
 impl From<kv::KvError> for ProviderError {

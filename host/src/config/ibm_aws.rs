@@ -42,14 +42,14 @@ pub struct IbmAws {
 pub fn find(conf_dir: &Path, name: &str) -> Option<(PathBuf, PathBuf)> {
     for prefix in [format!("{name}prov"), "awsprov".to_string()] {
         let config = conf_dir.join(format!("{prefix}_config.json"));
-        if config.is_file() {
+        if config.is_file() && !super::ibm_azure::is_azure(&config) {
             return Some((config, conf_dir.join(format!("{prefix}_templates.json"))));
         }
     }
     None
 }
 
-fn read_object(file: &Path) -> Result<Map<String, Value>, ConfigError> {
+pub(super) fn read_object(file: &Path) -> Result<Map<String, Value>, ConfigError> {
     let err = |m: String| ConfigError {
         file: file.to_path_buf(),
         setting: None,
@@ -64,7 +64,7 @@ fn read_object(file: &Path) -> Result<Map<String, Value>, ConfigError> {
 }
 
 /// IBM writes numbers both as numbers and as strings.
-fn number(file: &Path, key: &str, v: &Value, min: u64, max: u64) -> Result<u64, ConfigError> {
+pub(super) fn number(file: &Path, key: &str, v: &Value, min: u64, max: u64) -> Result<u64, ConfigError> {
     let n = match v {
         Value::Number(n) => n.as_u64(),
         Value::String(s) => s.trim().parse::<u64>().ok(),
@@ -80,7 +80,7 @@ fn number(file: &Path, key: &str, v: &Value, min: u64, max: u64) -> Result<u64, 
     }
 }
 
-fn text(file: &Path, key: &str, v: &Value) -> Result<String, ConfigError> {
+pub(super) fn text(file: &Path, key: &str, v: &Value) -> Result<String, ConfigError> {
     match v {
         Value::String(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
         _ => Err(ConfigError {
@@ -91,7 +91,7 @@ fn text(file: &Path, key: &str, v: &Value) -> Result<String, ConfigError> {
     }
 }
 
-fn boolean(file: &Path, key: &str, v: &Value) -> Result<bool, ConfigError> {
+pub(super) fn boolean(file: &Path, key: &str, v: &Value) -> Result<bool, ConfigError> {
     match v {
         Value::Bool(b) => Ok(*b),
         Value::String(s) if s.eq_ignore_ascii_case("true") => Ok(true),
@@ -121,7 +121,7 @@ pub fn level(v: &str) -> Option<&'static str> {
 /// The template-key list the AWS guest reads, shared with it (one list on both sides of
 /// the sandbox; the file has no dependencies).
 #[path = "../../../guests/aws/src/keys.rs"]
-mod template_keys;
+pub(super) mod template_keys;
 
 /// Reads both files. `env` looks up `HF_LOGLEVEL` for `ACCEPT_PROPAGATED_LOG_SETTING`.
 pub fn load(config_file: &Path, templates_file: &Path, env: impl Fn(&str) -> Option<String>) -> Result<IbmAws, ConfigError> {
@@ -132,7 +132,7 @@ pub fn load(config_file: &Path, templates_file: &Path, env: impl Fn(&str) -> Opt
 
 /// IBM's files write `""` for an optional key that is not set (`"AWS_PROXY_HOST": ""` in
 /// IBM's documented example).
-fn unset(v: &Value) -> bool {
+pub(super) fn unset(v: &Value) -> bool {
     v.is_null() || v.as_str().is_some_and(|s| s.trim().is_empty())
 }
 
@@ -174,7 +174,7 @@ fn nearest_config_key(key: &str) -> String {
 }
 
 /// A path from IBM's config, relative to the config file's directory.
-fn relative_to(file: &Path, p: &str) -> PathBuf {
+pub(super) fn relative_to(file: &Path, p: &str) -> PathBuf {
     let p = PathBuf::from(p);
     if p.is_absolute() {
         p
@@ -304,33 +304,7 @@ pub fn from_values(
         return Err(first);
     }
 
-    let templates = t.get("templates").cloned().ok_or_else(|| ConfigError {
-        file: templates_file.to_path_buf(),
-        setting: Some("templates".into()),
-        message: "expected {\"templates\": [...]}".into(),
-    })?;
-    let Value::Array(list) = templates else {
-        return Err(ConfigError {
-            file: templates_file.to_path_buf(),
-            setting: Some("templates".into()),
-            message: "`templates` must be an array".into(),
-        });
-    };
-    let mut problems = Vec::new();
-    let mut good: Vec<Value> = Vec::with_capacity(list.len());
-    for (i, mut tpl) in list.into_iter().enumerate() {
-        match check_template(i, &mut tpl, &good, templates_file) {
-            Ok(()) => good.push(tpl),
-            Err(e) => problems.push(e),
-        }
-    }
-    if good.is_empty() && !problems.is_empty() {
-        return Err(joined(problems).unwrap_or_else(|| ConfigError {
-            file: templates_file.to_path_buf(),
-            setting: Some("templates".into()),
-            message: "no usable template".into(),
-        }));
-    }
+    let (good, problems) = checked_templates(t, templates_file, check_template)?;
     // The grant: exactly the instance types the templates name, and their largest maxNumber.
     let mut types: Vec<String> = Vec::new();
     let mut max = 1u32;
@@ -367,6 +341,37 @@ pub fn from_values(
         log_level,
         problems,
     })
+}
+
+/// The `templates` array of IBM's templates file `t`, each template through `check`: the
+/// good ones, and the problems of those left out. Every template bad is an error.
+pub(super) fn checked_templates(
+    mut t: Map<String, Value>,
+    templates_file: &Path,
+    check: fn(usize, &mut Value, &[Value], &Path) -> Result<(), ConfigError>,
+) -> Result<(Vec<Value>, Vec<ConfigError>), ConfigError> {
+    let err = |message: &str| ConfigError {
+        file: templates_file.to_path_buf(),
+        setting: Some("templates".into()),
+        message: message.into(),
+    };
+    let list = match t.remove("templates") {
+        Some(Value::Array(list)) => list,
+        Some(_) => return Err(err("`templates` must be an array")),
+        None => return Err(err("expected {\"templates\": [...]}")),
+    };
+    let mut problems = Vec::new();
+    let mut good: Vec<Value> = Vec::with_capacity(list.len());
+    for (i, mut tpl) in list.into_iter().enumerate() {
+        match check(i, &mut tpl, &good, templates_file) {
+            Ok(()) => good.push(tpl),
+            Err(e) => problems.push(e),
+        }
+    }
+    if good.is_empty() && !problems.is_empty() {
+        return Err(joined(problems).unwrap_or_else(|| err("no usable template")));
+    }
+    Ok((good, problems))
 }
 
 /// The launch parameters the templates name: the AWS guest may launch only with these
@@ -436,19 +441,26 @@ pub(super) fn joined(mut errors: Vec<ConfigError>) -> Option<ConfigError> {
     }
 }
 
-/// What the host checks of template `i` before the guest sees it: an object with a
-/// `templateId` of its own, a whole-number `maxNumber`, and only keys the AWS guest reads
-/// (a misspelt one gets the nearest known key). Reads `userDataScript` for the guest, which
-/// cannot read files. The guest checks the values of the rest.
-fn check_template(i: usize, tpl: &mut Value, earlier: &[Value], file: &Path) -> Result<(), ConfigError> {
+/// What every IBM template file needs of template `i`: an object with a `templateId` of its
+/// own (not one of `earlier`'s) and a whole-number `maxNumber`. Returns the object and how
+/// messages name it (`templates[2] ('Template-VM-0')`).
+pub(super) fn check_id_and_max<'a>(
+    i: usize,
+    tpl: &'a mut Value,
+    earlier: &[Value],
+    file: &Path,
+) -> Result<(&'a mut Map<String, Value>, String), ConfigError> {
     let err = |setting: String, message: String| ConfigError {
         file: file.to_path_buf(),
         setting: Some(setting),
         message,
     };
     let at = format!("templates[{i}]");
-    let Some(obj) = tpl.as_object_mut() else {
+    if !tpl.is_object() {
         return Err(err(at, format!("a template must be a JSON object, found {tpl}")));
+    }
+    let Some(obj) = tpl.as_object_mut() else {
+        return Err(err(at, "a template must be a JSON object".into()));
     };
     let id = match obj.get("templateId") {
         Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
@@ -495,6 +507,21 @@ fn check_template(i: usize, tpl: &mut Value, earlier: &[Value], file: &Path) -> 
             ));
         }
     }
+    Ok((obj, at))
+}
+
+/// What the host checks of template `i` before the guest sees it: an object with a
+/// `templateId` of its own, a whole-number `maxNumber`, and only keys the AWS guest reads
+/// (a misspelt one gets the nearest known key). Reads `userDataScript` for the guest, which
+/// cannot read files. The guest checks the values of the rest.
+fn check_template(i: usize, tpl: &mut Value, earlier: &[Value], file: &Path) -> Result<(), ConfigError> {
+    let (obj, at) = check_id_and_max(i, tpl, earlier, file)?;
+    let err = |setting: String, message: String| ConfigError {
+        file: file.to_path_buf(),
+        setting: Some(setting),
+        message,
+    };
+    let setting = |k: &str| format!("templates[{i}].{k}");
     if let Some(v) = obj.get("imageId").filter(|v| v.as_str().is_some_and(super::orb::is_ssm_path)) {
         return Err(err(setting("imageId"), format!("{at}: `imageId` {}", super::orb::ssm_refusal(v))));
     }

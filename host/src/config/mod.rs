@@ -3,6 +3,7 @@
 //! key is an error naming the key's path and the file.
 
 pub mod ibm_aws;
+pub mod ibm_azure;
 pub mod orb;
 pub mod seed;
 pub mod storage;
@@ -34,7 +35,7 @@ use crate::store::StoreSpec;
 pub const CONFIG_FILES: [&str; 5] = ["hfwasm.json", "hfwasm.yaml", "hfwasm.yml", "config.yml", "config.json"];
 pub const CONFIG_FILE: &str = "hfwasm.json";
 
-use crate::builtin::{BUILTIN_AWS, BUILTIN_DEFAULT_POLICY, BUILTIN_ONPREM};
+use crate::builtin::{BUILTIN_AWS, BUILTIN_AZURE, BUILTIN_DEFAULT_POLICY, BUILTIN_ONPREM};
 
 /// A config problem: the file, the setting and what is wrong.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -97,6 +98,7 @@ impl GuestSpec {
         let grants: &[&str] = match source {
             BUILTIN_ONPREM => &["log", "kv", "inventory", "power"],
             BUILTIN_AWS => &["log", "kv", "ec2"],
+            BUILTIN_AZURE => &["log", "kv", "http"],
             _ => &[],
         };
         Self {
@@ -107,6 +109,12 @@ impl GuestSpec {
             settings: Settings::new(),
             coredump_dir: None,
         }
+    }
+
+    /// The same guest with `grant` as its `http` grant.
+    pub fn with_http(mut self, grant: &crate::capabilities::http::HttpGrant) -> Self {
+        self.settings.insert("http".into(), grant.to_settings());
+        self
     }
 
     /// The same guest with `grant` as its EC2 grant.
@@ -198,8 +206,8 @@ pub struct Config {
     pub log: LogSpec,
     /// EC2 client settings, when an AWS provider is configured.
     pub ec2: Option<Ec2Settings>,
-    /// Where the AWS settings came from (IBM's config and templates files).
-    pub aws_files: Option<(PathBuf, PathBuf)>,
+    /// IBM's config and templates files, when they configure the provider.
+    pub ibm_files: Option<IbmFiles>,
     /// Several providers behind this instance (the seed's `providers[]` with more than one
     /// enabled), in config order; empty when `provider` alone serves.
     pub members: Vec<MemberSpec>,
@@ -214,6 +222,17 @@ pub struct Config {
     pub problems: Vec<ConfigError>,
 }
 
+/// IBM's two provider files, and whose plugin they are for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IbmFiles {
+    /// `AWS` or `Azure`.
+    pub cloud: &'static str,
+    /// `<instance>prov_config.json`.
+    pub config: PathBuf,
+    /// `<instance>prov_templates.json`.
+    pub templates: PathBuf,
+}
+
 /// One of several providers behind one provider instance.
 #[derive(Debug, Clone)]
 pub struct MemberSpec {
@@ -225,7 +244,7 @@ pub struct MemberSpec {
     /// Its EC2 client settings (aws).
     pub ec2: Option<Ec2Settings>,
     /// IBM's files it was read from (aws).
-    pub aws_files: Option<(PathBuf, PathBuf)>,
+    pub ibm_files: Option<IbmFiles>,
 }
 
 /// Default for `provider.circuit_breaker.failure_threshold`.
@@ -252,13 +271,23 @@ impl Config {
         let from_file = raw.is_some();
         let mut raw = raw.unwrap_or_default();
         seed_single(&mut raw, &file, conf_dir, instance)?;
-        if !from_file && let Some((config_file, templates_file)) = ibm_aws::find(conf_dir, instance) {
+        if !from_file && let Some((config_file, templates_file)) = ibm_azure::find(conf_dir, instance) {
+            raw.ibm_azure = Some(RawAws {
+                config_file,
+                templates_file,
+            });
+        } else if !from_file && let Some((config_file, templates_file)) = ibm_aws::find(conf_dir, instance) {
             raw.aws = Some(RawAws {
                 config_file,
                 templates_file,
             });
         }
-        if !from_file && raw.aws.is_none() && raw.inline_aws.is_none() && !conf_dir.join("inventory.txt").exists() {
+        if !from_file
+            && raw.aws.is_none()
+            && raw.inline_aws.is_none()
+            && raw.ibm_azure.is_none()
+            && !conf_dir.join("inventory.txt").exists()
+        {
             unread_files(conf_dir, instance)?;
         }
         if let Some(v) = raw.version.as_deref()

@@ -25,6 +25,9 @@ pub(super) struct RawConfig {
     /// Seed 001's region and templates in IBM's format, standing in for IBM's files.
     #[serde(skip)]
     pub(super) inline_aws: Option<InlineAws>,
+    /// IBM's Azure files found in the conf dir (there is no config file).
+    #[serde(skip)]
+    pub(super) ibm_azure: Option<RawAws>,
     /// Seed 001's `monitoring`: refused with the reason.
     pub(super) monitoring: Option<serde_json::Value>,
     /// Seed 001's `caching`: refused with the reason.
@@ -220,15 +223,7 @@ pub(super) fn unread_files(conf_dir: &Path, instance: &str) -> Result<(), Config
     found.sort();
     // IBM files of another instance name are the likeliest slip.
     let other = found.iter().find_map(|n| n.strip_suffix("prov_config.json")).map(str::to_string);
-    let azure = found.iter().any(|n| {
-        n.ends_with("prov_config.json")
-            && crate::limits::read_capped(&conf_dir.join(n), crate::limits::MAX_CONFIG_BYTES).is_ok_and(|t| t.contains("AZURE_"))
-    });
     let hint = match other {
-        Some(_) if azure => {
-            "these are IBM's Azure plugin files; hfwasm has no Azure provider yet (its built-in providers are AWS and the on-prem pool)"
-                .to_string()
-        }
         Some(other) => format!(
             "IBM's files here are named for provider instance `{other}` but this is `{instance}` (HF_PROVIDER_NAME): rename them to {instance}prov_config.json and {instance}prov_templates.json, or set HF_PROVIDER_NAME={other}"
         ),

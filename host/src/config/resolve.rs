@@ -28,9 +28,20 @@ impl Config {
         if let Some(a) = &aws {
             guests.insert("aws".to_string(), GuestSpec::builtin("aws", BUILTIN_AWS).with_ec2(&a.grant));
         }
+        let azure = match &raw.ibm_azure {
+            Some(a) => Some(ibm_azure::load(
+                &conf_dir.join(&a.config_file),
+                &conf_dir.join(&a.templates_file),
+                |k| std::env::var(k).ok(),
+            )?),
+            None => None,
+        };
+        if let Some(a) = &azure {
+            guests.insert("azure".to_string(), GuestSpec::builtin("azure", BUILTIN_AZURE).with_http(&a.grant));
+        }
         for (name, g) in raw.guests {
             let at = format!("guests.{name}");
-            let builtin = [BUILTIN_ONPREM, BUILTIN_AWS, BUILTIN_DEFAULT_POLICY]
+            let builtin = [BUILTIN_ONPREM, BUILTIN_AWS, BUILTIN_AZURE, BUILTIN_DEFAULT_POLICY]
                 .into_iter()
                 .find(|b| *b == g.wasm);
             let source = if let Some(b) = builtin {
@@ -38,7 +49,9 @@ impl Config {
             } else if let Some(other) = g.wasm.strip_prefix("builtin:") {
                 return Err(err(
                     &format!("{at}.wasm"),
-                    format!("unknown built-in guest `{other}`; built in: {BUILTIN_ONPREM}, {BUILTIN_AWS}, {BUILTIN_DEFAULT_POLICY}"),
+                    format!(
+                        "unknown built-in guest `{other}`; built in: {BUILTIN_ONPREM}, {BUILTIN_AWS}, {BUILTIN_AZURE}, {BUILTIN_DEFAULT_POLICY}"
+                    ),
                 ));
             } else {
                 GuestSource::File(conf_dir.join(&g.wasm))
@@ -91,10 +104,11 @@ impl Config {
                 },
             );
         }
-        let guest_name = raw
-            .provider
-            .guest
-            .unwrap_or_else(|| if aws.is_some() { "aws".into() } else { "onprem".into() });
+        let guest_name = raw.provider.guest.unwrap_or_else(|| match (&aws, &azure) {
+            (Some(_), _) => "aws".into(),
+            (None, Some(_)) => "azure".into(),
+            (None, None) => "onprem".into(),
+        });
         let provider = guests.get(&guest_name).cloned().ok_or_else(|| {
             err(
                 "provider.guest",
@@ -139,6 +153,12 @@ impl Config {
             obj.entry("spot_terminate_on_reclaim")
                 .or_insert(serde_json::Value::Bool(a.spot_terminate_on_reclaim));
         }
+        if let (Some(a), Some(obj)) = (&azure, settings.as_object_mut()) {
+            // The Azure guest's inputs: region, subscription, endpoint and IBM's templates.
+            for (k, v) in a.settings.as_object().into_iter().flatten() {
+                obj.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
         if !settings.is_object() {
             return Err(err("provider.settings", "must be a JSON object".into()));
         }
@@ -151,6 +171,7 @@ impl Config {
             .provider
             .abandon_after_secs
             .or(aws.as_ref().map(|a| a.creation_timeout_secs))
+            .or(azure.as_ref().map(|a| a.creation_timeout_secs))
             .unwrap_or(600);
         if abandon_after_secs == 0 {
             return Err(err("provider.abandon_after_secs", "must be at least 1".into()));
@@ -175,7 +196,11 @@ impl Config {
                     ),
                 )
             })?,
-            None => aws.as_ref().and_then(|a| a.log_level.clone()).unwrap_or_else(|| "info".into()),
+            None => aws
+                .as_ref()
+                .and_then(|a| a.log_level.clone())
+                .or(azure.as_ref().and_then(|a| a.log_level.clone()))
+                .unwrap_or_else(|| "info".into()),
         };
         let max_bytes = match &raw.logging.max_size {
             None => crate::logging::DEFAULT_MAX_BYTES,
@@ -224,8 +249,24 @@ impl Config {
                 s.credential_cache_dir = Some(work_dir.to_path_buf());
                 s
             }),
-            problems: aws.as_ref().map(|a| a.problems.clone()).unwrap_or_default(),
-            aws_files: aws.map(|a| (a.config_file, a.templates_file)),
+            problems: aws
+                .as_ref()
+                .map(|a| a.problems.clone())
+                .or(azure.as_ref().map(|a| a.problems.clone()))
+                .unwrap_or_default(),
+            ibm_files: match (aws, azure) {
+                (Some(a), _) => Some(IbmFiles {
+                    cloud: "AWS",
+                    config: a.config_file,
+                    templates: a.templates_file,
+                }),
+                (None, Some(a)) => Some(IbmFiles {
+                    cloud: "Azure",
+                    config: a.config_file,
+                    templates: a.templates_file,
+                }),
+                (None, None) => None,
+            },
             members: Vec::new(),
             placement,
             recording: None,

@@ -296,7 +296,7 @@ pub(super) fn seed_members(
     let mut members = Vec::new();
     let mut problems = Vec::new();
     for p in seed {
-        let (guest, settings, ec2, aws_files) = match &p.kind {
+        let (guest, settings, ec2, ibm_files) = match &p.kind {
             seed::SeedKind::Aws { files, region, .. } => {
                 let src = seed_aws_source(conf_dir, instance, &p.name, files, region.as_deref(), orb_defaults.clone(), file)?;
                 let a = load_aws_source(src, conf_dir, file)?;
@@ -318,7 +318,16 @@ pub(super) fn seed_members(
                     guest.limits = config.provider.limits;
                     guest.coredump_dir = config.provider.coredump_dir.clone();
                 }
-                (guest, settings, Some(ec2), Some((a.config_file, a.templates_file)))
+                (
+                    guest,
+                    settings,
+                    Some(ec2),
+                    Some(IbmFiles {
+                        cloud: "AWS",
+                        config: a.config_file,
+                        templates: a.templates_file,
+                    }),
+                )
             }
             seed::SeedKind::Onprem => {
                 let guest = GuestSpec::builtin(&p.name, BUILTIN_ONPREM);
@@ -339,7 +348,7 @@ pub(super) fn seed_members(
             },
             guest,
             ec2,
-            aws_files,
+            ibm_files,
         });
     }
     Ok((members, problems))

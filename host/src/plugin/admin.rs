@@ -230,9 +230,9 @@ impl Plugin {
             ),
             format!(
                 "config:    {}",
-                match (&c.file, &c.aws_files) {
+                match (&c.file, &c.ibm_files) {
                     (Some(f), _) => f.display().to_string(),
-                    (None, Some((cfg, tpl))) => format!("IBM AWS files {} and {}", cfg.display(), tpl.display()),
+                    (None, Some(i)) => format!("IBM {} files {} and {}", i.cloud, i.config.display(), i.templates.display()),
                     (None, None) => "embedded defaults (no hfwasm.json)".to_string(),
                 }
             ),

@@ -24,6 +24,8 @@ use wasmtime_wasi_http::{
     WasiHttpHooks, WasiHttpView,
 };
 
+pub mod azure_auth_file;
+
 use super::GuestState;
 use crate::engine::sandbox::HostWait;
 
@@ -87,6 +89,25 @@ pub struct HttpGrant {
     pub retries: u32,
 }
 
+impl HttpGrant {
+    /// A grant of `allow` with every other key at its default.
+    pub fn allowing(allow: Vec<Origin>) -> Self {
+        Self {
+            allow,
+            timeout_ms: default_timeout_ms(),
+            max_request_bytes: default_max_request_bytes(),
+            max_response_bytes: default_max_response_bytes(),
+            max_requests_per_call: default_max_requests(),
+            retries: default_retries(),
+        }
+    }
+
+    /// The grant as capability settings (`guests.<name>.http`).
+    pub fn to_settings(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+}
+
 fn default_timeout_ms() -> u64 {
     30_000
 }
@@ -143,6 +164,13 @@ pub enum Auth {
         client_secret_file: PathBuf,
         /// The scope asked for (`https://management.azure.com/.default`).
         scope: String,
+    },
+    /// An Azure SDK authentication file (IBM's `AZURE_CREDENTIAL_FILE`: the Java SDK's
+    /// properties or `az ad sp create-for-rbac --sdk-auth` JSON): client credentials of its
+    /// service principal against its authority, for its Resource Manager endpoint.
+    AzureAuthFile {
+        /// The file.
+        file: PathBuf,
     },
     /// A managed identity's token from the instance metadata service.
     ManagedIdentity {
@@ -488,17 +516,11 @@ async fn credentials(
         } => {
             let secret = crate::limits::read_capped(client_secret_file, 64 << 10)
                 .map_err(|e| fail(format!("client_secret_file {}: {e}", client_secret_file.display())))?;
-            let form = format!(
-                "grant_type=client_credentials&client_id={}&client_secret={}&scope={}",
-                form_encode(client_id),
-                form_encode(secret.trim()),
-                form_encode(scope)
-            );
-            let req = Request::post(token_url.as_str())
-                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                .body(Full::new(Bytes::from(form)))
-                .map_err(|e| fail(format!("token_url {token_url}: {e}")))?;
-            token_from(req, timeout, &fail).await?
+            client_credentials(token_url, client_id, secret.trim(), scope, timeout, &fail).await?
+        }
+        Auth::AzureAuthFile { file } => {
+            let f = azure_auth_file::AzureAuthFile::read(file).map_err(&fail)?;
+            client_credentials(&f.token_url(), &f.client_id, &f.client_secret, &f.scope(), timeout, &fail).await?
         }
         Auth::ManagedIdentity {
             resource,
@@ -522,6 +544,28 @@ async fn credentials(
         t.insert(index, (token.clone(), until));
     }
     bearer(&token).map(Some)
+}
+
+/// A token by OAuth2 client credentials (an Entra ID service principal).
+async fn client_credentials(
+    token_url: &str,
+    client_id: &str,
+    secret: &str,
+    scope: &str,
+    timeout: Duration,
+    fail: &(dyn Fn(String) -> HttpError + Sync),
+) -> Result<(String, Duration), HttpError> {
+    let form = format!(
+        "grant_type=client_credentials&client_id={}&client_secret={}&scope={}",
+        form_encode(client_id),
+        form_encode(secret),
+        form_encode(scope)
+    );
+    let req = Request::post(token_url)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from(form)))
+        .map_err(|e| fail(format!("token_url {token_url}: {e}")))?;
+    token_from(req, timeout, fail).await
 }
 
 /// An access token and its lifetime from a token endpoint's JSON answer.

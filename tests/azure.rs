@@ -1,0 +1,184 @@
+//! The Azure provider through the real scripts, with IBM's `azureprov_config.json` and
+//! `azureprov_templates.json` (tests/data/ibm/azure, never edited), against a stateful ARM
+//! fake (tests/fakes/arm_fake.py). The fake is written from Azure's REST API specification;
+//! it is not Azure and no emulator of it exists. It cannot show real latencies, ARM's
+//! eventual consistency, its many other validations or real token claims; what it does show
+//! is the REST conversation: the token fetched by the host with the site's service principal,
+//! NIC then VM per host, async operations, paging, quota and throttling answers, Spot
+//! evictions, and what is left behind (VMs, NICs, OS disks) after a return.
+
+mod common;
+
+use common::arm::{self, Arm};
+use common::*;
+use serde_json::{Value, json};
+
+fn ibm_file(rel: &str) -> String {
+    std::fs::read_to_string(repo().join("tests/data/ibm/azure").join(rel)).expect("IBM sample")
+}
+
+/// A tree with IBM's Azure files pointed at `fake`. IBM's samples name files this machine
+/// lacks (`/home/lsfadmin/credentials`, `/home/lsfadmin/lsf.pub`) and offer nothing
+/// (`maxNumber: 0`): exactly those three values are changed, `adjust` may change more.
+fn azure_tree(fake: &Arm, adjust: impl Fn(&mut Value)) -> HfTree {
+    let tree = HfTree::new("");
+    std::fs::remove_file(tree.conf.join("inventory.txt")).expect("no pool");
+    std::fs::write(tree.conf.join("credentials"), fake.credentials_file()).expect("credentials");
+    std::fs::write(
+        tree.conf.join("lsf.pub"),
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHfwasmTestKey lsfadmin@hf\n",
+    )
+    .expect("key");
+    let mut cfg: Value = serde_json::from_str(&ibm_file("azureprov_config.json")).expect("json");
+    cfg["AZURE_CREDENTIAL_FILE"] = json!("credentials");
+    std::fs::write(tree.conf.join("azureprov_config.json"), cfg.to_string()).expect("config");
+    let mut t: Value = serde_json::from_str(&ibm_file("azureprov_templates.json")).expect("json");
+    for tpl in t["templates"].as_array_mut().expect("templates") {
+        tpl["sshPubKeyFile"] = json!("lsf.pub");
+        tpl["maxNumber"] = json!(4);
+    }
+    adjust(&mut t);
+    std::fs::write(tree.conf.join("azureprov_templates.json"), t.to_string()).expect("templates");
+    tree
+}
+
+fn vms_of(fake: &Arm, request: &str) -> Vec<Value> {
+    fake.state()["vms"]
+        .as_array()
+        .expect("vms")
+        .iter()
+        .filter(|v| v["tags"]["hfwasm:request"] == request)
+        .cloned()
+        .collect()
+}
+
+/// Polls getReturnRequests / getRequestStatus of return `id` until it is final.
+fn until_returned(tree: &HfTree, id: &str) -> Value {
+    let t0 = std::time::Instant::now();
+    loop {
+        let r = tree.ok("getRequestStatus", &json!({"requests": [{"requestId": id}]}));
+        if r["requests"][0]["status"] != "running" {
+            return r["requests"][0].clone();
+        }
+        assert!(t0.elapsed().as_secs() < 30, "return {id} still running: {r}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+fn decode64(s: &str) -> String {
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in s.bytes().filter(|c| *c != b'=') {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            _ => 63,
+        };
+        bits = (bits << 6) | u32::from(v);
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+        }
+    }
+    String::from_utf8(out).expect("utf-8")
+}
+
+#[test]
+fn ibm_azure_samples_run_the_full_cycle_and_leave_nothing_behind() {
+    let fake = Arm::start(100);
+
+    // As IBM ships them: the credentials file is not on this machine, and the refusal says
+    // which setting and which file, on one line.
+    let tree = HfTree::new("");
+    std::fs::remove_file(tree.conf.join("inventory.txt")).expect("no pool");
+    std::fs::write(tree.conf.join("azureprov_config.json"), ibm_file("azureprov_config.json")).expect("config");
+    std::fs::write(tree.conf.join("azureprov_templates.json"), ibm_file("azureprov_templates.json")).expect("templates");
+    let o = tree.run("getAvailableTemplates", &json!({}));
+    assert_eq!(o.code, 1, "{}", o.json);
+    let msg = o.json["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("AZURE_CREDENTIAL_FILE") && msg.contains("/home/lsfadmin/credentials"),
+        "{msg}"
+    );
+
+    let tree = azure_tree(&fake, |_| {});
+    let t = tree.ok("getAvailableTemplates", &json!({}));
+    for id in ["Template-VM-0", "Template-VM-1"] {
+        let tpl = template(&t, id);
+        // Standard_A4_v2 from the region's size catalogue: 4 cores, 8192 MB.
+        assert_eq!(tpl["attributes"]["ncpus"], json!(["Numeric", "4"]), "{tpl}");
+        assert_eq!(tpl["attributes"]["nram"], json!(["Numeric", "8192"]), "{tpl}");
+        assert_eq!(tpl["attributes"]["mem"], json!(["Numeric", "8192"]), "{tpl}");
+        assert_eq!(tpl["attributes"]["azurehost"], json!(["Boolean", "1"]), "{tpl}");
+        assert_eq!(tpl["attributes"]["zone"], json!(["String", "asiasoutheast"]), "{tpl}");
+        assert_eq!(tpl["maxNumber"], 4, "{tpl}");
+    }
+
+    let id = tree.request("Template-VM-0", 2);
+    let done = tree.until_final(&id);
+    assert_eq!(done["status"], "complete", "{done}");
+    let names = machine_names(&done, "succeed");
+    assert_eq!(names.len(), 2, "{done}");
+    let vms = vms_of(&fake, &id);
+    assert_eq!(vms.len(), 2);
+    for m in done["machines"].as_array().expect("machines") {
+        let ip = m["privateIpAddress"].as_str().expect("ip");
+        assert!(ip.starts_with("10.1.0."), "subnet1 of the template: {m}");
+        // IBM's host names: host-<private address>.
+        assert_eq!(m["name"], format!("host-{}", ip.replace('.', "-")), "{m}");
+    }
+    let state = fake.state();
+    for vm in &vms {
+        let p = &vm["properties"];
+        assert_eq!(p["hardwareProfile"]["vmSize"], "Standard_A4_v2");
+        assert_eq!(
+            p["storageProfile"]["osDisk"]["managedDisk"]["storageAccountType"], "Standard_LRS",
+            "IBM's STANDARD_LRS in Azure's spelling"
+        );
+        assert_eq!(p["osProfile"]["adminUsername"], "lsfuser", "IBM's default root user");
+        assert_eq!(vm["tags"]["group"], "project1", "instanceTags");
+        assert_eq!(vm["tags"]["hfwasm:template"], "Template-VM-0");
+        let script = decode64(
+            state["custom_data"][vm["name"].as_str().expect("name")]
+                .as_str()
+                .expect("customData"),
+        );
+        assert!(
+            script.contains("export template_id='Template-VM-0'")
+                && script.contains("'http://10.1.0.4/user_data.sh'")
+                && script.contains("bash 'user_data.sh'"),
+            "customScriptUri runs at first boot: {script}"
+        );
+    }
+    for nic in state["nics"].as_array().expect("nics") {
+        assert!(
+            nic["properties"]["networkSecurityGroup"]["id"]
+                .as_str()
+                .is_some_and(|n| n.ends_with("/lsfsecuritygrp")),
+            "{nic}"
+        );
+    }
+
+    // The host fetched a token with the site's service principal; no answer carries it or the secret.
+    assert!(state["token_requests"].as_u64() >= Some(1), "{state}");
+    let ret = tree.ok(
+        "requestReturnMachines",
+        &json!({"machines": names.iter().map(|n| json!({"name": n})).collect::<Vec<_>>()}),
+    );
+    assert!(!ret.to_string().contains(arm::SECRET));
+    let rid = ret["requestId"].as_str().expect("return id").to_string();
+    let r = until_returned(&tree, &rid);
+    assert_eq!(r["status"], "complete", "{r}");
+    assert!(machine_names(&r, "succeed").len() == 2, "{r}");
+    // Nothing left: VM, NIC and OS disk of each host are gone.
+    let state = fake.state();
+    for kind in ["vms", "nics", "disks"] {
+        assert_eq!(state[kind].as_array().map(Vec::len), Some(0), "{kind} left behind: {state:#}");
+    }
+    let done = tree.ok("getRequestStatus", &json!({"requests": [{"requestId": id}]}));
+    assert!(!done.to_string().contains(arm::SECRET));
+}

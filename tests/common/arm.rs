@@ -1,0 +1,122 @@
+//! The Azure Resource Manager fake for the Azure tests (`tests/fakes/arm_fake.py`): a fake
+//! written from Azure's REST API specification, not an emulator (its header says what it
+//! cannot show). Started on a free 127.0.0.1 port with a small world (a resource group, a
+//! VNet with two subnets, an NSG, a custom image, a VM size catalogue, a core quota) and
+//! stopped on drop.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// The subscription of the fake's world.
+pub const SUBSCRIPTION: &str = "5a1e0000-0000-4000-8000-00000000a2e0";
+/// The service principal the fake accepts.
+pub const TENANT: &str = "72f988bf-0000-4000-8000-0000000000ab";
+/// Its client id.
+pub const CLIENT: &str = "hfwasm-test-app";
+/// Its secret: a test asserts it never reaches a guest or HostFactory.
+pub const SECRET: &str = "S3cr3t-never-in-a-guest";
+
+/// A running fake.
+pub struct Arm {
+    child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub endpoint: String,
+}
+
+impl Arm {
+    /// Starts the fake with IBM's sample names (resource group `lsf_hostfactory`, VNet
+    /// `lsfnet` with `subnet1` and `subnet2`, NSG `lsfsecuritygrp`, image `lsfimage`),
+    /// region southeastasia and a quota of `core_quota` cores.
+    pub fn start(core_quota: u32) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let rg = "lsf_hostfactory";
+        let world = json!({
+            "subscription": SUBSCRIPTION,
+            "location": "southeastasia",
+            "principal": {"tenant": TENANT, "client": CLIENT, "secret": SECRET},
+            "resource_groups": [rg],
+            "virtual_networks": [{"resource_group": rg, "name": "lsfnet", "subnets": [
+                {"name": "subnet1", "prefix": "10.1.0.0/24"}, {"name": "subnet2", "prefix": "10.1.1.0/24"}]}],
+            "security_groups": [{"resource_group": rg, "name": "lsfsecuritygrp"}],
+            "images": [format!("/subscriptions/{SUBSCRIPTION}/resourceGroups/{rg}/providers/Microsoft.Compute/images/lsfimage")],
+            "vm_sizes": [
+                {"name": "Standard_A4_v2", "numberOfCores": 4, "memoryInMB": 8192, "osDiskSizeInMB": 1047552, "resourceDiskSizeInMB": 40960, "maxDataDiskCount": 8},
+                {"name": "Standard_D2s_v5", "numberOfCores": 2, "memoryInMB": 8192, "osDiskSizeInMB": 1047552, "resourceDiskSizeInMB": 0, "maxDataDiskCount": 4},
+            ],
+            "core_quota": core_quota,
+        });
+        let world_file = std::env::temp_dir().join(format!("hfwasm-arm-{port}.json"));
+        std::fs::write(&world_file, world.to_string()).expect("world file");
+        let log = std::fs::File::create(std::env::temp_dir().join(format!("hfwasm-arm-{port}.log"))).expect("log");
+        let child = Command::new("python3")
+            .arg(super::repo().join("tests/fakes/arm_fake.py"))
+            .args(["--port", &port.to_string(), "--world"])
+            .arg(&world_file)
+            .args(["--vm-ready-secs", "0.6", "--delete-secs", "0.6"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start the ARM fake (python3)");
+        let t0 = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(t0.elapsed() < Duration::from_secs(20), "the ARM fake did not start on port {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// One request to the fake's controls; returns the JSON body.
+    pub fn control(&self, method: &str, path: &str, body: &Value) -> Value {
+        let addr = self.endpoint.trim_start_matches("http://");
+        let mut s = TcpStream::connect(addr).expect("connect to the fake");
+        let b = body.to_string();
+        write!(
+            s,
+            "{method} /_fake/{path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
+            b.len()
+        )
+        .expect("request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("response");
+        let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+        serde_json::from_str(body).unwrap_or(Value::Null)
+    }
+
+    /// Everything the fake holds: `vms`, `nics`, `disks`, `custom_data`, `token_requests`.
+    pub fn state(&self) -> Value {
+        self.control("GET", "state", &json!({}))
+    }
+
+    /// Every call the fake served: `method`, `path`, `status`.
+    pub fn requests(&self) -> Vec<Value> {
+        self.control("GET", "requests", &json!({})).as_array().cloned().unwrap_or_default()
+    }
+
+    /// The Java SDK auth file IBM's plugin reads, pointing at this fake.
+    pub fn credentials_file(&self) -> String {
+        let e = self.endpoint.replace(':', "\\:");
+        format!(
+            "subscription={SUBSCRIPTION}\nclient={CLIENT}\nkey={SECRET}\ntenant={TENANT}\n\
+             managementURI={e}/\nbaseURL={e}/\nauthURL={e}/\ngraphURL={e}/\n"
+        )
+    }
+}
+
+impl Drop for Arm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
