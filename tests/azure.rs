@@ -182,3 +182,157 @@ fn ibm_azure_samples_run_the_full_cycle_and_leave_nothing_behind() {
     let done = tree.ok("getRequestStatus", &json!({"requests": [{"requestId": id}]}));
     assert!(!done.to_string().contains(arm::SECRET));
 }
+
+#[test]
+fn quota_throttling_failures_evictions_and_bad_templates_as_azure_answers_them() {
+    // 8 cores: two Standard_A4_v2 hosts.
+    let fake = Arm::start(8);
+    let tree = azure_tree(&fake, |t| {
+        let list = t["templates"].as_array_mut().expect("templates");
+        let mut spot = list[1].clone();
+        spot["templateId"] = json!("Spot-D2");
+        spot["vmType"] = json!("Standard_D2s_v5");
+        spot["vmPriority"] = json!("Spot");
+        spot["evictionPolicy"] = json!("Delete");
+        spot["maxPrice"] = json!(0.05);
+        let mut ttl = list[1].clone();
+        ttl["templateId"] = json!("With-TTL");
+        ttl["ttl"] = json!(60);
+        list.push(spot);
+        list.push(ttl);
+    });
+    // A template with a key the guest refuses is left out, the others offered; the log
+    // names the template, the key and why.
+    let t = tree.ok("getAvailableTemplates", &json!({}));
+    let ids: Vec<&str> = t["templates"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|t| t["templateId"].as_str())
+        .collect();
+    assert_eq!(ids, ["Template-VM-0", "Template-VM-1", "Spot-D2"], "{t}");
+    let log = std::fs::read_to_string(tree.logs.join("hfwasm-pool.log")).unwrap_or_default();
+    assert!(
+        log.contains("'With-TTL'") && log.contains("`ttl`") && log.contains("requestReturnMachines"),
+        "{log}"
+    );
+    tree.err(
+        "requestMachines",
+        &json!({"template": {"templateId": "With-TTL", "machineCount": 1}}),
+        "TEMPLATE_NOT_FOUND",
+    );
+
+    // Quota: 3 asked, 2 fit; the request ends with the 2 and Azure's reason.
+    let id = tree.request("Template-VM-0", 3);
+    let done = tree.until_final(&id);
+    assert_eq!(machine_names(&done, "succeed").len(), 2, "{done}");
+    assert_eq!(done["status"], "complete_with_error", "{done}");
+    assert!(done["message"].as_str().is_some_and(|m| m.contains("quota")), "{done}");
+    assert_eq!(vms_of(&fake, &id).len(), 2);
+    assert_eq!(
+        fake.state()["nics"].as_array().map(Vec::len),
+        Some(2),
+        "the third host's NIC is not left over"
+    );
+
+    // Returned while ARM throttles: it answers 429 with Retry-After twice; the host waits
+    // and retries, and the return goes through.
+    fake.control("POST", "throttle", &json!({"count": 2, "retry_after": 1}));
+    let before = fake.requests().len();
+    let names = machine_names(&done, "succeed");
+    let ret = tree.ok(
+        "requestReturnMachines",
+        &json!({"machines": names.iter().map(|n| json!({"name": n})).collect::<Vec<_>>()}),
+    );
+    let seen: Vec<u64> = fake.requests()[before..]
+        .iter()
+        .filter(|r| !r["path"].as_str().unwrap_or_default().starts_with("/_fake"))
+        .filter_map(|r| r["status"].as_u64())
+        .collect();
+    assert_eq!(seen.iter().filter(|s| **s == 429).count(), 2, "{seen:?}");
+    assert!(
+        seen.iter().filter(|s| **s == 202).count() == 2,
+        "both deletes went through: {seen:?}"
+    );
+    until_returned(&tree, ret["requestId"].as_str().expect("id"));
+
+    // A VM Azure fails to provision: the host hears Azure's error, and the VM is deleted.
+    fake.control(
+        "POST",
+        "fail-next-vm",
+        &json!({"code": "AllocationFailed", "message": "Allocation failed. Please try another size (fake)."}),
+    );
+    let id = tree.request("Template-VM-1", 1);
+    let done = tree.until_final(&id);
+    assert_eq!(done["status"], "complete_with_error", "{done}");
+    let m = &done["machines"][0];
+    assert_eq!(m["result"], "fail", "{done}");
+    assert!(m["message"].as_str().is_some_and(|x| x.contains("AllocationFailed")), "{done}");
+    let t0 = std::time::Instant::now();
+    while !vms_of(&fake, &id).is_empty() {
+        assert!(t0.elapsed().as_secs() < 10, "the failed VM is deleted");
+        tree.ok("getRequestStatus", &json!({"requests": [{"requestId": id}]}));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+
+    // A Spot VM: priority, eviction policy and price reach Azure; its eviction is a reclaim.
+    let id = tree.request("Spot-D2", 1);
+    let done = tree.until_final(&id);
+    assert_eq!(done["status"], "complete", "{done}");
+    let host = machine_names(&done, "succeed").pop().expect("host");
+    let vm = vms_of(&fake, &id).pop().expect("vm");
+    let p = &vm["properties"];
+    assert_eq!(
+        (
+            p["priority"].clone(),
+            p["evictionPolicy"].clone(),
+            p["billingProfile"]["maxPrice"].clone()
+        ),
+        (json!("Spot"), json!("Delete"), json!(0.05))
+    );
+    let r = tree.ok("getReturnRequests", &json!({"machines": [{"name": host, "machineId": vm["id"]}]}));
+    assert_eq!(r["requests"].as_array().map(Vec::len), Some(0), "not evicted yet: {r}");
+    fake.control(
+        "POST",
+        &format!("evict/lsf_hostfactory/{}", vm["name"].as_str().expect("name")),
+        &json!({}),
+    );
+    let r = tree.ok("getReturnRequests", &json!({"machines": [{"name": host, "machineId": vm["id"]}]}));
+    assert_eq!(r["requests"][0]["machine"], host, "{r}");
+}
+
+#[test]
+fn a_kill_after_the_cloud_call_leaves_nothing_once_the_request_is_abandoned() {
+    let fake = Arm::start(100);
+    let tree = azure_tree(&fake, |_| {});
+    tree.set_env("HFWASM_FAULT", "request-machines:after-provider");
+    let o = tree.run(
+        "requestMachines",
+        &json!({"template": {"templateId": "Template-VM-0", "machineCount": 2}}),
+    );
+    assert_ne!(o.code, 0, "the fault point kills the call");
+    tree.unset_env("HFWASM_FAULT");
+    assert_eq!(
+        fake.state()["vms"].as_array().map(Vec::len),
+        Some(2),
+        "the VMs were made before the kill"
+    );
+    // Within INSTANCE_CREATION_TIMEOUT (15 min) nothing is touched; after it the sweep
+    // releases what no answer reached HostFactory for.
+    tree.ok("getReturnRequests", &json!({"machines": []}));
+    assert_eq!(fake.state()["vms"].as_array().map(Vec::len), Some(2));
+    tree.set_env("HFWASM_NOW_OFFSET_SECS", "3600");
+    let t0 = std::time::Instant::now();
+    loop {
+        tree.ok("getReturnRequests", &json!({"machines": []}));
+        let s = fake.state();
+        if ["vms", "nics", "disks"].iter().all(|k| s[*k].as_array().is_some_and(Vec::is_empty)) {
+            break;
+        }
+        assert!(t0.elapsed().as_secs() < 20, "abandoned hosts must go, NICs and disks too: {s:#}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    tree.unset_env("HFWASM_NOW_OFFSET_SECS");
+    let id = tree.request("Template-VM-0", 1);
+    assert_eq!(tree.until_final(&id)["status"], "complete");
+}
