@@ -336,3 +336,71 @@ fn a_kill_after_the_cloud_call_leaves_nothing_once_the_request_is_abandoned() {
     let id = tree.request("Template-VM-0", 1);
     assert_eq!(tree.until_final(&id)["status"], "complete");
 }
+
+/// The mission's promise: a site changes the Azure provider and serves HostFactory with it
+/// without rebuilding the host. The guest's source is copied out of the repository, changed
+/// (every VM gets a `site-build` tag), built there against the published guest SDK, and its
+/// `.wasm` dropped into the conf dir beside IBM's files of an already-built hfwasm.
+#[test]
+fn a_site_built_azure_guest_serves_without_rebuilding_the_host() {
+    let site = tempfile::tempdir().expect("tempdir");
+    let src = site.path().join("src");
+    std::fs::create_dir_all(&src).expect("src");
+    for f in ["lib.rs", "arm.rs", "keys.rs", "template.rs"] {
+        let mut text = std::fs::read_to_string(repo().join("guests/azure/src").join(f)).expect("guest source");
+        if f == "lib.rs" {
+            let line = "    m.insert(TAG_PROVIDER.into(), json!(provider));\n";
+            assert!(text.contains(line), "the tag line moved; update this test");
+            text = text.replace(
+                line,
+                &format!("{line}    m.insert(\"site-build\".into(), json!(\"out-of-tree\"));\n"),
+            );
+        }
+        std::fs::write(src.join(f), text).expect("copy");
+    }
+    std::fs::write(
+        site.path().join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"site-azure\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n\n\
+             [dependencies]\nhfwasm-guest-sdk = {{ path = {:?}, features = [\"http\"] }}\nserde_json = \"1\"\n\n\
+             [profile.release]\nopt-level = \"s\"\nstrip = true\npanic = \"abort\"\n\n[workspace]\n",
+            repo().join("guests/sdk").display().to_string()
+        ),
+    )
+    .expect("manifest");
+    // The versions the repository's guests are tested with.
+    std::fs::copy(repo().join("guests/Cargo.lock"), site.path().join("Cargo.lock")).expect("lock");
+    let target = test_cache().join("site-guest-target");
+    let out = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2"])
+        .current_dir(site.path())
+        .env("CARGO_TARGET_DIR", &target)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .output()
+        .expect("run cargo");
+    assert!(
+        out.status.success(),
+        "out-of-tree build failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wasm = target.join("wasm32-wasip2/release/site_azure.wasm");
+
+    let fake = Arm::start(100);
+    let tree = azure_tree(&fake, |_| {});
+    std::fs::copy(&wasm, tree.conf.join("site-azure.wasm")).expect("drop in the guest");
+    tree.config(&json!({
+        "azure": {"config_file": "azureprov_config.json", "templates_file": "azureprov_templates.json"},
+        "guests": {"azure": {"wasm": "site-azure.wasm", "grants": ["log", "kv", "http"]}}
+    }));
+    let (code, out, err) = admin(&tree, &["config", "check"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("site-azure.wasm") && out.contains("http"), "{out}");
+    let id = tree.request("Template-VM-1", 1);
+    let done = tree.until_final(&id);
+    assert_eq!(done["status"], "complete", "{done}");
+    let vms = vms_of(&fake, &id);
+    assert_eq!(vms.len(), 1);
+    assert_eq!(vms[0]["tags"]["site-build"], "out-of-tree", "the site's guest made it: {}", vms[0]);
+    assert!(machine_names(&done, "succeed")[0].starts_with("host-10-1-1-"), "subnet2: {done}");
+}

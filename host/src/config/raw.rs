@@ -25,8 +25,9 @@ pub(super) struct RawConfig {
     /// Seed 001's region and templates in IBM's format, standing in for IBM's files.
     #[serde(skip)]
     pub(super) inline_aws: Option<InlineAws>,
-    /// IBM's Azure files found in the conf dir (there is no config file).
-    #[serde(skip)]
+    /// IBM's Azure files (`azure: {config_file, templates_file}`, or found in the conf dir
+    /// when there is no config file).
+    #[serde(rename = "azure")]
     pub(super) ibm_azure: Option<RawAws>,
     /// Seed 001's `monitoring`: refused with the reason.
     pub(super) monitoring: Option<serde_json::Value>,

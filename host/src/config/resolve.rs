@@ -88,9 +88,12 @@ impl Config {
                 check(&value).map_err(|m| err(&format!("{at}.{key}"), m))?;
                 settings.insert(key, value);
             }
+            // Without its own grant a guest gets the one IBM's files imply.
             if let (false, Some(a)) = (settings.contains_key("ec2"), &aws) {
-                // Without its own grant a guest gets the one IBM's templates imply.
                 settings.insert("ec2".into(), a.grant.to_settings());
+            }
+            if let (false, Some(a)) = (settings.contains_key("http"), &azure) {
+                settings.insert("http".into(), a.grant.to_settings());
             }
             guests.insert(
                 name.clone(),
