@@ -404,3 +404,101 @@ fn a_site_built_azure_guest_serves_without_rebuilding_the_host() {
     assert_eq!(vms[0]["tags"]["site-build"], "out-of-tree", "the site's guest made it: {}", vms[0]);
     assert!(machine_names(&done, "succeed")[0].starts_with("host-10-1-1-"), "subnet2: {done}");
 }
+
+/// The seed's scenario 5 (hybrid cloud), its config exactly as the seed writes it: aws +
+/// azure + vmware under one HostFactory provider, COST_OPTIMIZED with cost thresholds.
+/// AWS is moto, Azure the ARM fake, and the `vmware` entry is served by the on-prem pool
+/// (no vSphere guest exists yet; the log says so). The site's files beside it: IBM's AWS
+/// and Azure files (Azure's first template renamed to the AWS one's id, so both clouds
+/// offer it and placement chooses) and an inventory.
+#[test]
+fn seed_scenario_5_hybrid_aws_azure_and_vmware_under_one_provider() {
+    let moto = common::moto::Moto::start();
+    let (subnet, sg, ami) = moto.network();
+    let fake = Arm::start_in("eastus", 100);
+    let shared = "OnDemand-Template-VM";
+    let tree = azure_tree(&fake, |t| t["templates"][0]["templateId"] = json!(shared));
+    std::fs::write(tree.conf.join("inventory.txt"), plain_inventory(2)).expect("inventory");
+    tree.set_env("AWS_EC2_METADATA_DISABLED", "true");
+    std::fs::write(
+        tree.conf.join("aws-credentials"),
+        "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n",
+    )
+    .expect("creds");
+    std::fs::write(
+        tree.conf.join("awsprov_config.json"),
+        json!({"AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": moto.endpoint, "AWS_CREDENTIAL_FILE": "aws-credentials"}).to_string(),
+    )
+    .expect("aws config");
+    std::fs::write(
+        tree.conf.join("awsprov_templates.json"),
+        json!({"templates": common::moto::templates(&subnet, &sg, &ami)}).to_string(),
+    )
+    .expect("aws templates");
+    let seed: Value =
+        serde_json::from_str(&std::fs::read_to_string(repo().join("tests/data/seeds/000_04.json")).expect("seed")).expect("json");
+    assert_eq!(seed["provider"]["providers"][1]["type"], "azure", "the seed's scenario 5");
+    tree.config(&seed);
+
+    // Every provider's templates, each served by its maker.
+    let t = tree.ok("getAvailableTemplates", &json!({}));
+    for id in [shared, "Template-VM-1", PLAIN_TEMPLATE] {
+        template(&t, id);
+    }
+    let log = std::fs::read_to_string(tree.logs.join("hfwasm-pool.log")).unwrap_or_default();
+    assert!(
+        log.contains("vmware") && log.contains("on-prem pool"),
+        "the vmware entry says how it is served: {log}"
+    );
+
+    // No prices known: COST_OPTIMIZED falls back to priority, the active provider (aws) first.
+    let on_aws = tree.request(shared, 1);
+    assert_eq!(tree.until_final(&on_aws)["status"], "complete");
+    assert_eq!((moto.instances_of(&on_aws).len(), vms_of(&fake, &on_aws).len()), (1, 0));
+    // Azure-only and pool-only templates go to their makers.
+    let on_azure = tree.request("Template-VM-1", 1);
+    assert_eq!(tree.until_final(&on_azure)["status"], "complete");
+    assert_eq!(vms_of(&fake, &on_azure).len(), 1);
+    let on_pool = tree.request(PLAIN_TEMPLATE, 1);
+    let pool_done = tree.until_final(&on_pool);
+    assert!(machine_names(&pool_done, "succeed")[0].starts_with("node-"), "{pool_done}");
+
+    // With prices (hfwasm's `placement` beside the seed's keys): AWS at 0.20 is above its
+    // cost_threshold 0.10, Azure at 0.09 within its 0.12: Azure serves the shared template.
+    let mut priced = seed.clone();
+    priced["placement"] =
+        json!({"guest": "builtin:default-policy", "settings": {"prices": {"aws-primary": {"*": 0.20}, "azure-secondary": {"*": 0.09}}}});
+    tree.config(&priced);
+    let cheap = tree.request(shared, 1);
+    assert_eq!(tree.until_final(&cheap)["status"], "complete");
+    assert_eq!((moto.instances_of(&cheap).len(), vms_of(&fake, &cheap).len()), (0, 1));
+
+    // `hfwasm machines` names each host's provider; returns go to each maker.
+    let (code, out, err) = admin(&tree, &["machines", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let listed: Value = serde_json::from_str(&out).expect("json");
+    let providers: std::collections::BTreeSet<&str> = listed
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|m| m["provider"].as_str())
+        .collect();
+    assert_eq!(
+        providers,
+        ["aws-primary", "azure-secondary", "onprem-fallback"].into_iter().collect(),
+        "{listed:#}"
+    );
+    let mut names = Vec::new();
+    for id in [&on_aws, &on_azure, &on_pool, &cheap] {
+        let r = tree.ok("getRequestStatus", &json!({"requests": [{"requestId": id}]}));
+        names.extend(machine_names(&r["requests"][0], "succeed"));
+    }
+    let ret = tree.ok(
+        "requestReturnMachines",
+        &json!({"machines": names.iter().map(|n| json!({"name": n})).collect::<Vec<_>>()}),
+    );
+    let r = until_returned(&tree, ret["requestId"].as_str().expect("id"));
+    assert_eq!(machine_names(&r, "succeed").len(), 4, "{r}");
+    assert!(fake.state()["vms"].as_array().is_some_and(Vec::is_empty), "Azure hosts deleted");
+    assert!(moto.live().is_empty(), "AWS hosts terminated: {:?}", moto.live());
+}

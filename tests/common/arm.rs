@@ -33,6 +33,11 @@ impl Arm {
     /// `lsfnet` with `subnet1` and `subnet2`, NSG `lsfsecuritygrp`, image `lsfimage`),
     /// region southeastasia and a quota of `core_quota` cores.
     pub fn start(core_quota: u32) -> Self {
+        Self::start_in("southeastasia", core_quota)
+    }
+
+    /// [`Arm::start`] in region `location`.
+    pub fn start_in(location: &str, core_quota: u32) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
@@ -40,7 +45,7 @@ impl Arm {
         let rg = "lsf_hostfactory";
         let world = json!({
             "subscription": SUBSCRIPTION,
-            "location": "southeastasia",
+            "location": location,
             "principal": {"tenant": TENANT, "client": CLIENT, "secret": SECRET},
             "resource_groups": [rg],
             "virtual_networks": [{"resource_group": rg, "name": "lsfnet", "subnets": [

@@ -217,6 +217,9 @@ pub struct Config {
     /// Calls and policy decisions (placement, template offers) kept for `hfwasm replay`
     /// (`recording.keep` of each kind), when recording.
     pub recording: Option<usize>,
+    /// How the config is served where its words say otherwise (a seed `vmware` provider served
+    /// by the on-prem pool): logged on every call, shown by `hfwasm config check`.
+    pub notes: Vec<String>,
     /// Problems that leave something out rather than stop the call (a bad template among
     /// good ones): logged on every call, listed by `hfwasm config check`.
     pub problems: Vec<ConfigError>,
@@ -342,6 +345,17 @@ impl Config {
                         }
                         raw.provider.guest = Some("aws".into());
                     }
+                    seed::SeedKind::Azure { files, region } => {
+                        if raw.ibm_azure.is_none() {
+                            let (config_file, templates_file) = seed_azure_files(conf_dir, instance, &first.name, files, &file)?;
+                            raw.ibm_azure = Some(RawAws {
+                                config_file,
+                                templates_file,
+                            });
+                        }
+                        raw.azure_region = region.clone();
+                        raw.provider.guest = Some("azure".into());
+                    }
                     seed::SeedKind::Onprem => raw.provider.guest = Some("onprem".into()),
                 }
                 chosen
@@ -385,6 +399,7 @@ impl Config {
         let selection_policy = raw.provider.selection_policy.clone();
         let member_defaults = orb_defaults(&raw.provider);
         let mut config = Self::build(raw, from_file.then_some(file.clone()), conf_dir, work_dir)?;
+        config.notes = seed.iter().filter_map(|p| p.note.clone()).collect();
         if let [one] = seed.as_slice() {
             if let (seed::SeedKind::Aws { .. }, Some(ec2)) = (&one.kind, config.ec2.as_mut()) {
                 let mut grant = Ec2Grant::from_settings(config.provider.settings.get("ec2")).unwrap_or_default();

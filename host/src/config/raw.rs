@@ -29,6 +29,9 @@ pub(super) struct RawConfig {
     /// when there is no config file).
     #[serde(rename = "azure")]
     pub(super) ibm_azure: Option<RawAws>,
+    /// The seed's `config.region` of an azure provider (over AZURE_REGION).
+    #[serde(skip)]
+    pub(super) azure_region: Option<String>,
     /// Seed 001's `monitoring`: refused with the reason.
     pub(super) monitoring: Option<serde_json::Value>,
     /// Seed 001's `caching`: refused with the reason.

@@ -29,11 +29,15 @@ impl Config {
             guests.insert("aws".to_string(), GuestSpec::builtin("aws", BUILTIN_AWS).with_ec2(&a.grant));
         }
         let azure = match &raw.ibm_azure {
-            Some(a) => Some(ibm_azure::load(
-                &conf_dir.join(&a.config_file),
-                &conf_dir.join(&a.templates_file),
-                |k| std::env::var(k).ok(),
-            )?),
+            Some(a) => {
+                let mut a = ibm_azure::load(&conf_dir.join(&a.config_file), &conf_dir.join(&a.templates_file), |k| {
+                    std::env::var(k).ok()
+                })?;
+                if let Some(r) = &raw.azure_region {
+                    a.settings["region"] = serde_json::json!(r);
+                }
+                Some(a)
+            }
             None => None,
         };
         if let Some(a) = &azure {
@@ -271,6 +275,7 @@ impl Config {
                 (None, None) => None,
             },
             members: Vec::new(),
+            notes: Vec::new(),
             placement,
             recording: None,
         })

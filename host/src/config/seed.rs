@@ -44,6 +44,10 @@ pub struct RawSeedProviderConfig {
     config_file: Option<std::path::PathBuf>,
     /// hfwasm's: this provider's own IBM templates file (relative to the conf dir).
     templates_file: Option<std::path::PathBuf>,
+    /// A `vmware` provider's vCenter (scenario 5): not contacted, see [`SeedKind::Onprem`].
+    vcenter_host: Option<String>,
+    /// A `vmware` provider's datacenter: not contacted either.
+    datacenter: Option<String>,
 }
 
 /// Selection policies of the seed (the incumbent names ten and implements three).
@@ -67,6 +71,8 @@ pub struct SeedProvider {
     pub weight: u32,
     /// `config.cost_threshold`.
     pub cost_threshold: Option<f64>,
+    /// How it is served, when that is not what its type says (a `vmware` entry).
+    pub note: Option<String>,
 }
 
 /// What a seed provider runs on.
@@ -85,7 +91,15 @@ pub enum SeedKind {
         /// `config.config_file` and `config.templates_file`: its own IBM files, when set.
         files: (Option<std::path::PathBuf>, Option<std::path::PathBuf>),
     },
-    /// The built-in on-prem pool guest.
+    /// The built-in Azure guest with IBM's Azure files; `config.region` overrides AZURE_REGION.
+    Azure {
+        /// `config.region` (AZURE_REGION).
+        region: Option<String>,
+        /// `config.config_file` and `config.templates_file`: its own IBM files, when set.
+        files: (Option<std::path::PathBuf>, Option<std::path::PathBuf>),
+    },
+    /// The built-in on-prem pool guest (`onprem`; also `vmware` until a vSphere guest
+    /// exists: its hosts come from the inventory file, vCenter is not contacted).
     Onprem,
 }
 
@@ -171,6 +185,54 @@ pub fn select<E>(
             }
         }
         let kind = match p.kind.as_str() {
+            "aws" | "azure" if c.vcenter_host.is_some() || c.datacenter.is_some() => {
+                return Err(err(
+                    &at("config"),
+                    format!("vcenter_host and datacenter belong to a `vmware` provider, not `{}`", p.kind),
+                ));
+            }
+            "azure" => {
+                if let Some((k, _)) = [
+                    ("profile", c.profile.is_some()),
+                    ("max_retries", c.max_retries.is_some()),
+                    ("timeout", c.timeout.is_some()),
+                    ("handlers", c.handlers.is_some()),
+                ]
+                .into_iter()
+                .find(|(_, set)| *set)
+                {
+                    return Err(err(
+                        &at(&format!("config.{k}")),
+                        "is an AWS setting; an azure provider takes region, cost_threshold, config_file and templates_file (IBM's azureprov files)".into(),
+                    ));
+                }
+                SeedKind::Azure {
+                    region: c.region.clone(),
+                    files: (c.config_file.clone(), c.templates_file.clone()),
+                }
+            }
+            "vmware" => {
+                if c.region.is_some()
+                    || c.profile.is_some()
+                    || c.max_retries.is_some()
+                    || c.timeout.is_some()
+                    || c.handlers.is_some()
+                    || c.config_file.is_some()
+                    || c.templates_file.is_some()
+                {
+                    return Err(err(
+                        &at("config"),
+                        "a vmware provider takes vcenter_host, datacenter and cost_threshold".into(),
+                    ));
+                }
+                if out.iter().any(|o| o.kind == SeedKind::Onprem) {
+                    return Err(err(
+                        &at("type"),
+                        "vmware is served by the on-prem pool (one inventory file), and an onprem provider is already enabled".into(),
+                    ));
+                }
+                SeedKind::Onprem
+            }
             "aws" => SeedKind::Aws {
                 region: c.region.clone(),
                 profile: c.profile.clone(),
@@ -189,6 +251,12 @@ pub fn select<E>(
                 {
                     return Err(err(&at("config"), "an onprem provider takes no AWS settings".into()));
                 }
+                if c.vcenter_host.is_some() || c.datacenter.is_some() {
+                    return Err(err(
+                        &at("config"),
+                        "vcenter_host and datacenter belong to a `vmware` provider".into(),
+                    ));
+                }
                 if out.iter().any(|o| o.kind == SeedKind::Onprem) {
                     return Err(err(
                         &at("type"),
@@ -201,7 +269,7 @@ pub fn select<E>(
                 return Err(err(
                     &at("type"),
                     format!(
-                        "`{other}` is not a provider type hfwasm has built in (aws, onprem); a site's own provider is a guest (`guests`, `provider.guest`)"
+                        "`{other}` is not a provider type hfwasm has built in (aws, azure, onprem; vmware is served by onprem); a site's own provider is a guest (`guests`, `provider.guest`)"
                     ),
                 ));
             }
@@ -215,6 +283,14 @@ pub fn select<E>(
             },
             weight: p.weight.unwrap_or(100),
             cost_threshold: c.cost_threshold,
+            note: (p.kind == "vmware").then(|| {
+                format!(
+                    "provider `{}` (provider.providers[{i}], type vmware, vCenter {}, datacenter {}) is served by the on-prem pool guest from the inventory file until a vSphere guest exists; vCenter is not contacted",
+                    p.name,
+                    c.vcenter_host.as_deref().unwrap_or("(none)"),
+                    c.datacenter.as_deref().unwrap_or("(none)")
+                )
+            }),
             name: p.name.clone(),
             kind,
         });

@@ -106,9 +106,35 @@ fn the_seed_provider_section() {
         "recovery_timeout",
     );
     bad(
-        r#"{"provider": {"providers": [{"name": "v", "type": "vmware"}]}}"#,
+        r#"{"provider": {"providers": [{"name": "g", "type": "gce"}]}}"#,
         "provider.providers[0].type",
-        "aws, onprem",
+        "aws, azure, onprem",
+    );
+    // vmware is the on-prem pool (scenario 5), said so; one pool only.
+    bad(
+        r#"{"provider": {"providers": [{"name": "a", "type": "onprem"}, {"name": "v", "type": "vmware", "config": {"vcenter_host": "vc"}}]}}"#,
+        "provider.providers[1].type",
+        "already enabled",
+    );
+    let c = load(
+        r#"{"provider": {"providers": [{"name": "v", "type": "vmware", "config": {"vcenter_host": "vc.example", "datacenter": "DC1"}}]}}"#,
+    )
+    .expect("vmware as the pool");
+    assert_eq!(c.provider.source, GuestSource::Builtin(BUILTIN_ONPREM));
+    assert!(
+        c.notes.iter().any(|n| n.contains("vc.example") && n.contains("on-prem pool")),
+        "{:?}",
+        c.notes
+    );
+    bad(
+        r#"{"provider": {"providers": [{"name": "z", "type": "azure", "config": {"profile": "p"}}]}}"#,
+        "provider.providers[0].config.profile",
+        "AWS setting",
+    );
+    bad(
+        r#"{"provider": {"providers": [{"name": "a", "type": "onprem"}, {"name": "z", "type": "azure"}]}}"#,
+        "provider.providers",
+        "`z` needs IBM's Azure files",
     );
     bad(
         r#"{"provider": {"providers": [{"name": "a", "type": "aws", "config": {"handlers": {"types": {"asg": "ASG"}}}}]}}"#,

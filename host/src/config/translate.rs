@@ -243,6 +243,32 @@ pub(super) fn load_aws_source(src: AwsSource, conf_dir: &Path, config_file: &Pat
     }
 }
 
+/// The IBM Azure files of seed provider `name`: its own (`config.config_file`,
+/// `config.templates_file`), else the conf dir's `azureprov_*`.
+pub(super) fn seed_azure_files(
+    conf_dir: &Path,
+    instance: &str,
+    name: &str,
+    own: &(Option<PathBuf>, Option<PathBuf>),
+    file: &Path,
+) -> Result<(PathBuf, PathBuf), ConfigError> {
+    let shared = ibm_azure::find(conf_dir, instance);
+    match (
+        own.0.clone().or_else(|| shared.as_ref().map(|s| s.0.clone())),
+        own.1.clone().or_else(|| shared.map(|s| s.1)),
+    ) {
+        (Some(c), Some(t)) => Ok((c, t)),
+        _ => Err(ConfigError {
+            file: file.to_path_buf(),
+            setting: Some("provider.providers".into()),
+            message: format!(
+                "azure provider `{name}` needs IBM's Azure files: azureprov_config.json and azureprov_templates.json in {}, or its own config.config_file and config.templates_file",
+                conf_dir.display()
+            ),
+        }),
+    }
+}
+
 /// The seed's per-provider AWS keys (region, profile, max_retries, timeout) over IBM's.
 pub(super) fn apply_seed_aws(kind: &seed::SeedKind, ec2: &mut Ec2Settings, grant: &mut Ec2Grant) {
     if let seed::SeedKind::Aws {
@@ -290,8 +316,10 @@ pub(super) fn seed_members(
 ) -> Result<(Vec<MemberSpec>, Vec<ConfigError>), ConfigError> {
     let mut base = config.settings.clone();
     if let Some(obj) = base.as_object_mut() {
-        obj.remove("templates");
-        obj.remove("spot_terminate_on_reclaim");
+        // A provider's own inputs (IBM's files, AWS's or Azure's) are not the others'.
+        for k in ["templates", "spot_terminate_on_reclaim", "region", "subscription", "arm_endpoint"] {
+            obj.remove(k);
+        }
     }
     let mut members = Vec::new();
     let mut problems = Vec::new();
@@ -329,6 +357,31 @@ pub(super) fn seed_members(
                     }),
                 )
             }
+            seed::SeedKind::Azure { files, region } => {
+                let (c, t) = seed_azure_files(conf_dir, instance, &p.name, files, file)?;
+                let mut a = ibm_azure::load(&conf_dir.join(c), &conf_dir.join(t), |k| std::env::var(k).ok())?;
+                if let Some(r) = region {
+                    a.settings["region"] = serde_json::json!(r);
+                }
+                problems.extend(a.problems.iter().cloned());
+                let mut settings = base.clone();
+                if let Some(obj) = settings.as_object_mut() {
+                    for (k, v) in a.settings.as_object().into_iter().flatten() {
+                        obj.insert(k.clone(), v.clone());
+                    }
+                }
+                let guest = GuestSpec::builtin(&p.name, BUILTIN_AZURE).with_http(&a.grant);
+                (
+                    guest,
+                    settings,
+                    None,
+                    Some(IbmFiles {
+                        cloud: "Azure",
+                        config: a.config_file,
+                        templates: a.templates_file,
+                    }),
+                )
+            }
             seed::SeedKind::Onprem => {
                 let guest = GuestSpec::builtin(&p.name, BUILTIN_ONPREM);
                 (guest, base.clone(), None, None)
@@ -339,6 +392,7 @@ pub(super) fn seed_members(
                 name: p.name.clone(),
                 kind: match p.kind {
                     seed::SeedKind::Aws { .. } => "aws".into(),
+                    seed::SeedKind::Azure { .. } => "azure".into(),
                     seed::SeedKind::Onprem => "onprem".into(),
                 },
                 priority: p.priority,

@@ -356,6 +356,9 @@ impl Plugin {
         for w in guest_warnings {
             lines.push(format!("PROBLEM:   {w}"));
         }
+        for n in &c.notes {
+            lines.push(format!("note:      {n}"));
+        }
         for p in &c.problems {
             lines.push(format!(
                 "PROBLEM:   {}{}: {}",

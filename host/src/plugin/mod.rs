@@ -366,6 +366,9 @@ impl Plugin {
         let span = tracing::info_span!("hf_call", call = call.name(), instance = %self.dirs.name);
         let _enter = span.enter();
         let t0 = Instant::now();
+        for n in &self.config.notes {
+            tracing::info!("{n}");
+        }
         for p in &self.config.problems {
             tracing::warn!(file = %p.file.display(), setting = p.setting.as_deref().unwrap_or(""), "left out: {}", p.message);
         }
