@@ -211,28 +211,6 @@ pub fn select<E>(
                     files: (c.config_file.clone(), c.templates_file.clone()),
                 }
             }
-            "vmware" => {
-                if c.region.is_some()
-                    || c.profile.is_some()
-                    || c.max_retries.is_some()
-                    || c.timeout.is_some()
-                    || c.handlers.is_some()
-                    || c.config_file.is_some()
-                    || c.templates_file.is_some()
-                {
-                    return Err(err(
-                        &at("config"),
-                        "a vmware provider takes vcenter_host, datacenter and cost_threshold".into(),
-                    ));
-                }
-                if out.iter().any(|o| o.kind == SeedKind::Onprem) {
-                    return Err(err(
-                        &at("type"),
-                        "vmware is served by the on-prem pool (one inventory file), and an onprem provider is already enabled".into(),
-                    ));
-                }
-                SeedKind::Onprem
-            }
             "aws" => SeedKind::Aws {
                 region: c.region.clone(),
                 profile: c.profile.clone(),
@@ -240,18 +218,24 @@ pub fn select<E>(
                 timeout_secs: c.timeout,
                 files: (c.config_file.clone(), c.templates_file.clone()),
             },
-            "onprem" => {
-                if c.region.is_some()
+            // vmware is the on-prem pool until a vSphere guest exists (its `note` says so).
+            kind @ ("onprem" | "vmware") => {
+                let cloud_keys = c.region.is_some()
                     || c.profile.is_some()
                     || c.max_retries.is_some()
                     || c.timeout.is_some()
                     || c.handlers.is_some()
                     || c.config_file.is_some()
-                    || c.templates_file.is_some()
-                {
-                    return Err(err(&at("config"), "an onprem provider takes no AWS settings".into()));
+                    || c.templates_file.is_some();
+                if cloud_keys {
+                    return Err(err(
+                        &at("config"),
+                        format!(
+                            "a {kind} provider takes no cloud settings (region, profile, max_retries, timeout, handlers, config_file, templates_file)"
+                        ),
+                    ));
                 }
-                if c.vcenter_host.is_some() || c.datacenter.is_some() {
+                if kind == "onprem" && (c.vcenter_host.is_some() || c.datacenter.is_some()) {
                     return Err(err(
                         &at("config"),
                         "vcenter_host and datacenter belong to a `vmware` provider".into(),
@@ -260,7 +244,9 @@ pub fn select<E>(
                 if out.iter().any(|o| o.kind == SeedKind::Onprem) {
                     return Err(err(
                         &at("type"),
-                        "a second onprem provider: there is one inventory file (`inventory.file`), so one onprem provider".into(),
+                        format!(
+                            "a {kind} provider is served by the on-prem pool and one is already enabled: there is one inventory file (`inventory.file`), so one pool provider"
+                        ),
                     ));
                 }
                 SeedKind::Onprem

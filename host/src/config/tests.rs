@@ -114,7 +114,7 @@ fn the_seed_provider_section() {
     bad(
         r#"{"provider": {"providers": [{"name": "a", "type": "onprem"}, {"name": "v", "type": "vmware", "config": {"vcenter_host": "vc"}}]}}"#,
         "provider.providers[1].type",
-        "already enabled",
+        "one is already enabled",
     );
     let c = load(
         r#"{"provider": {"providers": [{"name": "v", "type": "vmware", "config": {"vcenter_host": "vc.example", "datacenter": "DC1"}}]}}"#,
