@@ -3,8 +3,8 @@ lay out together (lld --symbol-ordering-file; see host/build.rs and DESIGN.md §
 
 Run by dev/link-order.sh, which builds the binary and provides valgrind and moto. Drives the
 five calls through the real scripts, each process under valgrind's callgrind tool, for the
-two built-in providers most sites run: the on-prem pool (an inventory file) and AWS (IBM
-awsprov files against moto's EC2 server). Every function callgrind saw run in the binary is
+built-in providers: the on-prem pool (an inventory file), AWS (IBM awsprov files against
+moto's EC2 server) and Azure (IBM azureprov files against the ARM fake of the tests). Every function callgrind saw run in the binary is
 listed, those run by more calls first, then in their current address order.
 
 usage: link_order.py HFWASM_BINARY OUTPUT
@@ -138,6 +138,31 @@ def aws(tree, endpoint):
     tree.cycle("od")
 
 
+def azure(tree, endpoint):
+    with open(os.path.join(REPO, "tests/fakes/arm_world.json")) as f:
+        world = json.load(f)
+    e = endpoint.replace(":", "\\:") + "/"
+    p = world["principal"]
+    with open(os.path.join(tree.conf, "credentials"), "w") as f:
+        f.write(f"subscription={world['subscription']}\nclient={p['client']}\nkey={p['secret']}\ntenant={p['tenant']}\nbaseURL={e}\nauthURL={e}\n")
+    with open(os.path.join(tree.conf, "lsf.pub"), "w") as f:
+        f.write("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHfwasmLinkOrder link-order\n")
+    with open(os.path.join(REPO, "tests/data/ibm/azure/azureprov_config.json")) as f:
+        cfg = json.load(f)
+    cfg["AZURE_CREDENTIAL_FILE"] = "credentials"
+    with open(os.path.join(tree.conf, "azureprov_config.json"), "w") as f:
+        json.dump(cfg, f)
+    with open(os.path.join(REPO, "tests/data/ibm/azure/azureprov_templates.json")) as f:
+        t = json.load(f)
+    for tpl in t["templates"]:
+        tpl["sshPubKeyFile"] = "lsf.pub"
+        tpl["maxNumber"] = 100
+    with open(os.path.join(tree.conf, "azureprov_templates.json"), "w") as f:
+        json.dump(t, f)
+    tree.precompile()
+    tree.cycle("Template-VM-0")
+
+
 def functions(profile):
     """Function names callgrind saw run (own or called) in any object."""
     names = set()
@@ -157,16 +182,29 @@ def main():
     root = tempfile.mkdtemp(prefix="hfwasm-link-order-")
     profiles = os.path.join(root, "profiles")
     os.makedirs(profiles)
-    port = free_port()
+    port, arm_port = free_port(), free_port()
     moto = start_moto(port)
+    fake = subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "tests/fakes/arm_fake.py"), "--port", str(arm_port), "--vm-ready-secs", "0", "--delete-secs", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(200):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", arm_port)) == 0:
+                break
+        time.sleep(0.05)
     try:
         print("link_order: on-prem pool cycle under callgrind", file=sys.stderr)
         onprem(Tree(root, "onprem", binary, profiles))
         print("link_order: AWS cycle against moto under callgrind", file=sys.stderr)
         aws(Tree(root, "aws", binary, profiles), f"http://127.0.0.1:{port}")
+        print("link_order: Azure cycle against the ARM fake under callgrind", file=sys.stderr)
+        azure(Tree(root, "azure", binary, profiles), f"http://127.0.0.1:{arm_port}")
     finally:
-        moto.kill()
-        moto.wait()
+        for p in (moto, fake):
+            p.kill()
+            p.wait()
 
     runs = collections.Counter()
     files = sorted(os.listdir(profiles))

@@ -502,3 +502,60 @@ fn seed_scenario_5_hybrid_aws_azure_and_vmware_under_one_provider() {
     assert!(fake.state()["vms"].as_array().is_some_and(Vec::is_empty), "Azure hosts deleted");
     assert!(moto.live().is_empty(), "AWS hosts terminated: {:?}", moto.live());
 }
+
+/// A VM of this installation that no record accounts for (made by a call whose answer was
+/// lost, as far as the store knows) is deleted by the host's orphan scan; one tagged with
+/// another installation's store, or with none, is left alone.
+#[test]
+fn the_orphan_scan_deletes_this_installations_unaccounted_vms_only() {
+    let fake = Arm::start(100);
+    let tree = azure_tree(&fake, |_| {});
+    // A first scan marks when this store's history starts.
+    let id = tree.request("Template-VM-0", 1);
+    assert_eq!(tree.until_final(&id)["status"], "complete");
+    let vm = vms_of(&fake, &id).pop().expect("vm");
+    let ours = vm["tags"]["hfwasm:store"]
+        .as_str()
+        .expect("the guest tags the store id")
+        .to_string();
+    tree.ok("getReturnRequests", &json!({"machines": []}));
+    let plant = |name: &str, store: Option<&str>| {
+        let mut tags = json!({"hfwasm:provider": "pool", "hfwasm:request": "req-lost-answer", "hfwasm:template": "Template-VM-0"});
+        if let Some(s) = store {
+            tags["hfwasm:store"] = json!(s);
+        }
+        fake.control(
+            "POST",
+            "plant",
+            &json!({"rg": "lsf_hostfactory", "name": name, "tags": tags, "created_offset_secs": 60}),
+        );
+    };
+    plant("hf-orphan-ours", Some(&ours));
+    plant("hf-orphan-theirs", Some("another-installations-store"));
+    plant("hf-untagged", None);
+    tree.set_env("HFWASM_NOW_OFFSET_SECS", "3600");
+    let names = |s: &Value| -> Vec<String> {
+        s["vms"]
+            .as_array()
+            .expect("vms")
+            .iter()
+            .filter_map(|v| v["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    let t0 = std::time::Instant::now();
+    loop {
+        tree.ok("getReturnRequests", &json!({"machines": []}));
+        let s = fake.state();
+        if !names(&s).iter().any(|n| n == "hf-orphan-ours") {
+            break;
+        }
+        assert!(t0.elapsed().as_secs() < 20, "the orphan must go: {s:#}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let left = names(&fake.state());
+    assert!(
+        left.contains(&"hf-orphan-theirs".to_string()) && left.contains(&"hf-untagged".to_string()),
+        "{left:?}"
+    );
+    assert!(left.iter().any(|n| *n == vm["name"]), "the recorded host stays: {left:?}");
+}

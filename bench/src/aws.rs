@@ -27,24 +27,9 @@ fn moto_binary(repo: &Path) -> Option<std::path::PathBuf> {
         .or_else(|| Some(repo.join(".venv/bin/moto_server")).filter(|p| p.is_file()))
 }
 
-/// Sum (in ms) of `elapsed_us=` of cloud calls in the log lines written since `from`.
+/// Sum (in ms) of `elapsed_us=` of the EC2 calls logged since `from`.
 fn cloud_ms(log: &Path, from: u64) -> (f64, usize) {
-    let text = std::fs::read(log).unwrap_or_default();
-    let tail = String::from_utf8_lossy(&text[usize::try_from(from).unwrap_or(0).min(text.len())..]).to_string();
-    let mut total = 0.0;
-    let mut n = 0;
-    for line in tail.lines().filter(|l| l.contains("cloud call") && l.contains("service=\"ec2\"")) {
-        if let Some(v) = line
-            .split("elapsed_us=")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|v| v.parse::<f64>().ok())
-        {
-            total += v / 1000.0;
-            n += 1;
-        }
-    }
-    (total, n)
+    crate::logged_ms(log, from, |l| l.contains("cloud call") && l.contains("service=\"ec2\""))
 }
 
 /// Runs the AWS part of the bench; prints its rows.
@@ -206,68 +191,9 @@ pub fn run(repo: &Path, bin: &Path, iterations: usize) -> Result<()> {
         1,
         rss_mib(&bare)
     );
-    let report = |name: &str, rows: Vec<(Sample, f64, usize)>| {
-        let mut walls: Vec<f64> = rows.iter().map(|r| r.0.wall.as_secs_f64() * 1e3).collect();
-        let mut own: Vec<f64> = rows.iter().map(|r| r.0.wall.as_secs_f64() * 1e3 - r.1).collect();
-        let mut cloud: Vec<f64> = rows.iter().map(|r| r.1).collect();
-        for v in [&mut walls, &mut own, &mut cloud] {
-            v.sort_by(f64::total_cmp);
-        }
-        let med = |v: &Vec<f64>| v[v.len() / 2];
-        let calls = rows.iter().map(|r| r.2).max().unwrap_or(0);
-        let rss = rows.iter().map(|r| r.0.rss_kib).max().unwrap_or(0) as f64 / 1024.0;
-        // What hfwasm costs beyond a bare process making its EC2 call(s) the same way.
-        let vs_bare = format!("{:+.2}", med(&own) - bare_own);
-        println!(
-            "{name:<40} {:>8.2} {:>9.2} {:>10.2} {:>9} {:>9.1} {vs_bare:>9}",
-            med(&walls),
-            med(&cloud),
-            med(&own),
-            calls,
-            rss
-        );
-    };
+    let report = |name: &str, rows: &[(Sample, f64, usize)]| crate::cloud_row(name, rows, Some(bare_own));
 
-    let rows = (0..iterations)
-        .map(|_| run_call("getAvailableTemplates", &json!({})))
-        .collect::<Result<Vec<_>>>()?;
-    report("getAvailableTemplates", rows);
-    let mut ids = Vec::new();
-    let mut rows = Vec::new();
-    for _ in 0..iterations {
-        let r = run_call("requestMachines", &json!({"template": {"templateId": "od", "machineCount": 1}}))?;
-        let v: Value = serde_json::from_str(&r.0.stdout)?;
-        ids.push(v["requestId"].as_str().context("requestId")?.to_string());
-        rows.push(r);
-    }
-    report("requestMachines (1 instance)", rows);
-    let mut machines = Vec::new();
-    let mut rows = Vec::new();
-    for id in &ids {
-        let r = run_call("getRequestStatus", &json!({"requests": [{"requestId": id}]}))?;
-        let v: Value = serde_json::from_str(&r.0.stdout)?;
-        machines.push(v["requests"][0]["machines"][0].clone());
-        rows.push(r);
-    }
-    report("getRequestStatus (first poll)", rows);
-    let listed: Vec<Value> = machines
-        .iter()
-        .map(|m| json!({"name": m["name"], "machineId": m["machineId"]}))
-        .collect();
-    let rows = (0..iterations)
-        .map(|_| run_call("getReturnRequests", &json!({"machines": listed})))
-        .collect::<Result<Vec<_>>>()?;
-    report(&format!("getReturnRequests ({} hosts listed)", listed.len()), rows);
-    let rows = machines
-        .iter()
-        .map(|m| {
-            run_call(
-                "requestReturnMachines",
-                &json!({"machines": [{"name": m["name"], "machineId": m["machineId"]}]}),
-            )
-        })
-        .collect::<Result<Vec<_>>>()?;
-    report("requestReturnMachines (1 instance)", rows);
+    crate::five_calls(&mut run_call, iterations, "od", "instance", &report)?;
     println!("targets (issue #4): own cost <= 5 ms per call, peak RSS <= 15 MiB");
 
     // One poll over many open requests: instances launched straight into the emulator

@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod aws;
+mod azure;
 mod replay;
 mod sandbox;
 mod stores;
@@ -24,6 +25,97 @@ pub(crate) struct Sample {
     rss_kib: u64,
     stdout: String,
     ok: bool,
+}
+
+/// Sum (in ms) of the `elapsed_us=` fields of the log lines written since byte `from` that
+/// `is_cloud` picks, and how many there were: the time a call spent waiting on its cloud.
+pub(crate) fn logged_ms(log: &Path, from: u64, is_cloud: impl Fn(&str) -> bool) -> (f64, usize) {
+    let text = std::fs::read(log).unwrap_or_default();
+    let tail = String::from_utf8_lossy(&text[usize::try_from(from).unwrap_or(0).min(text.len())..]).to_string();
+    let mut total = 0.0;
+    let mut n = 0;
+    for line in tail.lines().filter(|l| is_cloud(l)) {
+        if let Some(v) = line
+            .split("elapsed_us=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+        {
+            total += v / 1000.0;
+            n += 1;
+        }
+    }
+    (total, n)
+}
+
+/// One row of a cloud section: median wall, cloud and own time, most cloud calls, peak RSS,
+/// and (with `bare_own`) the own cost beyond a bare SDK process's.
+pub(crate) fn cloud_row(name: &str, rows: &[CloudSample], bare_own: Option<f64>) {
+    let mut walls: Vec<f64> = rows.iter().map(|r| r.0.wall.as_secs_f64() * 1e3).collect();
+    let mut own: Vec<f64> = rows.iter().map(|r| r.0.wall.as_secs_f64() * 1e3 - r.1).collect();
+    let mut cloud: Vec<f64> = rows.iter().map(|r| r.1).collect();
+    for v in [&mut walls, &mut own, &mut cloud] {
+        v.sort_by(f64::total_cmp);
+    }
+    let med = |v: &Vec<f64>| v[v.len() / 2];
+    let calls = rows.iter().map(|r| r.2).max().unwrap_or(0);
+    let rss = rows.iter().map(|r| r.0.rss_kib).max().unwrap_or(0) as f64 / 1024.0;
+    let vs_bare = bare_own.map(|b| format!("{:+.2}", med(&own) - b)).unwrap_or_default();
+    println!(
+        "{name:<40} {:>8.2} {:>9.2} {:>10.2} {:>9} {:>9.1} {vs_bare:>9}",
+        med(&walls),
+        med(&cloud),
+        med(&own),
+        calls,
+        rss
+    );
+}
+
+/// A call as a cloud section runs it: (the process, its cloud time in ms, its cloud calls).
+pub(crate) type CloudSample = (Sample, f64, usize);
+
+/// The five calls of a cloud section, `iterations` of each (requests of one `what` of
+/// `template`), each call's rows given to `report`.
+pub(crate) fn five_calls(
+    run_call: &mut dyn FnMut(&str, &Value) -> Result<CloudSample>,
+    iterations: usize,
+    template: &str,
+    what: &str,
+    report: &dyn Fn(&str, &[CloudSample]),
+) -> Result<()> {
+    let rows = (0..iterations)
+        .map(|_| run_call("getAvailableTemplates", &json!({})))
+        .collect::<Result<Vec<_>>>()?;
+    report("getAvailableTemplates", &rows);
+    let mut ids = Vec::new();
+    let mut rows = Vec::new();
+    for _ in 0..iterations {
+        let r = run_call("requestMachines", &json!({"template": {"templateId": template, "machineCount": 1}}))?;
+        let v: Value = serde_json::from_str(&r.0.stdout)?;
+        ids.push(v["requestId"].as_str().context("requestId")?.to_string());
+        rows.push(r);
+    }
+    report(&format!("requestMachines (1 {what})"), &rows);
+    let mut machines = Vec::new();
+    let mut rows = Vec::new();
+    for id in &ids {
+        let r = run_call("getRequestStatus", &json!({"requests": [{"requestId": id}]}))?;
+        let v: Value = serde_json::from_str(&r.0.stdout)?;
+        let m = &v["requests"][0]["machines"][0];
+        machines.push(json!({"name": m["name"], "machineId": m["machineId"]}));
+        rows.push(r);
+    }
+    report("getRequestStatus (first poll)", &rows);
+    let rows = (0..iterations)
+        .map(|_| run_call("getReturnRequests", &json!({"machines": machines})))
+        .collect::<Result<Vec<_>>>()?;
+    report(&format!("getReturnRequests ({} hosts listed)", machines.len()), &rows);
+    let rows = machines
+        .iter()
+        .map(|m| run_call("requestReturnMachines", &json!({"machines": [m]})))
+        .collect::<Result<Vec<_>>>()?;
+    report(&format!("requestReturnMachines (1 {what})"), &rows);
+    Ok(())
 }
 
 /// Runs `cmd` to completion, measuring wall time and the child's peak RSS (`wait4`).
@@ -217,13 +309,16 @@ fn main() -> Result<()> {
         .context("iterations")?
         .unwrap_or(30);
     let bin = binary();
-    // An optional second argument runs one section only: `stores`, `aws`, `sandbox` or `replay`.
+    // An optional second argument runs one section only: `stores`, `aws`, `azure`, `sandbox` or `replay`.
     match std::env::args().nth(2).as_deref() {
         Some("stores") => return stores::run(&bin, iterations),
         Some("aws") => return aws::run(Path::new(REPO), &bin, iterations),
+        Some("azure") => return azure::run(Path::new(REPO), &bin, iterations),
         Some("sandbox") => return sandbox::run(Path::new(REPO), &bin, iterations),
         Some("replay") => return replay::run(iterations),
-        Some(other) => bail!("unknown section '{other}'; expected `stores`, `aws`, `sandbox` or `replay` (or none for everything)"),
+        Some(other) => {
+            bail!("unknown section '{other}'; expected `stores`, `aws`, `azure`, `sandbox` or `replay` (or none for everything)")
+        }
         None => {}
     }
     if !bin.is_file() {
@@ -370,6 +465,7 @@ fn main() -> Result<()> {
     row("cold: first call after the guest changed", &figures(&s), base.median);
     println!("\ntargets (issue #3): each warm call <= 10 ms median and <= 15 MiB peak RSS");
     aws::run(Path::new(REPO), &t.bin, iterations)?;
+    azure::run(Path::new(REPO), &t.bin, iterations)?;
     stores::run(&t.bin, iterations)?;
     sandbox::run(Path::new(REPO), &t.bin, iterations)?;
     replay::run(iterations)

@@ -1,8 +1,8 @@
 //! The Azure Resource Manager fake for the Azure tests (`tests/fakes/arm_fake.py`): a fake
 //! written from Azure's REST API specification, not an emulator (its header says what it
-//! cannot show). Started on a free 127.0.0.1 port with a small world (a resource group, a
-//! VNet with two subnets, an NSG, a custom image, a VM size catalogue, a core quota) and
-//! stopped on drop.
+//! cannot show). Started on a free 127.0.0.1 port with the world of `arm_world.json` (a
+//! resource group, a VNet with two subnets, an NSG, a custom image, a VM size catalogue, a
+//! core quota, IBM's sample names) and stopped on drop.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -12,13 +12,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+/// The fake's world (`tests/fakes/arm_world.json`: IBM's sample names).
+fn world() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(super::repo().join("tests/fakes/arm_world.json")).expect("world")).expect("world json")
+}
+
 /// The subscription of the fake's world.
 pub const SUBSCRIPTION: &str = "5a1e0000-0000-4000-8000-00000000a2e0";
-/// The service principal the fake accepts.
-pub const TENANT: &str = "72f988bf-0000-4000-8000-0000000000ab";
-/// Its client id.
-pub const CLIENT: &str = "hfwasm-test-app";
-/// Its secret: a test asserts it never reaches a guest or HostFactory.
+/// Its service principal's secret: a test asserts it never reaches a guest or HostFactory.
 pub const SECRET: &str = "S3cr3t-never-in-a-guest";
 
 /// A running fake.
@@ -42,35 +43,29 @@ impl Arm {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let rg = "lsf_hostfactory";
-        let world = json!({
-            "subscription": SUBSCRIPTION,
-            "location": location,
-            "principal": {"tenant": TENANT, "client": CLIENT, "secret": SECRET},
-            "resource_groups": [rg],
-            "virtual_networks": [{"resource_group": rg, "name": "lsfnet", "subnets": [
-                {"name": "subnet1", "prefix": "10.1.0.0/24"}, {"name": "subnet2", "prefix": "10.1.1.0/24"}]}],
-            "security_groups": [{"resource_group": rg, "name": "lsfsecuritygrp"}],
-            "images": [format!("/subscriptions/{SUBSCRIPTION}/resourceGroups/{rg}/providers/Microsoft.Compute/images/lsfimage")],
-            "vm_sizes": [
-                {"name": "Standard_A4_v2", "numberOfCores": 4, "memoryInMB": 8192, "osDiskSizeInMB": 1047552, "resourceDiskSizeInMB": 40960, "maxDataDiskCount": 8},
-                {"name": "Standard_D2s_v5", "numberOfCores": 2, "memoryInMB": 8192, "osDiskSizeInMB": 1047552, "resourceDiskSizeInMB": 0, "maxDataDiskCount": 4},
-            ],
-            "core_quota": core_quota,
-        });
-        let world_file = std::env::temp_dir().join(format!("hfwasm-arm-{port}.json"));
-        std::fs::write(&world_file, world.to_string()).expect("world file");
         let log = std::fs::File::create(std::env::temp_dir().join(format!("hfwasm-arm-{port}.log"))).expect("log");
         let child = Command::new("python3")
             .arg(super::repo().join("tests/fakes/arm_fake.py"))
-            .args(["--port", &port.to_string(), "--world"])
-            .arg(&world_file)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--location",
+                location,
+                "--core-quota",
+                &core_quota.to_string(),
+            ])
             .args(["--vm-ready-secs", "0.6", "--delete-secs", "0.6"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
             .expect("start the ARM fake (python3)");
+        let w = world();
+        assert_eq!(
+            (w["subscription"].as_str(), w["principal"]["secret"].as_str()),
+            (Some(SUBSCRIPTION), Some(SECRET)),
+            "arm_world.json changed"
+        );
         let t0 = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(t0.elapsed() < Duration::from_secs(20), "the ARM fake did not start on port {port}");
@@ -111,10 +106,14 @@ impl Arm {
 
     /// The Java SDK auth file IBM's plugin reads, pointing at this fake.
     pub fn credentials_file(&self) -> String {
+        let w = world();
         let e = self.endpoint.replace(':', "\\:");
         format!(
-            "subscription={SUBSCRIPTION}\nclient={CLIENT}\nkey={SECRET}\ntenant={TENANT}\n\
-             managementURI={e}/\nbaseURL={e}/\nauthURL={e}/\ngraphURL={e}/\n"
+            "subscription={}\nclient={}\nkey={}\ntenant={}\nmanagementURI={e}/\nbaseURL={e}/\nauthURL={e}/\ngraphURL={e}/\n",
+            w["subscription"].as_str().expect("subscription"),
+            w["principal"]["client"].as_str().expect("client"),
+            w["principal"]["secret"].as_str().expect("secret"),
+            w["principal"]["tenant"].as_str().expect("tenant"),
         )
     }
 }

@@ -24,7 +24,8 @@ serving only what the Azure guest uses, with the shapes and status codes the spe
 Test controls under `/_fake/` (no auth): `state` (everything, for leak checks), `throttle`
 (the next N ARM calls get 429 with Retry-After), `fail-next-vm` (the next VM ends Failed with
 the given error), `evict/<rg>/<vm>` (a Spot eviction, as its eviction policy says),
-`requests` (every call seen: method, path, status).
+`requests` (every call seen: method, path, status), `plant` (a running VM with its NIC and
+disk made behind hfwasm's back, with the given tags and creation time).
 
 What it cannot show: real latencies and eventual consistency (a list sees a PUT at once),
 ARM's many other validations, deployments, public IPs, extensions, real token lifetimes and
@@ -41,6 +42,7 @@ import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 COMPUTE_API = "2024-07-01"
@@ -543,6 +545,32 @@ class Handler(BaseHTTPRequestHandler):
             with w.lock:
                 w.fail_next = {"code": b.get("code", "AllocationFailed"), "message": b.get("message", "Allocation failed (fake).")}
             return self.reply(200, {})
+        if parts == ["plant"] and method == "POST":
+            b = self.body_json() or {}
+            sub, rg, name = w.cfg["subscription"], b["rg"], b["name"]
+            vnet = w.cfg["virtual_networks"][0]
+            subnet = f"/subscriptions/{sub}/resourceGroups/{vnet['resource_group']}/providers/Microsoft.Network/virtualNetworks/{vnet['name']}/subnets/{vnet['subnets'][0]['name']}"
+            nic_id = f"/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Network/networkInterfaces/{name}-nic"
+            vm_id = f"/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/{name}"
+            disk_id = f"/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/disks/{name}_OsDisk"
+            created = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() + float(b.get("created_offset_secs", 0))))
+            with w.lock:
+                ip = self.alloc_ip(subnet)
+                w.nics[nic_id.lower()] = {
+                    "id": nic_id, "name": f"{name}-nic", "type": "Microsoft.Network/networkInterfaces", "location": w.cfg["location"], "tags": b.get("tags", {}),
+                    "properties": {"provisioningState": "Succeeded", "virtualMachine": {"id": vm_id},
+                                   "ipConfigurations": [{"name": "ipconfig1", "properties": {"privateIPAddress": ip, "subnet": {"id": subnet}}}]},
+                }
+                w.disks[disk_id.lower()] = {"id": disk_id, "vm": vm_id, "deleteOption": "Delete"}
+                res = {
+                    "id": vm_id, "name": name, "type": "Microsoft.Compute/virtualMachines", "location": w.cfg["location"], "tags": b.get("tags", {}),
+                    "properties": {"vmId": str(uuid.uuid4()), "provisioningState": "Succeeded", "hardwareProfile": {"vmSize": w.cfg["vm_sizes"][0]["name"]},
+                                   "osProfile": {"computerName": "host-" + ip.replace(".", "-"), "adminUsername": "lsfuser"},
+                                   "networkProfile": {"networkInterfaces": [{"id": nic_id, "properties": {"primary": True, "deleteOption": "Delete"}}]},
+                                   "priority": "Regular", "timeCreated": created},
+                }
+                w.vms[vm_id.lower()] = (res, {"power": "running", "customData": None})
+            return self.reply(200, res)
         if len(parts) == 3 and parts[0] == "evict" and method == "POST":
             rg, name = parts[1], parts[2]
             rid = f"/subscriptions/{w.cfg['subscription']}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/{name}"
@@ -565,12 +593,22 @@ class Handler(BaseHTTPRequestHandler):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--world", required=True, help="JSON: subscription, location, principal, resource_groups, virtual_networks, security_groups, images, vm_sizes, core_quota")
+    p.add_argument(
+        "--world",
+        default=str(Path(__file__).with_name("arm_world.json")),
+        help="JSON: subscription, location, principal, resource_groups, virtual_networks, security_groups, images, vm_sizes, core_quota (default: arm_world.json beside this file, IBM's sample names)",
+    )
+    p.add_argument("--location", help="the world's region instead of its `location`")
+    p.add_argument("--core-quota", type=int, help="the world's core quota instead of its `core_quota`")
     p.add_argument("--vm-ready-secs", type=float, default=1.0)
     p.add_argument("--delete-secs", type=float, default=1.0)
     args = p.parse_args()
     with open(args.world) as f:
         cfg = json.load(f)
+    if args.location:
+        cfg["location"] = args.location
+    if args.core_quota is not None:
+        cfg["core_quota"] = args.core_quota
     Handler.world = World(cfg, args)
     ThreadingHTTPServer(("127.0.0.1", args.port), Handler).serve_forever()
 

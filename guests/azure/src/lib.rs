@@ -31,6 +31,9 @@ const TAG_REQUEST: &str = "hfwasm:request";
 const TAG_TEMPLATE: &str = "hfwasm:template";
 /// The tag on everything a provider instance made (value: `HF_PROVIDER_NAME`).
 const TAG_PROVIDER: &str = "hfwasm:provider";
+/// The tag on everything made, as the host tags EC2 instances: the store's id (kv's
+/// read-only `hfwasm:store-id`), so the orphan scan judges only this installation's.
+const TAG_STORE: &str = "hfwasm:store";
 
 /// What a call works with: ARM, the region and the templates.
 struct Env {
@@ -40,6 +43,8 @@ struct Env {
     templates: Vec<AzureTemplate>,
     /// The ones that did not, by id, with why.
     refused: Vec<(String, ProviderError)>,
+    /// The store's id, for [`TAG_STORE`].
+    store_id: Option<String>,
 }
 
 fn env(ctx: &CallContext) -> Result<Env, ProviderError> {
@@ -78,6 +83,7 @@ fn env(ctx: &CallContext) -> Result<Env, ProviderError> {
         region,
         templates,
         refused,
+        store_id: kv::get("hfwasm:store-id")?,
     })
 }
 
@@ -234,7 +240,7 @@ fn first_boot(t: &AzureTemplate, req: &ProvisionRequest, provider: &str) -> Opti
     Some(base64(s.as_bytes()))
 }
 
-fn tags(t: &AzureTemplate, req: &ProvisionRequest, provider: &str) -> Value {
+fn tags(e: &Env, t: &AzureTemplate, req: &ProvisionRequest, provider: &str) -> Value {
     let mut m = serde_json::Map::new();
     for (k, v) in &t.tags {
         m.insert(k.clone(), json!(v));
@@ -245,6 +251,9 @@ fn tags(t: &AzureTemplate, req: &ProvisionRequest, provider: &str) -> Value {
     m.insert(TAG_REQUEST.into(), json!(req.request_id));
     m.insert(TAG_TEMPLATE.into(), json!(t.id));
     m.insert(TAG_PROVIDER.into(), json!(provider));
+    if let Some(s) = &e.store_id {
+        m.insert(TAG_STORE.into(), json!(s));
+    }
     Value::Object(m)
 }
 
@@ -288,7 +297,7 @@ fn vm_body(e: &Env, t: &AzureTemplate, req: &ProvisionRequest, provider: &str, n
     if let Some(set) = &t.availability_set {
         props["availabilitySet"] = json!({"id": a.id(&t.resource_group, "Microsoft.Compute/availabilitySets", set)});
     }
-    json!({"location": e.region, "tags": tags(t, req, provider), "properties": props})
+    json!({"location": e.region, "tags": tags(e, t, req, provider), "properties": props})
 }
 
 fn nic_body(e: &Env, t: &AzureTemplate, req: &ProvisionRequest, provider: &str) -> Value {
@@ -301,7 +310,7 @@ fn nic_body(e: &Env, t: &AzureTemplate, req: &ProvisionRequest, provider: &str) 
     if let Some(nsg) = &t.nsg {
         props["networkSecurityGroup"] = json!({"id": e.arm.id(&t.resource_group, "Microsoft.Network/networkSecurityGroups", nsg)});
     }
-    json!({"location": e.region, "tags": tags(t, req, provider), "properties": props})
+    json!({"location": e.region, "tags": tags(e, t, req, provider), "properties": props})
 }
 
 fn creating_key(request_id: &str) -> String {
@@ -420,10 +429,16 @@ fn checked(e: &Env, vm: &Value, ips: &BTreeMap<String, String>, now: u64) -> Res
         };
         let why = format!("VM {name} failed: {}", why.unwrap_or_else(|| "provisioning failed".into()));
         kv::set(&failed_key(name), &why)?;
-        if let Some(id) = vm["id"].as_str() {
-            e.arm.call("DELETE", &format!("{id}?api-version={COMPUTE_API}"), None)?;
+        if let Some(id) = vm["id"].as_str()
+            && let Err(err) = e.arm.call("DELETE", &format!("{id}?api-version={COMPUTE_API}"), None)
+        {
+            // The orphan scan or a return deletes it later; the failure is reported now.
+            warn(&format!("VM {name} failed and could not be deleted yet: {err:?}"));
         }
         failed = Some(why);
+    } else if failed.is_none() && vm["properties"]["provisioningState"].as_str() == Some("Succeeded") {
+        // Made: its create operation is of no more interest.
+        kv::delete(&op_key(name))?;
     }
     Ok(machine(vm, ips, failed, now))
 }
@@ -652,6 +667,15 @@ impl Guest for Azure {
         let e = env(&ctx)?;
         let listing = Listing::of(&e, e.templates.iter().map(|t| t.resource_group.clone()), true)?;
         let ips = ips_of(&listing.nics.values().flatten().cloned().collect::<Vec<_>>());
+        // The orphan scan's listing is also when per-VM notes of VMs that are gone go.
+        let live: BTreeSet<&str> = listing.vms.values().flatten().filter_map(|v| v["name"].as_str()).collect();
+        for prefix in ["op/", "failed/"] {
+            for (key, _) in kv::scan(prefix)? {
+                if !live.contains(&key[prefix.len()..]) {
+                    kv::delete(&key)?;
+                }
+            }
+        }
         Ok(listing
             .vms
             .values()
@@ -660,7 +684,7 @@ impl Guest for Azure {
             .filter_map(|v| {
                 Some(OwnedMachine {
                     request_id: tag(v, TAG_REQUEST)?.to_string(),
-                    store_id: None,
+                    store_id: tag(v, TAG_STORE).map(str::to_string),
                     machine: machine(v, &ips, None, ctx.now),
                 })
             })

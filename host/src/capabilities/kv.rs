@@ -19,6 +19,9 @@ pub const UNIT: super::Unit = super::Unit {
 
 /// Longest key a guest may use.
 pub const MAX_KEY_BYTES: usize = 512;
+/// The read-only key whose value is the store's id (`store::store_id`), for guests that tag
+/// what they make the way the host tags EC2 instances (`hfwasm:store`).
+pub const STORE_ID_KEY: &str = "hfwasm:store-id";
 /// Largest value a guest may store.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 /// Most entries one scan returns.
@@ -53,6 +56,14 @@ impl GuestKv {
             added: 0,
             usage: None,
         }
+    }
+
+    /// Refuses a write or delete of the read-only [`STORE_ID_KEY`].
+    fn check_writable(key: &str) -> Result<(), KvError> {
+        if key == STORE_ID_KEY {
+            return Err(KvError::Denied(format!("`{STORE_ID_KEY}` is read-only (the store's id)")));
+        }
+        Ok(())
     }
 
     fn check_key(&self, key: &str) -> Result<(), KvError> {
@@ -116,11 +127,19 @@ fn unavailable(e: StoreError) -> KvError {
 impl Host for GuestKv {
     fn get(&mut self, key: String) -> Result<Option<String>, KvError> {
         self.check_key(&key)?;
+        if key == STORE_ID_KEY {
+            return self
+                .wait
+                .measure(|| crate::store::store_id(self.store.as_ref()))
+                .map(Some)
+                .map_err(unavailable);
+        }
         self.wait.measure(|| self.store.kv_get(&self.namespace, &key)).map_err(unavailable)
     }
 
     fn set(&mut self, key: String, value: String) -> Result<(), KvError> {
         self.check_key(&key)?;
+        Self::check_writable(&key)?;
         self.check_value(&value)?;
         self.count_write(&key, &value)?;
         self.wait
@@ -130,6 +149,7 @@ impl Host for GuestKv {
 
     fn insert_if_absent(&mut self, key: String, value: String) -> Result<bool, KvError> {
         self.check_key(&key)?;
+        Self::check_writable(&key)?;
         self.check_value(&value)?;
         self.count_write(&key, &value)?;
         self.wait
@@ -139,6 +159,7 @@ impl Host for GuestKv {
 
     fn delete_if_equals(&mut self, key: String, expected: String) -> Result<bool, KvError> {
         self.check_key(&key)?;
+        Self::check_writable(&key)?;
         self.wait
             .measure(|| self.store.kv_delete_if_equals(&self.namespace, &key, &expected))
             .map_err(unavailable)
@@ -146,6 +167,7 @@ impl Host for GuestKv {
 
     fn delete(&mut self, key: String) -> Result<(), KvError> {
         self.check_key(&key)?;
+        Self::check_writable(&key)?;
         self.wait
             .measure(|| self.store.kv_delete(&self.namespace, &key))
             .map_err(unavailable)
@@ -185,6 +207,28 @@ mod tests {
         a.set("k".into(), "1".into()).expect("set");
         assert_eq!(b.get("k".into()).expect("get"), None);
         assert_eq!(a.get("k".into()).expect("get"), Some("1".into()));
+    }
+
+    #[test]
+    fn the_store_id_reads_the_same_in_every_namespace_and_cannot_be_changed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn StateStore> = Arc::new(SqliteStore::open(&dir.path().join("s.db")).expect("open"));
+        let mut a = GuestKv::new(store.clone(), "inst/a".into(), HostWait::default());
+        let mut b = GuestKv::new(store.clone(), "inst/b".into(), HostWait::default());
+        let id = crate::store::store_id(store.as_ref()).expect("store id");
+        assert_eq!(a.get(STORE_ID_KEY.into()).expect("get"), Some(id.clone()));
+        assert_eq!(b.get(STORE_ID_KEY.into()).expect("get"), Some(id.clone()));
+        assert!(matches!(a.set(STORE_ID_KEY.into(), "mine".into()), Err(KvError::Denied(_))));
+        assert!(matches!(
+            a.insert_if_absent(STORE_ID_KEY.into(), "mine".into()),
+            Err(KvError::Denied(_))
+        ));
+        assert!(matches!(a.delete(STORE_ID_KEY.into()), Err(KvError::Denied(_))));
+        assert!(matches!(
+            a.delete_if_equals(STORE_ID_KEY.into(), id.clone()),
+            Err(KvError::Denied(_))
+        ));
+        assert_eq!(b.get(STORE_ID_KEY.into()).expect("get"), Some(id));
     }
 
     #[test]

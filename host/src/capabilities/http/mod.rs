@@ -435,6 +435,7 @@ async fn exchange(
             path = parts.uri.path(),
             status = status.map(|s| s.as_u16()).unwrap_or(0),
             duration_ms = t0.elapsed().as_millis() as u64,
+            elapsed_us = t0.elapsed().as_micros() as u64,
             attempt,
             "http request"
         );
@@ -501,6 +502,7 @@ async fn credentials(
         return bearer(&t).map(Some);
     }
     let timeout = Duration::from_millis(grant.timeout_ms);
+    let t0 = Instant::now();
     let (token, lifetime) = match &origin.auth {
         Auth::None => return Ok(None),
         Auth::Bearer { token_file } => {
@@ -538,6 +540,11 @@ async fn credentials(
             token_from(req, timeout, &fail).await?
         }
     };
+    tracing::info!(
+        origin = %origin.url,
+        elapsed_us = t0.elapsed().as_micros() as u64,
+        "http credentials: token fetched (cached in this process until a minute before it expires)"
+    );
     // Renewed a minute before it expires.
     let until = Instant::now() + lifetime.saturating_sub(Duration::from_secs(60));
     if let Ok(mut t) = tokens.lock() {
