@@ -97,30 +97,16 @@ pub fn run(repo: &Path, bin: &Path, iterations: usize) -> Result<()> {
         conf_dir.join("awsbenchprov_templates.json"),
         json!({"templates": [{"templateId": "od", "maxNumber": 1000, "imageId": ami, "subnetId": subnet, "vmType": "t3.micro", "securityGroupIds": [sg]}]}).to_string(),
     )?;
-    let log = dir.path().join("log/hfwasm-awsbench.log");
-    let mut n = 0u32;
-    let mut run_call = |call: &str, input: &Value| -> Result<(Sample, f64, usize)> {
-        n += 1;
-        let file = dir.path().join(format!("in_{n}"));
-        std::fs::write(&file, input.to_string())?;
-        let from = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-        let mut cmd = Command::new(repo.join("scripts").join(format!("{call}.sh")));
-        cmd.arg("-f")
-            .arg(&file)
-            .env("HFWASM_BIN", bin)
-            .env("HF_PROVIDER_NAME", "awsbench")
-            .env("HF_PROVIDER_CONFDIR", &conf_dir)
-            .env("HF_PROVIDER_WORKDIR", dir.path().join("work"))
-            .env("HF_PROVIDER_LOGDIR", dir.path().join("log"))
-            .env("HFWASM_LOG", "info,hfwasm=debug")
-            .env("AWS_EC2_METADATA_DISABLED", "true");
-        let s = measure(&mut cmd)?;
-        if !s.ok {
-            bail!("{call} failed: {}", s.stdout);
-        }
-        let (cloud, calls) = cloud_ms(&log, from);
-        Ok((s, cloud, calls))
+    let mut tree = crate::CloudTree {
+        repo,
+        bin,
+        dir: dir.path(),
+        name: "awsbench",
+        env: vec![("HFWASM_LOG", "info,hfwasm=debug"), ("AWS_EC2_METADATA_DISABLED", "true")],
+        cloud: cloud_ms,
+        n: 0,
     };
+    let mut run_call = |call: &str, input: &Value| tree.call(call, input);
     // Warm: compile the guest, cache the instance types.
     run_call("getAvailableTemplates", &json!({}))?;
 

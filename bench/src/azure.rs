@@ -10,8 +10,6 @@ use std::process::{Child, Command, Stdio};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::{Sample, measure};
-
 struct Fake(Child);
 
 impl Drop for Fake {
@@ -88,28 +86,16 @@ pub fn run(repo: &Path, bin: &Path, iterations: usize) -> Result<()> {
     }
     std::fs::write(conf_dir.join("azureprov_templates.json"), t.to_string())?;
 
-    let log = dir.path().join("log/hfwasm-azurebench.log");
-    let mut n = 0u32;
-    let mut run_call = |call: &str, input: &Value| -> Result<(Sample, f64, usize)> {
-        n += 1;
-        let file = dir.path().join(format!("in_{n}"));
-        std::fs::write(&file, input.to_string())?;
-        let from = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-        let mut cmd = Command::new(repo.join("scripts").join(format!("{call}.sh")));
-        cmd.arg("-f")
-            .arg(&file)
-            .env("HFWASM_BIN", bin)
-            .env("HF_PROVIDER_NAME", "azurebench")
-            .env("HF_PROVIDER_CONFDIR", &conf_dir)
-            .env("HF_PROVIDER_WORKDIR", dir.path().join("work"))
-            .env("HF_PROVIDER_LOGDIR", dir.path().join("log"));
-        let s = measure(&mut cmd)?;
-        if !s.ok {
-            bail!("{call} failed: {}", s.stdout);
-        }
-        let (cloud, calls) = http_ms(&log, from);
-        Ok((s, cloud, calls))
+    let mut tree = crate::CloudTree {
+        repo,
+        bin,
+        dir: dir.path(),
+        name: "azurebench",
+        env: vec![],
+        cloud: http_ms,
+        n: 0,
     };
+    let mut run_call = |call: &str, input: &Value| tree.call(call, input);
     // Warm: compile the guest, cache the VM size catalogue.
     run_call("getAvailableTemplates", &json!({}))?;
 

@@ -71,6 +71,46 @@ pub(crate) fn cloud_row(name: &str, rows: &[CloudSample], bare_own: Option<f64>)
     );
 }
 
+/// A provider instance of a cloud section: its dirs, and how to tell its cloud time in its log.
+pub(crate) struct CloudTree<'a> {
+    pub(crate) repo: &'a Path,
+    pub(crate) bin: &'a Path,
+    pub(crate) dir: &'a Path,
+    /// `HF_PROVIDER_NAME` (the conf dir is `<dir>/conf`).
+    pub(crate) name: &'a str,
+    /// Extra environment of every call.
+    pub(crate) env: Vec<(&'a str, &'a str)>,
+    /// (cloud ms, cloud calls) of the log written since a byte offset.
+    pub(crate) cloud: fn(&Path, u64) -> (f64, usize),
+    pub(crate) n: u32,
+}
+
+impl CloudTree<'_> {
+    /// Runs `call` through its script with `input`; the sample and the cloud's share.
+    pub(crate) fn call(&mut self, call: &str, input: &Value) -> Result<CloudSample> {
+        self.n += 1;
+        let file = self.dir.join(format!("in_{}", self.n));
+        std::fs::write(&file, input.to_string())?;
+        let log = self.dir.join(format!("log/hfwasm-{}.log", self.name));
+        let from = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+        let mut cmd = Command::new(self.repo.join("scripts").join(format!("{call}.sh")));
+        cmd.arg("-f")
+            .arg(&file)
+            .env("HFWASM_BIN", self.bin)
+            .env("HF_PROVIDER_NAME", self.name)
+            .env("HF_PROVIDER_CONFDIR", self.dir.join("conf"))
+            .env("HF_PROVIDER_WORKDIR", self.dir.join("work"))
+            .env("HF_PROVIDER_LOGDIR", self.dir.join("log"))
+            .envs(self.env.iter().copied());
+        let s = measure(&mut cmd)?;
+        if !s.ok {
+            bail!("{call} failed: {}", s.stdout);
+        }
+        let (cloud, calls) = (self.cloud)(&log, from);
+        Ok((s, cloud, calls))
+    }
+}
+
 /// A call as a cloud section runs it: (the process, its cloud time in ms, its cloud calls).
 pub(crate) type CloudSample = (Sample, f64, usize);
 
