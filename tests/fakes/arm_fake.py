@@ -24,7 +24,8 @@ serving only what the Azure guest uses, with the shapes and status codes the spe
 Test controls under `/_fake/` (no auth): `state` (everything, for leak checks), `throttle`
 (the next N ARM calls get 429 with Retry-After), `fail-next-vm` (the next VM ends Failed with
 the given error), `evict/<rg>/<vm>` (a Spot eviction, as its eviction policy says),
-`requests` (every call seen: method, path, status), `plant` (a running VM with its NIC and
+`requests` (every call seen: method, path, status), `revoke-tokens` (every token issued so
+far is refused from now on), `plant` (a running VM with its NIC and
 disk made behind hfwasm's back, with the given tags and creation time).
 
 What it cannot show: real latencies and eventual consistency (a list sees a PUT at once),
@@ -544,6 +545,10 @@ class Handler(BaseHTTPRequestHandler):
             b = self.body_json() or {}
             with w.lock:
                 w.fail_next = {"code": b.get("code", "AllocationFailed"), "message": b.get("message", "Allocation failed (fake).")}
+            return self.reply(200, {})
+        if parts == ["revoke-tokens"] and method == "POST":
+            with w.lock:
+                w.tokens.clear()
             return self.reply(200, {})
         if parts == ["plant"] and method == "POST":
             b = self.body_json() or {}

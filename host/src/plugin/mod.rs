@@ -181,6 +181,7 @@ impl Plugin {
             lent.insert(inv.clone());
         }
         lent.insert(self.power_runner());
+        lent.insert(crate::capabilities::http::tokens::TokenCacheDir(self.dirs.work_dir.clone()));
         if let Some(s) = ec2 {
             lent.insert(Arc::new(crate::capabilities::ec2::Ec2Client::new(s)) as Arc<dyn crate::capabilities::ec2::Ec2Api>);
         }

@@ -9,10 +9,9 @@
 //! token endpoint's answers never reach it. 429 and 503 are retried honouring `Retry-After`;
 //! every request is logged with method, host, path, status and duration.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -25,6 +24,7 @@ use wasmtime_wasi_http::{
 };
 
 pub mod azure_auth_file;
+pub mod tokens;
 
 use super::GuestState;
 use crate::engine::sandbox::HostWait;
@@ -49,7 +49,7 @@ pub const UNIT: super::Unit = super::Unit {
                 grant: Arc::new(grant),
                 sent: Arc::new(AtomicU32::new(0)),
                 wait: l.wait.clone(),
-                tokens: Arc::new(Mutex::new(HashMap::new())),
+                tokens: Arc::new(tokens::Tokens::new(l.lent.get::<tokens::TokenCacheDir>().map(|d| d.0.clone()))),
             },
         }))
     },
@@ -305,8 +305,8 @@ struct Hooks {
     /// Requests sent in this call.
     sent: Arc<AtomicU32>,
     wait: HostWait,
-    /// Tokens fetched in this process, by origin index: (token, valid until).
-    tokens: Arc<Mutex<HashMap<usize, (String, Instant)>>>,
+    /// Tokens fetched for this guest's origins (this process's, and the work dir's).
+    tokens: Arc<tokens::Tokens>,
 }
 
 impl WasiHttpView for GuestState {
@@ -382,7 +382,7 @@ async fn exchange(
     grant: &HttpGrant,
     index: usize,
     origin: &Origin,
-    tokens: &Mutex<HashMap<usize, (String, Instant)>>,
+    tokens: &tokens::Tokens,
     request: Request<WasiBody>,
 ) -> Sent {
     let (mut parts, body) = request.into_parts();
@@ -397,6 +397,7 @@ async fn exchange(
     let timeout = Duration::from_millis(grant.timeout_ms);
     let options = timeouts(timeout);
     let mut attempt = 0;
+    let mut renewed = false;
     loop {
         let t0 = Instant::now();
         let req = Request::from_parts(parts.clone(), Full::new(body.clone()).map_err(|e| match e {}));
@@ -439,6 +440,15 @@ async fn exchange(
             attempt,
             "http request"
         );
+        // A kept token the origin no longer takes (revoked, or the principal's role changed):
+        // forgotten, and the request sent once more with a fresh one.
+        if status == Some(http::StatusCode::UNAUTHORIZED) && !renewed && tokens.forget(index, origin) {
+            renewed = true;
+            if let Some(value) = credentials(grant, index, origin, tokens).await? {
+                parts.headers.insert(header::AUTHORIZATION, value);
+            }
+            continue;
+        }
         let retryable = match (&status, &result) {
             (Some(s), _) => *s == http::StatusCode::TOO_MANY_REQUESTS || *s == http::StatusCode::SERVICE_UNAVAILABLE,
             (None, Err(HttpError::Connect(_) | HttpError::ConnectionTimeout | HttpError::ConnectionRefused)) => true,
@@ -480,12 +490,7 @@ fn full(b: Bytes) -> WasiBody {
 
 /// The `Authorization` value for `origin`, fetched (and cached for the process) when it is
 /// a token; a failure says which credential failed, never what its endpoint answered.
-async fn credentials(
-    grant: &HttpGrant,
-    index: usize,
-    origin: &Origin,
-    tokens: &Mutex<HashMap<usize, (String, Instant)>>,
-) -> Result<Option<HeaderValue>, HttpError> {
+async fn credentials(grant: &HttpGrant, index: usize, origin: &Origin, tokens: &tokens::Tokens) -> Result<Option<HeaderValue>, HttpError> {
     let fail = |m: String| {
         tracing::error!("http.allow[{index}].auth: {m}");
         HttpError::InternalError(Some(format!(
@@ -493,12 +498,7 @@ async fn credentials(
         )))
     };
     let bearer = |t: &str| HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| fail("the token is not a valid header value".into()));
-    let cached = tokens.lock().ok().and_then(|t| {
-        t.get(&index)
-            .filter(|(_, until)| *until > Instant::now())
-            .map(|(tok, _)| tok.clone())
-    });
-    if let Some(t) = cached {
+    if let Some(t) = tokens.get(index, origin) {
         return bearer(&t).map(Some);
     }
     let timeout = Duration::from_millis(grant.timeout_ms);
@@ -543,13 +543,9 @@ async fn credentials(
     tracing::info!(
         origin = %origin.url,
         elapsed_us = t0.elapsed().as_micros() as u64,
-        "http credentials: token fetched (cached in this process until a minute before it expires)"
+        "http credentials: token fetched (kept until a minute before it expires)"
     );
-    // Renewed a minute before it expires.
-    let until = Instant::now() + lifetime.saturating_sub(Duration::from_secs(60));
-    if let Ok(mut t) = tokens.lock() {
-        t.insert(index, (token.clone(), until));
-    }
+    tokens.put(index, origin, &token, lifetime);
     bearer(&token).map(Some)
 }
 
