@@ -214,13 +214,11 @@ fn quota_throttling_failures_evictions_and_bad_templates_as_azure_answers_them()
     // A template with a key the guest refuses is left out, the others offered; the log
     // names the template, the key and why.
     let t = tree.ok("getAvailableTemplates", &json!({}));
-    let ids: Vec<&str> = t["templates"]
-        .as_array()
-        .expect("list")
-        .iter()
-        .filter_map(|t| t["templateId"].as_str())
-        .collect();
-    assert_eq!(ids, ["Template-VM-0", "Template-VM-1", "Spot-D2"], "{t}");
+    assert_eq!(
+        strings(&t["templates"], "templateId"),
+        ["Template-VM-0", "Template-VM-1", "Spot-D2"],
+        "{t}"
+    );
     let log = std::fs::read_to_string(tree.logs.join("hfwasm-pool.log")).unwrap_or_default();
     assert!(
         log.contains("'With-TTL'") && log.contains("`ttl`") && log.contains("requestReturnMachines"),
@@ -460,6 +458,22 @@ fn seed_scenario_5_hybrid_aws_azure_and_vmware_under_one_provider() {
         log.contains("vmware") && log.contains("on-prem pool"),
         "the vmware entry says how it is served: {log}"
     );
+    let (code, out, err) = admin(&tree, &["config", "check", "--json"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let doc: Value = serde_json::from_str(&out).expect("one JSON document");
+    assert_eq!(doc["ok"], true, "{doc:#}");
+    assert!(
+        doc["notes"][0]
+            .as_str()
+            .is_some_and(|n| n.contains("onprem-fallback") && n.contains("vcenter.company.com")),
+        "{doc:#}"
+    );
+    assert!(
+        doc["lines"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|x| x.as_str().is_some_and(|x| x.contains("azure-secondary (azure")))),
+        "{doc:#}"
+    );
 
     // No prices known: COST_OPTIMIZED falls back to priority, the active provider (aws) first.
     let on_aws = tree.request(shared, 1);
@@ -487,12 +501,7 @@ fn seed_scenario_5_hybrid_aws_azure_and_vmware_under_one_provider() {
     let (code, out, err) = admin(&tree, &["machines", "--json"]);
     assert_eq!(code, 0, "{err}");
     let listed: Value = serde_json::from_str(&out).expect("json");
-    let providers: std::collections::BTreeSet<&str> = listed
-        .as_array()
-        .expect("list")
-        .iter()
-        .filter_map(|m| m["provider"].as_str())
-        .collect();
+    let providers: std::collections::BTreeSet<&str> = strings(&listed, "provider").into_iter().collect();
     assert_eq!(
         providers,
         ["aws-primary", "azure-secondary", "onprem-fallback"].into_iter().collect(),
@@ -544,14 +553,7 @@ fn the_orphan_scan_deletes_this_installations_unaccounted_vms_only() {
     plant("hf-orphan-theirs", Some("another-installations-store"));
     plant("hf-untagged", None);
     tree.set_env("HFWASM_NOW_OFFSET_SECS", "3600");
-    let names = |s: &Value| -> Vec<String> {
-        s["vms"]
-            .as_array()
-            .expect("vms")
-            .iter()
-            .filter_map(|v| v["name"].as_str().map(str::to_string))
-            .collect()
-    };
+    let names = |s: &Value| -> Vec<String> { strings(&s["vms"], "name").into_iter().map(str::to_string).collect() };
     let t0 = std::time::Instant::now();
     loop {
         tree.ok("getReturnRequests", &json!({"machines": []}));

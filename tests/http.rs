@@ -28,11 +28,13 @@ struct Seen {
 struct Server {
     port: u16,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// `/api/slow` requests being answered now, and the most at once.
+    slow: Arc<Mutex<(usize, usize)>>,
 }
 
 fn answer(path: &str, busy_seen: usize) -> (u16, Vec<(&'static str, String)>, String) {
     match path {
-        "/api/ok" => (200, vec![], "hello".into()),
+        "/api/ok" | "/api/slow" => (200, vec![], "hello".into()),
         "/api/busy" if busy_seen == 1 => (429, vec![("Retry-After", "1".into())], "slow down".into()),
         "/api/busy" => (200, vec![], "after-retry".into()),
         "/api/big" => (200, vec![], "x".repeat(2 << 20)),
@@ -53,10 +55,13 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
         let port = listener.local_addr().expect("addr").port();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let slow: Arc<Mutex<(usize, usize)>> = Arc::default();
         let log = seen.clone();
+        let slow_log = slow.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let log = log.clone();
+                let slow = slow_log.clone();
                 std::thread::spawn(move || {
                     let mut reader = BufReader::new(stream.try_clone().expect("clone"));
                     loop {
@@ -91,6 +96,15 @@ impl Server {
                             });
                             l.iter().filter(|s| s.path == "/api/busy").count()
                         };
+                        if path == "/api/slow" {
+                            {
+                                let mut s = slow.lock().expect("slow");
+                                s.0 += 1;
+                                s.1 = s.1.max(s.0);
+                            }
+                            std::thread::sleep(std::time::Duration::from_millis(300));
+                            slow.lock().expect("slow").0 -= 1;
+                        }
                         let (status, extra, text) = answer(path.split('?').next().unwrap_or(""), busy_seen);
                         let mut out = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n", text.len());
                         for (k, v) in extra {
@@ -105,7 +119,7 @@ impl Server {
                 });
             }
         });
-        Self { port, seen }
+        Self { port, seen, slow }
     }
 
     fn url(&self, path: &str) -> String {
@@ -328,4 +342,32 @@ fn a_guest_importing_http_without_the_grant_is_refused_at_load_naming_the_grant(
         e["error"]["message"].as_str().is_some_and(|m| m.contains("guests.probe.http")),
         "{e}"
     );
+}
+
+/// A guest may have several requests on their way at once (the SDK's `send_all`), at most
+/// `max_concurrent_requests`; more wait their turn rather than being refused.
+#[test]
+fn requests_overlap_up_to_the_grants_concurrency_cap() {
+    let server = Server::start();
+    let tree = HfTree::new(&plain_inventory(1));
+    let slow: Vec<Value> = (0..6).map(|_| json!({"method": "GET", "url": server.url("/api/slow")})).collect();
+    for (cap, expect) in [(2, 2..=2), (6, 3..=6)] {
+        *server.slow.lock().expect("slow") = (0, 0);
+        tree.config(&json!({
+            "provider": {"guest": "probe", "settings": {"requests": slow, "concurrent": true}},
+            "guests": {"probe": {
+                "wasm": guest_wasm("hfwasm_testing_httpprobe.wasm").display().to_string(),
+                "grants": ["log", "http"],
+                "http": {"allow": [{"url": server.url(""), "paths": ["/api/"]}], "max_concurrent_requests": cap}
+            }}
+        }));
+        let t0 = std::time::Instant::now();
+        let (r, seen) = results(&tree);
+        assert!(r.iter().all(|x| x["status"] == 200), "all answered: {seen:#}");
+        let most = server.slow.lock().expect("slow").1;
+        assert!(expect.contains(&most), "cap {cap}: {most} at once");
+        if cap == 2 {
+            assert!(t0.elapsed() >= std::time::Duration::from_millis(900), "three rounds of two");
+        }
+    }
 }

@@ -145,6 +145,23 @@ fn one_bad_template_leaves_the_others_offered_and_config_check_lists_every_probl
         "the guest's own finding is listed too: {out}"
     );
     assert!(err.contains("3 problems listed above"), "{err}");
+    // The same as one JSON document: each problem with its file and setting, the templates
+    // in getAvailableTemplates' format.
+    let (code, out, _) = admin(&tree, &["config", "check", "--json"]);
+    assert_eq!(code, 1, "{out}");
+    let doc: Value = serde_json::from_str(&out).expect("one JSON document");
+    assert_eq!(doc["ok"], false, "{doc:#}");
+    let settings = strings(&doc["problems"], "setting");
+    assert!(
+        settings.contains(&"templates[1].maxNumber") && settings.contains(&"templates[2].vmTyp"),
+        "{doc:#}"
+    );
+    assert_eq!(
+        doc["problems"].as_array().map(Vec::len),
+        Some(3),
+        "the guest's finding too: {doc:#}"
+    );
+    assert_eq!(strings(&doc["templates"], "templateId"), ["Good-A", "Good-B"], "{doc:#}");
 
     // Nothing usable: CONFIG_ERROR with the file and the setting.
     let tree = aws_tree(

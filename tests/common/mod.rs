@@ -292,6 +292,11 @@ pub fn template(answer: &Value, id: &str) -> Value {
         .unwrap_or_else(|| panic!("no template {id}: {answer}"))
 }
 
+/// `field` of each object of array `list` that has it as a string (template ids, settings).
+pub fn strings<'a>(list: &'a Value, field: &str) -> Vec<&'a str> {
+    list.as_array().into_iter().flatten().filter_map(|x| x[field].as_str()).collect()
+}
+
 /// Names of the machines of a status entry with the given result.
 pub fn machine_names(req: &Value, result: &str) -> Vec<String> {
     req["machines"]

@@ -120,6 +120,36 @@ impl Arm {
             .map_err(|e| http_failure(&what, e))
     }
 
+    /// [`Arm::call`] for each (method, path, body), all on their way at once (up to 16; the
+    /// host's grant caps how many run together), answers in order.
+    pub fn call_all(&self, calls: &[(&str, String, Option<Value>)]) -> Vec<Result<Answer, ProviderError>> {
+        let urls: Vec<String> = calls.iter().map(|(_, p, _)| format!("{}{p}", self.base)).collect();
+        let bodies: Vec<Option<Vec<u8>>> = calls
+            .iter()
+            .map(|(_, _, b)| b.as_ref().map(|b| b.to_string().into_bytes()))
+            .collect();
+        const JSON: &[(&str, &str)] = &[("content-type", "application/json"), ("accept", "application/json")];
+        let requests: Vec<http::Request<'_>> = calls
+            .iter()
+            .zip(&urls)
+            .zip(&bodies)
+            .map(|(((m, _, _), url), body)| http::Request {
+                method: m,
+                url,
+                headers: if body.is_some() { JSON } else { &JSON[1..] },
+                body: body.as_deref(),
+            })
+            .collect();
+        http::send_all(&requests, 16)
+            .into_iter()
+            .zip(calls)
+            .map(|(r, (m, p, _))| {
+                r.map(answer)
+                    .map_err(|e| http_failure(&format!("{m} {}", p.split('?').next().unwrap_or(p)), e))
+            })
+            .collect()
+    }
+
     /// Like [`Arm::call`], but anything other than 2xx is an error.
     pub fn ok(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Answer, ProviderError> {
         let a = self.call(method, path, body)?;

@@ -326,7 +326,8 @@ fn failed_key(vm: &str) -> String {
 }
 
 /// Makes the hosts of `req` that do not exist yet (`vms`, `nics`: what exists of it), and
-/// reports the request. Finishes an interrupted creation when called again.
+/// reports the request. Finishes an interrupted creation when called again. The NICs go out
+/// together, then the VMs (a cloud's slow create calls overlap instead of adding up).
 fn drive(
     e: &Env,
     t: &AzureTemplate,
@@ -336,69 +337,108 @@ fn drive(
     mut nics: Vec<Value>,
 ) -> Result<ProvisionProgress, ProviderError> {
     let provider = ctx.provider_instance.as_str();
+    let named = |list: &[Value], name: &str| list.iter().position(|v| v["name"].as_str() == Some(name));
+    let nic_path = |vm: &str| {
+        format!(
+            "{}?api-version={NETWORK_API}",
+            e.arm.id(&t.resource_group, "Microsoft.Network/networkInterfaces", &nic_name(vm))
+        )
+    };
+    let missing: Vec<String> = (0..req.count)
+        .map(|i| vm_name(&req.request_id, i))
+        .filter(|n| named(&vms, n).is_none())
+        .collect();
     let mut message = None;
     let mut finished = true;
-    for i in 0..req.count {
-        let name = vm_name(&req.request_id, i);
-        if vms.iter().any(|v| v["name"].as_str() == Some(name.as_str())) {
-            continue;
-        }
-        let nic = nic_name(&name);
-        let nic_id = e.arm.id(&t.resource_group, "Microsoft.Network/networkInterfaces", &nic);
-        let nic_path = format!("{nic_id}?api-version={NETWORK_API}");
-        let ip = match nics.iter().find(|n| n["name"].as_str() == Some(nic.as_str())).and_then(nic_ip) {
-            Some(ip) => Some(ip),
-            None => match e.arm.ok("PUT", &nic_path, Some(&nic_body(e, t, req, provider))) {
-                Ok(a) => {
-                    let ip = nic_ip(&a.body);
-                    nics.push(a.body);
-                    ip
-                }
-                Err(err) if vms.is_empty() => return Err(err),
-                Err(err) => {
-                    message = Some(err.to_string());
-                    finished = false;
-                    break;
-                }
-            },
-        };
-        let Some(ip) = ip else {
-            // Azure has not given the NIC an address yet: the next status call goes on.
-            finished = false;
-            continue;
-        };
-        let vm_path = format!(
-            "{}?api-version={COMPUTE_API}",
-            e.arm.id(&t.resource_group, "Microsoft.Compute/virtualMachines", &name)
-        );
-        let a = e.arm.call("PUT", &vm_path, Some(&vm_body(e, t, req, provider, &nic_id, &ip)))?;
-        if (200..300).contains(&a.status) {
-            if let Some(op) = &a.operation {
-                kv::set(&op_key(&name), op)?;
+    // 1. A NIC (and so an address) for each host still to make.
+    let without: Vec<&String> = missing
+        .iter()
+        .filter(|n| named(&nics, &nic_name(n)).and_then(|i| nic_ip(&nics[i])).is_none())
+        .collect();
+    let body = nic_body(e, t, req, provider);
+    let calls: Vec<(&str, String, Option<Value>)> = without.iter().map(|n| ("PUT", nic_path(n), Some(body.clone()))).collect();
+    let mut first_error = None;
+    for (n, r) in without.iter().zip(e.arm.call_all(&calls)) {
+        match r.and_then(|a| {
+            if (200..300).contains(&a.status) {
+                Ok(a)
+            } else {
+                Err(arm::failure(&format!("PUT networkInterfaces/{}", nic_name(n)), a.status, &a.body))
             }
-            vms.push(a.body);
-            continue;
+        }) {
+            Ok(a) => {
+                if let Some(i) = named(&nics, &nic_name(n)) {
+                    nics.remove(i);
+                }
+                nics.push(a.body);
+            }
+            Err(err) => {
+                finished = false;
+                first_error.get_or_insert(err);
+            }
         }
-        let err = arm::failure(&format!("PUT virtualMachines/{name}"), a.status, &a.body);
+    }
+    // 2. The VMs whose NIC has its address (one without waits for the next status call).
+    let ready: Vec<(&String, String)> = missing
+        .iter()
+        .filter_map(|n| named(&nics, &nic_name(n)).and_then(|i| nic_ip(&nics[i])).map(|ip| (n, ip)))
+        .collect();
+    finished &= ready.len() == missing.len();
+    let calls: Vec<(&str, String, Option<Value>)> = ready
+        .iter()
+        .map(|(n, ip)| {
+            let nic_id = e.arm.id(&t.resource_group, "Microsoft.Network/networkInterfaces", &nic_name(n));
+            let path = format!(
+                "{}?api-version={COMPUTE_API}",
+                e.arm.id(&t.resource_group, "Microsoft.Compute/virtualMachines", n)
+            );
+            ("PUT", path, Some(vm_body(e, t, req, provider, &nic_id, ip)))
+        })
+        .collect();
+    let mut capacity = None;
+    for ((n, _), r) in ready.iter().zip(e.arm.call_all(&calls)) {
+        let err = match r {
+            Ok(a) if (200..300).contains(&a.status) => {
+                if let Some(op) = &a.operation {
+                    kv::set(&op_key(n), op)?;
+                }
+                vms.push(a.body);
+                continue;
+            }
+            Ok(a) => arm::failure(&format!("PUT virtualMachines/{n}"), a.status, &a.body),
+            Err(err) => err,
+        };
         // The NIC made for this VM would be left over.
-        let _ = e.arm.call("DELETE", &nic_path, None);
-        nics.retain(|n| n["name"].as_str() != Some(nic.as_str()));
+        let _ = e.arm.call("DELETE", &nic_path(n), None);
+        nics.retain(|x| x["name"].as_str() != Some(nic_name(n).as_str()));
         match err {
-            ProviderError::Capacity(m) if !vms.is_empty() || i > 0 => {
-                // Partial fulfilment: what exists stands, nothing more is tried.
-                message = Some(format!("{} of {} hosts: {m}", vms.len(), req.count));
-                break;
-            }
-            err if vms.is_empty() => {
-                kv::delete(&creating_key(&req.request_id))?;
-                return Err(err);
+            ProviderError::Capacity(m) => {
+                capacity.get_or_insert(m);
             }
             err => {
-                message = Some(err.to_string());
                 finished = false;
-                break;
+                first_error.get_or_insert(err);
             }
         }
+    }
+    if vms.is_empty() {
+        // Nothing exists for the request: its error is the request's.
+        if let Some(err) = first_error.take().or_else(|| capacity.take().map(ProviderError::Capacity)) {
+            for n in &nics {
+                if let Some(id) = n["id"].as_str() {
+                    let _ = e.arm.call("DELETE", &format!("{id}?api-version={NETWORK_API}"), None);
+                }
+            }
+            kv::delete(&creating_key(&req.request_id))?;
+            return Err(err);
+        }
+    }
+    if let Some(m) = capacity {
+        // Partial fulfilment: what exists stands, nothing more is tried.
+        message = Some(format!("{} of {} hosts: {m}", vms.len(), req.count));
+        finished = true;
+    } else if let Some(err) = first_error {
+        message = Some(text_of(&err).to_string());
     }
     if finished {
         kv::delete(&creating_key(&req.request_id))?;
@@ -521,13 +561,7 @@ impl Guest for Azure {
     fn templates(ctx: CallContext) -> Result<Vec<Template>, ProviderError> {
         let e = env(&ctx)?;
         for (id, why) in &e.refused {
-            let (ProviderError::InvalidTemplate(m)
-            | ProviderError::InvalidInput(m)
-            | ProviderError::Capacity(m)
-            | ProviderError::Unavailable(m)
-            | ProviderError::Denied(m)
-            | ProviderError::Internal(m)) = why;
-            warn(&format!("template '{id}' is not offered: {m}"));
+            warn(&format!("template '{id}' is not offered: {}", text_of(why)));
         }
         let sizes = sizes(&e)?;
         e.templates.iter().map(|t| template_out(t, &sizes)).collect()
@@ -730,6 +764,17 @@ impl Guest for Azure {
         }
         Ok(out)
     }
+}
+
+/// The text of a provider error.
+fn text_of(e: &ProviderError) -> &str {
+    let (ProviderError::InvalidTemplate(m)
+    | ProviderError::InvalidInput(m)
+    | ProviderError::Capacity(m)
+    | ProviderError::Unavailable(m)
+    | ProviderError::Denied(m)
+    | ProviderError::Internal(m)) = e;
+    m
 }
 
 fn gone(name: &str, id: &str, now: u64, why: &str) -> Machine {

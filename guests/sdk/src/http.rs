@@ -70,8 +70,44 @@ fn method(m: &str) -> Method {
     }
 }
 
+/// One request for [`send_all`].
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    /// `GET`, `PUT`, ...
+    pub method: &'a str,
+    /// `https://host[:port]/path?query`.
+    pub url: &'a str,
+    /// Header (name, value) pairs; the host refuses `Authorization` and `Cookie`.
+    pub headers: &'a [(&'a str, &'a str)],
+    /// The body, when any.
+    pub body: Option<&'a [u8]>,
+}
+
+/// A request on its way: sent, its response not read yet.
+struct Pending {
+    what: String,
+    response: wasip2::http::types::FutureIncomingResponse,
+}
+
 /// Sends `method url` with `headers` and `body`, and reads the whole response.
 pub fn send(method_name: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Result<Response, HttpError> {
+    finish(start(method_name, url, headers, body)?)
+}
+
+/// Sends every request before reading any answer, at most `window` on their way at once
+/// (the host also caps a guest's requests in flight: its grant's `max_concurrent_requests`);
+/// one result per request, in order. A cloud's slow create calls then overlap instead of
+/// adding up.
+pub fn send_all(requests: &[Request<'_>], window: usize) -> Vec<Result<Response, HttpError>> {
+    let mut out = Vec::with_capacity(requests.len());
+    for chunk in requests.chunks(window.max(1)) {
+        let started: Vec<Result<Pending, HttpError>> = chunk.iter().map(|r| start(r.method, r.url, r.headers, r.body)).collect();
+        out.extend(started.into_iter().map(|p| p.and_then(finish)));
+    }
+    out
+}
+
+fn start(method_name: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Result<Pending, HttpError> {
     let bad = |m: &str| HttpError::Failed(format!("{method_name} {url}: {m}"));
     let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("no scheme"))?;
     let (authority, path) = match rest.find('/') {
@@ -102,6 +138,15 @@ pub fn send(method_name: &str, url: &str, headers: &[(&str, &str)], body: Option
     }
     let pending = outgoing_handler::handle(req, None).map_err(|e| error(&e))?;
     OutgoingBody::finish(out_body, None).map_err(|e| error(&e))?;
+    Ok(Pending {
+        what: format!("{method_name} {url}"),
+        response: pending,
+    })
+}
+
+fn finish(p: Pending) -> Result<Response, HttpError> {
+    let bad = |m: &str| HttpError::Failed(format!("{}: {m}", p.what));
+    let pending = &p.response;
     pending.subscribe().block();
     let response = match pending.get() {
         Some(Ok(Ok(r))) => r,

@@ -59,17 +59,27 @@ pub fn admin_with<T>(
     f: impl FnOnce(&Plugin) -> Result<T, HfError>,
     print: impl FnOnce(T),
 ) -> ExitCode {
-    let result = dirs(d).and_then(|dirs| {
-        hfwasm::logging::init("warn", None, &dirs.name);
-        open(dirs)
-    });
-    match result.and_then(|p| f(&p)) {
+    match admin_result(d, open, f) {
         Ok(v) => {
             print(v);
             ExitCode::SUCCESS
         }
         Err(e) => print_error(&e),
     }
+}
+
+/// `f` on the plugin `open` builds for the dirs (admin logging: warnings on stderr).
+pub fn admin_result<T>(
+    d: &DirArgs,
+    open: fn(ProviderDirs) -> Result<Plugin, HfError>,
+    f: impl FnOnce(&Plugin) -> Result<T, HfError>,
+) -> Result<T, HfError> {
+    dirs(d)
+        .and_then(|dirs| {
+            hfwasm::logging::init("warn", None, &dirs.name);
+            open(dirs)
+        })
+        .and_then(|p| f(&p))
 }
 
 /// The one printer of an admin command's error: message and code, then its details, on

@@ -215,7 +215,7 @@ impl Plugin {
 
     /// Checks the whole chain (config, inventory, store, guest load, templates) and
     /// describes it, one line per item.
-    pub fn check(&self) -> Result<Vec<String>, HfError> {
+    pub fn check(&self) -> Result<CheckReport, HfError> {
         let c = &self.config;
         let mut lines = vec![
             format!("provider instance: {}", self.dirs.name),
@@ -353,8 +353,10 @@ impl Plugin {
         let (templates, guest_warnings) =
             crate::logging::capture_guest_warnings(|| self.service(store.as_ref(), loader).get_available_templates());
         let templates = templates?;
+        let mut problems = Vec::new();
         for w in guest_warnings {
             lines.push(format!("PROBLEM:   {w}"));
+            problems.push(serde_json::json!({"guest": c.provider.name, "message": w}));
         }
         for n in &c.notes {
             lines.push(format!("note:      {n}"));
@@ -366,6 +368,7 @@ impl Plugin {
                 p.setting.as_deref().map_or(String::new(), |s| format!(" [{s}]")),
                 p.message
             ));
+            problems.push(serde_json::json!({"file": p.file, "setting": p.setting, "message": p.message}));
         }
         for t in &templates {
             let attr = |n: &str| t.attribute(n).map_or("?".to_string(), |a| a.value.clone());
@@ -378,7 +381,12 @@ impl Plugin {
                 attr("nram")
             ));
         }
-        Ok(lines)
+        Ok(CheckReport {
+            lines,
+            notes: c.notes.clone(),
+            problems,
+            templates: crate::hf::output::templates(&templates)["templates"].take(),
+        })
     }
 
     /// Every machine the store holds under a provision request, with its provider; only
@@ -441,4 +449,18 @@ impl Plugin {
             })
             .collect())
     }
+}
+
+/// What `hfwasm config check` found: its report lines (text), and the same as data for
+/// `--json`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CheckReport {
+    /// One line per item checked (`conf dir:  ...`, `guest load: ok`, `PROBLEM:   ...`).
+    pub lines: Vec<String>,
+    /// How the config is served where its words say otherwise.
+    pub notes: Vec<String>,
+    /// What is left out and why (`file`, `setting`, `message`; or a `guest` and its warning).
+    pub problems: Vec<serde_json::Value>,
+    /// The templates HostFactory would be offered, in getAvailableTemplates' format.
+    pub templates: serde_json::Value,
 }

@@ -2,7 +2,8 @@
 //! (`{"requests": [{"method", "url", "headers": {..}, "body"}]}`) through
 //! `wasi:http/outgoing-handler` and reports, per request, the status, response headers and
 //! body it got, or the error, in its template's extra keys. It also tries what a guest must
-//! not manage: setting `Authorization` itself.
+//! not manage: setting `Authorization` itself. With `"concurrent": true` it sends every request
+//! before reading any answer (the SDK's `send_all`).
 
 use hfwasm_guest_sdk::http::{self, HttpError};
 use wasip2::http::types::Fields;
@@ -22,6 +23,11 @@ fn request(spec: &serde_json::Value) -> serde_json::Value {
         &headers,
         spec["body"].as_str().map(str::as_bytes),
     );
+    reported(sent)
+}
+
+/// What came back, as the probe reports it.
+fn reported(sent: Result<http::Response, HttpError>) -> serde_json::Value {
     match sent {
         Ok(r) => {
             let header_list: Vec<String> = r.headers.iter().map(|(k, v)| format!("{k}: {v}")).collect();
@@ -33,7 +39,22 @@ fn request(spec: &serde_json::Value) -> serde_json::Value {
 
 hfwasm_testing_common::adversarial_guest!(HttpProbe, |ctx| {
     let settings: serde_json::Value = serde_json::from_str(&ctx.settings_json).unwrap_or_default();
-    let results: Vec<serde_json::Value> = settings["requests"].as_array().into_iter().flatten().map(request).collect();
+    let specs: Vec<serde_json::Value> = settings["requests"].as_array().cloned().unwrap_or_default();
+    let results: Vec<serde_json::Value> = if settings["concurrent"] == true {
+        // Every request on its way before any answer is read.
+        let requests: Vec<http::Request<'_>> = specs
+            .iter()
+            .map(|s| http::Request {
+                method: s["method"].as_str().unwrap_or("GET"),
+                url: s["url"].as_str().unwrap_or_default(),
+                headers: &[],
+                body: None,
+            })
+            .collect();
+        http::send_all(&requests, requests.len()).into_iter().map(reported).collect()
+    } else {
+        specs.iter().map(request).collect()
+    };
     // Setting the credentials header itself must be refused by the host.
     let auth = match Fields::new().append("authorization", b"Bearer stolen") {
         Ok(()) => "ALLOWED".to_string(),

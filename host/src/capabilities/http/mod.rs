@@ -42,6 +42,7 @@ pub const UNIT: super::Unit = super::Unit {
     link: wasmtime_wasi_http::p2::add_only_http_to_linker_sync::<GuestState>,
     build: |l| {
         let grant = HttpGrant::from_settings(l.settings)?;
+        let flight = Arc::new(Flight::new(grant.max_concurrent_requests));
         Ok(Box::new(GuestHttp {
             ctx: WasiHttpCtx::new(),
             hooks: Hooks {
@@ -50,6 +51,7 @@ pub const UNIT: super::Unit = super::Unit {
                 sent: Arc::new(AtomicU32::new(0)),
                 wait: l.wait.clone(),
                 tokens: Arc::new(tokens::Tokens::new(l.lent.get::<tokens::TokenCacheDir>().map(|d| d.0.clone()))),
+                flight,
             },
         }))
     },
@@ -63,6 +65,8 @@ pub const MAX_REQUEST_BYTES: usize = 64 << 20;
 pub const MAX_RESPONSE_BYTES: usize = 256 << 20;
 /// Longest `timeout_ms` a grant may set.
 pub const MAX_TIMEOUT_MS: u64 = 600_000;
+/// Largest `max_concurrent_requests` a grant may set.
+pub const MAX_CONCURRENT_REQUESTS: u64 = 256;
 /// Most token responses' bytes read from a credential endpoint.
 const MAX_TOKEN_BYTES: usize = 64 << 10;
 
@@ -87,6 +91,9 @@ pub struct HttpGrant {
     /// Retries of a 429 or 503 answer (or a request that could not connect).
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// Most requests on their way at once; more wait their turn (not refused).
+    #[serde(default = "default_max_concurrent")]
+    pub max_concurrent_requests: u32,
 }
 
 impl HttpGrant {
@@ -99,6 +106,7 @@ impl HttpGrant {
             max_response_bytes: default_max_response_bytes(),
             max_requests_per_call: default_max_requests(),
             retries: default_retries(),
+            max_concurrent_requests: default_max_concurrent(),
         }
     }
 
@@ -119,6 +127,9 @@ fn default_max_response_bytes() -> usize {
 }
 fn default_max_requests() -> u32 {
     1000
+}
+fn default_max_concurrent() -> u32 {
+    8
 }
 fn default_retries() -> u32 {
     4
@@ -211,14 +222,7 @@ impl HttpGrant {
     /// The grant config holds under `guests.<name>.http`; none = nothing allowed.
     pub fn from_settings(v: Option<&serde_json::Value>) -> Result<Self, String> {
         let Some(v) = v else {
-            return Ok(Self {
-                allow: Vec::new(),
-                timeout_ms: default_timeout_ms(),
-                max_request_bytes: default_max_request_bytes(),
-                max_response_bytes: default_max_response_bytes(),
-                max_requests_per_call: default_max_requests(),
-                retries: default_retries(),
-            });
+            return Ok(Self::allowing(Vec::new()));
         };
         let g: Self = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
         for (i, o) in g.allow.iter().enumerate() {
@@ -245,6 +249,11 @@ impl HttpGrant {
         within("max_request_bytes", g.max_request_bytes as u64, MAX_REQUEST_BYTES as u64)?;
         within("max_response_bytes", g.max_response_bytes as u64, MAX_RESPONSE_BYTES as u64)?;
         within("max_requests_per_call", u64::from(g.max_requests_per_call), 1_000_000)?;
+        within(
+            "max_concurrent_requests",
+            u64::from(g.max_concurrent_requests),
+            MAX_CONCURRENT_REQUESTS,
+        )?;
         if g.retries > 10 {
             return Err(format!("retries: {} is more than 10", g.retries));
         }
@@ -307,6 +316,59 @@ struct Hooks {
     wait: HostWait,
     /// Tokens fetched for this guest's origins (this process's, and the work dir's).
     tokens: Arc<tokens::Tokens>,
+    /// Its requests on their way.
+    flight: Arc<Flight>,
+}
+
+/// A guest's requests on their way: at most `max_concurrent_requests` at once, and the time
+/// at least one was, which is host wait (requests that overlap are not counted twice, so a
+/// guest cannot stretch its running-time limit by waiting on many at once).
+struct Flight {
+    slots: Arc<tokio::sync::Semaphore>,
+    /// (requests on their way, since when at least one has been).
+    busy: std::sync::Mutex<(usize, Option<Instant>)>,
+}
+
+impl Flight {
+    fn new(max: u32) -> Self {
+        Self {
+            slots: Arc::new(tokio::sync::Semaphore::new(max as usize)),
+            busy: std::sync::Mutex::new((0, None)),
+        }
+    }
+
+    /// A request starts (waiting for its turn counts as host wait too).
+    fn begin(self: &Arc<Self>, wait: HostWait) -> InFlight {
+        if let Ok(mut b) = self.busy.lock() {
+            if b.0 == 0 {
+                b.1 = Some(Instant::now());
+            }
+            b.0 += 1;
+        }
+        InFlight {
+            flight: self.clone(),
+            wait,
+        }
+    }
+}
+
+/// One request on its way; its end (or its future dropped) ends it.
+struct InFlight {
+    flight: Arc<Flight>,
+    wait: HostWait,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut b) = self.flight.busy.lock() {
+            b.0 = b.0.saturating_sub(1);
+            if b.0 == 0
+                && let Some(since) = b.1.take()
+            {
+                self.wait.add(since.elapsed());
+            }
+        }
+    }
 }
 
 impl WasiHttpView for GuestState {
@@ -365,11 +427,12 @@ impl WasiHttpHooks for Hooks {
         }
         let grant = self.grant.clone();
         let tokens = self.tokens.clone();
-        let wait = self.wait.clone();
+        let in_flight = self.flight.begin(self.wait.clone());
         Box::new(async move {
-            let t0 = Instant::now();
+            let slot = in_flight.flight.slots.clone().acquire_owned().await;
             let out = exchange(&guest, &grant, index, &origin, &tokens, request).await;
-            wait.add(t0.elapsed());
+            drop(slot);
+            drop(in_flight);
             out
         })
     }
