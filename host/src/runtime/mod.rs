@@ -8,6 +8,8 @@ pub mod link;
 
 #[cfg(test)]
 mod aws_guest_tests;
+#[cfg(test)]
+mod azure_guest_tests;
 
 pub use crate::engine::{CacheOutcome, GuestEngine, PrecompiledCache};
 pub use guest::{GuestCode, GuestResources, WasmProvider};

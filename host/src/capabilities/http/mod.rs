@@ -52,10 +52,18 @@ pub const UNIT: super::Unit = super::Unit {
                 wait: l.wait.clone(),
                 tokens: Arc::new(tokens::Tokens::new(l.lent.get::<tokens::TokenCacheDir>().map(|d| d.0.clone()))),
                 flight,
+                backend: l.lent.get::<Arc<dyn HttpBackend>>().cloned(),
             },
         }))
     },
 };
+
+/// Where a guest's requests go once checked and given their credentials: the network, or
+/// (lent by a test) recorded answers, for a guest's decisions on what a fake cannot show.
+pub trait HttpBackend: Send + Sync {
+    /// The answer to `request`, or why there is none.
+    fn answer(&self, request: Request<Bytes>) -> Result<Response<Bytes>, String>;
+}
 
 /// Longest `Retry-After` the host waits before retrying (a longer one fails the request).
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
@@ -318,6 +326,8 @@ struct Hooks {
     tokens: Arc<tokens::Tokens>,
     /// Its requests on their way.
     flight: Arc<Flight>,
+    /// Recorded answers instead of the network (tests).
+    backend: Option<Arc<dyn HttpBackend>>,
 }
 
 /// A guest's requests on their way: at most `max_concurrent_requests` at once, and the time
@@ -428,9 +438,10 @@ impl WasiHttpHooks for Hooks {
         let grant = self.grant.clone();
         let tokens = self.tokens.clone();
         let in_flight = self.flight.begin(self.wait.clone());
+        let backend = self.backend.clone();
         Box::new(async move {
             let slot = in_flight.flight.slots.clone().acquire_owned().await;
-            let out = exchange(&guest, &grant, index, &origin, &tokens, request).await;
+            let out = exchange(&guest, &grant, index, &origin, &tokens, backend.as_deref(), request).await;
             drop(slot);
             drop(in_flight);
             out
@@ -446,6 +457,7 @@ async fn exchange(
     index: usize,
     origin: &Origin,
     tokens: &tokens::Tokens,
+    backend: Option<&dyn HttpBackend>,
     request: Request<WasiBody>,
 ) -> Sent {
     let (mut parts, body) = request.into_parts();
@@ -463,34 +475,44 @@ async fn exchange(
     let mut renewed = false;
     loop {
         let t0 = Instant::now();
-        let req = Request::from_parts(parts.clone(), Full::new(body.clone()).map_err(|e| match e {}));
-        let answer = wasmtime_wasi_http::default_send_request(req, Some(options)).await;
-        let (status, retry_after, result) = match answer {
-            Ok((response, io)) => {
-                // The connection's I/O runs beside the body's reading.
-                let io = tokio::spawn(io);
-                let (rparts, rbody) = response.into_parts();
-                let read = Limited::new(rbody, grant.max_response_bytes).collect().await;
-                let _ = io.await;
-                let retry_after = rparts
-                    .headers
-                    .get(header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok());
-                match read {
-                    Ok(collected) => (
+        // (status, Retry-After, the response with its whole body) or why there is none.
+        let (status, retry_after, result) = match backend {
+            Some(b) => match b.answer(Request::from_parts(parts.clone(), body.clone())) {
+                Ok(recorded) => {
+                    let (rparts, rbody) = recorded.into_parts();
+                    (
                         Some(rparts.status),
-                        retry_after,
-                        Ok(Response::from_parts(rparts, full(collected.to_bytes()))),
-                    ),
-                    Err(_) => (
-                        Some(rparts.status),
-                        None,
-                        Err(HttpError::HttpResponseBodySize(Some(grant.max_response_bytes as u64))),
-                    ),
+                        retry_after(&rparts.headers),
+                        Ok(Response::from_parts(rparts, full(rbody))),
+                    )
+                }
+                Err(why) => (None, None, Err(HttpError::InternalError(Some(why)))),
+            },
+            None => {
+                let req = Request::from_parts(parts.clone(), Full::new(body.clone()).map_err(|e| match e {}));
+                match wasmtime_wasi_http::default_send_request(req, Some(options)).await {
+                    Ok((response, io)) => {
+                        // The connection's I/O runs beside the body's reading.
+                        let io = tokio::spawn(io);
+                        let (rparts, rbody) = response.into_parts();
+                        let read = Limited::new(rbody, grant.max_response_bytes).collect().await;
+                        let _ = io.await;
+                        match read {
+                            Ok(collected) => (
+                                Some(rparts.status),
+                                retry_after(&rparts.headers),
+                                Ok(Response::from_parts(rparts, full(collected.to_bytes()))),
+                            ),
+                            Err(_) => (
+                                Some(rparts.status),
+                                None,
+                                Err(HttpError::HttpResponseBodySize(Some(grant.max_response_bytes as u64))),
+                            ),
+                        }
+                    }
+                    Err(e) => (None, None, Err(e)),
                 }
             }
-            Err(e) => (None, None, Err(e)),
         };
         tracing::info!(
             guest,
@@ -536,6 +558,14 @@ async fn exchange(
         tokio::time::sleep(delay).await;
         attempt += 1;
     }
+}
+
+/// A `Retry-After` of whole seconds.
+fn retry_after(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
 /// The same bound on connecting, the first byte and the gap between bytes.
