@@ -121,6 +121,21 @@ fn ibm_azure_samples_run_the_full_cycle_and_leave_nothing_behind() {
     let id = tree.request("Template-VM-0", 2);
     let done = tree.until_final(&id);
     assert_eq!(done["status"], "complete", "{done}");
+    // maxNumber holds across requests: 2 of 4 are left, so 3 more are refused.
+    let t = tree.ok("getAvailableTemplates", &json!({}));
+    assert_eq!(
+        (
+            template(&t, "Template-VM-0")["availableNumber"].clone(),
+            template(&t, "Template-VM-1")["availableNumber"].clone()
+        ),
+        (json!(2), json!(4)),
+        "{t}"
+    );
+    tree.err(
+        "requestMachines",
+        &json!({"template": {"templateId": "Template-VM-0", "machineCount": 3}}),
+        "INVALID_MACHINE_COUNT",
+    );
     let names = machine_names(&done, "succeed");
     assert_eq!(names.len(), 2, "{done}");
     let vms = vms_of(&fake, &id);

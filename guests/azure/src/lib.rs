@@ -564,7 +564,24 @@ impl Guest for Azure {
             warn(&format!("template '{id}' is not offered: {}", text_of(why)));
         }
         let sizes = sizes(&e)?;
-        e.templates.iter().map(|t| template_out(t, &sizes)).collect()
+        // availableNumber: maxNumber minus this provider instance's live VMs of the template
+        // (one VM listing per resource group of a template with a maxNumber).
+        let bounded = e.templates.iter().filter(|t| t.max_number >= 0).map(|t| t.resource_group.clone());
+        let listing = Listing::of(&e, bounded, false)?;
+        let mut out = Vec::with_capacity(e.templates.len());
+        for t in &e.templates {
+            let mut tpl = template_out(t, &sizes)?;
+            if let Ok(max) = u32::try_from(t.max_number) {
+                let live = Listing::tagged(listing.vms.get(&t.resource_group), TAG_TEMPLATE, &t.id)
+                    .iter()
+                    .filter(|v| tag(v, TAG_PROVIDER) == Some(ctx.provider_instance.as_str()))
+                    .filter(|v| !matches!(v["properties"]["provisioningState"].as_str(), Some("Deleting" | "Failed")))
+                    .count();
+                tpl.available_number = Some(max.saturating_sub(u32::try_from(live).unwrap_or(u32::MAX)));
+            }
+            out.push(tpl);
+        }
+        Ok(out)
     }
 
     fn request_machines(ctx: CallContext, req: ProvisionRequest) -> Result<ProvisionProgress, ProviderError> {
@@ -632,14 +649,36 @@ impl Guest for Azure {
     fn release_machines(ctx: CallContext, return_id: String, machines: Vec<MachineRef>) -> Result<Vec<Machine>, ProviderError> {
         let e = env(&ctx)?;
         let _ = return_id;
-        let mut out = Vec::new();
-        for m in machines {
-            let id = m.machine_id.clone().unwrap_or_default();
-            if !id.to_ascii_lowercase().starts_with("/subscriptions/") {
-                out.push(gone(&m.name, &id, ctx.now, "not an Azure VM this provider made"));
-                continue;
-            }
-            let a = e.arm.call("DELETE", &format!("{id}?api-version={COMPUTE_API}"), None)?;
+        let (ours, others): (Vec<MachineRef>, Vec<MachineRef>) = machines.into_iter().partition(|m| {
+            m.machine_id
+                .as_deref()
+                .is_some_and(|id| id.to_ascii_lowercase().starts_with("/subscriptions/"))
+        });
+        let mut out: Vec<Machine> = others
+            .iter()
+            .map(|m| {
+                gone(
+                    &m.name,
+                    m.machine_id.as_deref().unwrap_or_default(),
+                    ctx.now,
+                    "not an Azure VM this provider made",
+                )
+            })
+            .collect();
+        // Every delete on its way at once.
+        let calls: Vec<(&str, String, Option<Value>)> = ours
+            .iter()
+            .map(|m| {
+                (
+                    "DELETE",
+                    format!("{}?api-version={COMPUTE_API}", m.machine_id.as_deref().unwrap_or_default()),
+                    None,
+                )
+            })
+            .collect();
+        for (m, r) in ours.into_iter().zip(e.arm.call_all(&calls)) {
+            let id = m.machine_id.unwrap_or_default();
+            let a = r?;
             let state = match a.status {
                 200 | 202 => MachineState::Stopping,
                 204 | 404 => MachineState::Terminated,
@@ -661,38 +700,51 @@ impl Guest for Azure {
     fn release_status(ctx: CallContext, return_id: String, known: Vec<Machine>) -> Result<Vec<Machine>, ProviderError> {
         let e = env(&ctx)?;
         let _ = return_id;
-        let mut out = Vec::new();
+        let open = |m: &Machine| m.state != MachineState::Terminated && m.machine_id.to_ascii_lowercase().starts_with("/subscriptions/");
+        let vm_path = |m: &Machine| format!("{}?api-version={COMPUTE_API}", m.machine_id);
+        // Where each VM is: one GET each, all on their way at once.
+        let gets: Vec<(&str, String, Option<Value>)> = known.iter().filter(|m| open(m)).map(|m| ("GET", vm_path(m), None)).collect();
+        let mut answers = e.arm.call_all(&gets).into_iter();
+        let mut out = Vec::with_capacity(known.len());
+        let (mut gone_vms, mut again) = (Vec::new(), Vec::new());
         for mut m in known {
-            if m.state == MachineState::Terminated || !m.machine_id.to_ascii_lowercase().starts_with("/subscriptions/") {
+            if !open(&m) {
                 out.push(m);
                 continue;
             }
-            let vm_path = format!("{}?api-version={COMPUTE_API}", m.machine_id);
-            let a = e.arm.call("GET", &vm_path, None)?;
-            m.state = match a.status {
-                404 => {
-                    // The VM is gone; its NIC goes with it (deleteOption), or now.
-                    let nic = m
-                        .machine_id
-                        .replace("/Microsoft.Compute/virtualMachines/", "/Microsoft.Network/networkInterfaces/");
-                    let nic = format!("{}?api-version={NETWORK_API}", nic_name(&nic));
-                    let d = e.arm.call("DELETE", &nic, None)?;
-                    if matches!(d.status, 200 | 202 | 204 | 404) {
-                        MachineState::Terminated
-                    } else {
-                        MachineState::Stopping
-                    }
-                }
+            let a = answers
+                .next()
+                .unwrap_or_else(|| Err(ProviderError::Internal("one answer per GET".into())))?;
+            match a.status {
+                // The VM is gone; its NIC goes with it (deleteOption), or now (below).
+                404 => gone_vms.push(out.len()),
                 200 => {
                     if a.body["properties"]["provisioningState"].as_str() != Some("Deleting") {
                         // A delete lost to a kill: ask again.
-                        e.arm.call("DELETE", &vm_path, None)?;
+                        again.push(("DELETE", vm_path(&m), None));
                     }
-                    MachineState::Stopping
+                    m.state = MachineState::Stopping;
                 }
                 s => return Err(arm::failure(&format!("GET {}", m.machine_id), s, &a.body)),
-            };
+            }
             out.push(m);
+        }
+        // A failed re-delete is asked again by the next status call.
+        let _ = e.arm.call_all(&again);
+        let nic_deletes: Vec<(&str, String, Option<Value>)> = gone_vms
+            .iter()
+            .map(|i| {
+                let nic = out[*i]
+                    .machine_id
+                    .replace("/Microsoft.Compute/virtualMachines/", "/Microsoft.Network/networkInterfaces/");
+                ("DELETE", format!("{}?api-version={NETWORK_API}", nic_name(&nic)), None)
+            })
+            .collect();
+        for (i, d) in gone_vms.into_iter().zip(e.arm.call_all(&nic_deletes)) {
+            out[i].state = match d {
+                Ok(d) if matches!(d.status, 200 | 202 | 204 | 404) => MachineState::Terminated,
+                _ => MachineState::Stopping,
+            };
         }
         Ok(out)
     }

@@ -160,6 +160,16 @@ pub struct Origin {
     pub auth: Auth,
 }
 
+impl Auth {
+    /// Whether the host fetches tokens for it (which it keeps, and renews on a 401).
+    pub fn fetches_tokens(&self) -> bool {
+        matches!(
+            self,
+            Auth::Oauth2ClientCredentials { .. } | Auth::AzureAuthFile { .. } | Auth::ManagedIdentity { .. }
+        )
+    }
+}
+
 /// How the host authenticates a guest's requests to an origin.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -526,13 +536,20 @@ async fn exchange(
             "http request"
         );
         // A kept token the origin no longer takes (revoked, or the principal's role changed):
-        // forgotten, and the request sent once more with a fresh one.
-        if status == Some(http::StatusCode::UNAUTHORIZED) && !renewed && tokens.forget(index, origin) {
+        // forgotten (unless a request beside this one has renewed it already), and the
+        // request sent once more with the fresh one.
+        if status == Some(http::StatusCode::UNAUTHORIZED) && !renewed && origin.auth.fetches_tokens() {
             renewed = true;
-            if let Some(value) = credentials(grant, index, origin, tokens).await? {
-                parts.headers.insert(header::AUTHORIZATION, value);
+            let sent = parts.headers.get(header::AUTHORIZATION).cloned();
+            if let Some(token) = sent.as_ref().and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")) {
+                tokens.forget(index, origin, token);
             }
-            continue;
+            if let Some(value) = credentials(grant, index, origin, tokens).await?
+                && Some(&value) != sent.as_ref()
+            {
+                parts.headers.insert(header::AUTHORIZATION, value);
+                continue;
+            }
         }
         let retryable = match (&status, &result) {
             (Some(s), _) => *s == http::StatusCode::TOO_MANY_REQUESTS || *s == http::StatusCode::SERVICE_UNAVAILABLE,
@@ -591,6 +608,11 @@ async fn credentials(grant: &HttpGrant, index: usize, origin: &Origin, tokens: &
         )))
     };
     let bearer = |t: &str| HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| fail("the token is not a valid header value".into()));
+    if let Some(t) = tokens.get(index, origin) {
+        return bearer(&t).map(Some);
+    }
+    // One fetch at a time: requests side by side wait for it and share its token.
+    let _fetching = tokens.fetching.lock().await;
     if let Some(t) = tokens.get(index, origin) {
         return bearer(&t).map(Some);
     }

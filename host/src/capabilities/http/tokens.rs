@@ -26,6 +26,8 @@ pub struct Tokens {
     /// By origin index: (token, valid until).
     memory: Mutex<HashMap<usize, (String, Instant)>>,
     dir: Option<PathBuf>,
+    /// Held while a token is fetched, so requests side by side fetch one.
+    pub fetching: tokio::sync::Mutex<()>,
 }
 
 impl Tokens {
@@ -34,6 +36,7 @@ impl Tokens {
         Self {
             memory: Mutex::new(HashMap::new()),
             dir,
+            fetching: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -72,12 +75,19 @@ impl Tokens {
         }
     }
 
-    /// Forgets origin `index`'s token (memory and file); whether there was a fetched one.
-    pub fn forget(&self, index: usize, origin: &Origin) -> bool {
-        let had = self.memory.lock().ok().and_then(|mut m| m.remove(&index)).is_some();
-        let file = self.file(origin);
-        let on_disk = file.as_ref().is_some_and(|f| std::fs::remove_file(f).is_ok());
-        had || on_disk
+    /// Forgets origin `index`'s token if it is still `sent` (memory and file): a request
+    /// beside the one that was refused may have renewed it already.
+    pub fn forget(&self, index: usize, origin: &Origin, sent: &str) {
+        if let Ok(mut m) = self.memory.lock()
+            && m.get(&index).is_some_and(|(t, _)| t == sent)
+        {
+            m.remove(&index);
+        }
+        if let Some(f) = self.file(origin)
+            && crate::limits::read_capped(&f, 64 << 10).is_ok_and(|text| text.lines().nth(1) == Some(sent))
+        {
+            let _ = std::fs::remove_file(f);
+        }
     }
 
     /// The cache file of `origin`'s credentials (none for no auth or a static bearer file).
@@ -153,12 +163,14 @@ mod tests {
         let soon = Tokens::new(Some(dir.path().to_path_buf()));
         soon.put(0, &o, "tok-2", Duration::from_secs(30));
         assert_eq!(Tokens::new(Some(dir.path().to_path_buf())).get(0, &o), None);
-        // Forgotten (the origin refused it): gone from memory and disk.
+        // Forgotten (the origin refused it): gone from memory and disk; but a token renewed
+        // since (by a request beside the refused one) stays.
         let t = Tokens::new(Some(dir.path().to_path_buf()));
         t.put(0, &o, "tok-3", Duration::from_secs(3600));
-        assert!(t.forget(0, &o));
+        t.forget(0, &o, "tok-2");
+        assert_eq!(t.get(0, &o).as_deref(), Some("tok-3"), "renewed since: kept");
+        t.forget(0, &o, "tok-3");
         assert_eq!(t.get(0, &o), None);
         assert_eq!(Tokens::new(Some(dir.path().to_path_buf())).get(0, &o), None);
-        assert!(!t.forget(0, &o), "nothing left to forget");
     }
 }
