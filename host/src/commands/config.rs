@@ -17,6 +17,7 @@ pub enum ConfigCommand {
     /// problem named with its file and setting).
     ///
     /// Example: HF_PROVIDER_CONFDIR=/opt/hf/conf/providers/pool hfwasm config check
+    ///
     /// Example: hfwasm config check --json | jq '.problems'
     Check {
         /// Print one JSON document (`ok`, `lines`, `notes`, `problems`, `templates`; or `ok`
