@@ -43,8 +43,6 @@ struct Env {
     templates: Vec<AzureTemplate>,
     /// The ones that did not, by id, with why.
     refused: Vec<(String, ProviderError)>,
-    /// The store's id, for [`TAG_STORE`].
-    store_id: Option<String>,
 }
 
 fn env(ctx: &CallContext) -> Result<Env, ProviderError> {
@@ -83,7 +81,6 @@ fn env(ctx: &CallContext) -> Result<Env, ProviderError> {
         region,
         templates,
         refused,
-        store_id: kv::get("hfwasm:store-id")?,
     })
 }
 
@@ -240,7 +237,8 @@ fn first_boot(t: &AzureTemplate, req: &ProvisionRequest, provider: &str) -> Opti
     Some(base64(s.as_bytes()))
 }
 
-fn tags(e: &Env, t: &AzureTemplate, req: &ProvisionRequest, provider: &str) -> Value {
+/// The tags of everything made for `req`; `store` is the store's id (kv's `hfwasm:store-id`).
+fn tags(store: Option<&str>, t: &AzureTemplate, req: &ProvisionRequest, provider: &str) -> Value {
     let mut m = serde_json::Map::new();
     for (k, v) in &t.tags {
         m.insert(k.clone(), json!(v));
@@ -251,13 +249,13 @@ fn tags(e: &Env, t: &AzureTemplate, req: &ProvisionRequest, provider: &str) -> V
     m.insert(TAG_REQUEST.into(), json!(req.request_id));
     m.insert(TAG_TEMPLATE.into(), json!(t.id));
     m.insert(TAG_PROVIDER.into(), json!(provider));
-    if let Some(s) = &e.store_id {
+    if let Some(s) = store {
         m.insert(TAG_STORE.into(), json!(s));
     }
     Value::Object(m)
 }
 
-fn vm_body(e: &Env, t: &AzureTemplate, req: &ProvisionRequest, provider: &str, nic_id: &str, ip: &str) -> Value {
+fn vm_body(e: &Env, t: &AzureTemplate, req: &ProvisionRequest, provider: &str, tags: &Value, nic_id: &str, ip: &str) -> Value {
     let a = &e.arm;
     let image = match &t.image {
         Image::Custom(i) if i.starts_with("/subscriptions/") => json!({"id": i}),
@@ -297,10 +295,10 @@ fn vm_body(e: &Env, t: &AzureTemplate, req: &ProvisionRequest, provider: &str, n
     if let Some(set) = &t.availability_set {
         props["availabilitySet"] = json!({"id": a.id(&t.resource_group, "Microsoft.Compute/availabilitySets", set)});
     }
-    json!({"location": e.region, "tags": tags(e, t, req, provider), "properties": props})
+    json!({"location": e.region, "tags": tags, "properties": props})
 }
 
-fn nic_body(e: &Env, t: &AzureTemplate, req: &ProvisionRequest, provider: &str) -> Value {
+fn nic_body(e: &Env, t: &AzureTemplate, tags: &Value) -> Value {
     let subnet = format!(
         "{}/subnets/{}",
         e.arm.id(&t.resource_group, "Microsoft.Network/virtualNetworks", &t.vnet),
@@ -310,7 +308,7 @@ fn nic_body(e: &Env, t: &AzureTemplate, req: &ProvisionRequest, provider: &str) 
     if let Some(nsg) = &t.nsg {
         props["networkSecurityGroup"] = json!({"id": e.arm.id(&t.resource_group, "Microsoft.Network/networkSecurityGroups", nsg)});
     }
-    json!({"location": e.region, "tags": tags(e, t, req, provider), "properties": props})
+    json!({"location": e.region, "tags": tags, "properties": props})
 }
 
 fn creating_key(request_id: &str) -> String {
@@ -355,7 +353,9 @@ fn drive(
         .iter()
         .filter(|n| named(&nics, &nic_name(n)).and_then(|i| nic_ip(&nics[i])).is_none())
         .collect();
-    let body = nic_body(e, t, req, provider);
+    // Read here, not on every call: only making something needs it.
+    let tags = tags(kv::get("hfwasm:store-id")?.as_deref(), t, req, provider);
+    let body = nic_body(e, t, &tags);
     let calls: Vec<(&str, String, Option<Value>)> = without.iter().map(|n| ("PUT", nic_path(n), Some(body.clone()))).collect();
     let mut first_error = None;
     for (n, r) in without.iter().zip(e.arm.call_all(&calls)) {
@@ -392,7 +392,7 @@ fn drive(
                 "{}?api-version={COMPUTE_API}",
                 e.arm.id(&t.resource_group, "Microsoft.Compute/virtualMachines", n)
             );
-            ("PUT", path, Some(vm_body(e, t, req, provider, &nic_id, ip)))
+            ("PUT", path, Some(vm_body(e, t, req, provider, &tags, &nic_id, ip)))
         })
         .collect();
     let mut capacity = None;

@@ -42,7 +42,9 @@ pub struct IbmAws {
 pub fn find(conf_dir: &Path, name: &str) -> Option<(PathBuf, PathBuf)> {
     for prefix in [format!("{name}prov"), "awsprov".to_string()] {
         let config = conf_dir.join(format!("{prefix}_config.json"));
-        if config.is_file() && !super::ibm_azure::is_azure(&config) {
+        // Config::load asks ibm_azure::find first (which reads the file to tell), so only
+        // the name is checked here: no second read on every call.
+        if config.is_file() && !config.ends_with("azureprov_config.json") {
             return Some((config, conf_dir.join(format!("{prefix}_templates.json"))));
         }
     }

@@ -64,7 +64,7 @@ pub fn find(conf_dir: &Path, name: &str) -> Option<(PathBuf, PathBuf)> {
 
 /// Whether IBM config file `config` is the Azure plugin's: named `azureprov_config.json`, or
 /// naming an `AZURE_` key.
-pub fn is_azure(config: &Path) -> bool {
+fn is_azure(config: &Path) -> bool {
     config.file_name().is_some_and(|n| n == "azureprov_config.json")
         || crate::limits::read_capped(config, crate::limits::MAX_CONFIG_BYTES)
             .ok()
