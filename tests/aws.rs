@@ -190,6 +190,75 @@ fn one_status_call_over_many_requests_makes_one_describe() {
     }
 }
 
+/// availableNumber comes from the guest's kv ledger of units held, not from a describe on
+/// every poll: after the first, getAvailableTemplates sends EC2 nothing (moto's recorder
+/// sees no request at all), and the figure follows launches (weighted in units), returns,
+/// reclaims seen by getReturnRequests and, for an instance ended where no HostFactory call
+/// looks, the orphan scan's listing.
+#[test]
+fn template_polls_make_no_cloud_call_and_available_number_stays_exact() {
+    let moto = Moto::start();
+    let (subnet, sg, ami) = moto.network();
+    let tree = aws_tree(&moto, templates(&subnet, &sg, &ami));
+    let free = |id: &str| template(&tree.ok("getAvailableTemplates", &json!({})), id)["availableNumber"].clone();
+    // An instance from before the ledger existed (an upgraded installation): the first poll
+    // builds the ledger from one describe, so it counts.
+    let older = moto.launch_tagged(
+        &ami,
+        &subnet,
+        &[
+            ("hfwasm:provider", "pool"),
+            ("hfwasm:request", "req-older"),
+            ("hfwasm:template", "OnDemand-Template-VM"),
+        ],
+    );
+    assert_eq!(free("OnDemand-Template-VM"), 9);
+
+    let id = tree.request("OnDemand-Template-VM", 3);
+    let done = tree.until_final(&id);
+    assert_eq!(done["status"], "complete", "{done}");
+    let fid = tree.request("Weighted-Fleet-VM", 4);
+    assert_eq!(tree.until_final(&fid)["status"], "complete");
+
+    moto.reset_recording();
+    moto.start_recording();
+    let t = tree.ok("getAvailableTemplates", &json!({}));
+    let sent = moto.recorded_actions();
+    assert_eq!(sent, Vec::<String>::new(), "a template poll sends EC2 nothing");
+    assert_eq!(template(&t, "OnDemand-Template-VM")["availableNumber"], 6, "1 older + 3 new of 10");
+    assert_eq!(
+        template(&t, "Weighted-Fleet-VM")["availableNumber"],
+        16,
+        "4 units of 20, whatever the types"
+    );
+    assert_eq!(template(&t, "Weighted-Spot-VM")["availableNumber"], 20);
+
+    // A return frees its host at once.
+    let machines = names_and_ids(&done);
+    let (n0, i0) = &machines[0];
+    let r = tree.ok("requestReturnMachines", &json!({"machines": [{"name": n0, "machineId": i0}]}));
+    assert_eq!(free("OnDemand-Template-VM"), 7);
+    assert_eq!(tree.until_final(r["requestId"].as_str().expect("id"))["status"], "complete");
+    assert_eq!(free("OnDemand-Template-VM"), 7);
+
+    // One ended behind HostFactory's back: the reclaim check (every poll) frees it.
+    let (n1, i1) = &machines[1];
+    moto.terminate(i1);
+    let listed = json!({"machines": [{"name": n1, "machineId": i1}, {"name": machines[2].0, "machineId": machines[2].1}]});
+    assert_eq!(tree.ok("getReturnRequests", &listed)["requests"].as_array().map(Vec::len), Some(1));
+    assert_eq!(free("OnDemand-Template-VM"), 8);
+
+    // One no HostFactory call looks at: the orphan scan's listing (once the store's history
+    // is old enough for the scan to run) frees it.
+    moto.terminate(&older);
+    assert_eq!(free("OnDemand-Template-VM"), 8, "nothing has looked yet");
+    tree.set_env("HFWASM_NOW_OFFSET_SECS", "3600");
+    tree.ok("getReturnRequests", &json!({"machines": []}));
+    tree.ok("getReturnRequests", &json!({"machines": []}));
+    tree.unset_env("HFWASM_NOW_OFFSET_SECS");
+    assert_eq!(free("OnDemand-Template-VM"), 9);
+}
+
 #[test]
 fn instances_no_record_accounts_for_are_terminated_by_the_orphan_scan() {
     let moto = Moto::start();

@@ -121,8 +121,16 @@ fn ibm_azure_samples_run_the_full_cycle_and_leave_nothing_behind() {
     let id = tree.request("Template-VM-0", 2);
     let done = tree.until_final(&id);
     assert_eq!(done["status"], "complete", "{done}");
-    // maxNumber holds across requests: 2 of 4 are left, so 3 more are refused.
+    // maxNumber holds across requests: 2 of 4 are left, so 3 more are refused. The figure
+    // comes from the guest's kv ledger: a template poll sends ARM nothing.
+    let before = fake.requests().len();
     let t = tree.ok("getAvailableTemplates", &json!({}));
+    let sent: Vec<Value> = fake.requests()[before..]
+        .iter()
+        .filter(|r| !r["path"].as_str().is_some_and(|p| p.starts_with("/_fake/")))
+        .cloned()
+        .collect();
+    assert_eq!(sent, Vec::<Value>::new(), "a template poll calls no ARM API");
     assert_eq!(
         (
             template(&t, "Template-VM-0")["availableNumber"].clone(),
@@ -206,6 +214,12 @@ fn ibm_azure_samples_run_the_full_cycle_and_leave_nothing_behind() {
     }
     let done = tree.ok("getRequestStatus", &json!({"requests": [{"requestId": id}]}));
     assert!(!done.to_string().contains(arm::SECRET));
+    let t = tree.ok("getAvailableTemplates", &json!({}));
+    assert_eq!(
+        template(&t, "Template-VM-0")["availableNumber"],
+        4,
+        "the returned hosts are free again"
+    );
 }
 
 #[test]

@@ -422,8 +422,10 @@ fn credentials_come_from_the_sites_script_and_are_renewed() {
             .count()
     };
 
+    // Two calls that reach EC2 (the first poll describes instance types and builds the
+    // ledger; a request launches); later template polls make no EC2 call and fetch nothing.
     tree.ok("getAvailableTemplates", &json!({}));
-    tree.ok("getAvailableTemplates", &json!({}));
+    let id = tree.request("OnDemand-Template-VM", 1);
     assert_eq!(runs(), 1, "credentials are reused while younger than the margin");
     let cached: Vec<_> = std::fs::read_dir(&tree.work)
         .expect("work dir")
@@ -435,6 +437,8 @@ fn credentials_come_from_the_sites_script_and_are_renewed() {
     assert_eq!(cached[0].metadata().expect("meta").permissions().mode() & 0o777, 0o600);
     std::thread::sleep(std::time::Duration::from_millis(2100));
     tree.ok("getAvailableTemplates", &json!({}));
+    assert_eq!(runs(), 1, "a template poll needs no credentials");
+    tree.ok("getRequestStatus", &json!({"requests": [{"requestId": id}]}));
     assert_eq!(runs(), 2, "renewed once older than AWS_CREDENTIAL_RENEW_MARGIN");
 
     // A failing script: one line naming the script and its first line of stderr.
@@ -444,7 +448,11 @@ fn credentials_come_from_the_sites_script_and_are_renewed() {
     for f in cached {
         let _ = std::fs::remove_file(f.path());
     }
-    let e = tree.err("getAvailableTemplates", &json!({}), "PROVIDER_UNAVAILABLE");
+    let e = tree.err(
+        "requestMachines",
+        &json!({"template": {"templateId": "OnDemand-Template-VM", "machineCount": 1}}),
+        "PROVIDER_UNAVAILABLE",
+    );
     let msg = e["error"]["message"].as_str().unwrap_or_default();
     assert!(
         msg.contains("AWS_CREDENTIAL_SCRIPT") && msg.contains("access denied for role hpc") && !msg.contains('\n'),

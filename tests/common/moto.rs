@@ -126,20 +126,38 @@ impl Moto {
         self.moto_api("POST", "/moto-api/recorder/start-recording");
     }
 
+    /// Forgets what the recorder kept so far (it keeps recording if it was).
+    pub fn reset_recording(&self) {
+        self.moto_api("POST", "/moto-api/recorder/reset-recording");
+    }
+
+    /// The action of every recorded request, in order (`DescribeInstances`, ...).
+    pub fn recorded_actions(&self) -> Vec<String> {
+        self.recorded_bodies()
+            .iter()
+            .filter_map(|b| b.split('&').find_map(|kv| kv.strip_prefix("Action=")).map(str::to_string))
+            .collect()
+    }
+
     /// The form bodies (`Action=RunInstances&...`, decoded) of recorded requests for
     /// `action`, in order: what hfwasm really sent, for what moto does not model.
     pub fn recorded(&self, action: &str) -> Vec<String> {
+        let action = format!("Action={action}&");
+        self.recorded_bodies().into_iter().filter(|b| b.contains(&action)).collect()
+    }
+
+    /// Every recorded request's form body, decoded, in order.
+    fn recorded_bodies(&self) -> Vec<String> {
         let text = self.moto_api("GET", "/moto-api/recorder/download-recording");
         text.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter_map(|r| {
                 let body = r["body"].as_str()?.to_string();
-                let body = if r["body_encoded"] == true {
-                    String::from_utf8(aws_smithy_types::base64::decode(&body).ok()?).ok()?
+                if r["body_encoded"] == true {
+                    String::from_utf8(aws_smithy_types::base64::decode(&body).ok()?).ok()
                 } else {
-                    body
-                };
-                body.contains(&format!("Action={action}&")).then_some(body)
+                    Some(body)
+                }
             })
             .collect()
     }

@@ -92,6 +92,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def reply(self, status, body=None, headers=None):
         data = b"" if body is None else json.dumps(body).encode()
+        # Recorded before the answer leaves: a client done with its call finds it listed.
+        w = self.world
+        with w.lock:
+            w.requests.append({"method": self.command, "path": urlsplit(self.path).path, "status": status})
         self.send_response(status)
         for k, v in (headers or {}).items():
             self.send_header(k, v)
@@ -101,9 +105,6 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("x-ms-request-id", str(uuid.uuid4()))
         self.end_headers()
         self.wfile.write(data)
-        w = self.world
-        with w.lock:
-            w.requests.append({"method": self.command, "path": urlsplit(self.path).path, "status": status})
 
     def base(self):
         return f"http://{self.headers.get('Host')}"

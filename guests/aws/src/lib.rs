@@ -18,6 +18,7 @@ mod template;
 use std::collections::BTreeMap;
 
 use hfwasm_guest_sdk::ec2::{self, Ec2Error, InstanceFilter};
+use hfwasm_guest_sdk::held::Held;
 use hfwasm_guest_sdk::*;
 use serde_json::Value;
 use template::{AwsTemplate, PriceType};
@@ -156,6 +157,38 @@ fn units(t: &AwsTemplate, instances: &[ec2::Instance]) -> u32 {
     instances.iter().filter(|i| is_live(i)).map(|i| t.weight(&i.instance_type)).sum()
 }
 
+/// The template an instance was launched for (its tag).
+fn template_of(i: &ec2::Instance) -> Option<&str> {
+    i.tags.iter().find(|t| t.key == TAG_TEMPLATE).map(|t| t.value.as_str())
+}
+
+/// Records in the ledger what `instances` hold: a live one its weight in its template (the
+/// tag's, else `template`), one on its way out nothing. A template since removed weighs 1.
+fn record(held: &mut Held, templates: &[AwsTemplate], template: Option<&str>, instances: &[ec2::Instance]) -> Result<(), ProviderError> {
+    for i in instances {
+        match template_of(i).or(template) {
+            Some(tid) if is_live(i) => {
+                let weight = templates.iter().find(|t| t.id == tid).map_or(1, |t| t.weight(&i.instance_type));
+                held.live(&i.instance_id, tid, weight)?;
+            }
+            _ => held.ended(&i.instance_id)?,
+        }
+    }
+    Ok(())
+}
+
+/// The ledger rebuilt from a describe of every instance this provider instance owns.
+fn rebuild(held: &mut Held, templates: &[AwsTemplate]) -> Result<Vec<ec2::Instance>, ProviderError> {
+    let owned = describe(InstanceFilter::Owned)?;
+    let live = owned.iter().filter(|i| is_live(i)).filter_map(|i| {
+        let tid = template_of(i)?;
+        let weight = templates.iter().find(|t| t.id == tid).map_or(1, |t| t.weight(&i.instance_type));
+        Some((i.instance_id.clone(), tid.to_string(), weight))
+    });
+    held.rebuild(live.collect::<Vec<_>>())?;
+    Ok(owned)
+}
+
 /// The Spot Fleet recorded for a request: (fleet id, epoch second it stops launching).
 fn fleet_of(request_id: &str) -> Result<Option<(String, u64)>, ProviderError> {
     Ok(kv::get(&launch::fleet_key(request_id))?.and_then(|v| {
@@ -230,19 +263,17 @@ impl Guest for Aws {
         names.dedup();
         let info = type_info(&names)?;
         // availableNumber: maxNumber minus the units this provider instance's live instances
-        // of the template hold (one describe of owned instances for all templates).
-        let owned = describe(InstanceFilter::Owned)?;
+        // of the template hold, from the kv ledger (no cloud call; built once by a describe).
+        let mut held = Held::load()?;
+        if !held.is_built() {
+            rebuild(&mut held, &templates)?;
+        }
         Ok(templates
             .iter()
             .map(|t| {
                 let mut out = template_out(t, &info);
-                if t.max_number >= 0 {
-                    let mine: Vec<ec2::Instance> = owned
-                        .iter()
-                        .filter(|i| i.tags.iter().any(|tag| tag.key == TAG_TEMPLATE && tag.value == t.id))
-                        .cloned()
-                        .collect();
-                    out.available_number = Some(u32::try_from(t.max_number).unwrap_or(0).saturating_sub(units(t, &mine)));
+                if let Ok(max) = u32::try_from(t.max_number) {
+                    out.available_number = Some(max.saturating_sub(held.units_of(&t.id)));
                 }
                 out
             })
@@ -304,6 +335,7 @@ impl Guest for Aws {
             }
             got = units(t, &instances);
         }
+        record(&mut Held::unread(), &templates, Some(&t.id), &instances)?;
         if let Some((f, until)) = &fleet {
             // A Spot Fleet fills over time: the request stays open until it is full or expires.
             let (outstanding, message) = follow_fleet(&req, f, *until, got, ctx.now)?;
@@ -335,6 +367,8 @@ impl Guest for Aws {
         queries: Vec<StatusQuery>,
     ) -> Result<Vec<Result<ProvisionProgress, ProviderError>>, ProviderError> {
         let templates = template::parse_all(&settings(&ctx)?)?;
+        // Read before the describes: what they show is newer than what it says.
+        let mut held = Held::load()?;
         // One describe for every recorded instance of every request (the host sends 1,000
         // ids per DescribeInstances), plus a tag search only for requests with nothing
         // recorded yet (an answer lost to a crash).
@@ -401,6 +435,7 @@ impl Guest for Aws {
                         }
                         None => {
                             // Gone from EC2 altogether (terminated long ago, or never really launched).
+                            held.ended(&k.machine_id)?;
                             let mut m = k;
                             m.state = MachineState::Terminated;
                             m.message = Some(format!("instance {} no longer exists in EC2", m.machine_id));
@@ -408,6 +443,7 @@ impl Guest for Aws {
                         }
                     }
                 }
+                record(&mut held, &templates, Some(&q.request.template_id), &instances)?;
                 // Weighted templates count units, not instances; a template since removed counts one each.
                 let got = match templates.iter().find(|t| t.id == q.request.template_id) {
                     Some(t) => units(t, &instances),
@@ -443,6 +479,13 @@ impl Guest for Aws {
         if !to_stop.is_empty() {
             ec2::terminate_instances(&to_stop).map_err(|e| ec2_err("TerminateInstances", e))?;
         }
+        // Their units are free from now on (a kill before this: release_status forgets them).
+        let mut held = Held::unread();
+        for (_, id) in &resolved {
+            if let Some(id) = id {
+                held.ended(id)?;
+            }
+        }
         Ok(resolved
             .iter()
             .map(
@@ -475,6 +518,10 @@ impl Guest for Aws {
         } else {
             describe(InstanceFilter::Ids(ids))?
         };
+        let mut held = Held::load()?;
+        for m in &known {
+            held.ended(&m.machine_id)?;
+        }
         Ok(known
             .into_iter()
             .map(|mut m| {
@@ -487,8 +534,11 @@ impl Guest for Aws {
             .collect())
     }
 
-    fn owned_machines(_ctx: CallContext) -> Result<Vec<OwnedMachine>, ProviderError> {
-        Ok(describe(InstanceFilter::Owned)?
+    fn owned_machines(ctx: CallContext) -> Result<Vec<OwnedMachine>, ProviderError> {
+        // The orphan scan's full describe is also when the ledger is made exact again.
+        let templates = template::parse_all(&settings(&ctx)?)?;
+        let mut held = Held::load()?;
+        Ok(rebuild(&mut held, &templates)?
             .iter()
             .filter(|i| is_live(i))
             .filter_map(|i| {
@@ -503,6 +553,7 @@ impl Guest for Aws {
     }
 
     fn reclaim_candidates(ctx: CallContext, refs: Vec<MachineRef>) -> Result<Vec<Reclaim>, ProviderError> {
+        let mut held = Held::load()?;
         let resolved = resolve(&refs)?;
         let ids: Vec<String> = resolved.iter().filter_map(|(_, id)| id.clone()).collect();
         let found = if ids.is_empty() {
@@ -510,6 +561,14 @@ impl Guest for Aws {
         } else {
             describe(InstanceFilter::Ids(ids))?
         };
+        // HostFactory's hosts, described on every poll: the ledger follows what they show.
+        let templates = template::parse_all(&settings(&ctx)?)?;
+        record(&mut held, &templates, None, &found)?;
+        for id in resolved.iter().filter_map(|(_, id)| id.as_ref()) {
+            if !found.iter().any(|i| &i.instance_id == id) {
+                held.ended(id)?;
+            }
+        }
         let mut out = Vec::new();
         let mut spot: Vec<(&MachineRef, &ec2::Instance)> = Vec::new();
         for (r, id) in &resolved {

@@ -19,6 +19,7 @@ mod template;
 use std::collections::{BTreeMap, BTreeSet};
 
 use arm::{Arm, COMPUTE_API, NETWORK_API};
+use hfwasm_guest_sdk::held::Held;
 use hfwasm_guest_sdk::*;
 use serde_json::{Value, json};
 use template::{AzureTemplate, Image};
@@ -507,6 +508,32 @@ impl Listing {
     }
 }
 
+/// `machines` with lower-case ids, the ledger's keys (ARM's ids compare without case).
+fn ledger_ids(machines: &[Machine]) -> Vec<Machine> {
+    machines
+        .iter()
+        .map(|m| Machine {
+            machine_id: m.machine_id.to_ascii_lowercase(),
+            ..m.clone()
+        })
+        .collect()
+}
+
+/// The ledger made exactly this provider instance's live VMs (one listing per resource
+/// group, with NICs when `with_nics`); returns the listing.
+fn rebuild(e: &Env, ctx: &CallContext, held: &mut Held, with_nics: bool) -> Result<Listing, ProviderError> {
+    let listing = Listing::of(e, e.templates.iter().map(|t| t.resource_group.clone()), with_nics)?;
+    let live = listing
+        .vms
+        .values()
+        .flatten()
+        .filter(|v| tag(v, TAG_PROVIDER) == Some(ctx.provider_instance.as_str()))
+        .filter(|v| !matches!(v["properties"]["provisioningState"].as_str(), Some("Deleting" | "Failed")))
+        .filter_map(|v| Some((v["id"].as_str()?.to_ascii_lowercase(), tag(v, TAG_TEMPLATE)?.to_string(), 1)));
+    held.rebuild(live.collect::<Vec<_>>())?;
+    Ok(listing)
+}
+
 /// (cores, MiB) of each size the templates name, from kv or one catalogue listing.
 fn sizes(e: &Env) -> Result<BTreeMap<String, (u32, u64)>, ProviderError> {
     let mut known = BTreeMap::new();
@@ -564,20 +591,17 @@ impl Guest for Azure {
             warn(&format!("template '{id}' is not offered: {}", text_of(why)));
         }
         let sizes = sizes(&e)?;
-        // availableNumber: maxNumber minus this provider instance's live VMs of the template
-        // (one VM listing per resource group of a template with a maxNumber).
-        let bounded = e.templates.iter().filter(|t| t.max_number >= 0).map(|t| t.resource_group.clone());
-        let listing = Listing::of(&e, bounded, false)?;
+        // availableNumber: maxNumber minus this provider instance's live VMs of the template,
+        // from the kv ledger (no cloud call; built once from a listing).
+        let mut held = Held::load()?;
+        if !held.is_built() {
+            rebuild(&e, &ctx, &mut held, false)?;
+        }
         let mut out = Vec::with_capacity(e.templates.len());
         for t in &e.templates {
             let mut tpl = template_out(t, &sizes)?;
             if let Ok(max) = u32::try_from(t.max_number) {
-                let live = Listing::tagged(listing.vms.get(&t.resource_group), TAG_TEMPLATE, &t.id)
-                    .iter()
-                    .filter(|v| tag(v, TAG_PROVIDER) == Some(ctx.provider_instance.as_str()))
-                    .filter(|v| !matches!(v["properties"]["provisioningState"].as_str(), Some("Deleting" | "Failed")))
-                    .count();
-                tpl.available_number = Some(max.saturating_sub(u32::try_from(live).unwrap_or(u32::MAX)));
+                tpl.available_number = Some(max.saturating_sub(held.units_of(&t.id)));
             }
             out.push(tpl);
         }
@@ -592,7 +616,9 @@ impl Guest for Azure {
         kv::set(&creating_key(&req.request_id), &t.id)?;
         let vms = Listing::tagged(Some(&e.arm.vms(&t.resource_group)?), TAG_REQUEST, &req.request_id);
         let nics = Listing::tagged(Some(&e.arm.nics(&t.resource_group)?), TAG_REQUEST, &req.request_id);
-        drive(&e, t, &req, &ctx, vms, nics)
+        let p = drive(&e, t, &req, &ctx, vms, nics)?;
+        Held::unread().saw(&t.id, &ledger_ids(&p.machines))?;
+        Ok(p)
     }
 
     fn requests_status(
@@ -600,6 +626,8 @@ impl Guest for Azure {
         queries: Vec<StatusQuery>,
     ) -> Result<Vec<Result<ProvisionProgress, ProviderError>>, ProviderError> {
         let e = env(&ctx)?;
+        // Read before the listings: what they show is newer than what it says.
+        let mut held = Held::load()?;
         let groups = queries
             .iter()
             .filter_map(|q| e.find(&q.request.template_id).ok())
@@ -639,6 +667,7 @@ impl Guest for Azure {
                         p.machines.push(m);
                     }
                 }
+                held.saw(&req.template_id, &ledger_ids(&p.machines))?;
                 Ok(p)
             })();
             out.push(answer);
@@ -676,9 +705,11 @@ impl Guest for Azure {
                 )
             })
             .collect();
+        let mut held = Held::unread();
         for (m, r) in ours.into_iter().zip(e.arm.call_all(&calls)) {
             let id = m.machine_id.unwrap_or_default();
             let a = r?;
+            held.ended(&id.to_ascii_lowercase())?;
             let state = match a.status {
                 200 | 202 => MachineState::Stopping,
                 204 | 404 => MachineState::Terminated,
@@ -700,6 +731,10 @@ impl Guest for Azure {
     fn release_status(ctx: CallContext, return_id: String, known: Vec<Machine>) -> Result<Vec<Machine>, ProviderError> {
         let e = env(&ctx)?;
         let _ = return_id;
+        let mut held = Held::load()?;
+        for m in &known {
+            held.ended(&m.machine_id.to_ascii_lowercase())?;
+        }
         let open = |m: &Machine| m.state != MachineState::Terminated && m.machine_id.to_ascii_lowercase().starts_with("/subscriptions/");
         let vm_path = |m: &Machine| format!("{}?api-version={COMPUTE_API}", m.machine_id);
         // Where each VM is: one GET each, all on their way at once.
@@ -751,7 +786,9 @@ impl Guest for Azure {
 
     fn owned_machines(ctx: CallContext) -> Result<Vec<OwnedMachine>, ProviderError> {
         let e = env(&ctx)?;
-        let listing = Listing::of(&e, e.templates.iter().map(|t| t.resource_group.clone()), true)?;
+        // The orphan scan's listing is also when the ledger is made exact again.
+        let mut held = Held::load()?;
+        let listing = rebuild(&e, &ctx, &mut held, true)?;
         let ips = ips_of(&listing.nics.values().flatten().cloned().collect::<Vec<_>>());
         // The orphan scan's listing is also when per-VM notes of VMs that are gone go.
         let live: BTreeSet<&str> = listing.vms.values().flatten().filter_map(|v| v["name"].as_str()).collect();
@@ -790,6 +827,7 @@ impl Guest for Azure {
         if ours.is_empty() {
             return Ok(Vec::new());
         }
+        let mut held = Held::load()?;
         let listing = Listing::of(&e, e.templates.iter().map(|t| t.resource_group.clone()), false)?;
         let by_id: BTreeMap<String, &Value> = listing
             .vms
@@ -806,6 +844,9 @@ impl Guest for Azure {
                 // A Spot VM evicted with policy Deallocate.
                 Some(v) => v["properties"]["priority"].as_str() == Some("Spot") && matches!(power(v), Some("deallocated" | "deallocating")),
             };
+            if !by_id.contains_key(&id.to_ascii_lowercase()) {
+                held.ended(&id.to_ascii_lowercase())?;
+            }
             if reclaimed {
                 out.push(Reclaim {
                     name: m.name.clone(),

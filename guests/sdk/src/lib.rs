@@ -23,6 +23,8 @@ pub mod bindings {
 
 pub use bindings::export;
 
+/// Units held per template, kept in kv: `availableNumber` without a cloud call.
+pub mod held;
 /// HTTP over the host's `http` capability (feature `http`).
 #[cfg(feature = "http")]
 pub mod http;
