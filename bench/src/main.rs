@@ -12,6 +12,7 @@ mod aws;
 mod azure;
 mod replay;
 mod sandbox;
+mod scale;
 mod stores;
 
 use anyhow::{Context, Result, bail};
@@ -349,15 +350,19 @@ fn main() -> Result<()> {
         .context("iterations")?
         .unwrap_or(30);
     let bin = binary();
-    // An optional second argument runs one section only: `stores`, `aws`, `azure`, `sandbox` or `replay`.
+    // An optional second argument runs one section only: `stores`, `aws`, `azure`, `sandbox`,
+    // `replay` or `scale` (10,000 instances; not part of the full run, it takes minutes).
     match std::env::args().nth(2).as_deref() {
         Some("stores") => return stores::run(&bin, iterations),
         Some("aws") => return aws::run(Path::new(REPO), &bin, iterations),
         Some("azure") => return azure::run(Path::new(REPO), &bin, iterations),
         Some("sandbox") => return sandbox::run(Path::new(REPO), &bin, iterations),
         Some("replay") => return replay::run(iterations),
+        Some("scale") => return scale::run(Path::new(REPO), &bin, iterations),
         Some(other) => {
-            bail!("unknown section '{other}'; expected `stores`, `aws`, `azure`, `sandbox` or `replay` (or none for everything)")
+            bail!(
+                "unknown section '{other}'; expected `stores`, `aws`, `azure`, `sandbox`, `replay` or `scale` (or none for all but `scale`)"
+            )
         }
         None => {}
     }

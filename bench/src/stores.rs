@@ -13,8 +13,9 @@ use serde_json::{Value, json};
 
 use super::{Sample, Tree, figures, row};
 
+/// The throwaway PostgreSQL server the tests use (also the scale section's).
 #[path = "../../tests/common/pg.rs"]
-mod pg;
+pub(crate) mod pg;
 
 const OPEN_REQUESTS: usize = 1000;
 const MACHINES_EACH: usize = 10;
