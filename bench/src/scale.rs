@@ -112,6 +112,9 @@ pub fn run(repo: &Path, bin: &Path, iterations: usize) -> Result<()> {
         let (_double, endpoint) = start_double(repo)?;
         let dir = tempfile::tempdir()?;
         conf(dir.path(), &endpoint, storage, machines)?;
+        if std::env::var_os("HFWASM_BENCH_KEEP").is_some() {
+            eprintln!("scale ({store}): keeping {}", dir.path().display());
+        }
         let mut tree = CloudTree {
             repo,
             bin,
@@ -183,6 +186,10 @@ pub fn run(repo: &Path, bin: &Path, iterations: usize) -> Result<()> {
         let rid: Value = serde_json::from_str(&ret.0.stdout)?;
         let status = tree.call("getRequestStatus", &json!({"requests": [{"requestId": rid["requestId"]}]}))?;
         report("getRequestStatus (that return)", std::slice::from_ref(&status));
+        if std::env::var_os("HFWASM_BENCH_KEEP").is_some() {
+            let _ = dir.keep();
+            std::mem::forget(_double);
+        }
     }
     println!(
         "targets (issue #19): getRequestStatus over 1,000 open requests <= 10 describes and <= 1 s host time; \

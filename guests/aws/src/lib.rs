@@ -157,6 +157,11 @@ fn units(t: &AwsTemplate, instances: &[ec2::Instance]) -> u32 {
     instances.iter().filter(|i| is_live(i)).map(|i| t.weight(&i.instance_type)).sum()
 }
 
+/// `instances` by id: lookups for thousands of HostFactory's hosts stay linear overall.
+fn by_id(instances: &[ec2::Instance]) -> BTreeMap<&str, &ec2::Instance> {
+    instances.iter().map(|i| (i.instance_id.as_str(), i)).collect()
+}
+
 /// The template an instance was launched for (its tag).
 fn template_of(i: &ec2::Instance) -> Option<&str> {
     i.tags.iter().find(|t| t.key == TAG_TEMPLATE).map(|t| t.value.as_str())
@@ -228,15 +233,16 @@ fn resolve(refs: &[MachineRef]) -> Result<Vec<(MachineRef, Option<String>)>, Pro
     } else {
         Vec::new()
     };
+    let by_name: BTreeMap<&str, &str> = owned
+        .iter()
+        .filter_map(|i| Some((i.private_dns_name.as_deref()?, i.instance_id.as_str())))
+        .collect();
     Ok(refs
         .iter()
         .map(|r| {
             let id = match r.machine_id.as_deref() {
                 Some(m) if m.starts_with("i-") => Some(m.to_string()),
-                _ => owned
-                    .iter()
-                    .find(|i| i.private_dns_name.as_deref() == Some(r.name.as_str()))
-                    .map(|i| i.instance_id.clone()),
+                _ => by_name.get(r.name.as_str()).map(|id| id.to_string()),
             };
             (r.clone(), id)
         })
@@ -486,24 +492,23 @@ impl Guest for Aws {
                 held.ended(id)?;
             }
         }
+        let alive_by_id = by_id(&alive);
         Ok(resolved
             .iter()
-            .map(
-                |(r, id)| match id.as_ref().and_then(|id| alive.iter().find(|i| &i.instance_id == id)) {
-                    Some(i) => {
-                        let mut m = machine(i);
-                        m.name = r.name.clone();
-                        m.state = if i.state == "terminated" {
-                            MachineState::Terminated
-                        } else {
-                            MachineState::Stopping
-                        };
-                        m.message = None;
-                        m
-                    }
-                    None => gone(r, ctx.now, "not found in EC2 (already gone)"),
-                },
-            )
+            .map(|(r, id)| match id.as_deref().and_then(|id| alive_by_id.get(id)) {
+                Some(i) => {
+                    let mut m = machine(i);
+                    m.name = r.name.clone();
+                    m.state = if i.state == "terminated" {
+                        MachineState::Terminated
+                    } else {
+                        MachineState::Stopping
+                    };
+                    m.message = None;
+                    m
+                }
+                None => gone(r, ctx.now, "not found in EC2 (already gone)"),
+            })
             .collect())
     }
 
@@ -522,10 +527,11 @@ impl Guest for Aws {
         for m in &known {
             held.ended(&m.machine_id)?;
         }
+        let found = by_id(&found);
         Ok(known
             .into_iter()
             .map(|mut m| {
-                m.state = match found.iter().find(|i| i.instance_id == m.machine_id) {
+                m.state = match found.get(m.machine_id.as_str()) {
                     Some(i) if i.state != "terminated" => MachineState::Stopping,
                     _ => MachineState::Terminated,
                 };
@@ -564,15 +570,16 @@ impl Guest for Aws {
         // HostFactory's hosts, described on every poll: the ledger follows what they show.
         let templates = template::parse_all(&settings(&ctx)?)?;
         record(&mut held, &templates, None, &found)?;
-        for id in resolved.iter().filter_map(|(_, id)| id.as_ref()) {
-            if !found.iter().any(|i| &i.instance_id == id) {
+        let found_by_id = by_id(&found);
+        for id in resolved.iter().filter_map(|(_, id)| id.as_deref()) {
+            if !found_by_id.contains_key(id) {
                 held.ended(id)?;
             }
         }
         let mut out = Vec::new();
         let mut spot: Vec<(&MachineRef, &ec2::Instance)> = Vec::new();
         for (r, id) in &resolved {
-            match id.as_ref().and_then(|id| found.iter().find(|i| &i.instance_id == id)) {
+            match id.as_deref().and_then(|id| found_by_id.get(id).copied()) {
                 None => out.push(Reclaim {
                     name: r.name.clone(),
                     machine_id: r.machine_id.clone(),

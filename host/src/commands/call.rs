@@ -34,13 +34,22 @@ fn claim_stdout() {
 
 /// HostFactory's answer on stdout, exit 0: the only place a HostFactory answer is written.
 pub fn answer(v: &serde_json::Value) -> ExitCode {
-    match serde_json::to_string_pretty(v) {
-        Ok(s) => {
-            claim_stdout();
-            println!("{s}");
-            ExitCode::SUCCESS
+    use std::io::Write;
+    claim_stdout();
+    // Written as it is serialised (a Value cannot fail to serialise): no second copy of a
+    // 10,000-machine answer as one string.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let written = serde_json::to_writer_pretty(&mut out, v)
+        .map_err(std::io::Error::from)
+        .and_then(|()| writeln!(out))
+        .and_then(|()| out.flush());
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        // HostFactory went away (a closed pipe): nothing more can reach it.
+        Err(e) => {
+            tracing::error!(error = %e, "cannot write the answer to stdout");
+            ExitCode::from(1)
         }
-        Err(e) => fail(&HfError::new(ErrorCode::Internal, format!("cannot serialise the answer: {e}"))),
     }
 }
 

@@ -89,18 +89,22 @@ fn machine(m: &MachineReport) -> Value {
 
 /// getRequestStatus answer.
 pub fn request_status(reports: &[RequestReport]) -> Value {
+    // Built as maps, not with `json!`, which would copy each machine list once more (at
+    // 10,000 machines, ~7 MiB of peak memory).
     let list: Vec<Value> = reports
         .iter()
         .map(|r| {
-            serde_json::json!({
-                "requestId": r.request_id,
-                "status": status_str(r.status),
-                "message": r.message,
-                "machines": r.machines.iter().map(machine).collect::<Vec<_>>(),
-            })
+            let mut o = Map::new();
+            o.insert("requestId".into(), r.request_id.clone().into());
+            o.insert("status".into(), status_str(r.status).into());
+            o.insert("message".into(), r.message.clone().into());
+            o.insert("machines".into(), Value::Array(r.machines.iter().map(machine).collect()));
+            Value::Object(o)
         })
         .collect();
-    serde_json::json!({ "requests": list })
+    let mut doc = Map::new();
+    doc.insert("requests".into(), Value::Array(list));
+    Value::Object(doc)
 }
 
 /// getReturnRequests answer.

@@ -365,21 +365,17 @@ impl<'a> Service<'a> {
     /// getRequestStatus for each id, provision and return mixed. The provider is asked about
     /// every open provision request of the call in one batch (see [`Provider::requests_status`]).
     pub fn get_request_status(&mut self, ids: &[String]) -> Result<Vec<RequestReport>, ServiceError> {
-        let mut loaded: Vec<(String, Option<Stored>)> = Vec::with_capacity(ids.len());
         let mut seen = std::collections::HashSet::with_capacity(ids.len());
-        for id in ids {
-            if !seen.insert(id.as_str()) {
-                continue;
-            }
-            let entry = match self.store.request(id)? {
-                Some(rec) => {
-                    let known = self.store.machines(id)?;
-                    Some((rec, known))
-                }
-                None => None,
-            };
-            loaded.push((id.clone(), entry));
-        }
+        let unique: Vec<String> = ids.iter().filter(|id| seen.insert(id.as_str())).cloned().collect();
+        // Every request and its machines in one read (two round trips on PostgreSQL).
+        let mut found = self.store.requests_with_machines(&unique)?;
+        let loaded: Vec<(String, Option<Stored>)> = unique
+            .into_iter()
+            .map(|id| {
+                let entry = found.remove(&id);
+                (id, entry)
+            })
+            .collect();
         let queries: Vec<StatusQuery> = loaded
             .iter()
             .filter_map(|(_, e)| e.as_ref())
@@ -391,18 +387,26 @@ impl<'a> Service<'a> {
             .collect();
         let mut answers = self.ask_status(&queries);
         let mut reports: Vec<RequestReport> = Vec::with_capacity(loaded.len());
+        let mut writes = Vec::new();
         for (id, entry) in loaded {
             let report = match entry {
                 None => unknown_report(&id, &self.ctx.provider_instance),
                 Some((rec, known)) => {
                     let answer = answers.remove(&id);
-                    self.status_of(rec, known, answer)?
+                    self.status_of(rec, known, answer, &mut writes)?
                 }
             };
             reports.push(report);
         }
+        // The provision requests' new states, in one transaction, before HostFactory hears
+        // any of them (a kill before this loses only answers not given yet).
+        self.store.update_requests(&writes)?;
         // HostFactory may repeat an id; every occurrence gets the same answer (by index, so
-        // the call stays linear in the number of ids).
+        // the call stays linear in the number of ids). Without repeats, the reports are the
+        // answer as they are (no copy of 10,000 machines).
+        if reports.len() == ids.len() {
+            return Ok(reports);
+        }
         let at: std::collections::HashMap<&str, usize> = reports.iter().enumerate().map(|(i, r)| (r.request_id.as_str(), i)).collect();
         Ok(ids
             .iter()
@@ -431,19 +435,22 @@ impl<'a> Service<'a> {
     }
 
     /// One request's report. `answer` is the provider's batched answer for an open
-    /// provision request; without one, a never-submitted request is resumed here.
+    /// provision request; without one, a never-submitted request is resumed here. The
+    /// request's new state goes to `writes` (the caller stores them together) unless this
+    /// call resumed it or it is a return, which are stored at once.
     fn status_of(
         &mut self,
         mut rec: RequestRecord,
         known: Vec<Machine>,
         answer: Option<Result<ProvisionProgress, ProviderError>>,
+        writes: &mut Vec<(RequestRecord, Vec<Machine>)>,
     ) -> Result<RequestReport, ServiceError> {
         let first_poll = !rec.claimed;
         rec.claimed = true;
         if rec.status.is_final() {
             if first_poll {
                 // HostFactory knows this id after all: the sweep must leave it alone.
-                self.store.update_request(&rec, &[])?;
+                writes.push((rec.clone(), Vec::new()));
             }
             return Ok(report(&rec, known));
         }
@@ -510,6 +517,13 @@ impl<'a> Service<'a> {
             tracing::warn!(request_id = %rec.id, age, "return request still running past the pending timeout");
         }
         rec.updated_at = now;
+        if rec.kind == RequestKind::Provision && resume_claim.is_none() {
+            writes.push((rec.clone(), machines.clone()));
+            return Ok(report(&rec, machines));
+        }
+        // What was deferred goes first: a return settles its hosts' provision requests,
+        // which a deferred write written after it would undo.
+        self.store.update_requests(&std::mem::take(writes))?;
         self.store.update_request(&rec, &machines)?;
         if rec.kind == RequestKind::Return {
             self.settle_holders(&rec.id, &machines);

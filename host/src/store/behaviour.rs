@@ -54,6 +54,7 @@ pub fn run_all(fresh: &mut dyn FnMut() -> Opener) {
     requests_round_trip(&fresh());
     machines_keep_order_and_upsert(&fresh());
     unchanged_state_is_not_rewritten(&fresh());
+    batched_reads_and_writes(&fresh());
     stale_and_holders(&fresh());
     kv_semantics(&fresh());
     kv_insert_if_absent_has_one_winner_across_handles(&fresh());
@@ -127,6 +128,60 @@ pub fn unchanged_state_is_not_rewritten(o: &Opener) {
     r.outstanding = 1;
     s.update_request(&r, &[]).expect("changed");
     assert_eq!(s.request("req-1").expect("read").map(|r| r.updated_at), Some(99));
+}
+
+/// `requests_with_machines` and `update_requests` (a status call's one read and one write)
+/// mean what one `request`/`machines`/`update_request` each would: unknown ids absent and
+/// skipped, machines in first-recorded order, a machine listed twice written as last
+/// listed, unchanged requests not rewritten, a `None` message stored as none.
+pub fn batched_reads_and_writes(o: &Opener) {
+    let s = open(o);
+    let a = record("req-a", RequestKind::Provision, 10);
+    let b = record("req-b", RequestKind::Provision, 11);
+    s.insert_request(&a, &[machine("a1", "host-a1", MachineState::Pending)])
+        .expect("insert a");
+    s.insert_request(&b, &[]).expect("insert b");
+    let ids = ["req-a", "req-b", "nope"].map(String::from);
+    let got = s.requests_with_machines(&ids).expect("batched read");
+    assert_eq!(got.len(), 2, "an unknown id is absent");
+    assert_eq!(got["req-a"].0, a);
+    assert_eq!(got["req-a"].1, [machine("a1", "host-a1", MachineState::Pending)]);
+    assert!(got["req-b"].1.is_empty());
+
+    let mut a2 = a.clone();
+    a2.phase = Phase::Submitted;
+    a2.status = RequestStatus::Complete;
+    a2.message = Some("done".into());
+    a2.updated_at = 30;
+    let mut b2 = b.clone();
+    b2.updated_at = 31; // nothing else changed: not rewritten
+    let mut late = machine("a0", "host-a0", MachineState::Pending);
+    late.message = Some("first".into());
+    let mut again = late.clone();
+    again.state = MachineState::Running;
+    again.message = None;
+    s.update_requests(&[
+        (
+            a2.clone(),
+            vec![late, machine("a1", "host-a1", MachineState::Running), again.clone()],
+        ),
+        (b2, vec![]),
+        (
+            record("ghost", RequestKind::Provision, 1),
+            vec![machine("g", "host-g", MachineState::Running)],
+        ),
+    ])
+    .expect("batched write");
+    assert_eq!(s.request("req-a").expect("read"), Some(a2));
+    assert_eq!(s.request("req-b").expect("read").map(|r| r.updated_at), Some(11));
+    assert_eq!(s.request("ghost").expect("read"), None, "an unknown request is skipped");
+    assert_eq!(
+        s.machines("req-a").expect("machines"),
+        [machine("a1", "host-a1", MachineState::Running), again],
+        "first-recorded order kept; the twice-listed machine as last listed"
+    );
+    let again = open(o).requests_with_machines(&ids).expect("read again");
+    assert_eq!(again["req-a"].1.len(), 2, "another handle sees the write");
 }
 
 /// `stale_requests` finds old `accepted` records and old provision requests HostFactory

@@ -230,48 +230,112 @@ fn insert_request_row(tx: &mut postgres::Transaction<'_>, r: &StoredRequest) -> 
     )
 }
 
-/// Upserts `machines` of `request_id`, appending new ones after the existing rows; rows
-/// that did not change are not rewritten.
-fn write_machines(tx: &mut postgres::Transaction<'_>, request_id: &str, machines: &[StoredMachine]) -> Result<(), postgres::Error> {
-    if machines.is_empty() {
+/// Inserts or updates the machines of requests in two round trips, whatever their number:
+/// the next `seq` of each request, then one insert of them all from arrays (`UNNEST`). A
+/// machine keeps its first `seq`; one listed twice for a request is written as last listed.
+fn write_machines(tx: &mut postgres::Transaction<'_>, batch: &[(&str, &[StoredMachine])]) -> Result<(), postgres::Error> {
+    let ids: Vec<&str> = batch.iter().filter(|(_, m)| !m.is_empty()).map(|(id, _)| *id).collect();
+    if ids.is_empty() {
         return Ok(());
     }
-    let next: i64 = tx
-        .query_one(
-            "SELECT COALESCE(MAX(seq), -1) + 1 FROM machines WHERE request_id = $1",
-            &[&request_id],
+    let next: HashMap<String, i64> = tx
+        .query(
+            "SELECT request_id, MAX(seq) + 1 FROM machines WHERE request_id = ANY($1) GROUP BY request_id",
+            &[&ids],
         )?
-        .try_get(0)?;
-    let stmt = tx.prepare(
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<Result<_, postgres::Error>>()?;
+    let mut rows: Vec<(&str, i64, &StoredMachine)> = Vec::new();
+    for (id, machines) in batch {
+        let first = next.get(*id).copied().unwrap_or(0);
+        let mut at: HashMap<&str, usize> = HashMap::with_capacity(machines.len());
+        for (i, m) in machines.iter().enumerate() {
+            let seq = first + i64::try_from(i).unwrap_or(i64::MAX);
+            match at.get(m.machine_id.as_str()) {
+                Some(&k) => rows[k].2 = m,
+                None => {
+                    at.insert(&m.machine_id, rows.len());
+                    rows.push((id, seq, m));
+                }
+            }
+        }
+    }
+    let col = |f: fn(&(&str, i64, &StoredMachine)) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
+    let request_ids: Vec<&str> = rows.iter().map(|r| r.0).collect();
+    let seqs: Vec<i64> = rows.iter().map(|r| r.1).collect();
+    let launch: Vec<i64> = rows.iter().map(|r| to_i64(r.2.launch_time)).collect();
+    tx.execute(
         "INSERT INTO machines AS m (request_id, seq, machine_id, name, private_ip, public_ip, launch_time, state, message)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::text[], $9::text[])
          ON CONFLICT (request_id, machine_id) DO UPDATE SET
             name = EXCLUDED.name, private_ip = EXCLUDED.private_ip, public_ip = EXCLUDED.public_ip,
             launch_time = EXCLUDED.launch_time, state = EXCLUDED.state, message = EXCLUDED.message
          WHERE (m.name, m.private_ip, m.public_ip, m.launch_time, m.state, m.message)
             IS DISTINCT FROM (EXCLUDED.name, EXCLUDED.private_ip, EXCLUDED.public_ip, EXCLUDED.launch_time, EXCLUDED.state, EXCLUDED.message)",
+        &[
+            &request_ids,
+            &seqs,
+            &col(|r| Some(r.2.machine_id.clone())),
+            &col(|r| Some(r.2.name.clone())),
+            &col(|r| Some(r.2.private_ip.clone())),
+            &col(|r| r.2.public_ip.clone()),
+            &launch,
+            &col(|r| Some(r.2.state.clone())),
+            &col(|r| r.2.message.clone()),
+        ],
     )?;
-    for (i, m) in machines.iter().enumerate() {
-        let seq = next + i64::try_from(i).unwrap_or(i64::MAX);
-        tx.execute(
-            &stmt,
-            &[
-                &request_id,
-                &seq,
-                &m.machine_id,
-                &m.name,
-                &m.private_ip,
-                &m.public_ip,
-                &to_i64(m.launch_time),
-                &m.state,
-                &m.message,
-            ],
-        )?;
-    }
     Ok(())
 }
 
 impl PgStore {
+    /// Stores requests' new state and machines in one transaction of four round trips: the
+    /// rows locked (in id order, so two writers cannot deadlock), the changed request rows
+    /// updated from arrays, then their machines. A request since deleted is skipped.
+    fn update_all(&self, updates: &[(&RequestRecord, &[Machine])]) -> Result<(), StoreError> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let stored: Vec<StoredRequest> = updates.iter().map(|(r, m)| StoredRequest::from_record(r, m)).collect();
+        let ids: Vec<&str> = stored.iter().map(|s| s.id.as_str()).collect();
+        self.with(|c| {
+            let mut tx = c.transaction().map_err(|e| self.backend(e))?;
+            let existing: std::collections::HashSet<String> = tx
+                .query("SELECT id FROM requests WHERE id = ANY($1) ORDER BY id FOR UPDATE", &[&ids])
+                .and_then(|rows| rows.iter().map(|r| r.try_get(0)).collect())
+                .map_err(|e| self.backend(e))?;
+            let live: Vec<&StoredRequest> = stored.iter().filter(|s| existing.contains(&s.id)).collect();
+            if live.is_empty() {
+                return Ok(());
+            }
+            let text = |f: fn(&StoredRequest) -> Option<String>| live.iter().map(|s| f(s)).collect::<Vec<_>>();
+            let outstanding: Vec<i64> = live.iter().map(|s| i64::from(s.outstanding)).collect();
+            let updated: Vec<i64> = live.iter().map(|s| to_i64(s.updated_at)).collect();
+            let claimed: Vec<bool> = live.iter().map(|s| s.claimed).collect();
+            tx.execute(
+                "UPDATE requests AS r SET phase = u.phase, status = u.status, outstanding = u.outstanding,
+                        message = u.message, updated_at = u.updated_at, claimed = u.claimed
+                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[], $7::bool[])
+                      AS u(id, phase, status, outstanding, message, updated_at, claimed)
+                 WHERE r.id = u.id
+                   AND (r.phase, r.status, r.outstanding, r.message, r.claimed) IS DISTINCT FROM (u.phase, u.status, u.outstanding, u.message, u.claimed)",
+                &[
+                    &text(|s| Some(s.id.clone())),
+                    &text(|s| Some(s.phase.clone())),
+                    &text(|s| Some(s.status.clone())),
+                    &outstanding,
+                    &text(|s| s.message.clone()),
+                    &updated,
+                    &claimed,
+                ],
+            )
+            .map_err(|e| self.backend(e))?;
+            let batch: Vec<(&str, &[StoredMachine])> = live.iter().map(|s| (s.id.as_str(), s.machines.as_slice())).collect();
+            write_machines(&mut tx, &batch).map_err(|e| self.backend(e))?;
+            tx.commit().map_err(|e| self.backend(e))
+        })
+    }
+
     /// Connects (one connection, to fail early with a clear error) and migrates the schema.
     pub fn open(settings: &PgSettings) -> Result<Self, StoreError> {
         let store = Self {
@@ -465,7 +529,7 @@ impl StateStore for PgStore {
         self.with(|c| {
             let mut tx = c.transaction().map_err(|e| self.backend(e))?;
             insert_request_row(&mut tx, &stored).map_err(|e| self.backend(e))?;
-            write_machines(&mut tx, &stored.id, &stored.machines).map_err(|e| self.backend(e))?;
+            write_machines(&mut tx, &[(stored.id.as_str(), stored.machines.as_slice())]).map_err(|e| self.backend(e))?;
             tx.commit().map_err(|e| self.backend(e))
         })
     }
@@ -493,32 +557,44 @@ impl StateStore for PgStore {
     }
 
     fn update_request(&self, rec: &RequestRecord, machines: &[Machine]) -> Result<(), StoreError> {
-        let stored = StoredRequest::from_record(rec, machines);
-        self.with(|c| {
-            let mut tx = c.transaction().map_err(|e| self.backend(e))?;
-            let exists = tx
-                .query_opt("SELECT 1 FROM requests WHERE id = $1 FOR UPDATE", &[&stored.id])
+        self.update_all(&[(rec, machines)])
+    }
+
+    fn requests_with_machines(&self, ids: &[String]) -> Result<HashMap<String, (RequestRecord, Vec<Machine>)>, StoreError> {
+        let (requests, machines) = self.with(|c| {
+            let requests = c
+                .query(&format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id = ANY($1)"), &[&ids])
+                .and_then(|rows| rows.iter().map(read_request).collect::<Result<Vec<_>, _>>())
                 .map_err(|e| self.backend(e))?;
-            if exists.is_none() {
-                return Ok(());
+            let machines = c
+                .query(
+                    &format!("SELECT request_id, {MACHINE_COLUMNS} FROM machines WHERE request_id = ANY($1) ORDER BY request_id, seq"),
+                    &[&ids],
+                )
+                .and_then(|rows| {
+                    rows.iter()
+                        .map(|r| Ok((r.try_get::<_, String>(0)?, read_machine(r, 1)?)))
+                        .collect::<Result<Vec<_>, postgres::Error>>()
+                })
+                .map_err(|e| self.backend(e))?;
+            Ok((requests, machines))
+        })?;
+        let location = self.location();
+        let mut out: HashMap<String, (RequestRecord, Vec<Machine>)> = HashMap::with_capacity(requests.len());
+        for r in &requests {
+            out.insert(r.id.clone(), (r.to_record(&location)?, Vec::new()));
+        }
+        for (id, m) in machines {
+            if let Some((_, list)) = out.get_mut(&id) {
+                list.push(m.to_machine(&location)?);
             }
-            tx.execute(
-                "UPDATE requests SET phase = $2, status = $3, outstanding = $4, message = $5, updated_at = $6, claimed = $7
-                 WHERE id = $1 AND (phase, status, outstanding, message, claimed) IS DISTINCT FROM ($2, $3, $4, $5, $7)",
-                &[
-                    &stored.id,
-                    &stored.phase,
-                    &stored.status,
-                    &i64::from(stored.outstanding),
-                    &stored.message,
-                    &to_i64(stored.updated_at),
-                    &stored.claimed,
-                ],
-            )
-            .map_err(|e| self.backend(e))?;
-            write_machines(&mut tx, &stored.id, &stored.machines).map_err(|e| self.backend(e))?;
-            tx.commit().map_err(|e| self.backend(e))
-        })
+        }
+        Ok(out)
+    }
+
+    fn update_requests(&self, updates: &[(RequestRecord, Vec<Machine>)]) -> Result<(), StoreError> {
+        let refs: Vec<(&RequestRecord, &[Machine])> = updates.iter().map(|(r, m)| (r, m.as_slice())).collect();
+        self.update_all(&refs)
     }
 
     fn stale_requests(&self, before: u64) -> Result<Vec<RequestRecord>, StoreError> {
@@ -715,7 +791,7 @@ impl StateStore for PgStore {
             }
             for r in &doc.requests {
                 insert_request_row(&mut tx, r).map_err(|e| self.backend(e))?;
-                write_machines(&mut tx, &r.id, &r.machines).map_err(|e| self.backend(e))?;
+                write_machines(&mut tx, &[(r.id.as_str(), r.machines.as_slice())]).map_err(|e| self.backend(e))?;
             }
             for (ns, entries) in &doc.kv {
                 for (k, v) in entries {

@@ -97,6 +97,48 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// Stores requests' new state and machines in one transaction (a status call's writes
+    /// are one commit, not one each); a request since deleted is skipped.
+    fn update_all(&self, updates: &[(&RequestRecord, &[Machine])]) -> Result<(), StoreError> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.lock()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.backend(e))?;
+        for (rec, machines) in updates {
+            let changed = tx
+                .execute(
+                    "UPDATE requests SET phase = ?2, status = ?3, outstanding = ?4, message = ?5, updated_at = ?6, claimed = ?7
+                     WHERE id = ?1 AND (phase, status, outstanding, message, claimed) IS NOT (?2, ?3, ?4, ?5, ?7)",
+                    params![
+                        rec.id,
+                        rec.phase.as_str(),
+                        rec.status.as_str(),
+                        rec.outstanding,
+                        rec.message,
+                        to_i64(rec.updated_at),
+                        rec.claimed
+                    ],
+                )
+                .map_err(|e| self.backend(e))?;
+            if machines.is_empty() {
+                continue;
+            }
+            let exists = changed > 0
+                || tx
+                    .query_row("SELECT 1 FROM requests WHERE id = ?1", [&rec.id], |_| Ok(()))
+                    .optional()
+                    .map_err(|e| self.backend(e))?
+                    .is_some();
+            if exists {
+                self.write_machines(&tx, &rec.id, machines)?;
+            }
+        }
+        tx.commit().map_err(|e| self.backend(e))
+    }
+
     /// Opens (creating and migrating as needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         Self::open_with(path, Synchronous::default())
@@ -412,26 +454,12 @@ impl StateStore for SqliteStore {
     }
 
     fn update_request(&self, rec: &RequestRecord, machines: &[Machine]) -> Result<(), StoreError> {
-        let mut conn = self.lock()?;
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.backend(e))?;
-        tx.execute(
-            "UPDATE requests SET phase = ?2, status = ?3, outstanding = ?4, message = ?5, updated_at = ?6, claimed = ?7
-             WHERE id = ?1 AND (phase, status, outstanding, message, claimed) IS NOT (?2, ?3, ?4, ?5, ?7)",
-            params![
-                rec.id,
-                rec.phase.as_str(),
-                rec.status.as_str(),
-                rec.outstanding,
-                rec.message,
-                to_i64(rec.updated_at),
-                rec.claimed
-            ],
-        )
-        .map_err(|e| self.backend(e))?;
-        self.write_machines(&tx, &rec.id, machines)?;
-        tx.commit().map_err(|e| self.backend(e))
+        self.update_all(&[(rec, machines)])
+    }
+
+    fn update_requests(&self, updates: &[(RequestRecord, Vec<Machine>)]) -> Result<(), StoreError> {
+        let refs: Vec<(&RequestRecord, &[Machine])> = updates.iter().map(|(r, m)| (r, m.as_slice())).collect();
+        self.update_all(&refs)
     }
 
     fn stale_requests(&self, before: u64) -> Result<Vec<RequestRecord>, StoreError> {
