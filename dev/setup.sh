@@ -23,6 +23,11 @@ hfwasm_setup_moto() {
         python3 -m venv "$venv"
         "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==5.*"
     fi
+    # The Prometheus project's text-format parser, which tests/serve.rs reads /metrics with.
+    if ! "$venv/bin/python" -c "import prometheus_client.parser" 2>/dev/null; then
+        echo "setup: installing prometheus_client into $venv (parses hfwasm serve's /metrics in the tests)" >&2
+        "$venv/bin/pip" install --quiet --disable-pip-version-check "prometheus_client==0.*"
+    fi
     export HFWASM_MOTO_SERVER="$PWD/$venv/bin/moto_server"
 }
 

@@ -13,6 +13,7 @@ mod azure;
 mod replay;
 mod sandbox;
 mod scale;
+mod serve;
 mod stores;
 
 use anyhow::{Context, Result, bail};
@@ -286,6 +287,31 @@ struct Tree {
 }
 
 impl Tree {
+    /// Provider instance `bench` with `hosts` plain inventory hosts of template `pool`.
+    fn new_onprem(bin: &Path, hosts: usize) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let conf = dir.path().join("conf");
+        let work = dir.path().join("work");
+        std::fs::create_dir_all(&conf)?;
+        let mut inv = String::from("defaults ncpus=4 nram=8192\n");
+        for i in 0..hosts {
+            inv.push_str(&format!(
+                "pool-{i:05} 10.{}.{}.{} template=pool\n",
+                30 + i / 62500,
+                (i / 250) % 250,
+                i % 250 + 1
+            ));
+        }
+        std::fs::write(conf.join("inventory.txt"), inv)?;
+        Ok(Tree {
+            dir,
+            conf,
+            work,
+            bin: bin.to_path_buf(),
+            n: 0,
+        })
+    }
+
     fn script(&mut self, call: &str, input: &Value) -> Result<Command> {
         self.n += 1;
         let file = self.dir.path().join(format!("hf_in_{}", self.n));
@@ -359,9 +385,10 @@ fn main() -> Result<()> {
         Some("sandbox") => return sandbox::run(Path::new(REPO), &bin, iterations),
         Some("replay") => return replay::run(iterations),
         Some("scale") => return scale::run(Path::new(REPO), &bin, iterations),
+        Some("serve") => return serve::run(&bin, iterations),
         Some(other) => {
             bail!(
-                "unknown section '{other}'; expected `stores`, `aws`, `azure`, `sandbox`, `replay` or `scale` (or none for all but `scale`)"
+                "unknown section '{other}'; expected `stores`, `aws`, `azure`, `sandbox`, `replay`, `serve` or `scale` (or none for all but `scale`)"
             )
         }
         None => {}
@@ -513,5 +540,6 @@ fn main() -> Result<()> {
     azure::run(Path::new(REPO), &t.bin, iterations)?;
     stores::run(&t.bin, iterations)?;
     sandbox::run(Path::new(REPO), &t.bin, iterations)?;
+    serve::run(&t.bin, iterations)?;
     replay::run(iterations)
 }

@@ -20,30 +20,11 @@ pub(crate) mod pg;
 const OPEN_REQUESTS: usize = 1000;
 const MACHINES_EACH: usize = 10;
 
-/// Writes the inventory (`hosts` plain hosts of template `pool`) and `hfwasm.json`.
+/// [`Tree::new_onprem`] with `hfwasm.json` naming `storage`.
 fn tree(bin: &Path, storage: &Value, hosts: usize) -> Result<Tree> {
-    let dir = tempfile::tempdir()?;
-    let conf = dir.path().join("conf");
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&conf)?;
-    let mut inv = String::from("defaults ncpus=4 nram=8192\n");
-    for i in 0..hosts {
-        inv.push_str(&format!(
-            "pool-{i:05} 10.{}.{}.{} template=pool\n",
-            30 + i / 62500,
-            (i / 250) % 250,
-            i % 250 + 1
-        ));
-    }
-    std::fs::write(conf.join("inventory.txt"), inv)?;
-    std::fs::write(conf.join("hfwasm.json"), serde_json::to_string(&json!({"storage": storage}))?)?;
-    Ok(Tree {
-        dir,
-        conf,
-        work,
-        bin: bin.to_path_buf(),
-        n: 0,
-    })
+    let t = Tree::new_onprem(bin, hosts)?;
+    std::fs::write(t.conf.join("hfwasm.json"), serde_json::to_string(&json!({"storage": storage}))?)?;
+    Ok(t)
 }
 
 /// The store `storage` names for a tree, as hfwasm would open it.

@@ -19,6 +19,7 @@ pub mod hf;
 pub mod layering;
 pub mod limits;
 pub mod logging;
+pub mod metrics;
 pub mod ownership;
 pub mod plugin;
 pub mod policy;

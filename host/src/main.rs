@@ -28,6 +28,7 @@ Examples:
   hfwasm config check --confdir conf --workdir work
   hfwasm store check                            what the state store holds; integrity
   hfwasm machines --all                         every machine: provider, state, name, IP
+  hfwasm serve                                  the calls, health and /metrics over HTTP
   hfwasm requestMachines -f /tmp/hf_in_abc      what requestMachines.sh runs";
 
 /// IBM Spectrum Symphony HostFactory / LSF resource connector provider plugin whose
@@ -114,6 +115,19 @@ enum Command {
     /// Run the full HostFactory cycle through the real scripts in a temporary tree, on the
     /// embedded defaults, printing every input and answer as HostFactory sees them.
     Demo(commands::demo::DemoArgs),
+    /// Serve the five calls, machines, requests, health and Prometheus metrics over HTTP,
+    /// on the same store as the scripts (which keep working beside it).
+    ///
+    /// Routes: POST /v1/hostfactory/<call> (body: the JSON the script reads from -f; answer:
+    /// what it prints), GET /v1/machines[?all=true], GET /v1/requests, GET /health/live,
+    /// GET /health/ready (store answers, guests at hand), GET /metrics, GET /openapi.json.
+    /// Listens on 127.0.0.1:8000 unless told otherwise; any other address needs
+    /// --token-file, whose token every route but /health/* then requires. Stops on SIGTERM.
+    ///
+    /// Example: hfwasm serve --confdir conf --workdir work --logdir log
+    ///
+    /// Example: hfwasm serve --listen 0.0.0.0:8000 --token-file /etc/hfwasm/token
+    Serve(commands::serve::ServeArgs),
     /// Internal: runs an inventory host's power command and records its outcome in the
     /// store. Started detached by the power capability; not for interactive use.
     #[command(name = "power-run", hide = true)]
@@ -179,6 +193,7 @@ fn main() -> ExitCode {
         Command::Store(c) => commands::store::run(&cli.dirs, c),
         Command::Replay(a) => commands::replay::run(&cli.dirs, a),
         Command::PowerRun(a) => commands::power_run::run(&cli.dirs, a),
+        Command::Serve(a) => commands::serve::run(&cli.dirs, a),
         Command::Machines(a) => commands::machines::run(&cli.dirs, a),
         Command::Requests(a) => commands::requests::run(&cli.dirs, a),
         Command::Demo(a) => commands::demo::run(a),

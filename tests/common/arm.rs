@@ -124,3 +124,33 @@ impl Drop for Arm {
         let _ = self.child.wait();
     }
 }
+
+/// One of IBM's Azure sample files (`tests/data/ibm/azure`), as IBM ships it.
+pub fn ibm_file(rel: &str) -> String {
+    std::fs::read_to_string(super::repo().join("tests/data/ibm/azure").join(rel)).expect("IBM sample")
+}
+
+/// A tree with IBM's Azure files pointed at `fake`. IBM's samples name files this machine
+/// lacks (`/home/lsfadmin/credentials`, `/home/lsfadmin/lsf.pub`) and offer nothing
+/// (`maxNumber: 0`): exactly those three values are changed, `adjust` may change more.
+pub fn azure_tree(fake: &Arm, adjust: impl Fn(&mut Value)) -> super::HfTree {
+    let tree = super::HfTree::new("");
+    std::fs::remove_file(tree.conf.join("inventory.txt")).expect("no pool");
+    std::fs::write(tree.conf.join("credentials"), fake.credentials_file()).expect("credentials");
+    std::fs::write(
+        tree.conf.join("lsf.pub"),
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHfwasmTestKey lsfadmin@hf\n",
+    )
+    .expect("key");
+    let mut cfg: Value = serde_json::from_str(&ibm_file("azureprov_config.json")).expect("json");
+    cfg["AZURE_CREDENTIAL_FILE"] = json!("credentials");
+    std::fs::write(tree.conf.join("azureprov_config.json"), cfg.to_string()).expect("config");
+    let mut t: Value = serde_json::from_str(&ibm_file("azureprov_templates.json")).expect("json");
+    for tpl in t["templates"].as_array_mut().expect("templates") {
+        tpl["sshPubKeyFile"] = json!("lsf.pub");
+        tpl["maxNumber"] = json!(4);
+    }
+    adjust(&mut t);
+    std::fs::write(tree.conf.join("azureprov_templates.json"), t.to_string()).expect("templates");
+    tree
+}

@@ -101,12 +101,7 @@ pub fn run(call: Call, d: &DirArgs, input: &InputFile) -> ExitCode {
         let plugin = match Plugin::open(dirs.clone()) {
             Ok(p) => {
                 let p = p.exit_after_call();
-                let log = &p.config.log;
-                let file = log
-                    .file
-                    .clone()
-                    .or_else(|| dirs.log_dir.as_ref().map(|d| d.join(format!("hfwasm-{}.log", dirs.name))));
-                hfwasm::logging::init_file(&p.config.log_level, file.as_deref(), log.max_bytes, log.keep);
+                super::init_log(&p);
                 p
             }
             Err(e) => {

@@ -10,6 +10,7 @@ pub mod machines;
 pub mod power_run;
 pub mod replay;
 pub mod requests;
+pub mod serve;
 pub mod store;
 
 use std::path::PathBuf;
@@ -45,6 +46,17 @@ pub fn dirs(d: &DirArgs) -> Result<ProviderDirs, HfError> {
             log_dir: d.logdir.clone(),
         },
     )
+}
+
+/// Logs to the config's log file, else `<logdir>/hfwasm-<instance>.log`, at the config's
+/// level: where a HostFactory call and `serve` write.
+pub fn init_log(plugin: &Plugin) {
+    let (log, dirs) = (&plugin.config.log, &plugin.dirs);
+    let file = log
+        .file
+        .clone()
+        .or_else(|| dirs.log_dir.as_ref().map(|d| d.join(format!("hfwasm-{}.log", dirs.name))));
+    hfwasm::logging::init_file(&plugin.config.log_level, file.as_deref(), log.max_bytes, log.keep);
 }
 
 /// Runs `f` on the plugin of the instance (config and inventory) and prints its result.

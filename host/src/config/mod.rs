@@ -194,6 +194,9 @@ pub struct Config {
     /// How often the sweep looks for machines no record accounts for (`provider.orphan_scan_secs`,
     /// default 600; 0 = never).
     pub orphan_scan_secs: u64,
+    /// Seconds between `hfwasm serve`'s reconciler passes (the seed's
+    /// `provider.health_check_interval`; the scripts run nothing in the background).
+    pub reconcile_secs: Option<u64>,
     /// Inventory file for the on-prem guest.
     pub inventory_file: PathBuf,
     /// Where state lives (`storage`).

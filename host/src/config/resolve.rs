@@ -246,6 +246,7 @@ impl Config {
             pending_timeout_secs,
             abandon_after_secs,
             orphan_scan_secs: raw.provider.orphan_scan_secs.unwrap_or(600),
+            reconcile_secs: raw.provider.health_check_interval,
             inventory_file: conf_dir.join(raw.inventory.file.unwrap_or_else(|| PathBuf::from("inventory.txt"))),
             store: storage.spec,
             retention: storage.retention,

@@ -120,10 +120,10 @@ pub fn select<E>(
             format!("`{p}` is not implemented; use one of {}", SELECTION_POLICIES.join(", ")),
         ));
     }
-    if health_check_interval.is_some() {
+    if health_check_interval == Some(0) {
         return Err(err(
             "provider.health_check_interval",
-            "hfwasm probes no provider in the background (every HostFactory call is a new process); the circuit breaker's recovery_timeout decides when a failed provider is tried again. Remove this key".into(),
+            "0 seconds: give the seconds between `hfwasm serve`'s reconciler passes, or leave the key out (30)".into(),
         ));
     }
     let enabled: Vec<(usize, &RawSeedProvider)> = providers.iter().enumerate().filter(|(_, p)| p.enabled.unwrap_or(true)).collect();

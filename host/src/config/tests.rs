@@ -101,9 +101,9 @@ fn the_seed_provider_section() {
         "PRIORITY_FAILOVER",
     );
     bad(
-        r#"{"provider": {"health_check_interval": 30, "providers": [{"name": "a", "type": "onprem"}]}}"#,
+        r#"{"provider": {"health_check_interval": 0, "providers": [{"name": "a", "type": "onprem"}]}}"#,
         "provider.health_check_interval",
-        "recovery_timeout",
+        "reconciler",
     );
     bad(
         r#"{"provider": {"providers": [{"name": "g", "type": "gce"}]}}"#,

@@ -403,6 +403,15 @@ impl CallRunner {
                 let sb = store.data_mut().sandbox();
                 let (refused, overran) = (sb.limiter.refused.take(), sb.clock.overran.take());
                 let mut err = classify(&self.name, &self.limits, refused, overran, export, e);
+                if let ProviderError::Aborted { kind, .. } = &err {
+                    let kind = match kind {
+                        AbortKind::Trap => "trap",
+                        AbortKind::Timeout => "timeout",
+                        AbortKind::Memory => "memory",
+                        AbortKind::Load => "load",
+                    };
+                    crate::metrics::guest_failure(&self.name, kind);
+                }
                 if let (Some(path), ProviderError::Aborted { message, .. }) = (dump, &mut err) {
                     message.push_str(&format!(
                         " (core dump: {}; open it with wasmgdb or `wasm-tools print`)",

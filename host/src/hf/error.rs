@@ -47,6 +47,26 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// The HTTP status `hfwasm serve` answers with: the caller's input (4xx), the cloud or
+    /// store being unavailable (503, retry later), a timeout (504), the rest (5xx).
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::InputNotFound | ErrorCode::InvalidJson | ErrorCode::InvalidInput | ErrorCode::InvalidMachineCount => 400,
+            ErrorCode::TemplateNotFound => 404,
+            ErrorCode::InsufficientCapacity => 409,
+            ErrorCode::ProviderError | ErrorCode::GuestContract => 502,
+            ErrorCode::StoreError | ErrorCode::ProviderUnavailable => 503,
+            ErrorCode::GuestTimeout | ErrorCode::CallTimeout => 504,
+            ErrorCode::ConfigError
+            | ErrorCode::InventoryError
+            | ErrorCode::GuestTrap
+            | ErrorCode::GuestMemoryLimit
+            | ErrorCode::GuestLoadError
+            | ErrorCode::PolicyError
+            | ErrorCode::Internal => 500,
+        }
+    }
+
     /// The wire spelling.
     pub fn as_str(self) -> &'static str {
         match self {

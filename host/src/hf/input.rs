@@ -53,29 +53,50 @@ pub fn read_object(call: Call, path: &Path) -> Result<Map<String, Value>, HfErro
             return Err(HfError::new(ErrorCode::InputNotFound, format!("cannot read input file {file}: {e}")).with("file", file));
         }
     };
-    if text.trim().is_empty() {
+    parse(call, text.as_bytes(), &format!("input file {file}"), Some(&file))
+}
+
+/// The input of `call` from `bytes` (a request body of `hfwasm serve`, named `source` in
+/// errors), with the same rules as an input file: empty is `{}` for getAvailableTemplates
+/// only, and anything but a JSON object is refused.
+pub fn parse_object(call: Call, bytes: &[u8], source: &str) -> Result<Map<String, Value>, HfError> {
+    if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > crate::limits::MAX_INPUT_BYTES {
+        return Err(HfError::new(
+            ErrorCode::InvalidInput,
+            format!(
+                "{source}: more than {} bytes (limits::MAX_INPUT_BYTES)",
+                crate::limits::MAX_INPUT_BYTES
+            ),
+        ));
+    }
+    parse(call, bytes, source, None)
+}
+
+fn parse(call: Call, bytes: &[u8], source: &str, file: Option<&str>) -> Result<Map<String, Value>, HfError> {
+    let named = |e: HfError| match file {
+        Some(f) => e.with("file", f),
+        None => e,
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
         if call == Call::GetAvailableTemplates {
             return Ok(Map::new());
         }
-        return Err(HfError::new(
+        return Err(named(HfError::new(
             ErrorCode::InvalidJson,
-            format!("input file {file} is empty; {} needs a JSON object", call.name()),
-        )
-        .with("file", file));
+            format!("{source} is empty; {} needs a JSON object", call.name()),
+        )));
     }
-    match serde_json::from_str::<Value>(&text) {
+    match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(other) => Err(HfError::new(
+        Ok(other) => Err(named(HfError::new(
             ErrorCode::InvalidInput,
-            format!("input file {file} holds a JSON {}, expected an object", kind_of(&other)),
-        )
-        .with("file", file)),
-        Err(e) => Err(
-            HfError::new(ErrorCode::InvalidJson, format!("input file {file} is not valid JSON: {e}"))
-                .with("file", file)
+            format!("{source} holds a JSON {}, expected an object", kind_of(&other)),
+        ))),
+        Err(e) => Err(named(
+            HfError::new(ErrorCode::InvalidJson, format!("{source} is not valid JSON: {e}"))
                 .with("line", e.line())
                 .with("column", e.column()),
-        ),
+        )),
     }
 }
 

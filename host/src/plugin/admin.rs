@@ -449,6 +449,98 @@ impl Plugin {
             })
             .collect())
     }
+
+    /// One pass of `hfwasm serve`'s background reconciler, by the replica holding the
+    /// store's reconciler lease (`holder` names this replica; the lease lasts `ttl_secs`
+    /// unless renewed by the next pass): the sweep getReturnRequests runs (requests a
+    /// killed call abandoned, returns nobody polls, the orphan scan on its interval) without
+    /// waiting for HostFactory's next poll. `None` when another replica holds the lease;
+    /// else how many requests it repaired.
+    pub fn reconcile(&self, holder: &str, ttl_secs: u64) -> Result<Option<usize>, HfError> {
+        let store = self.open_store()?;
+        let lease = crate::service::lease::Lease::new(store.as_ref(), &self.dirs.name, holder, ttl_secs);
+        if !lease.acquire(crate::clock::now_secs())? {
+            return Ok(None);
+        }
+        let loader = self.provider_loader(store.clone());
+        let mut service = self.service(store.as_ref(), loader);
+        Ok(Some(service.sweep()?))
+    }
+
+    /// Gives up the reconciler lease if `holder` holds it (a replica stopping cleanly, so
+    /// another takes over at once instead of after the lease expires).
+    pub fn release_lease(&self, holder: &str) -> Result<(), HfError> {
+        let store = self.open_store()?;
+        Ok(crate::service::lease::Lease::new(store.as_ref(), &self.dirs.name, holder, 0).release()?)
+    }
+
+    /// What `hfwasm serve`'s `/health/ready` checks, one line each: the store answers (its
+    /// id is read, a query on a server store) and every provider guest's code is at hand.
+    /// The cloud is not called: a probe every few seconds must not cost cloud calls; the
+    /// circuit breakers' states (in `/metrics`) say how the providers have been answering.
+    pub fn ready(&self) -> Result<Vec<String>, HfError> {
+        let store = self.open_store()?;
+        let id = crate::store::store_id(store.as_ref())?;
+        let mut lines = vec![format!("store: {} (id {id})", self.config.store.describe())];
+        for g in std::iter::once(&self.config.provider).chain(self.config.members.iter().map(|m| &m.guest)) {
+            Self::bytes_of(g).map_err(|e| HfError::new(ErrorCode::GuestLoadError, format!("provider guest '{}': {e}", g.name)))?;
+            lines.push(format!("guest {}: code at hand", g.name));
+        }
+        Ok(lines)
+    }
+
+    /// Gauges of what the store holds, for `/metrics` beside the process's counters:
+    /// machines by provider and state, open requests by kind, and each provider's circuit.
+    pub fn state_metrics(&self) -> Result<String, HfError> {
+        use std::fmt::Write;
+        let label = crate::metrics::label;
+        let mut out = String::new();
+        let mut by: std::collections::BTreeMap<(String, String), u64> = std::collections::BTreeMap::new();
+        for m in self.machines(false)? {
+            *by.entry((m.provider, m.state)).or_default() += 1;
+        }
+        let _ = writeln!(out, "# HELP hfwasm_machines Live machines the store holds, by provider and state.");
+        let _ = writeln!(out, "# TYPE hfwasm_machines gauge");
+        for ((provider, state), n) in &by {
+            let _ = writeln!(
+                out,
+                "hfwasm_machines{{provider=\"{}\",state=\"{}\"}} {n}",
+                label(provider),
+                label(state)
+            );
+        }
+        let mut open: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+        for r in self.requests()?.into_iter().filter(|r| r.status == "running") {
+            *open.entry(r.kind).or_default() += 1;
+        }
+        let _ = writeln!(out, "# HELP hfwasm_open_requests Requests still running, by kind.");
+        let _ = writeln!(out, "# TYPE hfwasm_open_requests gauge");
+        for (kind, n) in &open {
+            let _ = writeln!(out, "hfwasm_open_requests{{kind=\"{}\"}} {n}", label(kind));
+        }
+        if let Some(policy) = self.config.breaker {
+            let store = self.open_store()?;
+            let now = crate::clock::now_secs();
+            let _ = writeln!(
+                out,
+                "# HELP hfwasm_circuit_state Each provider's circuit breaker: 1 for its current state."
+            );
+            let _ = writeln!(out, "# TYPE hfwasm_circuit_state gauge");
+            let names: Vec<&str> = if self.config.members.is_empty() {
+                vec![self.config.provider.name.as_str()]
+            } else {
+                self.config.members.iter().map(|m| m.member.name.as_str()).collect()
+            };
+            for name in names {
+                let circuit = crate::service::breaker::Breaker::new(store.as_ref(), &self.dirs.name, name, policy).circuit(now)?;
+                for state in ["closed", "half-open", "open"] {
+                    let v = u8::from(circuit.as_str() == state);
+                    let _ = writeln!(out, "hfwasm_circuit_state{{provider=\"{}\",state=\"{state}\"}} {v}", label(name));
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// What `hfwasm config check` found: its report lines (text), and the same as data for

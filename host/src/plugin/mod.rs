@@ -364,6 +364,31 @@ impl Plugin {
 
     /// Runs one HostFactory call on the input file and returns the JSON answer.
     pub fn run_call(&self, call: Call, input: &Path) -> Result<Value, HfError> {
+        let t0 = Instant::now();
+        let result = hf::input::read_object(call, input).and_then(|obj| self.run_object(call, obj));
+        Self::count(call, &result, t0);
+        result
+    }
+
+    /// Runs one HostFactory call on its input as a JSON object (`hfwasm serve` reads it from
+    /// a request body) and returns the JSON answer.
+    pub fn run_input(&self, call: Call, input: &[u8]) -> Result<Value, HfError> {
+        let t0 = Instant::now();
+        let result = hf::input::parse_object(call, input, "request body").and_then(|obj| self.run_object(call, obj));
+        Self::count(call, &result, t0);
+        result
+    }
+
+    /// Counts a call for `/metrics`: its outcome (`ok` or the error code) and wall time.
+    fn count(call: Call, result: &Result<Value, HfError>, t0: Instant) {
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(e) => e.code.as_str(),
+        };
+        crate::metrics::call(call.name(), outcome, t0.elapsed().as_secs_f64());
+    }
+
+    fn run_object(&self, call: Call, obj: serde_json::Map<String, Value>) -> Result<Value, HfError> {
         let span = tracing::info_span!("hf_call", call = call.name(), instance = %self.dirs.name);
         let _enter = span.enter();
         let t0 = Instant::now();
@@ -373,7 +398,6 @@ impl Plugin {
         for p in &self.config.problems {
             tracing::warn!(file = %p.file.display(), setting = p.setting.as_deref().unwrap_or(""), "left out: {}", p.message);
         }
-        let obj = hf::input::read_object(call, input)?;
         let store = self.open_store()?;
         let result = self.answer(call, &obj, &store);
         if let Some(keep) = self.config.recording {

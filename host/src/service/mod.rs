@@ -6,6 +6,7 @@
 pub mod breaker;
 pub mod claims;
 pub mod contract;
+pub mod lease;
 mod returns;
 pub mod routing;
 mod sweep;

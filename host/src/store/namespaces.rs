@@ -51,6 +51,12 @@ pub const TABLE: &[Namespace] = &[
         bound: "failures inside the breaker's window (failure_threshold of them)",
     },
     Namespace {
+        pattern: "hfwasm.lease/<instance>",
+        owner: "service::lease",
+        holds: "which `hfwasm serve` replica runs the background reconciler, until when",
+        bound: "one key",
+    },
+    Namespace {
         pattern: "hfwasm.power/<instance>",
         owner: "capabilities::power",
         holds: "each inventory host's last power-on/off outcome and its command claim",
@@ -99,6 +105,11 @@ pub fn breaker(instance: &str, provider: &str) -> String {
     format!("hfwasm.breaker/{instance}/{provider}")
 }
 
+/// The reconciler's leader lease of provider instance `instance`.
+pub fn lease(instance: &str) -> String {
+    format!("hfwasm.lease/{instance}")
+}
+
 /// Power outcomes and claims of provider instance `instance`.
 pub fn power(instance: &str) -> String {
     format!("hfwasm.power/{instance}")
@@ -136,6 +147,7 @@ mod tests {
             (sweep("i"), "hfwasm.sweep/<instance>"),
             (routes("i"), "hfwasm.route/<instance>"),
             (breaker("i", "p"), "hfwasm.breaker/<instance>/<provider>"),
+            (lease("i"), "hfwasm.lease/<instance>"),
             (power("i"), "hfwasm.power/<instance>"),
             (record("i"), "hfwasm.record/<instance>"),
             (shadow("i"), "hfwasm.shadow/<instance>"),

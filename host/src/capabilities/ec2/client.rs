@@ -270,6 +270,7 @@ impl Ec2Client {
             let result = rt.block_on(op(client.clone()));
             match result {
                 Ok(v) => {
+                    crate::metrics::cloud("ec2", action, "ok");
                     tracing::debug!(
                         service = "ec2",
                         action,
@@ -294,6 +295,7 @@ impl Ec2Client {
                         attempt += 1;
                         continue;
                     }
+                    crate::metrics::cloud("ec2", action, code.as_deref().unwrap_or("no answer"));
                     let err = match code {
                         Some(code) => {
                             let mut message = e.message().unwrap_or_default().to_string();

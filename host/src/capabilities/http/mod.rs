@@ -535,6 +535,11 @@ async fn exchange(
             attempt,
             "http request"
         );
+        crate::metrics::cloud(
+            "http",
+            &format!("{} {}", parts.method, parts.uri.host().unwrap_or_default()),
+            &status.map_or_else(|| "no answer".to_string(), |s| format!("{}xx", s.as_u16() / 100)),
+        );
         // A kept token the origin no longer takes (revoked, or the principal's role changed):
         // forgotten (unless a request beside this one has renewed it already), and the
         // request sent once more with the fresh one.
