@@ -28,6 +28,11 @@ hfwasm_setup_moto() {
         echo "setup: installing prometheus_client into $venv (parses hfwasm serve's /metrics in the tests)" >&2
         "$venv/bin/pip" install --quiet --disable-pip-version-check "prometheus_client==0.*"
     fi
+    # Kubernetes' own schemas, offline: tests/deploy.rs validates deploy/k8s with them.
+    if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+        echo "setup: installing kubernetes-validate into $venv (checks deploy/k8s in the tests)" >&2
+        "$venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==1.*"
+    fi
     export HFWASM_MOTO_SERVER="$PWD/$venv/bin/moto_server"
 }
 
