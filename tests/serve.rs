@@ -224,6 +224,19 @@ fn a_full_cycle_over_rest_and_the_scripts_on_one_store_with_health_and_metrics()
         log.contains("http served") && log.contains("/v1/hostfactory/requestMachines"),
         "{log}"
     );
+
+    // The site decommissions the script's host by deleting it from the inventory: the
+    // running server reads the inventory per request, as a script does, and wants it back.
+    let host = st["requests"][0]["machines"][0]["name"].as_str().expect("host").to_string();
+    let inventory = std::fs::read_to_string(tree.conf.join("inventory.txt")).expect("inventory");
+    let kept: String = inventory
+        .lines()
+        .filter(|l| !l.starts_with(&host))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(tree.conf.join("inventory.txt"), kept).expect("inventory");
+    let back = server.hf("getReturnRequests", json!({"machines": [{"name": host}]}));
+    assert_eq!(back["requests"][0]["machine"], host.as_str(), "{back}");
 }
 
 #[test]

@@ -56,7 +56,7 @@ fn reconciler(state: Arc<State>, every: u64, holder: String) {
     let spawned = std::thread::Builder::new().name("hfwasm-reconciler".into()).spawn(move || {
         loop {
             let was = LEADER.load(std::sync::atomic::Ordering::Relaxed);
-            match state.plugin.reconcile(&holder, ttl) {
+            match Plugin::open(state.dirs.clone()).and_then(|p| p.reconcile(&holder, ttl)) {
                 Ok(Some(n)) => {
                     if !was {
                         tracing::info!(holder, "reconciler: this replica holds the lease");
@@ -89,7 +89,10 @@ fn reconciler(state: Arc<State>, every: u64, holder: String) {
 
 /// What every request handler shares.
 struct State {
-    plugin: Plugin,
+    /// The provider instance's dirs: each request opens the plugin from them, reading the
+    /// config and the inventory as a script does, so an edit (a host decommissioned from
+    /// the inventory, a template added) counts from the next request without a restart.
+    dirs: hfwasm::hf::ProviderDirs,
     token: Option<String>,
 }
 
@@ -132,15 +135,19 @@ pub fn run(d: &DirArgs, args: &ServeArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return print_failure(format!("cannot start the runtime: {e}")),
     };
-    let state = Arc::new(State { plugin, token });
+    let every = args.reconcile_secs.or(plugin.config.reconcile_secs).unwrap_or(30);
+    let state = Arc::new(State {
+        dirs: plugin.dirs.clone(),
+        token,
+    });
+    drop(plugin);
     let holder = holder();
-    let every = args.reconcile_secs.or(state.plugin.config.reconcile_secs).unwrap_or(30);
     if every > 0 {
         reconciler(state.clone(), every, holder.clone());
     }
     let served = runtime.block_on(serve(args.listen, state.clone()));
     if every > 0
-        && let Err(e) = state.plugin.release_lease(&holder)
+        && let Err(e) = Plugin::open(state.dirs.clone()).and_then(|p| p.release_lease(&holder))
     {
         tracing::warn!(error = %e, "could not give up the reconciler lease; it expires by itself");
     }
@@ -221,12 +228,17 @@ fn authorized(state: &State, req: &Request<Incoming>) -> bool {
     given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
-/// Runs `f` on the plugin off the async threads (a call is a guest run and store I/O).
-async fn blocking<T: Send + 'static>(state: &Arc<State>, f: impl FnOnce(&Plugin) -> T + Send + 'static) -> Result<T, HfError> {
+/// Runs `f` on the plugin, opened for this request, off the async threads (a call is a
+/// guest run and store I/O).
+async fn blocking<T: Send + 'static>(
+    state: &Arc<State>,
+    f: impl FnOnce(&Plugin) -> Result<T, HfError> + Send + 'static,
+) -> Result<T, HfError> {
     let state = state.clone();
-    tokio::task::spawn_blocking(move || f(&state.plugin))
+    tokio::task::spawn_blocking(move || Plugin::open(state.dirs.clone()).and_then(|p| f(&p)))
         .await
         .map_err(|e| HfError::new(ErrorCode::Internal, format!("the call's worker ended: {e}")))
+        .and_then(|r| r)
 }
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
@@ -244,7 +256,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
     let t0 = std::time::Instant::now();
     let response = match (&method, path.as_str()) {
         (&Method::GET, "/health/live") => json(StatusCode::OK, &serde_json::json!({"status": "live"})),
-        (&Method::GET, "/health/ready") => match blocking(&state, Plugin::ready).await.and_then(|r| r) {
+        (&Method::GET, "/health/ready") => match blocking(&state, Plugin::ready).await {
             Ok(checks) => json(StatusCode::OK, &serde_json::json!({"status": "ready", "checks": checks})),
             Err(e) => json(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -252,7 +264,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
             ),
         },
         (&Method::GET, "/metrics") => {
-            let gauges = blocking(&state, Plugin::state_metrics).await.and_then(|r| r);
+            let gauges = blocking(&state, Plugin::state_metrics).await;
             let mut text = hfwasm::metrics::render();
             match gauges {
                 Ok(g) => {
@@ -281,12 +293,12 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
         (&Method::GET, "/openapi.json") => respond(StatusCode::OK, "application/json", OPENAPI),
         (&Method::GET, "/v1/machines") => {
             let all = query.split('&').any(|p| p == "all=true" || p == "all=1");
-            match blocking(&state, move |p| p.machines(all)).await.and_then(|r| r) {
+            match blocking(&state, move |p| p.machines(all)).await {
                 Ok(lines) => json(StatusCode::OK, &serde_json::to_value(lines).unwrap_or_default()),
                 Err(e) => error(&e),
             }
         }
-        (&Method::GET, "/v1/requests") => match blocking(&state, Plugin::requests).await.and_then(|r| r) {
+        (&Method::GET, "/v1/requests") => match blocking(&state, Plugin::requests).await {
             Ok(lines) => json(StatusCode::OK, &serde_json::to_value(lines).unwrap_or_default()),
             Err(e) => error(&e),
         },
@@ -317,7 +329,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
                     )),
                     Ok(body) => {
                         let body = body.to_bytes();
-                        match blocking(&state, move |p| p.run_input(call, &body)).await.and_then(|r| r) {
+                        match blocking(&state, move |p| p.run_input(call, &body)).await {
                             Ok(v) => json(StatusCode::OK, &v),
                             Err(e) => error(&e),
                         }
