@@ -28,8 +28,27 @@ fn moto_binary(repo: &Path) -> Option<std::path::PathBuf> {
 }
 
 /// Sum (in ms) of `elapsed_us=` of the EC2 calls logged since `from`.
-fn cloud_ms(log: &Path, from: u64) -> (f64, usize) {
+pub(crate) fn cloud_ms(log: &Path, from: u64) -> (f64, usize) {
     crate::logged_ms(log, from, |l| l.contains("cloud call") && l.contains("service=\"ec2\""))
+}
+
+/// IBM's files for provider instance `instance` in `conf_dir`: a credentials file, the
+/// config pointing at `endpoint`, and `templates`.
+pub(crate) fn ibm_conf(conf_dir: &Path, instance: &str, endpoint: &str, templates: Value) -> Result<()> {
+    std::fs::create_dir_all(conf_dir)?;
+    std::fs::write(
+        conf_dir.join("credentials"),
+        "[default]\naws_access_key_id=testing\naws_secret_access_key=testing\n",
+    )?;
+    std::fs::write(
+        conf_dir.join(format!("{instance}prov_config.json")),
+        json!({"AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint, "AWS_CREDENTIAL_FILE": "credentials"}).to_string(),
+    )?;
+    std::fs::write(
+        conf_dir.join(format!("{instance}prov_templates.json")),
+        json!({ "templates": templates }).to_string(),
+    )?;
+    Ok(())
 }
 
 /// Runs the AWS part of the bench; prints its rows.
@@ -83,19 +102,11 @@ pub fn run(repo: &Path, bin: &Path, iterations: usize) -> Result<()> {
     })?;
 
     let dir = tempfile::tempdir()?;
-    let conf_dir = dir.path().join("conf");
-    std::fs::create_dir_all(&conf_dir)?;
-    std::fs::write(
-        conf_dir.join("credentials"),
-        "[default]\naws_access_key_id=testing\naws_secret_access_key=testing\n",
-    )?;
-    std::fs::write(
-        conf_dir.join("awsbenchprov_config.json"),
-        json!({"AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint, "AWS_CREDENTIAL_FILE": "credentials"}).to_string(),
-    )?;
-    std::fs::write(
-        conf_dir.join("awsbenchprov_templates.json"),
-        json!({"templates": [{"templateId": "od", "maxNumber": 1000, "imageId": ami, "subnetId": subnet, "vmType": "t3.micro", "securityGroupIds": [sg]}]}).to_string(),
+    ibm_conf(
+        &dir.path().join("conf"),
+        "awsbench",
+        &endpoint,
+        json!([{"templateId": "od", "maxNumber": 1000, "imageId": ami, "subnetId": subnet, "vmType": "t3.micro", "securityGroupIds": [sg]}]),
     )?;
     let mut tree = crate::CloudTree {
         repo,

@@ -55,28 +55,15 @@ fn start_double(repo: &Path) -> Result<(Double, String)> {
     Ok((double, format!("http://127.0.0.1:{port}")))
 }
 
-/// Sum (in ms) of `elapsed_us=` of the EC2 calls logged since `from`.
-fn cloud_ms(log: &Path, from: u64) -> (f64, usize) {
-    crate::logged_ms(log, from, |l| l.contains("cloud call") && l.contains("service=\"ec2\""))
-}
-
-/// Writes IBM's files for provider instance `scale` and an `hfwasm.json` naming them with `storage`.
+/// IBM's files for provider instance `scale` and an `hfwasm.json` naming them with `storage`.
 fn conf(dir: &Path, endpoint: &str, storage: &Value, max: usize) -> Result<()> {
     let conf = dir.join("conf");
-    std::fs::create_dir_all(&conf)?;
-    std::fs::write(
-        conf.join("credentials"),
-        "[default]\naws_access_key_id=testing\naws_secret_access_key=testing\n",
-    )?;
-    std::fs::write(
-        conf.join("scaleprov_config.json"),
-        json!({"AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint, "AWS_CREDENTIAL_FILE": "credentials"}).to_string(),
-    )?;
-    std::fs::write(
-        conf.join("scaleprov_templates.json"),
-        json!({"templates": [{"templateId": "od", "maxNumber": max, "imageId": "ami-12345678", "subnetId": "subnet-12345678",
-                              "vmType": "t3.micro", "securityGroupIds": ["sg-12345678"]}]})
-        .to_string(),
+    crate::aws::ibm_conf(
+        &conf,
+        "scale",
+        endpoint,
+        json!([{"templateId": "od", "maxNumber": max, "imageId": "ami-12345678", "subnetId": "subnet-12345678",
+                "vmType": "t3.micro", "securityGroupIds": ["sg-12345678"]}]),
     )?;
     std::fs::write(
         conf.join("hfwasm.json"),
@@ -112,16 +99,13 @@ pub fn run(repo: &Path, bin: &Path, iterations: usize) -> Result<()> {
         let (_double, endpoint) = start_double(repo)?;
         let dir = tempfile::tempdir()?;
         conf(dir.path(), &endpoint, storage, machines)?;
-        if std::env::var_os("HFWASM_BENCH_KEEP").is_some() {
-            eprintln!("scale ({store}): keeping {}", dir.path().display());
-        }
         let mut tree = CloudTree {
             repo,
             bin,
             dir: dir.path(),
             name: "scale",
             env: vec![("HFWASM_LOG", "info,hfwasm=debug"), ("AWS_EC2_METADATA_DISABLED", "true")],
-            cloud: cloud_ms,
+            cloud: crate::aws::cloud_ms,
             n: 0,
         };
         println!("{store}:");
@@ -186,10 +170,6 @@ pub fn run(repo: &Path, bin: &Path, iterations: usize) -> Result<()> {
         let rid: Value = serde_json::from_str(&ret.0.stdout)?;
         let status = tree.call("getRequestStatus", &json!({"requests": [{"requestId": rid["requestId"]}]}))?;
         report("getRequestStatus (that return)", std::slice::from_ref(&status));
-        if std::env::var_os("HFWASM_BENCH_KEEP").is_some() {
-            let _ = dir.keep();
-            std::mem::forget(_double);
-        }
     }
     println!(
         "targets (issue #19): getRequestStatus over 1,000 open requests <= 10 describes and <= 1 s host time; \

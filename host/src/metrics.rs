@@ -73,6 +73,12 @@ pub fn guest_failure(guest: &str, kind: &str) {
     with(|c| *c.guest_failures.entry((guest.to_string(), kind.to_string())).or_default() += 1);
 }
 
+/// Starts metric family `name` of `kind` (`counter`, `gauge`, `histogram`) in `out`: its
+/// `# HELP` and `# TYPE` lines.
+pub fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
 /// A label value in the text format's escaping.
 pub fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
@@ -82,11 +88,12 @@ pub fn label(v: &str) -> String {
 pub fn render() -> String {
     let c = counters().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP hfwasm_calls_total HostFactory calls answered, by call and outcome (ok or the error code)."
+    family(
+        &mut out,
+        "hfwasm_calls_total",
+        "counter",
+        "HostFactory calls answered, by call and outcome (ok or the error code).",
     );
-    let _ = writeln!(out, "# TYPE hfwasm_calls_total counter");
     for ((call, outcome), n) in &c.calls {
         let _ = writeln!(
             out,
@@ -95,8 +102,12 @@ pub fn render() -> String {
             label(outcome)
         );
     }
-    let _ = writeln!(out, "# HELP hfwasm_call_duration_seconds Wall time of HostFactory calls, by call.");
-    let _ = writeln!(out, "# TYPE hfwasm_call_duration_seconds histogram");
+    family(
+        &mut out,
+        "hfwasm_call_duration_seconds",
+        "histogram",
+        "Wall time of HostFactory calls, by call.",
+    );
     for (call, h) in &c.latency {
         let call = label(call);
         let mut cumulative = 0;
@@ -115,11 +126,12 @@ pub fn render() -> String {
         let _ = writeln!(out, "hfwasm_call_duration_seconds_sum{{call=\"{call}\"}} {}", h.sum);
         let _ = writeln!(out, "hfwasm_call_duration_seconds_count{{call=\"{call}\"}} {}", h.count);
     }
-    let _ = writeln!(
-        out,
-        "# HELP hfwasm_cloud_calls_total Cloud API calls made for guests, by service, action and outcome."
+    family(
+        &mut out,
+        "hfwasm_cloud_calls_total",
+        "counter",
+        "Cloud API calls made for guests, by service, action and outcome.",
     );
-    let _ = writeln!(out, "# TYPE hfwasm_cloud_calls_total counter");
     for ((service, action, outcome), n) in &c.cloud {
         let _ = writeln!(
             out,
@@ -129,11 +141,12 @@ pub fn render() -> String {
             label(outcome)
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP hfwasm_guest_failures_total Guest calls that trapped or hit a limit, by guest and kind."
+    family(
+        &mut out,
+        "hfwasm_guest_failures_total",
+        "counter",
+        "Guest calls that trapped or hit a limit, by guest and kind.",
     );
-    let _ = writeln!(out, "# TYPE hfwasm_guest_failures_total counter");
     for ((guest, kind), n) in &c.guest_failures {
         let _ = writeln!(
             out,

@@ -111,11 +111,9 @@ pub fn run(d: &DirArgs, args: &ServeArgs) -> ExitCode {
     };
     super::init_log(&plugin);
     let token = match &args.token_file {
-        Some(f) => match std::fs::read_to_string(f) {
-            Ok(t) if !t.lines().next().unwrap_or_default().trim().is_empty() => {
-                Some(t.lines().next().unwrap_or_default().trim().to_string())
-            }
-            Ok(_) => return print_failure(format!("--token-file {}: the file is empty", f.display())),
+        Some(f) => match std::fs::read_to_string(f).map(|t| t.lines().next().unwrap_or_default().trim().to_string()) {
+            Ok(t) if !t.is_empty() => Some(t),
+            Ok(_) => return print_failure(format!("--token-file {}: the first line is empty", f.display())),
             Err(e) => return print_failure(format!("--token-file {}: {e}", f.display())),
         },
         None if !args.listen.ip().is_loopback() => {
@@ -266,28 +264,35 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
         (&Method::GET, "/metrics") => {
             let gauges = blocking(&state, Plugin::state_metrics).await;
             let mut text = hfwasm::metrics::render();
-            match gauges {
+            let store_up = match gauges {
                 Ok(g) => {
                     text.push_str(&g);
-                    text.push_str(
-                        "# HELP hfwasm_store_up Whether the store answered this scrape.\n# TYPE hfwasm_store_up gauge\nhfwasm_store_up 1\n",
-                    );
+                    1
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "metrics: the store did not answer");
-                    text.push_str(
-                        "# HELP hfwasm_store_up Whether the store answered this scrape.\n# TYPE hfwasm_store_up gauge\nhfwasm_store_up 0\n",
-                    );
+                    0
                 }
-            }
+            };
+            let family = hfwasm::metrics::family;
+            family(&mut text, "hfwasm_store_up", "gauge", "Whether the store answered this scrape.");
+            text.push_str(&format!("hfwasm_store_up {store_up}\n"));
+            family(
+                &mut text,
+                "hfwasm_reconciler_leader",
+                "gauge",
+                "Whether this replica held the reconciler lease at its last pass.",
+            );
             let leader = u8::from(LEADER.load(std::sync::atomic::Ordering::Relaxed));
+            text.push_str(&format!("hfwasm_reconciler_leader {leader}\n"));
+            family(
+                &mut text,
+                "hfwasm_reconciled_total",
+                "counter",
+                "Requests this replica's reconciler repaired.",
+            );
             let repaired = RECONCILED.load(std::sync::atomic::Ordering::Relaxed);
-            text.push_str(&format!(
-                "# HELP hfwasm_reconciler_leader Whether this replica held the reconciler lease at its last pass.\n\
-                 # TYPE hfwasm_reconciler_leader gauge\nhfwasm_reconciler_leader {leader}\n\
-                 # HELP hfwasm_reconciled_total Requests this replica's reconciler repaired.\n\
-                 # TYPE hfwasm_reconciled_total counter\nhfwasm_reconciled_total {repaired}\n"
-            ));
+            text.push_str(&format!("hfwasm_reconciled_total {repaired}\n"));
             respond(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", text)
         }
         (&Method::GET, "/openapi.json") => respond(StatusCode::OK, "application/json", OPENAPI),

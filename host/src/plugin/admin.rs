@@ -393,7 +393,11 @@ impl Plugin {
     /// live ones (not terminated or failed) unless `all`. Read from the store alone: no guest
     /// is loaded and no cloud is called.
     pub fn machines(&self, all: bool) -> Result<Vec<MachineLine>, HfError> {
-        let doc = self.open_store()?.export()?;
+        Ok(self.machine_lines(&self.open_store()?.export()?, all))
+    }
+
+    /// [`Plugin::machines`] of an exported store.
+    fn machine_lines(&self, doc: &crate::store::Document, all: bool) -> Vec<MachineLine> {
         let routes = doc.kv.get(&crate::store::namespaces::routes(&self.dirs.name));
         let makers = routes.map(crate::service::routing::machine_makers).unwrap_or_default();
         let single = self.config.provider.name.clone();
@@ -426,7 +430,7 @@ impl Plugin {
                 });
             }
         }
-        Ok(out)
+        out
     }
 
     /// Every request the store holds (provision and return, the host's own returns
@@ -495,12 +499,19 @@ impl Plugin {
         use std::fmt::Write;
         let label = crate::metrics::label;
         let mut out = String::new();
+        // One read of the store for every gauge (a scrape comes every few seconds).
+        let store = self.open_store()?;
+        let doc = store.export()?;
         let mut by: std::collections::BTreeMap<(String, String), u64> = std::collections::BTreeMap::new();
-        for m in self.machines(false)? {
+        for m in self.machine_lines(&doc, false) {
             *by.entry((m.provider, m.state)).or_default() += 1;
         }
-        let _ = writeln!(out, "# HELP hfwasm_machines Live machines the store holds, by provider and state.");
-        let _ = writeln!(out, "# TYPE hfwasm_machines gauge");
+        crate::metrics::family(
+            &mut out,
+            "hfwasm_machines",
+            "gauge",
+            "Live machines the store holds, by provider and state.",
+        );
         for ((provider, state), n) in &by {
             let _ = writeln!(
                 out,
@@ -509,23 +520,22 @@ impl Plugin {
                 label(state)
             );
         }
-        let mut open: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
-        for r in self.requests()?.into_iter().filter(|r| r.status == "running") {
-            *open.entry(r.kind).or_default() += 1;
+        let mut open: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+        for r in doc.requests.iter().filter(|r| r.status == "running") {
+            *open.entry(r.kind.as_str()).or_default() += 1;
         }
-        let _ = writeln!(out, "# HELP hfwasm_open_requests Requests still running, by kind.");
-        let _ = writeln!(out, "# TYPE hfwasm_open_requests gauge");
+        crate::metrics::family(&mut out, "hfwasm_open_requests", "gauge", "Requests still running, by kind.");
         for (kind, n) in &open {
             let _ = writeln!(out, "hfwasm_open_requests{{kind=\"{}\"}} {n}", label(kind));
         }
         if let Some(policy) = self.config.breaker {
-            let store = self.open_store()?;
             let now = crate::clock::now_secs();
-            let _ = writeln!(
-                out,
-                "# HELP hfwasm_circuit_state Each provider's circuit breaker: 1 for its current state."
+            crate::metrics::family(
+                &mut out,
+                "hfwasm_circuit_state",
+                "gauge",
+                "Each provider's circuit breaker: 1 for its current state.",
             );
-            let _ = writeln!(out, "# TYPE hfwasm_circuit_state gauge");
             let names: Vec<&str> = if self.config.members.is_empty() {
                 vec![self.config.provider.name.as_str()]
             } else {
