@@ -573,8 +573,8 @@ fn the_seed_yaml_variant_serves_the_cycle() {
     }
     // Seed 001's endpoint comes from the standard AWS_ENDPOINT_URL (it has no key for it).
     tree.set_env("AWS_ENDPOINT_URL", &moto.endpoint);
-    // Seed 001, scenario 3's shape in YAML (`config.yml`), templates in its snake_case form;
-    // its DynamoDB storage and monitoring are refused (below), so this copy leaves them out.
+    // Seed 001, scenario 3's shape in YAML (`config.yml`), templates in its snake_case form
+    // (the scenarios exactly as written, DynamoDB included: tests/seed_scenarios.rs).
     let yaml = format!(
         "# config/config.yml\nprovider:\n  type: aws\n  aws:\n    region: us-east-1\n    max_retries: 5\n    timeout: 60\n\nlogging:\n  level: INFO\n  max_size: 100MB\n  backup_count: 10\n\ntemplates:\n  - template_id: basic-template\n    max_number: 10\n    attributes:\n      vm_type: t3.micro\n      image_id: {ami}\n      subnet_id: {subnet}\n      security_group_ids: [{sg}]\n      instance_tags: \"team=hpc\"\n"
     );
@@ -594,14 +594,10 @@ fn the_seed_yaml_variant_serves_the_cycle() {
             .all(|(_, _, _, tags)| tags.iter().any(|(k, v)| k == "team" && v == "hpc"))
     );
 
-    // The seed's keys hfwasm has no use for are refused, named, with the reason.
+    // The seed's keys hfwasm has no use for are refused, named, with the reason (and
+    // monitoring without its endpoint says what it needs).
     for (extra, setting, words) in [
-        (
-            "storage:\n  type: dynamodb\n  dynamodb:\n    table_prefix: hf\n",
-            "storage.type",
-            "DynamoDB",
-        ),
-        ("monitoring:\n  enabled: true\n", "monitoring", "metrics"),
+        ("monitoring:\n  enabled: true\n", "monitoring.metrics_endpoint", "Pushgateway"),
         ("caching:\n  enabled: true\n", "caching", "nothing to tune"),
     ] {
         std::fs::write(tree.conf.join("config.yml"), format!("{yaml}{extra}")).expect("yaml");

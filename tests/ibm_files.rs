@@ -557,7 +557,7 @@ fn orb_config_and_templates_are_read_or_refused_by_name() {
     // As shipped: ORB's REST server section is refused by name, with the reason.
     let e = tree.err("getAvailableTemplates", &json!({}), "CONFIG_ERROR");
     assert_eq!(e["error"]["details"]["setting"], "server", "{e}");
-    assert!(e["error"]["message"].as_str().is_some_and(|m| m.contains("no server mode")), "{e}");
+    assert!(e["error"]["message"].as_str().is_some_and(|m| m.contains("hfwasm serve")), "{e}");
 
     // Without it, the example's SSM image path is next, named with the command to resolve it.
     let mut cfg: Value = serde_json::from_str(&orb("config.json")).expect("json");

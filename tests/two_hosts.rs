@@ -1,5 +1,6 @@
 //! Two hfwasm installations (separate conf and work dirs, as on two Symphony master
-//! candidates) sharing one PostgreSQL database and one EC2 account (moto): a request made
+//! candidates) sharing one PostgreSQL database (or one set of DynamoDB tables) and one EC2
+//! account (moto): a request made
 //! through one is answered and returned through the other; when one dies mid-request, the
 //! other settles what it left behind.
 
@@ -12,11 +13,11 @@ use serde_json::{Value, json};
 
 const TEMPLATE: &str = "OnDemand-Template-VM";
 
-fn host(moto: &Moto, pg: &Postgres, network: &(String, String, String)) -> HfTree {
+fn host(moto: &Moto, storage: &Value, network: &(String, String, String)) -> HfTree {
     let tree = aws_tree(moto, templates(&network.0, &network.1, &network.2));
     tree.config(&json!({
         "aws": {"config_file": "poolprov_config.json", "templates_file": "poolprov_templates.json"},
-        "storage": pg.storage_config("shared"),
+        "storage": storage,
     }));
     tree
 }
@@ -26,9 +27,28 @@ fn two_installations_share_one_postgres() {
     let pg = Postgres::start();
     pg.create_database("shared");
     let moto = Moto::start();
+    two_installations_share_one_store(&moto, &pg.storage_config("shared"));
+}
+
+/// The same over DynamoDB tables (the seed's storage), in moto's DynamoDB.
+#[test]
+fn two_installations_share_one_dynamodb() {
+    let moto = Moto::start();
+    let storage = json!({"type": "dynamodb", "dynamodb": {"table_prefix": "shared", "region": "us-east-1", "endpoint_url": moto.endpoint}});
+    two_installations_share_one_store(&moto, &storage);
+}
+
+fn two_installations_share_one_store(moto: &Moto, storage: &Value) {
     let network = moto.network();
-    let a = host(&moto, &pg, &network);
-    let b = host(&moto, &pg, &network);
+    let a = host(moto, storage, &network);
+    let b = host(moto, storage, &network);
+    if storage["type"] == "dynamodb" {
+        // The store's client takes the standard AWS chain: here the shared credentials file
+        // the EC2 side reads through IBM's AWS_CREDENTIAL_FILE.
+        for t in [&a, &b] {
+            t.set_env("AWS_SHARED_CREDENTIALS_FILE", t.conf.join("credentials").to_str().expect("utf8"));
+        }
+    }
     assert_ne!(a.work, b.work);
 
     // Requested through A, followed and finished through B.

@@ -6,7 +6,17 @@
 /// Every top-level module of `host/src`, by layer, bottom first.
 pub const LAYERS: &[&[&str]] = &[
     // Vocabulary and leaf helpers: import nothing from the crate.
-    &["domain", "limits", "builtin", "clock", "faults", "ownership", "logging", "metrics"],
+    &[
+        "domain",
+        "limits",
+        "awsconn",
+        "builtin",
+        "clock",
+        "faults",
+        "ownership",
+        "logging",
+        "metrics",
+    ],
     // State: the store and its backends.
     &["store"],
     // The wasmtime layer: engine, cache, bindings, sandbox.

@@ -7,6 +7,7 @@
 //! the site's decisions, `service` is the lifecycle core, `hf` the wire contract, `config`
 //! loads settings, and `plugin` wires them into one HostFactory call.
 
+pub mod awsconn;
 pub mod builtin;
 pub mod capabilities;
 pub mod clock;

@@ -80,6 +80,15 @@ pub const GUEST_LOG_BYTES: usize = 1 << 20;
 /// DescribeInstances over thousands of instances takes seconds on real AWS.
 pub const EC2_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Longest one call to a cloud state store (DynamoDB) may take, its retries included: a
+/// store endpoint that accepts the connection and never answers fails the call, named,
+/// instead of holding HostFactory's call.
+pub const STORE_CALL_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Longest one attempt of such a call; a throttled or timed-out attempt is retried (up to
+/// three attempts) within [`STORE_CALL_TIMEOUT`].
+pub const STORE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(8);
+
 /// The longest an admin's power command may run: `hfwasm power-run` kills it (and all it
 /// started) at this age and records it failed, so a hung command frees its host.
 pub const POWER_COMMAND_TIMEOUT: Duration = Duration::from_secs(3600);

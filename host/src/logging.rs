@@ -8,6 +8,11 @@ use std::sync::Mutex;
 
 use tracing_subscriber::EnvFilter;
 
+/// Libraries whose own INFO lines (the AWS SDK's credential-chain chatter, wasmtime's
+/// compiler) say nothing a site acts on: warnings and errors only, unless `HFWASM_LOG` asks.
+const QUIET: &str =
+    "wasmtime=warn,cranelift=warn,aws_config=warn,aws_smithy_runtime=warn,aws_smithy_http_client=warn,hyper=warn,rustls=warn";
+
 /// Rotate the log file once it is larger than this (`logging.max_size`).
 pub const DEFAULT_MAX_BYTES: u64 = 10 << 20;
 /// Rotated files kept, `.1` .. `.N` (`logging.backup_count`).
@@ -28,7 +33,7 @@ pub fn init(level: &str, log_dir: Option<&Path>, instance: &str) {
 /// `max_bytes` keeping `keep` old files; to stderr when there is no file or it cannot be
 /// opened.
 pub fn init_file(level: &str, file: Option<&Path>, max_bytes: u64, keep: u32) {
-    let filter = EnvFilter::try_from_env("HFWASM_LOG").unwrap_or_else(|_| EnvFilter::new(format!("{level},wasmtime=warn,cranelift=warn")));
+    let filter = EnvFilter::try_from_env("HFWASM_LOG").unwrap_or_else(|_| EnvFilter::new(format!("{level},{QUIET}")));
     let file = file.and_then(|path| {
         std::fs::create_dir_all(path.parent()?).ok()?;
         rotate(path, max_bytes, keep);

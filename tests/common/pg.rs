@@ -19,6 +19,64 @@ pub struct Postgres {
     /// Loopback port it listens on.
     pub port: u16,
     dir: tempfile::TempDir,
+    /// For a TLS-only server: the CA file its certificate (for `localhost`) chains to.
+    pub ca: Option<PathBuf>,
+}
+
+/// Runs openssl with `args` in `dir`; panics with its output when it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A throwaway CA and a server certificate for `localhost` (not for 127.0.0.1) signed by it:
+/// `ca.crt`, `server.crt`, `server.key` in `dir`.
+fn make_certs(dir: &Path) {
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    openssl(
+        dir,
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &["-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=hfwasm test CA"],
+        ]
+        .concat(),
+    );
+    openssl(
+        dir,
+        &[
+            &["req"][..],
+            &ec,
+            &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"],
+        ]
+        .concat(),
+    );
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n").expect("ext");
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
 }
 
 fn bindir() -> PathBuf {
@@ -70,11 +128,26 @@ fn command(program: &Path) -> Command {
 impl Postgres {
     /// Initialises and starts a server; waits until it accepts logins.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// A server that takes TCP connections over TLS only (its certificate names
+    /// `localhost`, signed by the CA in [`Postgres::ca`]); plain TCP logins are refused.
+    pub fn start_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Self {
         let bin = bindir();
         let dir = tempfile::Builder::new().prefix("hfwasm-pg-").tempdir().expect("tempdir");
         let data = dir.path().join("data");
         let pwfile = dir.path().join("pw");
         std::fs::write(&pwfile, PASSWORD).expect("pwfile");
+        if tls {
+            make_certs(dir.path());
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path().join("server.key"), std::fs::Permissions::from_mode(0o600)).expect("key mode");
+        }
         if is_root() {
             let ok = Command::new("chown")
                 .args(["-R", "65534:65534"])
@@ -101,6 +174,24 @@ impl Postgres {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
+        let mut tls_args: Vec<String> = Vec::new();
+        if tls {
+            // TCP over TLS only; the test's own admin client comes through the socket.
+            let hba = data.join("pg_hba.conf");
+            std::fs::write(
+                &hba,
+                "local all all scram-sha-256\nhostssl all all 127.0.0.1/32 scram-sha-256\nhostssl all all ::1/128 scram-sha-256\n",
+            )
+            .expect("pg_hba.conf");
+            if is_root() {
+                let _ = Command::new("chown").args(["65534:65534"]).arg(&hba).status();
+            }
+            for (k, f) in [("ssl_cert_file", "server.crt"), ("ssl_key_file", "server.key")] {
+                tls_args.push("-c".into());
+                tls_args.push(format!("{k}={}", dir.path().join(f).display()));
+            }
+            tls_args.extend(["-c".into(), "ssl=on".into()]);
+        }
         let log = std::fs::File::create(std::env::temp_dir().join(format!("hfwasm-pg-{port}.log"))).expect("pg log");
         let child = command(&bin.join("postgres"))
             .arg("-D")
@@ -108,12 +199,14 @@ impl Postgres {
             .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
             .arg(dir.path())
             .args(["-c", "fsync=off", "-c", "max_connections=300", "-c", "log_min_messages=warning"])
+            .args(&tls_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
             .expect("start postgres");
-        let pg = Self { child, port, dir };
+        let ca = tls.then(|| dir.path().join("ca.crt"));
+        let pg = Self { child, port, dir, ca };
         let t0 = Instant::now();
         loop {
             if TcpStream::connect(("127.0.0.1", port)).is_ok() && pg.client("postgres").is_ok() {
@@ -131,13 +224,13 @@ impl Postgres {
 
     /// A client logged in to database `db`.
     pub fn client(&self, db: &str) -> Result<postgres::Client, postgres::Error> {
-        postgres::Config::new()
-            .host("127.0.0.1")
-            .port(self.port)
-            .user(USER)
-            .password(PASSWORD)
-            .dbname(db)
-            .connect(postgres::NoTls)
+        let mut c = postgres::Config::new();
+        if self.ca.is_some() {
+            c.host_path(self.dir.path());
+        } else {
+            c.host("127.0.0.1");
+        }
+        c.port(self.port).user(USER).password(PASSWORD).dbname(db).connect(postgres::NoTls)
     }
 
     /// Creates an empty database `name` (dropping an old one of that name).
@@ -175,6 +268,8 @@ impl Postgres {
             pool_size: 2,
             connect_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(30),
+            ssl_mode: hfwasm::store::SslMode::Disable,
+            ssl_root_cert: None,
             sources: Default::default(),
         }
     }

@@ -67,10 +67,16 @@ fn overrides(t: &AwsTemplate, types: &[(String, u32)]) -> Vec<ec2::FleetOverride
     let mut out = Vec::new();
     for (ty, w) in types {
         let priority = t.vm_types_priority.iter().find(|(p, _)| p == ty).map(|(_, p)| *p);
-        for subnet in &t.subnet_ids {
+        // No subnet given: one override per type, in the default VPC's default subnet.
+        let subnets: Vec<Option<String>> = if t.subnet_ids.is_empty() {
+            vec![None]
+        } else {
+            t.subnet_ids.iter().cloned().map(Some).collect()
+        };
+        for subnet in subnets {
             out.push(ec2::FleetOverride {
                 instance_type: ty.clone(),
-                subnet_id: Some(subnet.clone()),
+                subnet_id: subnet,
                 weight: Some(f64::from(*w)),
                 priority,
                 max_price: None,

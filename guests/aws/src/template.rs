@@ -451,9 +451,6 @@ impl AwsTemplate {
         if t.image_id.is_empty() && t.launch_template_id.is_none() {
             return Err(bad(&id, "imageId", "is required (or give launchTemplateId)"));
         }
-        if t.subnet_ids.is_empty() {
-            return Err(bad(&id, "subnetId", "is required"));
-        }
         if t.vm_types.is_empty() {
             return Err(bad(&id, "vmType", "is required (or give vmTypes)"));
         }

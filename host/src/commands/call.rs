@@ -95,7 +95,8 @@ fn watchdog(call: Call, deadline: std::time::Duration) {
 
 /// Runs one HostFactory call and prints its answer (or its error envelope).
 pub fn run(call: Call, d: &DirArgs, input: &InputFile) -> ExitCode {
-    let run = || -> Result<serde_json::Value, HfError> {
+    let mut push = None;
+    let mut run = || -> Result<serde_json::Value, HfError> {
         let dirs = dirs(d)?;
         // Log to the instance's log dir (default level until config is read).
         let plugin = match Plugin::open(dirs.clone()) {
@@ -110,6 +111,7 @@ pub fn run(call: Call, d: &DirArgs, input: &InputFile) -> ExitCode {
             }
         };
         watchdog(call, plugin.call_deadline());
+        push = plugin.metrics_push();
         let file = match (&input.file, call) {
             (Some(f), _) => f.clone(),
             // No file at all reads as `{}` (an empty path opens nothing: NotFound).
@@ -123,8 +125,16 @@ pub fn run(call: Call, d: &DirArgs, input: &InputFile) -> ExitCode {
         };
         plugin.run_call(call, &file)
     };
-    match run() {
+    let code = match run() {
         Ok(v) => answer(&v),
         Err(e) => fail(&e),
+    };
+    // After the answer is out: HostFactory has it whatever the push does.
+    if let Some((url, instance)) = push {
+        match hfwasm::metrics::push::push(&url, &instance, call.name()) {
+            Ok(()) => tracing::debug!(endpoint = %url, "metrics pushed"),
+            Err(e) => tracing::warn!(endpoint = %url, "cannot push metrics (monitoring.metrics_endpoint): {e}"),
+        }
     }
+    code
 }

@@ -197,6 +197,9 @@ pub struct Config {
     /// Seconds between `hfwasm serve`'s reconciler passes (the seed's
     /// `provider.health_check_interval`; the scripts run nothing in the background).
     pub reconcile_secs: Option<u64>,
+    /// `monitoring.metrics_endpoint` when `monitoring.enabled`: the Prometheus Pushgateway
+    /// URL each script call pushes its metrics to.
+    pub metrics_push: Option<String>,
     /// Inventory file for the on-prem guest.
     pub inventory_file: PathBuf,
     /// Where state lives (`storage`).

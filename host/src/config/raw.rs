@@ -29,11 +29,16 @@ pub(super) struct RawConfig {
     /// when there is no config file).
     #[serde(rename = "azure")]
     pub(super) ibm_azure: Option<RawAws>,
+    /// Notes for the log of every call (what a config leaves to the site to add).
+    #[serde(skip)]
+    pub(super) notes: Vec<String>,
     /// The seed's `config.region` of an azure provider (over AZURE_REGION).
     #[serde(skip)]
     pub(super) azure_region: Option<String>,
-    /// Seed 001's `monitoring`: refused with the reason.
-    pub(super) monitoring: Option<serde_json::Value>,
+    /// Seed 001's `monitoring` (`enabled`, `metrics_endpoint`): each script call pushes its
+    /// metrics there.
+    #[serde(default)]
+    pub(super) monitoring: RawMonitoring,
     /// Seed 001's `caching`: refused with the reason.
     pub(super) caching: Option<serde_json::Value>,
     /// ORB's `scheduler` (`type`, `config_root`): checked against what hfwasm is.
@@ -151,6 +156,14 @@ pub(super) struct RawGuest {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawInventory {
     pub(super) file: Option<PathBuf>,
+}
+
+/// Seed 001's `monitoring`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMonitoring {
+    pub(super) enabled: Option<bool>,
+    pub(super) metrics_endpoint: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -232,6 +232,20 @@ impl Config {
                 format!("{keep} rotated files: at most {} are kept", crate::logging::MAX_KEEP),
             ));
         }
+        let metrics_push = match (raw.monitoring.enabled, raw.monitoring.metrics_endpoint) {
+            (Some(false), _) => None,
+            (Some(true), None) => {
+                return Err(err(
+                    "monitoring.metrics_endpoint",
+                    "is needed with `enabled: true`: the Prometheus Pushgateway URL each call pushes its metrics to (for scraping, `hfwasm serve` serves /metrics without any config)".into(),
+                ));
+            }
+            (None, None) => None,
+            (_, Some(url)) => {
+                crate::metrics::PushTarget::parse(&url).map_err(|e| err("monitoring.metrics_endpoint", format!("`{url}`: {e}")))?;
+                Some(url)
+            }
+        };
         let log = LogSpec {
             file: raw.logging.file_path.map(|f| work_dir.join(f)),
             max_bytes,
@@ -247,6 +261,7 @@ impl Config {
             abandon_after_secs,
             orphan_scan_secs: raw.provider.orphan_scan_secs.unwrap_or(600),
             reconcile_secs: raw.provider.health_check_interval,
+            metrics_push,
             inventory_file: conf_dir.join(raw.inventory.file.unwrap_or_else(|| PathBuf::from("inventory.txt"))),
             store: storage.spec,
             retention: storage.retention,
@@ -276,7 +291,7 @@ impl Config {
                 (None, None) => None,
             },
             members: Vec::new(),
-            notes: Vec::new(),
+            notes: raw.notes,
             placement,
             recording: None,
         })

@@ -1,6 +1,7 @@
 //! The `storage` section of `hfwasm.json`, in the seed's shape:
-//! `{"strategy": "sql" | "json", "json_strategy": {...}, "sql_strategy": {"type": "sqlite" |
-//! "postgresql", ...}, "retention_hours": N}`. Every key has an effect or a named refusal.
+//! `{"strategy": "sql" | "json" | "dynamodb", "json_strategy": {...}, "sql_strategy": {"type":
+//! "sqlite" | "postgresql", ...}, "dynamodb": {...}, "retention_hours": N}` (seed 001 and ORB
+//! write the strategy as `type`). Every key has an effect or a named refusal.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::store::{JsonLayout, PgSettings, StoreSpec, Synchronous};
+use crate::store::{DynamoSettings, JsonLayout, PgSettings, SslMode, StoreSpec, Synchronous};
 
 /// Default for `storage.retention_hours`: finished requests are kept a week.
 pub const DEFAULT_RETENTION_HOURS: u64 = 168;
@@ -17,11 +18,11 @@ pub const DEFAULT_RETENTION_HOURS: u64 = 168;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStorage {
-    /// Seed 001's `storage.type` (`dynamodb`): refused with the reason.
+    /// Seed 001's and ORB's spelling of `strategy`.
     #[serde(rename = "type")]
     kind: Option<String>,
-    /// Seed 001's `storage.dynamodb` settings: refused with `type`.
-    dynamodb: Option<serde_json::Value>,
+    /// Seed 001's `storage.dynamodb` settings.
+    dynamodb: Option<RawDynamo>,
     strategy: Option<String>,
     json_strategy: Option<RawJson>,
     sql_strategy: Option<RawSql>,
@@ -33,6 +34,17 @@ pub struct RawStorage {
 struct RawJson {
     storage_type: Option<String>,
     base_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDynamo {
+    table_prefix: Option<String>,
+    region: Option<String>,
+    backup_enabled: Option<bool>,
+    endpoint_url: Option<String>,
+    profile: Option<String>,
+    connect_timeout: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -53,6 +65,8 @@ struct RawSql {
     pool_size: Option<usize>,
     connect_timeout: Option<u64>,
     statement_timeout: Option<u64>,
+    sslmode: Option<String>,
+    sslrootcert: Option<PathBuf>,
     // the seed's, refused with a reason
     backup_enabled: Option<serde_json::Value>,
     replication: Option<serde_json::Value>,
@@ -80,25 +94,35 @@ pub fn build<E>(
     if retention_hours == 0 {
         return Err(err("storage.retention_hours", "must be at least 1 (hours)".into()));
     }
-    // ORB writes the strategy as `storage.type` (`json`, `sql`); seed 001 names DynamoDB there.
-    if let Some(k) = &raw.kind {
-        if !matches!(k.as_str(), "json" | "sql") {
-            return Err(err(
-                "storage.type",
-                format!(
-                    "`{k}`: hfwasm keeps its state in SQLite (the default), JSON files or PostgreSQL, chosen by `storage.type` or `storage.strategy` (`sql` with `sql_strategy.type` sqlite or postgresql, or `json`); DynamoDB is not supported"
-                ),
-            ));
-        }
-        if raw.strategy.as_deref().is_some_and(|s| s != k) {
-            return Err(err("storage.type", format!("`{k}` and `storage.strategy` disagree; keep one")));
-        }
+    // ORB and seed 001 write the strategy as `storage.type`.
+    if let Some(k) = &raw.kind
+        && raw.strategy.as_deref().is_some_and(|s| s != k)
+    {
+        return Err(err("storage.type", format!("`{k}` and `storage.strategy` disagree; keep one")));
     }
-    if raw.dynamodb.is_some() {
-        return Err(err("storage.dynamodb", "DynamoDB is not supported; see `storage.strategy`".into()));
-    }
+    let key = if raw.kind.is_some() { "storage.type" } else { "storage.strategy" };
     let strategy = raw.strategy.as_deref().or(raw.kind.as_deref()).unwrap_or("sql");
+    if strategy != "dynamodb" && raw.dynamodb.is_some() {
+        return Err(err(
+            "storage.dynamodb",
+            format!("is set but `{key}` is `{strategy}`; set `{key}: dynamodb` or remove `storage.dynamodb`"),
+        ));
+    }
     let spec = match strategy {
+        "dynamodb" => {
+            for (set, name) in [
+                (raw.json_strategy.is_some(), "json_strategy"),
+                (raw.sql_strategy.is_some(), "sql_strategy"),
+            ] {
+                if set {
+                    return Err(err(
+                        &format!("storage.{name}"),
+                        format!("is set but `{key}` is `dynamodb`; remove one of them"),
+                    ));
+                }
+            }
+            StoreSpec::Dynamodb(dynamo_settings(raw.dynamodb.unwrap_or_default(), &env, &err)?)
+        }
         "json" => {
             if raw.sql_strategy.is_some() {
                 return Err(err(
@@ -155,6 +179,8 @@ pub fn build<E>(
                         (s.pool_size.is_some(), "pool_size"),
                         (s.connect_timeout.is_some(), "connect_timeout"),
                         (s.statement_timeout.is_some(), "statement_timeout"),
+                        (s.sslmode.is_some(), "sslmode"),
+                        (s.sslrootcert.is_some(), "sslrootcert"),
                     ] {
                         if set {
                             return Err(err(
@@ -198,14 +224,59 @@ pub fn build<E>(
         }
         other => {
             return Err(err(
-                "storage.strategy",
-                format!("`{other}` is not a strategy; use `sql` (SQLite or PostgreSQL, see `sql_strategy.type`) or `json`"),
+                key,
+                format!("`{other}` is not a strategy; use `sql` (SQLite or PostgreSQL, see `sql_strategy.type`), `json` or `dynamodb`"),
             ));
         }
     };
     Ok(Storage {
         spec,
         retention: Duration::from_secs(retention_hours * 3600),
+    })
+}
+
+/// DynamoDB settings: the seed's `table_prefix` (default `hostfactory`, the seed's), `region`
+/// (else `AWS_REGION` / `AWS_DEFAULT_REGION`), `backup_enabled`, and hfwasm's `endpoint_url`,
+/// `profile` and `connect_timeout`.
+fn dynamo_settings<E>(d: RawDynamo, env: &impl Fn(&str) -> Option<String>, err: &impl Fn(&str, String) -> E) -> Result<DynamoSettings, E> {
+    let table_prefix = d.table_prefix.unwrap_or_else(|| "hostfactory".into());
+    // DynamoDB table names: 3-255 of [A-Za-z0-9_.-]; the longest suffix is `-requests`.
+    if table_prefix.is_empty()
+        || table_prefix.len() > 255 - "-requests".len()
+        || !table_prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        return Err(err(
+            "storage.dynamodb.table_prefix",
+            format!("`{table_prefix}`: use 1-246 letters, digits, `_`, `.` or `-` (it starts DynamoDB table names)"),
+        ));
+    }
+    let region = d
+        .region
+        .or_else(|| env("AWS_REGION").filter(|r| !r.is_empty()))
+        .or_else(|| env("AWS_DEFAULT_REGION").filter(|r| !r.is_empty()))
+        .ok_or_else(|| err("storage.dynamodb.region", "no region: set `region` (or AWS_REGION)".into()))?;
+    if let Some(url) = &d.endpoint_url
+        && !(url.starts_with("https://") || url.starts_with("http://"))
+    {
+        return Err(err(
+            "storage.dynamodb.endpoint_url",
+            format!("`{url}` is not an http:// or https:// URL"),
+        ));
+    }
+    let connect_timeout = match d.connect_timeout {
+        Some(0) => return Err(err("storage.dynamodb.connect_timeout", "must be at least 1 (seconds)".into())),
+        Some(n) => Duration::from_secs(n),
+        None => Duration::from_secs(10),
+    };
+    Ok(DynamoSettings {
+        table_prefix,
+        region,
+        endpoint_url: d.endpoint_url,
+        profile: d.profile,
+        backup: d.backup_enabled.unwrap_or(false),
+        connect_timeout,
     })
 }
 
@@ -236,6 +307,7 @@ fn postgres_settings<E>(
     let user = pick("user", s.user, "PGUSER", os_user)
         .ok_or_else(|| err("storage.sql_strategy.user", "no database user: set `user` (or PGUSER)".into()))?;
     let dbname = pick("name", s.name, "PGDATABASE", Some(user.clone())).unwrap_or_default();
+    let mode_text = pick("sslmode", s.sslmode, "PGSSLMODE", Some("disable".into())).unwrap_or_default();
     let password = match (s.password, &s.password_file) {
         (Some(_), Some(_)) => {
             return Err(err(
@@ -284,13 +356,41 @@ fn postgres_settings<E>(
             ));
         }
     };
-    if let Some(mode) = env("PGSSLMODE").filter(|m| !matches!(m.as_str(), "disable" | "allow" | "prefer")) {
-        return Err(err(
-            "PGSSLMODE",
-            format!(
-                "`{mode}`: TLS to PostgreSQL is not in this build yet; use a server on a trusted network or a local TLS tunnel, and unset PGSSLMODE"
-            ),
-        ));
+    let ssl_mode = SslMode::parse(&mode_text).ok_or_else(|| {
+        err(
+            sources.get("sslmode").map_or("storage.sql_strategy.sslmode", String::as_str),
+            format!("`{mode_text}` is not a mode; use disable, require, verify-ca or verify-full (prefer and allow connect without TLS)"),
+        )
+    })?;
+    let ssl_root_cert = match s.sslrootcert {
+        Some(f) => {
+            sources.insert("sslrootcert", "storage.sql_strategy.sslrootcert".into());
+            Some(conf_dir.join(f))
+        }
+        None => env("PGSSLROOTCERT").filter(|v| !v.is_empty()).map(|v| {
+            sources.insert("sslrootcert", "PGSSLROOTCERT".into());
+            PathBuf::from(v)
+        }),
+    };
+    if let Some(f) = &ssl_root_cert {
+        if ssl_mode == SslMode::Disable {
+            return Err(err(
+                sources
+                    .get("sslrootcert")
+                    .map_or("storage.sql_strategy.sslrootcert", String::as_str),
+                format!(
+                    "is set but sslmode is `{mode_text}`: without TLS the CA file is never used; set sslmode verify-full (or verify-ca, require)"
+                ),
+            ));
+        }
+        if !f.is_file() {
+            return Err(err(
+                sources
+                    .get("sslrootcert")
+                    .map_or("storage.sql_strategy.sslrootcert", String::as_str),
+                format!("{} is not a file", f.display()),
+            ));
+        }
     }
     Ok(PgSettings {
         host,
@@ -301,6 +401,8 @@ fn postgres_settings<E>(
         pool_size,
         connect_timeout: Duration::from_secs(connect_timeout),
         statement_timeout,
+        ssl_mode,
+        ssl_root_cert,
         sources,
     })
 }
@@ -318,6 +420,107 @@ mod tests {
             |k| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()),
             |s, m| (s.to_string(), m),
         )
+    }
+
+    #[test]
+    fn the_seeds_dynamodb_keys_are_read() {
+        let s = parse(
+            r#"{"type": "dynamodb", "dynamodb": {"table_prefix": "hostfactory-prod", "region": "us-east-1", "backup_enabled": true}}"#,
+            &[],
+        )
+        .expect("seed 001, scenario 3");
+        let StoreSpec::Dynamodb(d) = s.spec else {
+            panic!("not dynamodb: {:?}", s.spec)
+        };
+        assert_eq!(
+            (d.table_prefix.as_str(), d.region.as_str(), d.backup),
+            ("hostfactory-prod", "us-east-1", true)
+        );
+        assert_eq!(d.endpoint_url, None);
+        // The region may come from the environment, the prefix defaults to the seed's.
+        let s = parse(r#"{"strategy": "dynamodb"}"#, &[("AWS_REGION", "eu-west-1")]).expect("defaults");
+        let StoreSpec::Dynamodb(d) = s.spec else { panic!("not dynamodb") };
+        assert_eq!(
+            (d.table_prefix.as_str(), d.region.as_str(), d.backup),
+            ("hostfactory", "eu-west-1", false)
+        );
+        for (json, setting) in [
+            (r#"{"type": "dynamodb"}"#, "storage.dynamodb.region"),
+            (
+                r#"{"type": "dynamodb", "dynamodb": {"region": "r", "endpoint_url": "dynamo.local"}}"#,
+                "storage.dynamodb.endpoint_url",
+            ),
+            (
+                r#"{"type": "dynamodb", "dynamodb": {"region": "r", "table_prefix": "a/b"}}"#,
+                "storage.dynamodb.table_prefix",
+            ),
+            (
+                r#"{"type": "dynamodb", "dynamodb": {"region": "r"}, "sql_strategy": {}}"#,
+                "storage.sql_strategy",
+            ),
+            (r#"{"type": "sql", "dynamodb": {"region": "r"}}"#, "storage.dynamodb"),
+            (r#"{"type": "dynamodb", "strategy": "sql"}"#, "storage.type"),
+        ] {
+            let (got, message) = parse(json, &[]).expect_err(json);
+            assert_eq!(got, setting, "{json}: {message}");
+        }
+    }
+
+    #[test]
+    fn postgres_tls_settings_follow_libpq() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "x").expect("ca");
+        let pg = |json: &str, env: &[(&str, &str)]| -> Result<PgSettings, (String, String)> {
+            let raw: RawStorage = serde_json::from_str(json).map_err(|e| ("parse".to_string(), e.to_string()))?;
+            let s = build(
+                raw,
+                Path::new("/w"),
+                dir.path(),
+                |k| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()),
+                |s, m| (s.to_string(), m),
+            )?;
+            match s.spec {
+                StoreSpec::Postgres(p) => Ok(p),
+                other => panic!("not postgres: {other:?}"),
+            }
+        };
+        let base = r#"{"strategy": "sql", "sql_strategy": {"type": "postgresql", "user": "u""#;
+        let p = pg(&format!("{base}}}}}"), &[]).expect("default");
+        assert_eq!((p.ssl_mode, p.ssl_root_cert), (SslMode::Disable, None));
+        let p = pg(&format!(r#"{base}, "sslmode": "verify-full", "sslrootcert": "ca.pem"}}}}"#), &[]).expect("keys");
+        assert_eq!((p.ssl_mode, p.ssl_root_cert.clone()), (SslMode::VerifyFull, Some(ca.clone())));
+        assert!(p.location().ends_with("?sslmode=verify-full"), "{}", p.location());
+        let p = pg(
+            &format!("{base}}}}}"),
+            &[("PGSSLMODE", "require"), ("PGSSLROOTCERT", ca.to_str().expect("utf8"))],
+        )
+        .expect("env");
+        assert_eq!(p.ssl_mode, SslMode::Require);
+        assert_eq!(p.source("sslrootcert"), "PGSSLROOTCERT");
+        for (json, env, setting) in [
+            (
+                format!(r#"{base}, "sslmode": "verify_full"}}}}"#),
+                vec![],
+                "storage.sql_strategy.sslmode",
+            ),
+            (format!("{base}}}}}"), vec![("PGSSLMODE", "on")], "PGSSLMODE"),
+            (
+                format!(r#"{base}, "sslmode": "require", "sslrootcert": "missing.pem"}}}}"#),
+                vec![],
+                "storage.sql_strategy.sslrootcert",
+            ),
+            (
+                format!(r#"{base}, "sslrootcert": "ca.pem"}}}}"#),
+                vec![],
+                "storage.sql_strategy.sslrootcert",
+            ),
+        ] {
+            let (got, message) = pg(&json, &env).expect_err(&json);
+            assert_eq!(got, setting, "{json}: {message}");
+        }
+        let (got, _) = parse(r#"{"sql_strategy": {"type": "sqlite", "sslmode": "require"}}"#, &[]).expect_err("sqlite");
+        assert_eq!(got, "storage.sql_strategy.sslmode");
     }
 
     #[test]

@@ -221,7 +221,16 @@ fn yaml_files_and_the_seed_single_provider_form() {
         "templates[0].colour",
         "unknown key",
     );
-    bad("storage:\n  type: dynamodb\n", "storage.type", "DynamoDB");
+    bad(
+        "storage:\n  type: dynamodb\n  dynamodb:\n    table_prefix: hf prod\n",
+        "storage.dynamodb.table_prefix",
+        "letters, digits",
+    );
+    bad(
+        "storage:\n  type: json\n  dynamodb:\n    table_prefix: hf\n",
+        "storage.dynamodb",
+        "is `json`",
+    );
     // Two config files: which one is meant is not guessed.
     std::fs::write(dir.path().join("hfwasm.json"), "{}").expect("write");
     std::fs::write(dir.path().join("config.yml"), "{}").expect("write");

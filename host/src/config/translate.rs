@@ -36,7 +36,7 @@ pub(super) fn orb_keys(raw: &RawConfig, conf_dir: &Path, err: &dyn Fn(&str, Stri
     if raw.server.is_some() {
         return Err(err(
             "server",
-            "ORB's REST server: hfwasm serves HostFactory through its scripts and has no server mode yet; remove `server`".into(),
+            "ORB's REST server settings: hfwasm's server is `hfwasm serve` (address, token file and reconcile interval are its flags, see `hfwasm serve --help`); remove `server`".into(),
         ));
     }
     if let Some(t) = &raw.provider.default_provider_type {
@@ -76,7 +76,7 @@ pub(super) fn orb_keys(raw: &RawConfig, conf_dir: &Path, err: &dyn Fn(&str, Stri
 }
 
 /// Seed 001's single-provider form (`provider.type` with `provider.aws`, YAML `templates`,
-/// and its `monitoring`, `caching`, `logging.console_enabled`), mapped onto the seed's
+/// and its `caching`, `logging.console_enabled`), mapped onto the seed's
 /// provider list with one entry named after the instance; what has no effect is refused.
 pub(super) fn seed_single(raw: &mut RawConfig, file: &Path, conf_dir: &Path, instance: &str) -> Result<(), ConfigError> {
     let err = |setting: &str, message: String| ConfigError {
@@ -84,13 +84,6 @@ pub(super) fn seed_single(raw: &mut RawConfig, file: &Path, conf_dir: &Path, ins
         setting: Some(setting.to_string()),
         message: format!("`{setting}`: {message}"),
     };
-    if raw.monitoring.is_some() {
-        return Err(err(
-            "monitoring",
-            "hfwasm serves no metrics endpoint (every HostFactory call is a short process); its log has each call's timing. Remove it"
-                .into(),
-        ));
-    }
     if raw.caching.is_some() {
         return Err(err(
             "caching",
@@ -159,6 +152,23 @@ pub(super) fn seed_single(raw: &mut RawConfig, file: &Path, conf_dir: &Path, ins
             templates,
             from: None,
         });
+    } else if kind == "aws"
+        && raw.aws.is_none()
+        && ibm_aws::find(conf_dir, instance).is_none()
+        && orb::find_templates(conf_dir, instance).is_none()
+        && let Some(region) = config.get("region").and_then(|r| r.as_str())
+    {
+        // The seed's scenarios 2 and 3 give no templates: nothing to offer until the site
+        // adds some, said in every call's log rather than refused.
+        raw.inline_aws = Some(InlineAws {
+            region: region.to_string(),
+            templates: serde_json::Value::Array(Vec::new()),
+            from: None,
+        });
+        raw.notes.push(format!(
+            "{} has no `templates` and the conf dir no IBM or ORB templates file: nothing is offered to HostFactory until templates are added",
+            file.display()
+        ));
     }
     let entry = serde_json::json!({"name": instance, "type": kind, "config": config});
     let provider: seed::RawSeedProvider = serde_json::from_value(entry).map_err(|e| err("provider.type", e.to_string()))?;

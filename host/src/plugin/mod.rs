@@ -84,6 +84,12 @@ impl Plugin {
         self
     }
 
+    /// Where this call's metrics go after the answer (`monitoring.metrics_endpoint`), with
+    /// the provider instance that groups them; None unless `monitoring.enabled`.
+    pub fn metrics_push(&self) -> Option<(String, String)> {
+        self.config.metrics_push.clone().map(|url| (url, self.dirs.name.clone()))
+    }
+
     /// How long one HostFactory call may take in all: the longest `call_timeout_ms` of the
     /// provider guests plus a quarter of it (5 to 20 s more: loading and compiling a guest
     /// comes first), so that a guest's own deadline, which starts when the guest is called,

@@ -5,8 +5,10 @@
 pub mod behaviour;
 pub mod check;
 pub mod document;
+pub mod dynamodb;
 pub mod json;
 pub mod namespaces;
+pub mod pg_tls;
 pub mod postgres;
 pub mod sqlite;
 
@@ -17,7 +19,9 @@ use crate::domain::lifecycle::RequestStatus;
 use crate::domain::model::Machine;
 
 pub use document::{Document, Summary};
+pub use dynamodb::{DynamoSettings, DynamoStore};
 pub use json::{JsonLayout, JsonStore};
+pub use pg_tls::SslMode;
 pub use postgres::{PgSettings, PgStore};
 pub use sqlite::{SqliteStore, Synchronous};
 
@@ -43,6 +47,8 @@ pub enum StoreSpec {
     },
     /// A PostgreSQL database (the seed's `sql_strategy` with `type: postgresql`).
     Postgres(PgSettings),
+    /// DynamoDB tables (the seed's `storage: {type: dynamodb}`).
+    Dynamodb(DynamoSettings),
 }
 
 impl StoreSpec {
@@ -52,6 +58,11 @@ impl StoreSpec {
             StoreSpec::Sqlite { path, synchronous } => format!("sqlite {} (synchronous {synchronous:?})", path.display()),
             StoreSpec::Json { dir, layout } => format!("json {} ({})", dir.display(), layout.as_str()),
             StoreSpec::Postgres(pg) => format!("postgresql {} (pool {})", pg.location(), pg.pool_size),
+            StoreSpec::Dynamodb(d) => format!(
+                "dynamodb {}{}",
+                d.location(),
+                if d.backup { " (point-in-time recovery)" } else { "" }
+            ),
         }
     }
 }
@@ -62,13 +73,14 @@ pub fn open(spec: &StoreSpec) -> Result<Box<dyn StateStore>, StoreError> {
         StoreSpec::Sqlite { path, synchronous } => Box::new(SqliteStore::open_with(path, *synchronous)?),
         StoreSpec::Json { dir, layout } => Box::new(JsonStore::open(dir, *layout)?),
         StoreSpec::Postgres(pg) => Box::new(PgStore::open(pg)?),
+        StoreSpec::Dynamodb(d) => Box::new(DynamoStore::open(d)?),
     })
 }
 
 /// Backend facts for `hfwasm store check`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct BackendReport {
-    /// `sqlite`, `json` or `postgresql`.
+    /// `sqlite`, `json`, `postgresql` or `dynamodb`.
     pub backend: &'static str,
     /// Where it lives (never with a password).
     pub location: String,

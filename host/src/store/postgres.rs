@@ -13,6 +13,7 @@ use postgres::error::SqlState;
 use postgres::{Client, NoTls, Row};
 
 use super::document::{StoredMachine, StoredRequest};
+use super::pg_tls::SslMode;
 use super::{BackendReport, Document, RequestRecord, SCHEMA_VERSION, StateStore, StoreError};
 use crate::domain::model::Machine;
 
@@ -36,8 +37,12 @@ pub struct PgSettings {
     /// The longest one statement may run (lock waits included) before the server cancels
     /// it: a hung or locked-up server fails the call with a named error, in bounded time.
     pub statement_timeout: Duration,
-    /// For each of `host`, `port`, `user`, `password`, `name`: the config key or `PG*`
-    /// variable it came from (named in connection errors).
+    /// `sslmode` (libpq's meanings; see [`super::pg_tls`]).
+    pub ssl_mode: SslMode,
+    /// `sslrootcert`: the CA file the server's certificate must chain to.
+    pub ssl_root_cert: Option<std::path::PathBuf>,
+    /// For each of `host`, `port`, `user`, `password`, `name`, `sslmode`, `sslrootcert`: the
+    /// config key or `PG*` variable it came from (named in connection errors).
     pub sources: std::collections::BTreeMap<&'static str, String>,
 }
 
@@ -47,17 +52,23 @@ impl std::fmt::Debug for PgSettings {
             .field("location", &self.location())
             .field("password", &self.password.as_ref().map(|_| "(set)"))
             .field("pool_size", &self.pool_size)
+            .field("ssl_mode", &self.ssl_mode)
             .finish()
     }
 }
 
 impl PgSettings {
-    /// `postgresql://user@host:port/dbname`, without the password.
+    /// `postgresql://user@host:port/dbname` (and the TLS mode when on), without the password.
     pub fn location(&self) -> String {
-        format!("postgresql://{}@{}:{}/{}", self.user, self.host, self.port, self.dbname)
+        let tls = match self.ssl_mode {
+            SslMode::Disable => String::new(),
+            m => format!("?sslmode={}", m.as_str()),
+        };
+        format!("postgresql://{}@{}:{}/{}{tls}", self.user, self.host, self.port, self.dbname)
     }
 
-    fn source(&self, field: &'static str) -> String {
+    /// The config key or `PG*` variable `field` came from (named in errors).
+    pub fn source(&self, field: &'static str) -> String {
         self.sources
             .get(field)
             .cloned()
@@ -80,6 +91,11 @@ impl PgSettings {
         if let Some(p) = &self.password {
             c.password(p);
         }
+        // With TLS asked for, a server that will not speak it is an error, never plain text.
+        c.ssl_mode(match self.ssl_mode {
+            SslMode::Disable => postgres::config::SslMode::Disable,
+            _ => postgres::config::SslMode::Require,
+        });
         c
     }
 }
@@ -137,6 +153,8 @@ const MACHINE_COLUMNS: &str = "machine_id, name, private_ip, public_ip, launch_t
 /// PostgreSQL-backed [`StateStore`].
 pub struct PgStore {
     settings: PgSettings,
+    /// The TLS connector when `sslmode` asks for TLS.
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     /// Idle connections and how many are open in all.
     pool: Mutex<(Vec<Client>, usize)>,
     freed: Condvar,
@@ -338,8 +356,19 @@ impl PgStore {
 
     /// Connects (one connection, to fail early with a clear error) and migrates the schema.
     pub fn open(settings: &PgSettings) -> Result<Self, StoreError> {
+        let tls =
+            super::pg_tls::connector(settings.ssl_mode, settings.ssl_root_cert.as_deref()).map_err(|message| StoreError::Connect {
+                location: settings.location(),
+                setting: settings.source(if settings.ssl_root_cert.is_some() {
+                    "sslrootcert"
+                } else {
+                    "sslmode"
+                }),
+                message,
+            })?;
         let store = Self {
             settings: settings.clone(),
+            tls,
             pool: Mutex::new((Vec::new(), 0)),
             freed: Condvar::new(),
         };
@@ -362,8 +391,30 @@ impl PgStore {
     fn connect_error(&self, e: &postgres::Error) -> StoreError {
         let s = &self.settings;
         let code = e.code();
+        let text = {
+            let mut m = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(inner) = src {
+                m.push_str(&format!(": {inner}"));
+                src = inner.source();
+            }
+            m
+        };
+        let tls_problem = text.contains("certificate") || text.contains("TLS") || text.contains("tls");
         let setting = if code == Some(&SqlState::INVALID_PASSWORD) {
             s.source("password")
+        } else if code == Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
+            && e.as_db_error().is_some_and(|d| d.message().contains("no encryption"))
+        {
+            // The server's pg_hba.conf takes TLS connections only.
+            s.source("sslmode")
+        } else if e.as_db_error().is_none() && (text.contains("NotValidForName") || text.contains("not valid for name")) {
+            // verify-full: the certificate does not name the host connected to.
+            s.source("host")
+        } else if e.as_db_error().is_none() && tls_problem && s.ssl_root_cert.is_some() {
+            s.source("sslrootcert")
+        } else if e.as_db_error().is_none() && tls_problem {
+            s.source("sslmode")
         } else if code == Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION) {
             s.source("user")
         } else if code == Some(&SqlState::INVALID_CATALOG_NAME) {
@@ -375,17 +426,19 @@ impl PgStore {
         };
         let mut message = match e.as_db_error() {
             Some(db) => db.message().to_string(),
-            None => {
-                let mut m = e.to_string();
-                let mut src = std::error::Error::source(e);
-                while let Some(inner) = src {
-                    m.push_str(&format!(": {inner}"));
-                    src = inner.source();
-                }
-                m
-            }
+            None => text.clone(),
         };
-        if e.as_db_error().is_none() {
+        if e.as_db_error().is_none() && tls_problem {
+            message.push_str(&format!(
+                " (TLS to {}:{} with {})",
+                s.host,
+                s.port,
+                super::pg_tls::describe(s.ssl_mode, s.ssl_root_cert.as_ref())
+            ));
+            if text.contains("not valid for name") || text.contains("NotValidForName") {
+                message.push_str("; connect by a name the certificate carries, or use sslmode verify-ca");
+            }
+        } else if e.as_db_error().is_none() {
             // Nothing answered: the address is wrong or the server is down.
             message.push_str(&format!(
                 " (no server answered at {}:{}; see also `{}`)",
@@ -414,7 +467,12 @@ impl PgStore {
             if pool.1 < self.settings.pool_size.max(1) {
                 pool.1 += 1;
                 drop(pool);
-                return self.settings.config().connect(NoTls).map_err(|e| {
+                let config = self.settings.config();
+                let connected = match &self.tls {
+                    Some(tls) => config.connect(tls.clone()),
+                    None => config.connect(NoTls),
+                };
+                return connected.map_err(|e| {
                     if let Ok(mut p) = self.pool.lock() {
                         p.1 -= 1;
                     }

@@ -11,7 +11,7 @@ use aws_sdk_ec2::error::ProvideErrorMetadata;
 use sdk::types::Filter;
 
 use super::convert;
-use super::credentials::{credentials_file, credentials_script, tls_context, whoami};
+use super::credentials::{credentials_file, credentials_script, whoami};
 use super::{DESCRIBE_BATCH, DESCRIBE_PAGE, FILTER_VALUES, TAG_PROVIDER, TAG_REQUEST};
 use crate::engine::bindings::hostfactory::capabilities::ec2::*;
 
@@ -104,42 +104,15 @@ impl Ec2Client {
             .build()
             .map_err(|e| format!("cannot start the I/O runtime: {e}"))?;
         let s = self.settings.clone();
-        let proxy = match &s.proxy {
-            Some(url) => {
-                Some(aws_smithy_http_client::proxy::ProxyConfig::all(url.as_str()).map_err(|e| format!("AWS_PROXY_HOST/PORT {url}: {e}"))?)
-            }
-            None => None,
-        };
-        let plain_http = s.endpoint_url.as_deref().is_some_and(|u| u.starts_with("http://"));
         // The system trust store as one bundle file when there is one: scanning the certs
-        // directory (a stat per file) was most of a call's cost. No TLS at all for an
-        // http:// endpoint (an emulator or a plain-HTTP VPC endpoint).
-        let tls = if plain_http { None } else { Some(tls_context()?) };
-        let http = aws_smithy_http_client::Builder::new().build_with_connector_fn(move |settings, _| {
-            let mut b = aws_smithy_http_client::Connector::builder();
-            if let Some(s) = settings {
-                b = b.connector_settings(s.clone());
+        // directory (a stat per file) was most of a call's cost.
+        let http = crate::awsconn::http_client(s.endpoint_url.as_deref(), s.proxy.as_deref()).map_err(|e| {
+            if s.proxy.is_some() {
+                format!("AWS_PROXY_HOST/PORT: {e}")
+            } else {
+                e
             }
-            match &tls {
-                None => {
-                    if let Some(p) = &proxy {
-                        b = b.proxy_config(p.clone());
-                    }
-                    b.build_http()
-                }
-                Some(ctx) => {
-                    let mut b = b
-                        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-                        ))
-                        .tls_context(ctx.clone());
-                    if let Some(p) = &proxy {
-                        b = b.proxy_config(p.clone());
-                    }
-                    b.build()
-                }
-            }
-        });
+        })?;
         let timeouts = aws_config::timeout::TimeoutConfig::builder()
             .connect_timeout(s.connect_timeout)
             .operation_attempt_timeout(crate::limits::EC2_ATTEMPT_TIMEOUT)
@@ -206,15 +179,7 @@ impl Ec2Client {
             .proxy
             .as_deref()
             .map_or(String::new(), |p| format!(" through AWS_PROXY_HOST/PORT {p}"));
-        let cause = |e: &dyn std::error::Error| {
-            let mut last = e.to_string();
-            let mut src = e.source();
-            while let Some(inner) = src {
-                last = inner.to_string();
-                src = inner.source();
-            }
-            last
-        };
+        let cause = crate::awsconn::root_cause;
         match e {
             SdkError::TimeoutError(_) => format!(
                 "no answer from {target}{via} within AWS_CONNECTION_TIMEOUT_MS {} ms; check the endpoint, the proxy and the network",

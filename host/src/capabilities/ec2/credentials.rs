@@ -1,7 +1,6 @@
 //! Where the EC2 client's credentials and TLS trust come from: IBM's `AWS_CREDENTIAL_FILE`,
 //! a credential script (cached per script, renewed before expiry), the CA bundle.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use super::client::Ec2Settings;
@@ -186,28 +185,4 @@ pub(super) fn credentials_script(s: &Ec2Settings, script: &std::path::Path) -> R
         tracing::warn!(cache = %cache.display(), error = %e, "cannot cache the credential script's output");
     }
     Ok(creds)
-}
-
-/// Where Linux distributions keep the CA bundle (`SSL_CERT_FILE` wins).
-pub(super) const CA_BUNDLES: [&str; 4] = [
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/ca-bundle.pem",
-    "/etc/pki/tls/cacert.pem",
-];
-
-/// TLS trust: the CA bundle file if one exists, else the platform's native roots.
-pub(super) fn tls_context() -> Result<aws_smithy_http_client::tls::TlsContext, String> {
-    use aws_smithy_http_client::tls::{TlsContext, TrustStore};
-    let bundle = std::env::var_os("SSL_CERT_FILE")
-        .map(PathBuf::from)
-        .or_else(|| CA_BUNDLES.iter().map(PathBuf::from).find(|p| p.is_file()));
-    let store = match bundle.and_then(|p| std::fs::read(&p).ok()) {
-        Some(pem) => TrustStore::empty().with_native_roots(false).with_pem_certificate(pem),
-        None => TrustStore::default(),
-    };
-    TlsContext::builder()
-        .with_trust_store(store)
-        .build()
-        .map_err(|e| format!("TLS setup: {e}"))
 }

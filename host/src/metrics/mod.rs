@@ -1,7 +1,12 @@
 //! Process-wide counters for `hfwasm serve`'s Prometheus `/metrics`: HostFactory calls by
 //! name and outcome with a latency histogram, cloud calls by service, action and outcome,
 //! and guest failures by kind. Recording is a mutex-guarded map update, cheap beside the
-//! calls it counts; a script call records too, and its counts end with its process.
+//! calls it counts; a script call records too, and pushes them to a Pushgateway when
+//! `monitoring` says so (`push`), since its counts end with its process.
+
+pub mod push;
+
+pub use push::PushTarget;
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
