@@ -25,6 +25,7 @@ otherwise the built-in on-prem pool guest serves the hosts in <confdir>/inventor
 
 Examples:
   hfwasm demo                                   full HostFactory cycle in a temp tree
+  hfwasm init --hf-top /opt/ibm/spectrumcomputing/hostfactory   install and register
   hfwasm config check --confdir conf --workdir work
   hfwasm store check                            what the state store holds; integrity
   hfwasm machines --all                         every machine: provider, state, name, IP
@@ -128,6 +129,20 @@ enum Command {
     ///
     /// Example: hfwasm serve --listen 0.0.0.0:8000 --token-file /etc/hfwasm/token
     Serve(commands::serve::ServeArgs),
+    /// Install hfwasm into a HostFactory tree: the plugin (scripts and this binary) under
+    /// $HF_TOP/$HF_VERSION/providerplugins/<plugin>/, its entries in hostProviderPlugins.json,
+    /// hostProviders.json and a requestor of hostRequestors.json (other entries kept, each
+    /// changed file backed up first), and the instance's conf, work and log dirs with
+    /// starter files (for --provider aws, IBM's config and templates from the account).
+    /// Nothing that exists is overwritten; a second run changes nothing. Asks for what the
+    /// flags and environment (HF_TOP, HF_VERSION, HF_CONFDIR, ...) leave open when run at a
+    /// terminal, unless --yes. As root, hands what it writes to the conf dir's owner.
+    ///
+    /// Example: hfwasm init --hf-top /opt/ibm/spectrumcomputing/hostfactory --provider aws --region us-east-1 --yes
+    Init(Box<commands::init::InitArgs>),
+    /// Template commands: `generate` writes starter AWS templates from the account.
+    #[command(subcommand)]
+    Templates(commands::templates::TemplatesCommand),
     /// Internal: runs an inventory host's power command and records its outcome in the
     /// store. Started detached by the power capability; not for interactive use.
     #[command(name = "power-run", hide = true)]
@@ -197,6 +212,8 @@ fn main() -> ExitCode {
         Command::Machines(a) => commands::machines::run(&cli.dirs, a),
         Command::Requests(a) => commands::requests::run(&cli.dirs, a),
         Command::Demo(a) => commands::demo::run(a),
+        Command::Templates(c) => commands::templates::run(&cli.dirs, c),
+        Command::Init(a) => commands::init::run(a),
     }
 }
 

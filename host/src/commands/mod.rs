@@ -6,12 +6,14 @@ pub mod call;
 pub mod config;
 pub mod demo;
 pub mod guest;
+pub mod init;
 pub mod machines;
 pub mod power_run;
 pub mod replay;
 pub mod requests;
 pub mod serve;
 pub mod store;
+pub mod templates;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -132,6 +132,15 @@ pub fn load(config_file: &Path, templates_file: &Path, env: impl Fn(&str) -> Opt
     from_values(cfg, t, config_file, templates_file, env)
 }
 
+/// The EC2 settings of IBM's config file alone (no templates yet: `hfwasm templates
+/// generate` writes them).
+pub fn settings_of(config_file: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Ec2Settings, ConfigError> {
+    let cfg = read_object(config_file)?;
+    let mut t = Map::new();
+    t.insert("templates".into(), Value::Array(Vec::new()));
+    Ok(from_values(cfg, t, config_file, config_file, env)?.settings)
+}
+
 /// IBM's files write `""` for an optional key that is not set (`"AWS_PROXY_HOST": ""` in
 /// IBM's documented example).
 pub(super) fn unset(v: &Value) -> bool {

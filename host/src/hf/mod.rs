@@ -6,6 +6,7 @@ pub mod dirs;
 pub mod error;
 pub mod input;
 pub mod output;
+pub mod registration;
 
 pub use dirs::ProviderDirs;
 pub use error::{ErrorCode, HfError};

@@ -214,7 +214,7 @@ impl Ec2Client {
     }
 
     /// Runs `op` on the runtime, retrying throttling with exponential backoff.
-    fn call<T, E, F, Fut>(&self, action: &str, describe: bool, op: F) -> Result<T, Ec2Error>
+    pub(super) fn call<T, E, F, Fut>(&self, action: &str, describe: bool, op: F) -> Result<T, Ec2Error>
     where
         F: Fn(sdk::Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, sdk::error::SdkError<E>>>,

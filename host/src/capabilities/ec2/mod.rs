@@ -6,6 +6,7 @@
 mod client;
 mod convert;
 mod credentials;
+pub mod discover;
 
 use std::sync::Arc;
 
