@@ -665,10 +665,11 @@ fn a_request_larger_than_one_provider_is_split_across_them() {
 
 /// HostFactory's getAvailableTemplates polls alone open a dead provider's circuit: it is
 /// then left out without being asked (no connect timeout on every poll) while the other's
-/// templates are still offered.
+/// templates are still offered. When it is back, `hfwasm serve`'s reconciler probes that
+/// one circuit once it is due its trial, and closes it: the next poll offers both again.
 #[test]
 fn polls_alone_open_a_dead_providers_circuit() {
-    let (_a, _b, tree) = two_clouds();
+    let (a, _b, tree) = two_clouds();
     tree.config(&json!({
         "version": "2.0.0",
         "provider": {
@@ -709,4 +710,43 @@ fn polls_alone_open_a_dead_providers_circuit() {
         1,
         "the third poll did not ask the dead provider"
     );
+
+    // The primary is back; past the recovery timeout the reconciler's probe closes it.
+    set_endpoint(&tree, "east", &a.endpoint);
+    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_hfwasm"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--reconcile-secs", "1", "--logdir"])
+        .arg(&tree.logs)
+        .env("HF_PROVIDER_NAME", "pool")
+        .env("HF_PROVIDER_CONFDIR", &tree.conf)
+        .env("HF_PROVIDER_WORKDIR", &tree.work)
+        .env("HFWASM_CACHE_DIR", test_cache())
+        .env("HFWASM_NOW_OFFSET_SECS", "400")
+        .envs(tree.env.lock().expect("env").clone())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start hfwasm serve");
+    let t0 = std::time::Instant::now();
+    while !log(&tree).contains("probe: the provider answers") {
+        assert!(t0.elapsed().as_secs() < 30, "no probe within 30 s: {}", log(&tree));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let _ = serve.kill();
+    let _ = serve.wait();
+    let text = log(&tree);
+    assert_eq!(
+        text.matches("probe: the provider answers").count(),
+        1,
+        "only the due circuit is probed: {text}"
+    );
+    let line = text.lines().find(|l| l.contains("probe: the provider answers")).unwrap_or_default();
+    assert!(line.contains("aws-primary"), "the primary's circuit was the one probed: {line}");
+    tree.set_env("HFWASM_NOW_OFFSET_SECS", "400");
+    let offer = tree.ok("getAvailableTemplates", &json!({}));
+    let t = offer["templates"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["templateId"] == TEMPLATE))
+        .cloned()
+        .expect("template");
+    assert!(t["maxNumber"].as_i64().is_some_and(|n| n > 60), "both providers offered again: {t}");
 }

@@ -407,3 +407,70 @@ fn metrics_count_the_cloud_calls_of_either_cloud() {
     );
     assert_eq!(puts, Some(2.0), "one NIC and one VM created: {text}");
 }
+
+/// The reconciler probes a circuit due a trial (seed `provider.circuit_breaker`): the cloud
+/// went away and two requests opened the circuit; the cloud is back. Past the recovery
+/// timeout the leader's probe (a listing of the provider's machines) closes the circuit
+/// with no HostFactory request spent as the trial and nothing launched; while the cloud is
+/// still away, the probe keeps it open for another period.
+#[test]
+fn the_reconciler_probes_an_open_circuit_and_closes_it_when_the_cloud_is_back() {
+    let moto = common::moto::Moto::start();
+    let (subnet, sg, ami) = moto.network();
+    let tree = common::moto::aws_tree(&moto, common::moto::templates(&subnet, &sg, &ami));
+    tree.config(&json!({
+        "aws": {"config_file": "poolprov_config.json", "templates_file": "poolprov_templates.json"},
+        "provider": {"circuit_breaker": {"enabled": true, "failure_threshold": 2, "recovery_timeout": 300}}
+    }));
+    let config_file = tree.conf.join("poolprov_config.json");
+    let good: Value = serde_json::from_str(&std::fs::read_to_string(&config_file).expect("config")).expect("json");
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let mut bad = good.clone();
+    bad["AWS_ENDPOINT_URL"] = json!(format!("http://127.0.0.1:{dead_port}"));
+    bad["AWS_REQUEST_RETRY_ATTEMPTS"] = json!(0);
+    std::fs::write(&config_file, bad.to_string()).expect("write");
+    let request = json!({"template": {"templateId": "OnDemand-Template-VM", "machineCount": 1}});
+    for _ in 0..2 {
+        tree.err("requestMachines", &request, "PROVIDER_UNAVAILABLE");
+    }
+    let circuit = |s: &Server, state: &str| {
+        let (_, text) = s.call("GET", "/metrics", None, None);
+        sample(
+            &parse_metrics(&text),
+            "hfwasm_circuit_state",
+            &[("provider", "aws"), ("state", state)],
+        )
+    };
+    let wait_for = |s: &Server, state: &str| {
+        let t0 = std::time::Instant::now();
+        while circuit(s, state) != Some(1.0) {
+            assert!(t0.elapsed().as_secs() < 30, "circuit not {state} within 30 s");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    let later = [("AWS_EC2_METADATA_DISABLED", "true"), ("HFWASM_NOW_OFFSET_SECS", "400")];
+    {
+        // Still away: the probe fails and the circuit stays open (reopened for a period).
+        let server = Server::start_with(&tree, &["--reconcile-secs", "1"], &later);
+        wait_for(&server, "open");
+        let log = std::fs::read_to_string(tree.logs.join("hfwasm-pool.log")).unwrap_or_default();
+        assert!(log.contains("probe: the provider still fails"), "the failed probe is logged");
+    }
+    std::fs::write(&config_file, good.to_string()).expect("write");
+    // Back, and past the reopened period too: the probe closes it.
+    let later = [("AWS_EC2_METADATA_DISABLED", "true"), ("HFWASM_NOW_OFFSET_SECS", "800")];
+    let server = Server::start_with(&tree, &["--reconcile-secs", "1"], &later);
+    wait_for(&server, "closed");
+    assert!(moto.live().is_empty(), "the probe launched nothing");
+    let log = std::fs::read_to_string(tree.logs.join("hfwasm-pool.log")).unwrap_or_default();
+    assert!(log.contains("probe: the provider answers"), "the probe is logged");
+    // And HostFactory's next request goes straight through.
+    let id = server.hf("requestMachines", request)["requestId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(id.starts_with("req-"), "{id}");
+}

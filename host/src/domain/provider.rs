@@ -3,6 +3,9 @@
 
 use super::model::*;
 
+/// The circuits a reconciler probed: (provider, Ok when it answered, else why not).
+pub type Probed = Vec<(String, Result<(), String>)>;
+
 /// What the core needs of a provider, one method per provider operation.
 pub trait Provider {
     /// Templates on offer.
@@ -24,6 +27,12 @@ pub trait Provider {
     fn owned_machines(&mut self, ctx: &CallContext) -> Result<Vec<OwnedMachine>, ProviderError>;
     /// Hosts HostFactory lists that the provider wants back.
     fn reclaim_candidates(&mut self, ctx: &CallContext, machines: &[MachineRef]) -> Result<Vec<Reclaim>, ProviderError>;
+    /// Probes the providers behind it whose circuits are due a trial (a composite of
+    /// several providers, each with its own breaker); (provider, outcome) of each probed.
+    /// A single provider's breaker is the service's, so by default there is nothing here.
+    fn probe_circuits(&mut self, _ctx: &CallContext) -> Result<Probed, ProviderError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Builds the provider on first use, so calls that need none (status of finished or

@@ -468,7 +468,21 @@ impl Plugin {
         }
         let loader = self.provider_loader(store.clone());
         let mut service = self.service(store.as_ref(), loader);
-        Ok(Some(service.sweep()?))
+        let swept = service.sweep()?;
+        // Circuits due a trial are probed now rather than spending a HostFactory request.
+        let probed = match self.config.breaker {
+            Some(_) => service.probe_circuits()?,
+            None => Vec::new(),
+        };
+        for (provider, outcome) in probed {
+            match outcome {
+                Ok(()) => tracing::info!(%provider, "probe: the provider answers; circuit closed"),
+                Err(e) => {
+                    tracing::warn!(%provider, error = %e, "probe: the provider still fails; circuit open for another recovery period")
+                }
+            }
+        }
+        Ok(Some(swept))
     }
 
     /// Gives up the reconciler lease if `holder` holds it (a replica stopping cleanly, so

@@ -50,6 +50,15 @@ pub fn counts_as_failure(e: &ProviderError) -> bool {
     )
 }
 
+/// What a probe of a half-open circuit found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// The provider answered: the circuit is closed.
+    Closed,
+    /// It did not: open for another recovery period (the failure).
+    Reopened(String),
+}
+
 const OPENED_AT: &str = "opened-at";
 const TRIAL: &str = "trial";
 const FAILURE: &str = "failure/";
@@ -144,6 +153,32 @@ impl<'a> Breaker<'a> {
         self.store.kv_delete(&self.namespace, TRIAL)
     }
 
+    /// The reconciler's probe (`hfwasm serve`): when the circuit is due a trial, `probe`
+    /// (a call that reaches the cloud: a listing of the provider's machines) is the trial
+    /// instead of a HostFactory request, so a provider that is back is known before the next
+    /// request and a dead one costs no request. Nothing happens while the circuit is closed
+    /// (real calls feed it) or not yet due. Returns the outcome when a probe ran.
+    pub fn probe<T>(&self, now: u64, probe: impl FnOnce() -> Result<T, ProviderError>) -> Result<Option<ProbeOutcome>, StoreError> {
+        if self.admit(now)? != Admission::Trial {
+            return Ok(None);
+        }
+        Ok(Some(match probe() {
+            Ok(_) => {
+                self.record_success()?;
+                ProbeOutcome::Closed
+            }
+            Err(e) if counts_as_failure(&e) => {
+                self.record_failure(now, true, &format!("probe: {e}"))?;
+                ProbeOutcome::Reopened(e.to_string())
+            }
+            // The provider answered (a refusal is an answer): it is up.
+            Err(_) => {
+                self.record_success()?;
+                ProbeOutcome::Closed
+            }
+        }))
+    }
+
     /// Gives the half-open trial back unused (its request failed before learning anything
     /// about the provider), so the next request can be the trial.
     pub fn release_trial(&self) -> Result<(), StoreError> {
@@ -177,6 +212,29 @@ impl<'a> Breaker<'a> {
 mod tests {
     use super::*;
     use crate::store::SqliteStore;
+
+    #[test]
+    fn a_probe_is_the_trial_of_a_due_circuit_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("s.db")).expect("store");
+        let b = Breaker::new(
+            &store,
+            "inst",
+            "aws",
+            BreakerPolicy {
+                failure_threshold: 1,
+                recovery_secs: 100,
+            },
+        );
+        let down = || Err::<(), _>(ProviderError::Unavailable("no route".into()));
+        assert_eq!(b.probe(1_000, down).expect("closed"), None, "a closed circuit is not probed");
+        assert!(b.record_failure(1_000, false, "down").expect("open"));
+        assert_eq!(b.probe(1_050, down).expect("open"), None, "not due yet");
+        assert!(matches!(b.probe(1_100, down).expect("due"), Some(ProbeOutcome::Reopened(_))));
+        assert_eq!(b.probe(1_150, || Ok(())).expect("reopened"), None, "open for another period");
+        assert_eq!(b.probe(1_200, || Ok(())).expect("due again"), Some(ProbeOutcome::Closed));
+        assert_eq!(b.admit(1_201).expect("admit"), Admission::Closed);
+    }
 
     #[test]
     fn opens_after_the_threshold_half_opens_and_closes_on_success() {

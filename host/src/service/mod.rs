@@ -210,6 +210,29 @@ impl<'a> Service<'a> {
         Ok(templates)
     }
 
+    /// The reconciler's probes of circuits due a trial (`hfwasm serve`; see
+    /// `Breaker::probe`): the provider's, or each of several providers'. Returns (provider,
+    /// outcome) of each probed; a circuit closed or not yet due is not probed.
+    pub fn probe_circuits(&mut self) -> Result<crate::domain::provider::Probed, ServiceError> {
+        let ctx = self.ctx.clone();
+        let Some((name, policy)) = self.breaker.clone() else {
+            return Ok(self.provider()?.probe_circuits(&ctx)?);
+        };
+        let b = breaker::Breaker::new(self.store, &ctx.provider_instance, &name, policy);
+        let probed = b.probe(ctx.now, || self.provider.get().and_then(|p| p.owned_machines(&ctx)))?;
+        Ok(probed
+            .map(|o| {
+                vec![(
+                    name,
+                    match o {
+                        breaker::ProbeOutcome::Closed => Ok(()),
+                        breaker::ProbeOutcome::Reopened(e) => Err(e),
+                    },
+                )]
+            })
+            .unwrap_or_default())
+    }
+
     /// requestMachines: validate, record (write-ahead), let the provider act, store its
     /// answer. Returns the request id and a message. With a circuit breaker, an open
     /// circuit refuses the request before the provider is touched, and the outcome (a

@@ -534,6 +534,33 @@ impl<'a> Provider for Router<'a> {
         Ok(out)
     }
 
+    /// Each member whose circuit is due a trial lists its machines as the trial (see
+    /// `Breaker::probe`).
+    fn probe_circuits(&mut self, ctx: &CallContext) -> Result<crate::domain::provider::Probed, ProviderError> {
+        let Some(policy) = self.breaker else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for i in self.by_priority() {
+            let name = self.members[i].info.name.clone();
+            let store = self.store.clone();
+            let b = Breaker::new(store.as_ref(), &self.instance, &name, policy);
+            let probed = b
+                .probe(ctx.now, || self.on(i, ctx, |p, c| p.owned_machines(c)))
+                .map_err(Self::store_err)?;
+            if let Some(o) = probed {
+                out.push((
+                    name,
+                    match o {
+                        breaker::ProbeOutcome::Closed => Ok(()),
+                        breaker::ProbeOutcome::Reopened(e) => Err(e),
+                    },
+                ));
+            }
+        }
+        Ok(out)
+    }
+
     /// Each host asked about at the provider that made it; hosts no record attributes are
     /// never reclaimed (a host of another region could be mistaken for gone).
     fn reclaim_candidates(&mut self, ctx: &CallContext, machines: &[MachineRef]) -> Result<Vec<Reclaim>, ProviderError> {
