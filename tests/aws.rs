@@ -474,16 +474,7 @@ fn an_unreachable_cloud_opens_the_circuit_for_every_later_process() {
     assert_eq!(tree.until_final(&first)["status"], "complete");
 
     // The cloud goes away: a closed loopback port.
-    let config_file = tree.conf.join("poolprov_config.json");
-    let good: Value = serde_json::from_str(&std::fs::read_to_string(&config_file).expect("config")).expect("json");
-    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
-    let mut bad = good.clone();
-    bad["AWS_ENDPOINT_URL"] = json!(format!("http://127.0.0.1:{dead_port}"));
-    bad["AWS_REQUEST_RETRY_ATTEMPTS"] = json!(0);
-    std::fs::write(&config_file, bad.to_string()).expect("write");
+    let (config_file, good) = common::moto::cloud_goes_away(&tree);
     for _ in 0..2 {
         let e = tree.err("requestMachines", &request, "PROVIDER_UNAVAILABLE");
         let msg = e["error"]["message"].as_str().unwrap_or_default();

@@ -422,16 +422,7 @@ fn the_reconciler_probes_an_open_circuit_and_closes_it_when_the_cloud_is_back() 
         "aws": {"config_file": "poolprov_config.json", "templates_file": "poolprov_templates.json"},
         "provider": {"circuit_breaker": {"enabled": true, "failure_threshold": 2, "recovery_timeout": 300}}
     }));
-    let config_file = tree.conf.join("poolprov_config.json");
-    let good: Value = serde_json::from_str(&std::fs::read_to_string(&config_file).expect("config")).expect("json");
-    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
-    let mut bad = good.clone();
-    bad["AWS_ENDPOINT_URL"] = json!(format!("http://127.0.0.1:{dead_port}"));
-    bad["AWS_REQUEST_RETRY_ATTEMPTS"] = json!(0);
-    std::fs::write(&config_file, bad.to_string()).expect("write");
+    let (config_file, good) = common::moto::cloud_goes_away(&tree);
     let request = json!({"template": {"templateId": "OnDemand-Template-VM", "machineCount": 1}});
     for _ in 0..2 {
         tree.err("requestMachines", &request, "PROVIDER_UNAVAILABLE");

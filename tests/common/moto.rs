@@ -352,6 +352,20 @@ impl Drop for Moto {
     }
 }
 
+/// The cloud goes away for `tree` (an [`aws_tree`]): its IBM config points at a closed
+/// loopback port, without retries. Returns the config file and its good content, to write
+/// back when the cloud returns.
+pub fn cloud_goes_away(tree: &super::HfTree) -> (PathBuf, Value) {
+    let config_file = tree.conf.join("poolprov_config.json");
+    let good: Value = serde_json::from_str(&std::fs::read_to_string(&config_file).expect("config")).expect("json");
+    let dead_port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let mut bad = good.clone();
+    bad["AWS_ENDPOINT_URL"] = json!(format!("http://127.0.0.1:{dead_port}"));
+    bad["AWS_REQUEST_RETRY_ATTEMPTS"] = json!(0);
+    std::fs::write(&config_file, bad.to_string()).expect("write");
+    (config_file, good)
+}
+
 /// A provider instance `pool` configured with IBM's files against `moto`.
 pub fn aws_tree(moto: &Moto, templates: Value) -> super::HfTree {
     let tree = super::HfTree::new("");
