@@ -165,6 +165,9 @@ fn a_full_cycle_over_rest_and_the_scripts_on_one_store_with_health_and_metrics()
     assert_eq!(names.len(), 3, "{machines}");
     let (_, requests) = server.json("GET", "/v1/requests", None);
     assert!(strings(&requests, "id").contains(&id.as_str()), "{requests}");
+    let (status, offer) = server.json("GET", "/v1/templates", None);
+    assert_eq!(status, 200);
+    assert_eq!(template(&offer, PLAIN_TEMPLATE)["availableNumber"], 1, "3 of 4 hosts held: {offer}");
 
     // Returned over HTTP; its status through the script.
     let ret = server.hf(

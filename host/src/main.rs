@@ -120,7 +120,7 @@ enum Command {
     /// on the same store as the scripts (which keep working beside it).
     ///
     /// Routes: POST /v1/hostfactory/<call> (body: the JSON the script reads from -f; answer:
-    /// what it prints), GET /v1/machines[?all=true], GET /v1/requests, GET /health/live,
+    /// what it prints), GET /v1/machines[?all=true], GET /v1/requests, GET /v1/templates, GET /health/live,
     /// GET /health/ready (store answers, guests at hand), GET /metrics, GET /openapi.json.
     /// Listens on 127.0.0.1:8000 unless told otherwise; any other address needs
     /// --token-file, whose token every route but /health/* then requires. Stops on SIGTERM.

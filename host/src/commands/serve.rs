@@ -307,6 +307,11 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
             Ok(lines) => json(StatusCode::OK, &serde_json::to_value(lines).unwrap_or_default()),
             Err(e) => error(&e),
         },
+        // The templates on offer: getAvailableTemplates' answer, for a GET.
+        (&Method::GET, "/v1/templates") => match blocking(&state, |p| p.run_input(Call::GetAvailableTemplates, b"{}")).await {
+            Ok(v) => json(StatusCode::OK, &v),
+            Err(e) => error(&e),
+        },
         (&Method::POST, p) if p.starts_with("/v1/hostfactory/") => {
             let name = &p["/v1/hostfactory/".len()..];
             match Call::ALL.into_iter().find(|c| c.name() == name) {
