@@ -89,6 +89,11 @@ pub const STORE_CALL_TIMEOUT: Duration = Duration::from_secs(20);
 /// three attempts) within [`STORE_CALL_TIMEOUT`].
 pub const STORE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(8);
 
+/// How often the sweep prunes finished requests past the retention (a batch each time):
+/// often enough to keep up with any real request rate, rarely enough that a store whose
+/// pruning reads every request (DynamoDB's scan) does not pay for it on every poll.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
 /// The longest an admin's power command may run: `hfwasm power-run` kills it (and all it
 /// started) at this age and records it failed, so a hung command frees its host.
 pub const POWER_COMMAND_TIMEOUT: Duration = Duration::from_secs(3600);

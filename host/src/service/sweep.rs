@@ -185,10 +185,26 @@ impl Service<'_> {
         Ok(orphans.len())
     }
 
-    /// Deletes finished requests older than the retention, a bounded batch per call so a
-    /// store that grew for a year is trimmed over a few cycles without a slow call.
+    /// Deletes finished requests older than the retention, a bounded batch at most every
+    /// `limits::PRUNE_EVERY`, so a store that grew for a year is trimmed over a few cycles
+    /// without a slow call, and a store whose pruning reads every request (DynamoDB) does not
+    /// do so on every 30-second poll.
     fn prune(&self) {
         const BATCH: usize = 500;
+        let ns = crate::store::namespaces::sweep(&self.ctx.provider_instance);
+        let last = self
+            .store
+            .kv_get(&ns, "prune-at")
+            .ok()
+            .flatten()
+            .and_then(|v| v.parse::<u64>().ok());
+        if last.is_some_and(|at| self.ctx.now.saturating_sub(at) < crate::limits::PRUNE_EVERY.as_secs()) {
+            return;
+        }
+        if let Err(e) = self.store.kv_set(&ns, "prune-at", &self.ctx.now.to_string()) {
+            tracing::warn!(error = %e, "cannot record the pruning time; will retry next call");
+            return;
+        }
         let before = self.ctx.now.saturating_sub(self.times.retention_secs);
         match self.store.prune_finished(before, BATCH) {
             Ok(0) => {}

@@ -494,8 +494,14 @@ fn finished_requests_are_pruned_after_the_retention_and_unclaimed_ones_swept() {
     // HostFactory asked about it: claimed, final, and inside the retention: kept.
     f.service(7 * 86400 - 1).sweep().expect("sweep");
     assert!(f.store.request("req-done").expect("read").is_some());
-    // Past the retention (7 days in the fixture): gone, and nothing asked the provider.
+    // Past the retention (7 days in the fixture) but within PRUNE_EVERY of the last
+    // pruning: not yet (pruning is not every poll's work).
     f.service(7 * 86400 + 1).sweep().expect("sweep");
+    assert!(f.store.request("req-done").expect("read").is_some());
+    // Once PRUNE_EVERY has passed: gone, and nothing asked the provider.
+    f.service(7 * 86400 - 1 + crate::limits::PRUNE_EVERY.as_secs())
+        .sweep()
+        .expect("sweep");
     assert_eq!(f.store.request("req-done").expect("read"), None);
     assert!(f.script.borrow().calls.is_empty(), "{:?}", f.script.borrow().calls);
 
