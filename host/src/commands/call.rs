@@ -33,7 +33,7 @@ fn claim_stdout() {
 }
 
 /// HostFactory's answer on stdout, exit 0: the only place a HostFactory answer is written.
-pub fn answer(v: &serde_json::Value) -> ExitCode {
+pub fn answer(v: &impl serde::Serialize) -> ExitCode {
     use std::io::Write;
     claim_stdout();
     // Written as it is serialised (a Value cannot fail to serialise): no second copy of a
@@ -96,7 +96,7 @@ fn watchdog(call: Call, deadline: std::time::Duration) {
 /// Runs one HostFactory call and prints its answer (or its error envelope).
 pub fn run(call: Call, d: &DirArgs, input: &InputFile) -> ExitCode {
     let mut push = None;
-    let mut run = || -> Result<serde_json::Value, HfError> {
+    let mut run = || -> Result<hfwasm::hf::output::Answer, HfError> {
         let dirs = dirs(d)?;
         // Log to the instance's log dir (default level until config is read).
         let plugin = match Plugin::open(dirs.clone()) {

@@ -204,8 +204,9 @@ fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Re
     r
 }
 
-fn json(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> {
-    respond(status, "application/json", v.to_string())
+fn json(status: StatusCode, v: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    // Serialising a document or an answer cannot fail (string keys, no non-finite floats).
+    respond(status, "application/json", serde_json::to_string(v).unwrap_or_default())
 }
 
 fn error(e: &HfError) -> Response<Full<Bytes>> {

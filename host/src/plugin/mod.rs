@@ -369,7 +369,7 @@ impl Plugin {
     }
 
     /// Runs one HostFactory call on the input file and returns the JSON answer.
-    pub fn run_call(&self, call: Call, input: &Path) -> Result<Value, HfError> {
+    pub fn run_call(&self, call: Call, input: &Path) -> Result<hf::output::Answer, HfError> {
         let t0 = Instant::now();
         let result = hf::input::read_object(call, input).and_then(|obj| self.run_object(call, obj));
         Self::count(call, &result, t0);
@@ -378,7 +378,7 @@ impl Plugin {
 
     /// Runs one HostFactory call on its input as a JSON object (`hfwasm serve` reads it from
     /// a request body) and returns the JSON answer.
-    pub fn run_input(&self, call: Call, input: &[u8]) -> Result<Value, HfError> {
+    pub fn run_input(&self, call: Call, input: &[u8]) -> Result<hf::output::Answer, HfError> {
         let t0 = Instant::now();
         let result = hf::input::parse_object(call, input, "request body").and_then(|obj| self.run_object(call, obj));
         Self::count(call, &result, t0);
@@ -386,7 +386,7 @@ impl Plugin {
     }
 
     /// Counts a call for `/metrics`: its outcome (`ok` or the error code) and wall time.
-    fn count(call: Call, result: &Result<Value, HfError>, t0: Instant) {
+    fn count(call: Call, result: &Result<hf::output::Answer, HfError>, t0: Instant) {
         let outcome = match result {
             Ok(_) => "ok",
             Err(e) => e.code.as_str(),
@@ -394,7 +394,7 @@ impl Plugin {
         crate::metrics::call(call.name(), outcome, t0.elapsed().as_secs_f64());
     }
 
-    fn run_object(&self, call: Call, obj: serde_json::Map<String, Value>) -> Result<Value, HfError> {
+    fn run_object(&self, call: Call, obj: serde_json::Map<String, Value>) -> Result<hf::output::Answer, HfError> {
         let span = tracing::info_span!("hf_call", call = call.name(), instance = %self.dirs.name);
         let _enter = span.enter();
         let t0 = Instant::now();
@@ -408,7 +408,8 @@ impl Plugin {
         let result = self.answer(call, &obj, &store);
         if let Some(keep) = self.config.recording {
             let output = match &result {
-                Ok(v) => v.clone(),
+                Ok(hf::output::Answer::Doc(v)) => v.clone(),
+                Ok(hf::output::Answer::Status(r)) => hf::output::request_status(r),
                 Err(e) => e.to_envelope(),
             };
             crate::recording::record_call(
@@ -429,7 +430,7 @@ impl Plugin {
     }
 
     /// The answer to `call` with input `obj`.
-    fn answer(&self, call: Call, obj: &serde_json::Map<String, Value>, store: &Arc<dyn StateStore>) -> Result<Value, HfError> {
+    fn answer(&self, call: Call, obj: &serde_json::Map<String, Value>, store: &Arc<dyn StateStore>) -> Result<hf::output::Answer, HfError> {
         let loader = self.provider_loader(store.clone());
         let mut service = self.service(store.as_ref(), loader);
         let answer = match call {
@@ -455,12 +456,18 @@ impl Plugin {
                 })
                 .map_err(|e| HfError::new(ErrorCode::Internal, e.to_string()))?
             }
-            Call::GetRequestStatus => hf::output::request_status(&service.get_request_status(&hf::input::get_request_status(obj)?)?),
+            Call::GetRequestStatus => {
+                let reports = service.get_request_status(&hf::input::get_request_status(obj)?)?;
+                if self.exit_after_call {
+                    std::mem::forget(service);
+                }
+                return Ok(hf::output::Answer::Status(reports));
+            }
             Call::GetReturnRequests => hf::output::return_requests(&service.get_return_requests(&hf::input::get_return_requests(obj)?)?),
         };
         if self.exit_after_call {
             std::mem::forget(service);
         }
-        Ok(answer)
+        Ok(hf::output::Answer::Doc(answer))
     }
 }
