@@ -322,3 +322,41 @@ fn a_dry_run_changes_nothing_and_an_unknown_tree_is_named() {
     assert_eq!(code, 1);
     assert!(err.contains("--hf-version"), "{err}");
 }
+
+/// At a terminal and without --yes, init asks for what the flags leave open (here the
+/// instance name, the provider and the requestor, each with its default shown) and does
+/// what the answers say. The terminal is util-linux's `script`, answering on its input.
+#[test]
+fn at_a_terminal_init_asks_and_takes_the_answers() {
+    let top = hf_tree();
+    let cmd = format!("{} init --hf-top {}", env!("CARGO_BIN_EXE_hfwasm"), top.path().display());
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env_remove("HF_TOP")
+        .env_remove("HF_VERSION")
+        .env_remove("HF_CONFDIR")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run init under script(1)");
+    {
+        use std::io::Write;
+        let mut input = child.stdin.take().expect("stdin");
+        // Instance name, provider, requestor (an empty line takes the default: symAinst).
+        input.write_all(b"labpool\nonprem\n\n").expect("answers");
+    }
+    let out = child.wait_with_output().expect("init ends");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("Provider instance name [hfwasminst]"), "the default is shown: {text}");
+    let conf = top.path().join("conf");
+    let providers = read_json(&conf.join("providers/hostProviders.json"));
+    let list = providers["providers"].as_array().expect("list");
+    assert_eq!(list.last().map(|e| e["name"].clone()), Some(json!("labpool")), "{providers:#}");
+    assert!(
+        conf.join("providers/labpool/inventory.txt").is_file(),
+        "the on-prem starter inventory"
+    );
+    let requestors = read_json(&conf.join("requestors/hostRequestors.json"));
+    assert_eq!(requestors["requestors"][0]["providers"], json!(["awsinst", "labpool"]));
+}
