@@ -49,6 +49,9 @@ impl HostWait {
 struct GuestLimiter {
     limits: GuestLimits,
     refused: Option<usize>,
+    /// The largest linear memory granted so far (bytes): it never shrinks, so it is what
+    /// the guest holds of the process's memory; logged with each call.
+    granted: usize,
 }
 
 impl ResourceLimiter for GuestLimiter {
@@ -57,6 +60,7 @@ impl ResourceLimiter for GuestLimiter {
             self.refused = Some(desired);
             return Ok(false);
         }
+        self.granted = self.granted.max(desired);
         Ok(true)
     }
 
@@ -192,7 +196,11 @@ impl Sandbox {
         Self {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            limiter: GuestLimiter { limits, refused: None },
+            limiter: GuestLimiter {
+                limits,
+                refused: None,
+                granted: 0,
+            },
             clock: CallClock {
                 started: Instant::now(),
                 waited_before: Duration::ZERO,
@@ -395,7 +403,8 @@ impl CallRunner {
         let elapsed_us = t0.elapsed().as_micros() as u64;
         match out {
             Ok(v) => {
-                tracing::debug!(guest = %self.name, export, elapsed_us, "guest call");
+                let memory_kib = store.data_mut().sandbox().limiter.granted >> 10;
+                tracing::debug!(guest = %self.name, export, elapsed_us, memory_kib, "guest call");
                 Ok(v)
             }
             Err(e) => {
