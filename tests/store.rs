@@ -287,6 +287,10 @@ fn postgres_over_tls_with_each_sslmode() {
     assert_eq!(setting, "storage.sql_strategy.host", "{message}");
     by_address.ssl_mode = SslMode::VerifyCa;
     PgStore::open(&by_address).expect("verify-ca checks the chain only");
+    // A Unix socket is never TLS, whatever the mode (as with libpq).
+    let mut socket = full.clone();
+    socket.host = pg.socket_dir();
+    PgStore::open(&socket).expect("verify-full over the local socket connects in plain text");
 
     let other = tempfile::tempdir().expect("tempdir");
     let out = std::process::Command::new("openssl")

@@ -222,6 +222,11 @@ impl Postgres {
         pg
     }
 
+    /// The directory of the server's Unix socket (a `host` that is a path).
+    pub fn socket_dir(&self) -> String {
+        self.dir.path().display().to_string()
+    }
+
     /// A client logged in to database `db`.
     pub fn client(&self, db: &str) -> Result<postgres::Client, postgres::Error> {
         let mut c = postgres::Config::new();

@@ -92,7 +92,9 @@ impl PgSettings {
             c.password(p);
         }
         // With TLS asked for, a server that will not speak it is an error, never plain text.
+        // A Unix socket is local and never TLS (libpq ignores sslmode there too).
         c.ssl_mode(match self.ssl_mode {
+            _ if self.host.starts_with('/') => postgres::config::SslMode::Disable,
             SslMode::Disable => postgres::config::SslMode::Disable,
             _ => postgres::config::SslMode::Require,
         });
