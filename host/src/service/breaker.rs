@@ -167,6 +167,12 @@ impl<'a> Breaker<'a> {
                 self.record_success()?;
                 ProbeOutcome::Closed
             }
+            // The guest could not even be loaded: nothing learnt about the cloud; the trial
+            // is given back for the next call to take.
+            Err(ProviderError::Aborted { kind: AbortKind::Load, .. }) => {
+                self.release_trial()?;
+                return Ok(None);
+            }
             Err(e) if counts_as_failure(&e) => {
                 self.record_failure(now, true, &format!("probe: {e}"))?;
                 ProbeOutcome::Reopened(e.to_string())
@@ -232,6 +238,17 @@ mod tests {
         assert_eq!(b.probe(1_050, down).expect("open"), None, "not due yet");
         assert!(matches!(b.probe(1_100, down).expect("due"), Some(ProbeOutcome::Reopened(_))));
         assert_eq!(b.probe(1_150, || Ok(())).expect("reopened"), None, "open for another period");
+        let unloadable = || {
+            Err::<(), _>(ProviderError::Aborted {
+                kind: AbortKind::Load,
+                provider: "aws".into(),
+                operation: "load".into(),
+                message: "no guest".into(),
+            })
+        };
+        assert_eq!(b.probe(1_200, unloadable).expect("learnt nothing"), None);
+        assert_eq!(b.admit(1_200).expect("admit"), Admission::Trial, "the trial was given back");
+        b.release_trial().expect("release");
         assert_eq!(b.probe(1_200, || Ok(())).expect("due again"), Some(ProbeOutcome::Closed));
         assert_eq!(b.admit(1_201).expect("admit"), Admission::Closed);
     }
