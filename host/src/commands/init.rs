@@ -127,7 +127,8 @@ impl Layout {
 /// Asks `question` on the terminal with `default`; the answer, or the default on an empty
 /// line.
 fn ask(question: &str, default: &str) -> String {
-    eprint!("{question} [{default}]: ");
+    // One write: the terminal's echo of typed-ahead answers cannot split the prompt.
+    let _ = std::io::stderr().write_all(format!("{question} [{default}]: ").as_bytes());
     let _ = std::io::stderr().flush();
     let mut line = String::new();
     let _ = std::io::stdin().lock().read_line(&mut line);
