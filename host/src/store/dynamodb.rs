@@ -925,8 +925,7 @@ impl DynamoStore {
         max_entries: usize,
         max_bytes: usize,
     ) -> Result<Option<Vec<(String, String)>>, StoreError> {
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
+        let mut bounds = super::ScanBounds::new(max_entries, max_bytes);
         let mut start: Option<Item> = None;
         loop {
             let mut q = self
@@ -951,15 +950,13 @@ impl DynamoStore {
             for item in page.items() {
                 let k = get_s(item, "k").unwrap_or_default().to_string();
                 let v = get_s(item, "v").unwrap_or_default().to_string();
-                bytes += k.len() + v.len();
-                out.push((k, v));
-                if out.len() > max_entries || bytes > max_bytes {
+                if !bounds.push(k, v) {
                     return Ok(None);
                 }
             }
             match page.last_evaluated_key() {
                 Some(k) if !k.is_empty() => start = Some(k.clone()),
-                _ => return Ok(Some(out)),
+                _ => return Ok(Some(bounds.rows)),
             }
         }
     }

@@ -380,17 +380,47 @@ pub fn within_bounds<E>(
     max_entries: usize,
     max_bytes: usize,
 ) -> Result<Option<Vec<(String, String)>>, E> {
-    let mut out = Vec::new();
-    let mut bytes = 0usize;
+    let mut b = ScanBounds::new(max_entries, max_bytes);
     for row in rows {
         let (k, v) = row?;
-        bytes = bytes.saturating_add(k.len() + v.len());
-        if out.len() >= max_entries || bytes > max_bytes {
+        if !b.push(k, v) {
             return Ok(None);
         }
-        out.push((k, v));
     }
-    Ok(Some(out))
+    Ok(Some(b.rows))
+}
+
+/// The rows of a bounded kv scan as they arrive (a store reading pages keeps one across
+/// them): [`ScanBounds::push`] says false, taking nothing more, once the rows pass
+/// `max_entries` or their keys and values `max_bytes`.
+pub(crate) struct ScanBounds {
+    /// The rows taken so far.
+    pub rows: Vec<(String, String)>,
+    bytes: usize,
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+impl ScanBounds {
+    /// Empty, with the bounds of the scan.
+    pub(crate) fn new(max_entries: usize, max_bytes: usize) -> Self {
+        Self {
+            rows: Vec::new(),
+            bytes: 0,
+            max_entries,
+            max_bytes,
+        }
+    }
+
+    /// Takes one row; false once past a bound.
+    pub(crate) fn push(&mut self, key: String, value: String) -> bool {
+        self.bytes = self.bytes.saturating_add(key.len() + value.len());
+        if self.rows.len() >= self.max_entries || self.bytes > self.max_bytes {
+            return false;
+        }
+        self.rows.push((key, value));
+        true
+    }
 }
 
 #[cfg(test)]
