@@ -15,20 +15,6 @@ use common::moto::{Moto, aws_tree, templates};
 use common::*;
 use serde_json::{Value, json};
 
-fn names_and_ids(req: &Value) -> Vec<(String, String)> {
-    req["machines"]
-        .as_array()
-        .expect("machines")
-        .iter()
-        .map(|m| {
-            (
-                m["name"].as_str().expect("name").to_string(),
-                m["machineId"].as_str().expect("id").to_string(),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn ibm_files_drive_a_full_cycle_against_the_emulator() {
     let moto = Moto::start();

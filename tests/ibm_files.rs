@@ -596,6 +596,9 @@ fn orb_config_and_templates_are_read_or_refused_by_name() {
     assert_eq!(
         ids,
         [
+            "ASG-Mixed",
+            "ASG-OnDemand",
+            "ASG-Spot",
             "EC2Fleet-Instant-Mixed",
             "EC2Fleet-Instant-OnDemand",
             "EC2Fleet-Instant-Spot",
@@ -613,12 +616,8 @@ fn orb_config_and_templates_are_read_or_refused_by_name() {
     );
     let (code, out, _) = admin(&tree, &["config", "check"]);
     assert_eq!(code, 1);
-    assert_eq!(out.lines().filter(|l| l.starts_with("PROBLEM:")).count(), 12, "{out}");
-    for reason in [
-        "fleetType` = maintain",
-        "fleetType` = request",
-        "Auto Scaling groups are not supported yet",
-    ] {
+    assert_eq!(out.lines().filter(|l| l.starts_with("PROBLEM:")).count(), 9, "{out}");
+    for reason in ["fleetType` = maintain", "fleetType` = request"] {
         assert!(out.contains(reason), "{reason}:\n{out}");
     }
 
@@ -639,6 +638,18 @@ fn orb_config_and_templates_are_read_or_refused_by_name() {
             .contains(&("Environment".to_string(), "dev".to_string())),
         "the template's own tags are on the instance"
     );
+
+    // ORB's weighted Auto Scaling template: 4 units of t3.medium (2) / t3.xlarge (4) from a
+    // group made for the request (tests/asg.rs follows a group through its whole life).
+    let id = tree.request("ASG-OnDemand", 4);
+    let done = tree.until_final(&id);
+    assert_eq!(done["status"], "complete", "{done}");
+    let types = moto.running_types_of(&id);
+    let units: u32 = types.iter().map(|t| if t == "t3.xlarge" { 4 } else { 2 }).sum();
+    assert!(units >= 4, "{types:?}");
+    assert_eq!(done["machines"].as_array().map(Vec::len), Some(types.len()), "{done}");
+    let group = moto.groups().into_iter().find(|g| g.name.ends_with(&format!("-{id}")));
+    assert_eq!(group.map(|g| g.desired), Some(4), "{:?}", moto.groups());
 }
 
 /// An EC2 endpoint that accepts connections and never answers (a black-holed proxy, a hung

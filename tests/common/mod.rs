@@ -297,6 +297,21 @@ pub fn strings<'a>(list: &'a Value, field: &str) -> Vec<&'a str> {
     list.as_array().into_iter().flatten().filter_map(|x| x[field].as_str()).collect()
 }
 
+/// (name, machine id) of each machine of a status entry.
+pub fn names_and_ids(req: &Value) -> Vec<(String, String)> {
+    req["machines"]
+        .as_array()
+        .expect("machines")
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().expect("name").to_string(),
+                m["machineId"].as_str().expect("id").to_string(),
+            )
+        })
+        .collect()
+}
+
 /// Names of the machines of a status entry with the given result.
 pub fn machine_names(req: &Value, result: &str) -> Vec<String> {
     req["machines"]

@@ -33,6 +33,25 @@ pub struct Moto {
     pub rt: tokio::runtime::Runtime,
     /// SDK client against the emulator.
     pub ec2: sdk::Client,
+    /// Auto Scaling client against the emulator.
+    pub asg: aws_sdk_autoscaling::Client,
+}
+
+/// An Auto Scaling group in the emulator.
+#[derive(Debug, Clone)]
+pub struct EmulatedGroup {
+    /// Its name.
+    pub name: String,
+    /// Desired capacity.
+    pub desired: i32,
+    /// Its instances: (id, lifecycle state, health).
+    pub instances: Vec<(String, String, String)>,
+    /// Its tags.
+    pub tags: Vec<(String, String)>,
+    /// Suspended processes.
+    pub suspended: Vec<String>,
+    /// The launch template id it launches from.
+    pub launch_template: Option<String>,
 }
 
 fn moto_binary() -> PathBuf {
@@ -91,10 +110,10 @@ impl Moto {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         let creds = aws_credential_types::Credentials::new("testing", "testing", None, None, "test");
         let http = aws_smithy_http_client::Builder::new().build_http();
-        let conf = sdk::Config::builder()
-            .behavior_version(sdk::config::BehaviorVersion::latest())
-            .region(sdk::config::Region::new("us-east-1"))
-            .credentials_provider(creds)
+        let conf = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(creds))
             .endpoint_url(&endpoint)
             .http_client(http)
             .build();
@@ -102,7 +121,8 @@ impl Moto {
             child,
             endpoint,
             rt,
-            ec2: sdk::Client::from_conf(conf),
+            ec2: sdk::Client::new(&conf),
+            asg: aws_sdk_autoscaling::Client::new(&conf),
         }
     }
 
@@ -316,6 +336,91 @@ impl Moto {
                 })
                 .collect()
         })
+    }
+
+    /// Every Auto Scaling group.
+    pub fn groups(&self) -> Vec<EmulatedGroup> {
+        self.rt.block_on(async {
+            let out = self.asg.describe_auto_scaling_groups().send().await.expect("describe groups");
+            out.auto_scaling_groups()
+                .iter()
+                .map(|g| EmulatedGroup {
+                    name: g.auto_scaling_group_name().unwrap_or_default().to_string(),
+                    desired: g.desired_capacity().unwrap_or(-1),
+                    instances: g
+                        .instances()
+                        .iter()
+                        .map(|i| {
+                            (
+                                i.instance_id().unwrap_or_default().to_string(),
+                                i.lifecycle_state().map(|s| s.as_str().to_string()).unwrap_or_default(),
+                                i.health_status().unwrap_or_default().to_string(),
+                            )
+                        })
+                        .collect(),
+                    tags: g
+                        .tags()
+                        .iter()
+                        .map(|t| (t.key().unwrap_or_default().to_string(), t.value().unwrap_or_default().to_string()))
+                        .collect(),
+                    suspended: g
+                        .suspended_processes()
+                        .iter()
+                        .filter_map(|p| p.process_name().map(str::to_string))
+                        .collect(),
+                    launch_template: g
+                        .mixed_instances_policy()
+                        .and_then(|p| p.launch_template())
+                        .and_then(|t| t.launch_template_specification())
+                        .or(g.launch_template())
+                        .and_then(|t| t.launch_template_id().map(str::to_string)),
+                })
+                .collect()
+        })
+    }
+
+    /// Ids of every launch template.
+    pub fn launch_templates(&self) -> Vec<String> {
+        self.rt.block_on(async {
+            let out = self
+                .ec2
+                .describe_launch_templates()
+                .send()
+                .await
+                .expect("describe launch templates");
+            out.launch_templates()
+                .iter()
+                .filter_map(|t| t.launch_template_id().map(str::to_string))
+                .collect()
+        })
+    }
+
+    /// The group replaces `id` behind HostFactory's back: terminated in the group without
+    /// lowering its capacity, so it launches another (what Auto Scaling does to an unhealthy
+    /// instance).
+    pub fn replace_in_group(&self, id: &str) {
+        self.rt.block_on(async {
+            self.asg
+                .terminate_instance_in_auto_scaling_group()
+                .instance_id(id)
+                .should_decrement_desired_capacity(false)
+                .send()
+                .await
+                .expect("terminate in group")
+        });
+    }
+
+    /// Auto Scaling marks `id` unhealthy (it will replace it).
+    pub fn mark_unhealthy(&self, id: &str) {
+        self.rt.block_on(async {
+            self.asg
+                .set_instance_health()
+                .instance_id(id)
+                .health_status("Unhealthy")
+                .send()
+                .await
+                .expect("set instance health")
+        });
     }
 
     /// Terminates `id` behind hfwasm's back (a console user, a spot reclaim).

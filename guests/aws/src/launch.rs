@@ -1,8 +1,9 @@
 //! Launching capacity: RunInstances for single-type templates, EC2 Fleet `instant` for
-//! weighted, spot and heterogeneous ones, and the launch settings both share.
+//! weighted, spot and heterogeneous ones, Spot Fleet for templates with a `fleetRole`, an
+//! Auto Scaling group for `providerApi: ASG`, and the launch settings they share.
 
-use hfwasm_guest_sdk::ec2;
 use hfwasm_guest_sdk::*;
+use hfwasm_guest_sdk::{autoscaling, ec2};
 
 use crate::ec2_err;
 use crate::template::{AwsTemplate, PriceType};
@@ -97,12 +98,17 @@ pub struct Launched {
     pub errors: Vec<String>,
     /// The Spot Fleet still filling, if one was requested.
     pub fleet: Option<String>,
+    /// The Auto Scaling group made for the request, if one was (it fills over time).
+    pub group: Option<autoscaling::Group>,
 }
 
 /// Launches `want` units for `req`.
 pub fn launch(t: &AwsTemplate, req: &ProvisionRequest, want: u32, now: u64, provider: &str) -> Result<Launched, ProviderError> {
     if t.uses_spot_fleet() {
         return spot_fleet(t, req, want, now, provider);
+    }
+    if t.uses_asg() {
+        return group(t, req, want, now, provider);
     }
     if t.single_type() {
         // `want` is in units; one instance of a weighted type (ORB's `{"t3.medium": 2}`)
@@ -174,6 +180,19 @@ pub fn fleet_key(request_id: &str) -> String {
     format!("sfr/{request_id}")
 }
 
+/// Every type of `t` with its weight in one list (spot types first, then the on-demand
+/// ones not among them), for launch methods with one list of types (Spot Fleet, groups).
+fn one_list(t: &AwsTemplate) -> Vec<(String, u32)> {
+    let mut types = t.vm_types.clone();
+    types.extend(
+        t.vm_types_on_demand
+            .iter()
+            .filter(|(ty, _)| !t.vm_types.iter().any(|(x, _)| x == ty))
+            .cloned(),
+    );
+    types
+}
+
 /// Spot Fleet spells allocation strategies in camel case; templates are parsed to EC2
 /// Fleet's kebab case.
 fn spot_fleet_strategy(kebab: Option<&str>) -> String {
@@ -194,13 +213,7 @@ fn spot_fleet(t: &AwsTemplate, req: &ProvisionRequest, want: u32, now: u64, prov
         PriceType::Heterogeneous => want * t.percent_on_demand / 100,
         PriceType::OnDemand | PriceType::Spot => 0,
     };
-    let mut types = t.vm_types.clone();
-    types.extend(
-        t.vm_types_on_demand
-            .iter()
-            .filter(|(ty, _)| !t.vm_types.iter().any(|(x, _)| x == ty))
-            .cloned(),
-    );
+    let types = one_list(t);
     let valid_until = now + u64::from(t.fleet_expiry_mins) * 60;
     let r = ec2::SpotFleetRequest {
         request_id: req.request_id.clone(),
@@ -220,6 +233,62 @@ fn spot_fleet(t: &AwsTemplate, req: &ProvisionRequest, want: u32, now: u64, prov
     Ok(Launched {
         ids,
         fleet: Some(fleet),
+        ..Launched::default()
+    })
+}
+
+/// kv key of the Auto Scaling group of request `request_id` while it fills (value: the
+/// epoch second it stops trying, `spotFleetRequestExpiry` after the request).
+pub fn group_key(request_id: &str) -> String {
+    format!("asg/{request_id}")
+}
+
+/// kv key of a group whose instances were all returned but which could not be deleted
+/// yet (instances still detaching): deleted by a later return-status call.
+pub fn group_delete_key(request_id: &str) -> String {
+    format!("asg-delete/{request_id}")
+}
+
+/// Makes (or, on a retry, finds) the Auto Scaling group of `req` for `want` units: every
+/// type of the template with its weight, the on-demand share by price type; recorded in
+/// kv before it is made, so a call killed in between still follows it.
+fn group(t: &AwsTemplate, req: &ProvisionRequest, want: u32, now: u64, provider: &str) -> Result<Launched, ProviderError> {
+    if kv::get(&group_key(&req.request_id))?.is_none() {
+        kv::set(
+            &group_key(&req.request_id),
+            &(now + u64::from(t.fleet_expiry_mins) * 60).to_string(),
+        )?;
+    }
+    let types = one_list(t);
+    let r = autoscaling::GroupRequest {
+        request_id: req.request_id.clone(),
+        template_id: t.id.clone(),
+        spec: spec(t, req, provider),
+        overrides: types
+            .iter()
+            .map(|(ty, w)| autoscaling::GroupOverride {
+                instance_type: ty.clone(),
+                weight: t.weighted.then_some(*w),
+            })
+            .collect(),
+        capacity: want,
+        on_demand_base: 0,
+        on_demand_percent: match t.price_type {
+            PriceType::OnDemand => 100,
+            PriceType::Spot => 0,
+            PriceType::Heterogeneous => t.percent_on_demand,
+        },
+        spot_allocation_strategy: t.allocation_strategy.clone(),
+        spot_max_price: t.max_spot_price.clone(),
+    };
+    autoscaling::create_group(&r).map_err(|e| ec2_err("CreateAutoScalingGroup", e))?;
+    let group = autoscaling::describe_group(&req.request_id).map_err(|e| ec2_err("DescribeAutoScalingGroups", e))?;
+    Ok(Launched {
+        ids: group
+            .iter()
+            .flat_map(|g| g.instances.iter().map(|i| i.instance_id.clone()))
+            .collect(),
+        group,
         ..Launched::default()
     })
 }

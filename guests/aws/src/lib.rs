@@ -11,12 +11,14 @@
 //!   they are per unit: the smallest of cores/weight and MiB/weight over the types, so a
 //!   unit never promises more than any instance gives.
 
+mod group;
 mod keys;
 mod launch;
 mod template;
 
 use std::collections::BTreeMap;
 
+use hfwasm_guest_sdk::autoscaling;
 use hfwasm_guest_sdk::ec2::{self, Ec2Error, InstanceFilter};
 use hfwasm_guest_sdk::held::Held;
 use hfwasm_guest_sdk::*;
@@ -297,9 +299,14 @@ impl Guest for Aws {
         let mut ids: Vec<String> = Vec::new();
         let mut instances = existing;
         let mut fleet = if t.uses_spot_fleet() { fleet_of(&req.request_id)? } else { None };
+        let mut asg = None;
         if let Some((f, _)) = &fleet {
             // A retry of a request whose Spot Fleet exists: follow it, never request another.
             ids = ec2::describe_spot_fleet_instances(f).map_err(|e| ec2_err("DescribeSpotFleetInstances", e))?;
+        } else if let Some(g) = t.uses_asg().then(|| group::describe(&req.request_id)).transpose()?.flatten() {
+            // A retry of a request whose group exists: follow it.
+            ids = g.instances.iter().map(|i| i.instance_id.clone()).collect();
+            asg = Some(g);
         } else if have < req.count {
             let want = req.count - have;
             match launch::launch(t, &req, want, ctx.now, &ctx.provider_instance) {
@@ -309,6 +316,7 @@ impl Guest for Aws {
                     ids = launched.ids;
                     errors = launched.errors;
                     fleet = launched.fleet.map(|f| (f, ctx.now + u64::from(t.fleet_expiry_mins) * 60));
+                    asg = launched.group;
                 }
                 Err(e) if instances.is_empty() => return Err(e),
                 Err(e) => errors.push(e.to_string()),
@@ -342,6 +350,19 @@ impl Guest for Aws {
             got = units(t, &instances);
         }
         record(&mut Held::unread(), &templates, Some(&t.id), &instances)?;
+        if t.uses_asg() && (asg.is_some() || group::filling_until(&req.request_id)?.is_some()) {
+            // A group fills over time: the request stays open until its instances are in service.
+            let until = group::filling_until(&req.request_id)?.unwrap_or(ctx.now);
+            let (outstanding, message) = group::follow(&req, asg.as_ref(), until, got, ctx.now)?;
+            let mut machines: Vec<Machine> = instances.iter().map(machine).collect();
+            group::hold_back(&mut machines, &group::not_in_service(asg.as_ref()));
+            return Ok(ProvisionProgress {
+                machines,
+                outstanding,
+                message,
+                units: Some(got),
+            });
+        }
         if let Some((f, until)) = &fleet {
             // A Spot Fleet fills over time: the request stays open until it is full or expires.
             let (outstanding, message) = follow_fleet(&req, f, *until, got, ctx.now)?;
@@ -404,21 +425,37 @@ impl Guest for Aws {
         // Spot Fleets still filling: their new instances (one DescribeSpotFleetInstances per
         // fleet; the API takes one fleet id), described together.
         let mut fleets: BTreeMap<String, (String, u64)> = BTreeMap::new();
+        // Auto Scaling groups still filling: their instances, one describe per group.
+        let mut groups: BTreeMap<String, (Option<autoscaling::Group>, u64)> = BTreeMap::new();
         let mut arrivals: Vec<(String, String)> = Vec::new();
         for q in &queries {
             let rid = &q.request.request_id;
-            if !templates.iter().any(|t| t.id == q.request.template_id && t.uses_spot_fleet()) {
+            let Some(t) = templates.iter().find(|t| t.id == q.request.template_id) else {
                 continue;
-            }
-            let Some((f, until)) = fleet_of(rid)? else { continue };
-            for id in ec2::describe_spot_fleet_instances(&f).map_err(|e| ec2_err("DescribeSpotFleetInstances", e))? {
+            };
+            let ids = if t.uses_spot_fleet()
+                && let Some((f, until)) = fleet_of(rid)?
+            {
+                let ids = ec2::describe_spot_fleet_instances(&f).map_err(|e| ec2_err("DescribeSpotFleetInstances", e))?;
+                fleets.insert(rid.clone(), (f, until));
+                ids
+            } else if t.uses_asg()
+                && let Some(until) = group::filling_until(rid)?
+            {
+                let g = group::describe(rid)?;
+                let ids = g.iter().flat_map(|g| g.instances.iter().map(|i| i.instance_id.clone())).collect();
+                groups.insert(rid.clone(), (g, until));
+                ids
+            } else {
+                continue;
+            };
+            for id in ids {
                 let known = q.known.iter().any(|k| k.machine_id == id)
                     || by_request.get(rid).is_some_and(|v| v.iter().any(|i| i.instance_id == id));
                 if !known {
                     arrivals.push((rid.clone(), id));
                 }
             }
-            fleets.insert(rid.clone(), (f, until));
         }
         if !arrivals.is_empty() {
             let described = describe(InstanceFilter::Ids(arrivals.iter().map(|(_, id)| id.clone()).collect()))?;
@@ -455,9 +492,13 @@ impl Guest for Aws {
                     Some(t) => units(t, &instances),
                     None => u32::try_from(instances.iter().filter(|i| is_live(i)).count()).unwrap_or(u32::MAX),
                 };
-                let (outstanding, message) = match fleets.get(&q.request.request_id) {
-                    Some((f, until)) => follow_fleet(&q.request, f, *until, got, ctx.now)?,
-                    None => (0, None),
+                let (outstanding, message) = match (fleets.get(&q.request.request_id), groups.get(&q.request.request_id)) {
+                    (Some((f, until)), _) => follow_fleet(&q.request, f, *until, got, ctx.now)?,
+                    (None, Some((g, until))) => {
+                        group::hold_back(&mut machines, &group::not_in_service(g.as_ref()));
+                        group::follow(&q.request, g.as_ref(), *until, got, ctx.now)?
+                    }
+                    (None, None) => (0, None),
                 };
                 Ok(ProvisionProgress {
                     machines,
@@ -482,8 +523,14 @@ impl Guest for Aws {
             .filter(|i| !matches!(i.state.as_str(), "terminated" | "shutting-down"))
             .map(|i| i.instance_id.clone())
             .collect();
+        // Instances of Auto Scaling groups leave them first, so nothing replaces them.
+        let stopping: Vec<&ec2::Instance> = alive.iter().filter(|i| to_stop.contains(&i.instance_id)).collect();
+        let left = group::detach(&stopping);
         if !to_stop.is_empty() {
             ec2::terminate_instances(&to_stop).map_err(|e| ec2_err("TerminateInstances", e))?;
+        }
+        for rid in &left {
+            group::delete_if_empty(rid)?;
         }
         // Their units are free from now on (a kill before this: release_status forgets them).
         let mut held = Held::unread();
@@ -526,6 +573,18 @@ impl Guest for Aws {
         let mut held = Held::load()?;
         for m in &known {
             held.ended(&m.machine_id)?;
+        }
+        // Groups emptied by this return that could not be deleted at once.
+        let mut requests: Vec<&str> = found
+            .iter()
+            .filter_map(|i| i.tags.iter().find(|t| t.key == TAG_REQUEST).map(|t| t.value.as_str()))
+            .collect();
+        requests.sort_unstable();
+        requests.dedup();
+        for rid in requests {
+            if group::awaits_deletion(rid)? {
+                group::delete_if_empty(rid)?;
+            }
         }
         let found = by_id(&found);
         Ok(known
@@ -578,8 +637,16 @@ impl Guest for Aws {
         }
         let mut out = Vec::new();
         let mut spot: Vec<(&MachineRef, &ec2::Instance)> = Vec::new();
+        // Hosts their Auto Scaling group is about to replace (unhealthy, or terminating).
+        let live: Vec<&ec2::Instance> = found.iter().filter(|i| i.state == "running" || i.state == "pending").collect();
+        let replaced = group::being_replaced(&live)?;
         for (r, id) in &resolved {
             match id.as_deref().and_then(|id| found_by_id.get(id).copied()) {
+                Some(i) if replaced.contains(&i.instance_id) => out.push(Reclaim {
+                    name: r.name.clone(),
+                    machine_id: Some(i.instance_id.clone()),
+                    grace_period: 0,
+                }),
                 None => out.push(Reclaim {
                     name: r.name.clone(),
                     machine_id: r.machine_id.clone(),

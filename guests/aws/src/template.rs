@@ -49,7 +49,8 @@ pub struct AwsTemplate {
     /// IAM role for Spot Fleet (`fleetRole`): spot and heterogeneous templates that name
     /// one launch through RequestSpotFleet instead of EC2 Fleet `instant`.
     pub fleet_role: Option<String>,
-    /// Minutes a Spot Fleet keeps trying to launch (`spotFleetRequestExpiry`, default 30).
+    /// Minutes a Spot Fleet or an Auto Scaling group keeps trying to launch
+    /// (`spotFleetRequestExpiry`, default 30).
     pub fleet_expiry_mins: u32,
     /// LSF's `userData`, `k=v;k2=v2`: exported to the instance's user-data script (in
     /// place of `%EXPORT_USER_DATA%` in `userDataScript`, or as a script of its own).
@@ -79,6 +80,8 @@ pub enum ProviderApi {
     Ec2Fleet,
     /// Spot Fleet `request` (needs `fleetRole`).
     SpotFleet,
+    /// An EC2 Auto Scaling group per request (the seed's `handlers.types.asg`).
+    Asg,
 }
 
 fn bad(id: &str, key: &str, why: &str) -> ProviderError {
@@ -344,14 +347,14 @@ impl AwsTemplate {
                         "RunInstances" => ProviderApi::RunInstances,
                         "EC2Fleet" => ProviderApi::Ec2Fleet,
                         "SpotFleet" => ProviderApi::SpotFleet,
-                        "ASG" => {
+                        "ASG" => ProviderApi::Asg,
+                        other => {
                             return Err(bad(
                                 &id,
                                 k,
-                                "= ASG: Auto Scaling groups are not supported yet; use RunInstances, EC2Fleet or SpotFleet",
+                                &format!("= {other} is not one of RunInstances, EC2Fleet, SpotFleet, ASG"),
                             ));
                         }
-                        other => return Err(bad(&id, k, &format!("= {other} is not one of RunInstances, EC2Fleet, SpotFleet"))),
                     })
                 }
                 "fleetType" => fleet_type = Some(string(&id, k, v)?),
@@ -432,7 +435,16 @@ impl AwsTemplate {
                     "= RunInstances launches one instance type, on-demand or spot: give one type, or use EC2Fleet",
                 ));
             }
-            Some(ProviderApi::RunInstances | ProviderApi::Ec2Fleet) if t.fleet_role.is_some() && t.price_type != PriceType::OnDemand => {
+            Some(ProviderApi::Asg) if t.allocation_strategy.as_deref() == Some("diversified") => {
+                return Err(bad(
+                    &id,
+                    "allocationStrategy",
+                    "= diversified is not an Auto Scaling spot strategy (lowestPrice, capacityOptimized, capacityOptimizedPrioritized, priceCapacityOptimized)",
+                ));
+            }
+            Some(ProviderApi::RunInstances | ProviderApi::Ec2Fleet | ProviderApi::Asg)
+                if t.fleet_role.is_some() && t.price_type != PriceType::OnDemand =>
+            {
                 // A fleetRole would select Spot Fleet; the template asked for another API.
                 t.fleet_role = None;
             }
@@ -493,6 +505,12 @@ impl AwsTemplate {
     /// pricing (or ORB's `providerApi: SpotFleet`, which needs both).
     pub fn uses_spot_fleet(&self) -> bool {
         self.fleet_role.is_some() && self.price_type != PriceType::OnDemand
+    }
+
+    /// Whether an Auto Scaling group per request launches this template (ORB's
+    /// `providerApi: ASG`).
+    pub fn uses_asg(&self) -> bool {
+        self.provider_api == Some(ProviderApi::Asg)
     }
 
     /// Whether RunInstances (one type, on-demand or plain spot) launches this template:

@@ -31,7 +31,7 @@ pub mod http;
 /// The trait a provider guest implements: one function per HostFactory use case.
 pub use bindings::exports::hostfactory::provider::provider::Guest;
 /// Capability imports (granted per guest by the site's config).
-pub use bindings::hostfactory::capabilities::{ec2, inventory, kv, log, power};
+pub use bindings::hostfactory::capabilities::{autoscaling, ec2, inventory, kv, log, power};
 /// Domain types shared with the host.
 pub use bindings::hostfactory::provider::types::*;
 

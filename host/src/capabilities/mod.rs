@@ -5,6 +5,7 @@
 //! load time (see `runtime::link`). Adding one: its WIT in `wit/capabilities/` and the
 //! worlds, a module with a `UNIT`, and its row in [`TABLE`].
 
+pub mod autoscaling;
 pub mod ec2;
 pub mod http;
 pub mod inventory;
@@ -60,7 +61,15 @@ pub enum Wit {
 }
 
 /// Every capability this host has, in the order `guest check` and errors list them.
-pub static TABLE: &[Unit] = &[log::UNIT, kv::UNIT, inventory::UNIT, power::UNIT, ec2::UNIT, http::UNIT];
+pub static TABLE: &[Unit] = &[
+    log::UNIT,
+    kv::UNIT,
+    inventory::UNIT,
+    power::UNIT,
+    ec2::UNIT,
+    autoscaling::UNIT,
+    http::UNIT,
+];
 
 /// Things a provider instance lends its guests' capabilities (the inventory, the power
 /// runner, a cloud client), by type: each capability takes what it needs.

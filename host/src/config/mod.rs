@@ -97,7 +97,7 @@ impl GuestSpec {
     pub fn builtin(name: &str, source: &'static str) -> Self {
         let grants: &[&str] = match source {
             BUILTIN_ONPREM => &["log", "kv", "inventory", "power"],
-            BUILTIN_AWS => &["log", "kv", "ec2"],
+            BUILTIN_AWS => &["log", "kv", "ec2", "autoscaling"],
             BUILTIN_AZURE => &["log", "kv", "http"],
             _ => &[],
         };
@@ -120,6 +120,7 @@ impl GuestSpec {
     /// The same guest with `grant` as its EC2 grant.
     pub fn with_ec2(mut self, grant: &Ec2Grant) -> Self {
         self.settings.insert("ec2".into(), grant.to_settings());
+        self.settings.insert("autoscaling".into(), grant.to_settings());
         self
     }
 }

@@ -72,6 +72,13 @@ impl Config {
                     grants.push(cap);
                 }
             }
+            // EC2 Auto Scaling launches EC2 instances under the EC2 grant's own checks: a
+            // guest granted `ec2` has it too (so a config written before it existed still
+            // loads the built-in AWS guest, which imports it).
+            let (ec2, asg) = (Capability::named("ec2"), Capability::named("autoscaling"));
+            if grants.contains(&ec2) && !grants.contains(&asg) {
+                grants.push(asg);
+            }
             let limits = GuestLimits::from_overrides(&g.limits).map_err(|m| err(&format!("{at}.limits"), m))?;
             let mut settings = Settings::new();
             for (key, value) in g.settings {
@@ -95,6 +102,10 @@ impl Config {
             // Without its own grant a guest gets the one IBM's files imply.
             if let (false, Some(a)) = (settings.contains_key("ec2"), &aws) {
                 settings.insert("ec2".into(), a.grant.to_settings());
+            }
+            // Auto Scaling launches under the EC2 grant unless the guest has its own.
+            if let (false, Some(ec2)) = (settings.contains_key("autoscaling"), settings.get("ec2").cloned()) {
+                settings.insert("autoscaling".into(), ec2);
             }
             if let (false, Some(a)) = (settings.contains_key("http"), &azure) {
                 settings.insert("http".into(), a.grant.to_settings());

@@ -55,7 +55,7 @@ pub const SELECTION_POLICIES: [&str; 3] = ["PRIORITY_FAILOVER", "COST_OPTIMIZED"
 
 /// The EC2 APIs the AWS guest chooses among per template; `handlers.types` values must be
 /// among them.
-const HANDLERS: [&str; 3] = ["RunInstances", "EC2Fleet", "SpotFleet"];
+const HANDLERS: [&str; 4] = ["RunInstances", "EC2Fleet", "SpotFleet", "ASG"];
 
 /// One enabled provider of the seed section.
 #[derive(Debug, Clone, PartialEq)]
@@ -169,12 +169,6 @@ pub fn select<E>(
             for (k, v) in types {
                 match v.as_str() {
                     Some(api) if HANDLERS.contains(&api) => {}
-                    Some("ASG") => {
-                        return Err(err(
-                            &at(&format!("config.handlers.types.{k}")),
-                            "Auto Scaling groups are not supported; the AWS guest launches with RunInstances, EC2 Fleet or Spot Fleet, chosen per template".into(),
-                        ));
-                    }
                     _ => {
                         return Err(err(
                             &at(&format!("config.handlers.types.{k}")),

@@ -28,7 +28,7 @@ fn unknown_keys_name_the_setting_and_file() {
     // A guest's other keys are its capabilities' settings, each checked by its capability.
     let e = load(r#"{"guests": {"x": {"wasm": "x.wasm", "grnats": ["kv"]}}}"#).expect_err("typo");
     assert_eq!(e.setting.as_deref(), Some("guests.x.grnats"));
-    assert!(e.to_string().contains("ec2, http"), "{e}");
+    assert!(e.to_string().contains("ec2, autoscaling, http"), "{e}");
     let e = load(r#"{"guests": {"x": {"wasm": "x.wasm", "ec2": {"regionz": []}}}}"#).expect_err("bad ec2 grant");
     assert_eq!(e.setting.as_deref(), Some("guests.x.ec2"));
     let e = load(r#"{"guests": {"x": {"wasm": "x.wasm", "http": {"allow": [{"url": "gopher://x"}]}}}}"#).expect_err("bad http grant");
@@ -137,9 +137,9 @@ fn the_seed_provider_section() {
         "`z` needs IBM's Azure files",
     );
     bad(
-        r#"{"provider": {"providers": [{"name": "a", "type": "aws", "config": {"handlers": {"types": {"asg": "ASG"}}}}]}}"#,
+        r#"{"provider": {"providers": [{"name": "a", "type": "aws", "config": {"handlers": {"types": {"asg": "Lambda"}}}}]}}"#,
         "provider.providers[0].config.handlers.types.asg",
-        "Auto Scaling groups",
+        "is not an EC2 API hfwasm uses (RunInstances, EC2Fleet, SpotFleet, ASG)",
     );
     bad(
         r#"{"provider": {"providers": [{"name": "a", "type": "aws", "config": {"cost_threshold": 0.1}}]}}"#,

@@ -189,7 +189,10 @@ impl Plugin {
         lent.insert(self.power_runner());
         lent.insert(crate::capabilities::http::tokens::TokenCacheDir(self.dirs.work_dir.clone()));
         if let Some(s) = ec2 {
-            lent.insert(Arc::new(crate::capabilities::ec2::Ec2Client::new(s)) as Arc<dyn crate::capabilities::ec2::Ec2Api>);
+            // One client (one connection, one credential cache) for EC2 and Auto Scaling.
+            let client = Arc::new(crate::capabilities::ec2::Ec2Client::new(s));
+            lent.insert(client.clone() as Arc<dyn crate::capabilities::ec2::Ec2Api>);
+            lent.insert(client as Arc<dyn crate::capabilities::autoscaling::AutoscalingApi>);
         }
         let res = GuestResources {
             store,

@@ -240,6 +240,7 @@ impl Fixture {
             crate::capabilities::Capability::named("log"),
             crate::capabilities::Capability::named("kv"),
             crate::capabilities::Capability::named("ec2"),
+            crate::capabilities::Capability::named("autoscaling"),
         ];
         let mut lent = crate::capabilities::Lent::default();
         lent.insert(self.ec2.clone() as Arc<dyn Ec2Api>);

@@ -73,7 +73,15 @@ impl Default for Ec2Settings {
 /// A lazily built EC2 client and the runtime its calls run on.
 pub struct Ec2Client {
     settings: Ec2Settings,
-    built: OnceLock<Result<(tokio::runtime::Runtime, sdk::Client), String>>,
+    built: OnceLock<Result<Built, String>>,
+}
+
+/// The runtime and the clients of one connection setting: EC2, and Auto Scaling (which
+/// the `autoscaling` capability calls through the same credentials, endpoint and limits).
+struct Built {
+    rt: tokio::runtime::Runtime,
+    ec2: sdk::Client,
+    autoscaling: aws_sdk_autoscaling::Client,
 }
 
 const THROTTLING: [&str; 4] = ["RequestLimitExceeded", "Throttling", "ThrottlingException", "EC2ThrottledException"];
@@ -90,6 +98,11 @@ const CREDENTIAL_FAULTS: [&str; 7] = [
 ];
 
 impl Ec2Client {
+    /// The connection settings.
+    pub fn settings(&self) -> &Ec2Settings {
+        &self.settings
+    }
+
     /// A client for `settings`; nothing is built until the first call.
     pub fn new(settings: Ec2Settings) -> Self {
         Self {
@@ -98,7 +111,7 @@ impl Ec2Client {
         }
     }
 
-    fn build(&self) -> Result<(tokio::runtime::Runtime, sdk::Client), String> {
+    fn build(&self) -> Result<Built, String> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -124,34 +137,40 @@ impl Ec2Client {
             (None, Some(file)) => Some(credentials_file(file, s.profile.as_deref())?),
             (None, None) => None,
         };
-        if let Some(creds) = given {
-            // Everything is given: build the client directly, without the config loader's
+        let conf = match given {
+            // Everything is given: build the config directly, without the config loader's
             // profile-file reading and provider chains (measurable on every call).
-            let mut b = sdk::Config::builder()
-                .behavior_version(sdk::config::BehaviorVersion::latest())
-                .region(sdk::config::Region::new(s.region.clone()))
-                .credentials_provider(creds)
-                .http_client(http)
-                .timeout_config(timeouts)
-                .retry_config(retries);
-            if let Some(url) = &s.endpoint_url {
-                b = b.endpoint_url(url.clone());
+            Some(creds) => {
+                let mut b = aws_config::SdkConfig::builder()
+                    .behavior_version(aws_config::BehaviorVersion::latest())
+                    .region(aws_config::Region::new(s.region.clone()))
+                    .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(creds))
+                    .http_client(http)
+                    .timeout_config(timeouts)
+                    .retry_config(retries);
+                b.set_endpoint_url(s.endpoint_url.clone());
+                b.build()
             }
-            return Ok((rt, sdk::Client::from_conf(b.build())));
-        }
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(s.region.clone()))
-            .http_client(http)
-            .timeout_config(timeouts)
-            .retry_config(retries);
-        if let Some(url) = &s.endpoint_url {
-            loader = loader.endpoint_url(url.clone());
-        }
-        if let Some(p) = &s.profile {
-            loader = loader.profile_name(p);
-        }
-        let conf = rt.block_on(loader.load());
-        Ok((rt, sdk::Client::new(&conf)))
+            None => {
+                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .region(aws_config::Region::new(s.region.clone()))
+                    .http_client(http)
+                    .timeout_config(timeouts)
+                    .retry_config(retries);
+                if let Some(url) = &s.endpoint_url {
+                    loader = loader.endpoint_url(url.clone());
+                }
+                if let Some(p) = &s.profile {
+                    loader = loader.profile_name(p);
+                }
+                rt.block_on(loader.load())
+            }
+        };
+        Ok(Built {
+            rt,
+            ec2: sdk::Client::new(&conf),
+            autoscaling: aws_sdk_autoscaling::Client::new(&conf),
+        })
     }
 
     /// Where the credentials came from, as the setting to check.
@@ -206,21 +225,49 @@ impl Ec2Client {
         }
     }
 
-    fn get(&self) -> Result<&(tokio::runtime::Runtime, sdk::Client), Ec2Error> {
+    fn get(&self) -> Result<&Built, Ec2Error> {
         self.built
             .get_or_init(|| self.build())
             .as_ref()
             .map_err(|e| Ec2Error::Unavailable(e.clone()))
     }
 
-    /// Runs `op` on the runtime, retrying throttling with exponential backoff.
-    pub(super) fn call<T, E, F, Fut>(&self, action: &str, describe: bool, op: F) -> Result<T, Ec2Error>
+    /// Runs EC2 `op` on the runtime, retrying throttling with exponential backoff.
+    pub(crate) fn call<T, E, F, Fut>(&self, action: &str, describe: bool, op: F) -> Result<T, Ec2Error>
     where
         F: Fn(sdk::Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, sdk::error::SdkError<E>>>,
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let (rt, client) = self.get()?;
+        let built = self.get()?;
+        self.call_on(&built.rt, "ec2", &built.ec2, action, describe, op)
+    }
+
+    /// Runs Auto Scaling `op` like [`Self::call`]: same connection, retries and errors.
+    pub fn call_autoscaling<T, E, F, Fut>(&self, action: &str, describe: bool, op: F) -> Result<T, Ec2Error>
+    where
+        F: Fn(aws_sdk_autoscaling::Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, sdk::error::SdkError<E>>>,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let built = self.get()?;
+        self.call_on(&built.rt, "autoscaling", &built.autoscaling, action, describe, op)
+    }
+
+    fn call_on<C: Clone, T, E, F, Fut>(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        service: &'static str,
+        client: &C,
+        action: &str,
+        describe: bool,
+        op: F,
+    ) -> Result<T, Ec2Error>
+    where
+        F: Fn(C) -> Fut,
+        Fut: std::future::Future<Output = Result<T, sdk::error::SdkError<E>>>,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
         let (retries, first_pause) = if describe {
             (
                 self.settings.describe_retry_attempts,
@@ -235,32 +282,20 @@ impl Ec2Client {
             let result = rt.block_on(op(client.clone()));
             match result {
                 Ok(v) => {
-                    crate::metrics::cloud("ec2", action, "ok");
-                    tracing::debug!(
-                        service = "ec2",
-                        action,
-                        attempt,
-                        elapsed_us = t0.elapsed().as_micros() as u64,
-                        "cloud call"
-                    );
+                    crate::metrics::cloud(service, action, "ok");
+                    tracing::debug!(service, action, attempt, elapsed_us = t0.elapsed().as_micros() as u64, "cloud call");
                     return Ok(v);
                 }
                 Err(e) => {
                     let code = e.code().map(str::to_string);
                     if code.as_deref().is_some_and(|c| THROTTLING.contains(&c)) && attempt < retries {
                         let pause = first_pause.saturating_mul(1 << attempt.min(6)).min(Duration::from_secs(10));
-                        tracing::warn!(
-                            service = "ec2",
-                            action,
-                            attempt,
-                            pause_ms = pause.as_millis() as u64,
-                            "throttled; retrying"
-                        );
+                        tracing::warn!(service, action, attempt, pause_ms = pause.as_millis() as u64, "throttled; retrying");
                         std::thread::sleep(pause);
                         attempt += 1;
                         continue;
                     }
-                    crate::metrics::cloud("ec2", action, code.as_deref().unwrap_or("no answer"));
+                    crate::metrics::cloud(service, action, code.as_deref().unwrap_or("no answer"));
                     let err = match code {
                         Some(code) => {
                             let mut message = e.message().unwrap_or_default().to_string();
@@ -273,7 +308,7 @@ impl Ec2Client {
                     };
                     // The whole chain goes to the log; the answer carries one line.
                     tracing::warn!(
-                        service = "ec2",
+                        service,
                         action,
                         attempt,
                         error = %aws_sdk_ec2::error::DisplayErrorContext(&e),
@@ -320,17 +355,27 @@ impl Ec2Client {
     }
 
     /// CreateLaunchTemplate `hfwasm-<token>` from `spec` with ownership `tags` (on the
-    /// template, and in its data on instances and volumes), `token` as idempotency token;
-    /// a retry of the same token (crash repair) finds the existing template.
-    fn launch_template(&self, token: &str, spec: &LaunchSpec, tags: &[Tag]) -> Result<String, Ec2Error> {
+    /// template, and in its data on instances and volumes) and `instance_type` when given,
+    /// `token` as idempotency token; a retry of the same token (crash repair) finds the
+    /// existing template.
+    pub(crate) fn launch_template(
+        &self,
+        token: &str,
+        spec: &LaunchSpec,
+        tags: &[Tag],
+        instance_type: Option<&str>,
+    ) -> Result<String, Ec2Error> {
         let name = format!("hfwasm-{token}");
         let (root_device, spec) = self.root(spec)?;
-        let data = convert::launch_template_data(&spec, tags, root_device.as_deref());
+        let data = convert::launch_template_data(&spec, tags, root_device.as_deref(), instance_type);
+        // EC2 takes client tokens of at most 64 characters; the name alone makes a retry
+        // find the template (AlreadyExists, below).
+        let client_token = (token.len() <= 64).then(|| token.to_string());
         let out = self.call("CreateLaunchTemplate", false, |c| {
             c.create_launch_template()
                 .launch_template_name(&name)
                 .launch_template_data(data.clone())
-                .client_token(token)
+                .set_client_token(client_token.clone())
                 .tag_specifications(convert::tag_spec(sdk::types::ResourceType::LaunchTemplate, tags))
                 .send()
         });
@@ -470,7 +515,7 @@ impl super::Ec2Api for Ec2Client {
         let token = format!("{}-{}x{}", req.request_id, req.total_units, req.on_demand_units);
         let template_id = match &req.spec.launch_template_id {
             Some(id) => id.clone(),
-            None => self.launch_template(&token, &req.spec, tags)?,
+            None => self.launch_template(&token, &req.spec, tags, None)?,
         };
         let spot_units = req.total_units.saturating_sub(req.on_demand_units);
         let default_market = if spot_units > 0 {
@@ -715,7 +760,7 @@ impl super::Ec2Api for Ec2Client {
     }
 
     fn create_launch_template(&self, req: &LaunchTemplateRequest, tags: &[Tag]) -> Result<String, Ec2Error> {
-        self.launch_template(&req.request_id, &req.spec, tags)
+        self.launch_template(&req.request_id, &req.spec, tags, None)
     }
 
     /// The `hfwasm:provider` tag of a launch template (DescribeLaunchTemplates).

@@ -76,9 +76,15 @@ pub fn network_interfaces(spec: &LaunchSpec) -> Option<Vec<sdk::types::InstanceN
 }
 
 /// Launch-template data equivalent to `spec` (for EC2 Fleet).
-pub fn launch_template_data(spec: &LaunchSpec, tags: &[Tag], root_device: Option<&str>) -> sdk::types::RequestLaunchTemplateData {
+pub fn launch_template_data(
+    spec: &LaunchSpec,
+    tags: &[Tag],
+    root_device: Option<&str>,
+    instance_type: Option<&str>,
+) -> sdk::types::RequestLaunchTemplateData {
     let mut d = sdk::types::RequestLaunchTemplateData::builder()
         .image_id(&spec.image_id)
+        .set_instance_type(instance_type.map(sdk::types::InstanceType::from))
         .set_key_name(spec.key_name.clone())
         .set_user_data(spec.user_data.as_deref().map(base64))
         .tag_specifications(

@@ -89,6 +89,73 @@ impl Ec2Grant {
     pub fn to_settings(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
     }
+
+    /// Ok when calls may go to `region`; else why not.
+    pub fn check_region(&self, region: &str) -> Result<(), String> {
+        if !self.regions.is_empty() && !self.regions.iter().any(|r| r == region) {
+            return Err(format!("region {region} is not granted (granted: {})", self.regions.join(", ")));
+        }
+        Ok(())
+    }
+
+    /// Ok when instance type `t` may be launched; else why not.
+    pub fn check_type(&self, t: &str) -> Result<(), String> {
+        if self.instance_types.is_empty() || self.instance_types.iter().any(|g| g == t) {
+            Ok(())
+        } else {
+            Err(format!(
+                "instance type {t} is not granted (granted: {})",
+                self.instance_types.join(", ")
+            ))
+        }
+    }
+
+    /// Ok when one launch of `n` `what` (instances, units) is within `max_per_request`.
+    pub fn check_count(&self, n: u32, what: &str) -> Result<(), String> {
+        if n == 0 || n > self.max_per_request {
+            return Err(format!(
+                "{n} {what} is outside the grant (1..={} per request)",
+                self.max_per_request
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A launch of `asking` more instances or units for `request_id`: the request must be a
+/// provision request the host recorded in `store`, and what provider instance `owner`
+/// already runs for it plus what is asked must stay within what HostFactory asked for.
+/// Each instance counts for at least one unit, so counting instances never refuses a fair
+/// top-up. Shared by every capability that launches (ec2, autoscaling).
+pub fn check_total(
+    store: &dyn crate::store::StateStore,
+    client: &dyn Ec2Api,
+    wait: &HostWait,
+    owner: &str,
+    request_id: &str,
+    asking: u32,
+) -> Result<(), Ec2Error> {
+    let rec = store
+        .request(request_id)
+        .map_err(|e| Ec2Error::Unavailable(format!("cannot read request {request_id}: {e}")))?
+        .filter(|r| r.kind == crate::store::RequestKind::Provision)
+        .ok_or_else(|| {
+            denied(format!(
+                "{request_id} is not a provision request the host recorded; launches are for HostFactory's requests only"
+            ))
+        })?;
+    let held = wait
+        .measure(|| client.describe_owned(owner, &InstanceFilter::Request(request_id.to_string())))?
+        .iter()
+        .filter(|i| matches!(i.state.as_str(), "pending" | "running" | "stopping" | "stopped"))
+        .count() as u64;
+    if held + u64::from(asking) > u64::from(rec.count) {
+        return Err(denied(format!(
+            "request {request_id} asked for {}; {held} are running for it and {asking} more would exceed that",
+            rec.count
+        )));
+    }
+    Ok(())
 }
 
 /// The launch parameters a guest may use (`guests.<name>.ec2.launch`).
@@ -141,7 +208,7 @@ impl Default for LaunchGrant {
 impl LaunchGrant {
     /// Ok when every one of `used` is among `granted` (or nothing is granted by name);
     /// else which `what` is not.
-    fn one<'a>(what: &str, granted: &[String], used: impl IntoIterator<Item = &'a String>) -> Result<(), String> {
+    pub fn one<'a>(what: &str, granted: &[String], used: impl IntoIterator<Item = &'a String>) -> Result<(), String> {
         if granted.is_empty() {
             return Ok(());
         }
@@ -235,7 +302,8 @@ pub struct GuestEc2 {
     requests: Option<Arc<dyn crate::store::StateStore>>,
 }
 
-fn denied(m: String) -> Ec2Error {
+/// A refusal of the grant.
+pub fn denied(m: String) -> Ec2Error {
     Ec2Error::Denied(m)
 }
 
@@ -259,36 +327,10 @@ impl GuestEc2 {
         self
     }
 
-    /// A launch of `asking` more instances or units for `request_id`: the request must be
-    /// a provision request the host recorded, and what this provider instance already runs
-    /// for it plus what is asked must stay within what HostFactory asked for. Each instance
-    /// counts for at least one unit, so counting instances never refuses a fair top-up.
+    /// A launch of `asking` more for `request_id` within what HostFactory asked ([`check_total`]).
     fn check_total(&self, request_id: &str, asking: u32) -> Result<(), Ec2Error> {
         let Some(store) = &self.requests else { return Ok(()) };
-        let rec = store
-            .request(request_id)
-            .map_err(|e| Ec2Error::Unavailable(format!("cannot read request {request_id}: {e}")))?
-            .filter(|r| r.kind == crate::store::RequestKind::Provision)
-            .ok_or_else(|| {
-                denied(format!(
-                    "{request_id} is not a provision request the host recorded; launches are for HostFactory's requests only"
-                ))
-            })?;
-        let client = self.client()?;
-        let owner = self.owner.clone();
-        let held = self
-            .wait
-            .measure(|| client.describe_owned(&owner, &InstanceFilter::Request(request_id.to_string())))?
-            .iter()
-            .filter(|i| matches!(i.state.as_str(), "pending" | "running" | "stopping" | "stopped"))
-            .count() as u64;
-        if held + u64::from(asking) > u64::from(rec.count) {
-            return Err(denied(format!(
-                "request {request_id} asked for {}; {held} are running for it and {asking} more would exceed that",
-                rec.count
-            )));
-        }
-        Ok(())
+        check_total(store.as_ref(), self.client()?, &self.wait, &self.owner, request_id, asking)
     }
 
     fn client(&self) -> Result<&dyn Ec2Api, Ec2Error> {
@@ -296,35 +338,16 @@ impl GuestEc2 {
             .client
             .as_deref()
             .ok_or_else(|| denied("no EC2 settings are configured for this provider instance".into()))?;
-        if !self.grant.regions.is_empty() && !self.grant.regions.iter().any(|r| r == c.region()) {
-            return Err(denied(format!(
-                "region {} is not granted (granted: {})",
-                c.region(),
-                self.grant.regions.join(", ")
-            )));
-        }
+        self.grant.check_region(c.region()).map_err(denied)?;
         Ok(c)
     }
 
     fn check_type(&self, t: &str) -> Result<(), Ec2Error> {
-        if self.grant.instance_types.is_empty() || self.grant.instance_types.iter().any(|g| g == t) {
-            Ok(())
-        } else {
-            Err(denied(format!(
-                "instance type {t} is not granted (granted: {})",
-                self.grant.instance_types.join(", ")
-            )))
-        }
+        self.grant.check_type(t).map_err(denied)
     }
 
     fn check_count(&self, n: u32, what: &str) -> Result<(), Ec2Error> {
-        if n == 0 || n > self.grant.max_per_request {
-            return Err(denied(format!(
-                "{n} {what} is outside the grant (1..={} per request)",
-                self.grant.max_per_request
-            )));
-        }
-        Ok(())
+        self.grant.check_count(n, what).map_err(denied)
     }
 
     /// A fleet's launch settings and each override's subnet within the launch grant.
@@ -360,33 +383,39 @@ impl GuestEc2 {
     }
 
     fn ownership_tags(&self, request_id: &str, template_id: &str, extra: &[Tag]) -> Result<Vec<Tag>, Ec2Error> {
-        let mut tags: Vec<Tag> = Vec::with_capacity(extra.len() + 3);
-        for t in extra {
-            if t.key.starts_with("hfwasm:") || t.key.starts_with("aws:") {
-                return Err(denied(format!("tag key `{}` is reserved", t.key)));
-            }
-            tags.push(t.clone());
-        }
-        tags.push(Tag {
-            key: TAG_PROVIDER.into(),
-            value: self.owner.clone(),
-        });
-        tags.push(Tag {
-            key: TAG_REQUEST.into(),
-            value: request_id.into(),
-        });
-        tags.push(Tag {
-            key: TAG_TEMPLATE.into(),
-            value: template_id.into(),
-        });
-        if !self.store_id.is_empty() {
-            tags.push(Tag {
-                key: TAG_STORE.into(),
-                value: self.store_id.clone(),
-            });
-        }
-        Ok(tags)
+        ownership_tags(&self.owner, &self.store_id, request_id, template_id, extra)
     }
+}
+
+/// `extra` (a guest's own tags, none of them reserved) and the ownership tags of what
+/// provider instance `owner` of store `store_id` launches for `request_id` of `template_id`.
+pub fn ownership_tags(owner: &str, store_id: &str, request_id: &str, template_id: &str, extra: &[Tag]) -> Result<Vec<Tag>, Ec2Error> {
+    let mut tags: Vec<Tag> = Vec::with_capacity(extra.len() + 4);
+    for t in extra {
+        if t.key.starts_with("hfwasm:") || t.key.starts_with("aws:") {
+            return Err(denied(format!("tag key `{}` is reserved", t.key)));
+        }
+        tags.push(t.clone());
+    }
+    tags.push(Tag {
+        key: TAG_PROVIDER.into(),
+        value: owner.into(),
+    });
+    tags.push(Tag {
+        key: TAG_REQUEST.into(),
+        value: request_id.into(),
+    });
+    tags.push(Tag {
+        key: TAG_TEMPLATE.into(),
+        value: template_id.into(),
+    });
+    if !store_id.is_empty() {
+        tags.push(Tag {
+            key: TAG_STORE.into(),
+            value: store_id.into(),
+        });
+    }
+    Ok(tags)
 }
 
 impl Host for GuestEc2 {
