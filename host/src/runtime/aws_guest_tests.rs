@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use crate::capabilities::ec2::*;
 use crate::domain::lifecycle::{MachineResult, RequestStatus};
 use crate::domain::model::{CallContext, MachineRef};
+use crate::engine::bindings::hostfactory::capabilities::autoscaling::{Group, GroupInstance, GroupRequest};
 use crate::engine::bindings::hostfactory::capabilities::ec2::*;
 use crate::engine::sandbox::HostWait;
 use crate::runtime::{GuestCode, GuestEngine, GuestResources, PrecompiledCache, WasmProvider};
@@ -30,6 +31,116 @@ struct Recorded {
     /// Instances a Spot Fleet has launched by each successive DescribeSpotFleetInstances
     /// (a real fleet fills over minutes; moto's fills at once).
     fleet_arrivals: Mutex<Vec<u32>>,
+    /// Auto Scaling groups made.
+    groups: Mutex<Vec<RecordedGroup>>,
+    /// Instances a group launches by each successive describe of it; each arrives
+    /// `Pending` and is `InService` at the next describe (moto's are in service at once).
+    group_arrivals: Mutex<Vec<u32>>,
+}
+
+/// An Auto Scaling group as recorded.
+#[derive(Debug, Clone, Default)]
+struct RecordedGroup {
+    name: String,
+    request: String,
+    desired: u32,
+    /// (instance id, lifecycle state).
+    instances: Vec<(String, String)>,
+    suspended: bool,
+    deleted: bool,
+    /// Its store tag (the ownership check reads it back).
+    store: Option<String>,
+}
+
+fn poisoned<T>(_: T) -> Ec2Error {
+    Ec2Error::Unavailable("poisoned".into())
+}
+
+impl crate::capabilities::autoscaling::AutoscalingApi for Recorded {
+    fn region(&self) -> &str {
+        "us-east-1"
+    }
+    fn create_group(&self, name: &str, req: &GroupRequest, _: (&str, &str), tags: &[Tag]) -> Result<(), Ec2Error> {
+        self.groups.lock().map_err(poisoned)?.push(RecordedGroup {
+            name: name.into(),
+            request: req.request_id.clone(),
+            desired: req.capacity,
+            store: tags.iter().find(|t| t.key == TAG_STORE).map(|t| t.value.clone()),
+            ..Default::default()
+        });
+        Ok(())
+    }
+    fn group_launch_template(&self, _: &str, _: &LaunchSpec, _: &str, _: &[Tag]) -> Result<String, Ec2Error> {
+        Ok("lt-group".into())
+    }
+    fn describe_group(&self, name: &str) -> Result<Option<crate::capabilities::autoscaling::GroupInfo>, Ec2Error> {
+        let mut groups = self.groups.lock().map_err(poisoned)?;
+        let Some(g) = groups.iter_mut().find(|g| g.name == name && !g.deleted) else {
+            return Ok(None);
+        };
+        // Last describe's arrivals are in service now; this describe's arrive pending.
+        for i in &mut g.instances {
+            i.1 = "InService".into();
+        }
+        let arriving = {
+            let mut a = self.group_arrivals.lock().map_err(poisoned)?;
+            if a.is_empty() || g.suspended { 0 } else { a.remove(0) }
+        };
+        let mut all = self.instances.lock().map_err(poisoned)?;
+        for _ in 0..arriving {
+            let id = format!("i-g{}", all.len());
+            all.push(instance(&id, "running", &g.request, 1_000, None));
+            g.instances.push((id, "Pending".into()));
+        }
+        Ok(Some(crate::capabilities::autoscaling::GroupInfo {
+            group: Group {
+                name: g.name.clone(),
+                desired_capacity: g.desired,
+                instances: g
+                    .instances
+                    .iter()
+                    .map(|(id, state)| GroupInstance {
+                        instance_id: id.clone(),
+                        instance_type: "m5.large".into(),
+                        lifecycle_state: state.clone(),
+                        healthy: true,
+                    })
+                    .collect(),
+                deleting: false,
+            },
+            owner: Some("test".into()),
+            store: g.store.clone(),
+            host_launch_template: Some("lt-group".into()),
+        }))
+    }
+    fn set_desired(&self, name: &str, capacity: u32) -> Result<(), Ec2Error> {
+        for g in self.groups.lock().map_err(poisoned)?.iter_mut().filter(|g| g.name == name) {
+            g.desired = capacity;
+        }
+        Ok(())
+    }
+    fn suspend(&self, name: &str, _: &[&str]) -> Result<(), Ec2Error> {
+        for g in self.groups.lock().map_err(poisoned)?.iter_mut().filter(|g| g.name == name) {
+            g.suspended = true;
+        }
+        Ok(())
+    }
+    fn detach(&self, name: &str, ids: &[String]) -> Result<(), Ec2Error> {
+        for g in self.groups.lock().map_err(poisoned)?.iter_mut().filter(|g| g.name == name) {
+            g.instances.retain(|i| !ids.contains(&i.0));
+            g.desired = g.desired.saturating_sub(u32::try_from(ids.len()).unwrap_or(u32::MAX));
+        }
+        Ok(())
+    }
+    fn delete_group(&self, name: &str) -> Result<(), Ec2Error> {
+        for g in self.groups.lock().map_err(poisoned)?.iter_mut().filter(|g| g.name == name) {
+            g.deleted = true;
+        }
+        Ok(())
+    }
+    fn describe_instances(&self, _: &[String]) -> Result<Vec<(String, GroupInstance)>, Ec2Error> {
+        Ok(Vec::new())
+    }
 }
 
 fn tag(k: &str, v: &str) -> Tag {
@@ -217,7 +328,9 @@ fn settings(terminate_on_reclaim: bool) -> serde_json::Value {
             {"templateId": "od", "maxNumber": 10, "imageId": "ami-1", "subnetId": "subnet-1", "vmType": "m5.large"},
             {"templateId": "het", "maxNumber": 10, "imageId": "ami-1", "subnetId": "subnet-1", "vmTypes": {"m5.large": 1, "m5.xlarge": 2}, "priceType": "heterogeneous"},
             {"templateId": "sf", "maxNumber": 10, "imageId": "ami-1", "subnetId": "subnet-1", "vmTypes": {"m5.large": 1}, "priceType": "spot",
-             "fleetRole": "arn:aws:iam::1:role/fleet", "spotFleetRequestExpiry": 2}
+             "fleetRole": "arn:aws:iam::1:role/fleet", "spotFleetRequestExpiry": 2},
+            {"templateId": "asg", "maxNumber": 10, "imageId": "ami-1", "subnetId": "subnet-1", "vmType": "m5.large",
+             "providerApi": "ASG", "spotFleetRequestExpiry": 2}
         ],
         "spot_terminate_on_reclaim": terminate_on_reclaim
     })
@@ -244,6 +357,7 @@ impl Fixture {
         ];
         let mut lent = crate::capabilities::Lent::default();
         lent.insert(self.ec2.clone() as Arc<dyn Ec2Api>);
+        lent.insert(self.ec2.clone() as Arc<dyn crate::capabilities::autoscaling::AutoscalingApi>);
         let res = GuestResources {
             store: self.store.clone(),
             namespace: "test/aws".into(),
@@ -256,7 +370,10 @@ impl Fixture {
             max_per_request: 100,
             launch: Default::default(),
         };
-        let settings = crate::capabilities::Settings::from([("ec2".to_string(), grant.to_settings())]);
+        let settings = crate::capabilities::Settings::from([
+            ("ec2".to_string(), grant.to_settings()),
+            ("autoscaling".to_string(), grant.to_settings()),
+        ]);
         let cache = PrecompiledCache::new(self.dir.path().join("cache"));
         let code = GuestCode {
             name: "aws",
@@ -500,6 +617,60 @@ fn an_expired_spot_fleet_ends_the_request_with_what_it_delivered() {
     assert_eq!(r[0].machines.iter().filter(|m| m.result == MachineResult::Succeed).count(), 1);
     assert!(r[0].message.contains("expired with 1 of 3 units"), "{}", r[0].message);
     assert!(f.ec2.fleets.lock().expect("lock")[0].2, "an expired fleet is cancelled");
+}
+
+#[test]
+fn a_group_fills_over_time_and_hosts_wait_until_in_service() {
+    let f = Fixture::new(Recorded {
+        group_arrivals: Mutex::new(vec![1, 2]),
+        ..Default::default()
+    });
+    let (id, _) = f.service(1_000).request_machines("asg", 3, None).expect("accepted");
+    let groups = f.ec2.groups.lock().expect("lock").clone();
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    assert_eq!(
+        (groups[0].name.as_str(), groups[0].desired),
+        (format!("hfwasm-test-{id}").as_str(), 3)
+    );
+    // One in service, two just launched: EC2 says running, the group says not ready yet.
+    let r = f.service(1_010).get_request_status(std::slice::from_ref(&id)).expect("status");
+    assert_eq!((r[0].status, r[0].machines.len()), (RequestStatus::Running, 3), "{:?}", r[0]);
+    let ready = r[0].machines.iter().filter(|m| m.result == MachineResult::Succeed).count();
+    assert_eq!(ready, 1, "only the in-service host is given to HostFactory: {:?}", r[0]);
+    assert!(r[0].message.contains("2 not in service yet"), "{}", r[0].message);
+    assert!(!f.ec2.groups.lock().expect("lock")[0].suspended, "a filling group is left alone");
+    let r = f.service(1_020).get_request_status(std::slice::from_ref(&id)).expect("status");
+    assert_eq!((r[0].status, r[0].machines.len()), (RequestStatus::Complete, 3), "{:?}", r[0]);
+    let g = f.ec2.groups.lock().expect("lock")[0].clone();
+    assert!(g.suspended, "a full group stops replacing: {g:?}");
+    assert_eq!((g.desired, g.deleted), (3, false));
+}
+
+#[test]
+fn a_group_past_its_expiry_keeps_what_it_got_or_goes() {
+    let f = Fixture::new(Recorded {
+        group_arrivals: Mutex::new(vec![1]),
+        ..Default::default()
+    });
+    let (id, _) = f.service(1_000).request_machines("asg", 3, None).expect("accepted");
+    let r = f.service(1_060).get_request_status(std::slice::from_ref(&id)).expect("status");
+    assert_eq!(r[0].status, RequestStatus::Running, "{:?}", r[0]);
+    // spotFleetRequestExpiry is 2 minutes: past it the group is lowered to the one host it
+    // has and stops; the request ends with that host.
+    let r = f.service(1_121).get_request_status(std::slice::from_ref(&id)).expect("status");
+    assert_eq!(r[0].status, RequestStatus::CompleteWithError, "{:?}", r[0]);
+    assert_eq!(r[0].machines.iter().filter(|m| m.result == MachineResult::Succeed).count(), 1);
+    assert!(r[0].message.contains("stopped filling with 1 of 3 units"), "{}", r[0].message);
+    let g = f.ec2.groups.lock().expect("lock")[0].clone();
+    assert_eq!((g.desired, g.suspended, g.deleted), (1, true, false), "{g:?}");
+
+    // A group that got nothing at all is deleted, and the request fails.
+    let (id, _) = f.service(2_000).request_machines("asg", 2, None).expect("accepted");
+    let r = f.service(2_121).get_request_status(std::slice::from_ref(&id)).expect("status");
+    assert_eq!(r[0].status, RequestStatus::CompleteWithError, "{:?}", r[0]);
+    assert!(r[0].machines.is_empty(), "{:?}", r[0]);
+    let g = f.ec2.groups.lock().expect("lock")[1].clone();
+    assert!(g.deleted, "{g:?}");
 }
 
 #[test]
