@@ -168,3 +168,36 @@ fn hosts_the_group_replaces_are_reclaimed_and_replacements_returned() {
     assert!(group_of(&moto, &id).is_none(), "{:?}", moto.groups());
     assert!(moto.live().is_empty(), "{:?}", moto.instances());
 }
+
+/// A call killed after the group was made and before HostFactory heard of it: the sweep
+/// returns what the group launched (detached, terminated) and deletes the group.
+#[test]
+fn a_crash_after_the_group_was_made_leaks_nothing() {
+    let moto = Moto::start();
+    let (subnet, sg, ami) = moto.network();
+    let tree = aws_tree(&moto, json!([orb_asg_template(&subnet, &sg, &ami)]));
+    tree.set_env("HFWASM_FAULT", "request-machines:after-provider");
+    let o = tree.run(
+        "requestMachines",
+        &json!({"template": {"templateId": "ASG-OnDemand", "machineCount": 2}}),
+    );
+    assert_ne!(o.code, 0, "the fault point kills the call");
+    assert_eq!(o.json, Value::Null, "nothing reached HostFactory");
+    tree.unset_env("HFWASM_FAULT");
+    let groups = moto.groups();
+    assert_eq!(groups.len(), 1, "the group was made before the crash: {groups:?}");
+    assert_eq!(moto.live().len(), 2);
+
+    // Within the creation timeout nothing is touched; after it the sweep returns them.
+    tree.ok("getReturnRequests", &json!({"machines": []}));
+    assert_eq!(moto.live().len(), 2);
+    tree.set_env("HFWASM_NOW_OFFSET_SECS", "3600");
+    tree.ok("getReturnRequests", &json!({"machines": []}));
+    tree.unset_env("HFWASM_NOW_OFFSET_SECS");
+    assert!(moto.live().is_empty(), "abandoned instances are terminated: {:?}", moto.instances());
+    assert!(moto.groups().is_empty(), "and their group deleted: {:?}", moto.groups());
+
+    // And the provider still works.
+    let id = tree.request("ASG-OnDemand", 1);
+    assert_eq!(tree.until_final(&id)["status"], "complete");
+}

@@ -286,7 +286,7 @@ fn guest_check_reports_grants_and_refuses_what_is_not_a_component() {
     let (code, out, err) = check(&guest_wasm("hfwasm_guest_aws.wasm"), true);
     assert_eq!(code, 0, "{out}{err}");
     let report: serde_json::Value = serde_json::from_str(&out).expect("json");
-    assert_eq!(report["grants"], json!(["log", "kv", "ec2"]));
+    assert_eq!(report["grants"], json!(["log", "kv", "ec2", "autoscaling"]));
     assert_eq!(report["problems"], json!([]));
     assert!(
         report["exports"]

@@ -123,8 +123,10 @@ pub fn detach(instances: &[&ec2::Instance]) -> Vec<String> {
     groups.into_keys().collect()
 }
 
-/// Deletes the group of `request_id` if it holds no instance any more (while one is still
-/// detaching, a later return-status call tries again).
+/// Deletes the group of `request_id` if it holds no instance and wants none any more
+/// (while one is still detaching, a later return-status call tries again). A group still
+/// filling keeps a desired capacity above zero, so it is not taken; one whose request a
+/// killed call abandoned is, once the sweep has returned its instances.
 pub fn delete_if_empty(request_id: &str) -> Result<(), ProviderError> {
     let Some(g) = describe(request_id)? else {
         kv::delete(&group_delete_key(request_id))?;
@@ -134,12 +136,11 @@ pub fn delete_if_empty(request_id: &str) -> Result<(), ProviderError> {
         kv::set(&group_delete_key(request_id), "1")?;
         return Ok(());
     }
-    if filling_until(request_id)?.is_some() {
-        // Still filling: HostFactory returned early; the group is followed until it stops.
-        return Ok(());
-    }
     match autoscaling::delete_group(request_id) {
-        Ok(()) => kv::delete(&group_delete_key(request_id))?,
+        Ok(()) => {
+            kv::delete(&group_delete_key(request_id))?;
+            kv::delete(&group_key(request_id))?;
+        }
         Err(e) => {
             warn(&format!(
                 "cannot delete the Auto Scaling group of {request_id} yet: {}",

@@ -471,10 +471,13 @@ impl Guest for Aws {
                 let mut instances = by_request.remove(&q.request.request_id).unwrap_or_default();
                 let mut machines: Vec<Machine> = instances.iter().map(machine).collect();
                 for k in q.known {
-                    match found.get(&k.machine_id) {
+                    // Moved out, not cloned: each instance is one request's, and at 10,000
+                    // a second copy of every described instance was megabytes of the
+                    // guest's memory, which never shrinks.
+                    match found.remove(&k.machine_id) {
                         Some(i) => {
-                            machines.push(machine(i));
-                            instances.push(i.clone());
+                            machines.push(machine(&i));
+                            instances.push(i);
                         }
                         None => {
                             // Gone from EC2 altogether (terminated long ago, or never really launched).
