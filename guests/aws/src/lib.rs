@@ -227,6 +227,31 @@ fn follow_fleet(req: &ProvisionRequest, fleet: &str, until: u64, got: u32, now: 
     ))
 }
 
+/// The instance `id` out of `sorted` (sorted by id), leaving its id behind so the rest
+/// stay searchable; None when absent or already taken.
+fn take(sorted: &mut [ec2::Instance], id: &str) -> Option<ec2::Instance> {
+    let at = sorted.binary_search_by(|i| i.instance_id.as_str().cmp(id)).ok()?;
+    let slot = &mut sorted[at];
+    if slot.state.is_empty() {
+        return None;
+    }
+    let hollow = ec2::Instance {
+        instance_id: slot.instance_id.clone(),
+        instance_type: String::new(),
+        state: String::new(),
+        state_reason: None,
+        private_dns_name: None,
+        private_ip: None,
+        public_ip: None,
+        public_dns_name: None,
+        launch_time: 0,
+        lifecycle: None,
+        spot_request_id: None,
+        tags: Vec::new(),
+    };
+    Some(std::mem::replace(slot, hollow))
+}
+
 /// Instance ids for HostFactory's machine references (by id, else by private DNS name).
 fn resolve(refs: &[MachineRef]) -> Result<Vec<(MachineRef, Option<String>)>, ProviderError> {
     let needs_lookup = refs.iter().any(|r| !r.machine_id.as_deref().is_some_and(|m| m.starts_with("i-")));
@@ -410,10 +435,14 @@ impl Guest for Aws {
             .filter(|q| q.known.is_empty())
             .map(|q| q.request.request_id.clone())
             .collect();
-        let mut found: BTreeMap<String, ec2::Instance> = BTreeMap::new();
-        if !ids.is_empty() {
-            found.extend(describe(InstanceFilter::Ids(ids))?.into_iter().map(|i| (i.instance_id.clone(), i)));
-        }
+        // Sorted by id where they arrived (a map beside them would be a second copy of
+        // 10,000 instances in memory that never shrinks), taken out one by one below.
+        let mut found: Vec<ec2::Instance> = if ids.is_empty() {
+            Vec::new()
+        } else {
+            describe(InstanceFilter::Ids(ids))?
+        };
+        found.sort_unstable_by(|a, b| a.instance_id.cmp(&b.instance_id));
         let mut by_request: BTreeMap<String, Vec<ec2::Instance>> = BTreeMap::new();
         if !unrecorded.is_empty() {
             for i in describe(InstanceFilter::Requests(unrecorded))? {
@@ -474,7 +503,7 @@ impl Guest for Aws {
                     // Moved out, not cloned: each instance is one request's, and at 10,000
                     // a second copy of every described instance was megabytes of the
                     // guest's memory, which never shrinks.
-                    match found.remove(&k.machine_id) {
+                    match take(&mut found, &k.machine_id) {
                         Some(i) => {
                             machines.push(machine(&i));
                             instances.push(i);

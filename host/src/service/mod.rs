@@ -393,23 +393,34 @@ impl<'a> Service<'a> {
         let unique: Vec<String> = ids.iter().filter(|id| seen.insert(id.as_str())).cloned().collect();
         // Every request and its machines in one read (two round trips on PostgreSQL).
         let mut found = self.store.requests_with_machines(&unique)?;
-        let loaded: Vec<(String, Option<Stored>)> = unique
+        let mut loaded: Vec<(String, Option<Stored>)> = unique
             .into_iter()
             .map(|id| {
                 let entry = found.remove(&id);
                 (id, entry)
             })
             .collect();
-        let queries: Vec<StatusQuery> = loaded
-            .iter()
-            .filter_map(|(_, e)| e.as_ref())
-            .filter(|(rec, known)| needs_status_query(rec, known))
-            .map(|(rec, known)| StatusQuery {
-                request: provision_request(rec),
-                known: known.clone(),
-            })
-            .collect();
+        // The stored machines go to the provider in the queries and come back after: one
+        // copy of them alive, not two (10,000 machines are megabytes).
+        let mut asked: Vec<usize> = Vec::new();
+        let mut queries: Vec<StatusQuery> = Vec::new();
+        for (i, (_, entry)) in loaded.iter_mut().enumerate() {
+            if let Some((rec, known)) = entry
+                && needs_status_query(rec, known)
+            {
+                queries.push(StatusQuery {
+                    request: provision_request(rec),
+                    known: std::mem::take(known),
+                });
+                asked.push(i);
+            }
+        }
         let mut answers = self.ask_status(&queries);
+        for (i, q) in asked.into_iter().zip(queries) {
+            if let Some((_, known)) = &mut loaded[i].1 {
+                *known = q.known;
+            }
+        }
         let mut reports: Vec<RequestReport> = Vec::with_capacity(loaded.len());
         let mut writes = Vec::new();
         for (id, entry) in loaded {

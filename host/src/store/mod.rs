@@ -232,13 +232,7 @@ pub trait StateStore: Send + Sync {
     /// Several requests with their machines (an unknown id is absent): a status call over
     /// 1,000 requests reads them in two round trips on a server store, not 2,000.
     fn requests_with_machines(&self, ids: &[String]) -> Result<HashMap<String, (RequestRecord, Vec<Machine>)>, StoreError> {
-        let mut out = HashMap::with_capacity(ids.len());
-        for id in ids {
-            if let Some(rec) = self.request(id)? {
-                out.insert(id.clone(), (rec, self.machines(id)?));
-            }
-        }
-        Ok(out)
+        one_by_one(self, ids)
     }
     /// [`StateStore::update_request`] of several requests in one transaction (a status
     /// call's writes), in a few round trips on a server store.
@@ -421,6 +415,18 @@ impl ScanBounds {
         self.rows.push((key, value));
         true
     }
+}
+
+/// [`StateStore::requests_with_machines`] as a request and a machines read per id: the
+/// default for stores where a read is cheap (embedded ones).
+pub fn one_by_one<S: StateStore + ?Sized>(store: &S, ids: &[String]) -> Result<HashMap<String, (RequestRecord, Vec<Machine>)>, StoreError> {
+    let mut out = HashMap::with_capacity(ids.len());
+    for id in ids {
+        if let Some(rec) = store.request(id)? {
+            out.insert(id.clone(), (rec, store.machines(id)?));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -457,6 +457,21 @@ impl StateStore for SqliteStore {
         self.update_all(&[(rec, machines)])
     }
 
+    fn requests_with_machines(
+        &self,
+        ids: &[String],
+    ) -> Result<std::collections::HashMap<String, (RequestRecord, Vec<Machine>)>, StoreError> {
+        let out = super::one_by_one(self, ids)?;
+        // A status call over 1,000 requests filled SQLite's page cache (2 MiB) with pages it
+        // will not read again in this process; given back before the provider's answer
+        // needs the memory.
+        if ids.len() > 1 {
+            let conn = self.lock()?;
+            conn.execute_batch("PRAGMA shrink_memory").map_err(|e| self.backend(e))?;
+        }
+        Ok(out)
+    }
+
     fn update_requests(&self, updates: &[(RequestRecord, Vec<Machine>)]) -> Result<(), StoreError> {
         let refs: Vec<(&RequestRecord, &[Machine])> = updates.iter().map(|(r, m)| (r, m.as_slice())).collect();
         self.update_all(&refs)
