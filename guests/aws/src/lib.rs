@@ -227,30 +227,18 @@ fn follow_fleet(req: &ProvisionRequest, fleet: &str, until: u64, got: u32, now: 
     ))
 }
 
-/// The instance `id` out of `sorted` (sorted by id), leaving its id behind so the rest
-/// stay searchable; None when absent or already taken.
-fn take(sorted: &mut [ec2::Instance], id: &str) -> Option<ec2::Instance> {
-    let at = sorted.binary_search_by(|i| i.instance_id.as_str().cmp(id)).ok()?;
-    let slot = &mut sorted[at];
-    if slot.state.is_empty() {
-        return None;
+/// Units instance `i` of template `tid` holds: its weight while live (1 for a template
+/// since removed), nothing once on its way out.
+fn live_units(templates: &[AwsTemplate], tid: &str, i: &ec2::Instance) -> u32 {
+    if !is_live(i) {
+        return 0;
     }
-    let hollow = ec2::Instance {
-        instance_id: slot.instance_id.clone(),
-        instance_type: String::new(),
-        state: String::new(),
-        state_reason: None,
-        private_dns_name: None,
-        private_ip: None,
-        public_ip: None,
-        public_dns_name: None,
-        launch_time: 0,
-        lifecycle: None,
-        spot_request_id: None,
-        tags: Vec::new(),
-    };
-    Some(std::mem::replace(slot, hollow))
+    templates.iter().find(|t| t.id == tid).map_or(1, |t| t.weight(&i.instance_type))
 }
+
+/// Instance ids per DescribeInstances the host makes (its batch), and so per page this
+/// guest asks for at once.
+const DESCRIBE_BATCH: usize = 1000;
 
 /// Instance ids for HostFactory's machine references (by id, else by private DNS name).
 fn resolve(refs: &[MachineRef]) -> Result<Vec<(MachineRef, Option<String>)>, ProviderError> {
@@ -421,28 +409,37 @@ impl Guest for Aws {
         let templates = template::parse_all(&settings(&ctx)?)?;
         // Read before the describes: what they show is newer than what it says.
         let mut held = Held::load()?;
-        // One describe for every recorded instance of every request (the host sends 1,000
-        // ids per DescribeInstances), plus a tag search only for requests with nothing
-        // recorded yet (an answer lost to a crash).
-        let ids: Vec<String> = queries
+        // Every recorded instance of every request is described, a page of DESCRIBE_BATCH
+        // ids at a time (one DescribeInstances each, as the host would batch them anyway),
+        // and each page is turned into machines before the next: neither the host nor this
+        // guest holds 10,000 described instances at once, and this guest's memory, which
+        // never shrinks, only holds the machines.
+        let mut slots: Vec<(&str, usize, usize)> = queries
             .iter()
-            .flat_map(|q| q.known.iter())
-            .filter(|m| m.machine_id.starts_with("i-"))
-            .map(|m| m.machine_id.clone())
+            .enumerate()
+            .flat_map(|(q, query)| query.known.iter().enumerate().map(move |(k, m)| (m.machine_id.as_str(), q, k)))
+            .filter(|(id, _, _)| id.starts_with("i-"))
             .collect();
+        slots.sort_unstable();
+        let mut seen: Vec<Vec<Option<(Machine, u32)>>> = queries.iter().map(|q| q.known.iter().map(|_| None).collect()).collect();
+        for page in slots.chunks(DESCRIBE_BATCH) {
+            for i in describe(InstanceFilter::Ids(page.iter().map(|(id, _, _)| id.to_string()).collect()))? {
+                // Every request that recorded it (normally one).
+                let from = page.partition_point(|(id, _, _)| *id < i.instance_id.as_str());
+                for &(_, q, k) in page[from..].iter().take_while(|(id, _, _)| *id == i.instance_id) {
+                    let tid = &queries[q].request.template_id;
+                    record(&mut held, &templates, Some(tid), std::slice::from_ref(&i))?;
+                    seen[q][k] = Some((machine(&i), live_units(&templates, tid, &i)));
+                }
+            }
+        }
+        drop(slots);
+        // A tag search only for requests with nothing recorded yet (an answer lost to a crash).
         let unrecorded: Vec<String> = queries
             .iter()
             .filter(|q| q.known.is_empty())
             .map(|q| q.request.request_id.clone())
             .collect();
-        // Sorted by id where they arrived (a map beside them would be a second copy of
-        // 10,000 instances in memory that never shrinks), taken out one by one below.
-        let mut found: Vec<ec2::Instance> = if ids.is_empty() {
-            Vec::new()
-        } else {
-            describe(InstanceFilter::Ids(ids))?
-        };
-        found.sort_unstable_by(|a, b| a.instance_id.cmp(&b.instance_id));
         let mut by_request: BTreeMap<String, Vec<ec2::Instance>> = BTreeMap::new();
         if !unrecorded.is_empty() {
             for i in describe(InstanceFilter::Requests(unrecorded))? {
@@ -496,17 +493,18 @@ impl Guest for Aws {
         }
         Ok(queries
             .into_iter()
-            .map(|q| {
-                let mut instances = by_request.remove(&q.request.request_id).unwrap_or_default();
-                let mut machines: Vec<Machine> = instances.iter().map(machine).collect();
-                for k in q.known {
-                    // Moved out, not cloned: each instance is one request's, and at 10,000
-                    // a second copy of every described instance was megabytes of the
-                    // guest's memory, which never shrinks.
-                    match take(&mut found, &k.machine_id) {
-                        Some(i) => {
-                            machines.push(machine(&i));
-                            instances.push(i);
+            .zip(seen)
+            .map(|(q, seen)| {
+                let arrived = by_request.remove(&q.request.request_id).unwrap_or_default();
+                record(&mut held, &templates, Some(&q.request.template_id), &arrived)?;
+                // Weighted templates count units, not instances; a template since removed counts one each.
+                let mut got: u32 = arrived.iter().map(|i| live_units(&templates, &q.request.template_id, i)).sum();
+                let mut machines: Vec<Machine> = arrived.iter().map(machine).collect();
+                for (k, described) in q.known.into_iter().zip(seen) {
+                    match described {
+                        Some((m, units)) => {
+                            machines.push(m);
+                            got += units;
                         }
                         None => {
                             // Gone from EC2 altogether (terminated long ago, or never really launched).
@@ -518,12 +516,6 @@ impl Guest for Aws {
                         }
                     }
                 }
-                record(&mut held, &templates, Some(&q.request.template_id), &instances)?;
-                // Weighted templates count units, not instances; a template since removed counts one each.
-                let got = match templates.iter().find(|t| t.id == q.request.template_id) {
-                    Some(t) => units(t, &instances),
-                    None => u32::try_from(instances.iter().filter(|i| is_live(i)).count()).unwrap_or(u32::MAX),
-                };
                 let (outstanding, message) = match (fleets.get(&q.request.request_id), groups.get(&q.request.request_id)) {
                     (Some((f, until)), _) => follow_fleet(&q.request, f, *until, got, ctx.now)?,
                     (None, Some((g, until))) => {

@@ -276,6 +276,34 @@ pub fn get_return_requests(obj: &Map<String, Value>) -> Result<Vec<MachineRef>, 
     machine_refs(obj)
 }
 
+/// One call's input, read out of its JSON object: what the service needs, so the object
+/// (10,000 hosts as a JSON tree are megabytes) can go before the work starts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallInput {
+    /// getAvailableTemplates takes nothing.
+    Templates,
+    /// requestMachines.
+    RequestMachines(RequestMachinesInput),
+    /// requestReturnMachines.
+    ReturnMachines(ReturnInput),
+    /// getRequestStatus: the ids, first occurrence of each.
+    RequestStatus(Vec<String>),
+    /// getReturnRequests: HostFactory's hosts.
+    ReturnRequests(Vec<MachineRef>),
+}
+
+/// The input of `call` from its object.
+pub fn call_input(call: super::Call, obj: &Map<String, Value>) -> Result<CallInput, HfError> {
+    use super::Call;
+    Ok(match call {
+        Call::GetAvailableTemplates => CallInput::Templates,
+        Call::RequestMachines => CallInput::RequestMachines(request_machines(obj)?),
+        Call::RequestReturnMachines => CallInput::ReturnMachines(request_return_machines(obj)?),
+        Call::GetRequestStatus => CallInput::RequestStatus(get_request_status(obj)?),
+        Call::GetReturnRequests => CallInput::ReturnRequests(get_return_requests(obj)?),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

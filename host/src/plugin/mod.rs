@@ -408,8 +408,11 @@ impl Plugin {
             tracing::warn!(file = %p.file.display(), setting = p.setting.as_deref().unwrap_or(""), "left out: {}", p.message);
         }
         let store = self.open_store()?;
-        let result = self.answer(call, &obj, &store);
-        if let Some(keep) = self.config.recording {
+        // The JSON tree goes before the work starts unless the call is to be recorded.
+        let input = hf::input::call_input(call, &obj);
+        let obj = self.config.recording.map(|_| obj);
+        let result = input.and_then(|input| self.answer(input, &store));
+        if let (Some(keep), Some(obj)) = (self.config.recording, obj) {
             let output = match &result {
                 Ok(hf::output::Answer::Doc(v)) => v.clone(),
                 Ok(hf::output::Answer::Status(r)) => hf::output::request_status(r),
@@ -421,7 +424,7 @@ impl Plugin {
                 keep,
                 crate::clock::now_secs(),
                 call,
-                &Value::Object(obj.clone()),
+                &Value::Object(obj),
                 &output,
             );
         }
@@ -432,14 +435,14 @@ impl Plugin {
         result
     }
 
-    /// The answer to `call` with input `obj`.
-    fn answer(&self, call: Call, obj: &serde_json::Map<String, Value>, store: &Arc<dyn StateStore>) -> Result<hf::output::Answer, HfError> {
+    /// The answer to a call with `input`.
+    fn answer(&self, input: hf::input::CallInput, store: &Arc<dyn StateStore>) -> Result<hf::output::Answer, HfError> {
+        use hf::input::CallInput;
         let loader = self.provider_loader(store.clone());
         let mut service = self.service(store.as_ref(), loader);
-        let answer = match call {
-            Call::GetAvailableTemplates => hf::output::templates(&service.get_available_templates()?),
-            Call::RequestMachines => {
-                let input = hf::input::request_machines(obj)?;
+        let answer = match input {
+            CallInput::Templates => hf::output::templates(&service.get_available_templates()?),
+            CallInput::RequestMachines(input) => {
                 let (id, message) = service.request_machines(&input.template_id, input.machine_count, input.rc_account)?;
                 serde_json::to_value(hf::output::RequestAccepted {
                     request_id: &id,
@@ -447,8 +450,8 @@ impl Plugin {
                 })
                 .map_err(|e| HfError::new(ErrorCode::Internal, e.to_string()))?
             }
-            Call::RequestReturnMachines => {
-                let machines = match hf::input::request_return_machines(obj)? {
+            CallInput::ReturnMachines(input) => {
+                let machines = match input {
                     hf::input::ReturnInput::Machines(m) => m,
                     hf::input::ReturnInput::Request(id) => service.machines_of_request(&id)?,
                 };
@@ -459,14 +462,14 @@ impl Plugin {
                 })
                 .map_err(|e| HfError::new(ErrorCode::Internal, e.to_string()))?
             }
-            Call::GetRequestStatus => {
-                let reports = service.get_request_status(&hf::input::get_request_status(obj)?)?;
+            CallInput::RequestStatus(ids) => {
+                let reports = service.get_request_status(&ids)?;
                 if self.exit_after_call {
                     std::mem::forget(service);
                 }
                 return Ok(hf::output::Answer::Status(reports));
             }
-            Call::GetReturnRequests => hf::output::return_requests(&service.get_return_requests(&hf::input::get_return_requests(obj)?)?),
+            CallInput::ReturnRequests(hosts) => hf::output::return_requests(&service.get_return_requests(&hosts)?),
         };
         if self.exit_after_call {
             std::mem::forget(service);
