@@ -236,6 +236,17 @@ fn live_units(templates: &[AwsTemplate], tid: &str, i: &ec2::Instance) -> u32 {
     templates.iter().find(|t| t.id == tid).map_or(1, |t| t.weight(&i.instance_type))
 }
 
+/// What a reclaim check made of one of HostFactory's hosts it found in EC2.
+#[derive(Clone)]
+enum Seen {
+    /// Ended, ending, stopped, or about to be replaced by its group: reclaimed at once.
+    Gone,
+    /// A live spot instance, with its spot request: reclaimed if AWS marked it.
+    Spot(String),
+    /// Live and staying.
+    Fine,
+}
+
 /// Instance ids per DescribeInstances the host makes (its batch), and so per page this
 /// guest asks for at once.
 const DESCRIBE_BATCH: usize = 1000;
@@ -643,70 +654,87 @@ impl Guest for Aws {
 
     fn reclaim_candidates(ctx: CallContext, refs: Vec<MachineRef>) -> Result<Vec<Reclaim>, ProviderError> {
         let mut held = Held::load()?;
-        let resolved = resolve(&refs)?;
-        let ids: Vec<String> = resolved.iter().filter_map(|(_, id)| id.clone()).collect();
-        let found = if ids.is_empty() {
-            Vec::new()
-        } else {
-            describe(InstanceFilter::Ids(ids))?
-        };
-        // HostFactory's hosts, described on every poll: the ledger follows what they show.
         let templates = template::parse_all(&settings(&ctx)?)?;
-        record(&mut held, &templates, None, &found)?;
-        let found_by_id = by_id(&found);
-        for id in resolved.iter().filter_map(|(_, id)| id.as_deref()) {
-            if !found_by_id.contains_key(id) {
+        let resolved = resolve(&refs)?;
+        drop(refs);
+        // HostFactory's hosts, described on every poll a page at a time (as in a status
+        // call): each page is judged, and the ledger follows what it shows, before the next.
+        let mut slots: Vec<(&str, usize)> = resolved
+            .iter()
+            .enumerate()
+            .filter_map(|(n, (_, id))| Some((id.as_deref()?, n)))
+            .collect();
+        slots.sort_unstable();
+        let mut seen: Vec<Option<Seen>> = vec![None; resolved.len()];
+        for page in slots.chunks(DESCRIBE_BATCH) {
+            let described = describe(InstanceFilter::Ids(page.iter().map(|(id, _)| id.to_string()).collect()))?;
+            record(&mut held, &templates, None, &described)?;
+            // Hosts their Auto Scaling group is about to replace (unhealthy, or terminating).
+            let live: Vec<&ec2::Instance> = described.iter().filter(|i| i.state == "running" || i.state == "pending").collect();
+            let replaced = group::being_replaced(&live)?;
+            for i in &described {
+                let verdict = if replaced.contains(&i.instance_id)
+                    || matches!(i.state.as_str(), "terminated" | "shutting-down" | "stopping" | "stopped")
+                {
+                    Seen::Gone
+                } else if let Some(sir) = &i.spot_request_id {
+                    Seen::Spot(sir.clone())
+                } else {
+                    Seen::Fine
+                };
+                let from = page.partition_point(|(id, _)| *id < i.instance_id.as_str());
+                for &(_, n) in page[from..].iter().take_while(|(id, _)| *id == i.instance_id) {
+                    seen[n] = Some(verdict.clone());
+                }
+            }
+        }
+        for &(id, n) in &slots {
+            if seen[n].is_none() {
                 held.ended(id)?;
             }
         }
+        drop(slots);
         let mut out = Vec::new();
-        let mut spot: Vec<(&MachineRef, &ec2::Instance)> = Vec::new();
-        // Hosts their Auto Scaling group is about to replace (unhealthy, or terminating).
-        let live: Vec<&ec2::Instance> = found.iter().filter(|i| i.state == "running" || i.state == "pending").collect();
-        let replaced = group::being_replaced(&live)?;
-        for (r, id) in &resolved {
-            match id.as_deref().and_then(|id| found_by_id.get(id).copied()) {
-                Some(i) if replaced.contains(&i.instance_id) => out.push(Reclaim {
-                    name: r.name.clone(),
-                    machine_id: Some(i.instance_id.clone()),
-                    grace_period: 0,
-                }),
-                None => out.push(Reclaim {
+        let mut spot: Vec<(&MachineRef, &str, String)> = Vec::new();
+        for ((r, id), seen) in resolved.iter().zip(seen) {
+            match (id, seen) {
+                // Not in EC2 at all (or never resolved to an instance).
+                (_, None) => out.push(Reclaim {
                     name: r.name.clone(),
                     machine_id: r.machine_id.clone(),
                     grace_period: 0,
                 }),
-                Some(i) if matches!(i.state.as_str(), "terminated" | "shutting-down" | "stopping" | "stopped") => out.push(Reclaim {
+                (Some(id), Some(Seen::Gone)) => out.push(Reclaim {
                     name: r.name.clone(),
-                    machine_id: Some(i.instance_id.clone()),
+                    machine_id: Some(id.clone()),
                     grace_period: 0,
                 }),
-                Some(i) if i.spot_request_id.is_some() => spot.push((r, i)),
-                Some(_) => {}
+                (Some(id), Some(Seen::Spot(sir))) => spot.push((r, id.as_str(), sir)),
+                _ => {}
             }
         }
         if !spot.is_empty() {
-            let sirs: Vec<String> = spot.iter().filter_map(|(_, i)| i.spot_request_id.clone()).collect();
+            let sirs: Vec<String> = spot.iter().map(|(_, _, sir)| sir.clone()).collect();
             let requests = ec2::describe_spot_instance_requests(&sirs).map_err(|e| ec2_err("DescribeSpotInstanceRequests", e))?;
             let terminate = settings(&ctx)?
                 .get("spot_terminate_on_reclaim")
                 .and_then(Value::as_bool)
                 .unwrap_or(false);
             let mut doomed = Vec::new();
-            for (r, i) in spot {
+            for (r, id, sir) in spot {
                 let code = requests
                     .iter()
-                    .find(|s| Some(&s.id) == i.spot_request_id.as_ref())
+                    .find(|s| s.id == sir)
                     .and_then(|s| s.status_code.clone())
                     .unwrap_or_default();
                 if code.starts_with("marked-for-") || code.starts_with("instance-terminated") || code.starts_with("instance-stopped") {
                     // AWS gives two minutes' notice of a spot interruption.
                     out.push(Reclaim {
                         name: r.name.clone(),
-                        machine_id: Some(i.instance_id.clone()),
+                        machine_id: Some(id.to_string()),
                         grace_period: if terminate { 0 } else { 120 },
                     });
-                    doomed.push(i.instance_id.clone());
+                    doomed.push(id.to_string());
                 }
             }
             if terminate && !doomed.is_empty() {
