@@ -621,35 +621,34 @@ impl StateStore for PgStore {
     }
 
     fn requests_with_machines(&self, ids: &[String]) -> Result<HashMap<String, (RequestRecord, Vec<Machine>)>, StoreError> {
-        let (requests, machines) = self.with(|c| {
+        let location = self.location();
+        self.with(|c| {
             let requests = c
                 .query(&format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id = ANY($1)"), &[&ids])
                 .and_then(|rows| rows.iter().map(read_request).collect::<Result<Vec<_>, _>>())
                 .map_err(|e| self.backend(e))?;
-            let machines = c
-                .query(
-                    &format!("SELECT request_id, {MACHINE_COLUMNS} FROM machines WHERE request_id = ANY($1) ORDER BY request_id, seq"),
-                    &[&ids],
-                )
-                .and_then(|rows| {
-                    rows.iter()
-                        .map(|r| Ok((r.try_get::<_, String>(0)?, read_machine(r, 1)?)))
-                        .collect::<Result<Vec<_>, postgres::Error>>()
-                })
-                .map_err(|e| self.backend(e))?;
-            Ok((requests, machines))
-        })?;
-        let location = self.location();
-        let mut out: HashMap<String, (RequestRecord, Vec<Machine>)> = HashMap::with_capacity(requests.len());
-        for r in &requests {
-            out.insert(r.id.clone(), (r.to_record(&location)?, Vec::new()));
-        }
-        for (id, m) in machines {
-            if let Some((_, list)) = out.get_mut(&id) {
-                list.push(m.to_machine(&location)?);
+            let mut out: HashMap<String, (RequestRecord, Vec<Machine>)> = HashMap::with_capacity(requests.len());
+            for r in &requests {
+                out.insert(r.id.clone(), (r.to_record(&location)?, Vec::new()));
             }
-        }
-        Ok(out)
+            // Row by row as they arrive: 10,000 machines are never held as rows, then as
+            // stored machines, then as machines.
+            let params: [&(dyn postgres::types::ToSql + Sync); 1] = [&ids];
+            let mut rows = c
+                .query_raw(
+                    &format!("SELECT request_id, {MACHINE_COLUMNS} FROM machines WHERE request_id = ANY($1) ORDER BY request_id, seq"),
+                    params,
+                )
+                .map_err(|e| self.backend(e))?;
+            while let Some(row) = postgres::fallible_iterator::FallibleIterator::next(&mut rows).map_err(|e| self.backend(e))? {
+                let id: String = row.try_get(0).map_err(|e| self.backend(e))?;
+                let m = read_machine(&row, 1).map_err(|e| self.backend(e))?;
+                if let Some((_, list)) = out.get_mut(&id) {
+                    list.push(m.to_machine(&location)?);
+                }
+            }
+            Ok(out)
+        })
     }
 
     fn update_requests(&self, updates: &[(RequestRecord, Vec<Machine>)]) -> Result<(), StoreError> {
