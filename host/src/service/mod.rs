@@ -113,6 +113,30 @@ pub struct Service<'a> {
 /// A request as stored, with its machines.
 type Stored = (RequestRecord, Vec<Machine>);
 
+/// A status call's deferred writes: the provision requests' new states, stored together
+/// (`flushed` of them already, when a return in the same call had to go first).
+#[derive(Default)]
+struct Writes {
+    items: Vec<(RequestRecord, Vec<Machine>)>,
+    flushed: usize,
+}
+
+impl Writes {
+    /// Stores what is not stored yet, in one transaction.
+    fn flush(&mut self, store: &dyn StateStore) -> Result<(), ServiceError> {
+        store.update_requests(&self.items[self.flushed..])?;
+        self.flushed = self.items.len();
+        Ok(())
+    }
+}
+
+/// One request's place in a status answer: its report, or the write its report is made
+/// from once everything is stored.
+enum Reported {
+    Now(RequestReport),
+    Written(usize),
+}
+
 fn new_id(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4())
 }
@@ -421,21 +445,33 @@ impl<'a> Service<'a> {
                 *known = q.known;
             }
         }
-        let mut reports: Vec<RequestReport> = Vec::with_capacity(loaded.len());
-        let mut writes = Vec::new();
+        let mut slots: Vec<Reported> = Vec::with_capacity(loaded.len());
+        let mut writes = Writes::default();
         for (id, entry) in loaded {
-            let report = match entry {
-                None => unknown_report(&id, &self.ctx.provider_instance),
+            let slot = match entry {
+                None => Reported::Now(unknown_report(&id, &self.ctx.provider_instance)),
                 Some((rec, known)) => {
                     let answer = answers.remove(&id);
                     self.status_of(rec, known, answer, &mut writes)?
                 }
             };
-            reports.push(report);
+            slots.push(slot);
         }
         // The provision requests' new states, in one transaction, before HostFactory hears
         // any of them (a kill before this loses only answers not given yet).
-        self.store.update_requests(&writes)?;
+        writes.flush(self.store)?;
+        // Their reports are made from what was written, after: one copy of 10,000 machines
+        // alive while they are written, not two.
+        let reports: Vec<RequestReport> = slots
+            .into_iter()
+            .map(|s| match s {
+                Reported::Now(r) => r,
+                Reported::Written(i) => {
+                    let (rec, machines) = &mut writes.items[i];
+                    report(rec, std::mem::take(machines))
+                }
+            })
+            .collect();
         // HostFactory may repeat an id; every occurrence gets the same answer (by index, so
         // the call stays linear in the number of ids). Without repeats, the reports are the
         // answer as they are (no copy of 10,000 machines).
@@ -478,16 +514,16 @@ impl<'a> Service<'a> {
         mut rec: RequestRecord,
         known: Vec<Machine>,
         answer: Option<Result<ProvisionProgress, ProviderError>>,
-        writes: &mut Vec<(RequestRecord, Vec<Machine>)>,
-    ) -> Result<RequestReport, ServiceError> {
+        writes: &mut Writes,
+    ) -> Result<Reported, ServiceError> {
         let first_poll = !rec.claimed;
         rec.claimed = true;
         if rec.status.is_final() {
             if first_poll {
                 // HostFactory knows this id after all: the sweep must leave it alone.
-                writes.push((rec.clone(), Vec::new()));
+                writes.items.push((rec.clone(), Vec::new()));
             }
-            return Ok(report(&rec, known));
+            return Ok(Reported::Now(report(&rec, known)));
         }
         let ctx = self.ctx.clone();
         let now = ctx.now;
@@ -502,7 +538,7 @@ impl<'a> Service<'a> {
                         // Recorded, not yet submitted: its call may still be running (it
                         // holds the claim), or it died (the claim is free or expired).
                         match claims::take(self.store, &ctx.provider_instance, &rec.id, now, self.times.claim_secs)? {
-                            None => return Ok(report(&rec, known)),
+                            None => return Ok(Reported::Now(report(&rec, known))),
                             Some(c) => resume_claim = Some(c),
                         }
                         tracing::warn!(request_id = %rec.id, "request was recorded but never submitted (crash?); resuming");
@@ -553,12 +589,12 @@ impl<'a> Service<'a> {
         }
         rec.updated_at = now;
         if rec.kind == RequestKind::Provision && resume_claim.is_none() {
-            writes.push((rec.clone(), machines.clone()));
-            return Ok(report(&rec, machines));
+            writes.items.push((rec, machines));
+            return Ok(Reported::Written(writes.items.len() - 1));
         }
         // What was deferred goes first: a return settles its hosts' provision requests,
         // which a deferred write written after it would undo.
-        self.store.update_requests(&std::mem::take(writes))?;
+        writes.flush(self.store)?;
         self.store.update_request(&rec, &machines)?;
         if rec.kind == RequestKind::Return {
             self.settle_holders(&rec.id, &machines);
@@ -566,7 +602,7 @@ impl<'a> Service<'a> {
         if let Some(c) = resume_claim {
             c.release();
         }
-        Ok(report(&rec, machines))
+        Ok(Reported::Now(report(&rec, machines)))
     }
 
     /// Machines pending for longer than the timeout become `failed` with a message.

@@ -281,7 +281,8 @@ fn write_machines(tx: &mut postgres::Transaction<'_>, batch: &[(&str, &[StoredMa
             }
         }
     }
-    let col = |f: fn(&(&str, i64, &StoredMachine)) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
+    // Columns borrow the machines' strings: 10,000 machines are not copied to be sent.
+    let col = |f: for<'a> fn(&'a (&str, i64, &'a StoredMachine)) -> Option<&'a str>| rows.iter().map(f).collect::<Vec<_>>();
     let request_ids: Vec<&str> = rows.iter().map(|r| r.0).collect();
     let seqs: Vec<i64> = rows.iter().map(|r| r.1).collect();
     let launch: Vec<i64> = rows.iter().map(|r| to_i64(r.2.launch_time)).collect();
@@ -296,13 +297,13 @@ fn write_machines(tx: &mut postgres::Transaction<'_>, batch: &[(&str, &[StoredMa
         &[
             &request_ids,
             &seqs,
-            &col(|r| Some(r.2.machine_id.clone())),
-            &col(|r| Some(r.2.name.clone())),
-            &col(|r| Some(r.2.private_ip.clone())),
-            &col(|r| r.2.public_ip.clone()),
+            &col(|r| Some(r.2.machine_id.as_str())),
+            &col(|r| Some(r.2.name.as_str())),
+            &col(|r| Some(r.2.private_ip.as_str())),
+            &col(|r| r.2.public_ip.as_deref()),
             &launch,
-            &col(|r| Some(r.2.state.clone())),
-            &col(|r| r.2.message.clone()),
+            &col(|r| Some(r.2.state.as_str())),
+            &col(|r| r.2.message.as_deref()),
         ],
     )?;
     Ok(())
