@@ -253,7 +253,9 @@ fn insert_request_row(tx: &mut postgres::Transaction<'_>, r: &StoredRequest) -> 
 /// Inserts or updates the machines of requests in two round trips, whatever their number:
 /// the next `seq` of each request, then one insert of them all from arrays (`UNNEST`). A
 /// machine keeps its first `seq`; one listed twice for a request is written as last listed.
-fn write_machines(tx: &mut postgres::Transaction<'_>, batch: &[(&str, &[StoredMachine])]) -> Result<(), postgres::Error> {
+/// Upserts machines of requests, sent as columns borrowed from them (10,000 machines are
+/// not copied to be sent).
+fn write_machines(tx: &mut postgres::Transaction<'_>, batch: &[(&str, &[Machine])]) -> Result<(), postgres::Error> {
     let ids: Vec<&str> = batch.iter().filter(|(_, m)| !m.is_empty()).map(|(id, _)| *id).collect();
     if ids.is_empty() {
         return Ok(());
@@ -266,7 +268,7 @@ fn write_machines(tx: &mut postgres::Transaction<'_>, batch: &[(&str, &[StoredMa
         .iter()
         .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
         .collect::<Result<_, postgres::Error>>()?;
-    let mut rows: Vec<(&str, i64, &StoredMachine)> = Vec::new();
+    let mut rows: Vec<(&str, i64, &Machine)> = Vec::new();
     for (id, machines) in batch {
         let first = next.get(*id).copied().unwrap_or(0);
         let mut at: HashMap<&str, usize> = HashMap::with_capacity(machines.len());
@@ -281,8 +283,7 @@ fn write_machines(tx: &mut postgres::Transaction<'_>, batch: &[(&str, &[StoredMa
             }
         }
     }
-    // Columns borrow the machines' strings: 10,000 machines are not copied to be sent.
-    let col = |f: for<'a> fn(&'a (&str, i64, &'a StoredMachine)) -> Option<&'a str>| rows.iter().map(f).collect::<Vec<_>>();
+    let col = |f: for<'a> fn(&'a Machine) -> Option<&'a str>| rows.iter().map(|r| f(r.2)).collect::<Vec<_>>();
     let request_ids: Vec<&str> = rows.iter().map(|r| r.0).collect();
     let seqs: Vec<i64> = rows.iter().map(|r| r.1).collect();
     let launch: Vec<i64> = rows.iter().map(|r| to_i64(r.2.launch_time)).collect();
@@ -297,13 +298,13 @@ fn write_machines(tx: &mut postgres::Transaction<'_>, batch: &[(&str, &[StoredMa
         &[
             &request_ids,
             &seqs,
-            &col(|r| Some(r.2.machine_id.as_str())),
-            &col(|r| Some(r.2.name.as_str())),
-            &col(|r| Some(r.2.private_ip.as_str())),
-            &col(|r| r.2.public_ip.as_deref()),
+            &col(|m| Some(m.machine_id.as_str())),
+            &col(|m| Some(m.name.as_str())),
+            &col(|m| Some(m.private_ip.as_str())),
+            &col(|m| m.public_ip.as_deref()),
             &launch,
-            &col(|r| Some(r.2.state.as_str())),
-            &col(|r| r.2.message.as_deref()),
+            &col(|m| Some(m.state.as_str())),
+            &col(|m| m.message.as_deref()),
         ],
     )?;
     Ok(())
@@ -317,7 +318,8 @@ impl PgStore {
         if updates.is_empty() {
             return Ok(());
         }
-        let stored: Vec<StoredRequest> = updates.iter().map(|(r, m)| StoredRequest::from_record(r, m)).collect();
+        // The requests' columns in stored form; their machines are sent as they are.
+        let stored: Vec<StoredRequest> = updates.iter().map(|(r, _)| StoredRequest::from_record(r, &[])).collect();
         let ids: Vec<&str> = stored.iter().map(|s| s.id.as_str()).collect();
         self.with(|c| {
             let mut tx = c.transaction().map_err(|e| self.backend(e))?;
@@ -325,14 +327,19 @@ impl PgStore {
                 .query("SELECT id FROM requests WHERE id = ANY($1) ORDER BY id FOR UPDATE", &[&ids])
                 .and_then(|rows| rows.iter().map(|r| r.try_get(0)).collect())
                 .map_err(|e| self.backend(e))?;
-            let live: Vec<&StoredRequest> = stored.iter().filter(|s| existing.contains(&s.id)).collect();
+            let live: Vec<(&StoredRequest, &[Machine])> = stored
+                .iter()
+                .zip(updates)
+                .filter(|(s, _)| existing.contains(&s.id))
+                .map(|(s, (_, m))| (s, *m))
+                .collect();
             if live.is_empty() {
                 return Ok(());
             }
-            let text = |f: fn(&StoredRequest) -> Option<String>| live.iter().map(|s| f(s)).collect::<Vec<_>>();
-            let outstanding: Vec<i64> = live.iter().map(|s| i64::from(s.outstanding)).collect();
-            let updated: Vec<i64> = live.iter().map(|s| to_i64(s.updated_at)).collect();
-            let claimed: Vec<bool> = live.iter().map(|s| s.claimed).collect();
+            let text = |f: for<'a> fn(&'a StoredRequest) -> Option<&'a str>| live.iter().map(|(s, _)| f(s)).collect::<Vec<_>>();
+            let outstanding: Vec<i64> = live.iter().map(|(s, _)| i64::from(s.outstanding)).collect();
+            let updated: Vec<i64> = live.iter().map(|(s, _)| to_i64(s.updated_at)).collect();
+            let claimed: Vec<bool> = live.iter().map(|(s, _)| s.claimed).collect();
             tx.execute(
                 "UPDATE requests AS r SET phase = u.phase, status = u.status, outstanding = u.outstanding,
                         message = u.message, updated_at = u.updated_at, claimed = u.claimed
@@ -341,17 +348,17 @@ impl PgStore {
                  WHERE r.id = u.id
                    AND (r.phase, r.status, r.outstanding, r.message, r.claimed) IS DISTINCT FROM (u.phase, u.status, u.outstanding, u.message, u.claimed)",
                 &[
-                    &text(|s| Some(s.id.clone())),
-                    &text(|s| Some(s.phase.clone())),
-                    &text(|s| Some(s.status.clone())),
+                    &text(|s| Some(s.id.as_str())),
+                    &text(|s| Some(s.phase.as_str())),
+                    &text(|s| Some(s.status.as_str())),
                     &outstanding,
-                    &text(|s| s.message.clone()),
+                    &text(|s| s.message.as_deref()),
                     &updated,
                     &claimed,
                 ],
             )
             .map_err(|e| self.backend(e))?;
-            let batch: Vec<(&str, &[StoredMachine])> = live.iter().map(|s| (s.id.as_str(), s.machines.as_slice())).collect();
+            let batch: Vec<(&str, &[Machine])> = live.iter().map(|(s, m)| (s.id.as_str(), *m)).collect();
             write_machines(&mut tx, &batch).map_err(|e| self.backend(e))?;
             tx.commit().map_err(|e| self.backend(e))
         })
@@ -590,7 +597,7 @@ impl StateStore for PgStore {
         self.with(|c| {
             let mut tx = c.transaction().map_err(|e| self.backend(e))?;
             insert_request_row(&mut tx, &stored).map_err(|e| self.backend(e))?;
-            write_machines(&mut tx, &[(stored.id.as_str(), stored.machines.as_slice())]).map_err(|e| self.backend(e))?;
+            write_machines(&mut tx, &[(stored.id.as_str(), machines)]).map_err(|e| self.backend(e))?;
             tx.commit().map_err(|e| self.backend(e))
         })
     }
@@ -851,7 +858,8 @@ impl StateStore for PgStore {
             }
             for r in &doc.requests {
                 insert_request_row(&mut tx, r).map_err(|e| self.backend(e))?;
-                write_machines(&mut tx, &[(r.id.as_str(), r.machines.as_slice())]).map_err(|e| self.backend(e))?;
+                let machines = r.to_machines(&self.location())?;
+                write_machines(&mut tx, &[(r.id.as_str(), &machines)]).map_err(|e| self.backend(e))?;
             }
             for (ns, entries) in &doc.kv {
                 for (k, v) in entries {
