@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 hfwasm_setup
 hfwasm_setup_moto
 hfwasm_setup_valgrind
+hfwasm_setup_postgres
 cargo build --release -p hfwasm
 .venv/bin/python dev/link_order.py "${CARGO_TARGET_DIR:-target}/release/hfwasm" host/link-order.txt
 echo "link-order: rebuilding with the new order" >&2

@@ -4,7 +4,9 @@ lay out together (lld --symbol-ordering-file; see host/build.rs and DESIGN.md §
 Run by dev/link-order.sh, which builds the binary and provides valgrind and moto. Drives the
 five calls through the real scripts, each process under valgrind's callgrind tool, for the
 built-in providers: the on-prem pool (an inventory file), AWS (IBM awsprov files against
-moto's EC2 server) and Azure (IBM azureprov files against the ARM fake of the tests). Every function callgrind saw run in the binary is
+moto's EC2 server; once on the default SQLite store and once on a throwaway PostgreSQL
+server, when its binaries are there: HFWASM_PG_BINDIR) and Azure (IBM azureprov files
+against the ARM fake of the tests). Every function callgrind saw run in the binary is
 listed, those run by more calls first, then in their current address order.
 
 usage: link_order.py HFWASM_BINARY OUTPUT
@@ -14,6 +16,7 @@ import collections
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -138,6 +141,47 @@ def aws(tree, endpoint):
     tree.cycle("od")
 
 
+def start_postgres(root):
+    """A throwaway PostgreSQL server (trust on loopback), as `nobody` when root; returns
+    (process, port) or None without server binaries."""
+    bindir = os.environ.get("HFWASM_PG_BINDIR")
+    if not bindir or not os.path.isfile(os.path.join(bindir, "initdb")):
+        return None
+    data = os.path.join(root, "pg")
+    os.makedirs(data)
+    as_user = []
+    if os.getuid() == 0:
+        os.chown(root, 65534, 65534)
+        os.chown(data, 65534, 65534)
+        as_user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+    subprocess.run(as_user + [os.path.join(bindir, "initdb"), "-D", data, "-U", "hfwasm", "--auth=trust"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port = free_port()
+    proc = subprocess.Popen(
+        as_user + [os.path.join(bindir, "postgres"), "-D", data, "-p", str(port), "-k", data, "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            time.sleep(0.5)
+            return proc, port
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    sys.exit("link_order: PostgreSQL did not start")
+
+
+def aws_on_postgres(tree, endpoint, port):
+    """The AWS cycle with its state in PostgreSQL (the seed's production scenarios)."""
+    aws_files = {"config_file": f"{tree.name}prov_config.json", "templates_file": f"{tree.name}prov_templates.json"}
+    storage = {"strategy": "sql", "sql_strategy": {"type": "postgresql", "host": "127.0.0.1", "port": port, "name": "postgres", "user": "hfwasm"}}
+    with open(os.path.join(tree.conf, "hfwasm.json"), "w") as f:
+        json.dump({"aws": aws_files, "storage": storage}, f)
+    aws(tree, endpoint)
+
+
 def azure(tree, endpoint):
     with open(os.path.join(REPO, "tests/fakes/arm_world.json")) as f:
         world = json.load(f)
@@ -194,17 +238,28 @@ def main():
             if s.connect_ex(("127.0.0.1", arm_port)) == 0:
                 break
         time.sleep(0.05)
+    pg = None
     try:
         print("link_order: on-prem pool cycle under callgrind", file=sys.stderr)
         onprem(Tree(root, "onprem", binary, profiles))
         print("link_order: AWS cycle against moto under callgrind", file=sys.stderr)
         aws(Tree(root, "aws", binary, profiles), f"http://127.0.0.1:{port}")
+        pg = start_postgres(root)
+        if pg:
+            print("link_order: AWS cycle on PostgreSQL under callgrind", file=sys.stderr)
+            aws_on_postgres(Tree(root, "awspg", binary, profiles), f"http://127.0.0.1:{port}", pg[1])
+        else:
+            print("link_order: no PostgreSQL server binaries (HFWASM_PG_BINDIR); its calls are left out", file=sys.stderr)
         print("link_order: Azure cycle against the ARM fake under callgrind", file=sys.stderr)
         azure(Tree(root, "azure", binary, profiles), f"http://127.0.0.1:{arm_port}")
     finally:
         for p in (moto, fake):
             p.kill()
             p.wait()
+        if pg:
+            # SIGINT: PostgreSQL's fast shutdown (its backends go with it).
+            pg[0].send_signal(signal.SIGINT)
+            pg[0].wait(timeout=30)
 
     runs = collections.Counter()
     files = sorted(os.listdir(profiles))
