@@ -251,6 +251,28 @@ enum Seen {
 /// guest asks for at once.
 const DESCRIBE_BATCH: usize = 1000;
 
+/// `slots` (instance id, what it is for; sorted by id) a page of DESCRIBE_BATCH at a time,
+/// each page with its described instances: a page is worked through and dropped before
+/// the next is asked for, so neither the host nor this guest (whose memory never shrinks)
+/// holds thousands of described instances at once.
+fn described_pages<'a, 's, T>(slots: &'s [(&'a str, T)]) -> impl Iterator<Item = Result<Page<'s, 'a, T>, ProviderError>> {
+    slots.chunks(DESCRIBE_BATCH).map(|page| {
+        Ok((
+            page,
+            describe(InstanceFilter::Ids(page.iter().map(|(id, _)| id.to_string()).collect()))?,
+        ))
+    })
+}
+
+/// A page of slots with its described instances.
+type Page<'s, 'a, T> = (&'s [(&'a str, T)], Vec<ec2::Instance>);
+
+/// What the slots of `page` naming instance `id` are for (normally one).
+fn slots_of<'s, T>(page: &'s [(&str, T)], id: &str) -> impl Iterator<Item = &'s T> {
+    let from = page.partition_point(|(x, _)| *x < id);
+    page[from..].iter().take_while(move |(x, _)| *x == id).map(|(_, t)| t)
+}
+
 /// Instance ids for HostFactory's machine references (by id, else by private DNS name).
 fn resolve(refs: &[MachineRef]) -> Result<Vec<(MachineRef, Option<String>)>, ProviderError> {
     let needs_lookup = refs.iter().any(|r| !r.machine_id.as_deref().is_some_and(|m| m.starts_with("i-")));
@@ -374,9 +396,14 @@ impl Guest for Aws {
             got = units(t, &instances);
         }
         record(&mut Held::unread(), &templates, Some(&t.id), &instances)?;
-        if t.uses_asg() && (asg.is_some() || group::filling_until(&req.request_id)?.is_some()) {
+        let filling = if t.uses_asg() {
+            group::filling_until(&req.request_id)?
+        } else {
+            None
+        };
+        if asg.is_some() || filling.is_some() {
             // A group fills over time: the request stays open until its instances are in service.
-            let until = group::filling_until(&req.request_id)?.unwrap_or(ctx.now);
+            let until = filling.unwrap_or(ctx.now);
             let (outstanding, message) = group::follow(&req, asg.as_ref(), until, got, ctx.now)?;
             let mut machines: Vec<Machine> = instances.iter().map(machine).collect();
             group::hold_back(&mut machines, &group::not_in_service(asg.as_ref()));
@@ -425,22 +452,21 @@ impl Guest for Aws {
         // and each page is turned into machines before the next: neither the host nor this
         // guest holds 10,000 described instances at once, and this guest's memory, which
         // never shrinks, only holds the machines.
-        let mut slots: Vec<(&str, usize, usize)> = queries
+        let mut slots: Vec<(&str, (usize, usize))> = queries
             .iter()
             .enumerate()
-            .flat_map(|(q, query)| query.known.iter().enumerate().map(move |(k, m)| (m.machine_id.as_str(), q, k)))
-            .filter(|(id, _, _)| id.starts_with("i-"))
+            .flat_map(|(q, query)| query.known.iter().enumerate().map(move |(k, m)| (m.machine_id.as_str(), (q, k))))
+            .filter(|(id, _)| id.starts_with("i-"))
             .collect();
         slots.sort_unstable();
         let mut seen: Vec<Vec<Option<(Machine, u32)>>> = queries.iter().map(|q| q.known.iter().map(|_| None).collect()).collect();
-        for page in slots.chunks(DESCRIBE_BATCH) {
-            for i in describe(InstanceFilter::Ids(page.iter().map(|(id, _, _)| id.to_string()).collect()))? {
-                // Every request that recorded it (normally one).
-                let from = page.partition_point(|(id, _, _)| *id < i.instance_id.as_str());
-                for &(_, q, k) in page[from..].iter().take_while(|(id, _, _)| *id == i.instance_id) {
+        for page in described_pages(&slots) {
+            let (page, described) = page?;
+            for i in &described {
+                for &(q, k) in slots_of(page, &i.instance_id) {
                     let tid = &queries[q].request.template_id;
-                    record(&mut held, &templates, Some(tid), std::slice::from_ref(&i))?;
-                    seen[q][k] = Some((machine(&i), live_units(&templates, tid, &i)));
+                    record(&mut held, &templates, Some(tid), std::slice::from_ref(i))?;
+                    seen[q][k] = Some((machine(i), live_units(&templates, tid, i)));
                 }
             }
         }
@@ -666,8 +692,8 @@ impl Guest for Aws {
             .collect();
         slots.sort_unstable();
         let mut seen: Vec<Option<Seen>> = vec![None; resolved.len()];
-        for page in slots.chunks(DESCRIBE_BATCH) {
-            let described = describe(InstanceFilter::Ids(page.iter().map(|(id, _)| id.to_string()).collect()))?;
+        for page in described_pages(&slots) {
+            let (page, described) = page?;
             record(&mut held, &templates, None, &described)?;
             // Hosts their Auto Scaling group is about to replace (unhealthy, or terminating).
             let live: Vec<&ec2::Instance> = described.iter().filter(|i| i.state == "running" || i.state == "pending").collect();
@@ -682,8 +708,7 @@ impl Guest for Aws {
                 } else {
                     Seen::Fine
                 };
-                let from = page.partition_point(|(id, _)| *id < i.instance_id.as_str());
-                for &(_, n) in page[from..].iter().take_while(|(id, _)| *id == i.instance_id) {
+                for &n in slots_of(page, &i.instance_id) {
                     seen[n] = Some(verdict.clone());
                 }
             }
